@@ -1,0 +1,103 @@
+"""The `chatd` command."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import trio
+
+from chatd import __version__
+from chatd.config import Config, ConfigError, load, parse_listen
+
+log = logging.getLogger("chatd")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="chatd",
+        description="chatd: a self-hostable chat server. `chatd serve` runs one shard; with "
+                    "no options it listens on 127.0.0.1:8080 and keeps data in ./var/chatd.")
+    parser.add_argument("--version", action="version", version=f"chatd {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+    serve = commands.add_parser(
+        "serve", help="run the server (one shard)",
+        description="Run one chatd shard until SIGINT or SIGTERM. Settings come from defaults, "
+                    "then the config file, then CHATD_<SECTION>_<KEY> environment variables, "
+                    "then these flags.")
+    serve.add_argument("--config", metavar="FILE",
+                       help="TOML config file (default: $CHATD_CONFIG, else none; "
+                            "see conf/chatd.toml)")
+    serve.add_argument("--listen", metavar="HOST:PORT",
+                       help="address for clients (default 127.0.0.1:8080; port 0 picks one)")
+    serve.add_argument("--data", metavar="DIR",
+                       help="data directory (default ./var/chatd, or $CHATD_DATA)")
+    serve.add_argument("--shard", metavar="NAME", help="this shard's name in cluster.shards")
+    serve.add_argument("--log-level", default="info",
+                       choices=["debug", "info", "warning", "error"])
+    return parser
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    overrides: dict[str, dict[str, Any]] = {}
+    if args.listen is not None:
+        parse_listen(args.listen)
+        overrides.setdefault("server", {})["listen"] = args.listen
+    if args.data is not None:
+        overrides.setdefault("storage", {})["data_dir"] = args.data
+    if args.shard is not None:
+        overrides.setdefault("cluster", {})["shard"] = args.shard
+    return overrides
+
+
+async def _serve_until_signalled(config: Config) -> None:
+    from chatd.server import serve  # imported late: `chatd --help` stays fast
+
+    shutdown = trio.Event()
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with trio.open_nursery() as nursery:
+            async def wait_for_signal() -> None:
+                async for signum in signals:
+                    log.info("received %s; shutting down", signal.Signals(signum).name)
+                    shutdown.set()
+                    return
+
+            nursery.start_soon(wait_for_signal)
+            await serve(config, shutdown=shutdown)
+            nursery.cancel_scope.cancel()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    import os
+
+    try:
+        config = load(args.config or os.environ.get("CHATD_CONFIG") or None,
+                      overrides=_overrides(args))
+    except ConfigError as exc:
+        print(f"chatd: invalid setting: {exc}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        trio.run(partial(_serve_until_signalled, config))
+    except OSError as exc:
+        print(f"chatd: cannot serve on {config.server.listen}: {exc.strerror or exc}",
+              file=sys.stderr)
+        return 1
+    except Exception as exc:
+        if "lock" in str(exc).lower():
+            print(f"chatd: the data directory {config.storage.data_dir} is in use by another "
+                  f"process ({exc})", file=sys.stderr)
+            return 1
+        raise
+    return 0

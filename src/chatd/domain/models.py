@@ -1,0 +1,124 @@
+"""Records of the domain, as the services and the storage layer exchange them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+ConversationKind = Literal["direct", "group"]
+Role = Literal["admin", "member"]
+#: A message body: text for text/* types, opaque bytes for the rest (ciphertext later),
+#: a small map for system messages the server writes itself.
+Body = str | bytes | dict[str, Any]
+
+
+@dataclass(slots=True)
+class User:
+    user_id: int
+    handle: str
+    display_name: str
+    password_hash: bytes
+    created_at: int
+    status_text: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Device:
+    user_id: int
+    device_id: int
+    name: str
+    created_at: int
+    token_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class TokenRecord:
+    user_id: int
+    device_id: int
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """Who is calling: the authenticated user and device behind a bearer token."""
+
+    user_id: int
+    device_id: int
+    token_hash: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    message_id: int
+    conversation_id: int
+    seq: int
+    sender_id: int
+    sender_device: int
+    client_msg_id: str
+    content_type: str
+    body: Body
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult:
+    """What a sender is told once its message is durable (also the answer to a resend)."""
+
+    message_id: int
+    conversation_id: int
+    seq: int
+    ts: int
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    role: Role
+    #: The seq of the log entry that added this member (0 for a direct conversation's
+    #: members, who see it from the start). Members read history from here on.
+    joined_seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Watermark:
+    """Receipts per (conversation, user): the highest seq delivered and read."""
+
+    delivered_seq: int = 0
+    read_seq: int = 0
+
+    def advanced(self, delivered: int = 0, read: int = 0) -> Watermark:
+        """Watermarks only move forward; reading a message implies it was delivered."""
+        read_seq = max(self.read_seq, read)
+        return Watermark(max(self.delivered_seq, delivered, read_seq), read_seq)
+
+
+@dataclass(slots=True)
+class Conversation:
+    """A conversation as its owner shard holds it: the head of its log, its members (in
+    join order) and their receipt watermarks."""
+
+    conversation_id: int
+    kind: ConversationKind
+    name: str
+    created_by: int
+    created_at: int
+    head_seq: int = 0
+    #: When the newest log entry was written (ms); `created_at` for an empty log.
+    last_ts: int = 0
+    members: dict[int, Member] = field(default_factory=dict)
+    watermarks: dict[int, Watermark] = field(default_factory=dict)
+
+    def is_member(self, user_id: int) -> bool:
+        return user_id in self.members
+
+    def is_admin(self, user_id: int) -> bool:
+        member = self.members.get(user_id)
+        return member is not None and member.role == "admin"
+
+    def watermark(self, user_id: int) -> Watermark:
+        return self.watermarks.get(user_id, _NO_RECEIPTS)
+
+    def unread(self, user_id: int) -> int:
+        return max(0, self.head_seq - self.watermark(user_id).read_seq)
+
+
+_NO_RECEIPTS = Watermark()

@@ -1,0 +1,82 @@
+"""Validation rules for user-supplied values: handles, names, passwords, content types.
+
+Each function returns the normalised value or raises `BadRequest` naming the field and
+the rule that was broken.
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+
+from chatd.errors import BadRequest
+
+_E164 = re.compile(r"\+[1-9][0-9]{6,14}")
+_USERNAME = re.compile(r"[a-z0-9_.]{3,32}")
+_CONTENT_TYPE = re.compile(r"[a-z0-9][a-z0-9.+-]{0,62}/[a-z0-9][a-z0-9.+-]{0,62}")
+_CLIENT_MSG_ID = re.compile(r"[A-Za-z0-9._:-]{1,64}")
+
+MAX_PASSWORD_LENGTH = 1024
+MAX_DISPLAY_NAME = 64
+MAX_STATUS_TEXT = 140
+MAX_GROUP_NAME = 100
+MAX_DEVICE_NAME = 64
+
+#: Content types the server itself writes (membership changes and the like).
+SYSTEM_CONTENT_TYPE = "chatd/system"
+
+
+def normalize_handle(raw: str) -> str:
+    """A handle is an E.164 phone number or a username; usernames compare case-insensitively."""
+    handle = raw.strip()
+    if handle.startswith("+"):
+        if not _E164.fullmatch(handle):
+            raise BadRequest("handle: a phone number must be in E.164 form, like +14155550123")
+        return handle
+    handle = handle.lower()
+    if not _USERNAME.fullmatch(handle):
+        raise BadRequest(
+            "handle: a username is 3 to 32 characters of a-z, 0-9, '_' and '.'"
+            " (or give a phone number in E.164 form)"
+        )
+    return handle
+
+
+def check_password(password: str, min_length: int) -> str:
+    if len(password) < min_length:
+        raise BadRequest(f"password: must be at least {min_length} characters")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise BadRequest(f"password: must be at most {MAX_PASSWORD_LENGTH} characters")
+    return password
+
+
+def clean_text(raw: str, field: str, *, max_length: int, allow_empty: bool = False) -> str:
+    """Single-line human text: trimmed, NFC, no control characters."""
+    text = unicodedata.normalize("NFC", raw.strip())
+    if not text and not allow_empty:
+        raise BadRequest(f"{field}: must not be empty")
+    if len(text) > max_length:
+        raise BadRequest(f"{field}: must be at most {max_length} characters")
+    if any(unicodedata.category(ch) == "Cc" for ch in text):
+        raise BadRequest(f"{field}: must not contain control characters")
+    return text
+
+
+def check_content_type(raw: str) -> str:
+    content_type = raw.strip().lower()
+    if not _CONTENT_TYPE.fullmatch(content_type):
+        raise BadRequest("content_type: must look like 'type/subtype', e.g. 'text/plain'")
+    if content_type == SYSTEM_CONTENT_TYPE:
+        raise BadRequest(f"content_type: {SYSTEM_CONTENT_TYPE} is reserved for the server")
+    return content_type
+
+
+def is_text_content(content_type: str) -> bool:
+    """Text content types carry a UTF-8 string body; all others carry opaque bytes."""
+    return content_type.startswith("text/")
+
+
+def check_client_msg_id(raw: str) -> str:
+    if not _CLIENT_MSG_ID.fullmatch(raw):
+        raise BadRequest("client_msg_id: 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', ':', '-'")
+    return raw

@@ -1,0 +1,78 @@
+"""The client-facing error vocabulary.
+
+Every error a client can see is a `ChatdError` subclass carrying an HTTP status and a
+stable machine-readable `code`; the message says what was wrong and what to do. The web
+layer turns these into `{"error": {"code", "message"}}` bodies (or WS `error` frames);
+nothing below the web layer knows about HTTP beyond the status number.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+
+class ChatdError(Exception):
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+
+    def __init__(self, message: str, *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code  # type: ignore[misc]  # per-instance refinement of the class code
+
+    def to_json(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message}}
+
+
+class BadRequest(ChatdError):
+    status = 400
+    code = "bad_request"
+
+
+class Unauthorized(ChatdError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(ChatdError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(ChatdError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(ChatdError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(ChatdError):
+    status = 413
+    code = "payload_too_large"
+
+
+class RateLimited(ChatdError):
+    status = 429
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Unavailable(ChatdError):
+    """The request needs a part of the system that cannot answer now (e.g. an owner shard)."""
+
+    status = 503
+    code = "unavailable"
+
+
+class StorageFailure(ChatdError):
+    """A durable write failed: nothing in the failed batch was acknowledged."""
+
+    status = 503
+    code = "storage_failure"

@@ -1,0 +1,206 @@
+"""Accounts, devices, bearer tokens and profiles.
+
+Tokens are 256-bit random strings; only their SHA-256 is stored, so a copy of the database
+does not hand out sessions. Every login creates a device holding one token; revoking the
+device (or logging out) deletes both, which is what makes tokens revocable.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import secrets
+from dataclasses import dataclass
+
+import trio
+
+from chatd.config import AuthConfig
+from chatd.domain import rules
+from chatd.domain.ids import SnowflakeGenerator
+from chatd.domain.models import Device, Session, TokenRecord, User
+from chatd.domain.ratelimit import KeyedRateLimiter
+from chatd.errors import BadRequest, Conflict, NotFound, RateLimited, Unauthorized
+from chatd.services.clock import Clock
+from chatd.services.passwords import PasswordHasher
+from chatd.services.routing import Router
+from chatd.storage import Batch, GroupCommitter, Store
+
+TOKEN_PREFIX = "chatd_"
+_DAY_MS = 86_400_000
+
+
+def hash_token(token: str) -> bytes:
+    return hashlib.sha256(token.encode()).digest()
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult:
+    token: str
+    user: User
+    device: Device
+    expires_at: int
+
+
+class AccountService:
+    def __init__(self, *, store: Store, committer: GroupCommitter, router: Router,
+                 ids: SnowflakeGenerator, clock: Clock, hasher: PasswordHasher,
+                 config: AuthConfig) -> None:
+        self._store = store
+        self._committer = committer
+        self._router = router
+        self._ids = ids
+        self._clock = clock
+        self._hasher = hasher
+        self._config = config
+        self._attempts = KeyedRateLimiter(config.attempts_per_minute / 60.0,
+                                          config.attempts_burst)
+        # Handles being registered right now: a second registration of the same handle
+        # is refused before it spends a password hash.
+        self._registering: set[str] = set()
+        # Users changed by commands whose batch has not landed yet; reads see these first
+        # so two profile edits in one batch do not undo each other.
+        self._pending_users: dict[int, User] = {}
+
+    def forget_pending(self) -> None:
+        """After a failed batch write: pending changes never reached the disk."""
+        self._pending_users.clear()
+
+    def _check_attempt(self, client: str) -> None:
+        wait = self._attempts.try_acquire(client, trio.current_time())
+        if wait > 0:
+            raise RateLimited(f"too many login or registration attempts; retry in {wait:.0f} s",
+                              retry_after=wait)
+
+    # -- registration and login -----------------------------------------------------------
+
+    async def register(self, *, handle: str, password: str, display_name: str,
+                       client: str) -> User:
+        handle = rules.normalize_handle(handle)
+        rules.check_password(password, self._config.min_password_length)
+        display_name = rules.clean_text(display_name, "display_name",
+                                        max_length=rules.MAX_DISPLAY_NAME)
+        self._check_attempt(client)
+        if handle in self._registering or self._store.user_id_for_handle(handle) is not None:
+            raise Conflict("that handle is already taken", code="handle_taken")
+        self._registering.add(handle)
+        try:
+            password_hash = await self._hasher.hash(password)
+
+            def apply(batch: Batch) -> User:
+                if self._store.user_id_for_handle(handle) is not None:
+                    raise Conflict("that handle is already taken", code="handle_taken")
+                user = User(self._ids.next_id(), handle, display_name, password_hash,
+                            self._clock.now_ms())
+                self._router.require_local_user(user.user_id)
+                batch.put_user(user)
+                batch.put_handle(handle, user.user_id)
+                return user
+
+            return await self._committer.submit(apply)
+        finally:
+            self._registering.discard(handle)
+
+    async def login(self, *, handle: str, password: str, device_name: str,
+                    client: str) -> LoginResult:
+        device_name = rules.clean_text(device_name or "unnamed device", "device_name",
+                                       max_length=rules.MAX_DEVICE_NAME)
+        self._check_attempt(client)
+        try:
+            normalized: str | None = rules.normalize_handle(handle)
+        except BadRequest:
+            normalized = None
+        user_id = self._store.user_id_for_handle(normalized) if normalized else None
+        user = self._user(user_id) if user_id is not None else None
+        verified = await self._hasher.verify(user.password_hash if user else None, password)
+        if user is None or not verified:
+            # One answer for an unknown handle and a wrong password.
+            raise Unauthorized("wrong handle or password", code="bad_credentials")
+        token = TOKEN_PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+        token_hash = hash_token(token)
+        now = self._clock.now_ms()
+        expires_at = now + int(self._config.token_ttl_days * _DAY_MS)
+        device = Device(user.user_id, self._ids.next_id(), device_name, now, token_hash)
+
+        def apply(batch: Batch) -> None:
+            batch.put_device(device)
+            batch.put_token(token_hash, TokenRecord(user.user_id, device.device_id, expires_at))
+
+        await self._committer.submit(apply)
+        return LoginResult(token, user, device, expires_at)
+
+    def authenticate(self, token: str) -> Session:
+        token_hash = hash_token(token)
+        record = self._store.get_token(token_hash)
+        if record is None:
+            raise Unauthorized("the token is not valid (revoked, or never issued); log in again",
+                               code="invalid_token")
+        if record.expires_at <= self._clock.now_ms():
+            raise Unauthorized("the token has expired; log in again", code="token_expired")
+        return Session(record.user_id, record.device_id, token_hash)
+
+    # -- devices --------------------------------------------------------------------------
+
+    def list_devices(self, session: Session) -> list[Device]:
+        return self._store.list_devices(session.user_id)
+
+    async def revoke_device(self, session: Session, device_id: int) -> None:
+        device = self._store.get_device(session.user_id, device_id)
+        if device is None:
+            raise NotFound("you have no device with that id", code="unknown_device")
+
+        def apply(batch: Batch) -> None:
+            batch.delete_device(device.user_id, device.device_id)
+            batch.delete_token(device.token_hash)
+
+        await self._committer.submit(apply)
+
+    async def logout(self, session: Session) -> None:
+        await self.revoke_device(session, session.device_id)
+
+    # -- profiles -------------------------------------------------------------------------
+
+    def _user(self, user_id: int) -> User | None:
+        return self._pending_users.get(user_id) or self._store.get_user(user_id)
+
+    def get_user(self, user_id: int) -> User:
+        self._router.require_local_user(user_id)
+        user = self._user(user_id)
+        if user is None:
+            raise NotFound(f"no user with id {user_id}", code="unknown_user")
+        return user
+
+    def find_by_handle(self, handle: str) -> User:
+        user_id = self._store.user_id_for_handle(rules.normalize_handle(handle))
+        if user_id is None:
+            raise NotFound("no user has that handle", code="unknown_user")
+        return self.get_user(user_id)
+
+    def require_users_exist(self, user_ids: list[int]) -> None:
+        for user_id in user_ids:
+            self.get_user(user_id)
+
+    async def update_profile(self, session: Session, *, display_name: str | None,
+                             status_text: str | None) -> User:
+        if display_name is not None:
+            display_name = rules.clean_text(display_name, "display_name",
+                                            max_length=rules.MAX_DISPLAY_NAME)
+        if status_text is not None:
+            status_text = rules.clean_text(status_text, "status", allow_empty=True,
+                                           max_length=rules.MAX_STATUS_TEXT)
+
+        def apply(batch: Batch) -> User:
+            user = self.get_user(session.user_id)
+            updated = User(user.user_id, user.handle,
+                           user.display_name if display_name is None else display_name,
+                           user.password_hash, user.created_at,
+                           user.status_text if status_text is None else status_text)
+            batch.put_user(updated)
+            self._pending_users[updated.user_id] = updated
+            batch.after_commit.append(lambda: self._settle(updated))
+            return updated
+
+        return await self._committer.submit(apply)
+
+    def _settle(self, user: User) -> None:
+        if self._pending_users.get(user.user_id) is user:
+            del self._pending_users[user.user_id]

@@ -1,0 +1,53 @@
+"""Wiring: build every service of one shard from its config and store, explicitly.
+
+There are no module-level singletons; the server (and tests) hold one `Services` value
+and pass what each part needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chatd.config import Config
+from chatd.domain.ids import SnowflakeGenerator
+from chatd.domain.ring import HashRing
+from chatd.services.accounts import AccountService
+from chatd.services.clock import Clock, SystemClock
+from chatd.services.conversations import ConversationService
+from chatd.services.messaging import MessagingService
+from chatd.services.owner import ConversationOwner
+from chatd.services.passwords import PasswordHasher
+from chatd.services.routing import Router
+from chatd.storage import GroupCommitter, Store
+
+
+@dataclass(frozen=True)
+class Services:
+    config: Config
+    store: Store
+    committer: GroupCommitter
+    router: Router
+    accounts: AccountService
+    conversations: ConversationService
+    messaging: MessagingService
+
+
+def build_services(config: Config, store: Store, *, clock: Clock | None = None) -> Services:
+    clock = clock or SystemClock()
+    router = Router(HashRing(config.cluster.shards, config.cluster.vnodes), config.cluster.shard)
+    ids = SnowflakeGenerator(config.cluster.shard_number, clock.now_ms)
+    owner = ConversationOwner(store=store, router=router, ids=ids, clock=clock,
+                              cache_size=config.storage.conversation_cache)
+    hasher = PasswordHasher(opslimit=config.auth.argon2_opslimit,
+                            memlimit_bytes=config.auth.argon2_memlimit_kib * 1024,
+                            concurrency=config.auth.hash_concurrency)
+    committer = GroupCommitter(store, max_batch=config.storage.max_batch)
+    accounts = AccountService(store=store, committer=committer, router=router, ids=ids,
+                              clock=clock, hasher=hasher, config=config.auth)
+    committer.on_write_failure(owner.forget_all)
+    committer.on_write_failure(accounts.forget_pending)
+    conversations = ConversationService(owner=owner, committer=committer, accounts=accounts,
+                                        ids=ids, clock=clock, limits=config.limits)
+    messaging = MessagingService(store=store, owner=owner, committer=committer,
+                                 limits=config.limits)
+    return Services(config, store, committer, router, accounts, conversations, messaging)

@@ -1,0 +1,119 @@
+"""Sending into a conversation's log, reading it back, and read receipts.
+
+A send is acknowledged only when the batch that holds it is durable. The triple
+(conversation, sender, client_msg_id) identifies a send: a retry gets the original answer
+and writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from chatd.config import LimitsConfig
+from chatd.domain import groups, rules
+from chatd.domain.models import Body, Conversation, Message, SendResult, Session, Watermark
+from chatd.errors import BadRequest, PayloadTooLarge
+from chatd.services.owner import ConversationOwner
+from chatd.storage import Batch, GroupCommitter, Store
+
+_NO_UPPER_BOUND = (1 << 64) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    messages: list[Message]
+    #: True when more messages lie beyond the page in the direction it was read.
+    has_more: bool
+
+
+class MessagingService:
+    def __init__(self, *, store: Store, owner: ConversationOwner, committer: GroupCommitter,
+                 limits: LimitsConfig) -> None:
+        self._store = store
+        self._owner = owner
+        self._committer = committer
+        self._limits = limits
+
+    def member_view(self, session: Session, conversation_id: int) -> Conversation:
+        """The conversation, if the caller is a member (404 unknown, 403 not a member)."""
+        conv = self._owner.get(conversation_id)
+        groups.require_member(conv, session.user_id)
+        return conv
+
+    async def send(self, session: Session, *, conversation_id: int, client_msg_id: str,
+                   content_type: str, body: Body) -> SendResult:
+        client_msg_id = rules.check_client_msg_id(client_msg_id)
+        content_type = rules.check_content_type(content_type)
+        if rules.is_text_content(content_type) != isinstance(body, str):
+            raise BadRequest("body: text/* content types take a string body, others take bytes")
+        size = len(body.encode()) if isinstance(body, str) else len(body)  # type: ignore[union-attr]
+        if size > self._limits.max_message_bytes:
+            raise PayloadTooLarge(
+                f"body is {size} bytes; the limit is {self._limits.max_message_bytes}",
+                code="body_too_large")
+        self.member_view(session, conversation_id)
+
+        def apply(batch: Batch) -> SendResult:
+            conv = self._owner.get(conversation_id)
+            # Checked again here: a removal may have been queued since the first check.
+            groups.require_member(conv, session.user_id)
+            previous = self._owner.previous_send(conversation_id, session.user_id, client_msg_id)
+            if previous is not None:
+                return previous
+            message = self._owner.append(batch, conv, sender_id=session.user_id,
+                                         sender_device=session.device_id,
+                                         content_type=content_type, body=body,
+                                         client_msg_id=client_msg_id)
+            return SendResult(message.message_id, conversation_id, message.seq, message.ts)
+
+        return await self._committer.submit(apply)
+
+    def history(self, session: Session, conversation_id: int, *, after: int | None,
+                before: int | None, limit: int | None) -> HistoryPage:
+        """A page of the log in ascending seq order: the oldest after `after`, else the
+        newest before `before` (or at the head). Members see entries from their joining on."""
+        conv = self.member_view(session, conversation_id)
+        if limit is None:
+            limit = self._limits.history_page_default
+        if not 1 <= limit <= self._limits.history_page_max:
+            raise BadRequest(f"limit: must be within 1..{self._limits.history_page_max}")
+        for name, value in (("after", after), ("before", before)):
+            if value is not None and value < 0:
+                raise BadRequest(f"{name}: must not be negative")
+        floor = max(after or 0, conv.members[session.user_id].joined_seq - 1)
+        ceiling = _NO_UPPER_BOUND if before is None else before
+        newest_first = after is None
+        if ceiling <= floor + 1:
+            return HistoryPage([], has_more=False)
+        # One extra row tells whether there is more without a second scan.
+        rows = self._store.read_messages(conversation_id, after=floor, before=ceiling,
+                                         limit=limit + 1, newest_first=newest_first)
+        has_more = len(rows) > limit
+        if has_more:
+            rows = rows[1:] if newest_first else rows[:limit]
+        return HistoryPage(rows, has_more)
+
+    def conversations_of(self, session: Session) -> list[Conversation]:
+        """The caller's conversations, the most recently active first."""
+        result = []
+        for conversation_id in self._store.conversations_of(session.user_id):
+            conv = self._owner.find(conversation_id)
+            if conv is not None and conv.is_member(session.user_id):
+                result.append(conv)
+        result.sort(key=lambda conv: conv.last_ts, reverse=True)
+        return result
+
+    async def mark_read(self, session: Session, conversation_id: int, seq: int) -> Watermark:
+        self.member_view(session, conversation_id)
+
+        def apply(batch: Batch) -> Watermark:
+            conv = self._owner.get(conversation_id)
+            groups.require_member(conv, session.user_id)
+            if seq > conv.head_seq:
+                raise BadRequest(f"seq: the conversation's last seq is {conv.head_seq}",
+                                 code="seq_out_of_range")
+            mark = conv.watermark(session.user_id).advanced(read=seq)
+            self._owner.set_watermark(batch, conv, session.user_id, mark)
+            return mark
+
+        return await self._committer.submit(apply)

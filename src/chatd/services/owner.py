@@ -1,0 +1,130 @@
+"""The owner side of conversations: in-memory state and the one way to append to a log.
+
+The owner shard is the single writer of each conversation it owns. `ConversationOwner`
+keeps recently used conversations in memory (head seq, members, watermarks) and mutates
+them only from inside group-commit commands, which run one at a time; so seqs come out
+dense and in order, and a command always sees the effects of the commands before it,
+even those whose batch has not landed yet.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable
+
+from chatd.domain.ids import SnowflakeGenerator
+from chatd.domain.models import Body, Conversation, Message, SendResult, Watermark
+from chatd.domain.rules import SYSTEM_CONTENT_TYPE
+from chatd.errors import NotFound
+from chatd.services.clock import Clock
+from chatd.services.routing import Router
+from chatd.storage import Batch, Store
+
+#: Called with each message once it is durable, in log order (the live stream hooks in here).
+Publisher = Callable[[Message], None]
+
+
+class ConversationOwner:
+    def __init__(self, *, store: Store, router: Router, ids: SnowflakeGenerator, clock: Clock,
+                 cache_size: int, publish: Publisher = lambda message: None) -> None:
+        self._store = store
+        self._router = router
+        self._ids = ids
+        self._clock = clock
+        self._cache_size = cache_size
+        self._cache: OrderedDict[int, Conversation] = OrderedDict()
+        self._publish = publish
+        # Conversations changed by batches that have not landed, with a count of those
+        # batches. They stay reachable even if the LRU drops them: reloading one from disk
+        # would lose its pending changes and hand out a seq twice.
+        self._unlanded: dict[int, tuple[Conversation, int]] = {}
+        # Sends applied but not yet durable, so a resend inside the same window is
+        # answered from here (the database has not got them yet).
+        self._in_flight: dict[tuple[int, int, str], SendResult] = {}
+
+    def forget_all(self) -> None:
+        """After a failed batch write, memory may be ahead of the disk: reload from disk."""
+        self._cache.clear()
+        self._unlanded.clear()
+        self._in_flight.clear()
+
+    def find(self, conversation_id: int) -> Conversation | None:
+        self._router.require_local_conversation(conversation_id)
+        conv = self._cache.get(conversation_id)
+        if conv is not None:
+            self._cache.move_to_end(conversation_id)
+            return conv
+        unlanded = self._unlanded.get(conversation_id)
+        conv = unlanded[0] if unlanded else self._store.load_conversation(conversation_id)
+        if conv is not None:
+            self.remember(conv)
+        return conv
+
+    def get(self, conversation_id: int) -> Conversation:
+        conv = self.find(conversation_id)
+        if conv is None:
+            raise NotFound(f"no conversation with id {conversation_id}",
+                           code="unknown_conversation")
+        return conv
+
+    def remember(self, conv: Conversation) -> None:
+        self._cache[conv.conversation_id] = conv
+        self._cache.move_to_end(conv.conversation_id)
+        while len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+
+    def previous_send(self, conversation_id: int, sender_id: int,
+                      client_msg_id: str) -> SendResult | None:
+        key = (conversation_id, sender_id, client_msg_id)
+        return self._in_flight.get(key) or self._store.get_sent(*key)
+
+    # -- inside group-commit commands only ------------------------------------------------
+
+    def changing(self, batch: Batch, conv: Conversation) -> None:
+        """Record that `batch` changes `conv`, which must then outlive LRU eviction until
+        the batch has landed."""
+        _, count = self._unlanded.get(conv.conversation_id, (conv, 0))
+        self._unlanded[conv.conversation_id] = (conv, count + 1)
+        batch.after_commit.append(lambda: self._landed(conv.conversation_id))
+
+    def _landed(self, conversation_id: int) -> None:
+        conv, count = self._unlanded[conversation_id]
+        if count == 1:
+            del self._unlanded[conversation_id]
+        else:
+            self._unlanded[conversation_id] = (conv, count - 1)
+
+    def append(self, batch: Batch, conv: Conversation, *, sender_id: int, sender_device: int,
+               content_type: str, body: Body, client_msg_id: str = "") -> Message:
+        """Give the next seq to a message and add it to the batch. The sender's watermarks
+        move to it: you have read what you wrote and everything before it."""
+        self.changing(batch, conv)
+        conv.head_seq += 1
+        message = Message(self._ids.next_id(), conv.conversation_id, conv.head_seq, sender_id,
+                          sender_device, client_msg_id, content_type, body, self._clock.now_ms())
+        batch.put_message(message)
+        conv.last_ts = message.ts
+        if conv.is_member(sender_id):
+            self.set_watermark(batch, conv, sender_id,
+                               conv.watermark(sender_id).advanced(read=message.seq))
+        if client_msg_id:
+            key = (conv.conversation_id, sender_id, client_msg_id)
+            self._in_flight[key] = SendResult(message.message_id, message.conversation_id,
+                                              message.seq, message.ts)
+            batch.after_commit.append(lambda: self._in_flight.pop(key, None))
+        batch.after_commit.append(lambda: self._publish(message))
+        return message
+
+    def append_system(self, batch: Batch, conv: Conversation, actor_id: int,
+                      event: str, **details: object) -> Message:
+        """Membership and name changes are entries in the log, so history shows them."""
+        body: dict[str, object] = {"event": event, "actor_id": str(actor_id), **details}
+        return self.append(batch, conv, sender_id=actor_id, sender_device=0,
+                           content_type=SYSTEM_CONTENT_TYPE, body=body)
+
+    def set_watermark(self, batch: Batch, conv: Conversation, user_id: int,
+                      mark: Watermark) -> None:
+        if mark != conv.watermark(user_id):
+            self.changing(batch, conv)
+            conv.watermarks[user_id] = mark
+            batch.put_watermark(conv.conversation_id, user_id, mark)

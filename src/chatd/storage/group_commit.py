@@ -1,0 +1,158 @@
+"""Group commit: many commands, one synced WriteBatch, everyone acknowledged after it lands.
+
+Commands are plain functions `apply(batch) -> result` run one after another by the single
+committer task, in submission order. Because they run without awaiting, each sees the
+effects of every command before it (the in-memory state the services keep), which is how
+the owner of a conversation hands out dense seqs. Then the batch is written once; only
+after the write returns are waiters woken and `after_commit` callbacks run. If the write
+fails, no command in the batch is acknowledged and the listeners registered with
+`on_write_failure` drop the in-memory state that ran ahead of the disk.
+
+rocksdict holds the GIL for the whole write, so a thread would not overlap it with other
+work; the write runs on the event loop and batching is what keeps its cost per command low.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import trio
+
+from chatd.errors import ChatdError, StorageFailure
+from chatd.storage.store import Batch, Store
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class CommitStatistics:
+    batches_written: int
+    commands_committed: int
+    commands_refused: int
+    failed_writes: int
+    largest_batch: int
+    pending: int
+
+    @property
+    def mean_batch(self) -> float:
+        return self.commands_committed / self.batches_written if self.batches_written else 0.0
+
+
+class _Pending(Generic[T]):
+    __slots__ = ("apply", "done", "error", "result")
+
+    def __init__(self, apply: Callable[[Batch], T]) -> None:
+        self.apply = apply
+        self.done = trio.Event()
+        self.result: T | None = None
+        self.error: BaseException | None = None
+
+
+class GroupCommitter:
+    def __init__(self, store: Store, *, max_batch: int = 1024, max_pending: int = 65_536) -> None:
+        self._store = store
+        self._max_batch = max_batch
+        self._queue: deque[_Pending[Any]] = deque()
+        # Bounds memory when producers outrun the disk: submit() waits for room.
+        self._room = trio.Semaphore(max_pending)
+        self._work = trio.Event()
+        self._closing = False
+        self._failure_listeners: list[Callable[[], None]] = []
+        self._batches = 0
+        self._committed = 0
+        self._refused = 0
+        self._failed_writes = 0
+        self._largest = 0
+
+    def on_write_failure(self, listener: Callable[[], None]) -> None:
+        """Call `listener` whenever a batch fails to write (its commands are refused)."""
+        self._failure_listeners.append(listener)
+
+    def statistics(self) -> CommitStatistics:
+        return CommitStatistics(self._batches, self._committed, self._refused,
+                                self._failed_writes, self._largest, len(self._queue))
+
+    async def submit(self, apply: Callable[[Batch], T]) -> T:
+        """Run `apply` in the next batch and return its result once the batch is durable.
+
+        If the caller is cancelled while waiting, the command still commits (or not) with
+        its batch: a client that retries with the same client_msg_id gets the same answer.
+        """
+        if self._closing:
+            raise ChatdError("the server is shutting down", code="shutting_down")
+        async with self._room:
+            pending = _Pending(apply)
+            self._queue.append(pending)
+            self._work.set()
+            # Shielded so that the semaphore slot is returned only once the committer
+            # is done with this command, whatever happens to the caller.
+            with trio.CancelScope(shield=True):
+                await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.result  # type: ignore[return-value]  # set whenever error is None
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The committer task. Returns after `close()` once every queued command is done."""
+        task_status.started()
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                await self._work.wait()
+                self._work = trio.Event()
+                continue
+            self._commit_one_batch()
+            # Let producers woken by this batch queue their next commands.
+            await trio.lowlevel.checkpoint()
+
+    def close(self) -> None:
+        """Stop taking commands; `run` drains what is queued, then returns."""
+        self._closing = True
+        self._work.set()
+
+    def _commit_one_batch(self) -> None:
+        batch = self._store.batch()
+        taken: list[_Pending[Any]] = []
+        while self._queue and len(taken) < self._max_batch:
+            pending = self._queue.popleft()
+            taken.append(pending)
+            try:
+                pending.result = pending.apply(batch)
+            except ChatdError as exc:
+                pending.error = exc
+            except Exception as exc:  # a bug in one command must not stall everyone
+                log.exception("command failed while building a batch")
+                pending.error = ChatdError("internal error while applying the command")
+                pending.error.__cause__ = exc
+        accepted = [p for p in taken if p.error is None]
+        try:
+            self._store.write(batch)
+        except Exception:
+            log.exception("batch write failed; %d commands not acknowledged", len(accepted))
+            self._failed_writes += 1
+            for pending in accepted:
+                pending.error = StorageFailure("the write could not be made durable; retry")
+            for listener in self._failure_listeners:
+                listener()
+            batch.after_commit.clear()
+        else:
+            if accepted:
+                self._batches += 1
+                self._committed += len(accepted)
+                self._largest = max(self._largest, len(accepted))
+        self._refused += len(taken) - len(accepted)
+        for callback in batch.after_commit:
+            try:
+                callback()
+            except Exception:
+                log.exception("after-commit callback failed")
+        for pending in taken:
+            pending.done.set()
+
+

@@ -1,0 +1,74 @@
+"""Every RocksDB key chatd writes, built in one place.
+
+Ids and seqs are fixed-width big-endian unsigned integers, so byte order is numeric order
+and a range scan over `conversation_id | seq` yields the log in seq order. Each column
+family holds one kind of record:
+
+| column family        | key                                     | value (msgpack array)                     |
+|----------------------|-----------------------------------------|-------------------------------------------|
+| users                | user_id                                 | handle, display_name, pw_hash, created_at, status_text |
+| handles              | normalised handle (UTF-8)               | user_id (8 bytes)                         |
+| devices              | user_id, device_id                      | name, created_at, token_hash              |
+| tokens               | sha256(token)                           | user_id, device_id, expires_at            |
+| conversations        | conversation_id                         | kind, name, created_by, created_at        |
+| members              | conversation_id, user_id                | role, joined_seq                          |
+| user_conversations   | user_id, conversation_id                | (empty)                                   |
+| messages             | conversation_id, seq                    | message_id, sender, device, client_msg_id, content_type, body, ts |
+| dedup                | conversation_id, sender_id, client_msg_id | seq, message_id, ts                     |
+| watermarks           | conversation_id, user_id                | delivered_seq, read_seq                   |
+"""
+
+from __future__ import annotations
+
+import struct
+
+COLUMN_FAMILIES = (
+    "users",
+    "handles",
+    "devices",
+    "tokens",
+    "conversations",
+    "members",
+    "user_conversations",
+    "messages",
+    "dedup",
+    "watermarks",
+)
+
+_U64 = struct.Struct(">Q")
+_U64_PAIR = struct.Struct(">QQ")
+ID_WIDTH = 8
+MAX_U64 = (1 << 64) - 1
+
+
+def u64(value: int) -> bytes:
+    return _U64.pack(value)
+
+
+def read_u64(data: bytes, offset: int = 0) -> int:
+    value: int = _U64.unpack_from(data, offset)[0]
+    return value
+
+
+def pair(first: int, second: int) -> bytes:
+    """`user|device`, `conversation|user`, `conversation|seq` and the like."""
+    return _U64_PAIR.pack(first, second)
+
+
+def handle_key(handle: str) -> bytes:
+    return handle.encode()
+
+
+def message_key(conversation_id: int, seq: int) -> bytes:
+    return _U64_PAIR.pack(conversation_id, seq)
+
+
+def dedup_key(conversation_id: int, sender_id: int, client_msg_id: str) -> bytes:
+    return _U64_PAIR.pack(conversation_id, sender_id) + client_msg_id.encode()
+
+
+def prefix_upper_bound(prefix: bytes) -> bytes:
+    """The smallest key greater than every key that starts with `prefix` (ids never are
+    all-0xff, so incrementing the last byte cannot overflow in practice)."""
+    stripped = prefix.rstrip(b"\xff")
+    return stripped[:-1] + bytes([stripped[-1] + 1])

@@ -1,0 +1,161 @@
+"""Test helpers: a config for a throwaway shard, an API client, a server subprocess."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import trio
+
+from chatd.config import AuthConfig, Config, ServerConfig, StorageConfig
+
+PASSWORD = "correct horse battery"
+
+#: Settings that make argon2id cheap and lift the login rate limit: tests register many
+#: users; the production defaults are tested on their own in tests/services.
+FAST_AUTH_ENV = {
+    "CHATD_AUTH_ARGON2_OPSLIMIT": "1",
+    "CHATD_AUTH_ARGON2_MEMLIMIT_KIB": "8",
+    "CHATD_AUTH_ATTEMPTS_BURST": "100000",
+}
+
+
+def make_config(data_dir: Path, **sections: Mapping[str, Any]) -> Config:
+    config = Config(
+        server=ServerConfig(listen="127.0.0.1:0", graceful_timeout=1.0),
+        storage=StorageConfig(data_dir=str(data_dir)),
+        auth=AuthConfig(argon2_opslimit=1, argon2_memlimit_kib=8, attempts_burst=100_000),
+    )
+    for name, values in sections.items():
+        config = dataclasses.replace(
+            config, **{name: dataclasses.replace(getattr(config, name), **values)})
+    return config
+
+
+_handles = itertools.count(1)
+
+
+def fresh_handle(prefix: str = "user") -> str:
+    return f"{prefix}{os.getpid()}_{next(_handles)}"
+
+
+@dataclass
+class Account:
+    """A logged-in user: every request carries its bearer token."""
+
+    http: httpx.AsyncClient
+    handle: str
+    user_id: str
+    device_id: str
+    token: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.headers = {"Authorization": f"Bearer {self.token}"}
+
+    async def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.http.get(path, headers=self.headers, **kwargs)
+
+    async def post(self, path: str, json: Any = None, **kwargs: Any) -> httpx.Response:
+        return await self.http.post(path, json=json, headers=self.headers, **kwargs)
+
+    async def patch(self, path: str, json: Any = None, **kwargs: Any) -> httpx.Response:
+        return await self.http.patch(path, json=json, headers=self.headers, **kwargs)
+
+    async def delete(self, path: str, **kwargs: Any) -> httpx.Response:
+        return await self.http.delete(path, headers=self.headers, **kwargs)
+
+    async def send(self, conversation_id: str, text: str, client_msg_id: str | None = None,
+                   ) -> httpx.Response:
+        return await self.post("/messages/send", {
+            "conversation_id": conversation_id,
+            "client_msg_id": client_msg_id or f"c{next(_handles)}",
+            "content_type": "text/plain",
+            "body": text,
+        })
+
+    async def direct_with(self, other: Account) -> str:
+        response = await self.post("/conversations/direct", {"user_id": other.user_id})
+        assert response.status_code in (200, 201), response.text
+        conversation_id: str = response.json()["conversation_id"]
+        return conversation_id
+
+    async def group(self, name: str, *members: Account) -> str:
+        response = await self.post("/groups/create",
+                                   {"name": name, "members": [m.user_id for m in members]})
+        assert response.status_code == 201, response.text
+        conversation_id: str = response.json()["conversation_id"]
+        return conversation_id
+
+
+async def new_account(http: httpx.AsyncClient, handle: str | None = None,
+                      device_name: str = "test device") -> Account:
+    handle = handle or fresh_handle()
+    response = await http.post("/register", json={
+        "handle": handle, "password": PASSWORD, "display_name": handle.title()})
+    assert response.status_code == 201, response.text
+    return await login(http, handle, device_name)
+
+
+async def login(http: httpx.AsyncClient, handle: str, device_name: str = "test device",
+                ) -> Account:
+    response = await http.post("/login", json={
+        "handle": handle, "password": PASSWORD, "device_name": device_name})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    return Account(http, handle, body["user_id"], body["device_id"], body["token"])
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> None:
+    assert response.status_code == status, (response.status_code, response.text)
+    error = response.json()["error"]
+    assert isinstance(error["message"], str) and error["message"]
+    if code is not None:
+        assert error["code"] == code, error
+
+
+class ServerProcess:
+    """`python -m chatd serve` in a child process, for crash and signal tests."""
+
+    def __init__(self, data_dir: Path, log_path: Path, extra_env: Mapping[str, str] = ()) -> None:
+        env = {**os.environ, **FAST_AUTH_ENV, **dict(extra_env)}
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115  # closed in wait()/kill()
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "chatd", "serve", "--listen", "127.0.0.1:0",
+             "--data", str(data_dir)],
+            stdout=self._log, stderr=self._log, env=env)
+        self.url = ""
+
+    async def ready(self, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.log_path.read_text().splitlines():
+                if "chatd.server: serving " in line:
+                    self.url = line.split("serving ", 1)[1].split()[0]
+                    return self.url
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log_path.read_text()}")
+            await trio.sleep(0.05)
+        raise TimeoutError(f"server not ready:\n{self.log_path.read_text()}")
+
+    def kill(self) -> None:
+        self.process.kill()
+        self.process.wait()
+        self._log.close()
+
+    def terminate(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        code = self.process.wait(timeout=20)
+        self._log.close()
+        return code
