@@ -1,25 +1,45 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import trio
 
 from chatd.server import RunningServer, serve
+from chatd.services.clock import Clock
 from tests.helpers import make_config
+
+#: start_server(clock=None, **sections) -> RunningServer, e.g. limits={"max_group_members": 3}
+ServerFactory = Callable[..., Awaitable[RunningServer]]
 
 
 @pytest.fixture
-async def server(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[RunningServer]:
-    """A real shard on port 0 with RocksDB in a temp dir, in this test's Trio run."""
-    shutdown = trio.Event()
-    running: RunningServer = await nursery.start(
-        partial(serve, make_config(tmp_path / "data"), shutdown=shutdown))
-    yield running
-    shutdown.set()
+async def start_server(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[ServerFactory]:
+    """Start real shards on port 0, each with RocksDB in its own temp dir, in this test's
+    Trio run; all are shut down gracefully when the test ends."""
+    shutdowns: list[trio.Event] = []
+    counter = iter(range(1_000))
+
+    async def start(clock: Clock | None = None, **sections: Any) -> RunningServer:
+        shutdown = trio.Event()
+        shutdowns.append(shutdown)
+        config = make_config(tmp_path / f"data{next(counter)}", **sections)
+        running: RunningServer = await nursery.start(
+            partial(serve, config, shutdown=shutdown, clock=clock))
+        return running
+
+    yield start
+    for shutdown in shutdowns:
+        shutdown.set()
+
+
+@pytest.fixture
+async def server(start_server: ServerFactory) -> RunningServer:
+    return await start_server()
 
 
 @pytest.fixture

@@ -137,8 +137,8 @@ class ServerProcess:
             stdout=self._log, stderr=self._log, env=env)
         self.url = ""
 
-    async def ready(self, timeout: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout
+    async def ready(self) -> str:
+        deadline = time.monotonic() + 20.0
         while time.monotonic() < deadline:
             for line in self.log_path.read_text().splitlines():
                 if "chatd.server: serving " in line:

@@ -26,7 +26,8 @@ def _require_group_admin(conv: Conversation, actor: int) -> None:
         raise Forbidden("only a group admin can do this", code="not_an_admin")
 
 
-def plan_add(conv: Conversation, actor: int, user_ids: Iterable[int], max_members: int) -> list[int]:
+def plan_add(conv: Conversation, actor: int, user_ids: Iterable[int],
+             max_members: int) -> list[int]:
     _require_group_admin(conv, actor)
     new = [uid for uid in dict.fromkeys(user_ids) if uid not in conv.members]
     if len(conv.members) + len(new) > max_members:

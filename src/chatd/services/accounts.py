@@ -115,7 +115,8 @@ class AccountService:
         if user is None or not verified:
             # One answer for an unknown handle and a wrong password.
             raise Unauthorized("wrong handle or password", code="bad_credentials")
-        token = TOKEN_PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode().rstrip("=")
+        token = TOKEN_PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+        token = token.rstrip("=")
         token_hash = hash_token(token)
         now = self._clock.now_ms()
         expires_at = now + int(self._config.token_ttl_days * _DAY_MS)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from chatd.config import LimitsConfig
 from chatd.domain import groups, rules
 from chatd.domain.ids import SnowflakeGenerator, direct_conversation_id
-from chatd.domain.models import Conversation, Member, Session
+from chatd.domain.models import Conversation, Member, Session, Watermark
 from chatd.errors import Conflict
 from chatd.services.accounts import AccountService
 from chatd.services.clock import Clock
@@ -78,7 +78,8 @@ class ConversationService:
                            code="direct_id_clash")
         return conv
 
-    async def create_group(self, session: Session, name: str, member_ids: list[int]) -> Conversation:
+    async def create_group(self, session: Session, name: str,
+                           member_ids: list[int]) -> Conversation:
         name = rules.clean_text(name, "name", max_length=rules.MAX_GROUP_NAME)
         others = [uid for uid in dict.fromkeys(member_ids) if uid != session.user_id]
         if len(others) + 1 > self._limits.max_group_members:
@@ -116,6 +117,9 @@ class ConversationService:
                 joined_seq = conv.head_seq + 1
                 for user_id in added:
                     self._add_member(batch, conv, user_id, Member("member", joined_seq))
+                    # Unread counts start at the entry that added them.
+                    self._owner.set_watermark(batch, conv, user_id,
+                                              Watermark(joined_seq - 1, joined_seq - 1))
                 self._owner.append_system(batch, conv, session.user_id, "members_added",
                                           user_ids=_ids(added))
             return conv

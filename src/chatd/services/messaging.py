@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from chatd.config import LimitsConfig
 from chatd.domain import groups, rules
-from chatd.domain.models import Body, Conversation, Message, SendResult, Session, Watermark
+from chatd.domain.models import Conversation, Message, SendResult, Session, Watermark
 from chatd.errors import BadRequest, PayloadTooLarge
 from chatd.services.owner import ConversationOwner
 from chatd.storage import Batch, GroupCommitter, Store
@@ -41,12 +41,12 @@ class MessagingService:
         return conv
 
     async def send(self, session: Session, *, conversation_id: int, client_msg_id: str,
-                   content_type: str, body: Body) -> SendResult:
+                   content_type: str, body: str | bytes) -> SendResult:
         client_msg_id = rules.check_client_msg_id(client_msg_id)
         content_type = rules.check_content_type(content_type)
         if rules.is_text_content(content_type) != isinstance(body, str):
             raise BadRequest("body: text/* content types take a string body, others take bytes")
-        size = len(body.encode()) if isinstance(body, str) else len(body)  # type: ignore[union-attr]
+        size = len(body.encode()) if isinstance(body, str) else len(body)
         if size > self._limits.max_message_bytes:
             raise PayloadTooLarge(
                 f"body is {size} bytes; the limit is {self._limits.max_message_bytes}",

@@ -111,9 +111,13 @@ class ConversationOwner:
             key = (conv.conversation_id, sender_id, client_msg_id)
             self._in_flight[key] = SendResult(message.message_id, message.conversation_id,
                                               message.seq, message.ts)
-            batch.after_commit.append(lambda: self._in_flight.pop(key, None))
+            batch.after_commit.append(lambda: self._forget_in_flight(key))
         batch.after_commit.append(lambda: self._publish(message))
         return message
+
+    def _forget_in_flight(self, key: tuple[int, int, str]) -> None:
+        # Landed: from now on the dedup record in the database answers a resend.
+        self._in_flight.pop(key, None)
 
     def append_system(self, batch: Batch, conv: Conversation, actor_id: int,
                       event: str, **details: object) -> Message:

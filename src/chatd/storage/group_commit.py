@@ -119,33 +119,39 @@ class GroupCommitter:
     def _commit_one_batch(self) -> None:
         batch = self._store.batch()
         taken: list[_Pending[Any]] = []
+        broken = False
         while self._queue and len(taken) < self._max_batch:
             pending = self._queue.popleft()
             taken.append(pending)
+            mark = batch.mark()
             try:
                 pending.result = pending.apply(batch)
             except ChatdError as exc:
+                # Refused by a rule: commands check before they change anything, so only
+                # its buffered writes need taking back.
+                batch.rollback_to(mark)
                 pending.error = exc
-            except Exception as exc:  # a bug in one command must not stall everyone
-                log.exception("command failed while building a batch")
-                pending.error = ChatdError("internal error while applying the command")
-                pending.error.__cause__ = exc
+            except Exception:
+                # A bug: in-memory state may be half changed, so nothing in this batch can
+                # be trusted. Refuse all of it and have the services reload from disk.
+                log.exception("command failed while building a batch; refusing the batch")
+                broken = True
+                break
+        if broken:
+            self._refuse_all(taken, ChatdError("internal error; the request was not applied"))
+            return
         accepted = [p for p in taken if p.error is None]
         try:
             self._store.write(batch)
         except Exception:
             log.exception("batch write failed; %d commands not acknowledged", len(accepted))
             self._failed_writes += 1
-            for pending in accepted:
-                pending.error = StorageFailure("the write could not be made durable; retry")
-            for listener in self._failure_listeners:
-                listener()
-            batch.after_commit.clear()
-        else:
-            if accepted:
-                self._batches += 1
-                self._committed += len(accepted)
-                self._largest = max(self._largest, len(accepted))
+            self._refuse_all(taken, StorageFailure("the write could not be made durable; retry"))
+            return
+        if accepted:
+            self._batches += 1
+            self._committed += len(accepted)
+            self._largest = max(self._largest, len(accepted))
         self._refused += len(taken) - len(accepted)
         for callback in batch.after_commit:
             try:
@@ -155,4 +161,11 @@ class GroupCommitter:
         for pending in taken:
             pending.done.set()
 
-
+    def _refuse_all(self, taken: list[_Pending[Any]], error: ChatdError) -> None:
+        for listener in self._failure_listeners:
+            listener()
+        for pending in taken:
+            if pending.error is None:
+                pending.error = error
+            pending.done.set()
+        self._refused += len(taken)

@@ -41,23 +41,43 @@ def _unpack(data: bytes) -> Any:
 class Batch:
     """The writes of one or more commands, applied atomically by `Store.write`.
 
-    `after_commit` callbacks run, in order, only once the batch is durable: that is where
-    fan-out and other effects that must never precede durability are hooked in.
+    Operations are buffered so that a command that fails halfway can be taken back out
+    (`mark` / `rollback_to`) without touching the commands before it. `after_commit`
+    callbacks run, in order, only once the batch is durable: that is where fan-out and
+    other effects that must never precede durability are hooked in.
     """
 
     def __init__(self, store: Store) -> None:
         self._store = store
-        self._batch = WriteBatch(raw_mode=True)
-        self.operations = 0
+        self._operations: list[tuple[str, bytes, bytes | None]] = []
         self.after_commit: list[Callable[[], None]] = []
 
+    @property
+    def operations(self) -> int:
+        return len(self._operations)
+
+    def mark(self) -> tuple[int, int]:
+        return len(self._operations), len(self.after_commit)
+
+    def rollback_to(self, mark: tuple[int, int]) -> None:
+        del self._operations[mark[0]:]
+        del self.after_commit[mark[1]:]
+
     def _put(self, family: str, key: bytes, value: bytes) -> None:
-        self._batch.put(key, value, self._store._handles[family])
-        self.operations += 1
+        self._operations.append((family, key, value))
 
     def _delete(self, family: str, key: bytes) -> None:
-        self._batch.delete(key, self._store._handles[family])
-        self.operations += 1
+        self._operations.append((family, key, None))
+
+    def _to_write_batch(self) -> WriteBatch:
+        handles = self._store._handles
+        batch = WriteBatch(raw_mode=True)
+        for family, key, value in self._operations:
+            if value is None:
+                batch.delete(key, handles[family])
+            else:
+                batch.put(key, value, handles[family])
+        return batch
 
     def put_user(self, user: User) -> None:
         value = [user.handle, user.display_name, user.password_hash, user.created_at,
@@ -142,7 +162,7 @@ class Store:
     def write(self, batch: Batch) -> None:
         """Apply a batch atomically; durable on return when the store syncs."""
         if batch.operations:
-            self._db.write(batch._batch, self._write_options)
+            self._db.write(batch._to_write_batch(), self._write_options)
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -231,7 +251,8 @@ class Store:
         return [keys.read_u64(key, 8)
                 for key, _ in self._scan_prefix("user_conversations", keys.u64(user_id))]
 
-    def get_sent(self, conversation_id: int, sender_id: int, client_msg_id: str) -> SendResult | None:
+    def get_sent(self, conversation_id: int, sender_id: int,
+                 client_msg_id: str) -> SendResult | None:
         raw = self._get("dedup", keys.dedup_key(conversation_id, sender_id, client_msg_id))
         if raw is None:
             return None

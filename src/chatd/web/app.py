@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from quart import Response
+from quart.typing import ResponseTypes
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
@@ -36,7 +36,7 @@ def create_app(services: Services) -> QuartTrio:
     app.url_map.strict_slashes = False
 
     @app.errorhandler(ChatdError)
-    async def chatd_error(error: ChatdError) -> Response:
+    async def chatd_error(error: ChatdError) -> ResponseTypes:
         response = await app.make_response((error.to_json(), error.status))
         if isinstance(error, Unauthorized):
             response.headers["WWW-Authenticate"] = 'Bearer realm="chatd"'
@@ -44,14 +44,16 @@ def create_app(services: Services) -> QuartTrio:
             response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
         return response
 
+    too_large = f"the request body is larger than {services.config.server.max_request_bytes} bytes"
+
     @app.errorhandler(HTTPException)
-    async def http_error(error: HTTPException) -> Response:
+    async def http_error(error: HTTPException) -> ResponseTypes:
         status = error.code or 500
         code = _HTTP_CODES.get(status, "http_error")
         message = {
             404: "no such route; see /openapi.json for the API",
             405: "this route does not take that method",
-            413: f"the request body is larger than {services.config.server.max_request_bytes} bytes",
+            413: too_large,
         }.get(status, error.description or error.name)
         response = await app.make_response(error_response(status, code, message))
         if status == 405 and error.get_response().headers.get("Allow"):
@@ -59,7 +61,7 @@ def create_app(services: Services) -> QuartTrio:
         return response
 
     @app.errorhandler(Exception)
-    async def unexpected_error(error: Exception) -> Response:
+    async def unexpected_error(error: Exception) -> ResponseTypes:
         log.error("unhandled error", exc_info=error)
         return await app.make_response(
             error_response(500, "internal", "an internal error occurred; it has been logged"))

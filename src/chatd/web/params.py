@@ -102,4 +102,5 @@ def message_body(body: dict[str, Any], content_type: str, *, is_text: bool) -> s
     try:
         return base64.b64decode(raw, validate=True)
     except (binascii.Error, ValueError):
-        raise BadRequest(f"body: {content_type} bodies must be base64", code="invalid_field") from None
+        raise BadRequest(f"body: {content_type} bodies must be base64",
+                         code="invalid_field") from None

@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+from chatd.domain.models import User
+from chatd.errors import BadRequest, ChatdError, StorageFailure
+from chatd.storage import Batch, GroupCommitter, Store
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[Store]:
+    store = Store.open(str(tmp_path))
+    yield store
+    store.close()
+
+
+def put_user(user_id: int) -> object:
+    def apply(batch: Batch) -> int:
+        batch.put_user(User(user_id, f"u{user_id}", "U", b"", 0))
+        return user_id
+    return apply
+
+
+async def test_concurrent_commands_share_batches(store: Store) -> None:
+    committer = GroupCommitter(store)
+    results: list[int] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+
+        async def submit(user_id: int) -> None:
+            results.append(await committer.submit(put_user(user_id)))  # type: ignore[arg-type]
+
+        async with trio.open_nursery() as producers:
+            for user_id in range(1, 201):
+                producers.start_soon(submit, user_id)
+        committer.close()
+    stats = committer.statistics()
+    assert sorted(results) == list(range(1, 201))
+    assert stats.commands_committed == 200
+    assert stats.batches_written < 20 and stats.mean_batch > 10
+    assert all(store.get_user(user_id) is not None for user_id in range(1, 201))
+
+
+async def test_a_refused_command_does_not_affect_its_batch(store: Store) -> None:
+    committer = GroupCommitter(store)
+
+    def refuse(batch: Batch) -> None:
+        batch.put_user(User(666, "bad", "B", b"", 0))
+        raise BadRequest("no")
+
+    outcomes: dict[str, object] = {}
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+
+        async def run(name: str, apply: object) -> None:
+            try:
+                outcomes[name] = await committer.submit(apply)  # type: ignore[arg-type]
+            except BadRequest as exc:
+                outcomes[name] = exc
+
+        async with trio.open_nursery() as producers:
+            producers.start_soon(run, "a", put_user(1))
+            producers.start_soon(run, "bad", refuse)
+            producers.start_soon(run, "b", put_user(2))
+        committer.close()
+    assert outcomes["a"] == 1 and outcomes["b"] == 2
+    assert isinstance(outcomes["bad"], BadRequest)
+    # What the refused command had written before it failed was taken back out.
+    assert store.get_user(666) is None
+
+
+async def test_a_bug_in_a_command_refuses_its_batch_and_resets_state(store: Store) -> None:
+    committer = GroupCommitter(store)
+    resets: list[bool] = []
+    committer.on_write_failure(lambda: resets.append(True))
+
+    def buggy(batch: Batch) -> None:
+        raise KeyError("oops")
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        with pytest.raises(ChatdError, match="internal error"):
+            await committer.submit(buggy)
+        assert await committer.submit(put_user(3)) == 3  # type: ignore[arg-type]
+        committer.close()
+    assert resets == [True]
+
+
+class FailingStore(Store):
+    """A real store whose next write fails as a full disk would."""
+
+    fail_next = True
+
+    def write(self, batch: Batch) -> None:
+        if self.fail_next:
+            self.fail_next = False
+            raise OSError(28, "No space left on device")
+        super().write(batch)
+
+
+async def test_a_failed_write_acknowledges_nobody_and_resets_state(tmp_path: Path) -> None:
+    real = Store.open(str(tmp_path))
+    real.close()
+    store = FailingStore.open(str(tmp_path))
+    committer = GroupCommitter(store)
+    resets: list[bool] = []
+    committer.on_write_failure(lambda: resets.append(True))
+    try:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(committer.run)
+            with pytest.raises(StorageFailure):
+                await committer.submit(put_user(1))  # type: ignore[arg-type]
+            assert await committer.submit(put_user(2)) == 2  # type: ignore[arg-type]
+            committer.close()
+        assert resets == [True]
+        assert store.get_user(1) is None and store.get_user(2) is not None
+        assert committer.statistics().failed_writes == 1
+    finally:
+        store.close()
+
+
+async def test_closed_committer_drains_then_refuses(store: Store) -> None:
+    committer = GroupCommitter(store)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(committer.run)
+        assert await committer.submit(put_user(1)) == 1  # type: ignore[arg-type]
+        committer.close()
+    with pytest.raises(Exception, match="shutting down"):
+        await committer.submit(put_user(2))  # type: ignore[arg-type]
