@@ -85,12 +85,27 @@ class LimitsConfig:
 
 
 @dataclass(frozen=True)
+class WebSocketConfig:
+    #: Close a connection that sent no frame for this many seconds (clients send `ping`).
+    idle_timeout: float = 75.0
+    #: Seconds between WebSocket protocol pings from the server (keeps NAT paths open).
+    ping_interval: float = 25.0
+    #: Frames waiting for a socket before it counts as too slow and is closed (code 4008).
+    max_queue: int = 1024
+    #: Largest frame accepted from a client, in bytes; larger ones get an error frame.
+    max_frame_bytes: int = 131_072
+    #: Sends from one connection waiting for durability at once; more wait their turn.
+    max_inflight_sends: int = 256
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
+    websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
 
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.server.listen)
@@ -210,13 +225,18 @@ def validate(config: Config) -> Config:
         "limits.max_group_members": config.limits.max_group_members,
         "limits.history_page_default": config.limits.history_page_default,
         "limits.history_page_max": config.limits.history_page_max,
+        "websocket.max_queue": config.websocket.max_queue,
+        "websocket.max_frame_bytes": config.websocket.max_frame_bytes,
+        "websocket.max_inflight_sends": config.websocket.max_inflight_sends,
     }
     for key, value in positive.items():
         if value < 1:
             raise ConfigError(f"{key}: must be at least 1, got {value}")
     for key, number in (("auth.token_ttl_days", config.auth.token_ttl_days),
                         ("auth.attempts_per_minute", config.auth.attempts_per_minute),
-                        ("server.graceful_timeout", config.server.graceful_timeout)):
+                        ("server.graceful_timeout", config.server.graceful_timeout),
+                        ("websocket.idle_timeout", config.websocket.idle_timeout),
+                        ("websocket.ping_interval", config.websocket.ping_interval)):
         if number <= 0:
             raise ConfigError(f"{key}: must be greater than 0, got {number}")
     if config.auth.argon2_memlimit_kib < 8:

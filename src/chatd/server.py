@@ -22,6 +22,7 @@ from hypercorn.config import Config as HypercornConfig
 from chatd.config import Config
 from chatd.services.clock import Clock
 from chatd.services.context import Services, build_services
+from chatd.services.live import CLOSE_GOING_AWAY
 from chatd.storage import Store
 from chatd.web.app import create_app
 
@@ -46,7 +47,18 @@ def _hypercorn_config(config: Config) -> HypercornConfig:
     hconfig.accesslog = None
     # Through our logging setup (a bare "-" would add a second stderr handler).
     hconfig.errorlog = logging.getLogger("hypercorn.error")
+    hconfig.websocket_ping_interval = config.websocket.ping_interval
+    # Frames above websocket.max_frame_bytes get an error frame from the app; hypercorn's
+    # own limit (close 1009) only stops the absurd.
+    hconfig.websocket_max_message_size = config.server.max_request_bytes
     return hconfig
+
+
+async def _close_sockets_on(shutdown: trio.Event, services: Services) -> None:
+    # Open WebSockets would hold hypercorn's shutdown for graceful_timeout and end with
+    # 1006; closing them from the app with 1001 ends them at once and cleanly.
+    await shutdown.wait()
+    services.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
 
 
 async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = None,
@@ -59,6 +71,7 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
         async with trio.open_nursery() as nursery:
             await nursery.start(services.committer.run)
             async with trio.open_nursery() as web:
+                web.start_soon(_close_sockets_on, shutdown, services)
                 urls = await web.start(partial(hypercorn.trio.serve, app,
                                                _hypercorn_config(config),
                                                shutdown_trigger=shutdown.wait))

@@ -18,7 +18,7 @@ async def test_register_login_and_me(http: httpx.AsyncClient) -> None:
     alice = await login(http, "ALICE.smith", device_name="phone")
     assert alice.user_id == user["user_id"]
     me = (await alice.get("/me")).json()
-    assert me == {**user}
+    assert me == user
 
 
 async def test_phone_number_handles(http: httpx.AsyncClient) -> None:

@@ -20,6 +20,8 @@ class User:
     password_hash: bytes
     created_at: int
     status_text: str = ""
+    #: Privacy: when set, presence shows online/offline but never last_seen.
+    hide_last_seen: bool = False
 
 
 @dataclass(frozen=True, slots=True)

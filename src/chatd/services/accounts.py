@@ -8,9 +8,13 @@ device (or logging out) deletes both, which is what makes tokens revocable.
 from __future__ import annotations
 
 import base64
+import contextlib
+import dataclasses
 import hashlib
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -19,7 +23,7 @@ from chatd.domain import rules
 from chatd.domain.ids import SnowflakeGenerator
 from chatd.domain.models import Device, Session, TokenRecord, User
 from chatd.domain.ratelimit import KeyedRateLimiter
-from chatd.errors import BadRequest, Conflict, NotFound, RateLimited, Unauthorized
+from chatd.errors import BadRequest, ChatdError, Conflict, NotFound, RateLimited, Unauthorized
 from chatd.services.clock import Clock
 from chatd.services.passwords import PasswordHasher
 from chatd.services.routing import Router
@@ -60,6 +64,8 @@ class AccountService:
         # Users changed by commands whose batch has not landed yet; reads see these first
         # so two profile edits in one batch do not undo each other.
         self._pending_users: dict[int, User] = {}
+        self._profile_listeners: list[Callable[[User], None]] = []
+        self._revocation_listeners: list[Callable[[int, int], None]] = []
 
     def forget_pending(self) -> None:
         """After a failed batch write: pending changes never reached the disk."""
@@ -152,6 +158,8 @@ class AccountService:
         def apply(batch: Batch) -> None:
             batch.delete_device(device.user_id, device.device_id)
             batch.delete_token(device.token_hash)
+            for listener in self._revocation_listeners:
+                batch.after_commit.append(partial(listener, device.user_id, device.device_id))
 
         await self._committer.submit(apply)
 
@@ -181,7 +189,7 @@ class AccountService:
             self.get_user(user_id)
 
     async def update_profile(self, session: Session, *, display_name: str | None,
-                             status_text: str | None) -> User:
+                             status_text: str | None, hide_last_seen: bool | None = None) -> User:
         if display_name is not None:
             display_name = rules.clean_text(display_name, "display_name",
                                             max_length=rules.MAX_DISPLAY_NAME)
@@ -191,16 +199,36 @@ class AccountService:
 
         def apply(batch: Batch) -> User:
             user = self.get_user(session.user_id)
-            updated = User(user.user_id, user.handle,
-                           user.display_name if display_name is None else display_name,
-                           user.password_hash, user.created_at,
-                           user.status_text if status_text is None else status_text)
+            updated = dataclasses.replace(
+                user,
+                display_name=user.display_name if display_name is None else display_name,
+                status_text=user.status_text if status_text is None else status_text,
+                hide_last_seen=user.hide_last_seen if hide_last_seen is None else hide_last_seen)
             batch.put_user(updated)
             self._pending_users[updated.user_id] = updated
             batch.after_commit.append(lambda: self._settle(updated))
+            for listener in self._profile_listeners:
+                batch.after_commit.append(partial(listener, updated))
             return updated
 
         return await self._committer.submit(apply)
+
+    def on_device_revoked(self, listener: Callable[[int, int], None]) -> None:
+        """Call `listener(user_id, device_id)` once a device's revocation is durable."""
+        self._revocation_listeners.append(listener)
+
+    def record_last_seen(self, user_id: int, ts: int) -> None:
+        """Remember when the user's last socket closed (best effort, not awaited)."""
+        # Shutting down or overloaded: presence is ephemeral, losing it is fine.
+        with contextlib.suppress(ChatdError):
+            self._committer.enqueue(lambda batch: batch.put_last_seen(user_id, ts))
+
+    def last_seen(self, user_id: int) -> int | None:
+        return self._store.last_seen(user_id)
+
+    def on_profile_change(self, listener: Callable[[User], None]) -> None:
+        """Call `listener` with the new profile once a profile change is durable."""
+        self._profile_listeners.append(listener)
 
     def _settle(self, user: User) -> None:
         if self._pending_users.get(user.user_id) is user:

@@ -14,6 +14,7 @@ from chatd.domain.ring import HashRing
 from chatd.services.accounts import AccountService
 from chatd.services.clock import Clock, SystemClock
 from chatd.services.conversations import ConversationService
+from chatd.services.live import Hub
 from chatd.services.messaging import MessagingService
 from chatd.services.owner import ConversationOwner
 from chatd.services.passwords import PasswordHasher
@@ -27,9 +28,12 @@ class Services:
     store: Store
     committer: GroupCommitter
     router: Router
+    owner: ConversationOwner
     accounts: AccountService
     conversations: ConversationService
     messaging: MessagingService
+    hub: Hub
+    clock: Clock
 
 
 def build_services(config: Config, store: Store, *, clock: Clock | None = None) -> Services:
@@ -48,6 +52,11 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None) 
     committer.on_write_failure(accounts.forget_pending)
     conversations = ConversationService(owner=owner, committer=committer, accounts=accounts,
                                         ids=ids, clock=clock, limits=config.limits)
-    messaging = MessagingService(store=store, owner=owner, committer=committer,
+    hub = Hub(store=store, owner=owner, clock=clock)
+    owner.on_message(hub.publish_message)
+    accounts.on_profile_change(hub.publish_profile)
+    accounts.on_device_revoked(hub.close_device)
+    messaging = MessagingService(store=store, owner=owner, committer=committer, hub=hub,
                                  limits=config.limits)
-    return Services(config, store, committer, router, accounts, conversations, messaging)
+    return Services(config, store, committer, router, owner, accounts, conversations,
+                    messaging, hub, clock)

@@ -132,10 +132,11 @@ class ConversationService:
             conv = self._owner.get(conversation_id)
             removed = groups.plan_remove(conv, session.user_id, user_ids)
             if removed:
-                for user_id in removed:
-                    self._drop_member(batch, conv, user_id)
+                # Written while they are still members, so their devices are told too.
                 self._owner.append_system(batch, conv, session.user_id, "members_removed",
                                           user_ids=_ids(removed))
+                for user_id in removed:
+                    self._drop_member(batch, conv, user_id)
             return conv
 
         return await self._committer.submit(apply)

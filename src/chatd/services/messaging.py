@@ -9,12 +9,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import trio
+
 from chatd.config import LimitsConfig
 from chatd.domain import groups, rules
 from chatd.domain.models import Conversation, Message, SendResult, Session, Watermark
-from chatd.errors import BadRequest, PayloadTooLarge
+from chatd.domain.ratelimit import KeyedRateLimiter
+from chatd.errors import BadRequest, NotFound, PayloadTooLarge
+from chatd.protocol import frames
+from chatd.services.live import Hub
 from chatd.services.owner import ConversationOwner
-from chatd.storage import Batch, GroupCommitter, Store
+from chatd.storage import Batch, GroupCommitter, Pending, Store
 
 _NO_UPPER_BOUND = (1 << 64) - 1
 
@@ -28,11 +33,14 @@ class HistoryPage:
 
 class MessagingService:
     def __init__(self, *, store: Store, owner: ConversationOwner, committer: GroupCommitter,
-                 limits: LimitsConfig) -> None:
+                 hub: Hub, limits: LimitsConfig) -> None:
         self._store = store
         self._owner = owner
         self._committer = committer
+        self._hub = hub
         self._limits = limits
+        # Typing notices: a burst of 3, then one every 2 s per (user, conversation).
+        self._typing_limit = KeyedRateLimiter(per_second=0.5, burst=3)
 
     def member_view(self, session: Session, conversation_id: int) -> Conversation:
         """The conversation, if the caller is a member (404 unknown, 403 not a member)."""
@@ -42,6 +50,15 @@ class MessagingService:
 
     async def send(self, session: Session, *, conversation_id: int, client_msg_id: str,
                    content_type: str, body: str | bytes) -> SendResult:
+        pending = self.start_send(session, conversation_id=conversation_id,
+                                  client_msg_id=client_msg_id, content_type=content_type,
+                                  body=body)
+        return await pending.wait()
+
+    def start_send(self, session: Session, *, conversation_id: int, client_msg_id: str,
+                   content_type: str, body: str | bytes) -> Pending[SendResult]:
+        """Check and queue a send now; sends queued one after another keep their order.
+        Await the result for the answer, which comes once the message is durable."""
         client_msg_id = rules.check_client_msg_id(client_msg_id)
         content_type = rules.check_content_type(content_type)
         if rules.is_text_content(content_type) != isinstance(body, str):
@@ -66,7 +83,7 @@ class MessagingService:
                                          client_msg_id=client_msg_id)
             return SendResult(message.message_id, conversation_id, message.seq, message.ts)
 
-        return await self._committer.submit(apply)
+        return self._committer.enqueue(apply)
 
     def history(self, session: Session, conversation_id: int, *, after: int | None,
                 before: int | None, limit: int | None) -> HistoryPage:
@@ -104,6 +121,20 @@ class MessagingService:
         return result
 
     async def mark_read(self, session: Session, conversation_id: int, seq: int) -> Watermark:
+        return await self._move_watermark(session, conversation_id, seq, read=True)
+
+    async def acknowledge(self, session: Session, conversation_id: int, seq: int,
+                          acked: dict[int, int] | None = None) -> Watermark:
+        """A device has everything up to `seq`: move its cursor (where its next catch-up
+        starts) and the user's delivered watermark. `acked` is the device's cursor map,
+        kept current by the caller so repeated acks cost nothing."""
+        if acked is not None and acked.get(conversation_id, -1) >= seq:
+            return self.member_view(session, conversation_id).watermark(session.user_id)
+        return await self._move_watermark(session, conversation_id, seq, read=False,
+                                          acked=acked)
+
+    async def _move_watermark(self, session: Session, conversation_id: int, seq: int, *,
+                              read: bool, acked: dict[int, int] | None = None) -> Watermark:
         self.member_view(session, conversation_id)
 
         def apply(batch: Batch) -> Watermark:
@@ -112,8 +143,39 @@ class MessagingService:
             if seq > conv.head_seq:
                 raise BadRequest(f"seq: the conversation's last seq is {conv.head_seq}",
                                  code="seq_out_of_range")
-            mark = conv.watermark(session.user_id).advanced(read=seq)
-            self._owner.set_watermark(batch, conv, session.user_id, mark)
+            current = conv.watermark(session.user_id)
+            if read:
+                mark = current.advanced(read=seq)
+            else:
+                mark = current.advanced(delivered=seq)
+                batch.put_cursor(session.device_id, conversation_id, seq)
+                if acked is not None:
+                    acked[conversation_id] = max(seq, acked.get(conversation_id, 0))
+            if mark != current:
+                self._owner.set_watermark(batch, conv, session.user_id, mark)
+                batch.after_commit.append(
+                    lambda: self._hub.publish_receipt(conv, session.user_id, mark))
             return mark
 
         return await self._committer.submit(apply)
+
+    def typing(self, session: Session, conversation_id: int) -> bool:
+        """Relay a typing notice to the other members; False when rate limited (dropped)."""
+        conv = self.member_view(session, conversation_id)
+        key = f"{session.user_id}:{conversation_id}"
+        if self._typing_limit.try_acquire(key, trio.current_time()) > 0:
+            return False
+        others = [user_id for user_id in conv.members if user_id != session.user_id]
+        self._hub.publish(others, frames.typing_frame(conversation_id, session.user_id))
+        return True
+
+    def message_status(self, session: Session, conversation_id: int,
+                       seq: int) -> list[tuple[int, bool, bool]]:
+        """(member, delivered, read) for one message, derived from the watermarks."""
+        conv = self.member_view(session, conversation_id)
+        if not 1 <= seq <= conv.head_seq:
+            raise NotFound(f"no message with seq {seq} in this conversation",
+                           code="unknown_message")
+        return [(user_id, conv.watermark(user_id).delivered_seq >= seq,
+                 conv.watermark(user_id).read_seq >= seq)
+                for user_id, member in conv.members.items() if member.joined_seq <= seq]

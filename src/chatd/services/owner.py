@@ -20,20 +20,21 @@ from chatd.services.clock import Clock
 from chatd.services.routing import Router
 from chatd.storage import Batch, Store
 
-#: Called with each message once it is durable, in log order (the live stream hooks in here).
-Publisher = Callable[[Message], None]
+#: Called with each message once it is durable, in log order, and the users to deliver it
+#: to: the members when it was appended, plus those a system entry removes.
+MessageListener = Callable[[Message, tuple[int, ...]], None]
 
 
 class ConversationOwner:
     def __init__(self, *, store: Store, router: Router, ids: SnowflakeGenerator, clock: Clock,
-                 cache_size: int, publish: Publisher = lambda message: None) -> None:
+                 cache_size: int) -> None:
         self._store = store
         self._router = router
         self._ids = ids
         self._clock = clock
         self._cache_size = cache_size
         self._cache: OrderedDict[int, Conversation] = OrderedDict()
-        self._publish = publish
+        self._listeners: list[MessageListener] = []
         # Conversations changed by batches that have not landed, with a count of those
         # batches. They stay reachable even if the LRU drops them: reloading one from disk
         # would lose its pending changes and hand out a seq twice.
@@ -41,6 +42,9 @@ class ConversationOwner:
         # Sends applied but not yet durable, so a resend inside the same window is
         # answered from here (the database has not got them yet).
         self._in_flight: dict[tuple[int, int, str], SendResult] = {}
+
+    def on_message(self, listener: MessageListener) -> None:
+        self._listeners.append(listener)
 
     def forget_all(self) -> None:
         """After a failed batch write, memory may be ahead of the disk: reload from disk."""
@@ -112,8 +116,14 @@ class ConversationOwner:
             self._in_flight[key] = SendResult(message.message_id, message.conversation_id,
                                               message.seq, message.ts)
             batch.after_commit.append(lambda: self._forget_in_flight(key))
-        batch.after_commit.append(lambda: self._publish(message))
+        if self._listeners:
+            recipients = tuple(conv.members)
+            batch.after_commit.append(lambda: self._notify(message, recipients))
         return message
+
+    def _notify(self, message: Message, recipients: tuple[int, ...]) -> None:
+        for listener in self._listeners:
+            listener(message, recipients)
 
     def _forget_in_flight(self, key: tuple[int, int, str]) -> None:
         # Landed: from now on the dedup record in the database answers a resend.
@@ -125,6 +135,7 @@ class ConversationOwner:
         body: dict[str, object] = {"event": event, "actor_id": str(actor_id), **details}
         return self.append(batch, conv, sender_id=actor_id, sender_device=0,
                            content_type=SYSTEM_CONTENT_TYPE, body=body)
+
 
     def set_watermark(self, batch: Batch, conv: Conversation, user_id: int,
                       mark: Watermark) -> None:

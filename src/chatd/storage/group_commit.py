@@ -22,7 +22,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
-from chatd.errors import ChatdError, StorageFailure
+from chatd.errors import ChatdError, StorageFailure, Unavailable
 from chatd.storage.store import Batch, Store
 
 log = logging.getLogger(__name__)
@@ -43,7 +43,9 @@ class CommitStatistics:
         return self.commands_committed / self.batches_written if self.batches_written else 0.0
 
 
-class _Pending(Generic[T]):
+class Pending(Generic[T]):
+    """A queued command; `await pending.wait()` returns its result once durable."""
+
     __slots__ = ("apply", "done", "error", "result")
 
     def __init__(self, apply: Callable[[Batch], T]) -> None:
@@ -52,14 +54,21 @@ class _Pending(Generic[T]):
         self.result: T | None = None
         self.error: BaseException | None = None
 
+    async def wait(self) -> T:
+        await self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result  # type: ignore[return-value]  # set whenever error is None
+
 
 class GroupCommitter:
     def __init__(self, store: Store, *, max_batch: int = 1024, max_pending: int = 65_536) -> None:
         self._store = store
         self._max_batch = max_batch
-        self._queue: deque[_Pending[Any]] = deque()
+        self._queue: deque[Pending[Any]] = deque()
         # Bounds memory when producers outrun the disk: submit() waits for room.
         self._room = trio.Semaphore(max_pending)
+        self._max_pending = max_pending
         self._work = trio.Event()
         self._closing = False
         self._failure_listeners: list[Callable[[], None]] = []
@@ -83,19 +92,32 @@ class GroupCommitter:
         If the caller is cancelled while waiting, the command still commits (or not) with
         its batch: a client that retries with the same client_msg_id gets the same answer.
         """
-        if self._closing:
-            raise ChatdError("the server is shutting down", code="shutting_down")
+        self._check_open()
         async with self._room:
-            pending = _Pending(apply)
+            pending = Pending(apply)
             self._queue.append(pending)
             self._work.set()
             # Shielded so that the semaphore slot is returned only once the committer
             # is done with this command, whatever happens to the caller.
             with trio.CancelScope(shield=True):
                 await pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        return pending.result  # type: ignore[return-value]  # set whenever error is None
+        return await pending.wait()
+
+    def enqueue(self, apply: Callable[[Batch], T]) -> Pending[T]:
+        """Queue `apply` now, without waiting for room: commands enqueued one after another
+        run in that order (a WebSocket's pipelined sends keep their order this way).
+        Refuses with 503 when the queue is full, instead of growing without bound."""
+        self._check_open()
+        if len(self._queue) >= self._max_pending:
+            raise Unavailable("the server is overloaded; retry shortly", code="overloaded")
+        pending = Pending(apply)
+        self._queue.append(pending)
+        self._work.set()
+        return pending
+
+    def _check_open(self) -> None:
+        if self._closing:
+            raise Unavailable("the server is shutting down", code="shutting_down")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The committer task. Returns after `close()` once every queued command is done."""
@@ -118,7 +140,7 @@ class GroupCommitter:
 
     def _commit_one_batch(self) -> None:
         batch = self._store.batch()
-        taken: list[_Pending[Any]] = []
+        taken: list[Pending[Any]] = []
         broken = False
         while self._queue and len(taken) < self._max_batch:
             pending = self._queue.popleft()
@@ -161,7 +183,7 @@ class GroupCommitter:
         for pending in taken:
             pending.done.set()
 
-    def _refuse_all(self, taken: list[_Pending[Any]], error: ChatdError) -> None:
+    def _refuse_all(self, taken: list[Pending[Any]], error: ChatdError) -> None:
         for listener in self._failure_listeners:
             listener()
         for pending in taken:

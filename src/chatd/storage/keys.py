@@ -6,7 +6,7 @@ family holds one kind of record:
 
 | column family        | key                                     | value (msgpack array)                     |
 |----------------------|-----------------------------------------|-------------------------------------------|
-| users                | user_id                                 | handle, display_name, pw_hash, created_at, status_text |
+| users                | user_id                                 | handle, display_name, pw_hash, created_at, status_text, hide_last_seen |
 | handles              | normalised handle (UTF-8)               | user_id (8 bytes)                         |
 | devices              | user_id, device_id                      | name, created_at, token_hash              |
 | tokens               | sha256(token)                           | user_id, device_id, expires_at            |
@@ -16,6 +16,8 @@ family holds one kind of record:
 | messages             | conversation_id, seq                    | message_id, sender, device, client_msg_id, content_type, body, ts |
 | dedup                | conversation_id, sender_id, client_msg_id | seq, message_id, ts                     |
 | watermarks           | conversation_id, user_id                | delivered_seq, read_seq                   |
+| cursors              | device_id, conversation_id              | seq acked by that device (8 bytes)        |
+| last_seen            | user_id                                 | ms when the user's last socket closed (8 bytes) |
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ COLUMN_FAMILIES = (
     "messages",
     "dedup",
     "watermarks",
+    "cursors",
+    "last_seen",
 )
 
 _U64 = struct.Struct(">Q")

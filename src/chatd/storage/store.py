@@ -81,7 +81,7 @@ class Batch:
 
     def put_user(self, user: User) -> None:
         value = [user.handle, user.display_name, user.password_hash, user.created_at,
-                 user.status_text]
+                 user.status_text, user.hide_last_seen]
         self._put("users", keys.u64(user.user_id), _pack(value))
 
     def put_handle(self, handle: str, user_id: int) -> None:
@@ -123,6 +123,12 @@ class Batch:
             dedup = keys.dedup_key(message.conversation_id, message.sender_id,
                                    message.client_msg_id)
             self._put("dedup", dedup, _pack([message.seq, message.message_id, message.ts]))
+
+    def put_cursor(self, device_id: int, conversation_id: int, seq: int) -> None:
+        self._put("cursors", keys.pair(device_id, conversation_id), keys.u64(seq))
+
+    def put_last_seen(self, user_id: int, ts: int) -> None:
+        self._put("last_seen", keys.u64(user_id), keys.u64(ts))
 
     def put_watermark(self, conversation_id: int, user_id: int, mark: Watermark) -> None:
         value = [mark.delivered_seq, mark.read_seq]
@@ -184,8 +190,8 @@ class Store:
         raw = self._get("users", keys.u64(user_id))
         if raw is None:
             return None
-        handle, display_name, password_hash, created_at, status_text = _unpack(raw)
-        return User(user_id, handle, display_name, password_hash, created_at, status_text)
+        handle, display_name, password_hash, created_at, status_text, hide = _unpack(raw)
+        return User(user_id, handle, display_name, password_hash, created_at, status_text, hide)
 
     def user_id_for_handle(self, handle: str) -> int | None:
         raw = self._get("handles", keys.handle_key(handle))
@@ -251,6 +257,15 @@ class Store:
         return [keys.read_u64(key, 8)
                 for key, _ in self._scan_prefix("user_conversations", keys.u64(user_id))]
 
+    def cursors(self, device_id: int) -> dict[int, int]:
+        """conversation_id -> the seq this device has acknowledged."""
+        return {keys.read_u64(key, 8): keys.read_u64(value)
+                for key, value in self._scan_prefix("cursors", keys.u64(device_id))}
+
+    def last_seen(self, user_id: int) -> int | None:
+        raw = self._get("last_seen", keys.u64(user_id))
+        return None if raw is None else keys.read_u64(raw)
+
     def get_sent(self, conversation_id: int, sender_id: int,
                  client_msg_id: str) -> SendResult | None:
         raw = self._get("dedup", keys.dedup_key(conversation_id, sender_id, client_msg_id))
@@ -258,6 +273,11 @@ class Store:
             return None
         seq, message_id, ts = _unpack(raw)
         return SendResult(message_id, conversation_id, seq, ts)
+
+    def get_message(self, conversation_id: int, seq: int) -> Message | None:
+        rows = self.read_messages(conversation_id, after=seq - 1, before=seq + 1, limit=1,
+                                  newest_first=False)
+        return rows[0] if rows else None
 
     def read_messages(self, conversation_id: int, *, after: int, before: int, limit: int,
                       newest_first: bool) -> list[Message]:

@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from chatd.errors import ChatdError, RateLimited, Unauthorized
 from chatd.services.context import Services
-from chatd.web import routes_accounts, routes_conversations, routes_messages, routes_ops
+from chatd.web import routes_accounts, routes_conversations, routes_messages, routes_ops, ws
 
 log = logging.getLogger(__name__)
 
@@ -70,4 +70,5 @@ def create_app(services: Services) -> QuartTrio:
     routes_accounts.register(app, services)
     routes_conversations.register(app, services)
     routes_messages.register(app, services)
+    ws.register(app, services)
     return app

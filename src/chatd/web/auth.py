@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 from quart import Request
+from werkzeug.datastructures import Headers
 
 from chatd.domain.models import Session
 from chatd.errors import Unauthorized
 from chatd.services.accounts import AccountService
 
 
-def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("Authorization", "")
+def bearer_token(headers: Headers) -> str | None:
+    header = headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None
@@ -18,7 +19,7 @@ def bearer_token(request: Request) -> str | None:
 
 
 def authenticate(request: Request, accounts: AccountService) -> Session:
-    token = bearer_token(request)
+    token = bearer_token(request.headers)
     if token is None:
         raise Unauthorized("send 'Authorization: Bearer <token>' (from POST /login)",
                            code="missing_token")

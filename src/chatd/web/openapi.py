@@ -27,7 +27,8 @@ _SCHEMAS: dict[str, Schema] = {
         ["code", "message"], code={"type": "string"}, message={"type": "string"})),
     "User": _object(["user_id", "handle", "display_name", "status"], user_id=_ID,
                     handle={"type": "string"}, display_name={"type": "string"},
-                    status={"type": "string"}, created_at=_MS),
+                    status={"type": "string"}, created_at=_MS,
+                    hide_last_seen={"type": "boolean"}),
     "Device": _object(["device_id", "name", "created_at", "current"], device_id=_ID,
                       name={"type": "string"}, created_at=_MS, current={"type": "boolean"}),
     "Receipts": _object(["delivered_seq", "read_seq"], delivered_seq={"type": "integer"},
@@ -117,7 +118,8 @@ def _paths() -> dict[str, Any]:
             "get": _op("Your profile", response=_ref("User")),
             "patch": _op("Change display name or status", response=_ref("User"),
                          body=_object([], display_name={"type": "string"},
-                                      status={"type": "string", "maxLength": 140})),
+                                      status={"type": "string", "maxLength": 140},
+                                      hide_last_seen={"type": "boolean"})),
         },
         "/users": {"get": _op(
             "Find a user by exact handle", response=_ref("User"), errors=(400, 404),
@@ -162,6 +164,15 @@ def _paths() -> dict[str, Any]:
                          content_type={"type": "string"},
                          body={"type": "string",
                                "description": "text for text/*, base64 otherwise"}))},
+        "/messages/{conversation_id}/{seq}/status": {"get": _op(
+            "Delivered and read, per member, for one message (from the watermarks)",
+            errors=(400, 403, 404),
+            parameters=[*_CONV, {"name": "seq", "in": "path", "required": True,
+                                 "schema": {"type": "integer"}}],
+            response=_object(["conversation_id", "seq", "members"], conversation_id=_ID,
+                             seq={"type": "integer"}, members={"type": "array", "items": _object(
+                                 ["user_id", "delivered", "read"], user_id=_ID,
+                                 delivered={"type": "boolean"}, read={"type": "boolean"})}))},
         "/messages/{conversation_id}": {"get": _op(
             "A page of history in ascending seq order", errors=(400, 403, 404),
             parameters=[*_CONV,

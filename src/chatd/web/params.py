@@ -53,6 +53,15 @@ def optional_text(body: dict[str, Any], key: str) -> str | None:
     return value
 
 
+def optional_bool(body: dict[str, Any], key: str) -> bool | None:
+    value = body.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, bool):
+        raise _field_error(key, "true or false", value)
+    return value
+
+
 def integer(body: dict[str, Any], key: str) -> int:
     if key not in body:
         raise BadRequest(f"{key}: this field is required", code="missing_field")

@@ -7,15 +7,14 @@ import base64
 from typing import Any
 
 from chatd.domain.models import Conversation, Device, Message, SendResult, User, Watermark
+from chatd.protocol import frames
 
-
-def public_user(user: User) -> dict[str, Any]:
-    return {"user_id": str(user.user_id), "handle": user.handle,
-            "display_name": user.display_name, "status": user.status_text}
+public_user = frames.public_profile
 
 
 def own_user(user: User) -> dict[str, Any]:
-    return {**public_user(user), "created_at": user.created_at}
+    return {**public_user(user), "created_at": user.created_at,
+            "hide_last_seen": user.hide_last_seen}
 
 
 def device(entry: Device, current_device_id: int) -> dict[str, Any]:

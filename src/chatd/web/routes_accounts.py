@@ -73,12 +73,13 @@ def register(app: QuartTrio, services: Services) -> None:
         body = await params.json_object(request)
         display_name = params.optional_text(body, "display_name")
         status = params.optional_text(body, "status")
-        unknown = set(body) - {"display_name", "status"}
+        hide_last_seen = params.optional_bool(body, "hide_last_seen")
+        unknown = set(body) - {"display_name", "status", "hide_last_seen"}
         if unknown:
-            raise BadRequest(f"{sorted(unknown)[0]}: not a profile field (display_name, status)",
-                             code="invalid_field")
+            raise BadRequest(f"{sorted(unknown)[0]}: not a profile field "
+                             "(display_name, status, hide_last_seen)", code="invalid_field")
         user = await accounts.update_profile(session, display_name=display_name,
-                                             status_text=status)
+                                             status_text=status, hide_last_seen=hide_last_seen)
         return render.own_user(user)
 
     @app.get("/users/<user_id>")

@@ -6,6 +6,7 @@ from quart import request
 from quart_trio import QuartTrio
 
 from chatd.domain import rules
+from chatd.errors import BadRequest
 from chatd.services.context import Services
 from chatd.web import params, render
 from chatd.web.auth import authenticate
@@ -30,6 +31,17 @@ def register(app: QuartTrio, services: Services) -> None:
                                      is_text=rules.is_text_content(content_type)),
         )
         return render.send_result(result), 201
+
+    @app.get("/messages/<conversation_id>/<seq>/status")
+    async def message_status(conversation_id: str, seq: str) -> Reply:
+        session = authenticate(request, accounts)
+        if not (seq.isascii() and seq.isdigit()) or len(seq) > 19:
+            raise BadRequest("seq: expected a whole number", code="invalid_field")
+        status = messaging.message_status(
+            session, params.path_id(conversation_id, "conversation_id"), int(seq))
+        return {"conversation_id": conversation_id, "seq": int(seq),
+                "members": [{"user_id": str(user_id), "delivered": delivered, "read": read}
+                            for user_id, delivered, read in status]}
 
     @app.get("/messages/<conversation_id>")
     async def history(conversation_id: str) -> Reply:

@@ -31,7 +31,7 @@ def register(app: QuartTrio, services: Services) -> None:
     async def metrics() -> Response:
         if not admin_token:
             raise NotFound("metrics are off; set server.admin_token to turn them on")
-        token = bearer_token(request) or ""
+        token = bearer_token(request.headers) or ""
         if not hmac.compare_digest(token.encode(), admin_token.encode()):
             raise Unauthorized("this route needs the admin token", code="invalid_token")
         stats = services.committer.statistics()

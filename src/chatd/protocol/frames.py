@@ -1,0 +1,305 @@
+"""The WebSocket frame protocol, sans-I/O.
+
+Every frame is a map with a `type`. Two encodings carry the same frames: JSON text frames
+(subprotocol `chatd.json`, the default) and msgpack binary frames (`chatd.msgpack`).
+Ids are decimal strings in both, so a client sees the same values either way; message
+bodies of non-text content types are raw bytes in msgpack and base64 strings in JSON.
+
+Client → server frames are parsed and validated into the dataclasses below by
+`decode_client_frame`, which raises `FrameError` (carrying the request id when the frame
+had one) for anything malformed. Server → client frames are `OutFrame`s, which cache their
+encoding so a message fanned out to many sockets is encoded once per codec.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import msgpack
+
+from chatd.domain import rules
+from chatd.domain.ids import parse_id
+from chatd.domain.models import Message, User, Watermark
+from chatd.errors import BadRequest, ChatdError
+
+Codec = Literal["json", "msgpack"]
+SUBPROTOCOLS: dict[str, Codec] = {"chatd.json": "json", "chatd.msgpack": "msgpack"}
+MAX_REQ_LENGTH = 64
+MAX_SYNC_CURSORS = 10_000
+
+
+class FrameError(Exception):
+    def __init__(self, code: str, message: str, req: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.req = req
+
+
+# -- client → server --------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SendFrame:
+    req: str
+    conversation_id: int
+    client_msg_id: str
+    content_type: str
+    body: str | bytes
+
+
+@dataclass(frozen=True, slots=True)
+class AckFrame:
+    conversation_id: int
+    seq: int
+    req: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReadFrame:
+    conversation_id: int
+    seq: int
+    req: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TypingFrame:
+    conversation_id: int
+    req: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PingFrame:
+    req: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SyncFrame:
+    """Override the server's delivery cursors: stream each conversation after `seq`."""
+
+    cursors: dict[int, int]
+    req: str | None = None
+
+
+ClientFrame = SendFrame | AckFrame | ReadFrame | TypingFrame | PingFrame | SyncFrame
+
+
+def _unpack(data: str | bytes, codec: Codec) -> Any:
+    try:
+        if codec == "json":
+            if isinstance(data, bytes):
+                raise FrameError("bad_frame", "this connection speaks JSON: send text frames")
+            return json.loads(data)
+        if isinstance(data, str):
+            raise FrameError("bad_frame", "this connection speaks msgpack: send binary frames")
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except FrameError:
+        raise
+    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raise FrameError("malformed_frame", f"the frame is not valid {codec}: {exc}") from None
+
+
+def _field(frame: dict[str, Any], key: str, kind: type, req: str | None) -> Any:
+    if key not in frame:
+        raise FrameError("missing_field", f"{key}: this field is required", req)
+    value = frame[key]
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise FrameError("invalid_field", f"{key}: expected {kind.__name__}", req)
+    return value
+
+
+def _seq(frame: dict[str, Any], req: str | None) -> int:
+    seq: int = _field(frame, "seq", int, req)
+    if seq < 0:
+        raise FrameError("invalid_field", "seq: must not be negative", req)
+    return seq
+
+
+def _id(frame: dict[str, Any], key: str, req: str | None) -> int:
+    if key not in frame:
+        raise FrameError("missing_field", f"{key}: this field is required", req)
+    try:
+        return parse_id(frame[key], key)
+    except BadRequest as exc:
+        raise FrameError("invalid_field", exc.message, req) from None
+
+
+def _body(frame: dict[str, Any], content_type: str, codec: Codec, req: str) -> str | bytes:
+    if "body" not in frame:
+        raise FrameError("missing_field", "body: this field is required", req)
+    body = frame["body"]
+    if rules.is_text_content(content_type):
+        if not isinstance(body, str):
+            raise FrameError("invalid_field", "body: text/* bodies are strings", req)
+        return body
+    if isinstance(body, bytes) and codec == "msgpack":
+        return body
+    if isinstance(body, str):
+        try:
+            return base64.b64decode(body, validate=True)
+        except (binascii.Error, ValueError):
+            pass
+    raise FrameError("invalid_field", f"body: {content_type} bodies are base64 strings "
+                     "(or raw bytes over msgpack)", req)
+
+
+def decode_client_frame(data: str | bytes, codec: Codec) -> ClientFrame:
+    frame = _unpack(data, codec)
+    if not isinstance(frame, dict):
+        raise FrameError("malformed_frame", "a frame is a map with a 'type'")
+    raw_req = frame.get("req")
+    if raw_req is not None and (not isinstance(raw_req, str) or len(raw_req) > MAX_REQ_LENGTH):
+        raise FrameError("invalid_field", f"req: a string of at most {MAX_REQ_LENGTH} characters")
+    req: str | None = raw_req
+    kind = frame.get("type")
+    try:
+        if kind == "send":
+            if req is None:
+                raise FrameError("missing_field", "req: a send needs a request id")
+            content_type = rules.check_content_type(_field(frame, "content_type", str, req))
+            return SendFrame(req, _id(frame, "conversation_id", req),
+                             rules.check_client_msg_id(_field(frame, "client_msg_id", str, req)),
+                             content_type, _body(frame, content_type, codec, req))
+        if kind == "ack":
+            return AckFrame(_id(frame, "conversation_id", req), _seq(frame, req), req)
+        if kind == "read":
+            return ReadFrame(_id(frame, "conversation_id", req), _seq(frame, req), req)
+        if kind == "typing":
+            return TypingFrame(_id(frame, "conversation_id", req), req)
+        if kind == "ping":
+            return PingFrame(req)
+        if kind == "sync":
+            cursors = _field(frame, "cursors", dict, req)
+            if len(cursors) > MAX_SYNC_CURSORS:
+                raise FrameError("invalid_field", f"cursors: at most {MAX_SYNC_CURSORS}", req)
+            parsed = {}
+            for key, value in cursors.items():
+                parsed[_id({"c": key}, "c", req)] = _seq({"seq": value}, req)
+            return SyncFrame(parsed, req)
+    except BadRequest as exc:
+        raise FrameError(exc.code, exc.message, req) from None
+    raise FrameError("unknown_type", f"unknown frame type {kind!r}; see docs/api.md", req)
+
+
+# -- server → client --------------------------------------------------------------------
+
+
+def _json_default(value: object) -> object:
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+_json_encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False,
+                                 default=_json_default)
+
+
+class OutFrame:
+    """A server frame with its encodings cached: fan-out encodes once per codec."""
+
+    __slots__ = ("_json", "_msgpack", "payload")
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        self.payload = payload
+        self._json: str | None = None
+        self._msgpack: bytes | None = None
+
+    def json(self) -> str:
+        if self._json is None:
+            self._json = _json_encoder.encode(self.payload)
+        return self._json
+
+    def msgpack(self) -> bytes:
+        if self._msgpack is None:
+            packed: bytes = msgpack.packb(self.payload, use_bin_type=True)
+            self._msgpack = packed
+        return self._msgpack
+
+    def encode(self, codec: Codec) -> str | bytes:
+        return self.json() if codec == "json" else self.msgpack()
+
+
+_BATCH_MSGPACK_HEAD = msgpack.packb("type") + msgpack.packb("batch") + msgpack.packb("frames")
+
+
+def encode_frames(frames: list[OutFrame], codec: Codec) -> str | bytes:
+    """One WebSocket message for several frames: the frame itself, or a `batch` frame
+    {"type": "batch", "frames": [...]} built from the cached encodings."""
+    if len(frames) == 1:
+        return frames[0].encode(codec)
+    if codec == "json":
+        return '{"type":"batch","frames":[' + ",".join(f.json() for f in frames) + "]}"
+    packer = msgpack.Packer(use_bin_type=True)
+    head: bytes = packer.pack_map_header(2) + _BATCH_MSGPACK_HEAD
+    count: bytes = packer.pack_array_header(len(frames))
+    return head + count + b"".join(f.msgpack() for f in frames)
+
+
+def message_payload(message: Message) -> dict[str, Any]:
+    return {
+        "message_id": str(message.message_id),
+        "conversation_id": str(message.conversation_id),
+        "seq": message.seq,
+        "sender_id": str(message.sender_id),
+        "client_msg_id": message.client_msg_id,
+        "content_type": message.content_type,
+        "body": message.body,
+        "ts": message.ts,
+    }
+
+
+def message_frame(message: Message) -> OutFrame:
+    return OutFrame({"type": "message", "message": message_payload(message)})
+
+
+def sent_frame(req: str, message_id: int, conversation_id: int, seq: int, ts: int) -> OutFrame:
+    return OutFrame({"type": "sent", "req": req, "message_id": str(message_id),
+                     "conversation_id": str(conversation_id), "seq": seq, "ts": ts})
+
+
+def receipt_frame(conversation_id: int, user_id: int, mark: Watermark) -> OutFrame:
+    return OutFrame({"type": "receipt", "conversation_id": str(conversation_id),
+                     "user_id": str(user_id), "delivered_seq": mark.delivered_seq,
+                     "read_seq": mark.read_seq})
+
+
+def presence_frame(user_id: int, online: bool, last_seen: int | None) -> OutFrame:
+    return OutFrame({"type": "presence", "user_id": str(user_id), "online": online,
+                     "last_seen": last_seen})
+
+
+def typing_frame(conversation_id: int, user_id: int) -> OutFrame:
+    return OutFrame({"type": "typing", "conversation_id": str(conversation_id),
+                     "user_id": str(user_id)})
+
+
+def public_profile(user: User) -> dict[str, Any]:
+    return {"user_id": str(user.user_id), "handle": user.handle,
+            "display_name": user.display_name, "status": user.status_text}
+
+
+def profile_frame(user: dict[str, Any]) -> OutFrame:
+    return OutFrame({"type": "profile", "user": user})
+
+
+def pong_frame(req: str | None) -> OutFrame:
+    return OutFrame({"type": "pong"} if req is None else {"type": "pong", "req": req})
+
+
+def ok_frame(req: str) -> OutFrame:
+    return OutFrame({"type": "ok", "req": req})
+
+
+def error_frame(code: str, message: str, req: str | None = None) -> OutFrame:
+    payload: dict[str, Any] = {"type": "error", "code": code, "message": message}
+    if req is not None:
+        payload["req"] = req
+    return OutFrame(payload)
+
+
+def error_from(exc: ChatdError, req: str | None) -> OutFrame:
+    return error_frame(exc.code, exc.message, req)

@@ -1,0 +1,293 @@
+"""The live stream: which sockets are connected, and what each one is owed.
+
+`LiveSession` is the delivery state of one WebSocket connection, with no I/O of its own:
+the web layer feeds it client frames and takes from it the frames to write. `Hub` is this
+shard's connection directory: it fans durable messages out to the sessions of the members,
+and carries receipts, typing and presence.
+
+Delivery is in seq order per conversation with no gap and no duplicate, whether a message
+comes from the catch-up read or live. Each session keeps, per conversation, the next seq it
+owes; a live message is queued directly only when it is exactly that seq, otherwise the
+conversation is marked *behind* and the session reads the missing range from the store
+before going on. Catch-up on connect is the same mechanism: every conversation whose
+cursor is below its head starts out behind. So the seam between catch-up and live needs no
+locking: everything here runs on the event loop, and a message is published only after it
+is durable, so the store always holds what the session reads.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterable
+
+import trio
+
+from chatd.domain.models import Conversation, Message, User, Watermark
+from chatd.protocol import frames
+from chatd.protocol.frames import OutFrame
+from chatd.services.clock import Clock
+from chatd.services.owner import ConversationOwner
+from chatd.storage import Store
+
+_NO_UPPER_BOUND = (1 << 64) - 1
+
+
+class SessionClosed(Exception):
+    """The session must end; `code` and `reason` go into the WebSocket close frame."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+#: WebSocket close codes chatd uses (4000-4999 are for applications).
+CLOSE_GOING_AWAY = 1001
+CLOSE_IDLE = 4000
+CLOSE_REVOKED = 4001
+CLOSE_TOO_SLOW = 4008
+
+
+class LiveSession:
+    def __init__(self, *, user_id: int, device_id: int, store: Store, owner: ConversationOwner,
+                 max_queue: int, fetch_batch: int = 200) -> None:
+        self.user_id = user_id
+        self.device_id = device_id
+        self._store = store
+        self._owner = owner
+        self._max_queue = max_queue
+        self._fetch_batch = fetch_batch
+        self._queue: deque[OutFrame] = deque()
+        self._wake = trio.Event()
+        self._next: dict[int, int] = {}
+        self._behind: dict[int, None] = {}  # an ordered set
+        self._closed: SessionClosed | None = None
+        #: The highest seq this device acknowledged per conversation (to skip no-op acks).
+        self.acked: dict[int, int] = {}
+
+    # -- fed by the hub and the web layer (sync, never blocks) ----------------------------
+
+    def start(self, conversations: Iterable[Conversation]) -> None:
+        """Set the delivery position of each conversation from the device's cursors."""
+        self.acked = self._store.cursors(self.device_id)
+        for conv in conversations:
+            floor = self._floor(conv)
+            if floor is None:
+                continue
+            acked = self.acked.get(conv.conversation_id)
+            if acked is None:
+                # Never acked here: a new device, or a conversation joined since. A device
+                # is owed what was written after it came to be, not the whole history.
+                start = self._first_newer_than(conv, floor, self.device_id)
+            else:
+                start = max(acked + 1, floor)
+            self._set_next(conv, start)
+
+    def sync(self, cursors: dict[int, int]) -> None:
+        """The client says what it holds (a reinstalled app): resend from there."""
+        for conversation_id, seq in cursors.items():
+            conv = self._owner.find(conversation_id)
+            floor = self._floor(conv) if conv is not None else None
+            if conv is not None and floor is not None:
+                self._set_next(conv, max(seq + 1, floor))
+
+    def offer(self, message: Message, frame: OutFrame) -> None:
+        conversation_id = message.conversation_id
+        next_seq = self._next.get(conversation_id)
+        if next_seq is None:
+            # A conversation this session does not follow yet: just created or joined.
+            conv = self._owner.find(conversation_id)
+            floor = self._floor(conv) if conv is not None else None
+            next_seq = message.seq if floor is None else floor
+            self._next[conversation_id] = next_seq
+        if message.seq < next_seq:
+            return
+        if message.seq == next_seq and conversation_id not in self._behind:
+            self._next[conversation_id] = next_seq + 1
+            self.push(frame)
+        else:
+            self._behind[conversation_id] = None
+            self._wake.set()
+
+    def push(self, frame: OutFrame) -> None:
+        if len(self._queue) >= self._max_queue:
+            # Nothing is lost: messages are re-read from the store on reconnect.
+            self.close(CLOSE_TOO_SLOW, "too slow: the outbound queue is full; reconnect")
+            return
+        self._queue.append(frame)
+        self._wake.set()
+
+    def close(self, code: int, reason: str) -> None:
+        if self._closed is None:
+            self._closed = SessionClosed(code, reason)
+            self._queue.clear()
+            self._wake.set()
+
+    # -- drained by the web layer's writer task ------------------------------------------
+
+    async def next_frames(self, limit: int = 64) -> list[OutFrame]:
+        """Wait for frames to write (at most `limit`, to share one WebSocket message).
+        Raises `SessionClosed` when the session must end."""
+        while True:
+            if self._closed is not None:
+                raise self._closed
+            if self._queue:
+                count = min(limit, len(self._queue))
+                return [self._queue.popleft() for _ in range(count)]
+            if self._behind:
+                self._catch_up_one()
+                continue
+            await self._wake.wait()
+            self._wake = trio.Event()
+
+    def statistics(self) -> dict[str, int]:
+        return {"queued": len(self._queue), "behind": len(self._behind),
+                "conversations": len(self._next)}
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _floor(self, conv: Conversation) -> int | None:
+        """The first seq this user may see, or None for a non-member."""
+        member = conv.members.get(self.user_id)
+        return None if member is None else max(1, member.joined_seq)
+
+    def _first_newer_than(self, conv: Conversation, floor: int, snowflake: int) -> int:
+        """The first seq >= floor whose message id is above `snowflake` (ids grow with
+        seq and carry their creation time), by binary search over point reads."""
+        low, high = floor, conv.head_seq + 1
+        while low < high:
+            middle = (low + high) // 2
+            message = self._store.get_message(conv.conversation_id, middle)
+            if message is not None and message.message_id > snowflake:
+                high = middle
+            else:
+                low = middle + 1
+        return low
+
+    def _set_next(self, conv: Conversation, next_seq: int) -> None:
+        self._next[conv.conversation_id] = next_seq
+        if next_seq <= conv.head_seq:
+            self._behind[conv.conversation_id] = None
+            self._wake.set()
+
+    def _catch_up_one(self) -> None:
+        conversation_id = next(iter(self._behind))
+        conv = self._owner.find(conversation_id)
+        if conv is None or not conv.is_member(self.user_id):
+            # Removed meanwhile: read nothing more of it.
+            del self._behind[conversation_id]
+            self._next.pop(conversation_id, None)
+            return
+        next_seq = self._next[conversation_id]
+        rows = self._store.read_messages(conversation_id, after=next_seq - 1,
+                                         before=_NO_UPPER_BOUND, limit=self._fetch_batch,
+                                         newest_first=False)
+        for message in rows:
+            self._queue.append(frames.message_frame(message))
+            next_seq = message.seq + 1
+        self._next[conversation_id] = next_seq
+        if len(rows) < self._fetch_batch:
+            del self._behind[conversation_id]
+
+
+class Hub:
+    """This shard's connected sessions by user, and fan-out to them."""
+
+    def __init__(self, *, store: Store, owner: ConversationOwner, clock: Clock) -> None:
+        self._store = store
+        self._owner = owner
+        self._clock = clock
+        self._sessions: dict[int, set[LiveSession]] = {}
+        self._hidden_last_seen: set[int] = set()
+        self.delivered_frames = 0
+
+    def sessions_of(self, user_id: int) -> set[LiveSession]:
+        return self._sessions.get(user_id, set())
+
+    def is_online(self, user_id: int) -> bool:
+        return user_id in self._sessions
+
+    def connection_count(self) -> int:
+        return sum(len(sessions) for sessions in self._sessions.values())
+
+    def attach(self, session: LiveSession) -> bool:
+        """Register a session; True if it is the user's first (they came online)."""
+        sessions = self._sessions.setdefault(session.user_id, set())
+        sessions.add(session)
+        return len(sessions) == 1
+
+    def detach(self, session: LiveSession) -> bool:
+        """Forget a session; True if it was the user's last (they went offline)."""
+        sessions = self._sessions.get(session.user_id)
+        if sessions is None:
+            return False
+        sessions.discard(session)
+        if sessions:
+            return False
+        del self._sessions[session.user_id]
+        return True
+
+    def close_all(self, code: int, reason: str) -> None:
+        for sessions in self._sessions.values():
+            for session in sessions:
+                session.close(code, reason)
+
+    def close_device(self, user_id: int, device_id: int) -> None:
+        for session in self.sessions_of(user_id):
+            if session.device_id == device_id:
+                session.close(CLOSE_REVOKED, "this device was logged out")
+
+    # -- fan-out --------------------------------------------------------------------------
+
+    def publish_message(self, message: Message, recipients: Iterable[int]) -> None:
+        frame = frames.message_frame(message)
+        for user_id in recipients:
+            for session in self._sessions.get(user_id, ()):
+                session.offer(message, frame)
+                self.delivered_frames += 1
+
+    def publish(self, user_ids: Iterable[int], frame: OutFrame,
+                skip: LiveSession | None = None) -> None:
+        for user_id in user_ids:
+            for session in self._sessions.get(user_id, ()):
+                if session is not skip:
+                    session.push(frame)
+
+    def publish_receipt(self, conv: Conversation, user_id: int, mark: Watermark) -> None:
+        self.publish(conv.members, frames.receipt_frame(conv.conversation_id, user_id, mark))
+
+    # -- presence and profiles ------------------------------------------------------------
+
+    def contacts_of(self, user_id: int) -> set[int]:
+        """Users who share a conversation with `user_id` (who may see their presence)."""
+        contacts: set[int] = set()
+        for conversation_id in self._store.conversations_of(user_id):
+            conv = self._owner.find(conversation_id)
+            if conv is not None and conv.is_member(user_id):
+                contacts.update(conv.members)
+        contacts.discard(user_id)
+        return contacts
+
+    def announce_online(self, session: LiveSession, user: User) -> None:
+        """The user came online: tell their contacts, and tell the session who is online."""
+        if user.hide_last_seen:
+            self._hidden_last_seen.add(user.user_id)
+        else:
+            self._hidden_last_seen.discard(user.user_id)
+        contacts = self.contacts_of(user.user_id)
+        self.publish(contacts, frames.presence_frame(user.user_id, True, None))
+        for contact in contacts:
+            if self.is_online(contact):
+                session.push(frames.presence_frame(contact, True, None))
+
+    def announce_offline(self, user_id: int, last_seen: int) -> None:
+        shown = None if user_id in self._hidden_last_seen else last_seen
+        self.publish(self.contacts_of(user_id), frames.presence_frame(user_id, False, shown))
+
+    def publish_profile(self, user: User) -> None:
+        if user.hide_last_seen:
+            self._hidden_last_seen.add(user.user_id)
+        else:
+            self._hidden_last_seen.discard(user.user_id)
+        self.publish(self.contacts_of(user.user_id) | {user.user_id},
+                     frames.profile_frame(frames.public_profile(user)))
