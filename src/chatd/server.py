@@ -24,6 +24,7 @@ from chatd.services.clock import Clock
 from chatd.services.context import Services, build_services
 from chatd.services.live import CLOSE_GOING_AWAY
 from chatd.storage import Store
+from chatd.web import hypercorn_guard
 from chatd.web.app import create_app
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ async def _close_sockets_on(shutdown: trio.Event, services: Services) -> None:
 async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = None,
                 task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED) -> None:
     """Run one shard until `shutdown` is set, then stop gracefully."""
+    hypercorn_guard.install()
     store = Store.open(config.storage.data_dir, sync=config.storage.sync)
     try:
         services = build_services(config, store, clock=clock)

@@ -44,6 +44,7 @@ class SessionClosed(Exception):
 #: WebSocket close codes chatd uses (4000-4999 are for applications).
 CLOSE_GOING_AWAY = 1001
 CLOSE_IDLE = 4000
+CLOSE_UNAUTHORIZED = 4001
 CLOSE_REVOKED = 4001
 CLOSE_TOO_SLOW = 4008
 

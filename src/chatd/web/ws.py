@@ -1,9 +1,10 @@
 """GET /ws: the live stream.
 
 Authentication comes from `?token=` (browsers cannot set headers on a WebSocket) or an
-`Authorization: Bearer` header, checked before the upgrade is accepted (a bad token gets a
-plain HTTP 401). The subprotocol picks the encoding: `chatd.json` (default) or
-`chatd.msgpack`.
+`Authorization: Bearer` header. A bad token gets the upgrade accepted and then closed with
+code 4001 and the reason (browsers cannot read an HTTP rejection's status anyway). The
+subprotocol picks the encoding:
+`chatd.json` (default) or `chatd.msgpack`.
 
 Each connection runs two tasks: the reader parses client frames and hands them to the
 services, the writer drains the `LiveSession` into the socket, several frames to one
@@ -18,15 +19,15 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
-from quart import Response, websocket
+from quart import websocket
 from quart_trio import QuartTrio
 
 from chatd.domain.models import SendResult, Session
-from chatd.errors import ChatdError
+from chatd.errors import ChatdError, Unauthorized
 from chatd.protocol import frames
 from chatd.protocol.frames import Codec, FrameError
 from chatd.services.context import Services
-from chatd.services.live import CLOSE_IDLE, LiveSession, SessionClosed
+from chatd.services.live import CLOSE_IDLE, CLOSE_UNAUTHORIZED, LiveSession, SessionClosed
 from chatd.storage import Pending
 from chatd.web.auth import bearer_token
 
@@ -40,23 +41,24 @@ def register(app: QuartTrio, services: Services) -> None:
     settings = services.config.websocket
 
     @app.websocket("/ws")
-    async def ws() -> Response | None:
-        token = websocket.args.get("token") or bearer_token(websocket.headers) or ""
-        try:
-            session = accounts.authenticate(token) if token else None
-        except ChatdError as exc:
-            return Response(exc.message, status=exc.status)
-        if session is None:
-            return Response("send ?token=<token> or an Authorization header", status=401)
+    async def ws() -> None:
         codec: Codec = "json"
         chosen = None
         for name in websocket.requested_subprotocols:
             if name in frames.SUBPROTOCOLS:
                 codec, chosen = frames.SUBPROTOCOLS[name], name
                 break
+        token = websocket.args.get("token") or bearer_token(websocket.headers) or ""
         await websocket.accept(subprotocol=chosen)
+        try:
+            if not token:
+                raise Unauthorized("send ?token=<token> or an Authorization header",
+                                   code="missing_token")
+            session = accounts.authenticate(token)
+        except ChatdError as exc:
+            await websocket.close(CLOSE_UNAUTHORIZED, f"{exc.code}: {exc.message}"[:120])
+            return
         await _run_connection(session, codec)
-        return None
 
     async def _run_connection(session: Session, codec: Codec) -> None:
         live = LiveSession(user_id=session.user_id, device_id=session.device_id,

@@ -1,0 +1,250 @@
+"""`chatd.client`: a Python client for chatd, on httpx (REST) and trio-websocket (live).
+
+    async with ChatClient("http://127.0.0.1:8080") as client:
+        await client.login("alice", "correct horse")
+        async with client.connect() as live:
+            sent = await live.send(conversation_id, "hello")
+            async for event in live.events():
+                ...
+
+Replies to frames that carry a request id (`sent`, `ok`, `pong`, and `error` with a `req`)
+are routed to the call that is waiting for them; everything else arrives through
+`events()`, with `batch` frames already unpacked. Reconnecting is just `connect()` again:
+the server resumes after what this device acknowledged.
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import httpx
+import msgpack
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+
+
+class ApiError(Exception):
+    """An error answer from the server (REST status, or a WS `error` frame)."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(f"{status} {code}: {message}")
+        self.status = status
+        self.code = code
+        self.message = message
+
+
+@dataclass(frozen=True)
+class Credentials:
+    token: str
+    user_id: str
+    device_id: str
+    expires_at: int
+
+
+_ids = itertools.count(1)
+
+
+def new_client_msg_id() -> str:
+    return f"py-{trio.current_time():.6f}-{next(_ids)}"
+
+
+class ChatClient:
+    def __init__(self, base_url: str, *, token: str | None = None, timeout: float = 30) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.token = token
+        self.credentials: Credentials | None = None
+        self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+
+    async def __aenter__(self) -> ChatClient:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def request(self, method: str, path: str, json_body: Any = None,
+                      params: dict[str, Any] | None = None) -> Any:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        response = await self._http.request(method, path, json=json_body, params=params,
+                                            headers=headers)
+        if response.status_code >= 400:
+            try:
+                error = response.json()["error"]
+                raise ApiError(response.status_code, error["code"], error["message"])
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(response.status_code, "http_error", response.text) from None
+        return response.json() if response.content else None
+
+    # -- accounts -------------------------------------------------------------------------
+
+    async def register(self, handle: str, password: str, display_name: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("POST", "/register", {
+            "handle": handle, "password": password, "display_name": display_name})
+        return result
+
+    async def login(self, handle: str, password: str, device_name: str = "chatd.client",
+                    ) -> Credentials:
+        body = await self.request("POST", "/login", {
+            "handle": handle, "password": password, "device_name": device_name})
+        self.credentials = Credentials(body["token"], body["user_id"], body["device_id"],
+                                       body["expires_at"])
+        self.token = self.credentials.token
+        return self.credentials
+
+    async def logout(self) -> None:
+        await self.request("POST", "/logout")
+        self.token = None
+
+    async def find_user(self, handle: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", "/users", params={"handle": handle})
+        return result
+
+    # -- conversations and messages -------------------------------------------------------
+
+    async def open_direct(self, user_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("POST", "/conversations/direct",
+                                                    {"user_id": user_id})
+        return result
+
+    async def create_group(self, name: str, members: list[str]) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("POST", "/groups/create",
+                                                    {"name": name, "members": members})
+        return result
+
+    async def conversations(self) -> list[dict[str, Any]]:
+        result: list[dict[str, Any]] = (await self.request("GET", "/conversations"))[
+            "conversations"]
+        return result
+
+    async def send(self, conversation_id: str, text: str, *,
+                   client_msg_id: str | None = None) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("POST", "/messages/send", {
+            "conversation_id": conversation_id, "client_msg_id": client_msg_id
+            or new_client_msg_id(), "content_type": "text/plain", "body": text})
+        return result
+
+    async def history(self, conversation_id: str, **params: int) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", f"/messages/{conversation_id}",
+                                                    params=params)
+        return result
+
+    # -- live -----------------------------------------------------------------------------
+
+    @asynccontextmanager
+    async def connect(self, codec: Literal["json", "msgpack"] = "json",
+                      ) -> AsyncIterator[LiveConnection]:
+        if not self.token:
+            raise ApiError(401, "missing_token", "log in before connecting")
+        ws_url = self.base_url.replace("http", "ws", 1) + f"/ws?token={self.token}"
+        ws: WebSocketConnection | None = None
+        try:
+            async with open_websocket_url(ws_url, subprotocols=[f"chatd.{codec}"],
+                                          connect_timeout=10, disconnect_timeout=2) as ws, \
+                    trio.open_nursery() as nursery:
+                live = LiveConnection(ws, codec)
+                nursery.start_soon(live._receive_loop)
+                try:
+                    yield live
+                finally:
+                    nursery.cancel_scope.cancel()
+        finally:
+            if ws is not None:
+                await close_transport(ws)
+
+
+async def close_transport(ws: WebSocketConnection) -> None:
+    """trio-websocket 0.12 leaves the TCP stream open when the server closes first."""
+    with trio.CancelScope(shield=True):
+        await ws._stream.aclose()
+
+
+class LiveConnection:
+    def __init__(self, ws: WebSocketConnection, codec: Literal["json", "msgpack"]) -> None:
+        self._ws = ws
+        self.codec = codec
+        self._events_in, self._events_out = trio.open_memory_channel[dict[str, Any]](10_000)
+        self._waiters: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
+        self.close_code: int | None = None
+        self.close_reason: str | None = None
+
+    async def _receive_loop(self) -> None:
+        try:
+            while True:
+                data = await self._ws.get_message()
+                frame = json.loads(data) if isinstance(data, str) else msgpack.unpackb(data)
+                for item in frame["frames"] if frame.get("type") == "batch" else [frame]:
+                    waiter = self._waiters.pop(item.get("req", ""), None) if item.get(
+                        "type") in ("sent", "ok", "pong", "error") else None
+                    if waiter is not None:
+                        waiter.send_nowait(item)
+                    else:
+                        await self._events_in.send(item)
+        except ConnectionClosed as closed:
+            if closed.reason is not None:
+                self.close_code = closed.reason.code
+                self.close_reason = closed.reason.reason
+        finally:
+            self._events_in.close()
+            for waiter in self._waiters.values():
+                waiter.close()
+
+    async def _call(self, frame: dict[str, Any]) -> dict[str, Any]:
+        req = frame.setdefault("req", f"r{next(_ids)}")
+        send_channel, receive_channel = trio.open_memory_channel[dict[str, Any]](1)
+        self._waiters[req] = send_channel
+        await self.send_frame(frame)
+        try:
+            reply = await receive_channel.receive()
+        except trio.EndOfChannel:
+            raise ApiError(0, "closed", f"connection closed ({self.close_code})") from None
+        if reply["type"] == "error":
+            raise ApiError(400, reply["code"], reply["message"])
+        return reply
+
+    async def send_frame(self, frame: dict[str, Any]) -> None:
+        data = json.dumps(frame) if self.codec == "json" else msgpack.packb(frame)
+        await self._ws.send_message(data)
+
+    async def send(self, conversation_id: str, body: str | bytes, *,
+                   content_type: str = "text/plain",
+                   client_msg_id: str | None = None) -> dict[str, Any]:
+        """Send a message; returns the `sent` frame once the message is durable."""
+        if isinstance(body, bytes) and self.codec == "json":
+            body = base64.b64encode(body).decode()
+        return await self._call({"type": "send", "conversation_id": conversation_id,
+                                 "client_msg_id": client_msg_id or new_client_msg_id(),
+                                 "content_type": content_type, "body": body})
+
+    async def ack(self, conversation_id: str, seq: int) -> None:
+        await self._call({"type": "ack", "conversation_id": conversation_id, "seq": seq})
+
+    async def read(self, conversation_id: str, seq: int) -> None:
+        await self._call({"type": "read", "conversation_id": conversation_id, "seq": seq})
+
+    async def typing(self, conversation_id: str) -> None:
+        await self._call({"type": "typing", "conversation_id": conversation_id})
+
+    async def sync(self, cursors: dict[str, int]) -> None:
+        await self._call({"type": "sync", "cursors": cursors})
+
+    async def ping(self) -> None:
+        await self._call({"type": "ping"})
+
+    async def next_event(self) -> dict[str, Any]:
+        """The next frame that is not a reply; raises trio.EndOfChannel once closed."""
+        return await self._events_out.receive()
+
+    async def events(self) -> AsyncIterator[dict[str, Any]]:
+        async for event in self._events_out:
+            yield event
+
+    async def aclose(self) -> None:
+        await self._ws.aclose()

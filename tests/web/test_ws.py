@@ -1,0 +1,285 @@
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import pytest
+import trio
+import trio.lowlevel
+from trio_websocket import ConnectionClosed, connect_websocket_url, open_websocket_url
+
+from chatd.client import ApiError, ChatClient, LiveConnection, close_transport
+from chatd.server import RunningServer
+from tests.helpers import PASSWORD, fresh_handle
+
+
+@asynccontextmanager
+async def user(server: RunningServer, handle: str | None = None,
+               device: str = "test") -> AsyncIterator[ChatClient]:
+    handle = handle or fresh_handle()
+    async with ChatClient(server.url) as client:
+        try:
+            await client.register(handle, PASSWORD, handle.title())
+        except ApiError as exc:
+            assert exc.code == "handle_taken"
+        await client.login(handle, PASSWORD, device)
+        yield client
+
+
+async def next_of(live: LiveConnection, kind: str) -> dict[str, Any]:
+    with trio.fail_after(5):
+        while True:
+            event = await live.next_event()
+            if event["type"] == kind:
+                return event
+
+
+async def messages(live: LiveConnection, count: int) -> list[dict[str, Any]]:
+    result: list[dict[str, Any]] = []
+    with trio.fail_after(30):
+        while len(result) < count:
+            event = await live.next_event()
+            if event["type"] == "message":
+                result.append(event["message"])
+    return result
+
+
+async def nothing_more(live: LiveConnection, kind: str = "message", wait: float = 0.3) -> None:
+    with trio.move_on_after(wait):
+        while True:
+            event = await live.next_event()
+            assert event["type"] != kind, event
+
+
+def uid(client: ChatClient) -> str:
+    assert client.credentials is not None
+    return client.credentials.user_id
+
+
+@pytest.mark.parametrize("codec", ["json", "msgpack"])
+async def test_live_direct_delivery_to_every_device(server: RunningServer, codec: str) -> None:
+    async with user(server) as alice, user(server) as bob:
+        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        async with alice.connect(codec) as a, bob.connect(codec) as b:  # type: ignore[arg-type]
+            sent = await a.send(conv, "hello bob")
+            assert sent["type"] == "sent" and sent["seq"] == 1
+            [got] = await messages(b, 1)
+            assert got["body"] == "hello bob" and got["seq"] == 1
+            assert got["sender_id"] == uid(alice) and got["message_id"] == sent["message_id"]
+            [echo] = await messages(a, 1)  # the sender's own devices get it too
+            assert echo["message_id"] == sent["message_id"]
+            # REST and WS sends are the same path.
+            await bob.send(conv, "via rest")
+            assert [m["seq"] for m in await messages(a, 1)] == [2]
+
+
+async def test_group_fanout_in_order_under_concurrent_senders(server: RunningServer) -> None:
+    async with user(server) as admin:
+        clients = [ChatClient(server.url) for _ in range(6)]
+        try:
+            for client in clients:
+                handle = fresh_handle()
+                await client.register(handle, PASSWORD, handle)
+                await client.login(handle, PASSWORD)
+            group = (await admin.create_group("g", [uid(c) for c in clients]))["conversation_id"]
+            async with admin.connect() as watcher:
+                views: list[list[dict[str, Any]]] = []
+                async with trio.open_nursery() as nursery:
+                    async def run(client: ChatClient) -> None:
+                        async with client.connect() as live:
+                            for n in range(20):
+                                await live.send(group, f"{uid(client)}:{n}")
+                            views.append(await messages(live, 1 + 6 * 20))
+                    for client in clients:
+                        nursery.start_soon(run, client)
+                views.append(await messages(watcher, 1 + 6 * 20))
+        finally:
+            for client in clients:
+                await client.aclose()
+    # Every device saw the same log: seq 1 (group_created) to the last, no gap, no
+    # duplicate, and each sender's messages in the order it sent them.
+    for view in views:
+        assert [m["seq"] for m in view] == list(range(1, 2 + 6 * 20))
+        assert view == views[0]
+    for client in clients:
+        own = [m["body"] for m in views[0] if m["sender_id"] == uid(client)]
+        assert own == [f"{uid(client)}:{n}" for n in range(20)]
+
+
+async def test_offline_catch_up_then_live_without_gap_or_duplicate(
+        server: RunningServer) -> None:
+    async with user(server) as alice, user(server) as bob:
+        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        async with bob.connect() as b:
+            await alice.send(conv, "m1")
+            [m1] = await messages(b, 1)
+            await b.ack(conv, m1["seq"])
+        for n in range(2, 302):
+            await alice.send(conv, f"m{n}")
+
+        async def keep_sending() -> None:
+            for n in range(302, 352):
+                await alice.send(conv, f"m{n}")
+                await trio.lowlevel.checkpoint()
+
+        async with bob.connect() as b, trio.open_nursery() as nursery:
+            nursery.start_soon(keep_sending)
+            got = await messages(b, 350)
+            assert [m["body"] for m in got] == [f"m{n}" for n in range(2, 352)]
+            await nothing_more(b)
+            await b.ack(conv, got[-1]["seq"])
+        async with bob.connect() as b:
+            await nothing_more(b)  # everything was acknowledged
+
+
+async def test_a_new_device_gets_what_came_after_it_and_sync_overrides(
+        server: RunningServer) -> None:
+    async with user(server) as alice, user(server) as bob:
+        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        await alice.send(conv, "before the device")
+        await bob.login((await bob.request("GET", "/me"))["handle"], PASSWORD, "new phone")
+        await alice.send(conv, "after the device")
+        async with bob.connect() as b:
+            [only] = await messages(b, 1)
+            assert only["body"] == "after the device"
+            await nothing_more(b)
+            await b.sync({conv: 0})  # a reinstalled app asks for everything
+            got = await messages(b, 2)
+            assert [m["body"] for m in got] == ["before the device", "after the device"]
+
+
+async def test_receipts_reach_the_sender(server: RunningServer) -> None:
+    async with user(server) as alice, user(server) as bob:
+        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        async with alice.connect() as a, bob.connect() as b:
+            sent = await a.send(conv, "did you get this?")
+            [m] = await messages(b, 1)
+            await b.ack(conv, m["seq"])
+            receipt = await next_of(a, "receipt")
+            assert receipt == {"type": "receipt", "conversation_id": conv, "user_id": uid(bob),
+                               "delivered_seq": 1, "read_seq": 0}
+            await b.read(conv, m["seq"])
+            receipt = await next_of(a, "receipt")
+            assert (receipt["delivered_seq"], receipt["read_seq"]) == (1, 1)
+        status = await alice.request("GET", f"/messages/{conv}/{sent['seq']}/status")
+        assert {m["user_id"]: (m["delivered"], m["read"]) for m in status["members"]} == {
+            uid(alice): (True, True), uid(bob): (True, True)}
+        listing = await bob.conversations()
+        assert listing[0]["unread"] == 0
+
+
+async def test_presence_and_typing_reach_peers_not_strangers(server: RunningServer) -> None:
+    async with user(server) as alice, user(server) as bob, user(server) as stranger:
+        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        async with alice.connect() as a, stranger.connect() as s:
+            async with bob.connect() as b:
+                online = await next_of(a, "presence")
+                assert (online["user_id"], online["online"]) == (uid(bob), True)
+                seen_by_bob = await next_of(b, "presence")  # alice was already online
+                assert seen_by_bob["user_id"] == uid(alice)
+                await b.typing(conv)
+                typing = await next_of(a, "typing")
+                assert typing == {"type": "typing", "conversation_id": conv,
+                                  "user_id": uid(bob)}
+                with pytest.raises(ApiError) as refused:
+                    await s.typing(conv)
+                assert refused.value.code == "not_a_member"
+            offline = await next_of(a, "presence")
+            assert (offline["online"], type(offline["last_seen"])) == (False, int)
+            await nothing_more(s, "presence")
+            await nothing_more(s, "typing")
+        # With last_seen hidden, peers see offline without a time.
+        await bob.request("PATCH", "/me", {"hide_last_seen": True})
+        async with alice.connect() as a:
+            async with bob.connect():
+                await next_of(a, "presence")
+            offline = await next_of(a, "presence")
+            assert (offline["online"], offline["last_seen"]) == (False, None)
+
+
+async def test_bad_frames_get_error_frames_and_the_connection_survives(
+        server: RunningServer) -> None:
+    async with user(server) as alice, user(server) as bob, user(server) as carol:
+        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        foreign = (await bob.open_direct(uid(carol)))["conversation_id"]
+        async with alice.connect() as a, bob.connect() as b:
+            bad: list[Any] = [
+                "{not json", "[]", '{"type": "launch"}', '{"no": "type"}',
+                '{"type": "send", "conversation_id": "1", "client_msg_id": "x",'
+                ' "content_type": "text/plain", "body": "x"}',  # no req
+                '{"type": "ack", "conversation_id": "abc", "seq": 1}',
+                '{"type": "ack", "conversation_id": "1", "seq": -5}',
+                '{"type": "read", "conversation_id": "1", "seq": "one"}',
+                '{"type": "ping", "req": ' + '"' + "r" * 100 + '"}',
+                b"\x81\xa4type\xa4ping",  # msgpack on a JSON connection
+                "x" * 200_000,
+            ]
+            for frame in bad:
+                await a._ws.send_message(frame)
+                error = await next_of(a, "error")
+                assert error["code"] and error["message"]
+            for call in (a.send(foreign, "intrude"), a.send("123", "nowhere"),
+                         a.ack(foreign, 1), a.read(conv, 99), a.typing(foreign)):
+                with pytest.raises(ApiError):
+                    await call
+            sent = await a.send(conv, "still works")
+            assert sent["seq"] == 1
+            [m] = await messages(b, 1)
+            assert m["body"] == "still works"
+
+
+async def test_bad_tokens_are_closed_with_4001(server: RunningServer) -> None:
+    ws_url = server.url.replace("http", "ws", 1) + "/ws"
+    for query in ("", "?token=chatd_forged"):
+        async with open_websocket_url(ws_url + query) as ws:
+            with pytest.raises(ConnectionClosed) as closed:
+                await ws.get_message()
+        await close_transport(ws)
+        assert closed.value.reason is not None and closed.value.reason.code == 4001
+
+
+async def test_an_upgrade_request_with_a_body_does_not_hurt_the_server(
+        server: RunningServer) -> None:
+    # hypercorn 0.18 died on data after an HTTP rejection of an upgrade; chatd must not.
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        for query in ("", "?token=chatd_forged"):
+            with contextlib.suppress(httpx.TransportError):
+                await http.request("GET", f"/ws{query}", content=b"surprise", headers={
+                    "Connection": "Upgrade", "Upgrade": "websocket",
+                    "Sec-WebSocket-Version": "13",
+                    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="})
+        assert (await http.get("/healthz")).status_code == 200
+
+
+async def test_a_revoked_device_is_disconnected(server: RunningServer) -> None:
+    async with user(server) as alice, alice.connect() as a:
+        await alice.request("DELETE", f"/devices/{alice.credentials.device_id}")  # type: ignore[union-attr]
+        with trio.fail_after(5), pytest.raises(trio.EndOfChannel):
+            while True:
+                await a.next_event()
+        assert a.close_code == 4001
+
+
+async def test_abrupt_disconnect_mid_send_loses_nothing_acknowledged(
+        server: RunningServer) -> None:
+    async with user(server) as alice, user(server) as bob:
+        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        ws_url = server.url.replace("http", "ws", 1) + f"/ws?token={alice.token}"
+        async with trio.open_nursery() as nursery:
+            ws = await connect_websocket_url(nursery, ws_url)
+            for n in range(50):
+                await ws.send_message(json.dumps({
+                    "type": "send", "req": f"r{n}", "conversation_id": conv,
+                    "client_msg_id": f"burst-{n}", "content_type": "text/plain",
+                    "body": f"b{n}"}))
+            await close_transport(ws)  # the TCP connection just goes away, no close frame
+            nursery.cancel_scope.cancel()
+        history = await bob.history(conv, after=0, limit=200)
+        seqs = [m["seq"] for m in history["messages"]]
+        assert seqs == list(range(1, len(seqs) + 1))
+        async with alice.connect() as a:  # and the server still serves
+            assert (await a.send(conv, "back"))["seq"] == len(seqs) + 1
