@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 import httpx
@@ -113,3 +114,24 @@ async def test_kill_9_during_a_burst_loses_no_acknowledged_send(tmp_path: Path) 
     finally:
         assert survivor.terminate() == 0
     print(f"acknowledged before kill -9: {len(acked)}; in the log after restart: {len(seqs)}")
+
+
+async def test_sigterm_closes_websockets_with_1001_promptly(tmp_path: Path) -> None:
+    from chatd.client import ChatClient
+
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log")
+    url = await server.ready()
+    async with ChatClient(url) as client:
+        await client.register("waiter", "correct horse", "Waiter")
+        await client.login("waiter", "correct horse")
+        async with client.connect() as live:
+            await live.ping()
+            started = trio.current_time()
+            server.process.send_signal(signal.SIGTERM)
+            with trio.fail_after(5), pytest.raises(trio.EndOfChannel):
+                while True:
+                    await live.next_event()
+            assert live.close_code == 1001
+            assert trio.current_time() - started < 2
+    assert server.process.wait(timeout=10) == 0
+    server.terminate()

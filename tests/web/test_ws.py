@@ -14,6 +14,7 @@ from trio_websocket import ConnectionClosed, connect_websocket_url, open_websock
 
 from chatd.client import ApiError, ChatClient, LiveConnection, close_transport
 from chatd.server import RunningServer
+from tests.conftest import ServerFactory
 from tests.helpers import PASSWORD, fresh_handle
 
 
@@ -283,3 +284,12 @@ async def test_abrupt_disconnect_mid_send_loses_nothing_acknowledged(
         assert seqs == list(range(1, len(seqs) + 1))
         async with alice.connect() as a:  # and the server still serves
             assert (await a.send(conv, "back"))["seq"] == len(seqs) + 1
+
+
+async def test_idle_connections_are_reaped(start_server: ServerFactory) -> None:
+    running = await start_server(websocket={"idle_timeout": 0.5})
+    async with user(running) as alice, alice.connect() as a:
+        with trio.fail_after(5), pytest.raises(trio.EndOfChannel):
+            while True:
+                await a.next_event()
+        assert a.close_code == 4000
