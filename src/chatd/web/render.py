@@ -22,23 +22,11 @@ def device(entry: Device, current_device_id: int) -> dict[str, Any]:
             "created_at": entry.created_at, "current": entry.device_id == current_device_id}
 
 
-def body(message: Message) -> Any:
-    if isinstance(message.body, bytes):
-        return base64.b64encode(message.body).decode()
-    return message.body
-
-
 def message(entry: Message) -> dict[str, Any]:
-    return {
-        "message_id": str(entry.message_id),
-        "conversation_id": str(entry.conversation_id),
-        "seq": entry.seq,
-        "sender_id": str(entry.sender_id),
-        "client_msg_id": entry.client_msg_id,
-        "content_type": entry.content_type,
-        "body": body(entry),
-        "ts": entry.ts,
-    }
+    payload = frames.message_payload(entry)
+    if isinstance(entry.body, bytes):
+        payload["body"] = base64.b64encode(entry.body).decode()
+    return payload
 
 
 def send_result(result: SendResult) -> dict[str, Any]:
