@@ -7,7 +7,7 @@ import pytest
 import trio
 
 from chatd.domain.models import User
-from chatd.errors import BadRequest, ChatdError, StorageFailure
+from chatd.errors import BadRequest, ChatdError, StorageFailure, Unavailable
 from chatd.storage import Batch, GroupCommitter, Store
 
 
@@ -129,5 +129,5 @@ async def test_closed_committer_drains_then_refuses(store: Store) -> None:
         await nursery.start(committer.run)
         assert await committer.submit(put_user(1)) == 1  # type: ignore[arg-type]
         committer.close()
-    with pytest.raises(Exception, match="shutting down"):
+    with pytest.raises(Unavailable, match="shutting down"):
         await committer.submit(put_user(2))  # type: ignore[arg-type]

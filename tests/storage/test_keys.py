@@ -10,11 +10,6 @@ def test_byte_order_is_numeric_order() -> None:
     assert all(len(key) == 16 for key in encoded)
 
 
-def test_prefix_upper_bound() -> None:
-    assert keys.prefix_upper_bound(b"\x00\x01") == b"\x00\x02"
-    assert keys.prefix_upper_bound(b"\x00\xff") == b"\x01"
-
-
 def test_dedup_keys_separate_conversations_and_senders() -> None:
     assert keys.dedup_key(1, 2, "a") != keys.dedup_key(1, 3, "a")
     assert keys.dedup_key(1, 2, "a").startswith(keys.pair(1, 2))

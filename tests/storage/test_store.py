@@ -59,14 +59,14 @@ def test_message_ranges_stay_inside_their_conversation(tmp_path: Path) -> None:
                 batch.put_message(message(conv, seq))
         store.write(batch)
 
-        def seqs(**kwargs: int | bool) -> list[int]:
+        def seqs(**kwargs: int | bool | None) -> list[int]:
             return [m.seq for m in store.read_messages(5, **kwargs)]  # type: ignore[arg-type]
 
-        assert seqs(after=0, before=2**64 - 1, limit=10, newest_first=False) == [1, 2, 3, 4, 5]
-        assert seqs(after=0, before=2**64 - 1, limit=2, newest_first=True) == [4, 5]
+        assert seqs(after=0, before=None, limit=10, newest_first=False) == [1, 2, 3, 4, 5]
+        assert seqs(after=0, before=None, limit=2, newest_first=True) == [4, 5]
         assert seqs(after=1, before=4, limit=10, newest_first=True) == [2, 3]
         assert seqs(after=0, before=1, limit=10, newest_first=True) == []
-        assert seqs(after=5, before=2**64 - 1, limit=10, newest_first=False) == []
+        assert seqs(after=5, before=None, limit=10, newest_first=False) == []
         empty = store.load_conversation(4)
         assert empty is not None and empty.head_seq == 5
         assert store.load_conversation(99) is None
@@ -88,5 +88,27 @@ def test_deleting_a_member_drops_their_index_and_watermark(tmp_path: Path) -> No
         loaded = store.load_conversation(5)
         assert loaded is not None and loaded.members == {} and loaded.watermarks == {}
         assert store.conversations_of(1) == []
+    finally:
+        store.close()
+
+
+def test_per_batch_bookkeeping_is_rolled_back_with_its_command(tmp_path: Path) -> None:
+    store = Store.open(str(tmp_path), sync=False)
+    try:
+        batch = store.batch()
+        assert batch.first_time("a")
+        assert not batch.first_time("a")
+        mark = batch.mark()
+        assert batch.first_time("b")
+        batch.before_write.append(lambda: batch.put_handle("refused", 1))
+        batch.put_handle("also-refused", 2)
+        batch.rollback_to(mark)
+        assert batch.first_time("b")  # forgotten with the refused command
+        assert not batch.first_time("a")
+        batch.before_write.append(lambda: batch.put_handle("kept", 3))
+        store.write(batch)
+        assert store.user_id_for_handle("kept") == 3
+        assert store.user_id_for_handle("refused") is None
+        assert store.user_id_for_handle("also-refused") is None
     finally:
         store.close()

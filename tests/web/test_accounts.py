@@ -122,6 +122,8 @@ async def test_profile_update(http: httpx.AsyncClient) -> None:
     assert_error(await account.patch("/me", {"display_name": 5}), 400, "invalid_field")
     assert_error(await account.patch("/me", {"handle": "steal"}), 400, "invalid_field")
     assert_error(await account.patch("/me", {"status": "x" * 141}), 400)
+    assert_error(await account.patch("/me", {"hide_last_seen": "yes"}), 400, "invalid_field")
+    assert (await account.patch("/me", {"hide_last_seen": True})).json()["hide_last_seen"]
     assert (await account.get("/me")).json()["display_name"] == "New Name"
 
 

@@ -63,6 +63,19 @@ async def test_resend_with_the_same_client_msg_id_returns_the_original(
     assert len((await history(alice, conversation_id))["messages"]) == 2  # type: ignore[arg-type]
 
 
+async def test_a_burst_stores_each_senders_final_watermark(
+        server: RunningServer, http: httpx.AsyncClient) -> None:
+    alice, bob = await new_account(http), await new_account(http)
+    conversation_id = await alice.direct_with(bob)
+    async with trio.open_nursery() as nursery:
+        for n in range(40):
+            nursery.start_soon(alice.send, conversation_id, f"burst {n}")
+    stored = server.services.store.load_conversation(int(conversation_id))
+    assert stored is not None and stored.head_seq == 40
+    assert stored.watermark(int(alice.user_id)).read_seq == 40
+    assert stored.watermark(int(bob.user_id)).read_seq == 0
+
+
 async def test_concurrent_resends_write_one_message(http: httpx.AsyncClient) -> None:
     alice, bob = await new_account(http), await new_account(http)
     conversation_id = await alice.direct_with(bob)
@@ -152,6 +165,21 @@ async def test_history_rejects_bad_paging(http: httpx.AsyncClient, query: str) -
     alice, bob = await new_account(http), await new_account(http)
     conversation_id = await alice.direct_with(bob)
     assert_error(await alice.get(f"/messages/{conversation_id}?{query}"), 400)
+
+
+async def test_message_status_rejects_bad_input(http: httpx.AsyncClient) -> None:
+    alice, bob, mallory = [await new_account(http) for _ in range(3)]
+    conversation_id = await alice.direct_with(bob)
+    await alice.send(conversation_id, "one")
+    status = (await alice.get(f"/messages/{conversation_id}/1/status")).json()
+    assert {m["user_id"]: (m["delivered"], m["read"]) for m in status["members"]} == {
+        alice.user_id: (True, True), bob.user_id: (False, False)}
+    assert_error(await alice.get(f"/messages/{conversation_id}/2/status"), 404,
+                 "unknown_message")
+    assert_error(await alice.get(f"/messages/{conversation_id}/0/status"), 404)
+    assert_error(await alice.get(f"/messages/{conversation_id}/x/status"), 400, "invalid_field")
+    assert_error(await alice.get("/messages/777/1/status"), 404, "unknown_conversation")
+    assert_error(await mallory.get(f"/messages/{conversation_id}/1/status"), 403)
 
 
 async def test_strangers_can_read_and_post_nothing(http: httpx.AsyncClient) -> None:

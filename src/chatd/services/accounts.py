@@ -223,9 +223,6 @@ class AccountService:
         with contextlib.suppress(ChatdError):
             self._committer.enqueue(lambda batch: batch.put_last_seen(user_id, ts))
 
-    def last_seen(self, user_id: int) -> int | None:
-        return self._store.last_seen(user_id)
-
     def on_profile_change(self, listener: Callable[[User], None]) -> None:
         """Call `listener` with the new profile once a profile change is durable."""
         self._profile_listeners.append(listener)

@@ -29,8 +29,6 @@ from chatd.services.clock import Clock
 from chatd.services.owner import ConversationOwner
 from chatd.storage import Store
 
-_NO_UPPER_BOUND = (1 << 64) - 1
-
 
 class SessionClosed(Exception):
     """The session must end; `code` and `reason` go into the WebSocket close frame."""
@@ -44,8 +42,8 @@ class SessionClosed(Exception):
 #: WebSocket close codes chatd uses (4000-4999 are for applications).
 CLOSE_GOING_AWAY = 1001
 CLOSE_IDLE = 4000
+#: Also used when the device is logged out or revoked while connected.
 CLOSE_UNAUTHORIZED = 4001
-CLOSE_REVOKED = 4001
 CLOSE_TOO_SLOW = 4008
 
 
@@ -141,10 +139,6 @@ class LiveSession:
             await self._wake.wait()
             self._wake = trio.Event()
 
-    def statistics(self) -> dict[str, int]:
-        return {"queued": len(self._queue), "behind": len(self._behind),
-                "conversations": len(self._next)}
-
     # -- internals ------------------------------------------------------------------------
 
     def _floor(self, conv: Conversation) -> int | None:
@@ -181,7 +175,7 @@ class LiveSession:
             return
         next_seq = self._next[conversation_id]
         rows = self._store.read_messages(conversation_id, after=next_seq - 1,
-                                         before=_NO_UPPER_BOUND, limit=self._fetch_batch,
+                                         before=None, limit=self._fetch_batch,
                                          newest_first=False)
         for message in rows:
             self._queue.append(frames.message_frame(message))
@@ -200,16 +194,12 @@ class Hub:
         self._clock = clock
         self._sessions: dict[int, set[LiveSession]] = {}
         self._hidden_last_seen: set[int] = set()
-        self.delivered_frames = 0
 
     def sessions_of(self, user_id: int) -> set[LiveSession]:
         return self._sessions.get(user_id, set())
 
     def is_online(self, user_id: int) -> bool:
         return user_id in self._sessions
-
-    def connection_count(self) -> int:
-        return sum(len(sessions) for sessions in self._sessions.values())
 
     def attach(self, session: LiveSession) -> bool:
         """Register a session; True if it is the user's first (they came online)."""
@@ -236,7 +226,7 @@ class Hub:
     def close_device(self, user_id: int, device_id: int) -> None:
         for session in self.sessions_of(user_id):
             if session.device_id == device_id:
-                session.close(CLOSE_REVOKED, "this device was logged out")
+                session.close(CLOSE_UNAUTHORIZED, "this device was logged out")
 
     # -- fan-out --------------------------------------------------------------------------
 
@@ -245,7 +235,6 @@ class Hub:
         for user_id in recipients:
             for session in self._sessions.get(user_id, ()):
                 session.offer(message, frame)
-                self.delivered_frames += 1
 
     def publish(self, user_ids: Iterable[int], frame: OutFrame,
                 skip: LiveSession | None = None) -> None:

@@ -21,8 +21,6 @@ from chatd.services.live import Hub
 from chatd.services.owner import ConversationOwner
 from chatd.storage import Batch, GroupCommitter, Pending, Store
 
-_NO_UPPER_BOUND = (1 << 64) - 1
-
 
 @dataclass(frozen=True, slots=True)
 class HistoryPage:
@@ -98,12 +96,11 @@ class MessagingService:
             if value is not None and value < 0:
                 raise BadRequest(f"{name}: must not be negative")
         floor = max(after or 0, conv.members[session.user_id].joined_seq - 1)
-        ceiling = _NO_UPPER_BOUND if before is None else before
         newest_first = after is None
-        if ceiling <= floor + 1:
+        if before is not None and before <= floor + 1:
             return HistoryPage([], has_more=False)
         # One extra row tells whether there is more without a second scan.
-        rows = self._store.read_messages(conversation_id, after=floor, before=ceiling,
+        rows = self._store.read_messages(conversation_id, after=floor, before=before,
                                          limit=limit + 1, newest_first=newest_first)
         has_more = len(rows) > limit
         if has_more:

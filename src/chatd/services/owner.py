@@ -86,7 +86,9 @@ class ConversationOwner:
 
     def changing(self, batch: Batch, conv: Conversation) -> None:
         """Record that `batch` changes `conv`, which must then outlive LRU eviction until
-        the batch has landed."""
+        the batch has landed (counted once per batch, however many entries it holds)."""
+        if not batch.first_time(("changing", conv.conversation_id)):
+            return
         _, count = self._unlanded.get(conv.conversation_id, (conv, 0))
         self._unlanded[conv.conversation_id] = (conv, count + 1)
         batch.after_commit.append(lambda: self._landed(conv.conversation_id))
@@ -142,4 +144,14 @@ class ConversationOwner:
         if mark != conv.watermark(user_id):
             self.changing(batch, conv)
             conv.watermarks[user_id] = mark
+            # Written once per batch at its final value: a burst of messages from one
+            # sender moves their watermark many times but costs one put.
+            if batch.first_time(("watermark", conv.conversation_id, user_id)):
+                batch.before_write.append(
+                    lambda: self._write_watermark(batch, conv, user_id))
+
+    @staticmethod
+    def _write_watermark(batch: Batch, conv: Conversation, user_id: int) -> None:
+        mark = conv.watermarks.get(user_id)
+        if mark is not None:  # None: the member left in this batch (and the row with them)
             batch.put_watermark(conv.conversation_id, user_id, mark)

@@ -70,9 +70,3 @@ def message_key(conversation_id: int, seq: int) -> bytes:
 def dedup_key(conversation_id: int, sender_id: int, client_msg_id: str) -> bytes:
     return _U64_PAIR.pack(conversation_id, sender_id) + client_msg_id.encode()
 
-
-def prefix_upper_bound(prefix: bytes) -> bytes:
-    """The smallest key greater than every key that starts with `prefix` (ids never are
-    all-0xff, so incrementing the last byte cannot overflow in practice)."""
-    stripped = prefix.rstrip(b"\xff")
-    return stripped[:-1] + bytes([stripped[-1] + 1])

@@ -8,7 +8,7 @@ command's effects land together or not at all.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import Any
 
 import msgpack
@@ -44,24 +44,40 @@ class Batch:
     Operations are buffered so that a command that fails halfway can be taken back out
     (`mark` / `rollback_to`) without touching the commands before it. `after_commit`
     callbacks run, in order, only once the batch is durable: that is where fan-out and
-    other effects that must never precede durability are hooked in.
+    other effects that must never precede durability are hooked in. `before_write`
+    callbacks run once all commands are in, just before the write: state that many
+    commands of a batch change (a receipt watermark) is written there once, at its final
+    value, instead of once per command.
     """
 
     def __init__(self, store: Store) -> None:
         self._store = store
         self._operations: list[tuple[str, bytes, bytes | None]] = []
         self.after_commit: list[Callable[[], None]] = []
+        self.before_write: list[Callable[[], None]] = []
+        self._seen: dict[Hashable, None] = {}
 
     @property
     def operations(self) -> int:
         return len(self._operations)
 
-    def mark(self) -> tuple[int, int]:
-        return len(self._operations), len(self.after_commit)
+    def first_time(self, key: Hashable) -> bool:
+        """True the first time `key` is named in this batch: for per-batch bookkeeping."""
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        return True
 
-    def rollback_to(self, mark: tuple[int, int]) -> None:
+    def mark(self) -> tuple[int, int, int, int]:
+        return (len(self._operations), len(self.after_commit), len(self.before_write),
+                len(self._seen))
+
+    def rollback_to(self, mark: tuple[int, int, int, int]) -> None:
         del self._operations[mark[0]:]
         del self.after_commit[mark[1]:]
+        del self.before_write[mark[2]:]
+        while len(self._seen) > mark[3]:
+            self._seen.popitem()
 
     def _put(self, family: str, key: bytes, value: bytes) -> None:
         self._operations.append((family, key, value))
@@ -167,6 +183,9 @@ class Store:
 
     def write(self, batch: Batch) -> None:
         """Apply a batch atomically; durable on return when the store syncs."""
+        for callback in batch.before_write:
+            callback()
+        batch.before_write.clear()
         if batch.operations:
             self._db.write(batch._to_write_batch(), self._write_options)
 
@@ -279,10 +298,13 @@ class Store:
                                   newest_first=False)
         return rows[0] if rows else None
 
-    def read_messages(self, conversation_id: int, *, after: int, before: int, limit: int,
-                      newest_first: bool) -> list[Message]:
-        """Messages with after < seq < before, at most `limit`, taken from the oldest end
-        (or the newest end with `newest_first`); always returned in ascending seq order."""
+    def read_messages(self, conversation_id: int, *, after: int, before: int | None,
+                      limit: int, newest_first: bool) -> list[Message]:
+        """Messages with after < seq < before (no upper bound with None), at most `limit`,
+        taken from the oldest end (or the newest end with `newest_first`); always returned
+        in ascending seq order."""
+        if before is None:
+            before = keys.MAX_U64
         iterator = self._families["messages"].iter()
         messages: list[Message] = []
         if newest_first:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from typing import Any
+from typing import Any, TypeVar
 
 from quart import Request
 
@@ -13,6 +13,7 @@ from chatd.domain.ids import parse_id
 from chatd.errors import BadRequest
 
 MAX_IDS_PER_REQUEST = 1024
+T = TypeVar("T")
 
 
 async def json_object(request: Request) -> dict[str, Any]:
@@ -44,22 +45,21 @@ def text(body: dict[str, Any], key: str) -> str:
     return value
 
 
-def optional_text(body: dict[str, Any], key: str) -> str | None:
+def _optional(body: dict[str, Any], key: str, kind: type[T], expected: str) -> T | None:
     value = body.get(key)
     if value is None:
         return None
-    if not isinstance(value, str):
-        raise _field_error(key, "a string", value)
+    if not isinstance(value, kind):
+        raise _field_error(key, expected, value)
     return value
+
+
+def optional_text(body: dict[str, Any], key: str) -> str | None:
+    return _optional(body, key, str, "a string")
 
 
 def optional_bool(body: dict[str, Any], key: str) -> bool | None:
-    value = body.get(key)
-    if value is None:
-        return None
-    if not isinstance(value, bool):
-        raise _field_error(key, "true or false", value)
-    return value
+    return _optional(body, key, bool, "true or false")
 
 
 def integer(body: dict[str, Any], key: str) -> int:
