@@ -30,6 +30,9 @@ class ServerConfig:
     max_request_bytes: int = 1_048_576
     #: Pending TCP connections the listener queues (hypercorn's default of 100 is too few).
     backlog: int = 2048
+    #: Seconds one socket write may stall (a peer that reads nothing) before the
+    #: connection is aborted; without it such a peer pins its task and blocks shutdown.
+    send_timeout: float = 10.0
     #: Bearer token for operator routes such as /metrics; empty disables them.
     admin_token: str = ""
 
@@ -235,6 +238,7 @@ def validate(config: Config) -> Config:
     for key, number in (("auth.token_ttl_days", config.auth.token_ttl_days),
                         ("auth.attempts_per_minute", config.auth.attempts_per_minute),
                         ("server.graceful_timeout", config.server.graceful_timeout),
+                        ("server.send_timeout", config.server.send_timeout),
                         ("websocket.idle_timeout", config.websocket.idle_timeout),
                         ("websocket.ping_interval", config.websocket.ping_interval)):
         if number <= 0:

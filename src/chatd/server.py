@@ -44,6 +44,8 @@ def _hypercorn_config(config: Config) -> HypercornConfig:
     hconfig.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
     hconfig.backlog = config.server.backlog
     hconfig.graceful_timeout = config.server.graceful_timeout
+    # Read by hypercorn_guard from the TCP server's config: per server, no global.
+    hconfig.chatd_send_timeout = config.server.send_timeout  # type: ignore[attr-defined]
     # No access log: request lines can carry tokens in query strings (WebSocket auth).
     hconfig.accesslog = None
     # Through our logging setup (a bare "-" would add a second stderr handler).

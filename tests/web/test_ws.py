@@ -293,3 +293,50 @@ async def test_idle_connections_are_reaped(start_server: ServerFactory) -> None:
             while True:
                 await a.next_event()
         assert a.close_code == 4000
+
+
+async def _flood(alice: ChatClient, conv: str, count: int) -> None:
+    """~16 KB a message: far more than loopback socket buffers hold for a stalled reader."""
+    async with alice.connect() as a:
+        for n in range(count):
+            await a.send(conv, f"{n:04d}" + "x" * 16_000)
+
+
+async def test_a_slow_consumer_is_cut_off_with_4008_and_catches_up_completely(
+        start_server: ServerFactory) -> None:
+    running = await start_server(websocket={"max_queue": 8})
+    async with user(running) as alice, user(running) as bob:
+        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        ws_url = running.url.replace("http", "ws", 1) + f"/ws?token={bob.token}"
+        async with trio.open_nursery() as nursery:
+            # message_queue_size=0: the client stops reading its socket until asked.
+            slow = await connect_websocket_url(nursery, ws_url, message_queue_size=0)
+            await _flood(alice, conv, 400)
+            # Reading again lets the server finish its write and send the close frame.
+            with trio.fail_after(10), pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    await slow.get_message()
+            assert closed.value.reason is not None and closed.value.reason.code == 4008
+            await close_transport(slow)
+            nursery.cancel_scope.cancel()
+        async with bob.connect() as b:
+            got = await messages(b, 400)
+        assert [m["seq"] for m in got] == list(range(1, 401))
+        assert [m["body"][:4] for m in got] == [f"{n:04d}" for n in range(400)]
+
+
+async def test_a_client_that_reads_nothing_is_aborted_and_pins_nothing(
+        start_server: ServerFactory) -> None:
+    running = await start_server(server={"send_timeout": 0.5})
+    async with user(running) as alice, user(running) as bob:
+        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        ws_url = running.url.replace("http", "ws", 1) + f"/ws?token={bob.token}"
+        async with trio.open_nursery() as nursery:
+            stalled = await connect_websocket_url(nursery, ws_url, message_queue_size=0)
+            await _flood(alice, conv, 400)
+            with trio.fail_after(10):
+                while running.services.hub.sessions_of(int(uid(bob))):  # noqa: ASYNC110
+                    await trio.sleep(0.05)
+            await close_transport(stalled)
+            nursery.cancel_scope.cancel()
+    # The test's teardown then shuts the server down, which a pinned write would block.
