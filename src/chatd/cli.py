@@ -40,6 +40,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--shard", metavar="NAME", help="this shard's name in cluster.shards")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
+    chat = commands.add_parser(
+        "chat", help="talk from this terminal",
+        description="Log in to a chatd server and chat from the terminal. The password comes "
+                    "from $CHATD_PASSWORD or a prompt. Type /help once connected.")
+    chat.add_argument("--url", default="http://127.0.0.1:8080", help="the server")
+    chat.add_argument("--handle", required=True, help="your handle")
+    chat.add_argument("--register", action="store_true",
+                      help="create the account first if it does not exist")
     return parser
 
 
@@ -78,6 +86,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "chat":
+        from chatd.chat import password_from_environment_or_prompt, run_chat
+
+        password = password_from_environment_or_prompt()
+        return trio.run(partial(run_chat, args.url, args.handle, password, args.register))
     import os
 
     try:

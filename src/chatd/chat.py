@@ -1,0 +1,215 @@
+"""`chatd chat`: talk from a terminal, on top of `chatd.client`.
+
+Lines you type are sent to the current conversation; lines starting with `/` are
+commands (`/help` lists them). Incoming messages print as they arrive and are
+acknowledged, so the next session resumes after them. Command parsing and event
+formatting are pure functions, tested without a terminal or a server.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from chatd.client import ApiError, ChatClient, LiveConnection
+
+HELP = """commands:
+  /to HANDLE             open the 1:1 conversation with HANDLE and make it current
+  /group NAME HANDLE...  create a group with those members and make it current
+  /list                  your conversations (id, name, unread)
+  /open ID               make conversation ID current
+  /history [N]           the last N messages of the current conversation (default 20)
+  /help                  this text
+  /quit                  leave
+anything else is sent to the current conversation"""
+
+
+@dataclass(frozen=True)
+class Command:
+    name: str
+    args: tuple[str, ...] = ()
+
+
+def parse_line(line: str) -> Command:
+    """`/to bob` -> Command("to", ("bob",)); plain text -> Command("say", (text,))."""
+    text = line.strip()
+    if not text.startswith("/"):
+        return Command("say", (text,)) if text else Command("noop")
+    name, *args = text[1:].split()
+    if name in ("to", "open") and len(args) != 1:
+        return Command("error", (f"usage: /{name} {'HANDLE' if name == 'to' else 'ID'}",))
+    if name == "group" and len(args) < 2:
+        return Command("error", ("usage: /group NAME HANDLE...",))
+    if name == "history" and args and not args[0].isdigit():
+        return Command("error", ("usage: /history [N]",))
+    if name not in ("to", "open", "group", "list", "history", "help", "quit"):
+        return Command("error", (f"unknown command /{name}; try /help",))
+    return Command(name, tuple(args))
+
+
+@dataclass
+class Names:
+    """Display names the terminal knows: users and conversations."""
+
+    users: dict[str, str] = field(default_factory=dict)
+    conversations: dict[str, str] = field(default_factory=dict)
+
+    def user(self, user_id: str) -> str:
+        return self.users.get(user_id, user_id)
+
+    def conversation(self, conversation_id: str) -> str:
+        return self.conversations.get(conversation_id, conversation_id)
+
+
+def format_message(message: dict[str, Any], names: Names) -> str:
+    where = names.conversation(message["conversation_id"])
+    who = names.user(message["sender_id"])
+    if message["content_type"] == "chatd/system":
+        body = message["body"]
+        return f"[{where}] * {who}: {body.get('event', '?')} {' '.join(body.get('user_ids', []))}"
+    if message["content_type"].startswith("text/"):
+        return f"[{where}] {who}: {message['body']}"
+    return f"[{where}] {who}: <{message['content_type']}, {len(message['body'])} bytes>"
+
+
+def format_event(event: dict[str, Any], names: Names) -> str | None:
+    kind = event.get("type")
+    if kind == "message":
+        return format_message(event["message"], names)
+    if kind == "typing":
+        return f"[{names.conversation(event['conversation_id'])}] " \
+               f"{names.user(event['user_id'])} is typing…"
+    if kind == "presence":
+        state = "online" if event["online"] else "offline"
+        return f"* {names.user(event['user_id'])} is {state}"
+    if kind == "error":
+        return f"! {event['code']}: {event['message']}"
+    return None
+
+
+class Terminal:
+    def __init__(self, client: ChatClient, live: LiveConnection, out: Any) -> None:
+        self.client = client
+        self.live = live
+        self.out = out
+        self.names = Names()
+        self.current: str | None = None
+
+    def say(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    async def learn_user(self, user_id: str) -> None:
+        if user_id not in self.names.users:
+            try:
+                profile = await self.client.request("GET", f"/users/{user_id}")
+                self.names.users[user_id] = profile["handle"]
+            except ApiError:
+                self.names.users[user_id] = user_id
+
+    async def learn_conversation(self, conv: dict[str, Any]) -> None:
+        name = conv["name"]
+        if conv["kind"] == "direct":
+            me = self.client.credentials.user_id if self.client.credentials else ""
+            others = [m["user_id"] for m in conv["members"] if m["user_id"] != me] or [me]
+            await self.learn_user(others[0])
+            name = "@" + self.names.user(others[0])
+        self.names.conversations[conv["conversation_id"]] = name
+
+    async def receive(self) -> None:
+        async for event in self.live.events():
+            if event.get("type") == "message":
+                message = event["message"]
+                await self.learn_user(message["sender_id"])
+                if message["conversation_id"] not in self.names.conversations:
+                    conv = await self.client.request(
+                        "GET", f"/conversations/{message['conversation_id']}")
+                    await self.learn_conversation(conv)
+                await self.live.ack(message["conversation_id"], message["seq"])
+            line = format_event(event, self.names)
+            if line:
+                self.say(line)
+        self.say(f"* disconnected ({self.live.close_code}: {self.live.close_reason})")
+
+    async def run_command(self, command: Command) -> bool:
+        """Run one command; False to quit."""
+        if command.name == "quit":
+            return False
+        if command.name == "error":
+            self.say(command.args[0])
+        elif command.name == "help":
+            self.say(HELP)
+        elif command.name == "to":
+            peer = await self.client.find_user(command.args[0])
+            self.names.users[peer["user_id"]] = peer["handle"]
+            conv = await self.client.open_direct(peer["user_id"])
+            await self.open(conv)
+        elif command.name == "group":
+            members = [(await self.client.find_user(h))["user_id"] for h in command.args[1:]]
+            await self.open(await self.client.create_group(command.args[0], members))
+        elif command.name == "open":
+            await self.open(await self.client.request("GET", f"/conversations/{command.args[0]}"))
+        elif command.name == "list":
+            for conv in await self.client.conversations():
+                await self.learn_conversation(conv)
+                conversation_id = conv["conversation_id"]
+                self.say(f"{conversation_id}  {self.names.conversation(conversation_id)}"
+                         f"  ({conv['unread']} unread)")
+        elif command.name == "history":
+            if self.current is None:
+                self.say("no current conversation: /to HANDLE or /open ID first")
+            else:
+                count = int(command.args[0]) if command.args else 20
+                page = await self.client.history(self.current, limit=min(max(count, 1), 200))
+                for message in page["messages"]:
+                    await self.learn_user(message["sender_id"])
+                    self.say(format_message(message, self.names))
+        elif command.name == "say":
+            if self.current is None:
+                self.say("no current conversation: /to HANDLE or /open ID first")
+            else:
+                await self.live.send(self.current, command.args[0])
+        return True
+
+    async def open(self, conv: dict[str, Any]) -> None:
+        await self.learn_conversation(conv)
+        self.current = conv["conversation_id"]
+        self.say(f"* now talking in {self.names.conversation(self.current)}")
+
+
+async def run_chat(url: str, handle: str, password: str, register: bool) -> int:
+    async with ChatClient(url) as client:
+        try:
+            if register:
+                try:
+                    await client.register(handle, password, handle)
+                except ApiError as exc:
+                    if exc.code != "handle_taken":
+                        raise
+            await client.login(handle, password, device_name="chatd chat")
+        except ApiError as exc:
+            print(f"chatd chat: {exc.message}", file=sys.stderr)
+            return 1
+        async with client.connect() as live, trio.open_nursery() as nursery:
+            terminal = Terminal(client, live, sys.stdout)
+            terminal.say(f"* logged in as {handle}; /help lists the commands")
+            nursery.start_soon(terminal.receive)
+            while True:
+                line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+                if not line:  # end of input
+                    break
+                try:
+                    if not await terminal.run_command(parse_line(line)):
+                        break
+                except ApiError as exc:
+                    terminal.say(f"! {exc.code}: {exc.message}")
+            nursery.cancel_scope.cancel()
+    return 0
+
+
+def password_from_environment_or_prompt() -> str:
+    return os.environ.get("CHATD_PASSWORD") or getpass.getpass("password: ")
