@@ -340,3 +340,38 @@ async def test_a_client_that_reads_nothing_is_aborted_and_pins_nothing(
             await close_transport(stalled)
             nursery.cancel_scope.cancel()
     # The test's teardown then shuts the server down, which a pinned write would block.
+
+
+async def test_json_and_msgpack_devices_of_one_user_see_the_same_events(
+        server: RunningServer) -> None:
+    async with user(server) as alice, user(server) as bob:
+        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        async with ChatClient(server.url) as bob_phone:
+            await bob_phone.login((await bob.request("GET", "/me"))["handle"], PASSWORD, "phone")
+            async with bob.connect("json") as laptop, bob_phone.connect("msgpack") as phone, \
+                    alice.connect() as a:
+                await a.send(conv, "to both of your devices")
+                await alice.request("PATCH", "/me", {"display_name": "Alice Renamed"})
+                seen = []
+                for live in (laptop, phone):
+                    [message] = await messages(live, 1)
+                    profile = await next_of(live, "profile")
+                    seen.append((message, profile))
+                assert seen[0] == seen[1]
+                assert seen[0][0]["body"] == "to both of your devices"
+                assert seen[0][1]["user"]["display_name"] == "Alice Renamed"
+
+
+async def test_typing_is_rate_limited(server: RunningServer) -> None:
+    async with user(server) as alice, user(server) as bob:
+        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        async with alice.connect() as a, bob.connect() as b:
+            for _ in range(6):
+                await a.typing(conv)
+            await a.ping()  # everything above has been handled once the pong is back
+            relayed = 0
+            with trio.move_on_after(0.5):
+                while True:
+                    if (await b.next_event())["type"] == "typing":
+                        relayed += 1
+            assert relayed == 3  # a burst of 3, then one per 2 s

@@ -1,0 +1,64 @@
+from __future__ import annotations
+
+import json
+
+import msgpack
+import pytest
+
+from chatd.domain.models import Message
+from chatd.protocol import frames
+from chatd.protocol.frames import FrameError, decode_client_frame
+
+
+def test_batches_round_trip_in_both_codecs() -> None:
+    message = Message(5, 7, 1, 9, 3, "c1", "application/octet-stream", b"\x00\xff", 123)
+    batch = [frames.message_frame(message), frames.pong_frame("r1"),
+             frames.error_frame("bad", "no", None)]
+    as_json = json.loads(frames.encode_frames(batch, "json"))
+    as_msgpack = msgpack.unpackb(frames.encode_frames(batch, "msgpack"))
+    assert as_json["type"] == as_msgpack["type"] == "batch"
+    assert [f["type"] for f in as_json["frames"]] == ["message", "pong", "error"]
+    # Binary bodies: base64 in JSON, raw bytes in msgpack; everything else is equal.
+    assert as_json["frames"][0]["message"]["body"] == "AP8="
+    assert as_msgpack["frames"][0]["message"]["body"] == b"\x00\xff"
+    as_json["frames"][0]["message"]["body"] = b"\x00\xff"
+    assert as_json == as_msgpack
+    assert frames.encode_frames(batch[1:2], "json") == '{"type":"pong","req":"r1"}'
+
+
+def test_client_frames_parse_in_both_codecs() -> None:
+    send = {"type": "send", "req": "r", "conversation_id": "12", "client_msg_id": "c",
+            "content_type": "image/png", "body": "AAE="}
+    parsed = decode_client_frame(json.dumps(send), "json")
+    assert isinstance(parsed, frames.SendFrame) and parsed.body == b"\x00\x01"
+    raw = decode_client_frame(msgpack.packb({**send, "body": b"\x00\x01"}), "msgpack")
+    assert raw == parsed
+    sync = decode_client_frame('{"type": "sync", "cursors": {"12": 4}}', "json")
+    assert sync == frames.SyncFrame({12: 4})
+
+
+@pytest.mark.parametrize("data, code", [
+    ("nope", "malformed_frame"),
+    ("[1]", "malformed_frame"),
+    (b"\x80", "bad_frame"),
+    ('{"type": "fly"}', "unknown_type"),
+    ('{"type": "send", "conversation_id": "1"}', "missing_field"),
+    ('{"type": "ack", "conversation_id": "1", "seq": true}', "invalid_field"),
+    ('{"type": "ack", "conversation_id": "1", "seq": -1}', "invalid_field"),
+    ('{"type": "typing", "conversation_id": 0}', "invalid_field"),
+    ('{"type": "ping", "req": 5}', "invalid_field"),
+    ('{"type": "sync", "cursors": {"x": 1}}', "invalid_field"),
+    ('{"type": "send", "req": "r", "conversation_id": "1", "client_msg_id": "c",'
+     ' "content_type": "text/plain", "body": 5}', "invalid_field"),
+])
+def test_bad_client_frames_are_named(data: str | bytes, code: str) -> None:
+    with pytest.raises(FrameError) as error:
+        decode_client_frame(data, "json")
+    assert error.value.code == code and error.value.message
+
+
+def test_errors_keep_the_request_id() -> None:
+    with pytest.raises(FrameError) as error:
+        decode_client_frame('{"type": "read", "req": "r9", "conversation_id": "x", "seq": 1}',
+                            "json")
+    assert error.value.req == "r9"
