@@ -302,23 +302,31 @@ async def _flood(alice: ChatClient, conv: str, count: int) -> None:
             await a.send(conv, f"{n:04d}" + "x" * 16_000)
 
 
+@asynccontextmanager
+async def flooded_stalled_reader(running: RunningServer, sender: ChatClient,
+                                 reader: ChatClient) -> AsyncIterator[tuple[Any, str]]:
+    """`reader` holds a socket that reads nothing (message_queue_size=0: its client stops
+    reading until asked) while `sender` writes 400 messages of ~16 KB to it."""
+    conv = (await sender.open_direct(uid(reader)))["conversation_id"]
+    ws_url = running.url.replace("http", "ws", 1) + f"/ws?token={reader.token}"
+    async with trio.open_nursery() as nursery:
+        stalled = await connect_websocket_url(nursery, ws_url, message_queue_size=0)
+        await _flood(sender, conv, 400)
+        yield stalled, conv
+        await close_transport(stalled)
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_slow_consumer_is_cut_off_with_4008_and_catches_up_completely(
         start_server: ServerFactory) -> None:
     running = await start_server(websocket={"max_queue": 8})
     async with user(running) as alice, user(running) as bob:
-        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
-        ws_url = running.url.replace("http", "ws", 1) + f"/ws?token={bob.token}"
-        async with trio.open_nursery() as nursery:
-            # message_queue_size=0: the client stops reading its socket until asked.
-            slow = await connect_websocket_url(nursery, ws_url, message_queue_size=0)
-            await _flood(alice, conv, 400)
+        async with flooded_stalled_reader(running, alice, bob) as (slow, _):
             # Reading again lets the server finish its write and send the close frame.
             with trio.fail_after(10), pytest.raises(ConnectionClosed) as closed:
                 while True:
                     await slow.get_message()
             assert closed.value.reason is not None and closed.value.reason.code == 4008
-            await close_transport(slow)
-            nursery.cancel_scope.cancel()
         async with bob.connect() as b:
             got = await messages(b, 400)
         assert [m["seq"] for m in got] == list(range(1, 401))
@@ -328,17 +336,11 @@ async def test_a_slow_consumer_is_cut_off_with_4008_and_catches_up_completely(
 async def test_a_client_that_reads_nothing_is_aborted_and_pins_nothing(
         start_server: ServerFactory) -> None:
     running = await start_server(server={"send_timeout": 0.5})
-    async with user(running) as alice, user(running) as bob:
-        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
-        ws_url = running.url.replace("http", "ws", 1) + f"/ws?token={bob.token}"
-        async with trio.open_nursery() as nursery:
-            stalled = await connect_websocket_url(nursery, ws_url, message_queue_size=0)
-            await _flood(alice, conv, 400)
-            with trio.fail_after(10):
-                while running.services.hub.sessions_of(int(uid(bob))):  # noqa: ASYNC110
-                    await trio.sleep(0.05)
-            await close_transport(stalled)
-            nursery.cancel_scope.cancel()
+    async with user(running) as alice, user(running) as bob, \
+            flooded_stalled_reader(running, alice, bob):
+        with trio.fail_after(10):
+            while running.services.hub.sessions_of(int(uid(bob))):  # noqa: ASYNC110
+                await trio.sleep(0.05)
     # The test's teardown then shuts the server down, which a pinned write would block.
 
 
