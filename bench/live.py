@@ -94,7 +94,7 @@ async def run_live(server: BenchServer, *, scenario: Literal["direct", "group"],
         seen: dict[tuple[int, str, int], int] = {}
         per_sender_interval = len(plan) / rate
         count_per_sender = int(seconds * rate / len(plan))
-        expected_per_message = 2 if scenario == "direct" else members
+        expected_per_message = 1 if scenario == "direct" else members - 1  # not the sender
 
         async def receive(index: int, live: LiveConnection) -> None:
             async for event in live.events():

@@ -91,8 +91,6 @@ class LimitsConfig:
 class WebSocketConfig:
     #: Close a connection that sent no frame for this many seconds (clients send `ping`).
     idle_timeout: float = 75.0
-    #: Seconds between WebSocket protocol pings from the server (keeps NAT paths open).
-    ping_interval: float = 25.0
     #: Frames waiting for a socket before it counts as too slow and is closed (code 4008).
     max_queue: int = 1024
     #: Largest frame accepted from a client, in bytes; larger ones get an error frame.
@@ -239,8 +237,7 @@ def validate(config: Config) -> Config:
                         ("auth.attempts_per_minute", config.auth.attempts_per_minute),
                         ("server.graceful_timeout", config.server.graceful_timeout),
                         ("server.send_timeout", config.server.send_timeout),
-                        ("websocket.idle_timeout", config.websocket.idle_timeout),
-                        ("websocket.ping_interval", config.websocket.ping_interval)):
+                        ("websocket.idle_timeout", config.websocket.idle_timeout)):
         if number <= 0:
             raise ConfigError(f"{key}: must be greater than 0, got {number}")
     if config.auth.argon2_memlimit_kib < 8:

@@ -1,21 +1,20 @@
-"""One shard as a Trio task tree: the group committer and hypercorn serving the app.
+"""One shard as a Trio task tree: the group committer and the front listener.
 
     serve()
-    ├── committer.run          the only writer of RocksDB
-    └── hypercorn.trio.serve   REST (+ WebSocket) through quart-trio
+    ├── committer.run       the only writer of RocksDB
+    └── FrontServer.run     one port: REST through hypercorn + quart-trio, /ws served
+                            directly (web/front.py, web/sockets.py)
 
-Shutdown order matters for durability: stop taking requests (hypercorn drains in-flight
-ones up to graceful_timeout), then drain the committer so every command that was queued
-lands or is refused, then close the store.
+Shutdown order matters for durability: stop taking requests (in-flight ones get up to
+graceful_timeout; WebSockets are closed with 1001), then drain the committer so every
+command that was queued lands or is refused, then close the store.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from functools import partial
 
-import hypercorn.trio
 import trio
 from hypercorn.config import Config as HypercornConfig
 
@@ -26,6 +25,8 @@ from chatd.services.live import CLOSE_GOING_AWAY
 from chatd.storage import Store
 from chatd.web import hypercorn_guard
 from chatd.web.app import create_app
+from chatd.web.front import FrontServer
+from chatd.web.sockets import LiveSockets
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +40,7 @@ class RunningServer:
 
 
 def _hypercorn_config(config: Config) -> HypercornConfig:
-    host, port = config.listen_address()
-    hconfig = HypercornConfig()
-    hconfig.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-    hconfig.backlog = config.server.backlog
+    hconfig = HypercornConfig()  # for its HTTP handling; FrontServer does the listening
     hconfig.graceful_timeout = config.server.graceful_timeout
     # Read by hypercorn_guard from the TCP server's config: per server, no global.
     hconfig.chatd_send_timeout = config.server.send_timeout  # type: ignore[attr-defined]
@@ -50,16 +48,11 @@ def _hypercorn_config(config: Config) -> HypercornConfig:
     hconfig.accesslog = None
     # Through our logging setup (a bare "-" would add a second stderr handler).
     hconfig.errorlog = logging.getLogger("hypercorn.error")
-    hconfig.websocket_ping_interval = config.websocket.ping_interval
-    # Frames above websocket.max_frame_bytes get an error frame from the app; hypercorn's
-    # own limit (close 1009) only stops the absurd.
-    hconfig.websocket_max_message_size = config.server.max_request_bytes
     return hconfig
 
 
 async def _close_sockets_on(shutdown: trio.Event, services: Services) -> None:
-    # Open WebSockets would hold hypercorn's shutdown for graceful_timeout and end with
-    # 1006; closing them from the app with 1001 ends them at once and cleanly.
+    # Close every WebSocket with 1001 at once, so the shutdown waits for none of them.
     await shutdown.wait()
     services.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
 
@@ -71,15 +64,16 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
     store = Store.open(config.storage.data_dir, sync=config.storage.sync)
     try:
         services = build_services(config, store, clock=clock)
-        app = create_app(services)
+        host, port = config.listen_address()
+        front = FrontServer(create_app(services), _hypercorn_config(config),
+                            LiveSockets(services), host=host, port=port,
+                            backlog=config.server.backlog,
+                            graceful_timeout=config.server.graceful_timeout)
         async with trio.open_nursery() as nursery:
             await nursery.start(services.committer.run)
             async with trio.open_nursery() as web:
                 web.start_soon(_close_sockets_on, shutdown, services)
-                urls = await web.start(partial(hypercorn.trio.serve, app,
-                                               _hypercorn_config(config),
-                                               shutdown_trigger=shutdown.wait))
-                url = urls[0]
+                url = await web.start(front.run, shutdown)
                 log.info("serving %s (shard %s, data %s)", url, config.cluster.shard,
                          config.storage.data_dir)
                 task_status.started(RunningServer(url, services))

@@ -23,7 +23,7 @@ def test_batches_round_trip_in_both_codecs() -> None:
     assert as_msgpack["frames"][0]["message"]["body"] == b"\x00\xff"
     as_json["frames"][0]["message"]["body"] = b"\x00\xff"
     assert as_json == as_msgpack
-    assert frames.encode_frames(batch[1:2], "json") == '{"type":"pong","req":"r1"}'
+    assert frames.encode_frames(batch[1:2], "json") == b'{"type":"pong","req":"r1"}'
 
 
 def test_client_frames_parse_in_both_codecs() -> None:

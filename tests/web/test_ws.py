@@ -63,16 +63,21 @@ def uid(client: ChatClient) -> str:
 
 @pytest.mark.parametrize("codec", ["json", "msgpack"])
 async def test_live_direct_delivery_to_every_device(server: RunningServer, codec: str) -> None:
-    async with user(server) as alice, user(server) as bob:
+    handle = fresh_handle()
+    async with user(server, handle) as alice, user(server) as bob:
         conv = (await alice.open_direct(uid(bob)))["conversation_id"]
-        async with alice.connect(codec) as a, bob.connect(codec) as b:  # type: ignore[arg-type]
+        async with alice.connect(codec) as a, bob.connect(codec) as b, \
+                user(server, handle, device="tablet") as alice_tablet, \
+                alice_tablet.connect(codec) as a2:  # type: ignore[arg-type]
             sent = await a.send(conv, "hello bob")
             assert sent["type"] == "sent" and sent["seq"] == 1
             [got] = await messages(b, 1)
             assert got["body"] == "hello bob" and got["seq"] == 1
             assert got["sender_id"] == uid(alice) and got["message_id"] == sent["message_id"]
-            [echo] = await messages(a, 1)  # the sender's own devices get it too
-            assert echo["message_id"] == sent["message_id"]
+            # The sender's other devices get it; the sending device has the `sent` answer.
+            [copy] = await messages(a2, 1)
+            assert copy["message_id"] == sent["message_id"]
+            await nothing_more(a)
             # REST and WS sends are the same path.
             await bob.send(conv, "via rest")
             assert [m["seq"] for m in await messages(a, 1)] == [2]
@@ -92,17 +97,25 @@ async def test_group_fanout_in_order_under_concurrent_senders(server: RunningSer
                 async with trio.open_nursery() as nursery:
                     async def run(client: ChatClient) -> None:
                         async with client.connect() as live:
+                            own = []
                             for n in range(20):
-                                await live.send(group, f"{uid(client)}:{n}")
-                            views.append(await messages(live, 1 + 6 * 20))
+                                sent = await live.send(group, f"{uid(client)}:{n}")
+                                own.append({"seq": sent["seq"], "body": f"{uid(client)}:{n}",
+                                            "sender_id": uid(client)})
+                            others = await messages(live, 1 + 5 * 20)
+                            await nothing_more(live)
+                            views.append(sorted(
+                                [{key: m[key] for key in ("seq", "body", "sender_id")}
+                                 for m in others] + own, key=lambda m: m["seq"]))
                     for client in clients:
                         nursery.start_soon(run, client)
-                views.append(await messages(watcher, 1 + 6 * 20))
+                views.append([{key: m[key] for key in ("seq", "body", "sender_id")}
+                              for m in await messages(watcher, 1 + 6 * 20)])
         finally:
             for client in clients:
                 await client.aclose()
-    # Every device saw the same log: seq 1 (group_created) to the last, no gap, no
-    # duplicate, and each sender's messages in the order it sent them.
+    # Every device saw the same log (its own sends through their `sent` answers): seq 1
+    # (group_created) to the last, no gap, no duplicate, each sender's in the order sent.
     for view in views:
         assert [m["seq"] for m in view] == list(range(1, 2 + 6 * 20))
         assert view == views[0]

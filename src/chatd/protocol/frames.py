@@ -205,12 +205,13 @@ class OutFrame:
 
     def __init__(self, payload: dict[str, Any]) -> None:
         self.payload = payload
-        self._json: str | None = None
+        self._json: bytes | None = None
         self._msgpack: bytes | None = None
 
-    def json(self) -> str:
+    def json(self) -> bytes:
+        """The frame as UTF-8 JSON."""
         if self._json is None:
-            self._json = _json_encoder.encode(self.payload)
+            self._json = _json_encoder.encode(self.payload).encode()
         return self._json
 
     def msgpack(self) -> bytes:
@@ -219,20 +220,20 @@ class OutFrame:
             self._msgpack = packed
         return self._msgpack
 
-    def encode(self, codec: Codec) -> str | bytes:
+    def encode(self, codec: Codec) -> bytes:
         return self.json() if codec == "json" else self.msgpack()
 
 
 _BATCH_MSGPACK_HEAD = msgpack.packb("type") + msgpack.packb("batch") + msgpack.packb("frames")
 
 
-def encode_frames(frames: list[OutFrame], codec: Codec) -> str | bytes:
+def encode_frames(frames: list[OutFrame], codec: Codec) -> bytes:
     """One WebSocket message for several frames: the frame itself, or a `batch` frame
     {"type": "batch", "frames": [...]} built from the cached encodings."""
     if len(frames) == 1:
         return frames[0].encode(codec)
     if codec == "json":
-        return '{"type":"batch","frames":[' + ",".join(f.json() for f in frames) + "]}"
+        return b'{"type":"batch","frames":[' + b",".join(f.json() for f in frames) + b"]}"
     packer = msgpack.Packer(use_bin_type=True)
     head: bytes = packer.pack_map_header(2) + _BATCH_MSGPACK_HEAD
     count: bytes = packer.pack_array_header(len(frames))

@@ -18,9 +18,7 @@ is durable, so the store always holds what the session reads.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterable
-
-import trio
+from collections.abc import Callable, Iterable
 
 from chatd.domain.models import Conversation, Message, User, Watermark
 from chatd.protocol import frames
@@ -47,9 +45,21 @@ CLOSE_UNAUTHORIZED = 4001
 CLOSE_TOO_SLOW = 4008
 
 
+def _ignore(session: LiveSession) -> None:
+    pass
+
+
 class LiveSession:
+    """No I/O and no awaiting: the transport registers `on_ready`, which is called (once
+    until the next `take_frames`) when there is something to write or the session closed,
+    and then takes the frames. Several sockets' frames are thus written in one pass."""
+
+    __slots__ = ("_behind", "_closed", "_fetch_batch", "_max_queue", "_next", "_owner",
+                 "_queue", "_ready", "_store", "acked", "device_id", "on_ready", "user_id")
+
     def __init__(self, *, user_id: int, device_id: int, store: Store, owner: ConversationOwner,
-                 max_queue: int, fetch_batch: int = 200) -> None:
+                 max_queue: int, fetch_batch: int = 200,
+                 on_ready: Callable[[LiveSession], None] = _ignore) -> None:
         self.user_id = user_id
         self.device_id = device_id
         self._store = store
@@ -57,7 +67,8 @@ class LiveSession:
         self._max_queue = max_queue
         self._fetch_batch = fetch_batch
         self._queue: deque[OutFrame] = deque()
-        self._wake = trio.Event()
+        self.on_ready = on_ready
+        self._ready = False  # on_ready was called and take_frames has not run since
         self._next: dict[int, int] = {}
         self._behind: dict[int, None] = {}  # an ordered set
         self._closed: SessionClosed | None = None
@@ -103,10 +114,13 @@ class LiveSession:
             return
         if message.seq == next_seq and conversation_id not in self._behind:
             self._next[conversation_id] = next_seq + 1
-            self.push(frame)
+            # The sending device learns the seq from the send's answer; sending the message
+            # back would double its traffic. Its other devices do get it.
+            if message.sender_device != self.device_id:
+                self.push(frame)
         else:
             self._behind[conversation_id] = None
-            self._wake.set()
+            self._signal()
 
     def push(self, frame: OutFrame) -> None:
         if len(self._queue) >= self._max_queue:
@@ -114,30 +128,46 @@ class LiveSession:
             self.close(CLOSE_TOO_SLOW, "too slow: the outbound queue is full; reconnect")
             return
         self._queue.append(frame)
-        self._wake.set()
+        self._signal()
 
     def close(self, code: int, reason: str) -> None:
         if self._closed is None:
             self._closed = SessionClosed(code, reason)
             self._queue.clear()
-            self._wake.set()
+            self._signal()
 
-    # -- drained by the web layer's writer task ------------------------------------------
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
 
-    async def next_frames(self, limit: int = 64) -> list[OutFrame]:
-        """Wait for frames to write (at most `limit`, to share one WebSocket message).
-        Raises `SessionClosed` when the session must end."""
-        while True:
-            if self._closed is not None:
-                raise self._closed
-            if self._queue:
-                count = min(limit, len(self._queue))
-                return [self._queue.popleft() for _ in range(count)]
-            if self._behind:
-                self._catch_up_one()
-                continue
-            await self._wake.wait()
-            self._wake = trio.Event()
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    # -- drained by the transport ---------------------------------------------------------
+
+    def take_frames(self, limit: int = 64) -> list[OutFrame]:
+        """The frames to write now (at most `limit`, to share one WebSocket message), with
+        at most one catch-up read from the store; [] when there is nothing. Raises
+        `SessionClosed` when the session must end."""
+        self._ready = False
+        if self._closed is not None:
+            raise self._closed
+        if not self._queue and self._behind:
+            self._catch_up_one()
+        count = min(limit, len(self._queue))
+        if count == len(self._queue) and not self._behind:
+            taken = list(self._queue)
+            self._queue.clear()
+            return taken
+        # More remains: ask to be called again (after other sockets had their turn).
+        self._signal()
+        return [self._queue.popleft() for _ in range(count)]
+
+    def _signal(self) -> None:
+        if not self._ready:
+            self._ready = True
+            self.on_ready(self)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -163,7 +193,7 @@ class LiveSession:
         self._next[conv.conversation_id] = next_seq
         if next_seq <= conv.head_seq:
             self._behind[conv.conversation_id] = None
-            self._wake.set()
+            self._signal()
 
     def _catch_up_one(self) -> None:
         conversation_id = next(iter(self._behind))

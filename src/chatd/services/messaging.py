@@ -118,20 +118,33 @@ class MessagingService:
         return result
 
     async def mark_read(self, session: Session, conversation_id: int, seq: int) -> Watermark:
-        return await self._move_watermark(session, conversation_id, seq, read=True)
+        return await self.start_mark_read(session, conversation_id, seq).wait()
+
+    def start_mark_read(self, session: Session, conversation_id: int,
+                        seq: int) -> Pending[Watermark]:
+        return self._start_move_watermark(session, conversation_id, seq, read=True)
 
     async def acknowledge(self, session: Session, conversation_id: int, seq: int,
                           acked: dict[int, int] | None = None) -> Watermark:
+        pending = self.start_acknowledge(session, conversation_id, seq, acked)
+        if pending is None:
+            return self.member_view(session, conversation_id).watermark(session.user_id)
+        return await pending.wait()
+
+    def start_acknowledge(self, session: Session, conversation_id: int, seq: int,
+                          acked: dict[int, int] | None = None) -> Pending[Watermark] | None:
         """A device has everything up to `seq`: move its cursor (where its next catch-up
         starts) and the user's delivered watermark. `acked` is the device's cursor map,
-        kept current by the caller so repeated acks cost nothing."""
+        kept current by the caller so repeated acks cost nothing (None is returned then)."""
         if acked is not None and acked.get(conversation_id, -1) >= seq:
-            return self.member_view(session, conversation_id).watermark(session.user_id)
-        return await self._move_watermark(session, conversation_id, seq, read=False,
+            self.member_view(session, conversation_id)
+            return None
+        return self._start_move_watermark(session, conversation_id, seq, read=False,
                                           acked=acked)
 
-    async def _move_watermark(self, session: Session, conversation_id: int, seq: int, *,
-                              read: bool, acked: dict[int, int] | None = None) -> Watermark:
+    def _start_move_watermark(self, session: Session, conversation_id: int, seq: int, *,
+                              read: bool,
+                              acked: dict[int, int] | None = None) -> Pending[Watermark]:
         self.member_view(session, conversation_id)
 
         def apply(batch: Batch) -> Watermark:
@@ -154,7 +167,7 @@ class MessagingService:
                     lambda: self._hub.publish_receipt(conv, session.user_id, mark))
             return mark
 
-        return await self._committer.submit(apply)
+        return self._committer.enqueue(apply)
 
     def typing(self, session: Session, conversation_id: int) -> bool:
         """Relay a typing notice to the other members; False when rate limited (dropped)."""

@@ -46,13 +46,35 @@ class CommitStatistics:
 class Pending(Generic[T]):
     """A queued command; `await pending.wait()` returns its result once durable."""
 
-    __slots__ = ("apply", "done", "error", "result")
+    __slots__ = ("_callbacks", "apply", "done", "error", "result")
 
     def __init__(self, apply: Callable[[Batch], T]) -> None:
         self.apply = apply
         self.done = trio.Event()
         self.result: T | None = None
         self.error: BaseException | None = None
+        self._callbacks: list[Callable[[Pending[T]], None]] | None = None
+
+    def add_done_callback(self, callback: Callable[[Pending[T]], None]) -> None:
+        """Call `callback(self)` from the committer once the command is durable or refused
+        (at once if it already is). It must not block; it spares a waiting task per
+        command, which is what the WebSocket path relies on."""
+        if self.done.is_set():
+            callback(self)
+        elif self._callbacks is None:
+            self._callbacks = [callback]
+        else:
+            self._callbacks.append(callback)
+
+    def _finish(self) -> None:
+        self.done.set()
+        if self._callbacks is not None:
+            callbacks, self._callbacks = self._callbacks, None
+            for callback in callbacks:
+                try:
+                    callback(self)
+                except Exception:
+                    log.exception("a done-callback of a command failed")
 
     async def wait(self) -> T:
         await self.done.wait()
@@ -181,7 +203,7 @@ class GroupCommitter:
             except Exception:
                 log.exception("after-commit callback failed")
         for pending in taken:
-            pending.done.set()
+            pending._finish()
 
     def _refuse_all(self, taken: list[Pending[Any]], error: ChatdError) -> None:
         for listener in self._failure_listeners:
@@ -189,5 +211,5 @@ class GroupCommitter:
         for pending in taken:
             if pending.error is None:
                 pending.error = error
-            pending.done.set()
+            pending._finish()
         self._refused += len(taken)

@@ -11,7 +11,7 @@ from werkzeug.exceptions import HTTPException
 
 from chatd.errors import ChatdError, RateLimited, Unauthorized
 from chatd.services.context import Services
-from chatd.web import routes_accounts, routes_conversations, routes_messages, routes_ops, ws
+from chatd.web import routes_accounts, routes_conversations, routes_messages, routes_ops
 
 log = logging.getLogger(__name__)
 
@@ -70,5 +70,4 @@ def create_app(services: Services) -> QuartTrio:
     routes_accounts.register(app, services)
     routes_conversations.register(app, services)
     routes_messages.register(app, services)
-    ws.register(app, services)
     return app

@@ -11,7 +11,11 @@ from chatd.services.accounts import AccountService
 
 
 def bearer_token(headers: Headers) -> str | None:
-    header = headers.get("Authorization", "")
+    return parse_bearer(headers.get("Authorization", ""))
+
+
+def parse_bearer(header: str) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header value, if it is one."""
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         return None

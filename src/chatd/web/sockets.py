@@ -1,0 +1,447 @@
+"""GET /ws: the live stream, served straight off the socket.
+
+Authentication comes from `?token=` (browsers cannot set headers on a WebSocket) or an
+`Authorization: Bearer` header. A bad token gets the upgrade accepted and then closed with
+code 4001 and the reason (browsers cannot read an HTTP rejection's status anyway). The
+subprotocol picks the encoding: `chatd.json` (default) or `chatd.msgpack`.
+
+Why not hypercorn's WebSocket support: an idle connection there costs ~44 KB and every
+frame several event objects and task switches. Here a connection is one task (its reader,
+parked in `wait_readable` while idle) and a small object, and writing needs no task at
+all: the `LiveSession`s that have frames ready are queued, and one flusher task writes
+each one's frames with a single non-blocking `send`, all of a commit batch's deliveries
+in one pass. Only a socket whose kernel buffer is full gets a task of its own, which
+waits for it to drain (up to `server.send_timeout`, then the connection is aborted).
+
+Bad frames get `error` frames; they never end the connection or touch anyone else's.
+Protocol violations close that one connection with the RFC's close code.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import socket
+from functools import partial
+from typing import cast
+from urllib.parse import parse_qs
+
+import trio
+
+from chatd.domain.models import SendResult, Session, Watermark
+from chatd.errors import ChatdError, Unauthorized
+from chatd.protocol import frames
+from chatd.protocol import websocket as ws
+from chatd.protocol.frames import Codec, FrameError
+from chatd.services.context import Services
+from chatd.services.live import CLOSE_IDLE, CLOSE_UNAUTHORIZED, LiveSession, SessionClosed
+from chatd.storage import Pending
+from chatd.web.auth import parse_bearer
+
+log = logging.getLogger(__name__)
+
+#: Seconds a client gets to send its opening request.
+HANDSHAKE_TIMEOUT = 10.0
+#: Seconds a client gets to answer our close frame before the socket is closed anyway.
+CLOSE_TIMEOUT = 1.0
+#: Reads in a row before the reader yields to other tasks (a flooding client must not
+#: starve the others).
+_READS_PER_YIELD = 4
+_RECV_SIZE = 65_536
+
+
+class Connection:
+    """One WebSocket connection: its socket, its framing state and its `LiveSession`."""
+
+    __slots__ = ("close_sent", "codec", "finished", "inflight", "last_active", "live",
+                 "opcode", "reader", "room", "scope", "session", "sock", "sockets", "unsent")
+
+    def __init__(self, sockets: LiveSockets, sock: socket.socket, codec: Codec,
+                 session: Session, max_message: int) -> None:
+        self.sockets = sockets
+        self.sock = sock
+        self.codec = codec
+        self.opcode = ws.OP_TEXT if codec == "json" else ws.OP_BINARY
+        self.session = session
+        self.reader = ws.FrameReader(max_message=max_message)
+        self.live: LiveSession | None = None
+        self.unsent: bytes | None = None  # set while a drain task owns the socket
+        self.close_sent = False
+        self.finished = False
+        self.inflight = 0
+        self.room: trio.Event | None = None  # set when a send slot frees up
+        self.scope: trio.CancelScope | None = None
+        self.last_active = trio.current_time()
+
+    def ready(self, live: LiveSession) -> None:
+        self.sockets.schedule(self)
+
+    def push(self, frame: frames.OutFrame) -> None:
+        if self.live is not None:
+            self.live.push(frame)
+
+    def write(self, data: bytes) -> None:
+        """Write without waiting; whatever the kernel will not take now is handed to a
+        drain task, and nothing more is taken from the session until it is written."""
+        if self.finished:
+            return
+        if self.unsent is not None:
+            self.unsent += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            self.abort()
+            return
+        if sent < len(data):
+            self.unsent = data[sent:]
+            self.sockets.start_drain(self)
+
+    def begin_close(self, code: int, reason: str) -> None:
+        if self.close_sent or self.finished:
+            return
+        self.close_sent = True
+        self.write(ws.encode_close(code, reason))
+        if self.scope is not None:
+            self.scope.deadline = min(self.scope.deadline, trio.current_time() + CLOSE_TIMEOUT)
+
+    def abort(self) -> None:
+        """Hang up now (a broken or stuck socket): the reader ends and closes it."""
+        if self.scope is not None:
+            self.scope.cancel()
+
+
+class LiveSockets:
+    """Every WebSocket connection of this shard, the flusher that writes to them and the
+    reaper that closes idle ones."""
+
+    def __init__(self, services: Services) -> None:
+        self._services = services
+        self._settings = services.config.websocket
+        self._send_timeout = services.config.server.send_timeout
+        self._max_message = services.config.server.max_request_bytes
+        self._connections: set[Connection] = set()
+        self._ready: list[Connection] = []
+        self._work = trio.Event()
+        self._drains: trio.Nursery | None = None
+
+    @property
+    def count(self) -> int:
+        return len(self._connections)
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The flusher, the reaper and the drain tasks; runs until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._drains = nursery
+            nursery.start_soon(self._reap_idle)
+            task_status.started()
+            await self._flush_forever()
+
+    # -- writing --------------------------------------------------------------------------
+
+    def schedule(self, conn: Connection) -> None:
+        self._ready.append(conn)
+        self._work.set()
+
+    async def _flush_forever(self) -> None:
+        while True:
+            await self._work.wait()
+            self._work = trio.Event()
+            ready, self._ready = self._ready, []
+            for conn in ready:
+                self._flush(conn)
+            # Sessions still catching up asked again; let readers and the committer run.
+            await trio.lowlevel.checkpoint()
+
+    def _flush(self, conn: Connection) -> None:
+        live = conn.live
+        if live is None or conn.finished or conn.unsent is not None:
+            return  # a drain task reschedules the connection once the socket takes more
+        try:
+            batch = live.take_frames()
+        except SessionClosed as closed:
+            conn.begin_close(closed.code, closed.reason)
+            return
+        if batch:
+            conn.write(ws.encode_frame(conn.opcode, frames.encode_frames(batch, conn.codec)))
+
+    def start_drain(self, conn: Connection) -> None:
+        assert self._drains is not None, "LiveSockets.run is not running"
+        self._drains.start_soon(self._drain, conn)
+
+    async def _drain(self, conn: Connection) -> None:
+        with trio.move_on_after(self._send_timeout) as timer:
+            try:
+                while conn.unsent:
+                    await trio.lowlevel.wait_writable(conn.sock)
+                    try:
+                        sent = conn.sock.send(conn.unsent)
+                    except BlockingIOError:
+                        continue
+                    conn.unsent = conn.unsent[sent:]
+            except (OSError, trio.ClosedResourceError):
+                conn.abort()
+                return
+        if timer.cancelled_caught:
+            log.info("a client read nothing for %.0f s; aborting its connection",
+                     self._send_timeout)
+            conn.abort()
+            return
+        conn.unsent = None
+        self.schedule(conn)
+
+    async def _reap_idle(self) -> None:
+        timeout = self._settings.idle_timeout
+        while True:
+            await trio.sleep(max(0.05, timeout / 4))
+            cutoff = trio.current_time() - timeout
+            for conn in list(self._connections):
+                if conn.last_active < cutoff and conn.live is not None:
+                    conn.live.close(CLOSE_IDLE, f"no frame for {timeout:g} s")
+
+    # -- a connection ---------------------------------------------------------------------
+
+    async def serve(self, sock: socket.socket, received: bytes) -> None:
+        """Serve one connection whose first bytes (`received`) asked for /ws; returns when
+        it is over. The caller closes the socket."""
+        try:
+            handshake = await self._handshake(sock, received)
+        except (OSError, trio.ClosedResourceError):
+            return
+        if handshake is None:
+            return
+        token, codec, rest = handshake
+        session: Session | None = None
+        close: tuple[int, str] | None = None
+        try:
+            if not token:
+                raise Unauthorized("send ?token=<token> or an Authorization header",
+                                   code="missing_token")
+            session = self._services.accounts.authenticate(token)
+        except ChatdError as exc:
+            close = (CLOSE_UNAUTHORIZED, f"{exc.code}: {exc.message}"[:120])
+        conn = Connection(self, sock, codec, session or _NOBODY, self._max_message)
+        self._connections.add(conn)
+        try:
+            with trio.CancelScope() as conn.scope:
+                if close is not None:
+                    conn.begin_close(*close)
+                    await self._read_loop(conn, b"")
+                    return
+                await self._run_session(conn, rest)
+        finally:
+            conn.finished = True
+            self._connections.discard(conn)
+
+    async def _handshake(self, sock: socket.socket,
+                         received: bytes) -> tuple[str, Codec, bytes] | None:
+        buffer = received
+        with trio.move_on_after(HANDSHAKE_TIMEOUT):
+            while (length := ws.head_length(buffer)) is None:
+                if len(buffer) > ws.MAX_REQUEST_HEAD:
+                    await _send_error(sock, 431, "Request Header Fields Too Large",
+                                      "request_too_large", "the request head is too large")
+                    return None
+                data = await _receive(sock)
+                if not data:
+                    return None
+                buffer += data
+            try:
+                request = ws.parse_request_head(buffer[:length])
+                key = ws.check_upgrade(request)
+            except ws.HandshakeError as exc:
+                await _send_error(sock, exc.status, _REASONS.get(exc.status, "Error"),
+                                  exc.code, exc.message)
+                return None
+            codec: Codec = "json"
+            chosen = None
+            for name in ws.requested_subprotocols(request):
+                if name in frames.SUBPROTOCOLS:
+                    codec, chosen = frames.SUBPROTOCOLS[name], name
+                    break
+            query = parse_qs(request.query)
+            token = (query.get("token") or [""])[0] or \
+                parse_bearer(request.headers.get("authorization", "")) or ""
+            await _send_all(sock, ws.accept_response(key, chosen))
+            return token, codec, buffer[length:]
+        return None  # too slow
+
+    async def _run_session(self, conn: Connection, rest: bytes) -> None:
+        services = self._services
+        session = conn.session
+        live = LiveSession(user_id=session.user_id, device_id=session.device_id,
+                           store=services.store, owner=services.owner,
+                           max_queue=self._settings.max_queue, on_ready=conn.ready)
+        conn.live = live
+        hub = services.hub
+        first = hub.attach(live)
+        try:
+            live.start(services.messaging.conversations_of(session))
+            if first:
+                hub.announce_online(live, services.accounts.get_user(session.user_id))
+            await self._read_loop(conn, rest)
+        finally:
+            live.close(CLOSE_IDLE, "connection closed")
+            if hub.detach(live):
+                last_seen = services.clock.now_ms()
+                services.accounts.record_last_seen(session.user_id, last_seen)
+                hub.announce_offline(session.user_id, last_seen)
+
+    async def _read_loop(self, conn: Connection, data: bytes) -> None:
+        sock = conn.sock
+        reads = 0
+        while True:
+            if data:
+                conn.last_active = trio.current_time()
+                try:
+                    messages = conn.reader.feed(data)
+                except ws.ProtocolError as exc:
+                    conn.begin_close(exc.close_code, exc.reason)
+                    return
+                for opcode, payload in messages:
+                    if opcode == ws.OP_TEXT or opcode == ws.OP_BINARY:
+                        if not conn.close_sent:
+                            await self._on_frame(conn, payload)  # type: ignore[arg-type]
+                    elif opcode == ws.OP_PING:
+                        conn.write(ws.encode_frame(ws.OP_PONG, payload))  # type: ignore[arg-type]
+                    elif opcode == ws.OP_CLOSE:
+                        if not conn.close_sent:
+                            code, _reason = cast("tuple[int, str]", payload)
+                            conn.close_sent = True
+                            conn.write(ws.encode_close(
+                                ws.CLOSE_NORMAL if code == ws.CLOSE_NO_STATUS else code))
+                        return
+                reads += 1
+                if reads >= _READS_PER_YIELD:
+                    reads = 0
+                    await trio.lowlevel.checkpoint()
+            try:
+                data = sock.recv(_RECV_SIZE)
+            except BlockingIOError:
+                reads = 0
+                await trio.lowlevel.wait_readable(sock)
+                data = b""
+                continue
+            except OSError:
+                return
+            if not data:
+                return  # the peer hung up
+
+    async def _on_frame(self, conn: Connection, data: str | bytes) -> None:
+        live = conn.live
+        assert live is not None
+        if len(data) > self._settings.max_frame_bytes:
+            live.push(frames.error_frame(
+                "frame_too_large",
+                f"frames are limited to {self._settings.max_frame_bytes} bytes"))
+            return
+        try:
+            frame = frames.decode_client_frame(data, conn.codec)
+        except FrameError as exc:
+            live.push(frames.error_frame(exc.code, exc.message, exc.req))
+            return
+        try:
+            await self._handle(conn, live, frame)
+        except ChatdError as exc:
+            live.push(frames.error_from(exc, frame.req))
+
+    async def _handle(self, conn: Connection, live: LiveSession,
+                      frame: frames.ClientFrame) -> None:
+        messaging = self._services.messaging
+        session = conn.session
+        if isinstance(frame, frames.SendFrame):
+            while conn.inflight >= self._settings.max_inflight_sends:
+                # Stop reading until an answer frees a slot: TCP pushes back on the client.
+                conn.room = trio.Event()
+                await conn.room.wait()
+            pending = messaging.start_send(
+                session, conversation_id=frame.conversation_id,
+                client_msg_id=frame.client_msg_id, content_type=frame.content_type,
+                body=frame.body)
+            conn.inflight += 1
+            pending.add_done_callback(partial(_answer_send, conn, frame.req))
+        elif isinstance(frame, frames.AckFrame):
+            acked = messaging.start_acknowledge(session, frame.conversation_id, frame.seq,
+                                                live.acked)
+            if acked is None:
+                if frame.req is not None:
+                    live.push(frames.ok_frame(frame.req))
+            else:
+                acked.add_done_callback(partial(_answer_ok, conn, frame.req))
+        elif isinstance(frame, frames.ReadFrame):
+            marked = messaging.start_mark_read(session, frame.conversation_id, frame.seq)
+            marked.add_done_callback(partial(_answer_ok, conn, frame.req))
+        elif isinstance(frame, frames.TypingFrame):
+            messaging.typing(session, frame.conversation_id)
+            if frame.req is not None:
+                live.push(frames.ok_frame(frame.req))
+        elif isinstance(frame, frames.PingFrame):
+            live.push(frames.pong_frame(frame.req))
+        elif isinstance(frame, frames.SyncFrame):
+            live.sync(frame.cursors)
+            if frame.req is not None:
+                live.push(frames.ok_frame(frame.req))
+
+
+#: Stands in for the session of a connection refused at authentication (it reads nothing).
+_NOBODY = Session(user_id=0, device_id=0, token_hash=b"")
+
+
+def _answer_send(conn: Connection, req: str, pending: Pending[SendResult]) -> None:
+    conn.inflight -= 1
+    if conn.room is not None:
+        conn.room.set()
+        conn.room = None
+    if pending.error is not None:
+        conn.push(frames.error_from(_as_chatd_error(pending.error), req))
+        return
+    result = pending.result
+    assert result is not None
+    conn.push(frames.sent_frame(req, result.message_id, result.conversation_id,
+                                result.seq, result.ts))
+
+
+def _answer_ok(conn: Connection, req: str | None, pending: Pending[Watermark]) -> None:
+    if pending.error is not None:
+        conn.push(frames.error_from(_as_chatd_error(pending.error), req))
+    elif req is not None:
+        conn.push(frames.ok_frame(req))
+
+
+def _as_chatd_error(error: BaseException) -> ChatdError:
+    return error if isinstance(error, ChatdError) else ChatdError(str(error))
+
+
+_REASONS = {400: "Bad Request", 405: "Method Not Allowed", 426: "Upgrade Required",
+            431: "Request Header Fields Too Large", 505: "HTTP Version Not Supported"}
+
+
+async def _receive(sock: socket.socket) -> bytes:
+    while True:
+        try:
+            return sock.recv(_RECV_SIZE)
+        except BlockingIOError:
+            await trio.lowlevel.wait_readable(sock)
+
+
+async def _send_all(sock: socket.socket, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        try:
+            sent = sock.send(view)
+        except BlockingIOError:
+            await trio.lowlevel.wait_writable(sock)
+            continue
+        view = view[sent:]
+
+
+async def _send_error(sock: socket.socket, status: int, reason: str, code: str,
+                      message: str) -> None:
+    body = frames.OutFrame({"error": {"code": code, "message": message}}).json()
+    try:
+        await _send_all(sock, ws.error_response(status, reason, body))
+    except OSError as exc:
+        if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
+            raise
