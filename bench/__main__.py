@@ -1,74 +1,178 @@
-"""Command line of the benchmark harness."""
+"""chatd's benchmark harness: `python -m bench SCENARIO` (or `chatd bench SCENARIO`).
+
+Scenarios:
+  direct   pairs of users over WebSockets at a fixed total offered rate
+  group    members of one group online, some posting at a fixed rate, fan-out to all
+  idle     authenticated idle WebSocket connections: RSS per connection, connections/s
+  catchup  a device offline while messages arrive reconnects and catches up
+  burst    senders keep a window of sends in flight: the maximum sustained rate
+  sweep    `direct` or `group` (--shape) over increasing offered rates, with a plot
+  appends  the durable append path alone, in this process (no network)
+  sends    acknowledged REST sends into one group
+  all      every scenario above but sends
+
+Without --url it starts its own server (data in a temp dir). `--quick` runs every
+scenario small (under a minute). Figures go out as a table, and as JSON lines with
+--json. The exit status is 1 when any message was lost or duplicated.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from functools import partial
+from typing import Any
 
 import trio
 
-from bench.live import run_live
+from bench import harness
+from bench.appends import appends
+from bench.harness import Result, Target
+from bench.report import plot_sweep, print_result
 from bench.sends import run_sends
 from bench.serverproc import BenchServer
 
+SCENARIOS = ["direct", "group", "idle", "catchup", "burst", "sweep", "appends", "sends", "all"]
+#: The server's settings for benchmarks: idle sockets are not reaped while held.
+SERVER_ENV = {"CHATD_WEBSOCKET_IDLE_TIMEOUT": "3600"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("scenario", choices=SCENARIOS, nargs="?", default="all")
+    parser.add_argument("--url", help="benchmark a running server instead of starting one "
+                        "(CPU and RSS figures need it to run on this machine)")
+    parser.add_argument("--quick", action="store_true", help="every figure small and fast")
+    parser.add_argument("--workers", type=int, default=2, help="client processes")
+    parser.add_argument("--json", metavar="PATH",
+                        help="append JSON lines to PATH ('-' for stdout, then no table)")
+    parser.add_argument("--plot", metavar="PNG", default="sweep.png",
+                        help="where sweep draws latency against offered rate")
+    parser.add_argument("--no-sync", action="store_true", help="server with storage.sync off")
+    size = parser.add_argument_group("sizes (defaults are the documented runs)")
+    size.add_argument("--pairs", type=int, help="direct/burst: sender-receiver pairs (50)")
+    size.add_argument("--rate", type=float, help="direct: msg/s in all (500); group: posts/s (20)")
+    size.add_argument("--seconds", type=float, help="length of a timed run (10)")
+    size.add_argument("--members", type=int, help="group: members online (50)")
+    size.add_argument("--senders", type=int, help="group: members posting (5)")
+    size.add_argument("--connections", type=int, help="idle: sockets to hold (10000)")
+    size.add_argument("--messages", type=int, help="catchup (10000), appends (100000)")
+    size.add_argument("--window", type=int, help="burst: sends in flight per sender (16)")
+    size.add_argument("--shape", choices=["direct", "group"], default="direct",
+                      help="sweep: which scenario to sweep")
+    size.add_argument("--rates", help="sweep: comma-separated offered rates")
+    return parser
+
+
+def _pick(args: argparse.Namespace, name: str, full: Any, quick: Any) -> Any:
+    value = getattr(args, name)
+    if value is not None:
+        return value
+    return quick if args.quick else full
+
+
+def _raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def _runners(args: argparse.Namespace, own_server: BenchServer | None
+             ) -> dict[str, Callable[[Target], list[Result]]]:
+    workers = args.workers
+
+    def one(coroutine: Callable[..., Any], **kwargs: Any) -> Callable[[Target], list[Result]]:
+        return lambda target: [trio.run(partial(coroutine, target, **kwargs))]
+
+    direct = one(harness.direct, pairs=_pick(args, "pairs", 50, 5),
+                 rate=_pick(args, "rate", 500.0, 100.0),
+                 seconds=_pick(args, "seconds", 10.0, 1.0), workers=workers)
+    group = one(harness.group, members=_pick(args, "members", 50, 10),
+                senders=_pick(args, "senders", 5, 2), rate=_pick(args, "rate", 20.0, 20.0),
+                seconds=_pick(args, "seconds", 10.0, 1.0), workers=workers)
+    idle = one(harness.idle, connections=_pick(args, "connections", 10_000, 200),
+               workers=workers)
+    catchup = one(harness.catchup, messages=_pick(args, "messages", 10_000, 300))
+    burst = one(harness.burst, pairs=_pick(args, "pairs", 50, 5),
+                seconds=_pick(args, "seconds", 5.0, 1.0), window=_pick(args, "window", 16, 8),
+                workers=workers)
+
+    def sweep(target: Target) -> list[Result]:
+        default = "250,500,1000,2000,4000" if args.shape == "direct" else "10,20,50,100,200"
+        rates = [float(r) for r in (args.rates or ("50,100" if args.quick else default))
+                 .split(",")]
+        seconds = _pick(args, "seconds", 5.0, 1.0)
+        results = []
+        for rate in rates:
+            if args.shape == "direct":
+                result = trio.run(partial(harness.direct, target, pairs=_pick(args, "pairs",
+                                                                               50, 5),
+                                          rate=rate, seconds=seconds, workers=workers))
+            else:
+                result = trio.run(partial(harness.group, target,
+                                          members=_pick(args, "members", 50, 10),
+                                          senders=_pick(args, "senders", 5, 2), rate=rate,
+                                          seconds=seconds, workers=workers))
+            result.scenario = f"sweep:{args.shape}"
+            results.append(result)
+            if args.json != "-":
+                print_result(result)
+        plot_sweep(results, args.plot)
+        return results
+
+    def appends_(target: Target) -> list[Result]:
+        return [trio.run(partial(appends, messages=_pick(args, "messages", 100_000, 5000),
+                                 conversations=100, sync=not args.no_sync))]
+
+    def sends(target: Target) -> list[Result]:
+        if own_server is None:
+            raise SystemExit("sends reads the server's /metrics: it needs its own server")
+        senders = 1 if args.quick else 50
+        result = trio.run(partial(run_sends, own_server, senders=senders,
+                                  per_sender=20 if args.quick else 40))
+        return [Result("sends", {"senders": senders}, asdict(result))]
+
+    return {"direct": direct, "group": group, "idle": idle, "catchup": catchup,
+            "burst": burst, "sweep": sweep, "appends": appends_, "sends": sends}
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
-    scenarios = parser.add_subparsers(dest="scenario", required=True)
-    sends = scenarios.add_parser("sends", help="acknowledged REST sends into one group")
-    sends.add_argument("--senders", type=int, nargs="+", default=[1, 50])
-    sends.add_argument("--messages", type=int, default=2000,
-                       help="acknowledged sends per run (split among the senders)")
-    sends.add_argument("--no-sync", action="store_true", help="run the server with sync off")
-    sends.add_argument("--json", action="store_true", help="print JSON lines, not a table")
-    live = scenarios.add_parser("live", help="WebSocket messages at a fixed rate to online devices")
-    live.add_argument("shape", choices=["direct", "group"])
-    live.add_argument("--rate", type=float, default=None,
-                      help="messages/s offered in all (default: direct 200, group 20)")
-    live.add_argument("--seconds", type=float, default=10.0)
-    live.add_argument("--pairs", type=int, default=10)
-    live.add_argument("--members", type=int, default=50)
-    live.add_argument("--json", action="store_true", help="print JSON lines, not a table")
-    args = parser.parse_args(argv)
-    if args.scenario == "live":
-        return _live(args)
-
-    for senders in args.senders:
-        server = BenchServer(sync=not args.no_sync)
-        try:
-            result = trio.run(partial(run_sends, server, senders=senders,
-                                      per_sender=max(1, args.messages // senders)))
-        finally:
-            server.stop()
-        if args.json:
-            print(json.dumps({"scenario": "sends", "sync": not args.no_sync, **asdict(result)}))
-        else:
-            print(f"\nsends (sync={'off' if args.no_sync else 'on'})")
-            for name, value in result.rows():
-                print(f"  {name:<26} {value}")
-        sys.stdout.flush()
-    return 0
-
-
-def _live(args: argparse.Namespace) -> int:
-    rate = args.rate or (200.0 if args.shape == "direct" else 20.0)
-    server = BenchServer()
+    args = _parser().parse_args(argv)
+    _raise_fd_limit()
+    names = [n for n in SCENARIOS if n not in ("all", "sends")] \
+        if args.scenario == "all" else [args.scenario]
+    failed = False
+    out = sys.stdout if args.json == "-" else (open(args.json, "a") if args.json else None)  # noqa: SIM115
     try:
-        result = trio.run(partial(run_live, server, scenario=args.shape, rate=rate,
-                                  seconds=args.seconds, pairs=args.pairs, members=args.members))
+        if out is not None:
+            out.write(json.dumps({"scenario": "environment", **harness.environment()}) + "\n")
+        for name in names:
+            server = None if args.url or name == "appends" else BenchServer(
+                sync=not args.no_sync, env=SERVER_ENV)
+            try:
+                url = args.url or (server.url if server is not None else "")
+                target = Target.at(url) if args.url else Target(
+                    url, server.process.pid if server is not None else None)
+                results = _runners(args, server)[name](target)
+            finally:
+                if server is not None:
+                    server.stop()
+            for result in results:
+                failed |= not result.ok
+                if out is not None:
+                    out.write(json.dumps(result.as_json()) + "\n")
+                    out.flush()
+                if args.json != "-" and name != "sweep":
+                    print_result(result)
     finally:
-        server.stop()
-    if args.json:
-        print(json.dumps({"scenario": "live", "rate": rate, **asdict(result)}))
-    else:
-        print(f"\nlive {args.shape} ({rate:g} msg/s offered for {args.seconds:g} s)")
-        for name, value in result.rows():
-            print(f"  {name:<26} {value}")
-    return 0 if result.lost == 0 and result.duplicated == 0 else 1
+        if out is not None and out is not sys.stdout:
+            out.close()
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -30,17 +30,6 @@ class SendsResult:
     #: Server CPU of a trivial request (GET /healthz): the HTTP stack's own cost.
     floor_cpu_us_per_request: float
 
-    def rows(self) -> list[tuple[str, str]]:
-        return [
-            ("senders", str(self.senders)),
-            ("acknowledged sends", str(self.sends)),
-            ("sends/s", f"{self.sends / self.seconds:,.0f}"),
-            ("server CPU per send", f"{self.server_cpu_us_per_send:,.0f} µs"),
-            ("appends per synced batch", f"{self.appends_per_batch:.2f}"),
-            ("latency p50 / p99", f"{self.p50_ms:.2f} / {self.p99_ms:.2f} ms"),
-            ("HTTP floor (GET /healthz)", f"{self.floor_cpu_us_per_request:,.0f} µs CPU"),
-        ]
-
 
 async def _account(http: httpx.AsyncClient, handle: str) -> tuple[str, dict[str, str]]:
     await http.post("/register", json={"handle": handle, "password": PASSWORD,

@@ -21,6 +21,58 @@ BENCH_ENV = {
 }
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process, from /proc/PID/status."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no VmRSS for process {pid}")
+
+
+def _socket_inodes(pid: int) -> set[str]:
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            target = os.readlink(fd)
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    return inodes
+
+
+def _listening(port: int | None = None) -> dict[str, int]:
+    """inode -> port of listening TCP sockets (IPv4 and IPv6)."""
+    found = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            local_port = int(parts[1].rsplit(":", 1)[1], 16)
+            if parts[3] == "0A" and (port is None or local_port == port):  # 0A = LISTEN
+                found[parts[9]] = local_port
+    return found
+
+
+def find_listening_pid(port: int) -> int | None:
+    """The process on this machine listening on `port` (for --url), if we may see it."""
+    listening = _listening(port)
+    if not listening:
+        return None
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if _socket_inodes(int(entry.name)) & listening.keys():
+                return int(entry.name)
+        except OSError:
+            continue
+    return None
+
+
 def cpu_seconds(pid: int) -> float:
     """utime + stime of a process, from /proc/PID/stat."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -29,10 +81,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 class BenchServer:
-    def __init__(self, *, sync: bool = True) -> None:
+    def __init__(self, *, sync: bool = True, env: dict[str, str] | None = None) -> None:
         self._dir = tempfile.TemporaryDirectory(prefix="chatd-bench-")
         self.log_path = Path(self._dir.name) / "server.log"
-        env = {**os.environ, **BENCH_ENV, "CHATD_STORAGE_SYNC": "true" if sync else "false"}
+        env = {**os.environ, **BENCH_ENV, "CHATD_STORAGE_SYNC": "true" if sync else "false",
+               **(env or {})}
         self._log = open(self.log_path, "wb")  # noqa: SIM115  # closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "chatd", "serve", "--listen", "127.0.0.1:0",
@@ -58,19 +111,10 @@ class BenchServer:
 
     def _listening_port(self) -> int | None:
         # The server logs at warning level here, so read the port from the socket table.
-        inodes = set()
-        fd_dir = Path(f"/proc/{self.process.pid}/fd")
-        for fd in fd_dir.iterdir():
-            try:
-                target = os.readlink(fd)
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[8:-1])
-        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
-            parts = line.split()
-            if parts[3] == "0A" and parts[9] in inodes:  # 0A = LISTEN
-                return int(parts[1].split(":")[1], 16)
+        ports = _listening()
+        for inode in _socket_inodes(self.process.pid):
+            if inode in ports:
+                return ports[inode]
         return None
 
     def cpu_seconds(self) -> float:

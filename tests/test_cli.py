@@ -62,3 +62,9 @@ def test_the_shipped_config_file_is_valid(tmp_path: Path) -> None:
 
     shipped = Path(__file__).parent.parent / "conf" / "chatd.toml"
     assert load(str(shipped), environ={}) == Config()
+
+
+def test_chatd_bench_is_the_harness() -> None:
+    result = chatd("bench", "--help")
+    assert result.returncode == 0
+    assert "idle" in result.stdout and "sweep" in result.stdout

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import signal
 import sys
 from collections.abc import Sequence
@@ -48,7 +49,17 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--handle", required=True, help="your handle")
     chat.add_argument("--register", action="store_true",
                       help="create the account first if it does not exist")
+    commands.add_parser(
+        "bench", help="run the benchmark harness (python -m bench; see docs/benchmarks.md)",
+        add_help=False)
     return parser
+
+
+def _raise_open_file_limit() -> None:
+    """Every WebSocket is a file descriptor: take the hard limit, not the soft default."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
@@ -82,7 +93,16 @@ async def _serve_until_signalled(config: Config) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
-    args = parser.parse_args(argv)
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["bench"]:
+        try:
+            from bench.__main__ import main as bench_main
+        except ImportError as exc:
+            print(f"chatd: the benchmark harness needs `pip install 'chatd[bench]'` ({exc})",
+                  file=sys.stderr)
+            return 2
+        return bench_main(arguments[1:])
+    args = parser.parse_args(arguments)
     if args.command is None:
         parser.print_help()
         return 2
@@ -101,6 +121,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    _raise_open_file_limit()
     try:
         trio.run(partial(_serve_until_signalled, config))
     except OSError as exc:

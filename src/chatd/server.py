@@ -12,6 +12,7 @@ command that was queued lands or is refused, then close the store.
 
 from __future__ import annotations
 
+import gc
 import logging
 from dataclasses import dataclass
 
@@ -69,6 +70,11 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
                             LiveSockets(services), host=host, port=port,
                             backlog=config.server.backlog,
                             graceful_timeout=config.server.graceful_timeout)
+        # Everything built so far (the imported frameworks, the app) lives as long as the
+        # process: keep it out of the cyclic collector's full passes, which otherwise
+        # scan it again and again as messages allocate.
+        gc.collect()
+        gc.freeze()
         async with trio.open_nursery() as nursery:
             await nursery.start(services.committer.run)
             async with trio.open_nursery() as web:

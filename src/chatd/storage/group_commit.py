@@ -94,6 +94,7 @@ class GroupCommitter:
         self._work = trio.Event()
         self._closing = False
         self._failure_listeners: list[Callable[[], None]] = []
+        self._batch_listeners: list[Callable[[], None]] = []
         self._batches = 0
         self._committed = 0
         self._refused = 0
@@ -103,6 +104,11 @@ class GroupCommitter:
     def on_write_failure(self, listener: Callable[[], None]) -> None:
         """Call `listener` whenever a batch fails to write (its commands are refused)."""
         self._failure_listeners.append(listener)
+
+    def after_each_batch(self, listener: Callable[[], None]) -> None:
+        """Call `listener` once a batch's waiters and callbacks have all been told (the
+        WebSocket layer writes every delivery of the batch then, in the same step)."""
+        self._batch_listeners.append(listener)
 
     def statistics(self) -> CommitStatistics:
         return CommitStatistics(self._batches, self._committed, self._refused,
@@ -152,6 +158,11 @@ class GroupCommitter:
                 self._work = trio.Event()
                 continue
             self._commit_one_batch()
+            for listener in self._batch_listeners:
+                try:
+                    listener()
+                except Exception:
+                    log.exception("an after-batch listener failed")
             # Let producers woken by this batch queue their next commands.
             await trio.lowlevel.checkpoint()
 

@@ -126,6 +126,9 @@ class LiveSockets:
         self._ready: list[Connection] = []
         self._work = trio.Event()
         self._drains: trio.Nursery | None = None
+        # A batch's deliveries and answers are written as soon as it lands, in the
+        # committer's step, instead of waking the flusher for them.
+        services.committer.after_each_batch(self.flush_ready)
 
     @property
     def count(self) -> int:
@@ -145,13 +148,17 @@ class LiveSockets:
         self._ready.append(conn)
         self._work.set()
 
+    def flush_ready(self) -> None:
+        """Write what every scheduled connection has ready."""
+        ready, self._ready = self._ready, []
+        for conn in ready:
+            self._flush(conn)
+
     async def _flush_forever(self) -> None:
         while True:
             await self._work.wait()
             self._work = trio.Event()
-            ready, self._ready = self._ready, []
-            for conn in ready:
-                self._flush(conn)
+            self.flush_ready()
             # Sessions still catching up asked again; let readers and the committer run.
             await trio.lowlevel.checkpoint()
 

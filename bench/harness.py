@@ -1,0 +1,401 @@
+"""The driver: provisions accounts, starts worker processes, measures the server.
+
+Every scenario returns one `Result` row. Server CPU comes from /proc/PID/stat of the
+server process (our own, or the process listening on `--url`'s port when it runs on this
+machine); it is divided by the deliveries of the measured phase, so it includes whatever
+the server did for them: reading the send, the durable append, the `sent` answer, the
+delivery, and the receivers' periodic acks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import trio
+from hdrh.histogram import HdrHistogram
+
+from bench.serverproc import cpu_seconds, find_listening_pid, rss_bytes
+from bench.worker import PAD, new_histogram, now_us
+from bench.wsclient import BenchSocket
+from chatd.client import ChatClient
+
+PASSWORD = "bench password"
+#: A worker's CPU use above this share of its wall time means the clients may be the limit.
+CLIENT_BUSY = 0.8
+
+
+@dataclass
+class Result:
+    scenario: str
+    params: dict[str, Any]
+    figures: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.figures.get("lost", 0) == 0 and self.figures.get("duplicated", 0) == 0)
+
+    def as_json(self) -> dict[str, Any]:
+        return {"scenario": self.scenario, **self.params, **self.figures,
+                "warnings": self.warnings}
+
+
+@dataclass
+class Target:
+    """The server under test."""
+
+    url: str
+    pid: int | None
+
+    @property
+    def host(self) -> str:
+        return urlsplit(self.url).hostname or "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.url).port or 80
+
+    def cpu(self) -> float | None:
+        return cpu_seconds(self.pid) if self.pid is not None else None
+
+    def rss(self) -> int | None:
+        return rss_bytes(self.pid) if self.pid is not None else None
+
+    @classmethod
+    def at(cls, url: str) -> Target:
+        parts = urlsplit(url)
+        return cls(url.rstrip("/"), find_listening_pid(parts.port or 80))
+
+
+@dataclass
+class Account:
+    user_id: str
+    token: str
+
+
+async def provision(target: Target, count: int, tag: str) -> list[Account]:
+    """`count` fresh accounts, each logged in once (its token may open many sockets)."""
+    stamp = f"{tag}{time.monotonic_ns() % 10**8}"
+    accounts: list[Account | None] = [None] * count
+    limiter = trio.CapacityLimiter(8)
+
+    async def one(n: int) -> None:
+        async with limiter, ChatClient(target.url) as client:
+            handle = f"b{stamp}_{n}"
+            await client.register(handle, PASSWORD, handle)
+            credentials = await client.login(handle, PASSWORD, "bench")
+            accounts[n] = Account(credentials.user_id, credentials.token)
+
+    async with trio.open_nursery() as nursery:
+        for n in range(count):
+            nursery.start_soon(one, n)
+    return [a for a in accounts if a is not None]
+
+
+async def open_directs(target: Target, pairs: list[tuple[Account, Account]]) -> list[str]:
+    conversations: list[str] = [""] * len(pairs)
+    limiter = trio.CapacityLimiter(8)
+
+    async def one(n: int, a: Account, b: Account) -> None:
+        async with limiter, ChatClient(target.url, token=a.token) as client:
+            conversations[n] = (await client.open_direct(b.user_id))["conversation_id"]
+
+    async with trio.open_nursery() as nursery:
+        for n, (a, b) in enumerate(pairs):
+            nursery.start_soon(one, n, a, b)
+    return conversations
+
+
+async def create_group(target: Target, members: list[Account]) -> str:
+    async with ChatClient(target.url, token=members[0].token) as client:
+        conversation: str = (await client.create_group(
+            "bench", [m.user_id for m in members[1:]]))["conversation_id"]
+        return conversation
+
+
+# -- worker processes --------------------------------------------------------------------
+
+
+def source_address(worker: int) -> str:
+    """Each worker connects from its own loopback address: ephemeral ports are per
+    (source, destination) pair, so 127.0.0.1 alone would stop near 28,000 sockets."""
+    return f"127.0.{worker // 250}.{worker % 250 + 2}"
+
+
+class Workers:
+    def __init__(self, plans: Sequence[dict[str, Any]]) -> None:
+        self._processes = []
+        for plan in plans:
+            process = subprocess.Popen([sys.executable, "-m", "bench.worker"],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                       text=True, bufsize=1)
+            assert process.stdin is not None
+            process.stdin.write(json.dumps(plan) + "\n")
+            process.stdin.flush()
+            self._processes.append(process)
+
+    def _line(self, process: subprocess.Popen[str]) -> dict[str, Any]:
+        assert process.stdout is not None
+        line = process.stdout.readline()
+        if not line:
+            raise RuntimeError(f"a bench worker died (exit {process.wait()}); see stderr")
+        event: dict[str, Any] = json.loads(line)
+        return event
+
+    def wait_ready(self) -> list[dict[str, Any]]:
+        return [self._line(p) for p in self._processes]
+
+    def tell(self, line: str) -> None:
+        for process in self._processes:
+            assert process.stdin is not None
+            process.stdin.write(line + "\n")
+            process.stdin.flush()
+
+    def results(self) -> list[dict[str, Any]]:
+        return [self._line(p) for p in self._processes]
+
+    def close(self) -> None:
+        for process in self._processes:
+            if process.stdin is not None:
+                process.stdin.close()
+        for process in self._processes:
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+def _split(items: list[Any], parts: int) -> list[list[Any]]:
+    return [items[n::parts] for n in range(parts)]
+
+
+def _merge_histograms(results: list[dict[str, Any]]) -> HdrHistogram:
+    histogram = new_histogram()
+    for result in results:
+        histogram.decode_and_add(result["histogram"])
+    return histogram
+
+
+def _latency_figures(histogram: HdrHistogram) -> dict[str, float]:
+    if histogram.get_total_count() == 0:
+        return {}
+    return {f"p{p}_ms": histogram.get_value_at_percentile(p) / 1000 for p in (50, 95, 99)} | {
+        "max_ms": histogram.get_max_value() / 1000}
+
+
+def _client_warnings(results: list[dict[str, Any]], offered: int | None) -> list[str]:
+    warnings = []
+    busiest = max((r["cpu"] / r["wall"] for r in results if r.get("wall")), default=0.0)
+    if busiest > CLIENT_BUSY:
+        warnings.append(f"client-bound: a worker used {busiest:.0%} of a core; "
+                        "latency and throughput may be the clients' (try --workers)")
+    late = sum(r.get("late_sends", 0) for r in results)
+    if offered and late > 0.01 * offered:
+        warnings.append(f"{late} of {offered} sends left a worker over 10 ms late "
+                        "(latency is still measured from the scheduled time)")
+    return warnings
+
+
+def run_live_phase(target: Target, specs: list[dict[str, Any]], *, workers: int,
+                   expected: int, offered: int | None, extra: dict[str, Any]) -> dict[str, Any]:
+    """Spread socket specs over worker processes, run them, and gather the figures."""
+    duration = max((spec.get("offset", 0.0) + spec["interval"] * spec["sends"]
+                    for spec in specs if "interval" in spec), default=0.0)
+    plans = [{"mode": "live", "host": target.host, "port": target.port,
+              "source": source_address(n), "connections": chunk, "duration": duration,
+              **extra}
+             for n, chunk in enumerate(_split(specs, workers)) if chunk]
+    pool = Workers(plans)
+    try:
+        pool.wait_ready()
+        time.sleep(0.5)  # presence and catch-up of the new sockets settle
+        start = time.monotonic() + 0.2
+        cpu_before = target.cpu()
+        pool.tell(f"go {start}")
+        results = pool.results()
+        cpu = target.cpu()
+    finally:
+        pool.close()
+    received = sum(r["received"] for r in results)
+    first = min((r["first_rx"] for r in results if r["first_rx"]), default=start)
+    last = max((r["last_rx"] for r in results if r["last_rx"]), default=start)
+    figures: dict[str, Any] = {
+        "sent": sum(r["sent"] for r in results),
+        "send_errors": sum(r["send_errors"] for r in results),
+        "deliveries": received,
+        "lost": max(0, expected - received) if expected >= 0 else 0,
+        "duplicated": sum(r["duplicated"] for r in results),
+        "closed_by_server": sum(r["closed"] for r in results),
+        "deliveries_per_s": received / max(1e-9, last - min(first, start)) if received else 0,
+        **_latency_figures(_merge_histograms(results)),
+    }
+    if cpu is not None and cpu_before is not None and received:
+        figures["server_cpu_us_per_delivery"] = (cpu - cpu_before) / received * 1e6
+        figures["server_cpu_s"] = cpu - cpu_before
+    figures["client_cpu_s"] = sum(r["cpu"] for r in results)
+    figures["_warnings"] = _client_warnings(results, offered)
+    return figures
+
+
+def _result(scenario: str, params: dict[str, Any], figures: dict[str, Any]) -> Result:
+    warnings = figures.pop("_warnings", [])
+    return Result(scenario, params, figures, warnings)
+
+
+# -- scenarios ---------------------------------------------------------------------------
+
+
+async def direct(target: Target, *, pairs: int, rate: float, seconds: float,
+                 workers: int) -> Result:
+    accounts = await provision(target, 2 * pairs, "d")
+    couples = [(accounts[2 * n], accounts[2 * n + 1]) for n in range(pairs)]
+    conversations = await open_directs(target, couples)
+    per_pair = max(1, int(rate * seconds / pairs))
+    interval = pairs / rate
+    specs = []
+    for n, ((sender, receiver), conv) in enumerate(zip(couples, conversations, strict=True)):
+        offset = interval * n / pairs  # spread the senders over the interval
+        specs.append({"token": sender.token, "conv": conv, "sends": per_pair,
+                      "interval": interval, "offset": offset})
+        specs.append({"token": receiver.token, "expect": per_pair})
+    figures = run_live_phase(target, specs, workers=workers, expected=per_pair * pairs,
+                             offered=per_pair * pairs, extra={})
+    return _result("direct", {"pairs": pairs, "rate": rate, "seconds": seconds}, figures)
+
+
+async def group(target: Target, *, members: int, senders: int, rate: float, seconds: float,
+                workers: int) -> Result:
+    accounts = await provision(target, members, "g")
+    conv = await create_group(target, accounts)
+    per_sender = max(1, int(rate * seconds / senders))
+    interval = senders / rate
+    total = per_sender * senders
+    specs = []
+    for n, account in enumerate(accounts):
+        spec: dict[str, Any] = {"token": account.token,
+                                "expect": total - (per_sender if n < senders else 0)}
+        if n < senders:
+            spec |= {"conv": conv, "sends": per_sender, "interval": interval,
+                     "offset": interval * n / senders}
+        specs.append(spec)
+    figures = run_live_phase(target, specs, workers=workers, expected=total * (members - 1),
+                             offered=total, extra={})
+    return _result("group", {"members": members, "senders": senders, "rate": rate,
+                             "seconds": seconds}, figures)
+
+
+async def burst(target: Target, *, pairs: int, seconds: float, window: int,
+                workers: int) -> Result:
+    """Open loop at the server's pace: each sender keeps `window` sends in flight."""
+    accounts = await provision(target, 2 * pairs, "b")
+    couples = [(accounts[2 * n], accounts[2 * n + 1]) for n in range(pairs)]
+    conversations = await open_directs(target, couples)
+    specs = []
+    for (sender, receiver), conv in zip(couples, conversations, strict=True):
+        specs.append({"token": sender.token, "conv": conv, "sends": 1})
+        specs.append({"token": receiver.token})
+    figures = run_live_phase(target, specs, workers=workers, expected=-1, offered=None,
+                             extra={"window": window, "burst_seconds": seconds})
+    # Every acknowledged send has exactly one receiver here.
+    figures["lost"] = max(0, figures["sent"] - figures["deliveries"])
+    figures["durable_sends_per_s"] = figures["sent"] / seconds
+    return _result("burst", {"pairs": pairs, "window": window, "seconds": seconds}, figures)
+
+
+async def idle(target: Target, *, connections: int, workers: int, per_token: int = 100,
+               hold: float = 1.0) -> Result:
+    accounts = await provision(target, math.ceil(connections / per_token), "i")
+    tokens = [accounts[n // per_token].token for n in range(connections)]
+    specs = [{"token": token} for token in tokens]
+    plans = [{"mode": "idle", "host": target.host, "port": target.port,
+              "source": source_address(n), "connections": chunk, "parallel_handshakes": 64}
+             for n, chunk in enumerate(_split(specs, workers)) if chunk]
+    await trio.sleep(0.5)
+    rss_before, cpu_before = target.rss(), target.cpu()
+    began = time.monotonic()
+    pool = Workers(plans)
+    try:
+        ready = pool.wait_ready()
+        elapsed = time.monotonic() - began
+        cpu_connect = target.cpu()
+        pool.tell("go")
+        await trio.sleep(hold)  # let the server settle (presence, allocator)
+        rss_after = target.rss()
+        pool.tell("stop")
+        pool.results()
+    finally:
+        pool.close()
+    connected = sum(r["connected"] for r in ready)
+    figures: dict[str, Any] = {"connected": connected, "connections_per_s": connected / elapsed}
+    if rss_before is not None and rss_after is not None and connected:
+        figures["rss_per_connection_kb"] = (rss_after - rss_before) / connected / 1024
+        figures["server_rss_mb"] = rss_after / 2**20
+    if cpu_before is not None and cpu_connect is not None and connected:
+        figures["server_cpu_us_per_connect"] = (cpu_connect - cpu_before) / connected * 1e6
+    figures["lost"] = connections - connected
+    return Result("idle", {"connections": connections}, figures)
+
+
+async def catchup(target: Target, *, messages: int) -> Result:
+    """A device offline while `messages` arrive reconnects; how fast does it catch up?"""
+    alice, bob = await provision(target, 2, "c")
+    [conv] = await open_directs(target, [(bob, alice)])
+    # Alice's device connects once and acknowledges nothing newer: it owes all of them.
+    first = await BenchSocket.connect(target.host, target.port, alice.token)
+    await first.aclose()
+    sender = await BenchSocket.connect(target.host, target.port, bob.token)
+    acknowledged = 0
+    async with trio.open_nursery() as nursery:
+        async def answers() -> None:
+            nonlocal acknowledged
+            while acknowledged < messages:
+                frames = await sender.receive()
+                acknowledged += sum(1 for f in frames if f["type"] == "sent")
+        nursery.start_soon(answers)
+        for n in range(messages):
+            await sender.send({"type": "send", "req": f"s{n}", "conversation_id": conv,
+                               "client_msg_id": f"c{n}", "content_type": "text/plain",
+                               "body": f"T{now_us()} {PAD}"})
+    await sender.aclose()
+    cpu_before = target.cpu()
+    began = time.monotonic()
+    device = await BenchSocket.connect(target.host, target.port, alice.token)
+    seqs: list[int] = []
+    with trio.move_on_after(60):
+        while len(seqs) < messages:
+            frames = await device.receive()
+            seqs.extend(f["message"]["seq"] for f in frames if f["type"] == "message")
+    elapsed = time.monotonic() - began
+    cpu = target.cpu()
+    await device.aclose()
+    distinct = len(set(seqs))
+    figures: dict[str, Any] = {
+        "delivered": len(seqs), "lost": messages - distinct, "duplicated": len(seqs) - distinct,
+        "in_order": seqs == sorted(seqs), "seconds": elapsed,
+        "messages_per_s": len(seqs) / elapsed if elapsed else 0.0}
+    if cpu is not None and cpu_before is not None and seqs:
+        figures["server_cpu_us_per_delivery"] = (cpu - cpu_before) / len(seqs) * 1e6
+    if not figures["in_order"]:
+        figures["lost"] = max(1, figures["lost"])  # out of order counts as a failure
+    return Result("catchup", {"messages": messages}, figures)
+
+
+def health(target: Target) -> None:
+    httpx.get(f"{target.url}/healthz", timeout=10).raise_for_status()
+
+
+def environment() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "python": sys.version.split()[0],
+            "when": time.strftime("%Y-%m-%d %H:%M:%S"), "host": os.uname().nodename,
+            "loadavg_1m": os.getloadavg()[0], "cwd": str(Path.cwd())}

@@ -1,0 +1,88 @@
+"""Showing results: a readable table per result, and the sweep's plot."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from bench.harness import Result
+
+#: Figures in the order and with the labels the table shows them.
+_LABELS = {
+    "sent": "sends acknowledged",
+    "send_errors": "sends refused",
+    "deliveries": "messages delivered",
+    "delivered": "messages delivered",
+    "connected": "connections held",
+    "lost": "lost",
+    "duplicated": "duplicated",
+    "closed_by_server": "sockets closed by the server",
+    "in_order": "in seq order",
+    "deliveries_per_s": "deliveries/s",
+    "durable_sends_per_s": "durable sends/s",
+    "messages_per_s": "messages/s",
+    "appends_per_s": "durable appends/s",
+    "connections_per_s": "connections/s",
+    "p50_ms": "latency p50 (ms)",
+    "p95_ms": "latency p95 (ms)",
+    "p99_ms": "latency p99 (ms)",
+    "max_ms": "latency max (ms)",
+    "server_cpu_us_per_delivery": "server CPU per delivery (µs)",
+    "server_cpu_us_per_connect": "server CPU per connect (µs)",
+    "cpu_us_per_append": "CPU per append (µs)",
+    "rss_per_connection_kb": "server RSS per connection (KB)",
+    "server_rss_mb": "server RSS (MB)",
+    "mean_batch": "appends per synced batch",
+    "sends": "sends acknowledged",
+    "server_cpu_us_per_send": "server CPU per send (µs)",
+    "appends_per_batch": "appends per synced batch",
+    "floor_cpu_us_per_request": "server CPU of GET /healthz (µs)",
+    "seconds": "seconds",
+    "client_cpu_s": "client CPU (s)",
+}
+
+
+def _format(value: object) -> str:
+    if isinstance(value, bool):
+        return "yes" if value else "NO"
+    if isinstance(value, float):
+        return f"{value:,.2f}" if value < 100 else f"{value:,.0f}"
+    if isinstance(value, int):
+        return f"{value:,}"
+    return str(value)
+
+
+def print_result(result: Result) -> None:
+    params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                       for k, v in result.params.items())
+    print(f"\n{result.scenario} ({params})")
+    for key, label in _LABELS.items():
+        if key in result.figures:
+            print(f"  {label:<32} {_format(result.figures[key])}")
+    for warning in result.warnings:
+        print(f"  ! {warning}")
+
+
+def plot_sweep(results: Sequence[Result], path: str) -> None:
+    """Latency percentiles against offered rate, one line per percentile."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display; must precede pyplot
+    import matplotlib.pyplot as plt
+
+    rates = [r.params["rate"] for r in results]
+    figure, axes = plt.subplots(figsize=(7, 4.5))
+    for key, label in (("p50_ms", "p50"), ("p95_ms", "p95"), ("p99_ms", "p99"),
+                       ("max_ms", "max")):
+        axes.plot(rates, [r.figures.get(key, float("nan")) for r in results], marker="o",
+                  label=label)
+    axes.set_xlabel("offered rate (messages/s)")
+    axes.set_ylabel("end-to-end latency (ms)")
+    axes.set_yscale("log")
+    shape = results[0].scenario.split(":")[-1] if results else ""
+    axes.set_title(f"chatd {shape}: latency against offered rate (one shard)")
+    axes.grid(True, which="both", alpha=0.3)
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    print(f"\nplot: {path}")
