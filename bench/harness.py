@@ -355,15 +355,22 @@ async def catchup(target: Target, *, messages: int) -> Result:
     first = await BenchSocket.connect(target.host, target.port, alice.token)
     await first.aclose()
     sender = await BenchSocket.connect(target.host, target.port, bob.token)
+    window = trio.Semaphore(256)  # sends in flight: a client must keep reading answers
     acknowledged = 0
     async with trio.open_nursery() as nursery:
         async def answers() -> None:
             nonlocal acknowledged
             while acknowledged < messages:
                 frames = await sender.receive()
-                acknowledged += sum(1 for f in frames if f["type"] == "sent")
+                if sender.closed_with is not None:
+                    raise RuntimeError(f"the server closed the sender ({sender.closed_with})")
+                for frame in frames:
+                    if frame["type"] in ("sent", "error"):
+                        acknowledged += 1
+                        window.release()
         nursery.start_soon(answers)
         for n in range(messages):
+            await window.acquire()
             await sender.send({"type": "send", "req": f"s{n}", "conversation_id": conv,
                                "client_msg_id": f"c{n}", "content_type": "text/plain",
                                "body": f"T{now_us()} {PAD}"})
@@ -373,7 +380,7 @@ async def catchup(target: Target, *, messages: int) -> Result:
     device = await BenchSocket.connect(target.host, target.port, alice.token)
     seqs: list[int] = []
     with trio.move_on_after(60):
-        while len(seqs) < messages:
+        while len(seqs) < messages and device.closed_with is None:
             frames = await device.receive()
             seqs.extend(f["message"]["seq"] for f in frames if f["type"] == "message")
     elapsed = time.monotonic() - began

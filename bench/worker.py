@@ -200,7 +200,8 @@ async def run_live(plan: dict[str, Any], sockets: list[tuple[BenchSocket, dict[s
                         sending.start_soon(send_at_rate, sock, spec)
         senders_done.set()
         if burst_seconds:
-            # Open-ended: wait until deliveries stop arriving.
+            # Open-ended: once every worker's senders stopped, wait until deliveries stop.
+            await trio.sleep_until(start + burst_seconds)
             with trio.move_on_after(drain_timeout):
                 while trio.current_time() - last_activity[0] < quiet:  # noqa: ASYNC110
                     await trio.sleep(0.05)
