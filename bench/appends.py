@@ -8,8 +8,6 @@ landed. It bounds every network scenario from above.
 
 from __future__ import annotations
 
-import dataclasses
-import resource
 import tempfile
 import time
 from pathlib import Path
@@ -18,6 +16,7 @@ from typing import Any
 import trio
 
 from bench.harness import Result
+from bench.worker import process_cpu_seconds
 from chatd.config import AuthConfig, Config, StorageConfig
 from chatd.services.context import build_services
 from chatd.storage import Pending, Store
@@ -25,17 +24,11 @@ from chatd.storage import Pending, Store
 PASSWORD = "bench password"
 
 
-def _cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
 async def appends(*, messages: int, conversations: int, sync: bool = True) -> Result:
     with tempfile.TemporaryDirectory(prefix="chatd-appends-") as directory:
         config = Config(storage=StorageConfig(data_dir=str(Path(directory) / "data"), sync=sync),
                         auth=AuthConfig(argon2_opslimit=1, argon2_memlimit_kib=8,
                                         attempts_burst=1_000_000))
-        config = dataclasses.replace(config)
         store = Store.open(config.storage.data_dir, sync=sync)
         try:
             services = build_services(config, store)
@@ -64,7 +57,7 @@ async def _measure(services: Any, messages: int, conversations: int) -> dict[str
     targets = [(await conv_service.open_direct(sender, session.user_id)).conversation
                .conversation_id for session in sessions[1:]]
     before = services.committer.statistics()
-    cpu = _cpu()
+    cpu = process_cpu_seconds()
     began = time.perf_counter()
     pending: list[Pending[Any]] = []
     for n in range(messages):
@@ -77,7 +70,7 @@ async def _measure(services: Any, messages: int, conversations: int) -> dict[str
     # (awaiting each one would measure Trio's scheduling, not the log).
     await pending[-1].done.wait()
     elapsed = time.perf_counter() - began
-    cpu = _cpu() - cpu
+    cpu = process_cpu_seconds() - cpu
     after = services.committer.statistics()
     batches = after.batches_written - before.batches_written
     return {"appends_per_s": messages / elapsed, "cpu_us_per_append": cpu / messages * 1e6,

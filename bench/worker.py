@@ -58,7 +58,7 @@ class LiveStats:
     closed: int = 0
 
 
-def _cpu_seconds() -> float:
+def process_cpu_seconds() -> float:
     usage = resource.getrusage(resource.RUSAGE_SELF)
     return usage.ru_utime + usage.ru_stime
 
@@ -215,7 +215,7 @@ async def run_live(plan: dict[str, Any], sockets: list[tuple[BenchSocket, dict[s
 
 async def main() -> None:
     plan = json.loads(await _read_line())
-    cpu_before = _cpu_seconds()
+    cpu_before = process_cpu_seconds()
     began = time.monotonic()
     sockets = await _open_all(plan)
     _emit({"event": "ready", "connected": len(sockets), "seconds": time.monotonic() - began})
@@ -226,18 +226,18 @@ async def main() -> None:
         while (await _read_line()).strip() not in ("stop", ""):
             pass
         _emit({"event": "result", "connected": len(sockets),
-               "cpu": _cpu_seconds() - cpu_before})
+               "cpu": process_cpu_seconds() - cpu_before})
     else:
         # The driver's start is in time.monotonic(); trio's clock has its own offset.
         start = trio.current_time() + (float(command[1]) - time.monotonic())
-        cpu_before = _cpu_seconds()
+        cpu_before = process_cpu_seconds()
         wall = time.monotonic()
         stats = await run_live(plan, sockets, start)
         _emit({"event": "result", "sent": stats.sent, "send_errors": stats.send_errors,
                "received": stats.received, "duplicated": stats.duplicated,
                "late_sends": stats.late_sends, "closed": stats.closed,
                "first_rx": stats.first_rx, "last_rx": stats.last_rx,
-               "cpu": _cpu_seconds() - cpu_before, "wall": time.monotonic() - wall,
+               "cpu": process_cpu_seconds() - cpu_before, "wall": time.monotonic() - wall,
                "histogram": stats.histogram.encode().decode()})
     with trio.move_on_after(5):
         async with trio.open_nursery() as nursery:

@@ -124,13 +124,6 @@ class MessagingService:
                         seq: int) -> Pending[Watermark]:
         return self._start_move_watermark(session, conversation_id, seq, read=True)
 
-    async def acknowledge(self, session: Session, conversation_id: int, seq: int,
-                          acked: dict[int, int] | None = None) -> Watermark:
-        pending = self.start_acknowledge(session, conversation_id, seq, acked)
-        if pending is None:
-            return self.member_view(session, conversation_id).watermark(session.user_id)
-        return await pending.wait()
-
     def start_acknowledge(self, session: Session, conversation_id: int, seq: int,
                           acked: dict[int, int] | None = None) -> Pending[Watermark] | None:
         """A device has everything up to `seq`: move its cursor (where its next catch-up
