@@ -92,7 +92,3 @@ class BenchSocket:
         except (trio.BrokenResourceError, trio.ClosedResourceError):
             pass
         await self.stream.aclose()
-
-
-def ping_frame() -> bytes:
-    return ws.encode_frame(ws.OP_TEXT, b'{"type":"ping"}', mask=True)

@@ -45,6 +45,11 @@ class NotFound(ChatdError):
     code = "not_found"
 
 
+class MethodNotAllowed(ChatdError):
+    status = 405
+    code = "method_not_allowed"
+
+
 class Conflict(ChatdError):
     status = 409
     code = "conflict"
@@ -53,6 +58,23 @@ class Conflict(ChatdError):
 class PayloadTooLarge(ChatdError):
     status = 413
     code = "payload_too_large"
+
+
+class UpgradeRequired(ChatdError):
+    """A request to the WebSocket route that is not a (supported) WebSocket upgrade."""
+
+    status = 426
+    code = "upgrade_required"
+
+
+class HeadersTooLarge(ChatdError):
+    status = 431
+    code = "request_too_large"
+
+
+class HttpVersionNotSupported(ChatdError):
+    status = 505
+    code = "http_version"
 
 
 class RateLimited(ChatdError):

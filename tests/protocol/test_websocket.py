@@ -15,6 +15,7 @@ from wsproto.events import (
     TextMessage,
 )
 
+from chatd.errors import ChatdError
 from chatd.protocol import websocket as ws
 
 
@@ -135,7 +136,7 @@ def test_the_handshake_matches_the_rfc_example_and_wsproto() -> None:
     (b"GET /ws HTTP/1.1\r\n bad header\r\n\r\n", 400),
 ])
 def test_bad_opening_requests_get_an_http_status(head: bytes, status: int) -> None:
-    with pytest.raises(ws.HandshakeError) as caught:
+    with pytest.raises(ChatdError) as caught:
         ws.check_upgrade(ws.parse_request_head(head))
     assert caught.value.status == status
 
@@ -147,3 +148,13 @@ def test_close_reason_is_truncated_to_fit_a_control_frame() -> None:
     assert opcode == ws.OP_CLOSE and code == 4001 and len(reason) == 123
     assert ws.FrameReader(max_message=10, expect_masked=False).feed(
         ws.encode_close(ws.CLOSE_NO_STATUS)) == [(ws.OP_CLOSE, (ws.CLOSE_NO_STATUS, ""))]
+
+
+def test_an_oversized_request_head_is_refused_whole_or_in_part() -> None:
+    head = b"GET /ws HTTP/1.1\r\nX-Padding: " + b"x" * ws.MAX_REQUEST_HEAD + b"\r\n\r\n"
+    with pytest.raises(ChatdError) as caught:
+        ws.parse_request_head(head)
+    assert caught.value.status == 431
+    with pytest.raises(ChatdError):
+        ws.check_head_size(ws.MAX_REQUEST_HEAD + 1)
+    ws.check_head_size(ws.MAX_REQUEST_HEAD)

@@ -8,6 +8,7 @@ from contextlib import asynccontextmanager
 from urllib.parse import urlsplit
 
 import httpx
+import pytest
 import trio
 
 from chatd.protocol import websocket as ws
@@ -130,3 +131,24 @@ async def test_frames_sent_with_the_opening_request_are_read(server: RunningServ
         opcode, payload = messages[0] if messages else await _next(stream, reader)
         assert opcode == ws.OP_TEXT
         assert json.loads(payload) == {"type": "pong", "req": "early"}  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("request_head", "status"), [
+    (b"GET /ws HTTP/1.1\r\nX-Padding: " + b"x" * 20_000 + b"\r\n\r\n", 431),
+    (b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+     b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: not-base64!\r\n\r\n", 400),
+    (b"POST /ws HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405),
+    (b"GET /ws HTTP/1.0\r\n\r\n", 505),
+])
+async def test_bad_opening_requests_get_an_http_error_with_a_json_body(
+        server: RunningServer, request_head: bytes, status: int) -> None:
+    stream = await _open(server)
+    async with stream:
+        await stream.send_all(request_head)
+        received = b""
+        with trio.fail_after(5):
+            while chunk := await stream.receive_some():
+                received += chunk  # the server answers, then hangs up
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(f"HTTP/1.1 {status} ".encode()), head
+    assert set(json.loads(body)["error"]) == {"code", "message"}

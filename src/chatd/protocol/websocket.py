@@ -8,7 +8,8 @@ zlib context per socket), server frames are never fragmented, and the client rol
 for chatd's own clients and the benchmark (it masks what it sends).
 
 `FrameReader` takes bytes as they arrive and returns whole messages; everything it
-refuses raises `ProtocolError` with the close code to send (1002, 1007 or 1009).
+refuses raises `ProtocolError` with the close code to send (1002, 1007 or 1009). An
+opening request that cannot be accepted raises the `ChatdError` to answer it with.
 """
 
 from __future__ import annotations
@@ -18,6 +19,15 @@ import hashlib
 import os
 import struct
 from dataclasses import dataclass
+from http import HTTPStatus
+
+from chatd.errors import (
+    BadRequest,
+    HeadersTooLarge,
+    HttpVersionNotSupported,
+    MethodNotAllowed,
+    UpgradeRequired,
+)
 
 GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 
@@ -50,16 +60,6 @@ class ProtocolError(Exception):
         self.reason = reason
 
 
-class HandshakeError(Exception):
-    """The opening request cannot be accepted; answer with this HTTP status."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.code = code
-        self.message = message
-
-
 # -- the opening handshake ---------------------------------------------------------------
 
 
@@ -72,11 +72,16 @@ class Request:
 
     @property
     def path(self) -> str:
-        return self.target.split("?", 1)[0]
+        return path_of(self.target)
 
     @property
     def query(self) -> str:
         return self.target.partition("?")[2]
+
+
+def path_of(target: str) -> str:
+    """The path of a request target, without its query."""
+    return target.split("?", 1)[0]
 
 
 def head_length(buffer: bytes | bytearray) -> int | None:
@@ -85,22 +90,29 @@ def head_length(buffer: bytes | bytearray) -> int | None:
     return None if end < 0 else end + 4
 
 
+def check_head_size(size: int) -> None:
+    """Refuse a request head (complete or still arriving) over `MAX_REQUEST_HEAD`."""
+    if size > MAX_REQUEST_HEAD:
+        raise HeadersTooLarge(f"the request head is over {MAX_REQUEST_HEAD} bytes")
+
+
 def parse_request_head(head: bytes | bytearray) -> Request:
+    check_head_size(len(head))
     try:
         text = bytes(head).decode("latin-1")
         request_line, *header_lines = text.split("\r\n")
         method, target, version = request_line.split(" ")
     except ValueError:
-        raise HandshakeError(400, "bad_request", "malformed request line") from None
+        raise BadRequest("malformed request line") from None
     if version != "HTTP/1.1":
-        raise HandshakeError(505, "http_version", "WebSocket needs HTTP/1.1")
+        raise HttpVersionNotSupported("WebSocket needs HTTP/1.1")
     headers: dict[str, str] = {}
     for line in header_lines:
         if not line:
             continue
         name, sep, value = line.partition(":")
         if not sep or not name or name != name.strip():
-            raise HandshakeError(400, "bad_request", "malformed header line")
+            raise BadRequest("malformed header line")
         key = name.lower()
         value = value.strip()
         headers[key] = f"{headers[key]}, {value}" if key in headers else value
@@ -115,20 +127,19 @@ def check_upgrade(request: Request) -> str:
     """Validate an opening handshake; returns the client's Sec-WebSocket-Key."""
     headers = request.headers
     if request.method != "GET":
-        raise HandshakeError(405, "method_not_allowed", "a WebSocket opens with GET")
+        raise MethodNotAllowed("a WebSocket opens with GET")
     if "websocket" not in _tokens(headers.get("upgrade", "")) or \
             "upgrade" not in _tokens(headers.get("connection", "")):
-        raise HandshakeError(426, "upgrade_required",
-                             "this route speaks WebSocket only (Upgrade: websocket)")
+        raise UpgradeRequired("this route speaks WebSocket only (Upgrade: websocket)")
     if headers.get("sec-websocket-version") != "13":
-        raise HandshakeError(426, "upgrade_required", "only WebSocket version 13 is supported")
+        raise UpgradeRequired("only WebSocket version 13 is supported")
     key = headers.get("sec-websocket-key", "")
     try:
         valid = len(base64.b64decode(key, validate=True)) == 16
     except ValueError:
         valid = False
     if not valid:
-        raise HandshakeError(400, "bad_request", "Sec-WebSocket-Key must be 16 bytes in base64")
+        raise BadRequest("Sec-WebSocket-Key must be 16 bytes in base64")
     return key
 
 
@@ -149,9 +160,10 @@ def accept_response(key: str, subprotocol: str | None) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
-def error_response(status: int, reason: str, body: bytes, *,
+def error_response(status: int, body: bytes, *,
                    content_type: str = "application/json") -> bytes:
-    head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\n"
+    head = (f"HTTP/1.1 {status} {HTTPStatus(status).phrase}\r\n"
+            f"Content-Type: {content_type}\r\n"
             f"Content-Length: {len(body)}\r\nConnection: close\r\n")
     if status == 426:
         head += "Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"

@@ -45,10 +45,6 @@ CLOSE_UNAUTHORIZED = 4001
 CLOSE_TOO_SLOW = 4008
 
 
-def _ignore(session: LiveSession) -> None:
-    pass
-
-
 class LiveSession:
     """No I/O and no awaiting: the transport registers `on_ready`, which is called (once
     until the next `take_frames`) when there is something to write or the session closed,
@@ -58,8 +54,8 @@ class LiveSession:
                  "_queue", "_ready", "_store", "acked", "device_id", "on_ready", "user_id")
 
     def __init__(self, *, user_id: int, device_id: int, store: Store, owner: ConversationOwner,
-                 max_queue: int, fetch_batch: int = 200,
-                 on_ready: Callable[[LiveSession], None] = _ignore) -> None:
+                 max_queue: int, on_ready: Callable[[LiveSession], None],
+                 fetch_batch: int = 200) -> None:
         self.user_id = user_id
         self.device_id = device_id
         self._store = store
@@ -135,14 +131,6 @@ class LiveSession:
             self._closed = SessionClosed(code, reason)
             self._queue.clear()
             self._signal()
-
-    @property
-    def closed(self) -> bool:
-        return self._closed is not None
-
-    @property
-    def queued(self) -> int:
-        return len(self._queue)
 
     # -- drained by the transport ---------------------------------------------------------
 

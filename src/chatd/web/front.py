@@ -32,6 +32,7 @@ from hypercorn.typing import AppWrapper
 from hypercorn.utils import wrap_app
 from quart_trio import QuartTrio
 
+from chatd.protocol import websocket as ws
 from chatd.web.sockets import HANDSHAKE_TIMEOUT, LiveSockets
 
 log = logging.getLogger(__name__)
@@ -74,8 +75,8 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
 
 
 def _routes_to_live_stream(request_line: bytes) -> bool:
-    parts = request_line.split(b" ")
-    return len(parts) == 3 and parts[1].split(b"?", 1)[0] == b"/ws"
+    parts = request_line.decode("latin-1").split(" ")
+    return len(parts) == 3 and ws.path_of(parts[1]) == "/ws"
 
 
 class FrontServer:

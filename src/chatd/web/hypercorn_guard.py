@@ -1,22 +1,13 @@
-"""Guards against one misbehaving client hurting the whole server.
+"""Guards hypercorn's HTTP serving against one client that stops reading.
 
-1. A protocol error must close one connection, not the server.
+hypercorn writes to a socket inside a *shielded* `send_all`, so a peer that never reads
+(its TCP window stays shut) blocks that write, the app task behind it and even graceful
+shutdown, for good. The guarded write gives up after `config.chatd_send_timeout` seconds
+(a shielded scope's own deadline still fires) and aborts the connection.
 
-hypercorn 0.18 lets an h11 `LocalProtocolError` raised while handling a connection's
-bytes escape its per-connection task, and its TCP server only catches `OSError` there, so
-the error ends `hypercorn.trio.serve` and with it every connection (wrapped in an
-exception group, so even an `OSError` would not be caught there). One way to get there:
-a WebSocket upgrade request that carries a body (the stream answers with an error
-response while h11 is already switching protocols). `install()` wraps the protocol's
-`handle` so that such an error closes just that connection. It is idempotent;
-tests/web/test_ws.py sends such a request and checks that the server lives on.
-
-2. A client that stops reading must not pin a task forever. hypercorn writes to a socket
-inside a *shielded* `send_all`, so a peer that never reads (its TCP window stays shut)
-blocks that write, the app task behind it and even graceful shutdown, for good. The
-guarded write gives up after `config.chatd_send_timeout` seconds (a shielded scope's own
-deadline still fires) and aborts the connection. The WebSocket layer's own back-pressure
-(close 4008 when a socket's queue is full) handles consumers that are merely slow.
+(An exception that escapes one connection's handling no longer needs a guard here:
+`web/front.py` runs each connection's hypercorn server inside its own try, so it ends
+that connection only. It did end the whole shard under `hypercorn.trio.serve`.)
 """
 
 from __future__ import annotations
@@ -25,15 +16,11 @@ import contextlib
 import logging
 from typing import Any
 
-import h11
 import trio
-import wsproto.utilities
 from hypercorn.events import Closed, RawData
-from hypercorn.protocol import ProtocolWrapper
 from hypercorn.trio.tcp_server import TCPServer
 
 log = logging.getLogger(__name__)
-_CLIENT_PROTOCOL_ERRORS = (h11.LocalProtocolError, wsproto.utilities.LocalProtocolError)
 
 
 #: Seconds a single socket write may take when the server config does not say.
@@ -41,7 +28,6 @@ DEFAULT_SEND_TIMEOUT = 10.0
 
 
 def install() -> None:
-    _guard_protocol_errors()
     _guard_stuck_writes()
 
 
@@ -71,25 +57,3 @@ def _guard_stuck_writes() -> None:
 
     protocol_send._chatd_guarded = True  # type: ignore[attr-defined]
     TCPServer.protocol_send = protocol_send  # type: ignore[method-assign]
-
-
-def _guard_protocol_errors() -> None:
-    original = ProtocolWrapper.handle
-    if getattr(original, "_chatd_guarded", False):
-        return
-
-    async def handle(self: ProtocolWrapper, event: Any) -> None:
-        if getattr(self, "_chatd_aborted", False):
-            return
-        try:
-            await original(self, event)
-        except _CLIENT_PROTOCOL_ERRORS as exc:
-            log.info("closing a connection that broke the HTTP/WebSocket protocol: %s", exc)
-            self._chatd_aborted = True  # type: ignore[attr-defined]
-            # Closes the socket; the read loop then ends the connection's tasks.
-            with contextlib.suppress(*_CLIENT_PROTOCOL_ERRORS, trio.BrokenResourceError,
-                                     trio.ClosedResourceError):
-                await self.send(Closed())
-
-    handle._chatd_guarded = True  # type: ignore[attr-defined]
-    ProtocolWrapper.handle = handle  # type: ignore[method-assign]

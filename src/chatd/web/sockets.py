@@ -19,7 +19,6 @@ Protocol violations close that one connection with the RFC's close code.
 
 from __future__ import annotations
 
-import errno
 import logging
 import socket
 from functools import partial
@@ -129,10 +128,6 @@ class LiveSockets:
         # A batch's deliveries and answers are written as soon as it lands, in the
         # committer's step, instead of waking the flusher for them.
         services.committer.after_each_batch(self.flush_ready)
-
-    @property
-    def count(self) -> int:
-        return len(self._connections)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The flusher, the reaper and the drain tasks; runs until cancelled."""
@@ -246,21 +241,17 @@ class LiveSockets:
                          received: bytes) -> tuple[str, Codec, bytes] | None:
         buffer = received
         with trio.move_on_after(HANDSHAKE_TIMEOUT):
-            while (length := ws.head_length(buffer)) is None:
-                if len(buffer) > ws.MAX_REQUEST_HEAD:
-                    await _send_error(sock, 431, "Request Header Fields Too Large",
-                                      "request_too_large", "the request head is too large")
-                    return None
-                data = await _receive(sock)
-                if not data:
-                    return None
-                buffer += data
             try:
+                while (length := ws.head_length(buffer)) is None:
+                    ws.check_head_size(len(buffer))
+                    data = await _receive(sock)
+                    if not data:
+                        return None
+                    buffer += data
                 request = ws.parse_request_head(buffer[:length])
                 key = ws.check_upgrade(request)
-            except ws.HandshakeError as exc:
-                await _send_error(sock, exc.status, _REASONS.get(exc.status, "Error"),
-                                  exc.code, exc.message)
+            except ChatdError as exc:
+                await _send_error(sock, exc)
                 return None
             codec: Codec = "json"
             chosen = None
@@ -290,7 +281,8 @@ class LiveSockets:
                 hub.announce_online(live, services.accounts.get_user(session.user_id))
             await self._read_loop(conn, rest)
         finally:
-            live.close(CLOSE_IDLE, "connection closed")
+            # Nothing more is queued for a connection that has ended.
+            live.close(ws.CLOSE_NORMAL, "connection closed")
             if hub.detach(live):
                 last_seen = services.clock.now_ms()
                 services.accounts.record_last_seen(session.user_id, last_seen)
@@ -421,10 +413,6 @@ def _as_chatd_error(error: BaseException) -> ChatdError:
     return error if isinstance(error, ChatdError) else ChatdError(str(error))
 
 
-_REASONS = {400: "Bad Request", 405: "Method Not Allowed", 426: "Upgrade Required",
-            431: "Request Header Fields Too Large", 505: "HTTP Version Not Supported"}
-
-
 async def _receive(sock: socket.socket) -> bytes:
     while True:
         try:
@@ -444,11 +432,7 @@ async def _send_all(sock: socket.socket, data: bytes) -> None:
         view = view[sent:]
 
 
-async def _send_error(sock: socket.socket, status: int, reason: str, code: str,
-                      message: str) -> None:
-    body = frames.OutFrame({"error": {"code": code, "message": message}}).json()
-    try:
-        await _send_all(sock, ws.error_response(status, reason, body))
-    except OSError as exc:
-        if exc.errno not in (errno.EPIPE, errno.ECONNRESET):
-            raise
+async def _send_error(sock: socket.socket, error: ChatdError) -> None:
+    """Answer a refused opening request (a peer that has gone is `serve`'s OSError)."""
+    body = frames.OutFrame(error.to_json()).json()
+    await _send_all(sock, ws.error_response(error.status, body))
