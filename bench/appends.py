@@ -68,7 +68,7 @@ async def _measure(services: Any, messages: int, conversations: int) -> dict[str
             await trio.lowlevel.checkpoint()  # let the committer take what is queued
     # Batches land in queue order: once the last send is acknowledged, all of them are
     # (awaiting each one would measure Trio's scheduling, not the log).
-    await pending[-1].done.wait()
+    await pending[-1].wait_finished()
     elapsed = time.perf_counter() - began
     cpu = process_cpu_seconds() - cpu
     after = services.committer.statistics()

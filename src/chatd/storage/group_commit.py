@@ -44,22 +44,28 @@ class CommitStatistics:
 
 
 class Pending(Generic[T]):
-    """A queued command; `await pending.wait()` returns its result once durable."""
+    """A queued command; `await pending.wait()` returns its result once durable.
 
-    __slots__ = ("_callbacks", "apply", "done", "error", "result")
+    The event a waiter sleeps on is made only when someone waits: the WebSocket path
+    takes its answers by callback, and a `trio.Event` per message was pure overhead there.
+    """
+
+    __slots__ = ("_callbacks", "_event", "apply", "error", "finished", "result")
 
     def __init__(self, apply: Callable[[Batch], T]) -> None:
         self.apply = apply
-        self.done = trio.Event()
         self.result: T | None = None
         self.error: BaseException | None = None
+        #: Durable or refused: `result` or `error` is final.
+        self.finished = False
+        self._event: trio.Event | None = None
         self._callbacks: list[Callable[[Pending[T]], None]] | None = None
 
     def add_done_callback(self, callback: Callable[[Pending[T]], None]) -> None:
         """Call `callback(self)` from the committer once the command is durable or refused
         (at once if it already is). It must not block; it spares a waiting task per
         command, which is what the WebSocket path relies on."""
-        if self.done.is_set():
+        if self.finished:
             callback(self)
         elif self._callbacks is None:
             self._callbacks = [callback]
@@ -67,7 +73,9 @@ class Pending(Generic[T]):
             self._callbacks.append(callback)
 
     def _finish(self) -> None:
-        self.done.set()
+        self.finished = True
+        if self._event is not None:
+            self._event.set()
         if self._callbacks is not None:
             callbacks, self._callbacks = self._callbacks, None
             for callback in callbacks:
@@ -76,8 +84,17 @@ class Pending(Generic[T]):
                 except Exception:
                     log.exception("a done-callback of a command failed")
 
+    async def wait_finished(self) -> None:
+        """Wait until the command is durable or refused, without raising its error."""
+        if self.finished:
+            await trio.lowlevel.checkpoint()
+            return
+        if self._event is None:
+            self._event = trio.Event()
+        await self._event.wait()
+
     async def wait(self) -> T:
-        await self.done.wait()
+        await self.wait_finished()
         if self.error is not None:
             raise self.error
         return self.result  # type: ignore[return-value]  # set whenever error is None
@@ -128,7 +145,7 @@ class GroupCommitter:
             # Shielded so that the semaphore slot is returned only once the committer
             # is done with this command, whatever happens to the caller.
             with trio.CancelScope(shield=True):
-                await pending.done.wait()
+                await pending.wait_finished()
         return await pending.wait()
 
     def enqueue(self, apply: Callable[[Batch], T]) -> Pending[T]:
