@@ -89,12 +89,14 @@ def _runners(args: argparse.Namespace, own_server: BenchServer | None
     def one(coroutine: Callable[..., Any], **kwargs: Any) -> Callable[[Target], list[Result]]:
         return lambda target: [trio.run(partial(coroutine, target, **kwargs))]
 
-    direct = one(harness.direct, pairs=_pick(args, "pairs", 50, 5),
-                 rate=_pick(args, "rate", 500.0, 100.0),
-                 seconds=_pick(args, "seconds", 10.0, 1.0), workers=workers)
-    group = one(harness.group, members=_pick(args, "members", 50, 10),
-                senders=_pick(args, "senders", 5, 2), rate=_pick(args, "rate", 20.0, 20.0),
-                seconds=_pick(args, "seconds", 10.0, 1.0), workers=workers)
+    seconds = _pick(args, "seconds", 10.0, 1.0)
+    direct_shape = {"pairs": _pick(args, "pairs", 50, 5), "workers": workers}
+    group_shape = {"members": _pick(args, "members", 50, 10),
+                   "senders": _pick(args, "senders", 5, 2), "workers": workers}
+    direct = one(harness.direct, rate=_pick(args, "rate", 500.0, 100.0), seconds=seconds,
+                 **direct_shape)
+    group = one(harness.group, rate=_pick(args, "rate", 20.0, 20.0), seconds=seconds,
+                **group_shape)
     idle = one(harness.idle, connections=_pick(args, "connections", 10_000, 200),
                workers=workers)
     catchup = one(harness.catchup, messages=_pick(args, "messages", 10_000, 300))
@@ -106,18 +108,12 @@ def _runners(args: argparse.Namespace, own_server: BenchServer | None
         default = "250,500,1000,2000,4000" if args.shape == "direct" else "10,20,50,100,200"
         rates = [float(r) for r in (args.rates or ("50,100" if args.quick else default))
                  .split(",")]
-        seconds = _pick(args, "seconds", 5.0, 1.0)
+        scenario, shape = ((harness.direct, direct_shape) if args.shape == "direct"
+                           else (harness.group, group_shape))
         results = []
         for rate in rates:
-            if args.shape == "direct":
-                result = trio.run(partial(harness.direct, target, pairs=_pick(args, "pairs",
-                                                                               50, 5),
-                                          rate=rate, seconds=seconds, workers=workers))
-            else:
-                result = trio.run(partial(harness.group, target,
-                                          members=_pick(args, "members", 50, 10),
-                                          senders=_pick(args, "senders", 5, 2), rate=rate,
-                                          seconds=seconds, workers=workers))
+            result = trio.run(partial(scenario, target, rate=rate,
+                                      seconds=_pick(args, "seconds", 5.0, 1.0), **shape))
             result.scenario = f"sweep:{args.shape}"
             results.append(result)
             if args.json != "-":

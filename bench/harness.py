@@ -117,6 +117,15 @@ async def open_directs(target: Target, pairs: list[tuple[Account, Account]]) -> 
     return conversations
 
 
+async def direct_pairs(target: Target, pairs: int, tag: str
+                       ) -> list[tuple[Account, Account, str]]:
+    """`pairs` fresh (sender, receiver, conversation) triples."""
+    accounts = await provision(target, 2 * pairs, tag)
+    couples = [(accounts[2 * n], accounts[2 * n + 1]) for n in range(pairs)]
+    conversations = await open_directs(target, couples)
+    return [(a, b, conv) for (a, b), conv in zip(couples, conversations, strict=True)]
+
+
 async def create_group(target: Target, members: list[Account]) -> str:
     async with ChatClient(target.url, token=members[0].token) as client:
         conversation: str = (await client.create_group(
@@ -258,13 +267,11 @@ def _result(scenario: str, params: dict[str, Any], figures: dict[str, Any]) -> R
 
 async def direct(target: Target, *, pairs: int, rate: float, seconds: float,
                  workers: int) -> Result:
-    accounts = await provision(target, 2 * pairs, "d")
-    couples = [(accounts[2 * n], accounts[2 * n + 1]) for n in range(pairs)]
-    conversations = await open_directs(target, couples)
+    triples = await direct_pairs(target, pairs, "d")
     per_pair = max(1, int(rate * seconds / pairs))
     interval = pairs / rate
     specs = []
-    for n, ((sender, receiver), conv) in enumerate(zip(couples, conversations, strict=True)):
+    for n, (sender, receiver, conv) in enumerate(triples):
         offset = interval * n / pairs  # spread the senders over the interval
         specs.append({"token": sender.token, "conv": conv, "sends": per_pair,
                       "interval": interval, "offset": offset})
@@ -298,11 +305,8 @@ async def group(target: Target, *, members: int, senders: int, rate: float, seco
 async def burst(target: Target, *, pairs: int, seconds: float, window: int,
                 workers: int) -> Result:
     """Open loop at the server's pace: each sender keeps `window` sends in flight."""
-    accounts = await provision(target, 2 * pairs, "b")
-    couples = [(accounts[2 * n], accounts[2 * n + 1]) for n in range(pairs)]
-    conversations = await open_directs(target, couples)
     specs = []
-    for (sender, receiver), conv in zip(couples, conversations, strict=True):
+    for sender, receiver, conv in await direct_pairs(target, pairs, "b"):
         specs.append({"token": sender.token, "conv": conv, "sends": 1})
         specs.append({"token": receiver.token})
     figures = run_live_phase(target, specs, workers=workers, expected=-1, offered=None,
