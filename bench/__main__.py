@@ -8,6 +8,7 @@ Scenarios:
   burst    senders keep a window of sends in flight: the maximum sustained rate
   sweep    `direct` or `group` (--shape) over increasing offered rates, with a plot
   appends  the durable append path alone, in this process (no network)
+  wakeup   server CPU of a round trip after 0/2/10 ms idle, chatd and a bare echo
   sends    acknowledged REST sends into one group
   all      every scenario above but sends
 
@@ -35,8 +36,10 @@ from bench.harness import Result, Target
 from bench.report import plot_sweep, print_result
 from bench.sends import run_sends
 from bench.serverproc import BenchServer
+from bench.wakeup import wakeup
 
-SCENARIOS = ["direct", "group", "idle", "catchup", "burst", "sweep", "appends", "sends", "all"]
+SCENARIOS = ["direct", "group", "idle", "catchup", "burst", "sweep", "appends", "wakeup",
+             "sends", "all"]
 #: The server's settings for benchmarks: idle sockets are not reaped while held.
 SERVER_ENV = {"CHATD_WEBSOCKET_IDLE_TIMEOUT": "3600"}
 
@@ -100,6 +103,7 @@ def _runners(args: argparse.Namespace, own_server: BenchServer | None
     idle = one(harness.idle, connections=_pick(args, "connections", 10_000, 200),
                workers=workers)
     catchup = one(harness.catchup, messages=_pick(args, "messages", 10_000, 300))
+    wakeup_ = one(wakeup, round_trips=_pick(args, "messages", 1000, 100))
     burst = one(harness.burst, pairs=_pick(args, "pairs", 50, 5),
                 seconds=_pick(args, "seconds", 5.0, 1.0), window=_pick(args, "window", 16, 8),
                 workers=workers)
@@ -134,7 +138,8 @@ def _runners(args: argparse.Namespace, own_server: BenchServer | None
         return [Result("sends", {"senders": senders}, asdict(result))]
 
     return {"direct": direct, "group": group, "idle": idle, "catchup": catchup,
-            "burst": burst, "sweep": sweep, "appends": appends_, "sends": sends}
+            "burst": burst, "sweep": sweep, "appends": appends_, "wakeup": wakeup_,
+            "sends": sends}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -51,13 +51,22 @@ def _format(value: object) -> str:
     return str(value)
 
 
+def _label(key: str) -> str:
+    if key.startswith(("chatd_ping_us_gap_", "bare_echo_us_gap_")):
+        who, gap = key.split("_us_gap_")
+        name = "chatd ping" if who == "chatd_ping" else "bare echo"
+        return f"{name}, {gap} idle (µs CPU)"
+    return _LABELS[key]
+
+
 def print_result(result: Result) -> None:
     params = ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
                        for k, v in result.params.items())
     print(f"\n{result.scenario} ({params})")
-    for key, label in _LABELS.items():
-        if key in result.figures:
-            print(f"  {label:<32} {_format(result.figures[key])}")
+    shown = [key for key in _LABELS if key in result.figures] + [
+        key for key in result.figures if "_us_gap_" in key]
+    for key in shown:
+        print(f"  {_label(key):<32} {_format(result.figures[key])}")
     for warning in result.warnings:
         print(f"  ! {warning}")
 

@@ -16,7 +16,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-SCENARIOS = {"direct", "group", "idle", "catchup", "burst", "sweep:direct", "appends"}
+SCENARIOS = {"direct", "group", "idle", "catchup", "burst", "sweep:direct", "appends",
+             "wakeup"}
 
 
 def test_quick_run_of_every_scenario_loses_and_duplicates_nothing(tmp_path: Path) -> None:
@@ -29,6 +30,10 @@ def test_quick_run_of_every_scenario_loses_and_duplicates_nothing(tmp_path: Path
              if line.startswith("{")]
     results = [line for line in lines if line["scenario"] != "environment"]
     assert {r["scenario"] for r in results} == SCENARIOS
+    [wakeup] = [r for r in results if r["scenario"] == "wakeup"]
+    results.remove(wakeup)  # round trips on one socket: nothing to lose
+    assert {key.split("_gap_")[1] for key in wakeup if "_gap_" in key} == {"0ms", "2ms", "10ms"}
+    assert wakeup["chatd_ping_us_gap_2ms"] > 0
     for result in results:
         assert result["lost"] == 0 and result.get("duplicated", 0) == 0, result
     for result in results:
