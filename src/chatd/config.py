@@ -64,8 +64,12 @@ class ClusterConfig:
 
 @dataclass(frozen=True)
 class AuthConfig:
-    #: Days a login token stays valid.
+    #: Days a login token stays valid. Open sockets are closed (4001) when it expires;
+    #: expired devices and tokens are deleted by a sweep every `prune_interval` seconds.
     token_ttl_days: float = 30.0
+    prune_interval: float = 3600.0
+    #: Devices (logins) one user may hold at once; past it, login answers 409.
+    max_devices: int = 16
     min_password_length: int = 8
     #: argon2id cost. The defaults are libsodium's INTERACTIVE level (~80 ms, 64 MiB).
     #: Lower them only for tests and benchmarks.
@@ -222,6 +226,7 @@ def validate(config: Config) -> Config:
         "auth.argon2_opslimit": config.auth.argon2_opslimit,
         "auth.hash_concurrency": config.auth.hash_concurrency,
         "auth.attempts_burst": config.auth.attempts_burst,
+        "auth.max_devices": config.auth.max_devices,
         "limits.max_message_bytes": config.limits.max_message_bytes,
         "limits.max_group_members": config.limits.max_group_members,
         "limits.history_page_default": config.limits.history_page_default,
@@ -234,6 +239,7 @@ def validate(config: Config) -> Config:
         if value < 1:
             raise ConfigError(f"{key}: must be at least 1, got {value}")
     for key, number in (("auth.token_ttl_days", config.auth.token_ttl_days),
+                        ("auth.prune_interval", config.auth.prune_interval),
                         ("auth.attempts_per_minute", config.auth.attempts_per_minute),
                         ("server.graceful_timeout", config.server.graceful_timeout),
                         ("server.send_timeout", config.server.send_timeout),

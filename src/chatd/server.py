@@ -2,6 +2,7 @@
 
     serve()
     ├── committer.run       the only writer of RocksDB
+    ├── accounts.run_pruner deletes expired devices and tokens, hourly
     └── FrontServer.run     one port: REST through hypercorn + quart-trio, /ws served
                             directly (web/front.py, web/sockets.py)
 
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
@@ -58,6 +60,15 @@ async def _close_sockets_on(shutdown: trio.Event, services: Services) -> None:
     services.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
 
 
+async def _run_until(shutdown: trio.Event,
+                     background: Callable[[], Awaitable[None]]) -> None:
+    """Run a background service loop until shutdown begins."""
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(background)
+        await shutdown.wait()
+        nursery.cancel_scope.cancel()
+
+
 async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = None,
                 task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED) -> None:
     """Run one shard until `shutdown` is set, then stop gracefully."""
@@ -79,6 +90,7 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
             await nursery.start(services.committer.run)
             async with trio.open_nursery() as web:
                 web.start_soon(_close_sockets_on, shutdown, services)
+                web.start_soon(_run_until, shutdown, services.accounts.run_pruner)
                 url = await web.start(front.run, shutdown)
                 log.info("serving %s (shard %s, data %s)", url, config.cluster.shard,
                          config.storage.data_dir)

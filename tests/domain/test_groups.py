@@ -4,7 +4,7 @@ import pytest
 
 from chatd.domain import groups
 from chatd.domain.models import Conversation, Member
-from chatd.errors import BadRequest, Conflict, Forbidden
+from chatd.errors import BadRequest, Conflict, Forbidden, NotFound
 
 
 def group(*members: tuple[int, str]) -> Conversation:
@@ -21,8 +21,25 @@ def test_add_skips_existing_members_and_checks_the_limit() -> None:
         groups.plan_add(conv, 1, [3, 4, 5], max_members=4)
     with pytest.raises(Forbidden):
         groups.plan_add(conv, 2, [3], max_members=10)
-    with pytest.raises(Forbidden):
+    with pytest.raises(NotFound, match="no conversation"):
         groups.plan_add(conv, 9, [3], max_members=10)
+
+
+def test_a_non_member_learns_nothing_about_the_conversation() -> None:
+    """The same 404 as for an id that does not exist, before any other rule is looked at
+    (which would tell a stranger the conversation's kind or that it exists)."""
+    direct = Conversation(7, "direct", "", 1, 0, members={1: Member("member", 0)})
+    plans = (lambda conv: groups.plan_add(conv, 9, [2], 10),
+             lambda conv: groups.plan_remove(conv, 9, [1]),
+             lambda conv: groups.plan_promote(conv, 9, [1]),
+             lambda conv: groups.plan_rename(conv, 9),
+             lambda conv: groups.plan_leave(conv, 9))
+    for conv in (direct, group((1, "admin"))):
+        for plan in plans:
+            with pytest.raises(NotFound) as refused:
+                plan(conv)
+            assert refused.value.code == "unknown_conversation"
+            assert str(refused.value) == str(groups.unknown_conversation(conv.conversation_id))
 
 
 def test_direct_conversations_have_no_admin_operations() -> None:

@@ -76,7 +76,7 @@ async def test_a_refused_command_does_not_affect_its_batch(store: Store) -> None
 async def test_a_bug_in_a_command_refuses_its_batch_and_resets_state(store: Store) -> None:
     committer = GroupCommitter(store)
     resets: list[bool] = []
-    committer.on_write_failure(lambda: resets.append(True))
+    committer.on_reload_needed(lambda: resets.append(True))
 
     def buggy(batch: Batch) -> None:
         raise KeyError("oops")
@@ -108,7 +108,7 @@ async def test_a_failed_write_acknowledges_nobody_and_resets_state(tmp_path: Pat
     store = FailingStore.open(str(tmp_path))
     committer = GroupCommitter(store)
     resets: list[bool] = []
-    committer.on_write_failure(lambda: resets.append(True))
+    committer.on_reload_needed(lambda: resets.append(True))
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(committer.run)

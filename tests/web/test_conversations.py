@@ -76,9 +76,9 @@ async def test_group_lifecycle_is_recorded_in_the_log(http: httpx.AsyncClient) -
     assert [m["user_id"] for m in members] == [alice.user_id, bob.user_id]
     # Former members can read nothing and post nothing.
     for former in (carol, dave):
-        assert_error(await former.get(f"/messages/{group}"), 403, "not_a_member")
-        assert_error(await former.send(group, "still here?"), 403, "not_a_member")
-        assert_error(await former.get(f"/conversations/{group}"), 403, "not_a_member")
+        assert_error(await former.get(f"/messages/{group}"), 404, "unknown_conversation")
+        assert_error(await former.send(group, "still here?"), 404, "unknown_conversation")
+        assert_error(await former.get(f"/conversations/{group}"), 404, "unknown_conversation")
 
 
 async def test_only_admins_change_a_group(http: httpx.AsyncClient) -> None:
@@ -88,7 +88,7 @@ async def test_only_admins_change_a_group(http: httpx.AsyncClient) -> None:
                        (f"/groups/{group}/remove", {"user_ids": [alice.user_id]}),
                        (f"/groups/{group}/admins", {"user_ids": [bob.user_id]})):
         assert_error(await bob.post(path, body), 403, "not_an_admin")
-        assert_error(await carol.post(path, body), 403, "not_a_member")
+        assert_error(await carol.post(path, body), 404, "unknown_conversation")
     assert_error(await bob.patch(f"/groups/{group}", {"name": "Mine"}), 403, "not_an_admin")
     assert_error(await alice.post(f"/groups/{group}/remove", {"user_ids": [alice.user_id]}),
                  400, "use_leave")
@@ -177,5 +177,9 @@ async def test_conversation_list_with_unread_counts(http: httpx.AsyncClient) -> 
                  "seq_out_of_range")
     assert_error(await bob.post(f"/conversations/{direct}/read", {"seq": "1"}), 400)
     stranger = await new_account(http)
-    assert_error(await stranger.post(f"/conversations/{direct}/read", {"seq": 1}), 403)
+    assert_error(await stranger.post(f"/conversations/{direct}/read", {"seq": 1}), 404,
+                 "unknown_conversation")
+    for seq in (-1, -(2**70)):
+        assert_error(await bob.post(f"/conversations/{direct}/read", {"seq": seq}), 400,
+                     "invalid_field")
     assert (await stranger.get("/conversations")).json() == {"conversations": []}

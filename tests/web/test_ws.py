@@ -201,7 +201,7 @@ async def test_presence_and_typing_reach_peers_not_strangers(server: RunningServ
                                   "user_id": uid(bob)}
                 with pytest.raises(ApiError) as refused:
                     await s.typing(conv)
-                assert refused.value.code == "not_a_member"
+                assert refused.value.code == "unknown_conversation"
             offline = await next_of(a, "presence")
             assert (offline["online"], type(offline["last_seen"])) == (False, int)
             await nothing_more(s, "presence")

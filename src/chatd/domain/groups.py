@@ -10,18 +10,26 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from chatd.domain.models import Conversation
-from chatd.errors import BadRequest, Conflict, Forbidden
+from chatd.errors import BadRequest, Conflict, Forbidden, NotFound
+
+
+def unknown_conversation(conversation_id: int) -> NotFound:
+    """The one answer for a conversation that does not exist and for one the caller is not
+    in: a stranger must not learn which (whether two people have a direct chat, say)."""
+    return NotFound(f"no conversation with id {conversation_id} that you are in",
+                    code="unknown_conversation")
 
 
 def require_member(conv: Conversation, user_id: int) -> None:
+    """Checked before anything else about a conversation is looked at or revealed."""
     if not conv.is_member(user_id):
-        raise Forbidden("you are not a member of this conversation", code="not_a_member")
+        raise unknown_conversation(conv.conversation_id)
 
 
 def _require_group_admin(conv: Conversation, actor: int) -> None:
+    require_member(conv, actor)
     if conv.kind != "group":
         raise BadRequest("this is a direct conversation, not a group", code="not_a_group")
-    require_member(conv, actor)
     if not conv.is_admin(actor):
         raise Forbidden("only a group admin can do this", code="not_an_admin")
 
@@ -61,9 +69,9 @@ def plan_rename(conv: Conversation, actor: int) -> None:
 
 def plan_leave(conv: Conversation, actor: int) -> int | None:
     """Returns the member to promote when the last admin leaves a group that goes on."""
+    require_member(conv, actor)
     if conv.kind != "group":
         raise BadRequest("you cannot leave a direct conversation", code="not_a_group")
-    require_member(conv, actor)
     remaining = [uid for uid in conv.members if uid != actor]
     if not remaining or any(conv.is_admin(uid) for uid in remaining):
         return None

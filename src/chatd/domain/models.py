@@ -47,6 +47,8 @@ class Session:
     user_id: int
     device_id: int
     token_hash: bytes
+    #: When the token stops being valid (ms): open sockets are closed then.
+    expires_at: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,16 +50,42 @@ def check_password(password: str, min_length: int) -> str:
     return password
 
 
+#: Unicode categories a name may not contain: controls (Cc), format characters (Cf: bidi
+#: overrides such as U+202E, zero-width spaces), surrogates (Cs) and line or paragraph
+#: separators (Zl, Zp). Invisible or reordering characters let one name pass for another.
+_REFUSED_IN_NAMES = {"Cc": "control characters", "Cf": "invisible or bidi format characters",
+                     "Cs": "lone surrogates", "Zl": "line breaks", "Zp": "line breaks"}
+_ZERO_WIDTH_JOINER = "\u200d"
+_EMOJI_CATEGORIES = ("So", "Sk")
+
+
 def clean_text(raw: str, field: str, *, max_length: int, allow_empty: bool = False) -> str:
-    """Single-line human text: trimmed, NFC, no control characters."""
+    """Single-line human text shown as a name (display, group and device names, status):
+    trimmed, NFC, with no control, format or separator characters. The one exception is
+    a zero-width joiner inside an emoji sequence (family and profession emoji need it)."""
     text = unicodedata.normalize("NFC", raw.strip())
     if not text and not allow_empty:
         raise BadRequest(f"{field}: must not be empty")
     if len(text) > max_length:
         raise BadRequest(f"{field}: must be at most {max_length} characters")
-    if any(unicodedata.category(ch) == "Cc" for ch in text):
-        raise BadRequest(f"{field}: must not contain control characters")
+    if not text.isascii() or not text.isprintable():
+        for index, char in enumerate(text):
+            category = unicodedata.category(char)
+            if category in _REFUSED_IN_NAMES and not _joins_emoji(text, index):
+                raise BadRequest(f"{field}: must not contain {_REFUSED_IN_NAMES[category]} "
+                                 f"(U+{ord(char):04X} at position {index})")
     return text
+
+
+def _joins_emoji(text: str, index: int) -> bool:
+    if text[index] != _ZERO_WIDTH_JOINER or not 0 < index < len(text) - 1:
+        return False
+    before, after = text[index - 1], text[index + 1]
+    # U+FE0F (emoji presentation) may stand between an emoji and the joiner.
+    if before == "\ufe0f" and index > 1:
+        before = text[index - 2]
+    return (unicodedata.category(before) in _EMOJI_CATEGORIES
+            and unicodedata.category(after) in _EMOJI_CATEGORIES)
 
 
 def check_content_type(raw: str) -> str:

@@ -25,6 +25,7 @@ from chatd.domain import rules
 from chatd.domain.ids import parse_id
 from chatd.domain.models import Message, User, Watermark
 from chatd.errors import BadRequest, ChatdError
+from chatd.protocol import edge
 
 Codec = Literal["json", "msgpack"]
 SUBPROTOCOLS: dict[str, Codec] = {"chatd.json": "json", "chatd.msgpack": "msgpack"}
@@ -89,18 +90,19 @@ ClientFrame = SendFrame | AckFrame | ReadFrame | TypingFrame | PingFrame | SyncF
 
 
 def _unpack(data: str | bytes, codec: Codec) -> Any:
-    try:
-        if codec == "json":
-            if isinstance(data, bytes):
-                raise FrameError("bad_frame", "this connection speaks JSON: send text frames")
-            return json.loads(data)
+    if codec == "json":
+        if isinstance(data, bytes):
+            raise FrameError("bad_frame", "this connection speaks JSON: send text frames")
+        decode: Any = edge.loads_json
+    else:
         if isinstance(data, str):
             raise FrameError("bad_frame", "this connection speaks msgpack: send binary frames")
-        return msgpack.unpackb(data, raw=False, strict_map_key=False)
-    except FrameError:
-        raise
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
-        raise FrameError("malformed_frame", f"the frame is not valid {codec}: {exc}") from None
+        decode = edge.unpack_msgpack
+    try:
+        return decode(data)
+    except edge.InputError as exc:
+        code = "malformed_frame" if exc.code == "malformed_json" else exc.code
+        raise FrameError(code, exc.message) from None
 
 
 def _field(frame: dict[str, Any], key: str, kind: type, req: str | None) -> Any:
@@ -238,6 +240,24 @@ def encode_frames(frames: list[OutFrame], codec: Codec) -> bytes:
     head: bytes = packer.pack_map_header(2) + _BATCH_MSGPACK_HEAD
     count: bytes = packer.pack_array_header(len(frames))
     return head + count + b"".join(f.msgpack() for f in frames)
+
+
+def encode_messages(frames: list[OutFrame], codec: Codec, max_bytes: int) -> list[bytes]:
+    """`frames` as few WebSocket messages as possible, each at most about `max_bytes`
+    (a single larger frame goes alone), in order."""
+    messages: list[bytes] = []
+    group: list[OutFrame] = []
+    size = 0
+    for frame in frames:
+        length = len(frame.encode(codec))
+        if group and size + length > max_bytes:
+            messages.append(encode_frames(group, codec))
+            group, size = [], 0
+        group.append(frame)
+        size += length
+    if group:
+        messages.append(encode_frames(group, codec))
+    return messages
 
 
 def message_payload(message: Message) -> dict[str, Any]:

@@ -45,8 +45,12 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_PROTOCOL_ERROR = 1002
 CLOSE_NO_STATUS = 1005
 CLOSE_INVALID_DATA = 1007
+CLOSE_POLICY_VIOLATION = 1008
 CLOSE_TOO_BIG = 1009
+CLOSE_INTERNAL_ERROR = 1011
 
+#: The most frames one fragmented message may arrive in.
+MAX_FRAGMENTS = 128
 #: The most a request head (request line and headers) may take.
 MAX_REQUEST_HEAD = 16_384
 
@@ -186,11 +190,11 @@ def new_key() -> str:
 # -- framing -----------------------------------------------------------------------------
 
 
-def _xor(payload: bytes, mask: bytes) -> bytes:
+def _xor(payload: bytes | bytearray, mask: bytes | bytearray) -> bytes:
     # One big-integer XOR is far faster in CPython than a loop over bytes.
     length = len(payload)
     if not length:
-        return payload
+        return b""
     key = (mask * (length // 4 + 1))[:length]
     return (int.from_bytes(payload, "little") ^ int.from_bytes(key, "little")).to_bytes(
         length, "little")
@@ -233,7 +237,9 @@ class FrameReader:
                  "_fragments", "_max_message")
 
     def __init__(self, *, max_message: int, expect_masked: bool = True) -> None:
-        self._buffer = b""
+        #: The start of a frame that has not fully arrived (a bytearray, so that a big
+        #: frame arriving in many reads is appended to, not copied again each time).
+        self._buffer = bytearray()
         self._expect_masked = expect_masked
         self._max_message = max_message
         self._fragments: list[bytes] | None = None
@@ -245,7 +251,12 @@ class FrameReader:
         return len(self._buffer) + self._fragment_size
 
     def feed(self, data: bytes) -> list[tuple[int, object]]:
-        buffer = self._buffer + data if self._buffer else data
+        buffer: bytes | bytearray
+        if self._buffer:
+            self._buffer += data
+            buffer = self._buffer
+        else:
+            buffer = data
         messages: list[tuple[int, object]] = []
         offset = 0
         end = len(buffer)
@@ -287,10 +298,13 @@ class FrameReader:
             else:
                 if end - position < length:
                     break
-                payload = buffer[position:position + length]
+                payload = bytes(buffer[position:position + length])
             offset = position + length
             self._take(opcode, bool(final), payload, messages)
-        self._buffer = buffer[offset:] if offset < end else b""
+        if buffer is self._buffer:
+            del self._buffer[:offset]
+        elif offset < end:
+            self._buffer = bytearray(memoryview(buffer)[offset:])
         if len(self._buffer) > self._max_message + 14:
             raise ProtocolError(CLOSE_TOO_BIG, "frame too large")
         return messages
@@ -303,6 +317,10 @@ class FrameReader:
         if opcode == OP_CONTINUATION:
             if self._fragments is None:
                 raise ProtocolError(CLOSE_PROTOCOL_ERROR, "continuation without a message")
+            if len(self._fragments) >= MAX_FRAGMENTS:
+                # Empty continuation frames cost memory and time without adding size.
+                raise ProtocolError(CLOSE_POLICY_VIOLATION,
+                                    f"a message may have at most {MAX_FRAGMENTS} fragments")
             self._fragments.append(payload)
             self._fragment_size += len(payload)
             if not final:

@@ -11,6 +11,7 @@ import base64
 import contextlib
 import dataclasses
 import hashlib
+import logging
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,6 +29,8 @@ from chatd.services.clock import Clock
 from chatd.services.passwords import PasswordHasher
 from chatd.services.routing import Router
 from chatd.storage import Batch, GroupCommitter, Store
+
+log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "chatd_"
 _DAY_MS = 86_400_000
@@ -64,12 +67,15 @@ class AccountService:
         # Users changed by commands whose batch has not landed yet; reads see these first
         # so two profile edits in one batch do not undo each other.
         self._pending_users: dict[int, User] = {}
+        # Logins applied in a batch that has not landed yet, per user (the device cap).
+        self._unlanded_logins: dict[int, int] = {}
         self._profile_listeners: list[Callable[[User], None]] = []
         self._revocation_listeners: list[Callable[[int, int], None]] = []
 
     def forget_pending(self) -> None:
         """After a failed batch write: pending changes never reached the disk."""
         self._pending_users.clear()
+        self._unlanded_logins.clear()
 
     def _check_attempt(self, client: str) -> None:
         wait = self._attempts.try_acquire(client, trio.current_time())
@@ -129,11 +135,73 @@ class AccountService:
         device = Device(user.user_id, self._ids.next_id(), device_name, now, token_hash)
 
         def apply(batch: Batch) -> None:
+            held = self._prune_devices_of(batch, user.user_id, now)
+            held += self._unlanded_logins.get(user.user_id, 0)
+            if held >= self._config.max_devices:
+                raise Conflict(f"this account already has {held} devices, the most it may "
+                               "have; log one out first (DELETE /devices/{device_id})",
+                               code="too_many_devices")
             batch.put_device(device)
             batch.put_token(token_hash, TokenRecord(user.user_id, device.device_id, expires_at))
+            # Counted until it lands, so logins in one batch cannot pass the cap together.
+            self._unlanded_logins[user.user_id] = self._unlanded_logins.get(user.user_id, 0) + 1
+            batch.after_commit.append(partial(self._login_landed, user.user_id))
 
         await self._committer.submit(apply)
         return LoginResult(token, user, device, expires_at)
+
+    def _login_landed(self, user_id: int) -> None:
+        count = self._unlanded_logins.pop(user_id, 1) - 1
+        if count > 0:
+            self._unlanded_logins[user_id] = count
+
+    def _prune_devices_of(self, batch: Batch, user_id: int, now: int) -> int:
+        """Delete the user's devices whose token has expired (or is gone); returns how
+        many devices remain."""
+        remaining = 0
+        for device in self._store.list_devices(user_id):
+            record = self._store.get_token(device.token_hash)
+            if record is None or record.expires_at <= now:
+                batch.delete_device(device)
+            else:
+                remaining += 1
+        return remaining
+
+    async def prune_expired(self, *, page_size: int = 1000) -> int:
+        """Delete every device whose token has expired, a page of tokens at a time (the
+        loop serves others between pages); returns how many were deleted."""
+        deleted = 0
+        after = b""
+        while page := self._store.tokens_page(after, page_size):
+            after = page[-1][0]
+            now = self._clock.now_ms()
+            expired = [record for _, record in page if record.expires_at <= now]
+            if expired:
+                deleted += await self._committer.submit(partial(self._delete_expired, expired))
+            else:
+                await trio.lowlevel.checkpoint()
+        return deleted
+
+    def _delete_expired(self, expired: list[TokenRecord], batch: Batch) -> int:
+        deleted = 0
+        for record in expired:
+            device = self._store.get_device(record.user_id, record.device_id)
+            if device is not None:
+                batch.delete_device(device)
+                deleted += 1
+        return deleted
+
+    async def run_pruner(self) -> None:
+        """Prune expired devices now and every `auth.prune_interval` seconds."""
+        while True:
+            try:
+                deleted = await self.prune_expired()
+            except ChatdError as exc:  # shutting down, or the disk refused: try next time
+                log.warning("pruning expired devices stopped early: %s", exc.message)
+            else:
+                if deleted:
+                    log.info("pruned %d expired devices", deleted)
+            await trio.sleep(self._config.prune_interval)
 
     def authenticate(self, token: str) -> Session:
         token_hash = hash_token(token)
@@ -143,7 +211,7 @@ class AccountService:
                                code="invalid_token")
         if record.expires_at <= self._clock.now_ms():
             raise Unauthorized("the token has expired; log in again", code="token_expired")
-        return Session(record.user_id, record.device_id, token_hash)
+        return Session(record.user_id, record.device_id, token_hash, record.expires_at)
 
     # -- devices --------------------------------------------------------------------------
 
@@ -156,8 +224,7 @@ class AccountService:
             raise NotFound("you have no device with that id", code="unknown_device")
 
         def apply(batch: Batch) -> None:
-            batch.delete_device(device.user_id, device.device_id)
-            batch.delete_token(device.token_hash)
+            batch.delete_device(device)
             for listener in self._revocation_listeners:
                 batch.after_commit.append(partial(listener, device.user_id, device.device_id))
 

@@ -48,8 +48,8 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None) 
     committer = GroupCommitter(store, max_batch=config.storage.max_batch)
     accounts = AccountService(store=store, committer=committer, router=router, ids=ids,
                               clock=clock, hasher=hasher, config=config.auth)
-    committer.on_write_failure(owner.forget_all)
-    committer.on_write_failure(accounts.forget_pending)
+    committer.on_reload_needed(owner.forget_all)
+    committer.on_reload_needed(accounts.forget_pending)
     conversations = ConversationService(owner=owner, committer=committer, accounts=accounts,
                                         ids=ids, clock=clock, limits=config.limits)
     hub = Hub(store=store, owner=owner, clock=clock)

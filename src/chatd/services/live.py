@@ -20,7 +20,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterable
 
+from chatd.domain import groups
 from chatd.domain.models import Conversation, Message, User, Watermark
+from chatd.errors import BadRequest
 from chatd.protocol import frames
 from chatd.protocol.frames import OutFrame
 from chatd.services.clock import Clock
@@ -50,18 +52,20 @@ class LiveSession:
     until the next `take_frames`) when there is something to write or the session closed,
     and then takes the frames. Several sockets' frames are thus written in one pass."""
 
-    __slots__ = ("_behind", "_closed", "_fetch_batch", "_max_queue", "_next", "_owner",
-                 "_queue", "_ready", "_store", "acked", "device_id", "on_ready", "user_id")
+    __slots__ = ("_behind", "_closed", "_fetch_batch", "_fetch_bytes", "_max_queue", "_next",
+                 "_owner", "_queue", "_ready", "_store", "acked", "device_id", "on_ready",
+                 "user_id")
 
     def __init__(self, *, user_id: int, device_id: int, store: Store, owner: ConversationOwner,
                  max_queue: int, on_ready: Callable[[LiveSession], None],
-                 fetch_batch: int = 200) -> None:
+                 fetch_batch: int = 200, fetch_bytes: int = 256 * 1024) -> None:
         self.user_id = user_id
         self.device_id = device_id
         self._store = store
         self._owner = owner
         self._max_queue = max_queue
         self._fetch_batch = fetch_batch
+        self._fetch_bytes = fetch_bytes
         self._queue: deque[OutFrame] = deque()
         self.on_ready = on_ready
         self._ready = False  # on_ready was called and take_frames has not run since
@@ -90,12 +94,21 @@ class LiveSession:
             self._set_next(conv, start)
 
     def sync(self, cursors: dict[int, int]) -> None:
-        """The client says what it holds (a reinstalled app): resend from there."""
+        """The client says what it holds (a reinstalled app): resend from there. All of
+        it is checked before anything changes: a conversation the user is not in, or a
+        seq past the head (which would silence the conversation), refuses the whole sync."""
+        positions = []
         for conversation_id, seq in cursors.items():
             conv = self._owner.find(conversation_id)
             floor = self._floor(conv) if conv is not None else None
-            if conv is not None and floor is not None:
-                self._set_next(conv, max(seq + 1, floor))
+            if conv is None or floor is None:
+                raise groups.unknown_conversation(conversation_id)
+            if not 0 <= seq <= conv.head_seq:
+                raise BadRequest(f"cursors: seq {seq} of conversation {conversation_id} is "
+                                 f"outside 0..{conv.head_seq}", code="seq_out_of_range")
+            positions.append((conv, max(seq + 1, floor)))
+        for conv, next_seq in positions:
+            self._set_next(conv, next_seq)
 
     def offer(self, message: Message, frame: OutFrame) -> None:
         conversation_id = message.conversation_id
@@ -195,12 +208,24 @@ class LiveSession:
         rows = self._store.read_messages(conversation_id, after=next_seq - 1,
                                          before=None, limit=self._fetch_batch,
                                          newest_first=False)
-        for message in rows:
+        size = 0
+        for taken, message in enumerate(rows):
+            if taken and size >= self._fetch_bytes:
+                # Enough for one write: the rest is read again after it has gone, so a
+                # catch-up of big messages holds a few hundred KB here, not megabytes.
+                break
             self._queue.append(frames.message_frame(message))
             next_seq = message.seq + 1
+            size += _body_size(message)
+        else:
+            if len(rows) < self._fetch_batch:
+                del self._behind[conversation_id]
         self._next[conversation_id] = next_seq
-        if len(rows) < self._fetch_batch:
-            del self._behind[conversation_id]
+
+
+def _body_size(message: Message) -> int:
+    body = message.body
+    return len(body) if isinstance(body, str | bytes) else 256
 
 
 class Hub:

@@ -41,7 +41,8 @@ class MessagingService:
         self._typing_limit = KeyedRateLimiter(per_second=0.5, burst=3)
 
     def member_view(self, session: Session, conversation_id: int) -> Conversation:
-        """The conversation, if the caller is a member (404 unknown, 403 not a member)."""
+        """The conversation, if the caller is a member; 404 alike whether it does not
+        exist or the caller is not in it."""
         conv = self._owner.get(conversation_id)
         groups.require_member(conv, session.user_id)
         return conv
@@ -129,7 +130,7 @@ class MessagingService:
         """A device has everything up to `seq`: move its cursor (where its next catch-up
         starts) and the user's delivered watermark. `acked` is the device's cursor map,
         kept current by the caller so repeated acks cost nothing (None is returned then)."""
-        if acked is not None and acked.get(conversation_id, -1) >= seq:
+        if acked is not None and acked.get(conversation_id, -1) >= seq >= 0:
             self.member_view(session, conversation_id)
             return None
         return self._start_move_watermark(session, conversation_id, seq, read=False,
@@ -139,6 +140,8 @@ class MessagingService:
                               read: bool,
                               acked: dict[int, int] | None = None) -> Pending[Watermark]:
         self.member_view(session, conversation_id)
+        if seq < 0:
+            raise BadRequest("seq: must not be negative", code="invalid_field")
 
         def apply(batch: Batch) -> Watermark:
             conv = self._owner.get(conversation_id)
@@ -176,9 +179,10 @@ class MessagingService:
                        seq: int) -> list[tuple[int, bool, bool]]:
         """(member, delivered, read) for one message, derived from the watermarks."""
         conv = self.member_view(session, conversation_id)
-        if not 1 <= seq <= conv.head_seq:
-            raise NotFound(f"no message with seq {seq} in this conversation",
-                           code="unknown_message")
+        # Entries before the caller joined are as unknown to them as those never written.
+        if not max(1, conv.members[session.user_id].joined_seq) <= seq <= conv.head_seq:
+            raise NotFound(f"no message with seq {seq} in this conversation that you can "
+                           "read", code="unknown_message")
         return [(user_id, conv.watermark(user_id).delivered_seq >= seq,
                  conv.watermark(user_id).read_seq >= seq)
                 for user_id, member in conv.members.items() if member.joined_seq <= seq]

@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 
+from chatd.domain import groups
 from chatd.domain.ids import SnowflakeGenerator
 from chatd.domain.models import Body, Conversation, Message, SendResult, Watermark
 from chatd.domain.rules import SYSTEM_CONTENT_TYPE
-from chatd.errors import NotFound
 from chatd.services.clock import Clock
 from chatd.services.routing import Router
 from chatd.storage import Batch, Store
@@ -67,8 +67,7 @@ class ConversationOwner:
     def get(self, conversation_id: int) -> Conversation:
         conv = self.find(conversation_id)
         if conv is None:
-            raise NotFound(f"no conversation with id {conversation_id}",
-                           code="unknown_conversation")
+            raise groups.unknown_conversation(conversation_id)
         return conv
 
     def remember(self, conv: Conversation) -> None:

@@ -6,7 +6,12 @@ effects of every command before it (the in-memory state the services keep), whic
 the owner of a conversation hands out dense seqs. Then the batch is written once; only
 after the write returns are waiters woken and `after_commit` callbacks run. If the write
 fails, no command in the batch is acknowledged and the listeners registered with
-`on_write_failure` drop the in-memory state that ran ahead of the disk.
+`on_reload_needed` drop the in-memory state that ran ahead of the disk.
+
+One command never fails another: a command refused by a rule is rolled out of the batch;
+one that fails unexpectedly (or carries a value that cannot be stored) is refused alone,
+the batch is cut short before the commands after it, and state is reloaded from disk once
+the commands before it have landed.
 
 rocksdict holds the GIL for the whole write, so a thread would not overlap it with other
 work; the write runs on the event loop and batching is what keeps its cost per command low.
@@ -22,7 +27,7 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
-from chatd.errors import ChatdError, StorageFailure, Unavailable
+from chatd.errors import ChatdError, StorageFailure, Unavailable, UnstorableValue
 from chatd.storage.store import Batch, Store
 
 log = logging.getLogger(__name__)
@@ -110,7 +115,7 @@ class GroupCommitter:
         self._max_pending = max_pending
         self._work = trio.Event()
         self._closing = False
-        self._failure_listeners: list[Callable[[], None]] = []
+        self._reload_listeners: list[Callable[[], None]] = []
         self._batch_listeners: list[Callable[[], None]] = []
         self._batches = 0
         self._committed = 0
@@ -118,9 +123,12 @@ class GroupCommitter:
         self._failed_writes = 0
         self._largest = 0
 
-    def on_write_failure(self, listener: Callable[[], None]) -> None:
-        """Call `listener` whenever a batch fails to write (its commands are refused)."""
-        self._failure_listeners.append(listener)
+    def on_reload_needed(self, listener: Callable[[], None]) -> None:
+        """Call `listener` whenever in-memory state may differ from the disk: a batch
+        failed to write (its commands are refused), or a command failed halfway (refused
+        alone, after the rest of its batch landed). Listeners drop what they hold in
+        memory, to be read again from disk."""
+        self._reload_listeners.append(listener)
 
     def after_each_batch(self, listener: Callable[[], None]) -> None:
         """Call `listener` once a batch's waiters and callbacks have all been told (the
@@ -191,27 +199,34 @@ class GroupCommitter:
     def _commit_one_batch(self) -> None:
         batch = self._store.batch()
         taken: list[Pending[Any]] = []
-        broken = False
+        # Set when a command failed in a way that may have left in-memory state half
+        # changed (a bug, or a value that could not be encoded after state moved).
+        doubtful = False
         while self._queue and len(taken) < self._max_batch:
             pending = self._queue.popleft()
             taken.append(pending)
             mark = batch.mark()
             try:
                 pending.result = pending.apply(batch)
+            except UnstorableValue as exc:
+                batch.rollback_to(mark)
+                pending.error = exc
+                doubtful = True
             except ChatdError as exc:
                 # Refused by a rule: commands check before they change anything, so only
                 # its buffered writes need taking back.
                 batch.rollback_to(mark)
                 pending.error = exc
             except Exception:
-                # A bug: in-memory state may be half changed, so nothing in this batch can
-                # be trusted. Refuse all of it and have the services reload from disk.
-                log.exception("command failed while building a batch; refusing the batch")
-                broken = True
+                log.exception("a command failed while building a batch; refusing it alone")
+                batch.rollback_to(mark)
+                pending.error = ChatdError("internal error; the request was not applied")
+                doubtful = True
+            if doubtful:
+                # The commands before it ran on sound state and land; it is refused alone;
+                # the ones after it wait for the next batch, after the reload below, so
+                # none of them sees what it half did.
                 break
-        if broken:
-            self._refuse_all(taken, ChatdError("internal error; the request was not applied"))
-            return
         accepted = [p for p in taken if p.error is None]
         try:
             self._store.write(batch)
@@ -232,10 +247,16 @@ class GroupCommitter:
                 log.exception("after-commit callback failed")
         for pending in taken:
             pending._finish()
+        if doubtful:
+            # Everything accepted is on disk now, so disk is the truth: reload from it.
+            self._reload_state()
+
+    def _reload_state(self) -> None:
+        for listener in self._reload_listeners:
+            listener()
 
     def _refuse_all(self, taken: list[Pending[Any]], error: ChatdError) -> None:
-        for listener in self._failure_listeners:
-            listener()
+        self._reload_state()
         for pending in taken:
             if pending.error is None:
                 pending.error = error

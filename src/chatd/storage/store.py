@@ -24,13 +24,20 @@ from chatd.domain.models import (
     User,
     Watermark,
 )
+from chatd.errors import UnstorableValue
 from chatd.storage import keys
 
 _packer = msgpack.Packer(use_bin_type=True)
 
 
 def _pack(value: Any) -> bytes:
-    data: bytes = _packer.pack(value)
+    try:
+        data: bytes = _packer.pack(value)
+    except (TypeError, ValueError, OverflowError) as exc:
+        # (ValueError covers UnicodeEncodeError: a lone surrogate that got this far.)
+        # msgpack's Packer keeps a half-written buffer after a failure: start clean.
+        _packer.reset()
+        raise UnstorableValue(f"a value could not be stored: {exc}") from None
     return data
 
 
@@ -107,15 +114,16 @@ class Batch:
         value = [device.name, device.created_at, device.token_hash]
         self._put("devices", keys.pair(device.user_id, device.device_id), _pack(value))
 
-    def delete_device(self, user_id: int, device_id: int) -> None:
-        self._delete("devices", keys.pair(user_id, device_id))
+    def delete_device(self, device: Device) -> None:
+        """The device, its token and its delivery cursors."""
+        self._delete("devices", keys.pair(device.user_id, device.device_id))
+        self._delete("tokens", device.token_hash)
+        for conversation_id in self._store.cursors(device.device_id):
+            self._delete("cursors", keys.pair(device.device_id, conversation_id))
 
     def put_token(self, token_hash: bytes, record: TokenRecord) -> None:
         value = [record.user_id, record.device_id, record.expires_at]
         self._put("tokens", token_hash, _pack(value))
-
-    def delete_token(self, token_hash: bytes) -> None:
-        self._delete("tokens", token_hash)
 
     def put_conversation(self, conv: Conversation) -> None:
         value = [conv.kind, conv.name, conv.created_by, conv.created_at]
@@ -222,6 +230,18 @@ class Store:
             return None
         user_id, device_id, expires_at = _unpack(raw)
         return TokenRecord(user_id, device_id, expires_at)
+
+    def tokens_page(self, after: bytes, limit: int) -> list[tuple[bytes, TokenRecord]]:
+        """Up to `limit` token records with hashes above `after`, in hash order: the
+        expiry sweep walks the family a page at a time."""
+        iterator = self._families["tokens"].iter()
+        iterator.seek(after + b"\x00")
+        page: list[tuple[bytes, TokenRecord]] = []
+        while iterator.valid() and len(page) < limit:
+            user_id, device_id, expires_at = _unpack(iterator.value())
+            page.append((bytes(iterator.key()), TokenRecord(user_id, device_id, expires_at)))
+            iterator.next()
+        return page
 
     def get_device(self, user_id: int, device_id: int) -> Device | None:
         raw = self._get("devices", keys.pair(user_id, device_id))

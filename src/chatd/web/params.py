@@ -4,28 +4,29 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 from typing import Any, TypeVar
 
 from quart import Request
 
 from chatd.domain.ids import parse_id
 from chatd.errors import BadRequest
+from chatd.protocol import edge
 
 MAX_IDS_PER_REQUEST = 1024
 T = TypeVar("T")
 
 
 async def json_object(request: Request) -> dict[str, Any]:
-    """The request body as a JSON object. The Content-Type is not insisted on, so that
-    `curl -d '{...}'` works as typed."""
+    """The request body as a JSON object, decoded under the edge rules (`protocol/edge.py`:
+    bounded nesting, text that is valid Unicode). The Content-Type is not insisted on, so
+    that `curl -d '{...}'` works as typed."""
     data = await request.get_data(as_text=False)
     if not data:
         raise BadRequest("the request needs a JSON object body", code="malformed_json")
     try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BadRequest(f"the body is not valid JSON: {exc}", code="malformed_json") from None
+        value = edge.loads_json(data)
+    except edge.InputError as exc:
+        raise BadRequest(exc.message, code=exc.code) from None
     if not isinstance(value, dict):
         raise BadRequest("the body must be a JSON object", code="malformed_json")
     return value

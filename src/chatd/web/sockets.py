@@ -47,13 +47,19 @@ CLOSE_TIMEOUT = 1.0
 #: starve the others).
 _READS_PER_YIELD = 4
 _RECV_SIZE = 65_536
+#: The largest WebSocket message the server builds from several frames (a catch-up of
+#: big messages is split into several of these).
+MAX_MESSAGE_BYTES = 256 * 1024
+#: Seconds between checks for connections whose token has expired.
+EXPIRY_CHECK_INTERVAL = 5.0
 
 
 class Connection:
     """One WebSocket connection: its socket, its framing state and its `LiveSession`."""
 
-    __slots__ = ("close_sent", "codec", "finished", "inflight", "last_active", "live",
-                 "opcode", "reader", "room", "scope", "session", "sock", "sockets", "unsent")
+    __slots__ = ("close_sent", "codec", "drain_scope", "drained", "failed", "finished",
+                 "inflight", "last_active", "live", "opcode", "reader", "room", "scope",
+                 "session", "sock", "sockets", "unsent")
 
     def __init__(self, sockets: LiveSockets, sock: socket.socket, codec: Codec,
                  session: Session, max_message: int) -> None:
@@ -64,9 +70,14 @@ class Connection:
         self.session = session
         self.reader = ws.FrameReader(max_message=max_message)
         self.live: LiveSession | None = None
-        self.unsent: bytes | None = None  # set while a drain task owns the socket
+        #: Bytes the kernel would not take yet; set while a drain task owns the socket.
+        #: A bytearray so that appending and consuming are linear, never quadratic.
+        self.unsent: bytearray | None = None
+        self.drain_scope: trio.CancelScope | None = None
+        self.drained: trio.Event | None = None  # the reader waits on it (back-pressure)
         self.close_sent = False
         self.finished = False
+        self.failed = False  # an unexpected error was logged for this connection
         self.inflight = 0
         self.room: trio.Event | None = None  # set when a send slot frees up
         self.scope: trio.CancelScope | None = None
@@ -81,7 +92,8 @@ class Connection:
 
     def write(self, data: bytes) -> None:
         """Write without waiting; whatever the kernel will not take now is handed to a
-        drain task, and nothing more is taken from the session until it is written."""
+        drain task, and nothing more is taken from the session (nor read from the
+        client) until it is written."""
         if self.finished:
             return
         if self.unsent is not None:
@@ -95,7 +107,7 @@ class Connection:
             self.abort()
             return
         if sent < len(data):
-            self.unsent = data[sent:]
+            self.unsent = bytearray(memoryview(data)[sent:])
             self.sockets.start_drain(self)
 
     def begin_close(self, code: int, reason: str) -> None:
@@ -106,10 +118,24 @@ class Connection:
         if self.scope is not None:
             self.scope.deadline = min(self.scope.deadline, trio.current_time() + CLOSE_TIMEOUT)
 
+    def fail(self, what: str, error: BaseException) -> None:
+        """An unexpected error while serving this connection: log it once and close this
+        connection alone with 1011, whatever shared task (reader, flusher, drain, reaper)
+        ran into it."""
+        if not self.failed:
+            self.failed = True
+            log.error("%s failed for one connection; closing it with 1011", what,
+                      exc_info=error)
+        if self.live is not None:
+            self.live.close(ws.CLOSE_INTERNAL_ERROR, "internal error")
+        self.begin_close(ws.CLOSE_INTERNAL_ERROR, "internal error")
+
     def abort(self) -> None:
         """Hang up now (a broken or stuck socket): the reader ends and closes it."""
         if self.scope is not None:
             self.scope.cancel()
+        if self.drain_scope is not None:
+            self.drain_scope.cancel()
 
 
 class LiveSockets:
@@ -147,7 +173,10 @@ class LiveSockets:
         """Write what every scheduled connection has ready."""
         ready, self._ready = self._ready, []
         for conn in ready:
-            self._flush(conn)
+            try:
+                self._flush(conn)
+            except Exception as exc:  # one connection's frames must not stop the others'
+                conn.fail("writing frames", exc)
 
     async def _flush_forever(self) -> None:
         while True:
@@ -167,41 +196,71 @@ class LiveSockets:
             conn.begin_close(closed.code, closed.reason)
             return
         if batch:
-            conn.write(ws.encode_frame(conn.opcode, frames.encode_frames(batch, conn.codec)))
+            # Several WebSocket messages when the frames are large (a catch-up of big
+            # messages): each stays under MAX_MESSAGE_BYTES, so a client's frame buffer
+            # does not need to hold megabytes and every message shows progress.
+            conn.write(b"".join(ws.encode_frame(conn.opcode, message) for message in
+                                frames.encode_messages(batch, conn.codec, MAX_MESSAGE_BYTES)))
 
     def start_drain(self, conn: Connection) -> None:
         assert self._drains is not None, "LiveSockets.run is not running"
         self._drains.start_soon(self._drain, conn)
 
     async def _drain(self, conn: Connection) -> None:
-        with trio.move_on_after(self._send_timeout) as timer:
-            try:
-                while conn.unsent:
-                    await trio.lowlevel.wait_writable(conn.sock)
-                    try:
-                        sent = conn.sock.send(conn.unsent)
-                    except BlockingIOError:
-                        continue
-                    conn.unsent = conn.unsent[sent:]
-            except (OSError, trio.ClosedResourceError):
-                conn.abort()
+        try:
+            if not conn.finished and await self._write_unsent(conn):
+                conn.unsent = None
+                self.schedule(conn)
                 return
+        except (OSError, ValueError, trio.ClosedResourceError, trio.BusyResourceError):
+            pass  # the peer hung up, or the connection ended and closed its socket
+        except Exception as exc:
+            conn.fail("draining a socket", exc)
+        finally:
+            conn.drain_scope = None
+            if conn.drained is not None:  # the reader waits for room: let it go on (or end)
+                conn.drained.set()
+                conn.drained = None
+        conn.abort()
+
+    async def _write_unsent(self, conn: Connection) -> bool:
+        """Write `conn.unsent` as the socket takes it; False if it did not all go. The
+        deadline is on progress, not on the total: a slow but steady reader is never cut
+        off, one that takes nothing for `send_timeout` is."""
+        with trio.CancelScope() as conn.drain_scope, \
+                trio.move_on_after(self._send_timeout) as timer:
+            while conn.unsent:
+                await trio.lowlevel.wait_writable(conn.sock)
+                try:
+                    sent = conn.sock.send(conn.unsent)
+                except BlockingIOError:
+                    continue
+                del conn.unsent[:sent]  # cheap: a bytearray consumes from the front in place
+                timer.deadline = trio.current_time() + self._send_timeout
+            return True
         if timer.cancelled_caught:
             log.info("a client read nothing for %.0f s; aborting its connection",
                      self._send_timeout)
-            conn.abort()
-            return
-        conn.unsent = None
-        self.schedule(conn)
+        return False
 
     async def _reap_idle(self) -> None:
+        """Close sockets idle past `idle_timeout` (4000) and those whose token has
+        expired (4001), by one scan of every connection rather than a timer each."""
         timeout = self._settings.idle_timeout
+        clock = self._services.clock
         while True:
-            await trio.sleep(max(0.05, timeout / 4))
+            await trio.sleep(max(0.05, min(timeout / 4, EXPIRY_CHECK_INTERVAL)))
             cutoff = trio.current_time() - timeout
+            now_ms = clock.now_ms()
             for conn in list(self._connections):
-                if conn.last_active < cutoff and conn.live is not None:
-                    conn.live.close(CLOSE_IDLE, f"no frame for {timeout:g} s")
+                live = conn.live
+                if live is None:
+                    continue
+                if conn.session.expires_at <= now_ms:
+                    live.close(CLOSE_UNAUTHORIZED, "token_expired: the token has expired; "
+                               "log in again")
+                elif conn.last_active < cutoff:
+                    live.close(CLOSE_IDLE, f"no frame for {timeout:g} s")
 
     # -- a connection ---------------------------------------------------------------------
 
@@ -233,8 +292,13 @@ class LiveSockets:
                     await self._read_loop(conn, b"")
                     return
                 await self._run_session(conn, rest)
+        except Exception as exc:
+            # A bug met while serving this connection: it ends this connection only.
+            conn.fail("serving a WebSocket", exc)
         finally:
             conn.finished = True
+            if conn.drain_scope is not None:
+                conn.drain_scope.cancel()
             self._connections.discard(conn)
 
     async def _handshake(self, sock: socket.socket,
@@ -304,7 +368,10 @@ class LiveSockets:
                         if not conn.close_sent:
                             await self._on_frame(conn, payload)  # type: ignore[arg-type]
                     elif opcode == ws.OP_PING:
-                        conn.write(ws.encode_frame(ws.OP_PONG, payload))  # type: ignore[arg-type]
+                        # Once our close is sent, only the peer's close matters (RFC 6455
+                        # 5.5.1): a closing connection answers nothing more.
+                        if not conn.close_sent:
+                            conn.write(ws.encode_frame(ws.OP_PONG, payload))  # type: ignore[arg-type]
                     elif opcode == ws.OP_CLOSE:
                         if not conn.close_sent:
                             code, _reason = cast("tuple[int, str]", payload)
@@ -316,6 +383,13 @@ class LiveSockets:
                 if reads >= _READS_PER_YIELD:
                     reads = 0
                     await trio.lowlevel.checkpoint()
+            if conn.unsent is not None:
+                # The client is not reading what we write: read nothing more from it
+                # until it does. Its replies (pongs, errors, answers) cannot pile up, and
+                # TCP pushes back on it instead. The drain aborts it if it never reads.
+                conn.drained = trio.Event()
+                await conn.drained.wait()
+                continue
             try:
                 data = sock.recv(_RECV_SIZE)
             except BlockingIOError:
@@ -385,7 +459,7 @@ class LiveSockets:
 
 
 #: Stands in for the session of a connection refused at authentication (it reads nothing).
-_NOBODY = Session(user_id=0, device_id=0, token_hash=b"")
+_NOBODY = Session(user_id=0, device_id=0, token_hash=b"", expires_at=2**63)
 
 
 def _answer_send(conn: Connection, req: str, pending: Pending[SendResult]) -> None:
