@@ -132,6 +132,8 @@ class LiveSession:
             self._signal()
 
     def push(self, frame: OutFrame) -> None:
+        if self._closed is not None:
+            return  # nothing more is written to a closing session
         if len(self._queue) >= self._max_queue:
             # Nothing is lost: messages are re-read from the store on reconnect.
             self.close(CLOSE_TOO_SLOW, "too slow: the outbound queue is full; reconnect")

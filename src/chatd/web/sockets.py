@@ -50,6 +50,8 @@ _RECV_SIZE = 65_536
 #: The largest WebSocket message the server builds from several frames (a catch-up of
 #: big messages is split into several of these).
 MAX_MESSAGE_BYTES = 256 * 1024
+#: Bytes read from a peer after our close frame before it is hung up on.
+MAX_READ_AFTER_CLOSE = 256 * 1024
 #: Seconds between checks for connections whose token has expired.
 EXPIRY_CHECK_INTERVAL = 5.0
 
@@ -58,8 +60,8 @@ class Connection:
     """One WebSocket connection: its socket, its framing state and its `LiveSession`."""
 
     __slots__ = ("close_sent", "codec", "drain_scope", "drained", "failed", "finished",
-                 "inflight", "last_active", "live", "opcode", "reader", "room", "scope",
-                 "session", "sock", "sockets", "unsent")
+                 "inflight", "last_active", "live", "opcode", "read_after_close", "reader",
+                 "room", "scope", "session", "sock", "sockets", "unsent")
 
     def __init__(self, sockets: LiveSockets, sock: socket.socket, codec: Codec,
                  session: Session, max_message: int) -> None:
@@ -76,6 +78,7 @@ class Connection:
         self.drain_scope: trio.CancelScope | None = None
         self.drained: trio.Event | None = None  # the reader waits on it (back-pressure)
         self.close_sent = False
+        self.read_after_close = 0
         self.finished = False
         self.failed = False  # an unexpected error was logged for this connection
         self.inflight = 0
@@ -358,6 +361,12 @@ class LiveSockets:
         while True:
             if data:
                 conn.last_active = trio.current_time()
+                if conn.close_sent:
+                    # Our close is out; only the peer's close matters now. A peer that
+                    # keeps streaming instead gets a bounded amount of reading.
+                    conn.read_after_close += len(data)
+                    if conn.read_after_close > MAX_READ_AFTER_CLOSE:
+                        return
                 try:
                     messages = conn.reader.feed(data)
                 except ws.ProtocolError as exc:
