@@ -5,9 +5,10 @@ from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 from chatd.domain.models import User
-from chatd.errors import BadRequest, ChatdError, StorageFailure, Unavailable
+from chatd.errors import BadRequest, ChatdError, StorageFailure, Unavailable, UnstorableValue
 from chatd.storage import Batch, GroupCommitter, Store
 
 
@@ -73,21 +74,51 @@ async def test_a_refused_command_does_not_affect_its_batch(store: Store) -> None
     assert store.get_user(666) is None
 
 
-async def test_a_bug_in_a_command_refuses_its_batch_and_resets_state(store: Store) -> None:
+async def test_one_failing_command_is_refused_alone_and_the_rest_of_its_batch_lands(
+        store: Store) -> None:
+    """A bug in one command, or a value that cannot be encoded, refused the whole shared
+    batch (other users' sends failed with it). Now that command alone is refused; the
+    ones before it land in its batch, the ones after it in the next, after in-memory
+    state was reloaded from disk."""
     committer = GroupCommitter(store)
-    resets: list[bool] = []
-    committer.on_reload_needed(lambda: resets.append(True))
+    resets: list[int] = []
+    committer.on_reload_needed(lambda: resets.append(committer.statistics().batches_written))
+    half_done: list[int] = []
 
     def buggy(batch: Batch) -> None:
+        batch.put_user(User(666, "bad", "B", b"", 0))
+        half_done.append(1)  # in-memory state changed before the failure
         raise KeyError("oops")
 
+    def unstorable(batch: Batch) -> None:
+        batch.put_user(User(667, "bad", "B", b"", 0))
+        batch.put_user(User(668, "surrogate", "\ud800", b"", 0))
+
+    outcomes: dict[str, object] = {}
+
+    async def run(name: str, apply: object) -> None:
+        try:
+            outcomes[name] = await committer.submit(apply)  # type: ignore[arg-type]
+        except ChatdError as exc:
+            outcomes[name] = exc
+
     async with trio.open_nursery() as nursery:
-        await nursery.start(committer.run)
-        with pytest.raises(ChatdError, match="internal error"):
-            await committer.submit(buggy)
-        assert await committer.submit(put_user(3)) == 3  # type: ignore[arg-type]
+        # Queued before the committer runs, so that all of them meet in one batch.
+        async with trio.open_nursery() as producers:
+            for name, apply in (("a", put_user(1)), ("bug", buggy), ("b", put_user(2)),
+                                ("unstorable", unstorable), ("c", put_user(3))):
+                producers.start_soon(run, name, apply)
+                await trio.testing.wait_all_tasks_blocked()
+            await nursery.start(committer.run)
         committer.close()
-    assert resets == [True]
+    assert (outcomes["a"], outcomes["b"], outcomes["c"]) == (1, 2, 3)
+    bug, bad_value = outcomes["bug"], outcomes["unstorable"]
+    assert isinstance(bug, ChatdError) and bug.status == 500
+    assert isinstance(bad_value, UnstorableValue) and bad_value.status == 400
+    assert all(store.get_user(user_id) is not None for user_id in (1, 2, 3))
+    assert all(store.get_user(user_id) is None for user_id in (666, 667, 668))
+    # State was reloaded after each failure, once what came before it had landed.
+    assert resets == [1, 2]
 
 
 class FailingStore(Store):
