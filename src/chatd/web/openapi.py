@@ -102,7 +102,7 @@ def _paths() -> dict[str, Any]:
                 password={"type": "string", "minLength": 8},
                 display_name={"type": "string", "maxLength": 64}))},
         "/login": {"post": _op(
-            "Log in; each login is a new device", public=True, errors=(401, 429),
+            "Log in; each login is a new device", public=True, errors=(401, 409, 429),
             body=_object(["handle", "password"], handle={"type": "string"},
                          password={"type": "string"}, device_name={"type": "string"}),
             response=_object(["token", "user_id", "device_id", "expires_at"],
@@ -133,10 +133,10 @@ def _paths() -> dict[str, Any]:
             "Open (or get) the 1:1 conversation with a user; 201 when created",
             response=conversation, errors=(404,), body=_object(["user_id"], user_id=_ID))},
         "/conversations/{conversation_id}": {"get": _op(
-            "One conversation", response=conversation, errors=(400, 403, 404),
+            "One conversation", response=conversation, errors=(400, 404),
             parameters=_CONV)},
         "/conversations/{conversation_id}/read": {"post": _op(
-            "Move your read watermark", response=_ref("Receipts"), errors=(403, 404),
+            "Move your read watermark", response=_ref("Receipts"), errors=(404,),
             parameters=_CONV, body=_object(["seq"], seq={"type": "integer"}))},
         "/groups/create": {"post": _op(
             "Create a group; you are its admin", ok=201, response=conversation,
@@ -155,10 +155,10 @@ def _paths() -> dict[str, Any]:
             "Promote members to admin (admins)", response=conversation, errors=_GROUP_ERRORS,
             parameters=_CONV, body=_ref("UserIds"))},
         "/groups/{conversation_id}/leave": {"post": _op(
-            "Leave a group", ok=204, errors=(400, 403, 404), parameters=_CONV)},
+            "Leave a group", ok=204, errors=(400, 404), parameters=_CONV)},
         "/messages/send": {"post": _op(
             "Append a message; answered once durable. Idempotent per client_msg_id.",
-            ok=201, response=_ref("SendResult"), errors=(403, 404, 413),
+            ok=201, response=_ref("SendResult"), errors=(404, 413),
             body=_object(["conversation_id", "client_msg_id", "content_type", "body"],
                          conversation_id=_ID, client_msg_id={"type": "string", "maxLength": 64},
                          content_type={"type": "string"},
@@ -166,7 +166,7 @@ def _paths() -> dict[str, Any]:
                                "description": "text for text/*, base64 otherwise"}))},
         "/messages/{conversation_id}/{seq}/status": {"get": _op(
             "Delivered and read, per member, for one message (from the watermarks)",
-            errors=(400, 403, 404),
+            errors=(400, 404),
             parameters=[*_CONV, {"name": "seq", "in": "path", "required": True,
                                  "schema": {"type": "integer"}}],
             response=_object(["conversation_id", "seq", "members"], conversation_id=_ID,
@@ -174,7 +174,7 @@ def _paths() -> dict[str, Any]:
                                  ["user_id", "delivered", "read"], user_id=_ID,
                                  delivered={"type": "boolean"}, read={"type": "boolean"})}))},
         "/messages/{conversation_id}": {"get": _op(
-            "A page of history in ascending seq order", errors=(400, 403, 404),
+            "A page of history in ascending seq order", errors=(400, 404),
             parameters=[*_CONV,
                         _query("after", {"type": "integer"}, "oldest page after this seq"),
                         _query("before", {"type": "integer"}, "newest page before this seq"),
