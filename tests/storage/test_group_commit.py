@@ -9,7 +9,7 @@ import trio.testing
 
 from chatd.domain.models import User
 from chatd.errors import BadRequest, ChatdError, StorageFailure, Unavailable, UnstorableValue
-from chatd.storage import Batch, GroupCommitter, Store
+from chatd.storage import Batch, GroupCommitter, Store, records
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def store(tmp_path: Path) -> Iterator[Store]:
 
 def put_user(user_id: int) -> object:
     def apply(batch: Batch) -> int:
-        batch.put_user(User(user_id, f"u{user_id}", "U", b"", 0))
+        batch.put(records.USERS, user_id, User(user_id, f"u{user_id}", "U", b"", 0))
         return user_id
     return apply
 
@@ -43,14 +43,14 @@ async def test_concurrent_commands_share_batches(store: Store) -> None:
     assert sorted(results) == list(range(1, 201))
     assert stats.commands_committed == 200
     assert stats.batches_written < 20 and stats.mean_batch > 10
-    assert all(store.get_user(user_id) is not None for user_id in range(1, 201))
+    assert all(store.get(records.USERS, user_id) is not None for user_id in range(1, 201))
 
 
 async def test_a_refused_command_does_not_affect_its_batch(store: Store) -> None:
     committer = GroupCommitter(store)
 
     def refuse(batch: Batch) -> None:
-        batch.put_user(User(666, "bad", "B", b"", 0))
+        batch.put(records.USERS, 666, User(666, "bad", "B", b"", 0))
         raise BadRequest("no")
 
     outcomes: dict[str, object] = {}
@@ -71,7 +71,7 @@ async def test_a_refused_command_does_not_affect_its_batch(store: Store) -> None
     assert outcomes["a"] == 1 and outcomes["b"] == 2
     assert isinstance(outcomes["bad"], BadRequest)
     # What the refused command had written before it failed was taken back out.
-    assert store.get_user(666) is None
+    assert store.get(records.USERS, 666) is None
 
 
 async def test_one_failing_command_is_refused_alone_and_the_rest_of_its_batch_lands(
@@ -86,13 +86,13 @@ async def test_one_failing_command_is_refused_alone_and_the_rest_of_its_batch_la
     half_done: list[int] = []
 
     def buggy(batch: Batch) -> None:
-        batch.put_user(User(666, "bad", "B", b"", 0))
+        batch.put(records.USERS, 666, User(666, "bad", "B", b"", 0))
         half_done.append(1)  # in-memory state changed before the failure
         raise KeyError("oops")
 
     def unstorable(batch: Batch) -> None:
-        batch.put_user(User(667, "bad", "B", b"", 0))
-        batch.put_user(User(668, "surrogate", "\ud800", b"", 0))
+        batch.put(records.USERS, 667, User(667, "bad", "B", b"", 0))
+        batch.put(records.USERS, 668, User(668, "surrogate", "\ud800", b"", 0))
 
     outcomes: dict[str, object] = {}
 
@@ -115,8 +115,8 @@ async def test_one_failing_command_is_refused_alone_and_the_rest_of_its_batch_la
     bug, bad_value = outcomes["bug"], outcomes["unstorable"]
     assert isinstance(bug, ChatdError) and bug.status == 500
     assert isinstance(bad_value, UnstorableValue) and bad_value.status == 400
-    assert all(store.get_user(user_id) is not None for user_id in (1, 2, 3))
-    assert all(store.get_user(user_id) is None for user_id in (666, 667, 668))
+    assert all(store.get(records.USERS, user_id) is not None for user_id in (1, 2, 3))
+    assert all(store.get(records.USERS, user_id) is None for user_id in (666, 667, 668))
     # State was reloaded after each failure, once what came before it had landed.
     assert resets == [1, 2]
 
@@ -148,7 +148,7 @@ async def test_a_failed_write_acknowledges_nobody_and_resets_state(tmp_path: Pat
             assert await committer.submit(put_user(2)) == 2  # type: ignore[arg-type]
             committer.close()
         assert resets == [True]
-        assert store.get_user(1) is None and store.get_user(2) is not None
+        assert store.get(records.USERS, 1) is None and store.get(records.USERS, 2) is not None
         assert committer.statistics().failed_writes == 1
     finally:
         store.close()

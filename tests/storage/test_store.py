@@ -2,113 +2,129 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from chatd.domain.models import Conversation, Device, Member, Message, TokenRecord, User, Watermark
-from chatd.storage import Store
+import pytest
+
+from chatd.domain.models import (
+    Conversation,
+    Device,
+    Member,
+    Message,
+    SendResult,
+    TokenRecord,
+    User,
+    Watermark,
+)
+from chatd.errors import UnstorableValue
+from chatd.storage import Batch, Store, records
+from chatd.storage.records import pair, u64
 
 
-def message(conv: int, seq: int, body: str | bytes = "hi", client_msg_id: str = "") -> Message:
-    return Message(seq * 1000, conv, seq, 7, 8, client_msg_id or f"c{seq}", "text/plain", body,
-                   seq * 10)
+def message(conv: int, seq: int, body: str | bytes = "hi") -> Message:
+    return Message(seq * 1000, conv, seq, 7, 8, f"c{seq}", "text/plain", body, seq * 10)
 
 
-def test_records_round_trip_and_survive_reopen(tmp_path: Path) -> None:
+def test_every_family_round_trips_and_survives_reopen(tmp_path: Path) -> None:
+    rows: list[tuple[records.Family, object, object]] = [  # type: ignore[type-arg]
+        (records.USERS, 1, User(1, "alice", "Alice", b"hash", 100, "hi", True)),
+        (records.HANDLES, "alice", 1),
+        (records.DEVICES, (1, 2), Device(1, 2, "phone", 101, b"t" * 32)),
+        (records.TOKENS, b"t" * 32, TokenRecord(1, 2, 999)),
+        (records.CONVERSATIONS, 5, Conversation(5, "group", "G", 1, 50)),
+        (records.MEMBERS, (5, 1), Member("admin", 1)),
+        (records.USER_CONVERSATIONS, (1, 5), None),
+        (records.MESSAGES, (5, 1), message(5, 1, b"\x00\xff")),
+        (records.DEDUP, (5, 7, "c1"), SendResult(1000, 5, 1, 10)),
+        (records.WATERMARKS, (5, 1), Watermark(2, 1)),
+        (records.CURSORS, (2, 5), 1),
+        (records.LAST_SEEN, 1, 12345),
+    ]
+    assert {family.name for family, _, _ in rows} == {f.name for f in records.FAMILIES}
     store = Store.open(str(tmp_path))
-    batch = store.batch()
-    batch.put_user(User(1, "alice", "Alice", b"hash", 100, "hi"))
-    batch.put_handle("alice", 1)
-    batch.put_device(Device(1, 2, "phone", 101, b"t" * 32))
-    batch.put_token(b"t" * 32, TokenRecord(1, 2, 999))
-    conv = Conversation(5, "group", "G", 1, 50)
-    batch.put_conversation(conv)
-    batch.put_member(5, 3, Member("member", 2))
-    batch.put_member(5, 1, Member("admin", 1))
-    batch.put_watermark(5, 1, Watermark(2, 1))
-    batch.put_message(message(5, 1, b"\x00\xff"))
-    batch.put_message(message(5, 2, client_msg_id="dup"))
+    batch = Batch()
+    for family, key, value in rows:
+        batch.put(family, key, value)
     store.write(batch)
     store.close()
 
     store = Store.open(str(tmp_path))
     try:
-        assert store.get_user(1) == User(1, "alice", "Alice", b"hash", 100, "hi")
-        assert store.user_id_for_handle("alice") == 1
-        assert store.list_devices(1) == [Device(1, 2, "phone", 101, b"t" * 32)]
-        assert store.get_token(b"t" * 32) == TokenRecord(1, 2, 999)
-        loaded = store.load_conversation(5)
-        assert loaded is not None
-        assert (loaded.head_seq, loaded.last_ts) == (2, 20)
-        # Members come back in join order, not id order.
-        assert list(loaded.members.items()) == [(1, Member("admin", 1)), (3, Member("member", 2))]
-        assert loaded.watermarks == {1: Watermark(2, 1)}
-        assert store.conversations_of(3) == [5]
-        sent = store.get_sent(5, 7, "dup")
-        assert sent is not None and sent.seq == 2
-        assert store.read_messages(5, after=0, before=3, limit=10, newest_first=False)[0].body \
-            == b"\x00\xff"
+        for family, key, value in rows:
+            assert store.get(family, key) == value, family.name
+            assert store.scan(family, b"") == [(key, value)], family.name
+        batch = Batch()
+        batch.delete(records.USERS, 1)
+        store.write(batch)
+        assert store.get(records.USERS, 1) is None
     finally:
         store.close()
 
 
-def test_message_ranges_stay_inside_their_conversation(tmp_path: Path) -> None:
+def test_scans_and_ranges_come_in_key_order_within_bounds(tmp_path: Path) -> None:
     store = Store.open(str(tmp_path), sync=False)
     try:
-        batch = store.batch()
-        for conv in (4, 5, 6):
-            batch.put_conversation(Conversation(conv, "direct", "", 1, 0))
-            for seq in range(1, 6):
-                batch.put_message(message(conv, seq))
+        batch = Batch()
+        for conv in (6, 4, 5):
+            for seq in (3, 1, 2, 300, 256):
+                batch.put(records.MESSAGES, (conv, seq), message(conv, seq))
         store.write(batch)
+        in_five = [key for key, _ in store.scan(records.MESSAGES, u64(5))]
+        assert in_five == [(5, 1), (5, 2), (5, 3), (5, 256), (5, 300)]
+        assert [k for k, _ in store.scan(records.MESSAGES, u64(5), after=pair(5, 2),
+                                         limit=2)] == [(5, 3), (5, 256)]
 
-        def seqs(**kwargs: int | bool | None) -> list[int]:
-            return [m.seq for m in store.read_messages(5, **kwargs)]  # type: ignore[arg-type]
+        def seqs(start: int, stop: int, limit: int, newest_first: bool) -> list[int]:
+            return [key[1] for key, _ in store.range(
+                records.MESSAGES, pair(5, start), pair(5, stop), limit=limit,
+                newest_first=newest_first)]
 
-        assert seqs(after=0, before=None, limit=10, newest_first=False) == [1, 2, 3, 4, 5]
-        assert seqs(after=0, before=None, limit=2, newest_first=True) == [4, 5]
-        assert seqs(after=1, before=4, limit=10, newest_first=True) == [2, 3]
-        assert seqs(after=0, before=1, limit=10, newest_first=True) == []
-        assert seqs(after=5, before=None, limit=10, newest_first=False) == []
-        empty = store.load_conversation(4)
-        assert empty is not None and empty.head_seq == 5
-        assert store.load_conversation(99) is None
+        assert seqs(0, 1000, 10, False) == [1, 2, 3, 256, 300]
+        assert seqs(0, 1000, 2, True) == [256, 300]
+        assert seqs(2, 300, 10, True) == [2, 3, 256]  # the stop key itself is excluded
+        assert seqs(4, 256, 10, False) == []
+        assert seqs(301, 1000, 10, True) == []
     finally:
         store.close()
 
 
-def test_deleting_a_member_drops_their_index_and_watermark(tmp_path: Path) -> None:
+def test_a_record_written_before_a_field_existed_reads_with_its_default(
+        tmp_path: Path) -> None:
     store = Store.open(str(tmp_path), sync=False)
     try:
-        batch = store.batch()
-        batch.put_conversation(Conversation(5, "group", "G", 1, 0))
-        batch.put_member(5, 1, Member("admin", 1))
-        batch.put_watermark(5, 1, Watermark(1, 1))
-        store.write(batch)
-        batch = store.batch()
-        batch.delete_member(5, 1)
-        store.write(batch)
-        loaded = store.load_conversation(5)
-        assert loaded is not None and loaded.members == {} and loaded.watermarks == {}
-        assert store.conversations_of(1) == []
+        # A users row as written before `hide_last_seen` was added (five fields).
+        old = records.pack(["bob", "Bob", b"h", 1, "status"])
+        assert records.USERS.unpack(9, old) == User(9, "bob", "Bob", b"h", 1, "status", False)
     finally:
         store.close()
+
+
+def test_a_value_that_cannot_be_packed_is_refused_and_the_packer_stays_usable() -> None:
+    batch = Batch()
+    with pytest.raises(UnstorableValue):
+        batch.put(records.USERS, 1, User(1, "x", "\ud800", b"", 0))
+    with pytest.raises(UnstorableValue):
+        batch.put(records.CURSORS, (1, 2), 2**64)
+    batch.put(records.USERS, 2, User(2, "y", "Y", b"", 0))
+    assert len(batch.operations) == 1
+    assert records.USERS.unpack(2, batch.operations[0][2] or b"") == User(2, "y", "Y", b"", 0)
 
 
 def test_per_batch_bookkeeping_is_rolled_back_with_its_command(tmp_path: Path) -> None:
     store = Store.open(str(tmp_path), sync=False)
     try:
-        batch = store.batch()
+        batch = Batch()
         assert batch.first_time("a")
         assert not batch.first_time("a")
         mark = batch.mark()
         assert batch.first_time("b")
-        batch.before_write.append(lambda: batch.put_handle("refused", 1))
-        batch.put_handle("also-refused", 2)
+        batch.before_write.append(lambda: batch.put(records.HANDLES, "refused", 1))
+        batch.put(records.HANDLES, "also-refused", 2)
         batch.rollback_to(mark)
         assert batch.first_time("b")  # forgotten with the refused command
         assert not batch.first_time("a")
-        batch.before_write.append(lambda: batch.put_handle("kept", 3))
+        batch.before_write.append(lambda: batch.put(records.HANDLES, "kept", 3))
         store.write(batch)
-        assert store.user_id_for_handle("kept") == 3
-        assert store.user_id_for_handle("refused") is None
-        assert store.user_id_for_handle("also-refused") is None
+        assert store.get(records.HANDLES, "kept") == 3
+        assert store.get(records.HANDLES, "refused") is None
+        assert store.get(records.HANDLES, "also-refused") is None
     finally:
         store.close()

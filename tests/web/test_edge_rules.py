@@ -11,6 +11,7 @@ import httpx
 import pytest
 import trio
 
+from chatd.storage import records
 from tests.conftest import ServerFactory
 from tests.helpers import PASSWORD, Account, assert_error, fresh_handle, login, new_account
 
@@ -33,8 +34,8 @@ async def test_a_lone_surrogate_is_a_400_and_poisons_no_one_elses_batch(
         ("PATCH", "/me", '{"display_name":' + LONE_SURROGATE + "}"),
         ("PATCH", "/me", '{"status":"ok \\udfff"}'),
         ("POST", "/groups/create", '{"name":' + LONE_SURROGATE + ',"members":[]}'),
-        ("POST", "/messages/send", '{"conversation_id":"%s","client_msg_id":"x",'
-                                   '"content_type":"text/plain","body":"\\ud83d"}' % conv),
+        ("POST", "/messages/send", '{"conversation_id":"' + conv + '","client_msg_id":"x",'
+                                   '"content_type":"text/plain","body":"\\ud83d"}'),
     ]
     results: list[httpx.Response] = []
     sends: list[httpx.Response] = []
@@ -55,8 +56,8 @@ async def test_a_lone_surrogate_is_a_400_and_poisons_no_one_elses_batch(
         assert_error(response, 400, "invalid_text")
     assert [r.status_code for r in sends] == [201] * 10
     register = await http.post("/register", content=(
-        '{"handle":"%s","password":"%s","display_name":"\\udc00"}'
-        % (fresh_handle(), PASSWORD)).encode())
+        '{"handle":"' + fresh_handle() + '","password":"' + PASSWORD +
+        '","display_name":"\\udc00"}').encode())
     assert_error(register, 400, "invalid_text")
 
 
@@ -179,5 +180,5 @@ async def test_expired_devices_are_pruned(start_server: ServerFactory) -> None:
         await trio.sleep(1.1)
         # The sweep deletes expired devices of users who never come back.
         assert await server.services.accounts.prune_expired() == 1
-        assert server.services.store.list_devices(int(old.user_id)) == []
-        assert server.services.store.tokens_page(b"", 10) == []
+        assert server.services.store.scan(records.DEVICES, records.u64(int(old.user_id))) == []
+        assert server.services.store.scan(records.TOKENS, b"") == []

@@ -6,7 +6,9 @@ import httpx
 import pytest
 import trio
 
+from chatd.domain.models import Watermark
 from chatd.server import RunningServer
+from chatd.storage import records
 from tests.helpers import Account, assert_error, new_account
 
 
@@ -70,10 +72,10 @@ async def test_a_burst_stores_each_senders_final_watermark(
     async with trio.open_nursery() as nursery:
         for n in range(40):
             nursery.start_soon(alice.send, conversation_id, f"burst {n}")
-    stored = server.services.store.load_conversation(int(conversation_id))
-    assert stored is not None and stored.head_seq == 40
-    assert stored.watermark(int(alice.user_id)).read_seq == 40
-    assert stored.watermark(int(bob.user_id)).read_seq == 0
+    store, conv = server.services.store, int(conversation_id)
+    assert server.services.log.head(conv)[0] == 40
+    assert store.get(records.WATERMARKS, (conv, int(alice.user_id))) == Watermark(40, 40)
+    assert store.get(records.WATERMARKS, (conv, int(bob.user_id))) is None
 
 
 async def test_concurrent_resends_write_one_message(http: httpx.AsyncClient) -> None:

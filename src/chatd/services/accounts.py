@@ -28,7 +28,7 @@ from chatd.errors import BadRequest, ChatdError, Conflict, NotFound, RateLimited
 from chatd.services.clock import Clock
 from chatd.services.passwords import PasswordHasher
 from chatd.services.routing import Router
-from chatd.storage import Batch, GroupCommitter, Store
+from chatd.storage import Batch, GroupCommitter, Store, records
 
 log = logging.getLogger(__name__)
 
@@ -92,20 +92,20 @@ class AccountService:
         display_name = rules.clean_text(display_name, "display_name",
                                         max_length=rules.MAX_DISPLAY_NAME)
         self._check_attempt(client)
-        if handle in self._registering or self._store.user_id_for_handle(handle) is not None:
+        if handle in self._registering or self._store.get(records.HANDLES, handle) is not None:
             raise Conflict("that handle is already taken", code="handle_taken")
         self._registering.add(handle)
         try:
             password_hash = await self._hasher.hash(password)
 
             def apply(batch: Batch) -> User:
-                if self._store.user_id_for_handle(handle) is not None:
+                if self._store.get(records.HANDLES, handle) is not None:
                     raise Conflict("that handle is already taken", code="handle_taken")
                 user = User(self._ids.next_id(), handle, display_name, password_hash,
                             self._clock.now_ms())
                 self._router.require_local_user(user.user_id)
-                batch.put_user(user)
-                batch.put_handle(handle, user.user_id)
+                batch.put(records.USERS, user.user_id, user)
+                batch.put(records.HANDLES, handle, user.user_id)
                 return user
 
             return await self._committer.submit(apply)
@@ -121,7 +121,7 @@ class AccountService:
             normalized: str | None = rules.normalize_handle(handle)
         except BadRequest:
             normalized = None
-        user_id = self._store.user_id_for_handle(normalized) if normalized else None
+        user_id = self._store.get(records.HANDLES, normalized) if normalized else None
         user = self._user(user_id) if user_id is not None else None
         verified = await self._hasher.verify(user.password_hash if user else None, password)
         if user is None or not verified:
@@ -141,14 +141,27 @@ class AccountService:
                 raise Conflict(f"this account already has {held} devices, the most it may "
                                "have; log one out first (DELETE /devices/{device_id})",
                                code="too_many_devices")
-            batch.put_device(device)
-            batch.put_token(token_hash, TokenRecord(user.user_id, device.device_id, expires_at))
+            batch.put(records.DEVICES, (user.user_id, device.device_id), device)
+            batch.put(records.TOKENS, token_hash,
+                      TokenRecord(user.user_id, device.device_id, expires_at))
             # Counted until it lands, so logins in one batch cannot pass the cap together.
             self._unlanded_logins[user.user_id] = self._unlanded_logins.get(user.user_id, 0) + 1
             batch.after_commit.append(partial(self._login_landed, user.user_id))
 
         await self._committer.submit(apply)
         return LoginResult(token, user, device, expires_at)
+
+    def _devices_of(self, user_id: int) -> list[Device]:
+        return [device for _, device in self._store.scan(records.DEVICES,
+                                                          records.u64(user_id))]
+
+    def _delete_device(self, batch: Batch, device: Device) -> None:
+        """The device, its token and its delivery cursors."""
+        batch.delete(records.DEVICES, (device.user_id, device.device_id))
+        batch.delete(records.TOKENS, device.token_hash)
+        for (_, conversation_id), _seq in self._store.scan(records.CURSORS,
+                                                           records.u64(device.device_id)):
+            batch.delete(records.CURSORS, (device.device_id, conversation_id))
 
     def _login_landed(self, user_id: int) -> None:
         count = self._unlanded_logins.pop(user_id, 1) - 1
@@ -159,10 +172,10 @@ class AccountService:
         """Delete the user's devices whose token has expired (or is gone); returns how
         many devices remain."""
         remaining = 0
-        for device in self._store.list_devices(user_id):
-            record = self._store.get_token(device.token_hash)
+        for device in self._devices_of(user_id):
+            record = self._store.get(records.TOKENS, device.token_hash)
             if record is None or record.expires_at <= now:
-                batch.delete_device(device)
+                self._delete_device(batch, device)
             else:
                 remaining += 1
         return remaining
@@ -172,7 +185,8 @@ class AccountService:
         loop serves others between pages); returns how many were deleted."""
         deleted = 0
         after = b""
-        while page := self._store.tokens_page(after, page_size):
+        while page := self._store.scan(records.TOKENS, b"", after=after or None,
+                                       limit=page_size):
             after = page[-1][0]
             now = self._clock.now_ms()
             expired = [record for _, record in page if record.expires_at <= now]
@@ -185,9 +199,9 @@ class AccountService:
     def _delete_expired(self, expired: list[TokenRecord], batch: Batch) -> int:
         deleted = 0
         for record in expired:
-            device = self._store.get_device(record.user_id, record.device_id)
+            device = self._store.get(records.DEVICES, (record.user_id, record.device_id))
             if device is not None:
-                batch.delete_device(device)
+                self._delete_device(batch, device)
                 deleted += 1
         return deleted
 
@@ -205,7 +219,7 @@ class AccountService:
 
     def authenticate(self, token: str) -> Session:
         token_hash = hash_token(token)
-        record = self._store.get_token(token_hash)
+        record = self._store.get(records.TOKENS, token_hash)
         if record is None:
             raise Unauthorized("the token is not valid (revoked, or never issued); log in again",
                                code="invalid_token")
@@ -216,15 +230,15 @@ class AccountService:
     # -- devices --------------------------------------------------------------------------
 
     def list_devices(self, session: Session) -> list[Device]:
-        return self._store.list_devices(session.user_id)
+        return self._devices_of(session.user_id)
 
     async def revoke_device(self, session: Session, device_id: int) -> None:
-        device = self._store.get_device(session.user_id, device_id)
+        device = self._store.get(records.DEVICES, (session.user_id, device_id))
         if device is None:
             raise NotFound("you have no device with that id", code="unknown_device")
 
         def apply(batch: Batch) -> None:
-            batch.delete_device(device)
+            self._delete_device(batch, device)
             for listener in self._revocation_listeners:
                 batch.after_commit.append(partial(listener, device.user_id, device.device_id))
 
@@ -236,7 +250,7 @@ class AccountService:
     # -- profiles -------------------------------------------------------------------------
 
     def _user(self, user_id: int) -> User | None:
-        return self._pending_users.get(user_id) or self._store.get_user(user_id)
+        return self._pending_users.get(user_id) or self._store.get(records.USERS, user_id)
 
     def get_user(self, user_id: int) -> User:
         self._router.require_local_user(user_id)
@@ -246,7 +260,7 @@ class AccountService:
         return user
 
     def find_by_handle(self, handle: str) -> User:
-        user_id = self._store.user_id_for_handle(rules.normalize_handle(handle))
+        user_id = self._store.get(records.HANDLES, rules.normalize_handle(handle))
         if user_id is None:
             raise NotFound("no user has that handle", code="unknown_user")
         return self.get_user(user_id)
@@ -271,7 +285,7 @@ class AccountService:
                 display_name=user.display_name if display_name is None else display_name,
                 status_text=user.status_text if status_text is None else status_text,
                 hide_last_seen=user.hide_last_seen if hide_last_seen is None else hide_last_seen)
-            batch.put_user(updated)
+            batch.put(records.USERS, updated.user_id, updated)
             self._pending_users[updated.user_id] = updated
             batch.after_commit.append(lambda: self._settle(updated))
             for listener in self._profile_listeners:
@@ -288,7 +302,7 @@ class AccountService:
         """Remember when the user's last socket closed (best effort, not awaited)."""
         # Shutting down or overloaded: presence is ephemeral, losing it is fine.
         with contextlib.suppress(ChatdError):
-            self._committer.enqueue(lambda batch: batch.put_last_seen(user_id, ts))
+            self._committer.enqueue(lambda batch: batch.put(records.LAST_SEEN, user_id, ts))
 
     def on_profile_change(self, listener: Callable[[User], None]) -> None:
         """Call `listener` with the new profile once a profile change is durable."""

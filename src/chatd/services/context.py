@@ -15,6 +15,7 @@ from chatd.services.accounts import AccountService
 from chatd.services.clock import Clock, SystemClock
 from chatd.services.conversations import ConversationService
 from chatd.services.live import Hub
+from chatd.services.log import ConversationLog
 from chatd.services.messaging import MessagingService
 from chatd.services.owner import ConversationOwner
 from chatd.services.passwords import PasswordHasher
@@ -29,6 +30,7 @@ class Services:
     committer: GroupCommitter
     router: Router
     owner: ConversationOwner
+    log: ConversationLog
     accounts: AccountService
     conversations: ConversationService
     messaging: MessagingService
@@ -40,7 +42,8 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None) 
     clock = clock or SystemClock()
     router = Router(HashRing(config.cluster.shards, config.cluster.vnodes), config.cluster.shard)
     ids = SnowflakeGenerator(config.cluster.shard_number, clock.now_ms)
-    owner = ConversationOwner(store=store, router=router, ids=ids, clock=clock,
+    log = ConversationLog(store)
+    owner = ConversationOwner(store=store, log=log, router=router, ids=ids, clock=clock,
                               cache_size=config.storage.conversation_cache)
     hasher = PasswordHasher(opslimit=config.auth.argon2_opslimit,
                             memlimit_bytes=config.auth.argon2_memlimit_kib * 1024,
@@ -52,11 +55,11 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None) 
     committer.on_reload_needed(accounts.forget_pending)
     conversations = ConversationService(owner=owner, committer=committer, accounts=accounts,
                                         ids=ids, clock=clock, limits=config.limits)
-    hub = Hub(store=store, owner=owner, clock=clock)
+    hub = Hub(owner=owner, clock=clock)
     owner.on_message(hub.publish_message)
     accounts.on_profile_change(hub.publish_profile)
     accounts.on_device_revoked(hub.close_device)
-    messaging = MessagingService(store=store, owner=owner, committer=committer, hub=hub,
+    messaging = MessagingService(store=store, log=log, owner=owner, committer=committer, hub=hub,
                                  limits=config.limits)
-    return Services(config, store, committer, router, owner, accounts, conversations,
+    return Services(config, store, committer, router, owner, log, accounts, conversations,
                     messaging, hub, clock)

@@ -17,7 +17,7 @@ from chatd.errors import Conflict
 from chatd.services.accounts import AccountService
 from chatd.services.clock import Clock
 from chatd.services.owner import ConversationOwner
-from chatd.storage import Batch, GroupCommitter
+from chatd.storage import Batch, GroupCommitter, records
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,7 +43,8 @@ class ConversationService:
 
     def _add_member(self, batch: Batch, conv: Conversation, user_id: int, member: Member) -> None:
         conv.members[user_id] = member
-        batch.put_member(conv.conversation_id, user_id, member)
+        batch.put(records.MEMBERS, (conv.conversation_id, user_id), member)
+        batch.put(records.USER_CONVERSATIONS, (user_id, conv.conversation_id), None)
 
     async def open_direct(self, session: Session, peer_id: int) -> Created:
         """The one conversation between the caller and `peer_id` (the caller alone, for a
@@ -60,7 +61,7 @@ class ConversationService:
                 return Created(self._check_direct(conv, session), created=False)
             now = self._clock.now_ms()
             conv = Conversation(conversation_id, "direct", "", session.user_id, now, last_ts=now)
-            batch.put_conversation(conv)
+            batch.put(records.CONVERSATIONS, conv.conversation_id, conv)
             for user_id in dict.fromkeys((session.user_id, peer_id)):
                 self._add_member(batch, conv, user_id, Member("member", joined_seq=0))
             self._owner.remember(conv)
@@ -92,7 +93,7 @@ class ConversationService:
         def apply(batch: Batch) -> Conversation:
             now = self._clock.now_ms()
             conv = Conversation(conversation_id, "group", name, session.user_id, now, last_ts=now)
-            batch.put_conversation(conv)
+            batch.put(records.CONVERSATIONS, conv.conversation_id, conv)
             self._owner.remember(conv)
             self._owner.changing(batch, conv)
             # The creator joins at seq 1, the entry that creates the group.
@@ -144,7 +145,9 @@ class ConversationService:
     def _drop_member(self, batch: Batch, conv: Conversation, user_id: int) -> None:
         del conv.members[user_id]
         conv.watermarks.pop(user_id, None)
-        batch.delete_member(conv.conversation_id, user_id)
+        batch.delete(records.MEMBERS, (conv.conversation_id, user_id))
+        batch.delete(records.USER_CONVERSATIONS, (user_id, conv.conversation_id))
+        batch.delete(records.WATERMARKS, (conv.conversation_id, user_id))
 
     async def promote(self, session: Session, conversation_id: int,
                       user_ids: list[int]) -> Conversation:
@@ -184,7 +187,7 @@ class ConversationService:
             groups.plan_rename(conv, session.user_id)
             if name != conv.name:
                 conv.name = name
-                batch.put_conversation(conv)
+                batch.put(records.CONVERSATIONS, conv.conversation_id, conv)
                 self._owner.append_system(batch, conv, session.user_id, "renamed", name=name)
             return conv
 

@@ -26,8 +26,8 @@ from chatd.errors import BadRequest
 from chatd.protocol import frames
 from chatd.protocol.frames import OutFrame
 from chatd.services.clock import Clock
+from chatd.services.log import ConversationLog
 from chatd.services.owner import ConversationOwner
-from chatd.storage import Store
 
 
 class SessionClosed(Exception):
@@ -52,16 +52,30 @@ class LiveSession:
     until the next `take_frames`) when there is something to write or the session closed,
     and then takes the frames. Several sockets' frames are thus written in one pass."""
 
-    __slots__ = ("_behind", "_closed", "_fetch_batch", "_fetch_bytes", "_max_queue", "_next",
-                 "_owner", "_queue", "_ready", "_store", "acked", "device_id", "on_ready",
-                 "user_id")
+    __slots__ = (
+        "_behind",
+        "_closed",
+        "_fetch_batch",
+        "_fetch_bytes",
+        "_log",
+        "_max_queue",
+        "_next",
+        "_owner",
+        "_queue",
+        "_ready",
+        "acked",
+        "device_id",
+        "on_ready",
+        "user_id",
+    )
 
-    def __init__(self, *, user_id: int, device_id: int, store: Store, owner: ConversationOwner,
+    def __init__(self, *, user_id: int, device_id: int, log: ConversationLog,
+                 owner: ConversationOwner,
                  max_queue: int, on_ready: Callable[[LiveSession], None],
                  fetch_batch: int = 200, fetch_bytes: int = 256 * 1024) -> None:
         self.user_id = user_id
         self.device_id = device_id
-        self._store = store
+        self._log = log
         self._owner = owner
         self._max_queue = max_queue
         self._fetch_batch = fetch_batch
@@ -77,9 +91,10 @@ class LiveSession:
 
     # -- fed by the hub and the web layer (sync, never blocks) ----------------------------
 
-    def start(self, conversations: Iterable[Conversation]) -> None:
-        """Set the delivery position of each conversation from the device's cursors."""
-        self.acked = self._store.cursors(self.device_id)
+    def start(self, conversations: Iterable[Conversation], cursors: dict[int, int]) -> None:
+        """Set the delivery position of each conversation from the device's cursors
+        (conversation_id -> the seq it acknowledged)."""
+        self.acked = cursors
         for conv in conversations:
             floor = self._floor(conv)
             if floor is None:
@@ -185,7 +200,7 @@ class LiveSession:
         low, high = floor, conv.head_seq + 1
         while low < high:
             middle = (low + high) // 2
-            message = self._store.get_message(conv.conversation_id, middle)
+            message = self._log.entry(conv.conversation_id, middle)
             if message is not None and message.message_id > snowflake:
                 high = middle
             else:
@@ -207,9 +222,8 @@ class LiveSession:
             self._next.pop(conversation_id, None)
             return
         next_seq = self._next[conversation_id]
-        rows = self._store.read_messages(conversation_id, after=next_seq - 1,
-                                         before=None, limit=self._fetch_batch,
-                                         newest_first=False)
+        rows = self._log.read(conversation_id, after=next_seq - 1, before=None,
+                              limit=self._fetch_batch, newest_first=False)
         size = 0
         for taken, message in enumerate(rows):
             if taken and size >= self._fetch_bytes:
@@ -233,8 +247,7 @@ def _body_size(message: Message) -> int:
 class Hub:
     """This shard's connected sessions by user, and fan-out to them."""
 
-    def __init__(self, *, store: Store, owner: ConversationOwner, clock: Clock) -> None:
-        self._store = store
+    def __init__(self, *, owner: ConversationOwner, clock: Clock) -> None:
         self._owner = owner
         self._clock = clock
         self._sessions: dict[int, set[LiveSession]] = {}
@@ -296,7 +309,7 @@ class Hub:
     def contacts_of(self, user_id: int) -> set[int]:
         """Users who share a conversation with `user_id` (who may see their presence)."""
         contacts: set[int] = set()
-        for conversation_id in self._store.conversations_of(user_id):
+        for conversation_id in self._owner.conversation_ids_of(user_id):
             conv = self._owner.find(conversation_id)
             if conv is not None and conv.is_member(user_id):
                 contacts.update(conv.members)

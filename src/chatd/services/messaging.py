@@ -18,8 +18,9 @@ from chatd.domain.ratelimit import KeyedRateLimiter
 from chatd.errors import BadRequest, NotFound, PayloadTooLarge
 from chatd.protocol import frames
 from chatd.services.live import Hub
+from chatd.services.log import ConversationLog
 from chatd.services.owner import ConversationOwner
-from chatd.storage import Batch, GroupCommitter, Pending, Store
+from chatd.storage import Batch, GroupCommitter, Pending, Store, records
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +31,11 @@ class HistoryPage:
 
 
 class MessagingService:
-    def __init__(self, *, store: Store, owner: ConversationOwner, committer: GroupCommitter,
+    def __init__(self, *, store: Store, log: ConversationLog, owner: ConversationOwner,
+                 committer: GroupCommitter,
                  hub: Hub, limits: LimitsConfig) -> None:
         self._store = store
+        self._log = log
         self._owner = owner
         self._committer = committer
         self._hub = hub
@@ -101,8 +104,8 @@ class MessagingService:
         if before is not None and before <= floor + 1:
             return HistoryPage([], has_more=False)
         # One extra row tells whether there is more without a second scan.
-        rows = self._store.read_messages(conversation_id, after=floor, before=before,
-                                         limit=limit + 1, newest_first=newest_first)
+        rows = self._log.read(conversation_id, after=floor, before=before, limit=limit + 1,
+                              newest_first=newest_first)
         has_more = len(rows) > limit
         if has_more:
             rows = rows[1:] if newest_first else rows[:limit]
@@ -111,12 +114,18 @@ class MessagingService:
     def conversations_of(self, session: Session) -> list[Conversation]:
         """The caller's conversations, the most recently active first."""
         result = []
-        for conversation_id in self._store.conversations_of(session.user_id):
+        for conversation_id in self._owner.conversation_ids_of(session.user_id):
             conv = self._owner.find(conversation_id)
             if conv is not None and conv.is_member(session.user_id):
                 result.append(conv)
         result.sort(key=lambda conv: conv.last_ts, reverse=True)
         return result
+
+    def cursors_of(self, session: Session) -> dict[int, int]:
+        """conversation_id -> the seq the caller's device acknowledged (its catch-up
+        starts after it)."""
+        return {conversation_id: seq for (_, conversation_id), seq in
+                self._store.scan(records.CURSORS, records.u64(session.device_id))}
 
     async def mark_read(self, session: Session, conversation_id: int, seq: int) -> Watermark:
         return await self.start_mark_read(session, conversation_id, seq).wait()
@@ -154,7 +163,7 @@ class MessagingService:
                 mark = current.advanced(read=seq)
             else:
                 mark = current.advanced(delivered=seq)
-                batch.put_cursor(session.device_id, conversation_id, seq)
+                batch.put(records.CURSORS, (session.device_id, conversation_id), seq)
                 if acked is not None:
                     acked[conversation_id] = max(seq, acked.get(conversation_id, 0))
             if mark != current:

@@ -17,8 +17,9 @@ from chatd.domain.ids import SnowflakeGenerator
 from chatd.domain.models import Body, Conversation, Message, SendResult, Watermark
 from chatd.domain.rules import SYSTEM_CONTENT_TYPE
 from chatd.services.clock import Clock
+from chatd.services.log import ConversationLog
 from chatd.services.routing import Router
-from chatd.storage import Batch, Store
+from chatd.storage import Batch, Store, records
 
 #: Called with each message once it is durable, in log order, and the users to deliver it
 #: to: the members when it was appended, plus those a system entry removes.
@@ -26,9 +27,10 @@ MessageListener = Callable[[Message, tuple[int, ...]], None]
 
 
 class ConversationOwner:
-    def __init__(self, *, store: Store, router: Router, ids: SnowflakeGenerator, clock: Clock,
-                 cache_size: int) -> None:
+    def __init__(self, *, store: Store, log: ConversationLog, router: Router,
+                 ids: SnowflakeGenerator, clock: Clock, cache_size: int) -> None:
         self._store = store
+        self._log = log
         self._router = router
         self._ids = ids
         self._clock = clock
@@ -59,10 +61,32 @@ class ConversationOwner:
             self._cache.move_to_end(conversation_id)
             return conv
         unlanded = self._unlanded.get(conversation_id)
-        conv = unlanded[0] if unlanded else self._store.load_conversation(conversation_id)
+        conv = unlanded[0] if unlanded else self._load(conversation_id)
         if conv is not None:
             self.remember(conv)
         return conv
+
+    def _load(self, conversation_id: int) -> Conversation | None:
+        """The conversation from disk, with its members (in join order), their watermarks
+        and the head of its log."""
+        conv = self._store.get(records.CONVERSATIONS, conversation_id)
+        if conv is None:
+            return None
+        prefix = records.u64(conversation_id)
+        joined = sorted(((member.joined_seq, user_id, member) for (_, user_id), member
+                         in self._store.scan(records.MEMBERS, prefix)),
+                        key=lambda entry: entry[:2])
+        conv.members = {user_id: member for _, user_id, member in joined}
+        conv.watermarks = {user_id: mark for (_, user_id), mark
+                           in self._store.scan(records.WATERMARKS, prefix)}
+        conv.head_seq, last_ts = self._log.head(conversation_id)
+        conv.last_ts = last_ts or conv.created_at
+        return conv
+
+    def conversation_ids_of(self, user_id: int) -> list[int]:
+        """The conversations `user_id` is in (from the index the membership rows keep)."""
+        return [conversation_id for (_, conversation_id), _ in
+                self._store.scan(records.USER_CONVERSATIONS, records.u64(user_id))]
 
     def get(self, conversation_id: int) -> Conversation:
         conv = self.find(conversation_id)
@@ -79,7 +103,7 @@ class ConversationOwner:
     def previous_send(self, conversation_id: int, sender_id: int,
                       client_msg_id: str) -> SendResult | None:
         key = (conversation_id, sender_id, client_msg_id)
-        return self._in_flight.get(key) or self._store.get_sent(*key)
+        return self._in_flight.get(key) or self._store.get(records.DEDUP, key)
 
     # -- inside group-commit commands only ------------------------------------------------
 
@@ -107,15 +131,17 @@ class ConversationOwner:
         conv.head_seq += 1
         message = Message(self._ids.next_id(), conv.conversation_id, conv.head_seq, sender_id,
                           sender_device, client_msg_id, content_type, body, self._clock.now_ms())
-        batch.put_message(message)
+        batch.put(records.MESSAGES, (conv.conversation_id, message.seq), message)
         conv.last_ts = message.ts
         if conv.is_member(sender_id):
             self.set_watermark(batch, conv, sender_id,
                                conv.watermark(sender_id).advanced(read=message.seq))
         if client_msg_id:
             key = (conv.conversation_id, sender_id, client_msg_id)
-            self._in_flight[key] = SendResult(message.message_id, message.conversation_id,
-                                              message.seq, message.ts)
+            sent = SendResult(message.message_id, message.conversation_id, message.seq,
+                              message.ts)
+            batch.put(records.DEDUP, key, sent)
+            self._in_flight[key] = sent
             batch.after_commit.append(lambda: self._forget_in_flight(key))
         if self._listeners:
             recipients = tuple(conv.members)
@@ -153,4 +179,4 @@ class ConversationOwner:
     def _write_watermark(batch: Batch, conv: Conversation, user_id: int) -> None:
         mark = conv.watermarks.get(user_id)
         if mark is not None:  # None: the member left in this batch (and the row with them)
-            batch.put_watermark(conv.conversation_id, user_id, mark)
+            batch.put(records.WATERMARKS, (conv.conversation_id, user_id), mark)

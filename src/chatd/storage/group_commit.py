@@ -197,7 +197,7 @@ class GroupCommitter:
         self._work.set()
 
     def _commit_one_batch(self) -> None:
-        batch = self._store.batch()
+        batch = Batch()
         taken: list[Pending[Any]] = []
         # Set when a command failed in a way that may have left in-memory state half
         # changed (a bug, or a value that could not be encoded after state moved).

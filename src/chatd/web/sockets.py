@@ -337,13 +337,14 @@ class LiveSockets:
         services = self._services
         session = conn.session
         live = LiveSession(user_id=session.user_id, device_id=session.device_id,
-                           store=services.store, owner=services.owner,
+                           log=services.log, owner=services.owner,
                            max_queue=self._settings.max_queue, on_ready=conn.ready)
         conn.live = live
         hub = services.hub
         first = hub.attach(live)
         try:
-            live.start(services.messaging.conversations_of(session))
+            live.start(services.messaging.conversations_of(session),
+                       services.messaging.cursors_of(session))
             if first:
                 hub.announce_online(live, services.accounts.get_user(session.user_id))
             await self._read_loop(conn, rest)
