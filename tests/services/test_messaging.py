@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import pytest
+
+from chatd.domain.models import Watermark
+from chatd.errors import BadRequest, NotFound
+from tests.services.conftest import Shard
+
+
+async def test_sends_get_dense_seqs_dedup_and_survive_a_restart(shard: Shard) -> None:
+    alice, bob = await shard.user("alice"), await shard.user("bob")
+    services = shard.services
+    conv = (await services.conversations.open_direct(alice, bob.user_id)).conversation
+    first = await services.messaging.send(alice, conversation_id=conv.conversation_id,
+                                          client_msg_id="a1", content_type="text/plain",
+                                          body="one")
+    again = await services.messaging.send(alice, conversation_id=conv.conversation_id,
+                                          client_msg_id="a1", content_type="text/plain",
+                                          body="one, retried")
+    assert again == first and first.seq == 1
+    await services.messaging.send(bob, conversation_id=conv.conversation_id,
+                                  client_msg_id="b1", content_type="text/plain", body="two")
+
+    services = await shard.reopen()
+    page = services.messaging.history(bob, conv.conversation_id, after=None, before=None,
+                                      limit=10)
+    assert [(m.seq, m.body) for m in page.messages] == [(1, "one"), (2, "two")]
+    # The dedup row answers a retry after the restart too.
+    retried = await services.messaging.send(alice, conversation_id=conv.conversation_id,
+                                            client_msg_id="a1", content_type="text/plain",
+                                            body="one")
+    assert retried == first
+    reloaded = services.owner.get(conv.conversation_id)
+    assert reloaded.head_seq == 2
+    assert reloaded.watermark(alice.user_id) == Watermark(1, 1)
+    assert reloaded.watermark(bob.user_id) == Watermark(2, 2)
+
+
+async def test_watermarks_move_forward_only_and_refuse_bad_seqs(shard: Shard) -> None:
+    alice, bob = await shard.user(), await shard.user()
+    messaging = shard.services.messaging
+    conv = (await shard.services.conversations.open_direct(alice, bob.user_id)).conversation
+    for n in range(3):
+        await messaging.send(alice, conversation_id=conv.conversation_id,
+                             client_msg_id=f"m{n}", content_type="text/plain", body="x")
+    assert await messaging.mark_read(bob, conv.conversation_id, 2) == Watermark(2, 2)
+    assert await messaging.mark_read(bob, conv.conversation_id, 1) == Watermark(2, 2)
+    with pytest.raises(BadRequest) as past_head:
+        await messaging.mark_read(bob, conv.conversation_id, 4)
+    assert past_head.value.code == "seq_out_of_range"
+    with pytest.raises(BadRequest):
+        await messaging.mark_read(bob, conv.conversation_id, -1)
+    status = messaging.message_status(alice, conv.conversation_id, 2)
+    assert sorted(status) == sorted([(alice.user_id, True, True), (bob.user_id, True, True)])
+    assert messaging.message_status(alice, conv.conversation_id, 3)[1][1:] in (
+        (False, False), (True, True))
+
+
+async def test_strangers_see_the_same_404_as_for_nothing(shard: Shard) -> None:
+    alice, bob, mallory = await shard.user(), await shard.user(), await shard.user()
+    messaging = shard.services.messaging
+    conv = (await shard.services.conversations.open_direct(alice, bob.user_id)).conversation
+    answers = []
+    for conversation_id in (conv.conversation_id, 424242):
+        with pytest.raises(NotFound) as refused:
+            messaging.history(mallory, conversation_id, after=None, before=None, limit=5)
+        answers.append((refused.value.code, refused.value.message.replace(
+            str(conversation_id), "ID")))
+    assert answers[0] == answers[1] == ("unknown_conversation", answers[0][1])
