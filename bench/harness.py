@@ -29,6 +29,7 @@ from bench.serverproc import cpu_seconds, find_listening_pid, rss_bytes
 from bench.worker import PAD, new_histogram, now_us
 from bench.wsclient import BenchSocket
 from chatd.client import ChatClient
+from chatd.protocol.frames import send_request
 
 PASSWORD = "bench password"
 #: A worker's CPU use above this share of its wall time means the clients may be the limit.
@@ -375,9 +376,7 @@ async def catchup(target: Target, *, messages: int) -> Result:
         nursery.start_soon(answers)
         for n in range(messages):
             await window.acquire()
-            await sender.send({"type": "send", "req": f"s{n}", "conversation_id": conv,
-                               "client_msg_id": f"c{n}", "content_type": "text/plain",
-                               "body": f"T{now_us()} {PAD}"})
+            await sender.send(send_request(f"s{n}", conv, f"c{n}", f"T{now_us()} {PAD}"))
     await sender.aclose()
     cpu_before = target.cpu()
     began = time.monotonic()

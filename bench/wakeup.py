@@ -19,6 +19,7 @@ import trio
 from bench.harness import Result, Target, provision
 from bench.serverproc import cpu_seconds
 from bench.wsclient import BenchSocket
+from chatd.protocol.frames import ping_request
 
 ECHO_SERVER = """
 import socket, sys
@@ -59,7 +60,7 @@ async def wakeup(target: Target, *, round_trips: int,
         for gap in gaps:
             before = target.cpu()
             for _ in range(round_trips):
-                await sock.send({"type": "ping"})
+                await sock.send(ping_request())
                 while not any(f["type"] == "pong" for f in await sock.receive()):
                     pass
                 if gap:

@@ -31,6 +31,7 @@ import trio
 from hdrh.histogram import HdrHistogram
 
 from bench.wsclient import BenchSocket
+from chatd.protocol.frames import ack_request, send_request
 
 #: Latencies are recorded in µs, from 1 µs to 60 s, with 3 significant digits.
 HISTOGRAM_RANGE = (1, 60_000_000, 3)
@@ -160,7 +161,7 @@ async def run_live(plan: dict[str, Any], sockets: list[tuple[BenchSocket, dict[s
                 for conv, seq in highest.items():
                     if acked.get(conv) != seq:
                         acked[conv] = seq
-                        await sock.send({"type": "ack", "conversation_id": conv, "seq": seq})
+                        await sock.send(ack_request(conv, seq))
 
     async def send_at_rate(sock: BenchSocket, spec: dict[str, Any]) -> None:
         interval, count = spec["interval"], spec["sends"]
@@ -172,9 +173,8 @@ async def run_live(plan: dict[str, Any], sockets: list[tuple[BenchSocket, dict[s
             if trio.current_time() - scheduled > 0.01:
                 stats.late_sends += 1
             stamp = now_us() - int((trio.current_time() - scheduled) * 1e6)
-            await sock.send({"type": "send", "req": f"s{n}", "conversation_id": conv,
-                             "client_msg_id": f"{spec['token'][-12:]}-{n}",
-                             "content_type": "text/plain", "body": f"T{stamp} {PAD}"})
+            await sock.send(send_request(f"s{n}", conv, f"{spec['token'][-12:]}-{n}",
+                                         f"T{stamp} {PAD}"))
 
     async def send_burst(sock: BenchSocket, spec: dict[str, Any], room: trio.Semaphore) -> None:
         await trio.sleep_until(start)
@@ -183,9 +183,8 @@ async def run_live(plan: dict[str, Any], sockets: list[tuple[BenchSocket, dict[s
         n = 0
         while trio.current_time() < deadline:
             await room.acquire()
-            await sock.send({"type": "send", "req": f"s{n}", "conversation_id": conv,
-                             "client_msg_id": f"{spec['token'][-12:]}-b{n}",
-                             "content_type": "text/plain", "body": f"T{now_us()} {PAD}"})
+            await sock.send(send_request(f"s{n}", conv, f"{spec['token'][-12:]}-b{n}",
+                                         f"T{now_us()} {PAD}"))
             n += 1
 
     async with trio.open_nursery() as nursery:

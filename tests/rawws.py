@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 import msgpack
 import trio
 
+from chatd.protocol import frames, handshake
 from chatd.protocol import websocket as ws
 
 
@@ -27,8 +28,8 @@ class RawWebSocket:
     def __init__(self, sock: trio.socket.SocketType, codec: str) -> None:
         self.sock = sock
         self.codec = codec
-        self._reader = ws.FrameReader(max_message=64 * 1024 * 1024, expect_masked=False)
-        self._pending: list[tuple[int, object]] = []
+        self._protocol = ws.WebSocketConnection(ws.Role.CLIENT, max_message=64 * 1024 * 1024)
+        self._pending: list[ws.Event] = []
         self._frames: list[dict[str, Any]] = []
         #: Sizes of the WebSocket messages received, in order.
         self.message_sizes: list[int] = []
@@ -44,8 +45,8 @@ class RawWebSocket:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         await sock.connect((parts.hostname, parts.port))
         target = "/ws" + (f"?token={token}" if token else "")
-        await sock.send(ws.opening_request(f"{parts.hostname}:{parts.port}", target,
-                                           ws.new_key(), [f"chatd.{codec}"]))
+        await sock.send(handshake.opening_request(f"{parts.hostname}:{parts.port}", target,
+                                                  handshake.new_key(), [f"chatd.{codec}"]))
         raw = cls(sock, codec)
         head = b""
         with trio.fail_after(5):
@@ -78,32 +79,28 @@ class RawWebSocket:
         else:
             await self.send_frame(ws.OP_BINARY, msgpack.packb(frame, use_bin_type=True))
 
-    async def next_message(self) -> tuple[int, object]:
-        """The next whole message or control frame; a close is returned, not raised."""
+    async def next_event(self) -> ws.Event | None:
+        """The next whole message or control frame; None when the TCP connection ended."""
         while not self._pending:
             data = await self.sock.recv(65_536)
             if not data:
-                return ws.OP_CLOSE, None
-            self._pending.extend(self._reader.feed(data))
-        opcode, payload = self._pending.pop(0)
-        if opcode in (ws.OP_TEXT, ws.OP_BINARY):
-            assert isinstance(payload, str | bytes)
-            self.message_sizes.append(len(payload))
-        return opcode, payload
+                return None
+            self._pending.extend(self._protocol.receive_data(data))
+        event = self._pending.pop(0)
+        if isinstance(event, ws.TextMessage | ws.BytesMessage):
+            self.message_sizes.append(len(event.data))
+        return event
 
     async def next_frames(self) -> list[dict[str, Any]] | Closed:
         """The chatd frames of the next data message (a `batch` unpacked), or `Closed`."""
         while True:
-            opcode, payload = await self.next_message()
-            if opcode == ws.OP_CLOSE:
-                if payload is None:
-                    return Closed(None)
-                code, reason = payload  # type: ignore[misc]
-                return Closed(code, reason)
-            if opcode in (ws.OP_TEXT, ws.OP_BINARY):
-                frame = json.loads(payload) if opcode == ws.OP_TEXT else msgpack.unpackb(
-                    payload, raw=False)  # type: ignore[arg-type]
-                return frame["frames"] if frame["type"] == "batch" else [frame]
+            event = await self.next_event()
+            if event is None:
+                return Closed(None)
+            if isinstance(event, ws.CloseReceived):
+                return Closed(event.code, event.reason)
+            if isinstance(event, ws.TextMessage | ws.BytesMessage):
+                return frames.decode_server_message(event.data)
 
     async def next_frame(self, kind: str | None = None) -> dict[str, Any]:
         """The next frame (of `kind`, skipping others); fails if the socket closes."""

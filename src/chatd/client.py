@@ -1,4 +1,4 @@
-"""`chatd.client`: a Python client for chatd, on httpx (REST) and trio-websocket (live).
+"""`chatd.client`: a Python client for chatd, on httpx (REST) and `chatd.wsclient` (live).
 
     async with ChatClient("http://127.0.0.1:8080") as client:
         await client.login("alice", "correct horse")
@@ -17,16 +17,17 @@ from __future__ import annotations
 
 import base64
 import itertools
-import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import httpx
-import msgpack
 import trio
-from trio_websocket import ConnectionClosed, WebSocketConnection, open_websocket_url
+
+from chatd.protocol import frames
+from chatd.protocol.frames import Codec
+from chatd.wsclient import ClientSocket, WebSocketClosed
 
 
 class ApiError(Exception):
@@ -139,36 +140,27 @@ class ChatClient:
     # -- live -----------------------------------------------------------------------------
 
     @asynccontextmanager
-    async def connect(self, codec: Literal["json", "msgpack"] = "json",
-                      ) -> AsyncIterator[LiveConnection]:
+    async def connect(self, codec: Codec = "json") -> AsyncIterator[LiveConnection]:
         if not self.token:
             raise ApiError(401, "missing_token", "log in before connecting")
         ws_url = self.base_url.replace("http", "ws", 1) + f"/ws?token={self.token}"
-        ws: WebSocketConnection | None = None
+        with trio.fail_after(10):
+            socket = await ClientSocket.connect(ws_url, subprotocols=[f"chatd.{codec}"])
         try:
-            async with open_websocket_url(ws_url, subprotocols=[f"chatd.{codec}"],
-                                          connect_timeout=10, disconnect_timeout=2) as ws, \
-                    trio.open_nursery() as nursery:
-                live = LiveConnection(ws, codec)
+            async with trio.open_nursery() as nursery:
+                live = LiveConnection(socket, codec)
                 nursery.start_soon(live._receive_loop)
                 try:
                     yield live
                 finally:
                     nursery.cancel_scope.cancel()
         finally:
-            if ws is not None:
-                await close_transport(ws)
-
-
-async def close_transport(ws: WebSocketConnection) -> None:
-    """trio-websocket 0.12 leaves the TCP stream open when the server closes first."""
-    with trio.CancelScope(shield=True):
-        await ws._stream.aclose()
+            await socket.aclose()
 
 
 class LiveConnection:
-    def __init__(self, ws: WebSocketConnection, codec: Literal["json", "msgpack"]) -> None:
-        self._ws = ws
+    def __init__(self, socket: ClientSocket, codec: Codec) -> None:
+        self.socket = socket
         self.codec = codec
         self._events_in, self._events_out = trio.open_memory_channel[dict[str, Any]](10_000)
         self._waiters: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
@@ -178,19 +170,16 @@ class LiveConnection:
     async def _receive_loop(self) -> None:
         try:
             while True:
-                data = await self._ws.get_message()
-                frame = json.loads(data) if isinstance(data, str) else msgpack.unpackb(data)
-                for item in frame["frames"] if frame.get("type") == "batch" else [frame]:
+                for item in frames.decode_server_message(await self.socket.receive()):
                     waiter = self._waiters.pop(item.get("req", ""), None) if item.get(
                         "type") in ("sent", "ok", "pong", "error") else None
                     if waiter is not None:
                         waiter.send_nowait(item)
                     else:
                         await self._events_in.send(item)
-        except ConnectionClosed as closed:
-            if closed.reason is not None:
-                self.close_code = closed.reason.code
-                self.close_reason = closed.reason.reason
+        except WebSocketClosed as closed:
+            self.close_code = closed.code
+            self.close_reason = closed.reason
         finally:
             self._events_in.close()
             for waiter in self._waiters.values():
@@ -210,8 +199,8 @@ class LiveConnection:
         return reply
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
-        data = json.dumps(frame) if self.codec == "json" else msgpack.packb(frame)
-        await self._ws.send_message(data)
+        """Send any frame as built by `chatd.protocol.frames` (or by hand, for tests)."""
+        await self.socket.send(frames.encode_request(frame, self.codec))
 
     async def send(self, conversation_id: str, body: str | bytes, *,
                    content_type: str = "text/plain",
@@ -219,24 +208,24 @@ class LiveConnection:
         """Send a message; returns the `sent` frame once the message is durable."""
         if isinstance(body, bytes) and self.codec == "json":
             body = base64.b64encode(body).decode()
-        return await self._call({"type": "send", "conversation_id": conversation_id,
-                                 "client_msg_id": client_msg_id or new_client_msg_id(),
-                                 "content_type": content_type, "body": body})
+        return await self._call(frames.send_request(
+            f"r{next(_ids)}", conversation_id, client_msg_id or new_client_msg_id(), body,
+            content_type))
 
     async def ack(self, conversation_id: str, seq: int) -> None:
-        await self._call({"type": "ack", "conversation_id": conversation_id, "seq": seq})
+        await self._call(frames.ack_request(conversation_id, seq))
 
     async def read(self, conversation_id: str, seq: int) -> None:
-        await self._call({"type": "read", "conversation_id": conversation_id, "seq": seq})
+        await self._call(frames.read_request(conversation_id, seq))
 
     async def typing(self, conversation_id: str) -> None:
-        await self._call({"type": "typing", "conversation_id": conversation_id})
+        await self._call(frames.typing_request(conversation_id))
 
     async def sync(self, cursors: dict[str, int]) -> None:
-        await self._call({"type": "sync", "cursors": cursors})
+        await self._call(frames.sync_request(cursors))
 
     async def ping(self) -> None:
-        await self._call({"type": "ping"})
+        await self._call(frames.ping_request())
 
     async def next_event(self) -> dict[str, Any]:
         """The next frame that is not a reply; raises trio.EndOfChannel once closed."""
@@ -247,4 +236,4 @@ class LiveConnection:
             yield event
 
     async def aclose(self) -> None:
-        await self._ws.aclose()
+        await self.socket.aclose()

@@ -24,7 +24,7 @@ from hypercorn.config import Config as HypercornConfig
 from chatd.config import Config
 from chatd.services.clock import Clock
 from chatd.services.context import Services, build_services
-from chatd.services.live import CLOSE_GOING_AWAY
+from chatd.services.live import SessionEnd
 from chatd.storage import Store
 from chatd.web import hypercorn_guard
 from chatd.web.app import create_app
@@ -57,7 +57,7 @@ def _hypercorn_config(config: Config) -> HypercornConfig:
 async def _close_sockets_on(shutdown: trio.Event, services: Services) -> None:
     # Close every WebSocket with 1001 at once, so the shutdown waits for none of them.
     await shutdown.wait()
-    services.hub.close_all(CLOSE_GOING_AWAY, "server shutting down")
+    services.hub.close_all(SessionEnd.SHUTTING_DOWN, "server shutting down")
 
 
 async def _run_until(shutdown: trio.Event,

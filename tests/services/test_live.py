@@ -8,7 +8,7 @@ from chatd.domain.models import Session
 from chatd.errors import BadRequest, NotFound
 from chatd.protocol.frames import OutFrame
 from chatd.services.context import Services
-from chatd.services.live import LiveSession, SessionClosed
+from chatd.services.live import LiveSession, SessionClosed, SessionEnd
 from tests.services.conftest import Shard
 
 
@@ -90,4 +90,4 @@ async def test_a_full_queue_closes_the_session_and_drops_further_frames(shard: S
         live.push(OutFrame({"type": "pong", "req": str(n)}))
     with pytest.raises(SessionClosed) as closed:
         live.take_frames()
-    assert closed.value.code == 4008
+    assert closed.value.end is SessionEnd.TOO_SLOW

@@ -11,6 +11,7 @@ import httpx
 import pytest
 import trio
 
+from chatd.protocol import handshake
 from chatd.protocol import websocket as ws
 from chatd.server import RunningServer
 from tests.helpers import new_account
@@ -25,35 +26,39 @@ async def _open(server: RunningServer) -> trio.SocketStream:
 async def _read_head(stream: trio.SocketStream) -> tuple[bytes, bytes]:
     data = b""
     with trio.fail_after(5):
-        while (length := ws.head_length(data)) is None:
+        while (length := handshake.head_length(data)) is None:
             chunk = await stream.receive_some()
             assert chunk, data
             data += chunk
     return data[:length], data[length:]
 
 
+def _client() -> ws.WebSocketConnection:
+    return ws.WebSocketConnection(ws.Role.CLIENT, max_message=1 << 20)
+
+
 @asynccontextmanager
 async def raw_socket(server: RunningServer, token: str) -> AsyncIterator[
-        tuple[trio.SocketStream, ws.FrameReader]]:
+        tuple[trio.SocketStream, ws.WebSocketConnection]]:
     stream = await _open(server)
     async with stream:
-        await stream.send_all(ws.opening_request("chatd", f"/ws?token={token}",
-                                                 ws.new_key(), []))
+        await stream.send_all(handshake.opening_request("chatd", f"/ws?token={token}",
+                                                        handshake.new_key(), []))
         head, rest = await _read_head(stream)
         assert head.startswith(b"HTTP/1.1 101 "), head
-        reader = ws.FrameReader(max_message=1 << 20, expect_masked=False)
-        assert reader.feed(rest) == []
+        reader = _client()
+        assert reader.receive_data(rest) == []
         yield stream, reader
 
 
-async def _next(stream: trio.SocketStream, reader: ws.FrameReader) -> tuple[int, object]:
+async def _next(stream: trio.SocketStream, reader: ws.WebSocketConnection) -> ws.Event:
     with trio.fail_after(5):
         while True:
             data = await stream.receive_some()
             assert data, "the server hung up"
-            messages = reader.feed(data)
-            if messages:
-                return messages[0]
+            events = reader.receive_data(data)
+            if events:
+                return events[0]
 
 
 async def test_a_plain_get_of_ws_is_told_to_upgrade(server: RunningServer) -> None:
@@ -77,12 +82,13 @@ async def test_protocol_violations_close_only_that_connection(server: RunningSer
         async with raw_socket(server, account.token) as (bystander, bystander_reader), \
                 raw_socket(server, account.token) as (stream, reader):
             await stream.send_all(bad)
-            opcode, (code, _reason) = await _next(stream, reader)  # type: ignore[misc]
-            assert (opcode, code) == (ws.OP_CLOSE, close_code)
+            closed = await _next(stream, reader)
+            assert isinstance(closed, ws.CloseReceived) and closed.code == close_code
             await bystander.send_all(ws.encode_frame(
                 ws.OP_TEXT, b'{"type":"ping","req":"still"}', mask=True))
-            opcode, payload = await _next(bystander, bystander_reader)
-            assert json.loads(payload) == {"type": "pong", "req": "still"}  # type: ignore[arg-type]
+            answer = await _next(bystander, bystander_reader)
+            assert isinstance(answer, ws.TextMessage)
+            assert json.loads(answer.data) == {"type": "pong", "req": "still"}
 
 
 async def test_pings_get_pongs_and_a_close_gets_its_echo(server: RunningServer,
@@ -90,16 +96,16 @@ async def test_pings_get_pongs_and_a_close_gets_its_echo(server: RunningServer,
     account = await new_account(http)
     async with raw_socket(server, account.token) as (stream, reader):
         await stream.send_all(ws.encode_frame(ws.OP_PING, b"are you there", mask=True))
-        assert await _next(stream, reader) == (ws.OP_PONG, b"are you there")
+        assert await _next(stream, reader) == ws.Pong(b"are you there")
         # A frame split over several writes is still one frame.
         frame = ws.encode_frame(ws.OP_TEXT, b'{"type":"ping"}', mask=True)
         for n in range(len(frame)):
             await stream.send_all(frame[n:n + 1])
-        opcode, payload = await _next(stream, reader)
-        assert opcode == ws.OP_TEXT
-        assert json.loads(payload) == {"type": "pong"}  # type: ignore[arg-type]
+        answer = await _next(stream, reader)
+        assert isinstance(answer, ws.TextMessage)
+        assert json.loads(answer.data) == {"type": "pong"}
         await stream.send_all(ws.encode_close(ws.CLOSE_NORMAL, "done", mask=True))
-        assert await _next(stream, reader) == (ws.OP_CLOSE, (ws.CLOSE_NORMAL, ""))
+        assert await _next(stream, reader) == ws.CloseReceived(ws.CLOSE_NORMAL, "")
         with trio.fail_after(5):
             assert await stream.receive_some() == b""  # and the server hangs up
 
@@ -122,22 +128,24 @@ async def test_frames_sent_with_the_opening_request_are_read(server: RunningServ
     async with stream:
         # A client may pipeline its first frames behind the request in one write.
         await stream.send_all(
-            ws.opening_request("chatd", f"/ws?token={account.token}", ws.new_key(), [])
+            handshake.opening_request("chatd", f"/ws?token={account.token}",
+                                      handshake.new_key(), [])
             + ws.encode_frame(ws.OP_TEXT, b'{"type":"ping","req":"early"}', mask=True))
         head, rest = await _read_head(stream)
         assert head.startswith(b"HTTP/1.1 101 ")
-        reader = ws.FrameReader(max_message=1 << 20, expect_masked=False)
-        messages = reader.feed(rest)
-        opcode, payload = messages[0] if messages else await _next(stream, reader)
-        assert opcode == ws.OP_TEXT
-        assert json.loads(payload) == {"type": "pong", "req": "early"}  # type: ignore[arg-type]
+        reader = _client()
+        events = reader.receive_data(rest)
+        answer = events[0] if events else await _next(stream, reader)
+        assert isinstance(answer, ws.TextMessage)
+        assert json.loads(answer.data) == {"type": "pong", "req": "early"}
 
 
 @pytest.mark.parametrize(("request_head", "status"), [
     (b"GET /ws HTTP/1.1\r\nX-Padding: " + b"x" * 20_000 + b"\r\n\r\n", 431),
     (b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
      b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: not-base64!\r\n\r\n", 400),
-    (b"POST /ws HTTP/1.1\r\nContent-Length: 0\r\n\r\n", 405),
+    (b"POST /ws HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n", 405),
+    (b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n", 400),  # no Host: not HTTP/1.1
     (b"GET /ws HTTP/1.0\r\n\r\n", 505),
 ])
 async def test_bad_opening_requests_get_an_http_error_with_a_json_body(

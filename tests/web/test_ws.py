@@ -10,10 +10,11 @@ import httpx
 import pytest
 import trio
 import trio.lowlevel
-from trio_websocket import ConnectionClosed, connect_websocket_url, open_websocket_url
 
-from chatd.client import ApiError, ChatClient, LiveConnection, close_transport
+from chatd.client import ApiError, ChatClient, LiveConnection
+from chatd.protocol import frames
 from chatd.server import RunningServer
+from chatd.wsclient import ClientSocket, WebSocketClosed
 from tests.conftest import ServerFactory
 from tests.helpers import PASSWORD, fresh_handle
 
@@ -233,7 +234,7 @@ async def test_bad_frames_get_error_frames_and_the_connection_survives(
                 "x" * 200_000,
             ]
             for frame in bad:
-                await a._ws.send_message(frame)
+                await a.socket.send(frame)
                 error = await next_of(a, "error")
                 assert error["code"] and error["message"]
             for call in (a.send(foreign, "intrude"), a.send("123", "nowhere"),
@@ -249,11 +250,10 @@ async def test_bad_frames_get_error_frames_and_the_connection_survives(
 async def test_bad_tokens_are_closed_with_4001(server: RunningServer) -> None:
     ws_url = server.url.replace("http", "ws", 1) + "/ws"
     for query in ("", "?token=chatd_forged"):
-        async with open_websocket_url(ws_url + query) as ws:
-            with pytest.raises(ConnectionClosed) as closed:
-                await ws.get_message()
-        await close_transport(ws)
-        assert closed.value.reason is not None and closed.value.reason.code == 4001
+        socket = await ClientSocket.connect(ws_url + query, subprotocols=["chatd.json"])
+        with pytest.raises(WebSocketClosed) as closed:
+            await socket.receive()
+        assert closed.value.code == 4001
 
 
 async def test_an_upgrade_request_with_a_body_does_not_hurt_the_server(
@@ -284,15 +284,11 @@ async def test_abrupt_disconnect_mid_send_loses_nothing_acknowledged(
     async with user(server) as alice, user(server) as bob:
         conv = (await alice.open_direct(uid(bob)))["conversation_id"]
         ws_url = server.url.replace("http", "ws", 1) + f"/ws?token={alice.token}"
-        async with trio.open_nursery() as nursery:
-            ws = await connect_websocket_url(nursery, ws_url)
-            for n in range(50):
-                await ws.send_message(json.dumps({
-                    "type": "send", "req": f"r{n}", "conversation_id": conv,
-                    "client_msg_id": f"burst-{n}", "content_type": "text/plain",
-                    "body": f"b{n}"}))
-            await close_transport(ws)  # the TCP connection just goes away, no close frame
-            nursery.cancel_scope.cancel()
+        socket = await ClientSocket.connect(ws_url, subprotocols=["chatd.json"])
+        for n in range(50):
+            await socket.send(json.dumps(frames.send_request(f"r{n}", conv, f"burst-{n}",
+                                                             f"b{n}")))
+        await socket.stream.aclose()  # the TCP connection just goes away, no close frame
         history = await bob.history(conv, after=0, limit=200)
         seqs = [m["seq"] for m in history["messages"]]
         assert seqs == list(range(1, len(seqs) + 1))
@@ -319,16 +315,16 @@ async def _flood(alice: ChatClient, conv: str, count: int) -> None:
 @asynccontextmanager
 async def flooded_stalled_reader(running: RunningServer, sender: ChatClient,
                                  reader: ChatClient) -> AsyncIterator[tuple[Any, str]]:
-    """`reader` holds a socket that reads nothing (message_queue_size=0: its client stops
-    reading until asked) while `sender` writes 400 messages of ~16 KB to it."""
+    """`reader` holds a socket that reads nothing (a `ClientSocket` reads only when asked)
+    while `sender` writes 400 messages of ~16 KB to it."""
     conv = (await sender.open_direct(uid(reader)))["conversation_id"]
     ws_url = running.url.replace("http", "ws", 1) + f"/ws?token={reader.token}"
-    async with trio.open_nursery() as nursery:
-        stalled = await connect_websocket_url(nursery, ws_url, message_queue_size=0)
+    stalled = await ClientSocket.connect(ws_url, subprotocols=["chatd.json"])
+    try:
         await _flood(sender, conv, 400)
         yield stalled, conv
-        await close_transport(stalled)
-        nursery.cancel_scope.cancel()
+    finally:
+        await stalled.stream.aclose()
 
 
 async def test_a_slow_consumer_is_cut_off_with_4008_and_catches_up_completely(
@@ -337,10 +333,10 @@ async def test_a_slow_consumer_is_cut_off_with_4008_and_catches_up_completely(
     async with user(running) as alice, user(running) as bob:
         async with flooded_stalled_reader(running, alice, bob) as (slow, _):
             # Reading again lets the server finish its write and send the close frame.
-            with trio.fail_after(10), pytest.raises(ConnectionClosed) as closed:
+            with trio.fail_after(10), pytest.raises(WebSocketClosed) as closed:
                 while True:
-                    await slow.get_message()
-            assert closed.value.reason is not None and closed.value.reason.code == 4008
+                    await slow.receive()
+            assert closed.value.code == 4008
         async with bob.connect() as b:
             got = await messages(b, 400)
         assert [m["seq"] for m in got] == list(range(1, 401))

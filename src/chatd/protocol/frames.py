@@ -187,6 +187,67 @@ def decode_client_frame(data: str | bytes, codec: Codec) -> ClientFrame:
     raise FrameError("unknown_type", f"unknown frame type {kind!r}; see docs/api.md", req)
 
 
+# -- client side: building client frames, reading server messages ----------------------
+# One definition of the client's half of the protocol, used by chatd.client, the
+# benchmark's workers and the tests, so no client builds a frame by hand.
+
+
+def _with_req(frame: dict[str, Any], req: str | None) -> dict[str, Any]:
+    if req is not None:
+        frame["req"] = req
+    return frame
+
+
+def send_request(req: str, conversation_id: int | str, client_msg_id: str, body: str | bytes,
+                 content_type: str = "text/plain") -> dict[str, Any]:
+    return {"type": "send", "req": req, "conversation_id": str(conversation_id),
+            "client_msg_id": client_msg_id, "content_type": content_type, "body": body}
+
+
+def ack_request(conversation_id: int | str, seq: int, req: str | None = None,
+                ) -> dict[str, Any]:
+    return _with_req({"type": "ack", "conversation_id": str(conversation_id), "seq": seq}, req)
+
+
+def read_request(conversation_id: int | str, seq: int, req: str | None = None,
+                 ) -> dict[str, Any]:
+    return _with_req({"type": "read", "conversation_id": str(conversation_id), "seq": seq},
+                     req)
+
+
+def typing_request(conversation_id: int | str, req: str | None = None) -> dict[str, Any]:
+    return _with_req({"type": "typing", "conversation_id": str(conversation_id)}, req)
+
+
+def ping_request(req: str | None = None) -> dict[str, Any]:
+    return _with_req({"type": "ping"}, req)
+
+
+def sync_request(cursors: dict[int, int] | dict[str, int], req: str | None = None,
+                 ) -> dict[str, Any]:
+    return _with_req({"type": "sync",
+                      "cursors": {str(conv): seq for conv, seq in cursors.items()}}, req)
+
+
+def encode_request(frame: dict[str, Any], codec: Codec) -> str | bytes:
+    """A client frame as a text (JSON) or binary (msgpack) WebSocket message. In JSON,
+    bytes bodies travel as base64."""
+    if codec == "json":
+        return _json_encoder.encode(frame)
+    packed: bytes = msgpack.packb(frame, use_bin_type=True)
+    return packed
+
+
+def decode_server_message(data: str | bytes) -> list[dict[str, Any]]:
+    """The frames of one server message, a `batch` unpacked, in order."""
+    frame: dict[str, Any] = (json.loads(data) if isinstance(data, str)
+                             else msgpack.unpackb(data, raw=False))
+    if frame.get("type") == "batch":
+        batch: list[dict[str, Any]] = frame["frames"]
+        return batch
+    return [frame]
+
+
 # -- server → client --------------------------------------------------------------------
 
 

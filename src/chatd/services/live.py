@@ -17,6 +17,7 @@ is durable, so the store always holds what the session reads.
 
 from __future__ import annotations
 
+import enum
 from collections import deque
 from collections.abc import Callable, Iterable
 
@@ -30,21 +31,27 @@ from chatd.services.log import ConversationLog
 from chatd.services.owner import ConversationOwner
 
 
+class SessionEnd(enum.Enum):
+    """Why a session ended. The transport turns it into its own terms (a WebSocket close
+    code, see web/sockets.py); the services know nothing of codes."""
+
+    CONNECTION_CLOSED = "connection closed"
+    SHUTTING_DOWN = "server shutting down"
+    IDLE = "idle"
+    #: Logged out, revoked, or the token expired.
+    UNAUTHORIZED = "unauthorized"
+    #: The outbound queue filled: the client reads too slowly (nothing is lost).
+    TOO_SLOW = "too slow"
+    INTERNAL_ERROR = "internal error"
+
+
 class SessionClosed(Exception):
-    """The session must end; `code` and `reason` go into the WebSocket close frame."""
+    """The session must end, for `end`; `reason` is for the client."""
 
-    def __init__(self, code: int, reason: str) -> None:
+    def __init__(self, end: SessionEnd, reason: str) -> None:
         super().__init__(reason)
-        self.code = code
+        self.end = end
         self.reason = reason
-
-
-#: WebSocket close codes chatd uses (4000-4999 are for applications).
-CLOSE_GOING_AWAY = 1001
-CLOSE_IDLE = 4000
-#: Also used when the device is logged out or revoked while connected.
-CLOSE_UNAUTHORIZED = 4001
-CLOSE_TOO_SLOW = 4008
 
 
 class LiveSession:
@@ -151,14 +158,14 @@ class LiveSession:
             return  # nothing more is written to a closing session
         if len(self._queue) >= self._max_queue:
             # Nothing is lost: messages are re-read from the store on reconnect.
-            self.close(CLOSE_TOO_SLOW, "too slow: the outbound queue is full; reconnect")
+            self.close(SessionEnd.TOO_SLOW, "too slow: the outbound queue is full; reconnect")
             return
         self._queue.append(frame)
         self._signal()
 
-    def close(self, code: int, reason: str) -> None:
+    def close(self, end: SessionEnd, reason: str) -> None:
         if self._closed is None:
-            self._closed = SessionClosed(code, reason)
+            self._closed = SessionClosed(end, reason)
             self._queue.clear()
             self._signal()
 
@@ -276,15 +283,15 @@ class Hub:
         del self._sessions[session.user_id]
         return True
 
-    def close_all(self, code: int, reason: str) -> None:
+    def close_all(self, end: SessionEnd, reason: str) -> None:
         for sessions in self._sessions.values():
             for session in sessions:
-                session.close(code, reason)
+                session.close(end, reason)
 
     def close_device(self, user_id: int, device_id: int) -> None:
         for session in self.sessions_of(user_id):
             if session.device_id == device_id:
-                session.close(CLOSE_UNAUTHORIZED, "this device was logged out")
+                session.close(SessionEnd.UNAUTHORIZED, "this device was logged out")
 
     # -- fan-out --------------------------------------------------------------------------
 

@@ -32,7 +32,7 @@ from hypercorn.typing import AppWrapper
 from hypercorn.utils import wrap_app
 from quart_trio import QuartTrio
 
-from chatd.protocol import websocket as ws
+from chatd.protocol.handshake import path_of
 from chatd.web.sockets import HANDSHAKE_TIMEOUT, LiveSockets
 
 log = logging.getLogger(__name__)
@@ -76,7 +76,7 @@ class PrefixedStream(trio.abc.HalfCloseableStream):
 
 def _routes_to_live_stream(request_line: bytes) -> bool:
     parts = request_line.decode("latin-1").split(" ")
-    return len(parts) == 3 and ws.path_of(parts[1]) == "/ws"
+    return len(parts) == 3 and path_of(parts[1]) == "/ws"
 
 
 class FrontServer:

@@ -22,18 +22,33 @@ from __future__ import annotations
 import logging
 import socket
 from functools import partial
-from typing import cast
 from urllib.parse import parse_qs
 
 import trio
 
 from chatd.domain.models import SendResult, Session, Watermark
-from chatd.errors import ChatdError, Unauthorized
+from chatd.errors import (
+    BadRequest,
+    ChatdError,
+    HeadersTooLarge,
+    HttpVersionNotSupported,
+    MethodNotAllowed,
+    Unauthorized,
+    UpgradeRequired,
+)
 from chatd.protocol import frames
 from chatd.protocol import websocket as ws
 from chatd.protocol.frames import Codec, FrameError
+from chatd.protocol.handshake import (
+    HandshakeError,
+    HandshakeProblem,
+    accept_response,
+    head_length,
+    read_opening_request,
+    refusal_response,
+)
 from chatd.services.context import Services
-from chatd.services.live import CLOSE_IDLE, CLOSE_UNAUTHORIZED, LiveSession, SessionClosed
+from chatd.services.live import LiveSession, SessionClosed, SessionEnd
 from chatd.storage import Pending
 from chatd.web.auth import parse_bearer
 
@@ -50,35 +65,56 @@ _RECV_SIZE = 65_536
 #: The largest WebSocket message the server builds from several frames (a catch-up of
 #: big messages is split into several of these).
 MAX_MESSAGE_BYTES = 256 * 1024
-#: Bytes read from a peer after our close frame before it is hung up on.
-MAX_READ_AFTER_CLOSE = 256 * 1024
 #: Seconds between checks for connections whose token has expired.
 EXPIRY_CHECK_INTERVAL = 5.0
 
+#: chatd's close codes (4000-4999 are for applications) and the RFC's, by why a session
+#: ended. docs/api.md lists them for clients.
+CLOSE_IDLE = 4000
+CLOSE_UNAUTHORIZED = 4001
+CLOSE_TOO_SLOW = 4008
+CLOSE_CODES = {
+    SessionEnd.CONNECTION_CLOSED: ws.CLOSE_NORMAL,
+    SessionEnd.SHUTTING_DOWN: ws.CLOSE_GOING_AWAY,
+    SessionEnd.IDLE: CLOSE_IDLE,
+    SessionEnd.UNAUTHORIZED: CLOSE_UNAUTHORIZED,
+    SessionEnd.TOO_SLOW: CLOSE_TOO_SLOW,
+    SessionEnd.INTERNAL_ERROR: ws.CLOSE_INTERNAL_ERROR,
+}
+#: A refused opening request, as HTTP.
+_HANDSHAKE_ERRORS: dict[HandshakeProblem, type[ChatdError]] = {
+    HandshakeProblem.MALFORMED: BadRequest,
+    HandshakeProblem.HEAD_TOO_LARGE: HeadersTooLarge,
+    HandshakeProblem.HTTP_VERSION: HttpVersionNotSupported,
+    HandshakeProblem.METHOD: MethodNotAllowed,
+    HandshakeProblem.NOT_AN_UPGRADE: UpgradeRequired,
+    HandshakeProblem.WEBSOCKET_VERSION: UpgradeRequired,
+    HandshakeProblem.BAD_KEY: BadRequest,
+    HandshakeProblem.REFUSED: BadRequest,
+}
+
 
 class Connection:
-    """One WebSocket connection: its socket, its framing state and its `LiveSession`."""
+    """One WebSocket connection: its socket, its protocol state and its `LiveSession`."""
 
-    __slots__ = ("close_sent", "codec", "drain_scope", "drained", "failed", "finished",
-                 "inflight", "last_active", "live", "opcode", "read_after_close", "reader",
-                 "room", "scope", "session", "sock", "sockets", "unsent")
+    __slots__ = ("codec", "drain_scope", "drained", "failed", "finished", "inflight",
+                 "last_active", "live", "opcode_binary", "room", "scope", "session", "sock",
+                 "sockets", "unsent", "ws")
 
     def __init__(self, sockets: LiveSockets, sock: socket.socket, codec: Codec,
                  session: Session, max_message: int) -> None:
         self.sockets = sockets
         self.sock = sock
         self.codec = codec
-        self.opcode = ws.OP_TEXT if codec == "json" else ws.OP_BINARY
+        self.opcode_binary = codec == "msgpack"
         self.session = session
-        self.reader = ws.FrameReader(max_message=max_message)
+        self.ws = ws.WebSocketConnection(ws.Role.SERVER, max_message=max_message)
         self.live: LiveSession | None = None
         #: Bytes the kernel would not take yet; set while a drain task owns the socket.
         #: A bytearray so that appending and consuming are linear, never quadratic.
         self.unsent: bytearray | None = None
         self.drain_scope: trio.CancelScope | None = None
         self.drained: trio.Event | None = None  # the reader waits on it (back-pressure)
-        self.close_sent = False
-        self.read_after_close = 0
         self.finished = False
         self.failed = False  # an unexpected error was logged for this connection
         self.inflight = 0
@@ -114,10 +150,10 @@ class Connection:
             self.sockets.start_drain(self)
 
     def begin_close(self, code: int, reason: str) -> None:
-        if self.close_sent or self.finished:
+        frame = self.ws.close(code, reason)
+        if not frame or self.finished:
             return
-        self.close_sent = True
-        self.write(ws.encode_close(code, reason))
+        self.write(frame)
         if self.scope is not None:
             self.scope.deadline = min(self.scope.deadline, trio.current_time() + CLOSE_TIMEOUT)
 
@@ -130,7 +166,7 @@ class Connection:
             log.error("%s failed for one connection; closing it with 1011", what,
                       exc_info=error)
         if self.live is not None:
-            self.live.close(ws.CLOSE_INTERNAL_ERROR, "internal error")
+            self.live.close(SessionEnd.INTERNAL_ERROR, "internal error")
         self.begin_close(ws.CLOSE_INTERNAL_ERROR, "internal error")
 
     def abort(self) -> None:
@@ -196,13 +232,14 @@ class LiveSockets:
         try:
             batch = live.take_frames()
         except SessionClosed as closed:
-            conn.begin_close(closed.code, closed.reason)
+            conn.begin_close(CLOSE_CODES[closed.end], closed.reason)
             return
         if batch:
             # Several WebSocket messages when the frames are large (a catch-up of big
             # messages): each stays under MAX_MESSAGE_BYTES, so a client's frame buffer
             # does not need to hold megabytes and every message shows progress.
-            conn.write(b"".join(ws.encode_frame(conn.opcode, message) for message in
+            binary = conn.opcode_binary
+            conn.write(b"".join(conn.ws.send_message(message, binary=binary) for message in
                                 frames.encode_messages(batch, conn.codec, MAX_MESSAGE_BYTES)))
 
     def start_drain(self, conn: Connection) -> None:
@@ -260,10 +297,10 @@ class LiveSockets:
                 if live is None:
                     continue
                 if conn.session.expires_at <= now_ms:
-                    live.close(CLOSE_UNAUTHORIZED, "token_expired: the token has expired; "
-                               "log in again")
+                    live.close(SessionEnd.UNAUTHORIZED, "token_expired: the token has "
+                               "expired; log in again")
                 elif conn.last_active < cutoff:
-                    live.close(CLOSE_IDLE, f"no frame for {timeout:g} s")
+                    live.close(SessionEnd.IDLE, f"no frame for {timeout:g} s")
 
     # -- a connection ---------------------------------------------------------------------
 
@@ -309,27 +346,28 @@ class LiveSockets:
         buffer = received
         with trio.move_on_after(HANDSHAKE_TIMEOUT):
             try:
-                while (length := ws.head_length(buffer)) is None:
-                    ws.check_head_size(len(buffer))
+                while (length := head_length(buffer)) is None:
                     data = await _receive(sock)
                     if not data:
                         return None
                     buffer += data
-                request = ws.parse_request_head(buffer[:length])
-                key = ws.check_upgrade(request)
-            except ChatdError as exc:
-                await _send_error(sock, exc)
+                request = read_opening_request(buffer[:length])
+            except HandshakeError as exc:
+                await _send_error(sock, _HANDSHAKE_ERRORS[exc.problem](exc.message),
+                                  upgrade_hint=exc.problem in (
+                                      HandshakeProblem.NOT_AN_UPGRADE,
+                                      HandshakeProblem.WEBSOCKET_VERSION))
                 return None
             codec: Codec = "json"
             chosen = None
-            for name in ws.requested_subprotocols(request):
+            for name in request.subprotocols:
                 if name in frames.SUBPROTOCOLS:
                     codec, chosen = frames.SUBPROTOCOLS[name], name
                     break
             query = parse_qs(request.query)
             token = (query.get("token") or [""])[0] or \
                 parse_bearer(request.headers.get("authorization", "")) or ""
-            await _send_all(sock, ws.accept_response(key, chosen))
+            await _send_all(sock, accept_response(request.key, chosen))
             return token, codec, buffer[length:]
         return None  # too slow
 
@@ -350,7 +388,7 @@ class LiveSockets:
             await self._read_loop(conn, rest)
         finally:
             # Nothing more is queued for a connection that has ended.
-            live.close(ws.CLOSE_NORMAL, "connection closed")
+            live.close(SessionEnd.CONNECTION_CLOSED, "connection closed")
             if hub.detach(live):
                 last_seen = services.clock.now_ms()
                 services.accounts.record_last_seen(session.user_id, last_seen)
@@ -358,37 +396,26 @@ class LiveSockets:
 
     async def _read_loop(self, conn: Connection, data: bytes) -> None:
         sock = conn.sock
+        protocol = conn.ws
         reads = 0
         while True:
             if data:
                 conn.last_active = trio.current_time()
-                if conn.close_sent:
-                    # Our close is out; only the peer's close matters now. A peer that
-                    # keeps streaming instead gets a bounded amount of reading.
-                    conn.read_after_close += len(data)
-                    if conn.read_after_close > MAX_READ_AFTER_CLOSE:
-                        return
                 try:
-                    messages = conn.reader.feed(data)
+                    events = protocol.receive_data(data)
                 except ws.ProtocolError as exc:
                     conn.begin_close(exc.close_code, exc.reason)
                     return
-                for opcode, payload in messages:
-                    if opcode == ws.OP_TEXT or opcode == ws.OP_BINARY:
-                        if not conn.close_sent:
-                            await self._on_frame(conn, payload)  # type: ignore[arg-type]
-                    elif opcode == ws.OP_PING:
-                        # Once our close is sent, only the peer's close matters (RFC 6455
-                        # 5.5.1): a closing connection answers nothing more.
-                        if not conn.close_sent:
-                            conn.write(ws.encode_frame(ws.OP_PONG, payload))  # type: ignore[arg-type]
-                    elif opcode == ws.OP_CLOSE:
-                        if not conn.close_sent:
-                            code, _reason = cast("tuple[int, str]", payload)
-                            conn.close_sent = True
-                            conn.write(ws.encode_close(
-                                ws.CLOSE_NORMAL if code == ws.CLOSE_NO_STATUS else code))
+                for event in events:
+                    if isinstance(event, ws.TextMessage | ws.BytesMessage):
+                        await self._on_frame(conn, event.data)
+                    elif isinstance(event, ws.Ping):
+                        conn.write(protocol.pong(event.payload))
+                    elif isinstance(event, ws.CloseReceived):
+                        conn.write(protocol.close(event.code))  # b"" if ours went first
                         return
+                    if protocol.state is not ws.ConnectionState.OPEN:
+                        break  # our close went out while handling: the rest is dropped
                 reads += 1
                 if reads >= _READS_PER_YIELD:
                     reads = 0
@@ -516,7 +543,8 @@ async def _send_all(sock: socket.socket, data: bytes) -> None:
         view = view[sent:]
 
 
-async def _send_error(sock: socket.socket, error: ChatdError) -> None:
+async def _send_error(sock: socket.socket, error: ChatdError, *,
+                      upgrade_hint: bool = False) -> None:
     """Answer a refused opening request (a peer that has gone is `serve`'s OSError)."""
     body = frames.OutFrame(error.to_json()).json()
-    await _send_all(sock, ws.error_response(error.status, body))
+    await _send_all(sock, refusal_response(error.status, body, upgrade_hint=upgrade_hint))
