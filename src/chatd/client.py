@@ -149,7 +149,7 @@ class ChatClient:
         try:
             async with trio.open_nursery() as nursery:
                 live = LiveConnection(socket, codec)
-                nursery.start_soon(live._receive_loop)
+                nursery.start_soon(live.receive_forever)
                 try:
                     yield live
                 finally:
@@ -167,7 +167,8 @@ class LiveConnection:
         self.close_code: int | None = None
         self.close_reason: str | None = None
 
-    async def _receive_loop(self) -> None:
+    async def receive_forever(self) -> None:
+        """Route replies to their callers and the rest to `events()`, until closed."""
         try:
             while True:
                 for item in frames.decode_server_message(await self.socket.receive()):

@@ -50,13 +50,6 @@ class MethodNotAllowed(ChatdError):
     code = "method_not_allowed"
 
 
-class UnstorableValue(BadRequest):
-    """A value that cannot be encoded for storage (the command carrying it is refused
-    alone; the others in its batch land)."""
-
-    code = "unstorable_value"
-
-
 class Conflict(ChatdError):
     status = 409
     code = "conflict"

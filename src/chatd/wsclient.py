@@ -38,11 +38,12 @@ class ClientSocket:
     __slots__ = ("_events", "_protocol", "_send_lock", "closed", "stream", "subprotocol")
 
     def __init__(self, stream: trio.SocketStream, subprotocol: str | None, *,
-                 max_message: int) -> None:
+                 max_message: int, received: bytes = b"") -> None:
         self.stream = stream
         self.subprotocol = subprotocol
         self._protocol = ws.WebSocketConnection(ws.Role.CLIENT, max_message=max_message)
-        self._events: list[ws.Event] = []
+        #: Frames that came in behind the handshake's answer.
+        self._events: list[ws.Event] = self._protocol.receive_data(received)
         self._send_lock = trio.Lock()  # a sender and an answering receiver share the stream
         #: Set once the connection is over.
         self.closed: WebSocketClosed | None = None
@@ -71,10 +72,7 @@ class ClientSocket:
         except BaseException:
             await stream.aclose()
             raise
-        client = cls(stream, chosen, max_message=max_message)
-        if len(received) > length:
-            client._events = client._protocol.receive_data(received[length:])
-        return client
+        return cls(stream, chosen, max_message=max_message, received=received[length:])
 
     async def send(self, data: str | bytes) -> None:
         if self.closed is not None:

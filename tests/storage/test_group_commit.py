@@ -8,8 +8,15 @@ import trio
 import trio.testing
 
 from chatd.domain.models import User
-from chatd.errors import BadRequest, ChatdError, StorageFailure, Unavailable, UnstorableValue
+from chatd.errors import BadRequest, ChatdError
 from chatd.storage import Batch, GroupCommitter, Store, records
+from chatd.storage.errors import (
+    CommandFailed,
+    ShuttingDown,
+    StorageError,
+    UnstorableValue,
+    WriteFailed,
+)
 
 
 @pytest.fixture
@@ -99,7 +106,7 @@ async def test_one_failing_command_is_refused_alone_and_the_rest_of_its_batch_la
     async def run(name: str, apply: object) -> None:
         try:
             outcomes[name] = await committer.submit(apply)  # type: ignore[arg-type]
-        except ChatdError as exc:
+        except (ChatdError, StorageError) as exc:
             outcomes[name] = exc
 
     async with trio.open_nursery() as nursery:
@@ -113,8 +120,8 @@ async def test_one_failing_command_is_refused_alone_and_the_rest_of_its_batch_la
         committer.close()
     assert (outcomes["a"], outcomes["b"], outcomes["c"]) == (1, 2, 3)
     bug, bad_value = outcomes["bug"], outcomes["unstorable"]
-    assert isinstance(bug, ChatdError) and bug.status == 500
-    assert isinstance(bad_value, UnstorableValue) and bad_value.status == 400
+    assert isinstance(bug, CommandFailed)
+    assert isinstance(bad_value, UnstorableValue)
     assert all(store.get(records.USERS, user_id) is not None for user_id in (1, 2, 3))
     assert all(store.get(records.USERS, user_id) is None for user_id in (666, 667, 668))
     # State was reloaded after each failure, once what came before it had landed.
@@ -143,7 +150,7 @@ async def test_a_failed_write_acknowledges_nobody_and_resets_state(tmp_path: Pat
     try:
         async with trio.open_nursery() as nursery:
             await nursery.start(committer.run)
-            with pytest.raises(StorageFailure):
+            with pytest.raises(WriteFailed):
                 await committer.submit(put_user(1))  # type: ignore[arg-type]
             assert await committer.submit(put_user(2)) == 2  # type: ignore[arg-type]
             committer.close()
@@ -160,5 +167,5 @@ async def test_closed_committer_drains_then_refuses(store: Store) -> None:
         await nursery.start(committer.run)
         assert await committer.submit(put_user(1)) == 1  # type: ignore[arg-type]
         committer.close()
-    with pytest.raises(Unavailable, match="shutting down"):
+    with pytest.raises(ShuttingDown):
         await committer.submit(put_user(2))  # type: ignore[arg-type]

@@ -14,8 +14,8 @@ from chatd.domain.models import (
     User,
     Watermark,
 )
-from chatd.errors import UnstorableValue
 from chatd.storage import Batch, Store, records
+from chatd.storage.errors import UnstorableValue
 from chatd.storage.records import pair, u64
 
 

@@ -26,9 +26,10 @@ from chatd.domain.models import Device, Session, TokenRecord, User
 from chatd.domain.ratelimit import KeyedRateLimiter
 from chatd.errors import BadRequest, ChatdError, Conflict, NotFound, RateLimited, Unauthorized
 from chatd.services.clock import Clock
+from chatd.services.commands import Commands
 from chatd.services.passwords import PasswordHasher
 from chatd.services.routing import Router
-from chatd.storage import Batch, GroupCommitter, Store, records
+from chatd.storage import Batch, Store, records
 
 log = logging.getLogger(__name__)
 
@@ -49,11 +50,11 @@ class LoginResult:
 
 
 class AccountService:
-    def __init__(self, *, store: Store, committer: GroupCommitter, router: Router,
+    def __init__(self, *, store: Store, commands: Commands, router: Router,
                  ids: SnowflakeGenerator, clock: Clock, hasher: PasswordHasher,
                  config: AuthConfig) -> None:
         self._store = store
-        self._committer = committer
+        self._commands = commands
         self._router = router
         self._ids = ids
         self._clock = clock
@@ -108,7 +109,7 @@ class AccountService:
                 batch.put(records.HANDLES, handle, user.user_id)
                 return user
 
-            return await self._committer.submit(apply)
+            return await self._commands.submit(apply)
         finally:
             self._registering.discard(handle)
 
@@ -148,7 +149,7 @@ class AccountService:
             self._unlanded_logins[user.user_id] = self._unlanded_logins.get(user.user_id, 0) + 1
             batch.after_commit.append(partial(self._login_landed, user.user_id))
 
-        await self._committer.submit(apply)
+        await self._commands.submit(apply)
         return LoginResult(token, user, device, expires_at)
 
     def _devices_of(self, user_id: int) -> list[Device]:
@@ -191,7 +192,7 @@ class AccountService:
             now = self._clock.now_ms()
             expired = [record for _, record in page if record.expires_at <= now]
             if expired:
-                deleted += await self._committer.submit(partial(self._delete_expired, expired))
+                deleted += await self._commands.submit(partial(self._delete_expired, expired))
             else:
                 await trio.lowlevel.checkpoint()
         return deleted
@@ -242,7 +243,7 @@ class AccountService:
             for listener in self._revocation_listeners:
                 batch.after_commit.append(partial(listener, device.user_id, device.device_id))
 
-        await self._committer.submit(apply)
+        await self._commands.submit(apply)
 
     async def logout(self, session: Session) -> None:
         await self.revoke_device(session, session.device_id)
@@ -292,7 +293,7 @@ class AccountService:
                 batch.after_commit.append(partial(listener, updated))
             return updated
 
-        return await self._committer.submit(apply)
+        return await self._commands.submit(apply)
 
     def on_device_revoked(self, listener: Callable[[int, int], None]) -> None:
         """Call `listener(user_id, device_id)` once a device's revocation is durable."""
@@ -302,7 +303,7 @@ class AccountService:
         """Remember when the user's last socket closed (best effort, not awaited)."""
         # Shutting down or overloaded: presence is ephemeral, losing it is fine.
         with contextlib.suppress(ChatdError):
-            self._committer.enqueue(lambda batch: batch.put(records.LAST_SEEN, user_id, ts))
+            self._commands.enqueue(lambda batch: batch.put(records.LAST_SEEN, user_id, ts))
 
     def on_profile_change(self, listener: Callable[[User], None]) -> None:
         """Call `listener` with the new profile once a profile change is durable."""

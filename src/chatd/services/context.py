@@ -13,6 +13,7 @@ from chatd.domain.ids import SnowflakeGenerator
 from chatd.domain.ring import HashRing
 from chatd.services.accounts import AccountService
 from chatd.services.clock import Clock, SystemClock
+from chatd.services.commands import Commands
 from chatd.services.conversations import ConversationService
 from chatd.services.live import Hub
 from chatd.services.log import ConversationLog
@@ -49,17 +50,18 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None) 
                             memlimit_bytes=config.auth.argon2_memlimit_kib * 1024,
                             concurrency=config.auth.hash_concurrency)
     committer = GroupCommitter(store, max_batch=config.storage.max_batch)
-    accounts = AccountService(store=store, committer=committer, router=router, ids=ids,
+    commands = Commands(committer)
+    accounts = AccountService(store=store, commands=commands, router=router, ids=ids,
                               clock=clock, hasher=hasher, config=config.auth)
     committer.on_reload_needed(owner.forget_all)
     committer.on_reload_needed(accounts.forget_pending)
-    conversations = ConversationService(owner=owner, committer=committer, accounts=accounts,
+    conversations = ConversationService(owner=owner, commands=commands, accounts=accounts,
                                         ids=ids, clock=clock, limits=config.limits)
     hub = Hub(owner=owner, clock=clock)
     owner.on_message(hub.publish_message)
     accounts.on_profile_change(hub.publish_profile)
     accounts.on_device_revoked(hub.close_device)
-    messaging = MessagingService(store=store, log=log, owner=owner, committer=committer, hub=hub,
+    messaging = MessagingService(store=store, log=log, owner=owner, commands=commands, hub=hub,
                                  limits=config.limits)
     return Services(config, store, committer, router, owner, log, accounts, conversations,
                     messaging, hub, clock)

@@ -16,8 +16,9 @@ from chatd.domain.models import Conversation, Member, Session, Watermark
 from chatd.errors import Conflict
 from chatd.services.accounts import AccountService
 from chatd.services.clock import Clock
+from chatd.services.commands import Commands
 from chatd.services.owner import ConversationOwner
-from chatd.storage import Batch, GroupCommitter, records
+from chatd.storage import Batch, records
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,11 +32,11 @@ def _ids(user_ids: list[int]) -> list[str]:
 
 
 class ConversationService:
-    def __init__(self, *, owner: ConversationOwner, committer: GroupCommitter,
+    def __init__(self, *, owner: ConversationOwner, commands: Commands,
                  accounts: AccountService, ids: SnowflakeGenerator, clock: Clock,
                  limits: LimitsConfig) -> None:
         self._owner = owner
-        self._committer = committer
+        self._commands = commands
         self._accounts = accounts
         self._ids = ids
         self._clock = clock
@@ -68,7 +69,7 @@ class ConversationService:
             self._owner.changing(batch, conv)
             return Created(conv, created=True)
 
-        return await self._committer.submit(apply)
+        return await self._commands.submit(apply)
 
     @staticmethod
     def _check_direct(conv: Conversation, session: Session) -> Conversation:
@@ -104,7 +105,7 @@ class ConversationService:
                                       name=name, user_ids=_ids([session.user_id, *others]))
             return conv
 
-        return await self._committer.submit(apply)
+        return await self._commands.submit(apply)
 
     async def add_members(self, session: Session, conversation_id: int,
                           user_ids: list[int]) -> Conversation:
@@ -125,7 +126,7 @@ class ConversationService:
                                           user_ids=_ids(added))
             return conv
 
-        return await self._committer.submit(apply)
+        return await self._commands.submit(apply)
 
     async def remove_members(self, session: Session, conversation_id: int,
                              user_ids: list[int]) -> Conversation:
@@ -140,7 +141,7 @@ class ConversationService:
                     self._drop_member(batch, conv, user_id)
             return conv
 
-        return await self._committer.submit(apply)
+        return await self._commands.submit(apply)
 
     def _drop_member(self, batch: Batch, conv: Conversation, user_id: int) -> None:
         del conv.members[user_id]
@@ -162,7 +163,7 @@ class ConversationService:
                                           user_ids=_ids(promoted))
             return conv
 
-        return await self._committer.submit(apply)
+        return await self._commands.submit(apply)
 
     async def leave(self, session: Session, conversation_id: int) -> None:
         def apply(batch: Batch) -> None:
@@ -177,7 +178,7 @@ class ConversationService:
                 self._owner.append_system(batch, conv, session.user_id, "admins_added",
                                           user_ids=_ids([successor]))
 
-        await self._committer.submit(apply)
+        await self._commands.submit(apply)
 
     async def rename(self, session: Session, conversation_id: int, name: str) -> Conversation:
         name = rules.clean_text(name, "name", max_length=rules.MAX_GROUP_NAME)
@@ -191,4 +192,4 @@ class ConversationService:
                 self._owner.append_system(batch, conv, session.user_id, "renamed", name=name)
             return conv
 
-        return await self._committer.submit(apply)
+        return await self._commands.submit(apply)

@@ -17,10 +17,11 @@ from chatd.domain.models import Conversation, Message, SendResult, Session, Wate
 from chatd.domain.ratelimit import KeyedRateLimiter
 from chatd.errors import BadRequest, NotFound, PayloadTooLarge
 from chatd.protocol import frames
+from chatd.services.commands import Commands
 from chatd.services.live import Hub
 from chatd.services.log import ConversationLog
 from chatd.services.owner import ConversationOwner
-from chatd.storage import Batch, GroupCommitter, Pending, Store, records
+from chatd.storage import Batch, Pending, Store, records
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,12 +33,12 @@ class HistoryPage:
 
 class MessagingService:
     def __init__(self, *, store: Store, log: ConversationLog, owner: ConversationOwner,
-                 committer: GroupCommitter,
+                 commands: Commands,
                  hub: Hub, limits: LimitsConfig) -> None:
         self._store = store
         self._log = log
         self._owner = owner
-        self._committer = committer
+        self._commands = commands
         self._hub = hub
         self._limits = limits
         # Typing notices: a burst of 3, then one every 2 s per (user, conversation).
@@ -85,7 +86,7 @@ class MessagingService:
                                          client_msg_id=client_msg_id)
             return SendResult(message.message_id, conversation_id, message.seq, message.ts)
 
-        return self._committer.enqueue(apply)
+        return self._commands.enqueue(apply)
 
     def history(self, session: Session, conversation_id: int, *, after: int | None,
                 before: int | None, limit: int | None) -> HistoryPage:
@@ -172,7 +173,7 @@ class MessagingService:
                     lambda: self._hub.publish_receipt(conv, session.user_id, mark))
             return mark
 
-        return self._committer.enqueue(apply)
+        return self._commands.enqueue(apply)
 
     def typing(self, session: Session, conversation_id: int) -> bool:
         """Relay a typing notice to the other members; False when rate limited (dropped)."""

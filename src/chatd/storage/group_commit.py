@@ -27,7 +27,15 @@ from typing import Any, Generic, TypeVar
 
 import trio
 
-from chatd.errors import ChatdError, StorageFailure, Unavailable, UnstorableValue
+from chatd.errors import ChatdError
+from chatd.storage.errors import (
+    CommandFailed,
+    Overloaded,
+    ShuttingDown,
+    StorageError,
+    UnstorableValue,
+    WriteFailed,
+)
 from chatd.storage.store import Batch, Store
 
 log = logging.getLogger(__name__)
@@ -77,7 +85,8 @@ class Pending(Generic[T]):
         else:
             self._callbacks.append(callback)
 
-    def _finish(self) -> None:
+    def finish(self) -> None:
+        """The committer's: `result` or `error` is final; wake the waiter, run callbacks."""
         self.finished = True
         if self._event is not None:
             self._event.set()
@@ -162,7 +171,7 @@ class GroupCommitter:
         Refuses with 503 when the queue is full, instead of growing without bound."""
         self._check_open()
         if len(self._queue) >= self._max_pending:
-            raise Unavailable("the server is overloaded; retry shortly", code="overloaded")
+            raise Overloaded("the commit queue is full")
         pending = Pending(apply)
         self._queue.append(pending)
         self._work.set()
@@ -170,7 +179,7 @@ class GroupCommitter:
 
     def _check_open(self) -> None:
         if self._closing:
-            raise Unavailable("the server is shutting down", code="shutting_down")
+            raise ShuttingDown("the committer is closed")
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The committer task. Returns after `close()` once every queued command is done."""
@@ -220,7 +229,7 @@ class GroupCommitter:
             except Exception:
                 log.exception("a command failed while building a batch; refusing it alone")
                 batch.rollback_to(mark)
-                pending.error = ChatdError("internal error; the request was not applied")
+                pending.error = CommandFailed("the command failed; it was not applied")
                 doubtful = True
             if doubtful:
                 # The commands before it ran on sound state and land; it is refused alone;
@@ -233,7 +242,7 @@ class GroupCommitter:
         except Exception:
             log.exception("batch write failed; %d commands not acknowledged", len(accepted))
             self._failed_writes += 1
-            self._refuse_all(taken, StorageFailure("the write could not be made durable; retry"))
+            self._refuse_all(taken, WriteFailed("the write could not be made durable"))
             return
         if accepted:
             self._batches += 1
@@ -246,7 +255,7 @@ class GroupCommitter:
             except Exception:
                 log.exception("after-commit callback failed")
         for pending in taken:
-            pending._finish()
+            pending.finish()
         if doubtful:
             # Everything accepted is on disk now, so disk is the truth: reload from it.
             self._reload_state()
@@ -255,10 +264,10 @@ class GroupCommitter:
         for listener in self._reload_listeners:
             listener()
 
-    def _refuse_all(self, taken: list[Pending[Any]], error: ChatdError) -> None:
+    def _refuse_all(self, taken: list[Pending[Any]], error: StorageError) -> None:
         self._reload_state()
         for pending in taken:
             if pending.error is None:
                 pending.error = error
-            pending._finish()
+            pending.finish()
         self._refused += len(taken)

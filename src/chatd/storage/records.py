@@ -46,7 +46,7 @@ from chatd.domain.models import (
     User,
     Watermark,
 )
-from chatd.errors import UnstorableValue
+from chatd.storage.errors import UnstorableValue
 
 K = TypeVar("K")
 V = TypeVar("V")

@@ -1,0 +1,68 @@
+"""The services' door to the group committer: what a storage failure means to a client.
+
+Every command a service runs goes through `Commands`, which hands it to the committer
+and turns storage's own errors into the client-facing vocabulary of `chatd.errors`, both
+for awaited commands (`submit`) and for those answered by callback (`enqueue`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from chatd.errors import BadRequest, ChatdError, StorageFailure, Unavailable
+from chatd.storage import Batch, GroupCommitter, Pending
+from chatd.storage.errors import (
+    CommandFailed,
+    Overloaded,
+    ShuttingDown,
+    StorageError,
+    UnstorableValue,
+    WriteFailed,
+)
+
+T = TypeVar("T")
+
+
+def client_error(error: BaseException) -> BaseException:
+    """The client-facing form of a storage error (anything else passes through)."""
+    if isinstance(error, UnstorableValue):
+        return BadRequest(str(error), code="unstorable_value")
+    if isinstance(error, WriteFailed):
+        return StorageFailure("the write could not be made durable; retry")
+    if isinstance(error, Overloaded):
+        return Unavailable("the server is overloaded; retry shortly", code="overloaded")
+    if isinstance(error, ShuttingDown):
+        return Unavailable("the server is shutting down", code="shutting_down")
+    if isinstance(error, CommandFailed):
+        return ChatdError("internal error; the request was not applied")
+    if isinstance(error, StorageError):
+        return ChatdError(f"internal storage error: {error}")
+    return error
+
+
+def _translate(pending: Pending[Any]) -> None:
+    if pending.error is not None:
+        pending.error = client_error(pending.error)
+
+
+class Commands:
+    def __init__(self, committer: GroupCommitter) -> None:
+        self._committer = committer
+
+    async def submit(self, apply: Callable[[Batch], T]) -> T:
+        """Run `apply` in the next batch; its result once durable."""
+        try:
+            return await self._committer.submit(apply)
+        except StorageError as exc:
+            raise client_error(exc) from None
+
+    def enqueue(self, apply: Callable[[Batch], T]) -> Pending[T]:
+        """Queue `apply` now (in order with other enqueued commands); the `Pending`'s
+        error, if any, is already client-facing when its other callbacks run."""
+        try:
+            pending = self._committer.enqueue(apply)
+        except StorageError as exc:
+            raise client_error(exc) from None
+        pending.add_done_callback(_translate)
+        return pending
