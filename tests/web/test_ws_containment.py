@@ -291,3 +291,21 @@ async def test_sync_past_the_head_or_of_a_foreign_conversation_is_refused(
                 await alice.send(conv, "two")
                 assert (await raw.next_frame("message"))["message"]["seq"] == 2
             raw.close()
+
+
+async def test_a_reading_client_is_not_cut_off_for_its_own_pipelined_requests(
+        server: RunningServer) -> None:
+    """3,000 pings in one write (more than websocket.max_queue answers) used to close a
+    client that was reading all along with 4008: the answers outran the flusher."""
+    async with pair(server) as (alice, _bob, _conv):
+        raw = await RawWebSocket.connect(server.url, alice.token)
+        pings = b"".join(ws.encode_frame(ws.OP_TEXT, b'{"type":"ping","req":"%d"}' % n,
+                                         mask=True) for n in range(3_000))
+        answered: list[str] = []
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(raw.send_all, pings)
+            with trio.fail_after(20):
+                while len(answered) < 3_000:
+                    answered.append((await raw.next_frame("pong"))["req"])
+        assert answered == [str(n) for n in range(3_000)]
+        raw.close()

@@ -169,6 +169,11 @@ class LiveSession:
             self._queue.clear()
             self._signal()
 
+    @property
+    def queued(self) -> int:
+        """Frames waiting for the transport."""
+        return len(self._queue)
+
     # -- drained by the transport ---------------------------------------------------------
 
     def take_frames(self, limit: int = 64) -> list[OutFrame]:

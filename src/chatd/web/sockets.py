@@ -186,6 +186,8 @@ class LiveSockets:
         self._settings = services.config.websocket
         self._send_timeout = services.config.server.send_timeout
         self._max_message = services.config.server.max_request_bytes
+        # Answers queued for one connection before its reader writes them itself.
+        self._reply_backlog = max(1, self._settings.max_queue // 2)
         self._connections: set[Connection] = set()
         self._ready: list[Connection] = []
         self._work = trio.Event()
@@ -442,6 +444,17 @@ class LiveSockets:
     async def _on_frame(self, conn: Connection, data: str | bytes) -> None:
         live = conn.live
         assert live is not None
+        if live.queued >= self._reply_backlog:
+            # A client pipelining requests fills its own queue with answers faster than
+            # the flusher runs: write them now, and if the socket will not take them,
+            # read nothing more until it does. A client that reads is never cut off for
+            # its own answers; one that does not is cut off by the drain's deadline.
+            while live.queued >= self._reply_backlog and conn.unsent is None \
+                    and not conn.finished:
+                self._flush(conn)
+            if conn.unsent is not None:
+                conn.drained = trio.Event()
+                await conn.drained.wait()
         if len(data) > self._settings.max_frame_bytes:
             live.push(frames.error_frame(
                 "frame_too_large",
