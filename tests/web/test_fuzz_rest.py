@@ -1,0 +1,429 @@
+"""Schemathesis over the live server's /openapi.json: no request gets a 5xx.
+
+One shard runs in this test's Trio run; Schemathesis (its sync API, in a worker thread,
+with plain `requests`) generates requests for every operation of the published OpenAPI
+document, valid (positive) and invalid (negative) ones, from a fixed seed and from a
+random seed that is printed (`CHATD_FUZZ_SEED=<n>` replays it). Each operation runs in
+three variants:
+
+- plain: everything generated;
+- real: path parameters are real ids (a group the user administers, a direct chat with
+  messages, the peer) and some body fields get values that pass the first checks, so the
+  requests reach the services instead of stopping at 404/400;
+- hostile (operations with a JSON body): the real variant's body, with what JSON allows
+  and Schemathesis never generates: lone surrogates ("\\ud800"), NUL, deep nesting,
+  numbers beyond 64 bits, NaN.
+
+Requests are authenticated as a registered user (the token goes in as `auth`, so it
+survives negative cases that rewrite headers); `/logout` and deleting a device get a
+throwaway login each. Only the `not_a_server_error` check runs (spec conformance is a
+separate issue), plus: the server logs no traceback and nothing at ERROR, and every
+request is answered within 10 s.
+
+A second test sends a request body after the server has already answered (a 401 decided
+from the headers alone): the connection must go on serving.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import re
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import hypothesis
+import requests
+import requests.auth
+import schemathesis
+import trio
+from hypothesis import HealthCheck, Phase, given, seed, settings
+from hypothesis import strategies as st
+from schemathesis import GenerationMode
+from schemathesis.checks import not_a_server_error
+from schemathesis.core.failures import FailureGroup
+
+from chatd.server import RunningServer
+from tests.helpers import PASSWORD, fresh_handle, new_account
+
+FIXED_SEED = 7_2026
+#: Examples per operation, per generation mode, per variant, per seed.
+EXAMPLES = int(os.environ.get("CHATD_FUZZ_REST_EXAMPLES", "15"))
+#: Seconds the fuzzing may take; past that it stops and the test fails.
+TOTAL_TIMEOUT = 150.0
+REQUEST_TIMEOUT = 10.0
+#: Operations that revoke the token they are called with.
+REVOKING = {("POST", "/logout"), ("DELETE", "/devices/{device_id}")}
+
+NASTY_STRINGS = ("\ud800", "\udfff", "a\ud800b", "\udc00\ud800", "\x00", "\u202e\ufeff",
+                 "x" * 70_000, "")
+#: Raw JSON numbers that no 64-bit field can hold, and what Python's json also reads.
+NASTY_NUMBERS = ("18446744073709551616", "-1180591620717411303424", "1e400", "-1e400",
+                 "NaN", "Infinity", "9" * 4301, "0.5", "-0")
+DEEP = "\x00deep\x00"
+NUMBER = "\x00number\x00"
+
+
+class ErrorLog(logging.Handler):
+    """Every record the server logs with a traceback or at ERROR and above."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.records: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.exc_info or record.levelno >= logging.ERROR:
+            text = f"{record.name} {record.levelname}: {record.getMessage()}"
+            if record.exc_info:
+                text += "\n" + logging.Formatter().formatException(record.exc_info)
+            self.records.append(text)
+
+
+@asynccontextmanager
+async def error_log() -> AsyncIterator[ErrorLog]:
+    handler = ErrorLog()
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+
+
+class BearerAuth(requests.auth.AuthBase):
+    def __init__(self, token: str) -> None:
+        self.token = token
+
+    def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
+        request.headers["Authorization"] = f"Bearer {self.token}"
+        return request
+
+
+@dataclass(frozen=True)
+class Hostile:
+    """Edits to a generated JSON object body; `raw` is what is sent instead."""
+
+    string: str | None
+    depth: int | None
+    deep_kind: str
+    number: str | None
+    pick: int
+
+    def apply(self, body: Any) -> bytes | None:
+        if not isinstance(body, dict):
+            return None
+        body = dict(body)
+        keys = sorted(body) or ["x"]
+        if self.string is not None:
+            strings = [key for key in keys if isinstance(body.get(key), str)] or keys
+            body[strings[self.pick % len(strings)]] = self.string
+        if self.number is not None:
+            numbers = [key for key in keys if isinstance(body.get(key), int)] or ["seq"]
+            body[numbers[self.pick % len(numbers)]] = NUMBER
+        if self.depth is not None:
+            body[keys[(self.pick // 7) % len(keys)] if self.pick % 3 else "extra"] = DEEP
+        text = json.dumps(body)  # ensure_ascii: a lone surrogate goes out as "\ud800"
+        if self.depth is not None:
+            nested = ("[" * self.depth + "]" * self.depth if self.deep_kind == "array"
+                      else '{"a":' * self.depth + "0" + "}" * self.depth)
+            text = text.replace(json.dumps(DEEP), nested)
+        if self.number is not None:
+            text = text.replace(json.dumps(NUMBER), self.number)
+        return text.encode()
+
+
+hostile_edits = st.builds(
+    Hostile, st.one_of(st.none(), st.sampled_from(NASTY_STRINGS)),
+    st.one_of(st.none(), st.sampled_from((50, 999, 1000, 1500, 5000, 50_000))),
+    st.sampled_from(("array", "map")), st.one_of(st.none(), st.sampled_from(NASTY_NUMBERS)),
+    st.integers(0, 1000))
+
+
+@dataclass
+class Failure:
+    problem: str
+    request: str
+    response: str
+    logged: list[str]
+    count: int = 1
+    operations: set[str] = field(default_factory=set)
+
+
+def body_overrides(real: dict[str, str]) -> dict[str, Callable[[int], Any]]:
+    """Body fields a service checks first, with values that pass those checks."""
+    return {
+        "conversation_id": lambda n: (real["conversation_id"], real["direct"])[n % 2],
+        "user_id": lambda n: real["user_id"],
+        "user_ids": lambda n: [real["user_id"]],
+        "members": lambda n: [real["user_id"]],
+        "client_msg_id": lambda n: f"fuzz-{n}",
+        "content_type": lambda n: ("text/plain", "application/octet-stream")[n % 2],
+        "seq": lambda n: n % 4,
+    }
+
+
+def override_body(case: schemathesis.Case, values: dict[str, Any]) -> schemathesis.Case:
+    if isinstance(case.body, dict):
+        for key, value in values.items():
+            if key in case.body:
+                case.body[key] = value
+    return case
+
+
+@dataclass
+class Fuzzer:
+    """Runs in a worker thread: plain `requests` against the server in the Trio thread."""
+
+    url: str
+    handle: str
+    token: str
+    real: dict[str, str]  # path parameter (or "path:parameter") → a real id
+    log: ErrorLog
+    stop: threading.Event
+    session: requests.Session = field(default_factory=requests.Session)
+    failures: dict[str, Failure] = field(default_factory=dict)
+    calls: int = 0
+    unsendable: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
+    per_operation: dict[str, dict[int, int]] = field(default_factory=dict)
+    unsatisfiable: list[str] = field(default_factory=list)
+
+    def login(self, device: str = "fuzz") -> dict[str, Any]:
+        response = self.session.post(f"{self.url}/login", json={
+            "handle": self.handle, "password": PASSWORD, "device_name": device},
+            timeout=REQUEST_TIMEOUT)
+        assert response.status_code == 200, response.text
+        body: dict[str, Any] = response.json()
+        return body
+
+    def ensure_token(self) -> None:
+        me = self.session.get(f"{self.url}/me", timeout=REQUEST_TIMEOUT,
+                              headers={"Authorization": f"Bearer {self.token}"})
+        if me.status_code == 401:
+            self.token = self.login()["token"]
+
+    def run_case(self, case: schemathesis.Case, revoking: bool, raw: bytes | None) -> None:
+        if self.stop.is_set():
+            return
+        token = self.token
+        if revoking:
+            throwaway = self.login("throwaway")
+            token = throwaway["token"]
+            if case.path_parameters and case.path_parameters.get("device_id") == "own":
+                case.path_parameters["device_id"] = throwaway["device_id"]
+        try:
+            self.call(case, token, raw)
+        finally:
+            if revoking:  # log the throwaway out if the call did not: devices are capped
+                self.session.post(f"{self.url}/logout", auth=BearerAuth(token),
+                                  timeout=REQUEST_TIMEOUT)
+
+    def call(self, case: schemathesis.Case, token: str, raw: bytes | None) -> None:
+        extra: dict[str, Any] = {} if raw is None else {"data": raw}
+        seen = len(self.log.records)
+        try:
+            # The token as `auth`, not a header: negative cases that rewrite headers drop
+            # headers passed in, and a missing token only tests the 401 path again.
+            response = case.call(base_url=self.url, session=self.session,
+                                 timeout=REQUEST_TIMEOUT, auth=BearerAuth(token), **extra)
+        except (requests.ConnectionError, requests.Timeout,
+                requests.exceptions.ChunkedEncodingError) as exc:
+            self.record(f"{case.operation.label}: no response ({exc!r})", case, raw, None,
+                        self.log.records[seen:])
+            return
+        except (requests.RequestException, ValueError):
+            self.unsendable += 1  # a request `requests` refuses to send (a bad header)
+            return
+        self.calls += 1
+        self.statuses[response.status_code] = self.statuses.get(response.status_code, 0) + 1
+        per = self.per_operation.setdefault(case.operation.label, {})
+        per[response.status_code] = per.get(response.status_code, 0) + 1
+        logged = self.log.records[seen:]
+        problem = None
+        try:
+            case.validate_response(response, checks=[not_a_server_error])
+        except FailureGroup as group:
+            problem = f"{response.status_code} from {case.operation.label}: " + \
+                "; ".join(failure.title for failure in group.exceptions)
+        if problem is None and logged:
+            problem = f"{case.operation.label} ({response.status_code}): the server logged an error"
+        if problem is not None:
+            self.record(problem, case, raw, response, logged)
+
+    def record(self, problem: str, case: schemathesis.Case, raw: bytes | None,
+               response: Any, logged: list[str]) -> None:
+        tail = next((line for text in logged for line in reversed(text.splitlines())
+                     if line.strip()), "")
+        tail = re.sub(r"'[^'\s]*'|\d+", "…", tail)[:160]  # one key for one kind of error
+        status = "-" if response is None else response.status_code
+        key = f"{status} {tail}" if tail else f"{status} {case.operation.label}"
+        if raw is None:
+            request = case.as_curl_command(headers={"Authorization": "Bearer $TOKEN"})
+        else:
+            shown = raw.decode() if len(raw) <= 400 else \
+                f"{raw[:300].decode(errors='replace')}…({len(raw)} bytes)"
+            request = (f"curl -X {case.method.upper()} -H 'Authorization: Bearer $TOKEN' "
+                       f"-H 'Content-Type: application/json' --data-binary '{shown}' "
+                       f"{self.url}{case.formatted_path}")
+        text = "" if response is None else response.text[:500]
+        known = self.failures.get(key)
+        if known is None:
+            known = self.failures[key] = Failure(problem, request, text, logged)
+        else:
+            known.count += 1
+            if len(request) < len(known.request):
+                known.problem, known.request, known.response = problem, request, text
+                known.logged = logged or known.logged
+        known.operations.add(case.operation.label)
+
+    def fuzz(self, operation: Any, mode: GenerationMode, run_seed: int, variant: str) -> None:
+        """Run one operation's examples in one variant (plain, real or hostile)."""
+        method, path = operation.method.upper(), operation.path
+        revoking = (method, path) in REVOKING
+        path_parameters = None
+        if variant != "plain" and operation.path_parameters:
+            path_parameters = {
+                p.name: self.real.get(f"{path}:{p.name}", self.real[p.name])
+                for p in operation.path_parameters}
+        cases = operation.as_strategy(generation_mode=mode, path_parameters=path_parameters)
+        if variant != "plain":
+            overrides = body_overrides(self.real)
+            cases = st.tuples(cases, st.sets(st.sampled_from(sorted(overrides))),
+                              st.integers(0, 1_000_000)).map(
+                lambda drawn: override_body(drawn[0], {
+                    key: overrides[key](drawn[2]) for key in drawn[1]}))
+        edits = hostile_edits if variant == "hostile" else st.none()
+
+        @seed(run_seed)
+        @settings(max_examples=EXAMPLES, database=None, deadline=None,
+                  phases=[Phase.explicit, Phase.generate],
+                  suppress_health_check=list(HealthCheck))
+        @given(case=cases, edit=edits)
+        def check(case: schemathesis.Case, edit: Hostile | None) -> None:
+            self.run_case(case, revoking, None if edit is None else edit.apply(case.body))
+
+        try:
+            check()
+        except hypothesis.errors.Unsatisfiable:
+            # Nothing to generate (no negative form of an operation without inputs).
+            self.unsatisfiable.append(f"{operation.label} {mode.value}")
+        self.ensure_token()
+
+
+def run_schemathesis(spec: dict[str, Any], fuzzer: Fuzzer, seeds: list[int]) -> list[str]:
+    schema = schemathesis.openapi.from_dict(spec)
+    labels = []
+    for result in schema.get_all_operations():
+        operation = result.ok()
+        labels.append(operation.label)
+        variants = ["plain"]
+        if operation.path_parameters or operation.body:
+            variants.append("real")
+        if operation.body:
+            variants.append("hostile")
+        for run_seed in seeds:
+            for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+                for variant in variants:
+                    if fuzzer.stop.is_set():
+                        return labels
+                    fuzzer.fuzz(operation, mode, run_seed, variant)
+    return labels
+
+
+async def test_no_request_gets_a_server_error(server: RunningServer) -> None:
+    random_seed = int(os.environ.get("CHATD_FUZZ_SEED") or random.randrange(2**32))
+    print(f"\nrest fuzz: fixed seed {FIXED_SEED}, random seed {random_seed} "
+          f"(replay with CHATD_FUZZ_SEED={random_seed}); hypothesis {hypothesis.__version__}, "
+          f"schemathesis {schemathesis.__version__}")
+    started = time.monotonic()
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        spec = (await http.get("/openapi.json")).json()
+        user, peer = await new_account(http, fresh_handle("rest")), await new_account(http)
+        direct = await user.direct_with(peer)
+        group = await user.group("fuzzed", peer)
+        leaving = await user.group("to leave", peer)
+        for n in range(3):
+            assert (await user.send(direct, f"m{n}")).status_code == 201
+            assert (await user.send(group, f"g{n}")).status_code == 201
+        real = {"conversation_id": group, "direct": direct, "user_id": peer.user_id,
+                "seq": "2", "device_id": "own",
+                "/messages/{conversation_id}/{seq}/status:conversation_id": direct,
+                "/messages/{conversation_id}:conversation_id": direct,
+                "/conversations/{conversation_id}/read:conversation_id": direct,
+                "/groups/{conversation_id}/leave:conversation_id": leaving}
+        stop = threading.Event()
+        async with error_log() as logged:
+            fuzzer = Fuzzer(server.url, user.handle, user.token, real, logged, stop)
+            labels: list[str] = []
+            try:
+                with trio.move_on_after(TOTAL_TIMEOUT) as budget:
+                    labels = await trio.to_thread.run_sync(
+                        run_schemathesis, spec, fuzzer, [FIXED_SEED, random_seed],
+                        abandon_on_cancel=True)
+            finally:
+                stop.set()
+        health = await http.get("/healthz")
+    elapsed = time.monotonic() - started
+    print(f"rest fuzz: {fuzzer.calls} requests over {len(labels)} operations in "
+          f"{elapsed:.1f} s; statuses {dict(sorted(fuzzer.statuses.items()))}; "
+          f"{fuzzer.unsendable} unsendable; nothing to generate for {fuzzer.unsatisfiable}")
+    for label, statuses in fuzzer.per_operation.items():
+        print(f"  {label}: {dict(sorted(statuses.items()))}")
+    report = []
+    for key, failure in fuzzer.failures.items():
+        report.append(f"--- {failure.count} request(s) to {sorted(failure.operations)}: "
+                      f"{key}\n{failure.problem}\n  shortest request: {failure.request}\n"
+                      f"  response: {failure.response}")
+        report.extend(f"  server log:\n{text[-3000:]}" for text in failure.logged[:1])
+    print("\n".join(report))
+    assert health.status_code == 200
+    assert not budget.cancelled_caught, f"not done after {TOTAL_TIMEOUT:g} s"
+    assert not fuzzer.failures, f"{len(fuzzer.failures)} distinct failure(s):\n" + \
+        "\n".join(report)
+    assert fuzzer.calls > 0
+
+
+async def _exchange(stream: trio.SocketStream, *parts: bytes) -> bytes:
+    """Send `parts` (the last ones after a pause), return one whole response."""
+    for n, part in enumerate(parts):
+        if n:
+            await trio.sleep(0.1)
+        await stream.send_all(part)
+    received = b""
+    with trio.fail_after(REQUEST_TIMEOUT):
+        while True:
+            head, sep, body = received.partition(b"\r\n\r\n")
+            if sep:
+                length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                               if line.lower().startswith(b"content-length:")), 0)
+                if len(body) >= length:
+                    return received
+            chunk = await stream.receive_some()
+            assert chunk, f"the server hung up: {received!r}"
+            received += chunk
+
+
+async def test_a_body_sent_after_the_answer_does_not_stall_the_connection(
+        server: RunningServer) -> None:
+    parts = urlsplit(server.url)
+    assert parts.hostname is not None and parts.port is not None
+    stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+    stream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    body = b'{"user_id": "1"}'
+    head = (b"POST /conversations/direct HTTP/1.1\r\nHost: chatd\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body))
+    async with stream:
+        # No token: the server can answer 401 from the head alone, before the body comes.
+        first = await _exchange(stream, head, body)
+        assert first.startswith(b"HTTP/1.1 401 "), first
+        second = await _exchange(stream, b"GET /healthz HTTP/1.1\r\nHost: chatd\r\n\r\n")
+        assert second.startswith(b"HTTP/1.1 200 "), second
