@@ -22,6 +22,9 @@ class User:
     status_text: str = ""
     #: Privacy: when set, presence shows online/offline but never last_seen.
     hide_last_seen: bool = False
+    #: Privacy: when off, others are not told when this user has read their messages,
+    #: and (as in WhatsApp) this user is not told when others read theirs.
+    read_receipts: bool = True
 
 
 @dataclass(frozen=True, slots=True)

@@ -271,7 +271,8 @@ class AccountService:
             self.get_user(user_id)
 
     async def update_profile(self, session: Session, *, display_name: str | None,
-                             status_text: str | None, hide_last_seen: bool | None = None) -> User:
+                             status_text: str | None, hide_last_seen: bool | None = None,
+                             read_receipts: bool | None = None) -> User:
         if display_name is not None:
             display_name = rules.clean_text(display_name, "display_name",
                                             max_length=rules.MAX_DISPLAY_NAME)
@@ -285,7 +286,8 @@ class AccountService:
                 user,
                 display_name=user.display_name if display_name is None else display_name,
                 status_text=user.status_text if status_text is None else status_text,
-                hide_last_seen=user.hide_last_seen if hide_last_seen is None else hide_last_seen)
+                hide_last_seen=user.hide_last_seen if hide_last_seen is None else hide_last_seen,
+                read_receipts=user.read_receipts if read_receipts is None else read_receipts)
             batch.put(records.USERS, updated.user_id, updated)
             self._pending_users[updated.user_id] = updated
             batch.after_commit.append(lambda: self._settle(updated))

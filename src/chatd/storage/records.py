@@ -9,7 +9,7 @@ added unpacks with that field's default, so adding a field at the end needs no m
 | family | key | value |
 |---|---|---|
 | users | user_id | handle, display_name, password_hash, created_at, status_text, |
-| | | hide_last_seen |
+| | | hide_last_seen, read_receipts |
 | handles | normalised handle (UTF-8) | user_id (8 bytes) |
 | devices | user_id, device_id | name, created_at, token_hash |
 | tokens | sha256(token) | user_id, device_id, expires_at |
@@ -169,7 +169,7 @@ def _read_empty(_key: Any, _data: bytes) -> None:
 
 USERS: Family[int, User] = Family(
     "users", u64, read_u64, *_fields(User, "handle", "display_name", "password_hash",
-                                     "created_at", "status_text", "hide_last_seen",
+                                     "created_at", "status_text", "hide_last_seen", "read_receipts",
                                      key=("user_id",)))
 HANDLES: Family[str, int] = Family(
     "handles", str.encode, bytes.decode, _u64_value, _read_u64_value)

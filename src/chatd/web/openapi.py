@@ -28,7 +28,7 @@ _SCHEMAS: dict[str, Schema] = {
     "User": _object(["user_id", "handle", "display_name", "status"], user_id=_ID,
                     handle={"type": "string"}, display_name={"type": "string"},
                     status={"type": "string"}, created_at=_MS,
-                    hide_last_seen={"type": "boolean"}),
+                    hide_last_seen={"type": "boolean"}, read_receipts={"type": "boolean"}),
     "Device": _object(["device_id", "name", "created_at", "current"], device_id=_ID,
                       name={"type": "string"}, created_at=_MS, current={"type": "boolean"}),
     "Receipts": _object(["delivered_seq", "read_seq"], delivered_seq={"type": "integer"},
@@ -119,7 +119,8 @@ def _paths() -> dict[str, Any]:
             "patch": _op("Change display name or status", response=_ref("User"),
                          body=_object([], display_name={"type": "string"},
                                       status={"type": "string", "maxLength": 140},
-                                      hide_last_seen={"type": "boolean"})),
+                                      hide_last_seen={"type": "boolean"},
+                                      read_receipts={"type": "boolean"})),
         },
         "/users": {"get": _op(
             "Find a user by exact handle", response=_ref("User"), errors=(400, 404),

@@ -14,7 +14,7 @@ public_user = frames.public_profile
 
 def own_user(user: User) -> dict[str, Any]:
     return {**public_user(user), "created_at": user.created_at,
-            "hide_last_seen": user.hide_last_seen}
+            "hide_last_seen": user.hide_last_seen, "read_receipts": user.read_receipts}
 
 
 def device(entry: Device, current_device_id: int) -> dict[str, Any]:

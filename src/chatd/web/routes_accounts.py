@@ -74,12 +74,15 @@ def register(app: QuartTrio, services: Services) -> None:
         display_name = params.optional_text(body, "display_name")
         status = params.optional_text(body, "status")
         hide_last_seen = params.optional_bool(body, "hide_last_seen")
-        unknown = set(body) - {"display_name", "status", "hide_last_seen"}
+        read_receipts = params.optional_bool(body, "read_receipts")
+        unknown = set(body) - {"display_name", "status", "hide_last_seen", "read_receipts"}
         if unknown:
             raise BadRequest(f"{sorted(unknown)[0]}: not a profile field "
-                             "(display_name, status, hide_last_seen)", code="invalid_field")
+                             "(display_name, status, hide_last_seen, read_receipts)",
+                             code="invalid_field")
         user = await accounts.update_profile(session, display_name=display_name,
-                                             status_text=status, hide_last_seen=hide_last_seen)
+                                             status_text=status, hide_last_seen=hide_last_seen,
+                                             read_receipts=read_receipts)
         return render.own_user(user)
 
     @app.get("/users/<user_id>")
