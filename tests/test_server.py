@@ -9,6 +9,7 @@ import httpx
 import pytest
 import trio
 
+from chatd.client import ChatClient
 from tests.helpers import Account, ServerProcess, login, new_account
 
 pytestmark = pytest.mark.slow
@@ -135,3 +136,42 @@ async def test_sigterm_closes_websockets_with_1001_promptly(tmp_path: Path) -> N
             assert trio.current_time() - started < 2
     assert server.process.wait(timeout=10) == 0
     server.terminate()
+
+
+async def test_acks_are_hints_a_kill_9_costs_redelivery_never_a_gap(tmp_path: Path) -> None:
+    """An ack writes its cursor without an fsync of its own (it rides in the next batch),
+    so a crash may lose it: the device is then sent those messages again, in order, and
+    drops what it holds by seq. The catch-up is complete either way."""
+    data = tmp_path / "data"
+    victim = ServerProcess(data, tmp_path / "victim.log")
+    async with httpx.AsyncClient(base_url=await victim.ready(), timeout=10) as http:
+        alice, bob = await new_account(http, "alice"), await new_account(http, "bob")
+        conv = await alice.direct_with(bob)
+        for n in range(20):
+            assert (await alice.send(conv, f"m{n}")).status_code == 201
+        client = ChatClient(victim.url, token=bob.token)
+        async with client, client.connect() as live:
+            held = [(await live.next_event())["message"]["seq"] for _ in range(20)]
+            await live.ack(conv, held[-1])
+            victim.kill()  # at once: no batch has carried the ack's cursor yet
+    assert held == list(range(1, 21))
+    survivor = ServerProcess(data, tmp_path / "survivor.log")
+    try:
+        url = await survivor.ready()
+        async with httpx.AsyncClient(base_url=url, timeout=10) as http:
+            alice.http = http
+            assert (await alice.send(conv, "after the crash")).status_code == 201
+        client = ChatClient(url, token=bob.token)
+        async with client, client.connect() as live:
+            again = []
+            with trio.fail_after(10):
+                while not again or again[-1] != 21:
+                    event = await live.next_event()
+                    if event["type"] == "message":
+                        again.append(event["message"]["seq"])
+        # Whatever the lost cursor said, the device gets a suffix of the log, in order,
+        # with nothing missing: duplicates are only what it can drop by seq.
+        assert again == list(range(again[0], 22)), again
+        assert again[0] <= 21
+    finally:
+        assert survivor.terminate() == 0

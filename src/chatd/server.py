@@ -91,6 +91,7 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
             async with trio.open_nursery() as web:
                 web.start_soon(_close_sockets_on, shutdown, services)
                 web.start_soon(_run_until, shutdown, services.accounts.run_pruner)
+                web.start_soon(_run_until, shutdown, services.messaging.run_hint_writer)
                 url = await web.start(front.run, shutdown)
                 log.info("serving %s (shard %s, data %s)", url, config.cluster.shard,
                          config.storage.data_dir)

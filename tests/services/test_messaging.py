@@ -4,6 +4,7 @@ import pytest
 
 from chatd.domain.models import Watermark
 from chatd.errors import BadRequest, NotFound
+from chatd.storage import records
 from tests.services.conftest import Shard
 
 
@@ -67,3 +68,29 @@ async def test_strangers_see_the_same_404_as_for_nothing(shard: Shard) -> None:
         answers.append((refused.value.code, refused.value.message.replace(
             str(conversation_id), "ID")))
     assert answers[0] == answers[1] == ("unknown_conversation", answers[0][1])
+
+
+async def test_an_ack_costs_no_command_and_rides_in_the_next_batch(shard: Shard) -> None:
+    alice, bob = await shard.user(), await shard.user()
+    services = shard.services
+    conv = (await services.conversations.open_direct(alice, bob.user_id)).conversation
+    for n in range(3):
+        await services.messaging.send(alice, conversation_id=conv.conversation_id,
+                                      client_msg_id=f"m{n}", content_type="text/plain",
+                                      body="x")
+    before = services.committer.statistics()
+    acked: dict[int, int] = {}
+    services.messaging.acknowledge(bob, conv.conversation_id, 3, acked)
+    services.messaging.acknowledge(bob, conv.conversation_id, 2, acked)  # behind: no-op
+    # Nothing queued, nothing written: the move is in memory at once.
+    assert services.committer.statistics() == before
+    assert services.owner.get(conv.conversation_id).watermark(bob.user_id) == Watermark(3, 0)
+    assert services.store.get(records.CURSORS, (bob.device_id, conv.conversation_id)) is None
+    # The next batch, whatever it is for, carries the cursor and the watermark.
+    await services.messaging.send(alice, conversation_id=conv.conversation_id,
+                                  client_msg_id="m3", content_type="text/plain", body="x")
+    assert services.store.get(records.CURSORS, (bob.device_id, conv.conversation_id)) == 3
+    assert services.store.get(records.WATERMARKS,
+                              (conv.conversation_id, bob.user_id)) == Watermark(3, 0)
+    with pytest.raises(BadRequest):
+        services.messaging.acknowledge(bob, conv.conversation_id, 99, acked)

@@ -91,25 +91,34 @@ class Zoo:
 
     async def connect(self, receive_buffer: int | None = None) -> trio.SocketStream:
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        if receive_buffer is not None:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
-        await sock.connect(self.address)
+        try:
+            if receive_buffer is not None:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+            await sock.connect(self.address)
+        except BaseException:
+            sock.close()
+            raise
         return trio.SocketStream(sock)
 
     async def open_ws(self, token: str, receive_buffer: int | None = None, *,
                       read_head: bool = True) -> tuple[trio.SocketStream, bytes]:
         stream = await self.connect(receive_buffer)
-        host, port = self.address
-        await stream.send_all(opening_request(f"{host}:{port}", f"/ws?token={token}"))
-        if not read_head:
-            return stream, b""
-        data = b""
-        with trio.fail_after(10):
-            while b"\r\n\r\n" not in data:
-                chunk = await stream.receive_some()
-                assert chunk, data
-                data += chunk
-        assert data.startswith(b"HTTP/1.1 101 "), data
+        try:
+            host, port = self.address
+            await stream.send_all(opening_request(f"{host}:{port}", f"/ws?token={token}"))
+            if not read_head:
+                return stream, b""
+            data = b""
+            with trio.fail_after(10):
+                while b"\r\n\r\n" not in data:
+                    chunk = await stream.receive_some()
+                    assert chunk, data
+                    data += chunk
+            assert data.startswith(b"HTTP/1.1 101 "), data
+        except BaseException:
+            # A server that hangs up mid-handshake must not leave the socket to the GC.
+            await trio.aclose_forcefully(stream)
+            raise
         return stream, data[data.index(b"\r\n\r\n") + 4:]
 
     async def forever(self, name: str, attack: Callable[[], Awaitable[None]]) -> None:

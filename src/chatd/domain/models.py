@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -98,6 +99,35 @@ class Watermark:
         return Watermark(max(self.delivered_seq, delivered, read_seq), read_seq)
 
 
+class RecentSenders:
+    """Who sent a conversation's most recent messages (the last `limit` of them), so that
+    a receipt can go to the senders of the messages it covers without reading the log."""
+
+    __slots__ = ("_entries", "_limit", "covers_from")
+
+    def __init__(self, covers_from: int, limit: int = 1024) -> None:
+        self._entries: deque[tuple[int, int]] = deque()
+        self._limit = limit
+        #: The lowest seq this knows the sender of (if it was sent by a user at all).
+        self.covers_from = covers_from
+
+    def add(self, seq: int, sender_id: int) -> None:
+        self._entries.append((seq, sender_id))
+        if len(self._entries) > self._limit:
+            dropped, _ = self._entries.popleft()
+            self.covers_from = dropped + 1
+
+    def senders(self, low: int, high: int) -> set[int]:
+        """The senders of messages with low <= seq <= high, for low >= `covers_from`."""
+        found: set[int] = set()
+        for seq, sender_id in reversed(self._entries):
+            if seq < low:
+                break
+            if seq <= high:
+                found.add(sender_id)
+        return found
+
+
 @dataclass(slots=True)
 class Conversation:
     """A conversation as its owner shard holds it: the head of its log, its members (in
@@ -113,6 +143,8 @@ class Conversation:
     last_ts: int = 0
     members: dict[int, Member] = field(default_factory=dict)
     watermarks: dict[int, Watermark] = field(default_factory=dict)
+    #: The owner's index of recent senders (set once the owner holds the conversation).
+    recent: RecentSenders | None = None
 
     def is_member(self, user_id: int) -> bool:
         return user_id in self.members

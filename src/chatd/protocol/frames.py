@@ -23,7 +23,7 @@ import msgpack
 
 from chatd.domain import rules
 from chatd.domain.ids import parse_id
-from chatd.domain.models import Message, User, Watermark
+from chatd.domain.models import Message, User
 from chatd.errors import BadRequest, ChatdError
 from chatd.protocol import edge
 
@@ -343,10 +343,15 @@ def sent_frame(req: str, message_id: int, conversation_id: int, seq: int, ts: in
                      "conversation_id": str(conversation_id), "seq": seq, "ts": ts})
 
 
-def receipt_frame(conversation_id: int, user_id: int, mark: Watermark) -> OutFrame:
-    return OutFrame({"type": "receipt", "conversation_id": str(conversation_id),
-                     "user_id": str(user_id), "delivered_seq": mark.delivered_seq,
-                     "read_seq": mark.read_seq})
+def receipt_frame(conversation_id: int, user_id: int, delivered_seq: int,
+                  read_seq: int | None) -> OutFrame:
+    """`user_id`'s watermarks in a conversation; `read_seq` is left out when it is not
+    to be shown (the reader, or the one told, turned read receipts off)."""
+    payload: dict[str, Any] = {"type": "receipt", "conversation_id": str(conversation_id),
+                               "user_id": str(user_id), "delivered_seq": delivered_seq}
+    if read_seq is not None:
+        payload["read_seq"] = read_seq
+    return OutFrame(payload)
 
 
 def presence_frame(user_id: int, online: bool, last_seen: int | None) -> OutFrame:

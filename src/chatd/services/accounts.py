@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 TOKEN_PREFIX = "chatd_"
 _DAY_MS = 86_400_000
+#: Users whose read-receipts setting is kept in memory (cleared past this).
+_SETTINGS_CACHE = 100_000
 
 
 def hash_token(token: str) -> bytes:
@@ -68,6 +70,7 @@ class AccountService:
         # Users changed by commands whose batch has not landed yet; reads see these first
         # so two profile edits in one batch do not undo each other.
         self._pending_users: dict[int, User] = {}
+        self._read_receipts: dict[int, bool] = {}
         # Logins applied in a batch that has not landed yet, per user (the device cap).
         self._unlanded_logins: dict[int, int] = {}
         self._profile_listeners: list[Callable[[User], None]] = []
@@ -297,6 +300,17 @@ class AccountService:
 
         return await self._commands.submit(apply)
 
+    def shares_read_receipts(self, user_id: int) -> bool:
+        """The user's `read_receipts` setting (cached: receipts ask for every move)."""
+        shared = self._read_receipts.get(user_id)
+        if shared is None:
+            user = self._user(user_id)
+            shared = user.read_receipts if user is not None else True
+            if len(self._read_receipts) >= _SETTINGS_CACHE:
+                self._read_receipts.clear()
+            self._read_receipts[user_id] = shared
+        return shared
+
     def on_device_revoked(self, listener: Callable[[int, int], None]) -> None:
         """Call `listener(user_id, device_id)` once a device's revocation is durable."""
         self._revocation_listeners.append(listener)
@@ -312,5 +326,6 @@ class AccountService:
         self._profile_listeners.append(listener)
 
     def _settle(self, user: User) -> None:
+        self._read_receipts[user.user_id] = user.read_receipts
         if self._pending_users.get(user.user_id) is user:
             del self._pending_users[user.user_id]

@@ -57,11 +57,11 @@ class Commands:
         except StorageError as exc:
             raise client_error(exc) from None
 
-    def enqueue(self, apply: Callable[[Batch], T]) -> Pending[T]:
+    def enqueue(self, apply: Callable[[Batch], T], *, durable: bool = True) -> Pending[T]:
         """Queue `apply` now (in order with other enqueued commands); the `Pending`'s
         error, if any, is already client-facing when its other callbacks run."""
         try:
-            pending = self._committer.enqueue(apply)
+            pending = self._committer.enqueue(apply, durable=durable)
         except StorageError as exc:
             raise client_error(exc) from None
         pending.add_done_callback(_translate)

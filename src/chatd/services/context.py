@@ -20,6 +20,7 @@ from chatd.services.log import ConversationLog
 from chatd.services.messaging import MessagingService
 from chatd.services.owner import ConversationOwner
 from chatd.services.passwords import PasswordHasher
+from chatd.services.receipts import Receipts
 from chatd.services.routing import Router
 from chatd.storage import GroupCommitter, Store
 
@@ -36,6 +37,7 @@ class Services:
     conversations: ConversationService
     messaging: MessagingService
     hub: Hub
+    receipts: Receipts
     clock: Clock
 
 
@@ -61,7 +63,13 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None) 
     owner.on_message(hub.publish_message)
     accounts.on_profile_change(hub.publish_profile)
     accounts.on_device_revoked(hub.close_device)
+    receipts = Receipts(hub=hub, owner=owner,
+                        shares_read_receipts=accounts.shares_read_receipts)
     messaging = MessagingService(store=store, log=log, owner=owner, commands=commands, hub=hub,
+                                 receipts=receipts,
+                                 shares_read_receipts=accounts.shares_read_receipts,
                                  limits=config.limits)
+    committer.ride_along(messaging.drain_hints_into)
+    accounts.on_device_revoked(messaging.forget_device)
     return Services(config, store, committer, router, owner, log, accounts, conversations,
-                    messaging, hub, clock)
+                    messaging, hub, receipts, clock)

@@ -22,7 +22,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 
 from chatd.domain import groups
-from chatd.domain.models import Conversation, Message, User, Watermark
+from chatd.domain.models import Conversation, Message, User
 from chatd.errors import BadRequest
 from chatd.protocol import frames
 from chatd.protocol.frames import OutFrame
@@ -312,9 +312,6 @@ class Hub:
             for session in self._sessions.get(user_id, ()):
                 if session is not skip:
                     session.push(frame)
-
-    def publish_receipt(self, conv: Conversation, user_id: int, mark: Watermark) -> None:
-        self.publish(conv.members, frames.receipt_frame(conv.conversation_id, user_id, mark))
 
     # -- presence and profiles ------------------------------------------------------------
 

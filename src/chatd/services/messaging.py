@@ -7,6 +7,8 @@ and writes nothing.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import trio
@@ -15,12 +17,13 @@ from chatd.config import LimitsConfig
 from chatd.domain import groups, rules
 from chatd.domain.models import Conversation, Message, SendResult, Session, Watermark
 from chatd.domain.ratelimit import KeyedRateLimiter
-from chatd.errors import BadRequest, NotFound, PayloadTooLarge
+from chatd.errors import BadRequest, ChatdError, NotFound, PayloadTooLarge
 from chatd.protocol import frames
 from chatd.services.commands import Commands
 from chatd.services.live import Hub
 from chatd.services.log import ConversationLog
 from chatd.services.owner import ConversationOwner
+from chatd.services.receipts import Receipts
 from chatd.storage import Batch, Pending, Store, records
 
 
@@ -31,16 +34,24 @@ class HistoryPage:
     has_more: bool
 
 
+def _nothing(batch: Batch) -> None:
+    """A command that writes nothing of its own: the batch it makes carries the hints."""
+
+
 class MessagingService:
     def __init__(self, *, store: Store, log: ConversationLog, owner: ConversationOwner,
-                 commands: Commands,
-                 hub: Hub, limits: LimitsConfig) -> None:
+                 commands: Commands, hub: Hub, receipts: Receipts,
+                 shares_read_receipts: Callable[[int], bool], limits: LimitsConfig) -> None:
         self._store = store
         self._log = log
         self._owner = owner
         self._commands = commands
         self._hub = hub
+        self._receipts = receipts
+        self._shares_read = shares_read_receipts
         self._limits = limits
+        # Acks' cursor rows not written yet, (device, conversation) -> seq.
+        self._cursor_hints: dict[tuple[int, int], int] = {}
         # Typing notices: a burst of 3, then one every 2 s per (user, conversation).
         self._typing_limit = KeyedRateLimiter(per_second=0.5, burst=3)
 
@@ -135,42 +146,74 @@ class MessagingService:
                         seq: int) -> Pending[Watermark]:
         return self._start_move_watermark(session, conversation_id, seq, read=True)
 
-    def start_acknowledge(self, session: Session, conversation_id: int, seq: int,
-                          acked: dict[int, int] | None = None) -> Pending[Watermark] | None:
+    def acknowledge(self, session: Session, conversation_id: int, seq: int,
+                    acked: dict[int, int]) -> None:
         """A device has everything up to `seq`: move its cursor (where its next catch-up
         starts) and the user's delivered watermark. `acked` is the device's cursor map,
-        kept current by the caller so repeated acks cost nothing (None is returned then)."""
-        if acked is not None and acked.get(conversation_id, -1) >= seq >= 0:
-            self.member_view(session, conversation_id)
-            return None
-        return self._start_move_watermark(session, conversation_id, seq, read=False,
-                                          acked=acked)
+        kept current here, so a repeated ack costs a lookup.
 
-    def _start_move_watermark(self, session: Session, conversation_id: int, seq: int, *,
-                              read: bool,
-                              acked: dict[int, int] | None = None) -> Pending[Watermark]:
-        self.member_view(session, conversation_id)
+        Both are hints (docs/architecture.md, "Delivery hints"): losing one in a crash
+        means the device is sent those messages again and drops them by seq, and its
+        next ack moves the watermark again. So an ack never waits for, or causes, an
+        fsync: it changes memory now, and its rows ride in the next batch."""
+        conv = self._checked_seq(session, conversation_id, seq)
+        if acked.get(conversation_id, -1) >= seq:
+            return
+        acked[conversation_id] = seq
+        self._cursor_hints[(session.device_id, conversation_id)] = seq
+        current = conv.watermark(session.user_id)
+        mark = current.advanced(delivered=seq)
+        if mark != current:
+            self._owner.move_watermark_hint(conv, session.user_id, mark)
+            self._receipts.moved(conv, session.user_id, current, mark)
+
+    def check_ack(self, session: Session, conversation_id: int, seq: int) -> None:
+        """Refuse an ack `acknowledge` would refuse (to answer it before applying it)."""
+        self._checked_seq(session, conversation_id, seq)
+
+    def _checked_seq(self, session: Session, conversation_id: int, seq: int) -> Conversation:
+        conv = self.member_view(session, conversation_id)
         if seq < 0:
             raise BadRequest("seq: must not be negative", code="invalid_field")
+        if seq > conv.head_seq:
+            raise BadRequest(f"seq: the conversation's last seq is {conv.head_seq}",
+                             code="seq_out_of_range")
+        return conv
+
+    def drain_hints_into(self, batch: Batch) -> None:
+        """Put the acks' cursor rows (and the owner's hinted watermarks) in `batch`."""
+        cursors, self._cursor_hints = self._cursor_hints, {}
+        for key, seq in cursors.items():
+            batch.put(records.CURSORS, key, seq)
+        self._owner.drain_hints_into(batch)
+
+    def forget_device(self, user_id: int, device_id: int) -> None:
+        """A revoked device's cursors are deleted; its pending hints must not return them."""
+        for key in [key for key in self._cursor_hints if key[0] == device_id]:
+            del self._cursor_hints[key]
+
+    async def run_hint_writer(self, interval: float = 0.5) -> None:
+        """Hints ride in the next batch; when no batch comes for `interval` seconds, one
+        unsynced batch of their own carries them."""
+        while True:
+            await trio.sleep(interval)
+            if self._cursor_hints or self._owner.has_hints():
+                with contextlib.suppress(ChatdError):  # shutting down: the drain takes them
+                    self._commands.enqueue(_nothing, durable=False)
+
+    def _start_move_watermark(self, session: Session, conversation_id: int, seq: int, *,
+                              read: bool) -> Pending[Watermark]:
+        self._checked_seq(session, conversation_id, seq)
 
         def apply(batch: Batch) -> Watermark:
             conv = self._owner.get(conversation_id)
             groups.require_member(conv, session.user_id)
-            if seq > conv.head_seq:
-                raise BadRequest(f"seq: the conversation's last seq is {conv.head_seq}",
-                                 code="seq_out_of_range")
             current = conv.watermark(session.user_id)
-            if read:
-                mark = current.advanced(read=seq)
-            else:
-                mark = current.advanced(delivered=seq)
-                batch.put(records.CURSORS, (session.device_id, conversation_id), seq)
-                if acked is not None:
-                    acked[conversation_id] = max(seq, acked.get(conversation_id, 0))
+            mark = current.advanced(read=seq) if read else current.advanced(delivered=seq)
             if mark != current:
                 self._owner.set_watermark(batch, conv, session.user_id, mark)
                 batch.after_commit.append(
-                    lambda: self._hub.publish_receipt(conv, session.user_id, mark))
+                    lambda: self._receipts.moved(conv, session.user_id, current, mark))
             return mark
 
         return self._commands.enqueue(apply)
@@ -186,13 +229,18 @@ class MessagingService:
         return True
 
     def message_status(self, session: Session, conversation_id: int,
-                       seq: int) -> list[tuple[int, bool, bool]]:
-        """(member, delivered, read) for one message, derived from the watermarks."""
+                       seq: int) -> list[tuple[int, bool, bool | None]]:
+        """(member, delivered, read) for one message, derived from the watermarks; `read`
+        is None where read receipts are not shared (the member's or the caller's choice)."""
         conv = self.member_view(session, conversation_id)
         # Entries before the caller joined are as unknown to them as those never written.
         if not max(1, conv.members[session.user_id].joined_seq) <= seq <= conv.head_seq:
             raise NotFound(f"no message with seq {seq} in this conversation that you can "
                            "read", code="unknown_message")
+        caller_sees_reads = self._shares_read(session.user_id)
         return [(user_id, conv.watermark(user_id).delivered_seq >= seq,
-                 conv.watermark(user_id).read_seq >= seq)
+                 conv.watermark(user_id).read_seq >= seq
+                 if user_id == session.user_id or (caller_sees_reads
+                                                   and self._shares_read(user_id))
+                 else None)
                 for user_id, member in conv.members.items() if member.joined_seq <= seq]

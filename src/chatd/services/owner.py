@@ -14,12 +14,22 @@ from collections.abc import Callable
 
 from chatd.domain import groups
 from chatd.domain.ids import SnowflakeGenerator
-from chatd.domain.models import Body, Conversation, Message, SendResult, Watermark
+from chatd.domain.models import (
+    Body,
+    Conversation,
+    Message,
+    RecentSenders,
+    SendResult,
+    Watermark,
+)
 from chatd.domain.rules import SYSTEM_CONTENT_TYPE
 from chatd.services.clock import Clock
 from chatd.services.log import ConversationLog
 from chatd.services.routing import Router
 from chatd.storage import Batch, Store, records
+
+#: The most log entries read to address one receipt to the senders of older messages.
+MAX_RECEIPT_SCAN = 2_000
 
 #: Called with each message once it is durable, in log order, and the users to deliver it
 #: to: the members when it was appended, plus those a system entry removes.
@@ -44,6 +54,8 @@ class ConversationOwner:
         # Sends applied but not yet durable, so a resend inside the same window is
         # answered from here (the database has not got them yet).
         self._in_flight: dict[tuple[int, int, str], SendResult] = {}
+        # Watermarks moved by acks and not written yet (they ride in the next batch).
+        self._hinted: dict[tuple[int, int], Watermark] = {}
 
     def on_message(self, listener: MessageListener) -> None:
         self._listeners.append(listener)
@@ -79,6 +91,11 @@ class ConversationOwner:
         conv.members = {user_id: member for _, user_id, member in joined}
         conv.watermarks = {user_id: mark for (_, user_id), mark
                            in self._store.scan(records.WATERMARKS, prefix)}
+        for (hinted_conv, user_id), mark in self._hinted.items():
+            # Evicted before its hint was written: the hint is the newer value.
+            if hinted_conv == conversation_id and user_id in conv.members:
+                conv.watermarks[user_id] = conv.watermark(user_id).advanced(
+                    mark.delivered_seq, mark.read_seq)
         conv.head_seq, last_ts = self._log.head(conversation_id)
         conv.last_ts = last_ts or conv.created_at
         return conv
@@ -88,6 +105,50 @@ class ConversationOwner:
         return [conversation_id for (_, conversation_id), _ in
                 self._store.scan(records.USER_CONVERSATIONS, records.u64(user_id))]
 
+    def senders_between(self, conv: Conversation, low: int, high: int) -> set[int]:
+        """Who sent the user messages with low <= seq <= high (system entries have no
+        sender to tell). Recent ones come from memory; older ones are read from the log,
+        at most `MAX_RECEIPT_SCAN` of them: a receipt is not worth more reading."""
+        if high < low:
+            return set()
+        recent = conv.recent
+        covers_from = recent.covers_from if recent is not None else high + 1
+        found = recent.senders(max(low, covers_from), high) if recent is not None else set()
+        if low < covers_from:
+            older_high = min(high, covers_from - 1)
+            older_low = max(low, older_high - MAX_RECEIPT_SCAN + 1)
+            found.update(message.sender_id for message in self._log.read(
+                conv.conversation_id, after=older_low - 1, before=older_high + 1,
+                limit=MAX_RECEIPT_SCAN, newest_first=True)
+                if message.content_type != SYSTEM_CONTENT_TYPE)
+        return found
+
+    def move_watermark_hint(self, conv: Conversation, user_id: int, mark: Watermark) -> None:
+        """Move a watermark outside any command (a delivery ack: a hint that may be lost
+        in a crash, see services/hints.py). It is written with the next batch."""
+        conv.watermarks[user_id] = mark
+        self._hinted[(conv.conversation_id, user_id)] = mark
+
+    def has_hints(self) -> bool:
+        return bool(self._hinted)
+
+    def drain_hints_into(self, batch: Batch) -> None:
+        """Put the hinted watermarks into `batch`, skipping members who left meanwhile (the
+        leaving command deleted their row, which must not come back)."""
+        hinted, self._hinted = self._hinted, {}
+        for (conversation_id, user_id), mark in hinted.items():
+            conv = self._cache.get(conversation_id) or self._unlanded_conversation(
+                conversation_id)
+            if conv is not None and conv.is_member(user_id):
+                batch.put(records.WATERMARKS, (conversation_id, user_id),
+                          conv.watermark(user_id))
+            elif conv is None:
+                batch.put(records.WATERMARKS, (conversation_id, user_id), mark)
+
+    def _unlanded_conversation(self, conversation_id: int) -> Conversation | None:
+        unlanded = self._unlanded.get(conversation_id)
+        return unlanded[0] if unlanded else None
+
     def get(self, conversation_id: int) -> Conversation:
         conv = self.find(conversation_id)
         if conv is None:
@@ -95,6 +156,8 @@ class ConversationOwner:
         return conv
 
     def remember(self, conv: Conversation) -> None:
+        if conv.recent is None:
+            conv.recent = RecentSenders(covers_from=conv.head_seq + 1)
         self._cache[conv.conversation_id] = conv
         self._cache.move_to_end(conv.conversation_id)
         while len(self._cache) > self._cache_size:
@@ -133,6 +196,8 @@ class ConversationOwner:
                           sender_device, client_msg_id, content_type, body, self._clock.now_ms())
         batch.put(records.MESSAGES, (conv.conversation_id, message.seq), message)
         conv.last_ts = message.ts
+        if content_type != SYSTEM_CONTENT_TYPE and conv.recent is not None:
+            conv.recent.add(message.seq, sender_id)
         if conv.is_member(sender_id):
             self.set_watermark(batch, conv, sender_id,
                                conv.watermark(sender_id).advanced(read=message.seq))

@@ -63,10 +63,13 @@ class Pending(Generic[T]):
     takes its answers by callback, and a `trio.Event` per message was pure overhead there.
     """
 
-    __slots__ = ("_callbacks", "_event", "apply", "error", "finished", "result")
+    __slots__ = ("_callbacks", "_event", "apply", "durable", "error", "finished", "result")
 
-    def __init__(self, apply: Callable[[Batch], T]) -> None:
+    def __init__(self, apply: Callable[[Batch], T], durable: bool = True) -> None:
         self.apply = apply
+        #: False for writes that may be lost in a crash (hints): they never make a batch
+        #: wait for an fsync; a batch syncs when any of its commands is durable.
+        self.durable = durable
         self.result: T | None = None
         self.error: BaseException | None = None
         #: Durable or refused: `result` or `error` is final.
@@ -126,6 +129,7 @@ class GroupCommitter:
         self._closing = False
         self._reload_listeners: list[Callable[[], None]] = []
         self._batch_listeners: list[Callable[[], None]] = []
+        self._riders: list[Callable[[Batch], None]] = []
         self._batches = 0
         self._committed = 0
         self._refused = 0
@@ -138,6 +142,11 @@ class GroupCommitter:
         alone, after the rest of its batch landed). Listeners drop what they hold in
         memory, to be read again from disk."""
         self._reload_listeners.append(listener)
+
+    def ride_along(self, source: Callable[[Batch], None]) -> None:
+        """Call `source(batch)` at the start of every batch: writes that need no batch of
+        their own (delivery hints) join whatever batch comes next."""
+        self._riders.append(source)
 
     def after_each_batch(self, listener: Callable[[], None]) -> None:
         """Call `listener` once a batch's waiters and callbacks have all been told (the
@@ -165,14 +174,16 @@ class GroupCommitter:
                 await pending.wait_finished()
         return await pending.wait()
 
-    def enqueue(self, apply: Callable[[Batch], T]) -> Pending[T]:
+    def enqueue(self, apply: Callable[[Batch], T], *, durable: bool = True) -> Pending[T]:
         """Queue `apply` now, without waiting for room: commands enqueued one after another
         run in that order (a WebSocket's pipelined sends keep their order this way).
-        Refuses with 503 when the queue is full, instead of growing without bound."""
+        Refuses when the queue is full, instead of growing without bound. A command that
+        is not `durable` is written without an fsync unless it shares a batch with one
+        that is."""
         self._check_open()
         if len(self._queue) >= self._max_pending:
             raise Overloaded("the commit queue is full")
-        pending = Pending(apply)
+        pending = Pending(apply, durable)
         self._queue.append(pending)
         self._work.set()
         return pending
@@ -207,6 +218,12 @@ class GroupCommitter:
 
     def _commit_one_batch(self) -> None:
         batch = Batch()
+        for source in self._riders:
+            try:
+                source(batch)
+            except Exception:
+                log.exception("a ride-along source failed; its writes wait for the next batch")
+                batch = Batch()
         taken: list[Pending[Any]] = []
         # Set when a command failed in a way that may have left in-memory state half
         # changed (a bug, or a value that could not be encoded after state moved).
@@ -214,6 +231,7 @@ class GroupCommitter:
         while self._queue and len(taken) < self._max_batch:
             pending = self._queue.popleft()
             taken.append(pending)
+            batch.durable = batch.durable or pending.durable
             mark = batch.mark()
             try:
                 pending.result = pending.apply(batch)

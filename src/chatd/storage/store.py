@@ -44,6 +44,8 @@ class Batch:
         self.after_commit: list[Callable[[], None]] = []
         self.before_write: list[Callable[[], None]] = []
         self._seen: dict[Hashable, None] = {}
+        #: Whether the write must be synced (when the store syncs at all).
+        self.durable = False
 
     @property
     def operations(self) -> list[Operation]:
@@ -82,6 +84,8 @@ class Store:
         self._handles = {name: db.get_column_family_handle(name) for name in names}
         self._write_options = WriteOptions()
         self._write_options.sync = sync
+        self._unsynced = WriteOptions()
+        self._unsynced.sync = False
         self.sync = sync
 
     @classmethod
@@ -116,7 +120,7 @@ class Store:
                 write_batch.delete(key, handles[family])
             else:
                 write_batch.put(key, value, handles[family])
-        self._db.write(write_batch, self._write_options)
+        self._db.write(write_batch, self._write_options if batch.durable else self._unsynced)
 
     # -- reads ----------------------------------------------------------------------------
 

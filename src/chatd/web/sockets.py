@@ -19,6 +19,7 @@ Protocol violations close that one connection with the RFC's close code.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 from functools import partial
@@ -97,7 +98,7 @@ _HANDSHAKE_ERRORS: dict[HandshakeProblem, type[ChatdError]] = {
 class Connection:
     """One WebSocket connection: its socket, its protocol state and its `LiveSession`."""
 
-    __slots__ = ("codec", "drain_scope", "drained", "failed", "finished", "inflight",
+    __slots__ = ("acks", "codec", "drain_scope", "drained", "failed", "finished", "inflight",
                  "last_active", "live", "opcode_binary", "room", "scope", "session", "sock",
                  "sockets", "unsent", "ws")
 
@@ -118,6 +119,8 @@ class Connection:
         self.finished = False
         self.failed = False  # an unexpected error was logged for this connection
         self.inflight = 0
+        #: Acks read since the last apply: conversation_id -> the highest seq.
+        self.acks: dict[int, int] = {}
         self.room: trio.Event | None = None  # set when a send slot frees up
         self.scope: trio.CancelScope | None = None
         self.last_active = trio.current_time()
@@ -195,6 +198,9 @@ class LiveSockets:
         # A batch's deliveries and answers are written as soon as it lands, in the
         # committer's step, instead of waking the flusher for them.
         services.committer.after_each_batch(self.flush_ready)
+        # Receipts collected since the last flush go out at the next one, coalesced.
+        self._receipts = services.receipts
+        services.receipts.on_pending(self._wake)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The flusher, the reaper and the drain tasks; runs until cancelled."""
@@ -206,12 +212,16 @@ class LiveSockets:
 
     # -- writing --------------------------------------------------------------------------
 
+    def _wake(self) -> None:
+        self._work.set()  # (the flusher replaces the event each round: no bound method)
+
     def schedule(self, conn: Connection) -> None:
         self._ready.append(conn)
         self._work.set()
 
     def flush_ready(self) -> None:
         """Write what every scheduled connection has ready."""
+        self._receipts.flush()
         ready, self._ready = self._ready, []
         for conn in ready:
             try:
@@ -418,6 +428,8 @@ class LiveSockets:
                         return
                     if protocol.state is not ws.ConnectionState.OPEN:
                         break  # our close went out while handling: the rest is dropped
+                if conn.acks:
+                    self._apply_acks(conn)
                 reads += 1
                 if reads >= _READS_PER_YIELD:
                     reads = 0
@@ -440,6 +452,16 @@ class LiveSockets:
                 return
             if not data:
                 return  # the peer hung up
+
+    def _apply_acks(self, conn: Connection) -> None:
+        acks, conn.acks = conn.acks, {}
+        live = conn.live
+        assert live is not None
+        for conversation_id, seq in acks.items():
+            # Refused only if membership changed since the check: nothing to apply then.
+            with contextlib.suppress(ChatdError):
+                self._services.messaging.acknowledge(conn.session, conversation_id, seq,
+                                                     live.acked)
 
     async def _on_frame(self, conn: Connection, data: str | bytes) -> None:
         live = conn.live
@@ -486,13 +508,12 @@ class LiveSockets:
             conn.inflight += 1
             pending.add_done_callback(partial(_answer_send, conn, frame.req))
         elif isinstance(frame, frames.AckFrame):
-            acked = messaging.start_acknowledge(session, frame.conversation_id, frame.seq,
-                                                live.acked)
-            if acked is None:
-                if frame.req is not None:
-                    live.push(frames.ok_frame(frame.req))
-            else:
-                acked.add_done_callback(partial(_answer_ok, conn, frame.req))
+            # Checked now, applied once per read: only the highest of a burst counts.
+            messaging.check_ack(session, frame.conversation_id, frame.seq)
+            if frame.seq > conn.acks.get(frame.conversation_id, -1):
+                conn.acks[frame.conversation_id] = frame.seq
+            if frame.req is not None:
+                live.push(frames.ok_frame(frame.req))
         elif isinstance(frame, frames.ReadFrame):
             marked = messaging.start_mark_read(session, frame.conversation_id, frame.seq)
             marked.add_done_callback(partial(_answer_ok, conn, frame.req))
