@@ -99,8 +99,11 @@ class WebSocketConfig:
     max_queue: int = 1024
     #: Largest frame accepted from a client, in bytes; larger ones get an error frame.
     max_frame_bytes: int = 131_072
-    #: Sends from one connection waiting for durability at once; more wait their turn.
+    #: Sends and reads from one connection waiting for durability at once; more wait
+    #: their turn (the connection is not read meanwhile).
     max_inflight_sends: int = 256
+    #: Live connections one user may hold at once (all devices); more are closed (4029).
+    max_connections_per_user: int = 32
 
 
 @dataclass(frozen=True)
@@ -234,6 +237,7 @@ def validate(config: Config) -> Config:
         "websocket.max_queue": config.websocket.max_queue,
         "websocket.max_frame_bytes": config.websocket.max_frame_bytes,
         "websocket.max_inflight_sends": config.websocket.max_inflight_sends,
+        "websocket.max_connections_per_user": config.websocket.max_connections_per_user,
     }
     for key, value in positive.items():
         if value < 1:

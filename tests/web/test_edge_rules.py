@@ -182,3 +182,16 @@ async def test_expired_devices_are_pruned(start_server: ServerFactory) -> None:
         assert await server.services.accounts.prune_expired() == 1
         assert server.services.store.scan(records.DEVICES, records.u64(int(old.user_id))) == []
         assert server.services.store.scan(records.TOKENS, b"") == []
+
+
+async def test_a_long_run_of_combining_marks_is_refused_before_it_costs_anything(
+        http: httpx.AsyncClient) -> None:
+    """NFC sorts combining marks quadratically: 128 KB of them as a device name froze the
+    loop for 7 s, for anyone, without an account. The length is checked first now."""
+    marks = "a" + "\u0301" * 40_000 + "\u0316" * 40_000
+    with trio.fail_after(5):
+        refused = await http.post("/login", json={"handle": "nobody", "password": "whatever1",
+                                                  "device_name": marks})
+        assert_error(refused, 400)
+        assert "at most 64" in refused.json()["error"]["message"]
+        assert (await http.get("/healthz")).status_code == 200

@@ -309,3 +309,76 @@ async def test_a_reading_client_is_not_cut_off_for_its_own_pipelined_requests(
                     answered.append((await raw.next_frame("pong"))["req"])
         assert answered == [str(n) for n in range(3_000)]
         raw.close()
+
+
+async def test_connections_per_user_are_capped(start_server: ServerFactory) -> None:
+    server = await start_server(websocket={"max_connections_per_user": 3})
+    async with pair(server) as (alice, _bob, _conv):
+        held = [await RawWebSocket.connect(server.url, alice.token) for _ in range(3)]
+        for raw in held:
+            await raw.send({"type": "ping", "req": "up"})
+            await raw.next_frame("pong")
+        extra = await RawWebSocket.connect(server.url, alice.token)
+        with trio.fail_after(5):
+            assert (await extra.closed()).code == 4029
+        extra.close()
+        held.pop().close()
+        await trio.sleep(0.2)  # the server notices the hang-up
+        again = await RawWebSocket.connect(server.url, alice.token)
+        await again.send({"type": "ping", "req": "back"})
+        assert (await again.next_frame("pong"))["req"] == "back"
+        for raw in (*held, again):
+            raw.close()
+
+
+async def test_reads_are_bounded_per_connection_like_sends(start_server: ServerFactory) -> None:
+    """Pipelined `read` frames each queued a durable command with no bound per connection:
+    one connection could fill the shared commit queue and get other users' sends refused
+    as overloaded. Now a connection has at most max_inflight_sends commands queued."""
+    server = await start_server(websocket={"max_inflight_sends": 4})
+    async with pair(server) as (alice, bob, conv):
+        await alice.send(conv, "one")
+        raw = await RawWebSocket.connect(server.url, bob.token)
+        frame = ws.encode_frame(ws.OP_TEXT, b'{"type":"read","conversation_id":"%s","seq":1}'
+                                % conv.encode(), mask=True)
+        most_pending = 0
+
+        async def watch() -> None:
+            nonlocal most_pending
+            while True:
+                most_pending = max(most_pending,
+                                   server.services.committer.statistics().pending)
+                await trio.lowlevel.checkpoint()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch)
+            with trio.move_on_after(1), contextlib.suppress(OSError):
+                while True:
+                    await raw.send_all(frame * 2_000)
+            nursery.cancel_scope.cancel()
+        assert most_pending <= 4 + 2, most_pending  # its own bound, plus hint batches
+        assert (await alice.send(conv, "not refused")).status_code == 201
+        raw.close()
+
+
+async def test_a_burst_of_typing_cannot_get_another_user_cut_off(
+        start_server: ServerFactory) -> None:
+    """400 groups with the victim, 3 typing notices each in one write: the victim's queue
+    overflowed and it was closed with 4008 though it read. Typing is ephemeral now: a
+    backlog drops it, and the attacker's reader yields every few dozen frames."""
+    server = await start_server(websocket={"max_queue": 64})
+    async with pair(server) as (mallory, victim, _conv):
+        groups = [await mallory.group(f"g{n}", victim) for n in range(40)]
+        watching = await RawWebSocket.connect(server.url, victim.token)
+        attacker = await RawWebSocket.connect(server.url, mallory.token)
+        burst = b"".join(ws.encode_frame(
+            ws.OP_TEXT, b'{"type":"typing","conversation_id":"%s"}' % group.encode(),
+            mask=True) for group in groups for _ in range(3))
+        await attacker.send_all(burst)
+        await attacker.send({"type": "ping", "req": "done"})
+        await attacker.next_frame("pong")
+        await watching.send({"type": "ping", "req": "alive"})
+        with trio.fail_after(5):
+            assert (await watching.next_frame("pong"))["req"] == "alive"
+        attacker.close()
+        watching.close()

@@ -56,6 +56,9 @@ def check_password(password: str, min_length: int) -> str:
 _REFUSED_IN_NAMES = {"Cc": "control characters", "Cf": "invisible or bidi format characters",
                      "Cs": "lone surrogates", "Zl": "line breaks", "Zp": "line breaks"}
 _ZERO_WIDTH_JOINER = "\u200d"
+#: How much longer than its limit a name may be before NFC (decomposed input composes
+#: to fewer characters; nothing legitimate is this much longer).
+_MAX_RAW_FACTOR = 4
 _EMOJI_CATEGORIES = ("So", "Sk")
 
 
@@ -63,6 +66,10 @@ def clean_text(raw: str, field: str, *, max_length: int, allow_empty: bool = Fal
     """Single-line human text shown as a name (display, group and device names, status):
     trimmed, NFC, with no control, format or separator characters. The one exception is
     a zero-width joiner inside an emoji sequence (family and profession emoji need it)."""
+    if len(raw) > max_length * _MAX_RAW_FACTOR:
+        # Before normalising: NFC reorders combining marks with a quadratic sort, so a
+        # long run of them (sent as a name) would stall the whole loop.
+        raise BadRequest(f"{field}: must be at most {max_length} characters")
     text = unicodedata.normalize("NFC", raw.strip())
     if not text and not allow_empty:
         raise BadRequest(f"{field}: must not be empty")

@@ -153,6 +153,10 @@ class LiveSession:
             self._behind[conversation_id] = None
             self._signal()
 
+    def push_ephemeral(self, frame: OutFrame) -> None:
+        if len(self._queue) < self._max_queue // 2:
+            self.push(frame)
+
     def push(self, frame: OutFrame) -> None:
         if self._closed is not None:
             return  # nothing more is written to a closing session
@@ -313,6 +317,14 @@ class Hub:
                 if session is not skip:
                     session.push(frame)
 
+    def publish_ephemeral(self, user_ids: Iterable[int], frame: OutFrame) -> None:
+        """Typing and presence: worth nothing late, so a session with a backlog drops
+        them instead of counting them towards its limit (another user's burst of typing
+        notices must not get a reader cut off as too slow)."""
+        for user_id in user_ids:
+            for session in self._sessions.get(user_id, ()):
+                session.push_ephemeral(frame)
+
     # -- presence and profiles ------------------------------------------------------------
 
     def contacts_of(self, user_id: int) -> set[int]:
@@ -332,14 +344,15 @@ class Hub:
         else:
             self._hidden_last_seen.discard(user.user_id)
         contacts = self.contacts_of(user.user_id)
-        self.publish(contacts, frames.presence_frame(user.user_id, True, None))
+        self.publish_ephemeral(contacts, frames.presence_frame(user.user_id, True, None))
         for contact in contacts:
             if self.is_online(contact):
                 session.push(frames.presence_frame(contact, True, None))
 
     def announce_offline(self, user_id: int, last_seen: int) -> None:
         shown = None if user_id in self._hidden_last_seen else last_seen
-        self.publish(self.contacts_of(user_id), frames.presence_frame(user_id, False, shown))
+        self.publish_ephemeral(self.contacts_of(user_id),
+                               frames.presence_frame(user_id, False, shown))
 
     def publish_profile(self, user: User) -> None:
         if user.hide_last_seen:

@@ -225,7 +225,8 @@ class MessagingService:
         if self._typing_limit.try_acquire(key, trio.current_time()) > 0:
             return False
         others = [user_id for user_id in conv.members if user_id != session.user_id]
-        self._hub.publish(others, frames.typing_frame(conversation_id, session.user_id))
+        self._hub.publish_ephemeral(others,
+                                    frames.typing_frame(conversation_id, session.user_id))
         return True
 
     def message_status(self, session: Session, conversation_id: int,

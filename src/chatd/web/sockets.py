@@ -59,9 +59,10 @@ log = logging.getLogger(__name__)
 HANDSHAKE_TIMEOUT = 10.0
 #: Seconds a client gets to answer our close frame before the socket is closed anyway.
 CLOSE_TIMEOUT = 1.0
-#: Reads in a row before the reader yields to other tasks (a flooding client must not
-#: starve the others).
+#: Reads, and frames, in a row before the reader yields to other tasks: a flooding client
+#: must not starve the others (a 64 KB read can hold ~9,000 tiny frames).
 _READS_PER_YIELD = 4
+_FRAMES_PER_YIELD = 64
 _RECV_SIZE = 65_536
 #: The largest WebSocket message the server builds from several frames (a catch-up of
 #: big messages is split into several of these).
@@ -74,6 +75,7 @@ EXPIRY_CHECK_INTERVAL = 5.0
 CLOSE_IDLE = 4000
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_TOO_SLOW = 4008
+CLOSE_TOO_MANY = 4029
 CLOSE_CODES = {
     SessionEnd.CONNECTION_CLOSED: ws.CLOSE_NORMAL,
     SessionEnd.SHUTTING_DOWN: ws.CLOSE_GOING_AWAY,
@@ -386,6 +388,13 @@ class LiveSockets:
     async def _run_session(self, conn: Connection, rest: bytes) -> None:
         services = self._services
         session = conn.session
+        limit = self._settings.max_connections_per_user
+        if len(services.hub.sessions_of(session.user_id)) >= limit:
+            # Each connection costs memory and a catch-up: one token cannot open them
+            # until the process runs out of file descriptors.
+            conn.begin_close(CLOSE_TOO_MANY, f"at most {limit} connections per user")
+            await self._read_loop(conn, rest)
+            return
         live = LiveSession(user_id=session.user_id, device_id=session.device_id,
                            log=services.log, owner=services.owner,
                            max_queue=self._settings.max_queue, on_ready=conn.ready)
@@ -409,7 +418,7 @@ class LiveSockets:
     async def _read_loop(self, conn: Connection, data: bytes) -> None:
         sock = conn.sock
         protocol = conn.ws
-        reads = 0
+        reads = handled = 0
         while True:
             if data:
                 conn.last_active = trio.current_time()
@@ -419,6 +428,12 @@ class LiveSockets:
                     conn.begin_close(exc.close_code, exc.reason)
                     return
                 for event in events:
+                    handled += 1
+                    if handled >= _FRAMES_PER_YIELD:
+                        handled = 0
+                        if conn.acks:
+                            self._apply_acks(conn)
+                        await trio.lowlevel.checkpoint()
                     if isinstance(event, ws.TextMessage | ws.BytesMessage):
                         await self._on_frame(conn, event.data)
                     elif isinstance(event, ws.Ping):
@@ -452,6 +467,14 @@ class LiveSockets:
                 return
             if not data:
                 return  # the peer hung up
+
+    async def _wait_for_room(self, conn: Connection) -> None:
+        """Bound the commands one connection has queued (sends, reads): past the bound,
+        stop reading until an answer frees a slot, and TCP pushes back on the client.
+        The shared commit queue is then never filled by one connection."""
+        while conn.inflight >= self._settings.max_inflight_sends:
+            conn.room = trio.Event()
+            await conn.room.wait()
 
     def _apply_acks(self, conn: Connection) -> None:
         acks, conn.acks = conn.acks, {}
@@ -497,10 +520,7 @@ class LiveSockets:
         messaging = self._services.messaging
         session = conn.session
         if isinstance(frame, frames.SendFrame):
-            while conn.inflight >= self._settings.max_inflight_sends:
-                # Stop reading until an answer frees a slot: TCP pushes back on the client.
-                conn.room = trio.Event()
-                await conn.room.wait()
+            await self._wait_for_room(conn)
             pending = messaging.start_send(
                 session, conversation_id=frame.conversation_id,
                 client_msg_id=frame.client_msg_id, content_type=frame.content_type,
@@ -515,7 +535,9 @@ class LiveSockets:
             if frame.req is not None:
                 live.push(frames.ok_frame(frame.req))
         elif isinstance(frame, frames.ReadFrame):
+            await self._wait_for_room(conn)
             marked = messaging.start_mark_read(session, frame.conversation_id, frame.seq)
+            conn.inflight += 1
             marked.add_done_callback(partial(_answer_ok, conn, frame.req))
         elif isinstance(frame, frames.TypingFrame):
             messaging.typing(session, frame.conversation_id)
@@ -533,11 +555,15 @@ class LiveSockets:
 _NOBODY = Session(user_id=0, device_id=0, token_hash=b"", expires_at=2**63)
 
 
-def _answer_send(conn: Connection, req: str, pending: Pending[SendResult]) -> None:
+def _release(conn: Connection) -> None:
     conn.inflight -= 1
     if conn.room is not None:
         conn.room.set()
         conn.room = None
+
+
+def _answer_send(conn: Connection, req: str, pending: Pending[SendResult]) -> None:
+    _release(conn)
     if pending.error is not None:
         conn.push(frames.error_from(_as_chatd_error(pending.error), req))
         return
@@ -548,6 +574,7 @@ def _answer_send(conn: Connection, req: str, pending: Pending[SendResult]) -> No
 
 
 def _answer_ok(conn: Connection, req: str | None, pending: Pending[Watermark]) -> None:
+    _release(conn)
     if pending.error is not None:
         conn.push(frames.error_from(_as_chatd_error(pending.error), req))
     elif req is not None:
