@@ -57,6 +57,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", metavar="PNG", default="sweep.png",
                         help="where sweep draws latency against offered rate")
     parser.add_argument("--no-sync", action="store_true", help="server with storage.sync off")
+    parser.add_argument("--no-ack", action="store_true",
+                        help="direct/group/burst/sweep: receivers do not ack (by default "
+                             "every delivered message is acked, as a client with delivery "
+                             "receipts does)")
     size = parser.add_argument_group("sizes (defaults are the documented runs)")
     size.add_argument("--pairs", type=int, help="direct/burst: sender-receiver pairs (50)")
     size.add_argument("--rate", type=float, help="direct: msg/s in all (500); group: posts/s (20)")
@@ -93,9 +97,10 @@ def _runners(args: argparse.Namespace, own_server: BenchServer | None
         return lambda target: [trio.run(partial(coroutine, target, **kwargs))]
 
     seconds = _pick(args, "seconds", 10.0, 1.0)
-    direct_shape = {"pairs": _pick(args, "pairs", 50, 5), "workers": workers}
+    ack = not args.no_ack
+    direct_shape = {"pairs": _pick(args, "pairs", 50, 5), "workers": workers, "ack": ack}
     group_shape = {"members": _pick(args, "members", 50, 10),
-                   "senders": _pick(args, "senders", 5, 2), "workers": workers}
+                   "senders": _pick(args, "senders", 5, 2), "workers": workers, "ack": ack}
     direct = one(harness.direct, rate=_pick(args, "rate", 500.0, 100.0), seconds=seconds,
                  **direct_shape)
     group = one(harness.group, rate=_pick(args, "rate", 20.0, 20.0), seconds=seconds,
@@ -106,7 +111,7 @@ def _runners(args: argparse.Namespace, own_server: BenchServer | None
     wakeup_ = one(wakeup, round_trips=_pick(args, "messages", 1000, 100))
     burst = one(harness.burst, pairs=_pick(args, "pairs", 50, 5),
                 seconds=_pick(args, "seconds", 5.0, 1.0), window=_pick(args, "window", 16, 8),
-                workers=workers)
+                workers=workers, ack=ack)
 
     def sweep(target: Target) -> list[Result]:
         default = "250,500,1000,2000,4000" if args.shape == "direct" else "10,20,50,100,200"

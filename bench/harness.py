@@ -25,7 +25,7 @@ import httpx
 import trio
 from hdrh.histogram import HdrHistogram
 
-from bench.serverproc import cpu_seconds, find_listening_pid, rss_bytes
+from bench.serverproc import cpu_seconds, find_listening_pid, loop_switches, rss_bytes
 from bench.worker import PAD, new_histogram, now_us
 from bench.wsclient import BenchSocket
 from chatd.client import ChatClient
@@ -72,6 +72,9 @@ class Target:
 
     def rss(self) -> int | None:
         return rss_bytes(self.pid) if self.pid is not None else None
+
+    def switches(self) -> int | None:
+        return loop_switches(self.pid) if self.pid is not None else None
 
     @classmethod
     def at(cls, url: str) -> Target:
@@ -218,8 +221,11 @@ def _client_warnings(results: list[dict[str, Any]], offered: int | None) -> list
 
 
 def run_live_phase(target: Target, specs: list[dict[str, Any]], *, workers: int,
-                   expected: int, offered: int | None, extra: dict[str, Any]) -> dict[str, Any]:
-    """Spread socket specs over worker processes, run them, and gather the figures."""
+                   expected: int, offered: int | None, extra: dict[str, Any],
+                   sent_is_delivery: bool = False) -> dict[str, Any]:
+    """Spread socket specs over worker processes, run them, and gather the figures.
+    With `sent_is_delivery` (a group's senders do not get their own message back), a
+    sender's `sent` answer counts as its device's delivery."""
     duration = max((spec.get("offset", 0.0) + spec["interval"] * spec["sends"]
                     for spec in specs if "interval" in spec), default=0.0)
     plans = [{"mode": "live", "host": target.host, "port": target.port,
@@ -231,28 +237,38 @@ def run_live_phase(target: Target, specs: list[dict[str, Any]], *, workers: int,
         pool.wait_ready()
         time.sleep(0.5)  # presence and catch-up of the new sockets settle
         start = time.monotonic() + 0.2
-        cpu_before = target.cpu()
+        cpu_before, switches_before = target.cpu(), target.switches()
         pool.tell(f"go {start}")
         results = pool.results()
-        cpu = target.cpu()
+        cpu, switches = target.cpu(), target.switches()
     finally:
         pool.close()
     received = sum(r["received"] for r in results)
+    sent = sum(r["sent"] for r in results)
+    deliveries = received + (sent if sent_is_delivery else 0)
     first = min((r["first_rx"] for r in results if r["first_rx"]), default=start)
     last = max((r["last_rx"] for r in results if r["last_rx"]), default=start)
+    receipts = sum(r.get("receipts", 0) for r in results)
     figures: dict[str, Any] = {
-        "sent": sum(r["sent"] for r in results),
+        "sent": sent,
         "send_errors": sum(r["send_errors"] for r in results),
-        "deliveries": received,
+        "deliveries": deliveries,
+        "acks": sum(r.get("acks", 0) for r in results),
+        "receipts_per_message": receipts / sent if sent else 0.0,
         "lost": max(0, expected - received) if expected >= 0 else 0,
         "duplicated": sum(r["duplicated"] for r in results),
         "closed_by_server": sum(r["closed"] for r in results),
-        "deliveries_per_s": received / max(1e-9, last - min(first, start)) if received else 0,
+        "deliveries_per_s": (deliveries / max(1e-9, last - min(first, start))
+                             if received else 0),
         **_latency_figures(_merge_histograms(results)),
     }
-    if cpu is not None and cpu_before is not None and received:
-        figures["server_cpu_us_per_delivery"] = (cpu - cpu_before) / received * 1e6
+    if cpu is not None and cpu_before is not None and deliveries:
+        figures["server_cpu_us_per_delivery"] = (cpu - cpu_before) / deliveries * 1e6
         figures["server_cpu_s"] = cpu - cpu_before
+        if sent:
+            figures["server_cpu_us_per_message"] = (cpu - cpu_before) / sent * 1e6
+    if switches is not None and switches_before is not None and sent:
+        figures["loop_switches_per_message"] = (switches - switches_before) / sent
     figures["client_cpu_s"] = sum(r["cpu"] for r in results)
     figures["_warnings"] = _client_warnings(results, offered)
     return figures
@@ -267,7 +283,7 @@ def _result(scenario: str, params: dict[str, Any], figures: dict[str, Any]) -> R
 
 
 async def direct(target: Target, *, pairs: int, rate: float, seconds: float,
-                 workers: int) -> Result:
+                 workers: int, ack: bool = True) -> Result:
     triples = await direct_pairs(target, pairs, "d")
     per_pair = max(1, int(rate * seconds / pairs))
     interval = pairs / rate
@@ -278,12 +294,13 @@ async def direct(target: Target, *, pairs: int, rate: float, seconds: float,
                       "interval": interval, "offset": offset})
         specs.append({"token": receiver.token, "expect": per_pair})
     figures = run_live_phase(target, specs, workers=workers, expected=per_pair * pairs,
-                             offered=per_pair * pairs, extra={})
-    return _result("direct", {"pairs": pairs, "rate": rate, "seconds": seconds}, figures)
+                             offered=per_pair * pairs, extra={"ack": ack})
+    return _result("direct", {"pairs": pairs, "rate": rate, "seconds": seconds, "ack": ack},
+                   figures)
 
 
 async def group(target: Target, *, members: int, senders: int, rate: float, seconds: float,
-                workers: int) -> Result:
+                workers: int, ack: bool = True) -> Result:
     accounts = await provision(target, members, "g")
     conv = await create_group(target, accounts)
     per_sender = max(1, int(rate * seconds / senders))
@@ -298,20 +315,20 @@ async def group(target: Target, *, members: int, senders: int, rate: float, seco
                      "offset": interval * n / senders}
         specs.append(spec)
     figures = run_live_phase(target, specs, workers=workers, expected=total * (members - 1),
-                             offered=total, extra={})
+                             offered=total, extra={"ack": ack}, sent_is_delivery=True)
     return _result("group", {"members": members, "senders": senders, "rate": rate,
-                             "seconds": seconds}, figures)
+                             "seconds": seconds, "ack": ack}, figures)
 
 
 async def burst(target: Target, *, pairs: int, seconds: float, window: int,
-                workers: int) -> Result:
+                workers: int, ack: bool = True) -> Result:
     """Open loop at the server's pace: each sender keeps `window` sends in flight."""
     specs = []
     for sender, receiver, conv in await direct_pairs(target, pairs, "b"):
         specs.append({"token": sender.token, "conv": conv, "sends": 1})
         specs.append({"token": receiver.token})
     figures = run_live_phase(target, specs, workers=workers, expected=-1, offered=None,
-                             extra={"window": window, "burst_seconds": seconds})
+                             extra={"window": window, "burst_seconds": seconds, "ack": ack})
     # Every acknowledged send has exactly one receiver here.
     figures["lost"] = max(0, figures["sent"] - figures["deliveries"])
     figures["durable_sends_per_s"] = figures["sent"] / seconds

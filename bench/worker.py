@@ -11,7 +11,8 @@ Modes:
   fixed interval from their start offset (open loop: latency is measured from the
   scheduled time, so a stalled client cannot hide a stall of the server) or, with
   `window`, as fast as the server acknowledges (`window` sends in flight). Receivers
-  acknowledge their position every `ack_interval` seconds, as a client checkpoints.
+  ack every message they get, as a client that sends delivery receipts does (the acks
+  of one arriving WebSocket message leave in one write); with `"ack": false`, none.
 - `idle`: open the sockets and hold them until `stop`.
 
 Bodies start with the scheduled send time in µs of CLOCK_MONOTONIC, which every process
@@ -57,6 +58,8 @@ class LiveStats:
     first_rx: float = 0.0
     last_rx: float = 0.0
     closed: int = 0
+    acks: int = 0
+    receipts: int = 0
 
 
 def process_cpu_seconds() -> float:
@@ -92,7 +95,7 @@ async def _open_all(plan: dict[str, Any]) -> list[tuple[BenchSocket, dict[str, A
 async def run_live(plan: dict[str, Any], sockets: list[tuple[BenchSocket, dict[str, Any]]],
                    start: float) -> LiveStats:
     stats = LiveStats()
-    ack_interval = plan.get("ack_interval", 1.0)
+    ack_each = plan.get("ack", True)
     drain_timeout = plan.get("drain_timeout", 5.0)
     window = plan.get("window", 0)
     burst_seconds = plan.get("burst_seconds", 0.0)
@@ -113,11 +116,9 @@ async def run_live(plan: dict[str, Any], sockets: list[tuple[BenchSocket, dict[s
     async def receive(sock: BenchSocket, spec: dict[str, Any], room: trio.Semaphore | None
                       ) -> None:
         seen: set[tuple[str, int]] = set()
-        highest: dict[str, int] = {}
-        acked: dict[str, int] = {}
         expect = spec.get("expect", 0)
-        next_ack = trio.current_time() + ack_interval
         while True:
+            acks: list[dict[str, Any]] = []
             frames = await sock.receive()
             if not frames and sock.closed_with is not None:
                 stats.closed += 1
@@ -140,12 +141,13 @@ async def run_live(plan: dict[str, Any], sockets: list[tuple[BenchSocket, dict[s
                     body = message["body"]
                     if isinstance(body, str) and body.startswith("T"):
                         stats.histogram.record_value(max(1, arrived - int(body[1:body.index(" ")])))
-                    conv = key[0]
-                    if message["seq"] > highest.get(conv, 0):
-                        highest[conv] = message["seq"]
+                    if ack_each:
+                        acks.append(ack_request(key[0], key[1]))
                     if len(seen) == expect:
                         remaining["sockets"] -= 1
                         check_done()
+                elif kind == "receipt":
+                    stats.receipts += 1
                 elif kind == "sent":
                     stats.sent += 1
                     if room is not None:
@@ -156,12 +158,9 @@ async def run_live(plan: dict[str, Any], sockets: list[tuple[BenchSocket, dict[s
                     if room is not None:
                         room.release()
                     check_done()
-            if trio.current_time() >= next_ack:
-                next_ack = trio.current_time() + ack_interval
-                for conv, seq in highest.items():
-                    if acked.get(conv) != seq:
-                        acked[conv] = seq
-                        await sock.send(ack_request(conv, seq))
+            if acks:
+                stats.acks += len(acks)
+                await sock.send_many(acks)
 
     async def send_at_rate(sock: BenchSocket, spec: dict[str, Any]) -> None:
         interval, count = spec["interval"], spec["sends"]
@@ -234,6 +233,7 @@ async def main() -> None:
         stats = await run_live(plan, sockets, start)
         _emit({"event": "result", "sent": stats.sent, "send_errors": stats.send_errors,
                "received": stats.received, "duplicated": stats.duplicated,
+               "acks": stats.acks, "receipts": stats.receipts,
                "late_sends": stats.late_sends, "closed": stats.closed,
                "first_rx": stats.first_rx, "last_rx": stats.last_rx,
                "cpu": process_cpu_seconds() - cpu_before, "wall": time.monotonic() - wall,

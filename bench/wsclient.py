@@ -30,6 +30,11 @@ class BenchSocket:
     async def send(self, frame: dict[str, Any]) -> None:
         await self.socket.send(frames.encode_request(frame, "json"))
 
+    async def send_many(self, batch: list[dict[str, Any]]) -> None:
+        """Several frames, each its own WebSocket message, in one write."""
+        await self.socket.send_messages([frames.encode_request(frame, "json")
+                                         for frame in batch])
+
     async def receive(self) -> list[dict[str, Any]]:
         """The frames of the next message (`batch` frames unpacked); [] once closed."""
         try:

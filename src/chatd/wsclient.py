@@ -81,6 +81,14 @@ class ClientSocket:
                                             binary=isinstance(data, bytes))
         await self._send(frame)
 
+    async def send_messages(self, messages: list[str | bytes]) -> None:
+        """Several messages in one write (one system call, one wake-up for the server)."""
+        if self.closed is not None:
+            raise self.closed
+        await self._send(b"".join(
+            self._protocol.send_message(m.encode() if isinstance(m, str) else m,
+                                        binary=isinstance(m, bytes)) for m in messages))
+
     async def _send(self, data: bytes) -> None:
         if not data:
             return
