@@ -118,3 +118,20 @@ async def test_direct_chats_tell_the_other_side(server: RunningServer) -> None:
             [receipt] = await receipts(a)
             assert (receipt["delivered_seq"], receipt["read_seq"]) == (1, 1)
             await nothing_more(b, "receipt")
+
+
+async def test_an_ack_tells_only_the_sender_of_what_it_covers(server: RunningServer) -> None:
+    """An ack moves only the delivered watermark: the unmoved read watermark must not
+    widen the range to every message since the reader last read."""
+    async with user(server) as alice, user(server) as bob, user(server) as carol:
+        group = (await alice.create_group("Team", [uid(bob), uid(carol)]))["conversation_id"]
+        async with alice.connect() as a, bob.connect() as b, carol.connect() as c:
+            first = await a.send(group, "from alice")
+            await messages(c, 2)
+            await c.ack(group, first["seq"])
+            assert len(await receipts(a)) == 1
+            second = await b.send(group, "from bob")
+            await messages(c, 1)
+            await c.ack(group, second["seq"])
+            assert len(await receipts(b)) == 1
+            await nothing_more(a, "receipt")  # alice's message was acked before

@@ -66,9 +66,10 @@ class Receipts:
         if conv.kind == "direct":
             targets = {user_id for user_id in conv.members if user_id != reader}
         else:
-            low = min(delivered[0], read[0])
-            high = max(delivered[1], read[1])
-            targets = self._owner.senders_between(conv, low, high)
+            targets = set()
+            for low, high in (delivered, read):
+                if low <= high:  # an empty range (nothing moved) names nobody
+                    targets |= self._owner.senders_between(conv, low, high)
             targets.discard(reader)
             targets &= conv.members.keys()
         if not targets:
