@@ -8,7 +8,7 @@ for awaited commands (`submit`) and for those answered by callback (`enqueue`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from chatd.errors import BadRequest, ChatdError, StorageFailure, Unavailable
 from chatd.storage import Batch, GroupCommitter, Pending
@@ -41,11 +41,6 @@ def client_error(error: BaseException) -> BaseException:
     return error
 
 
-def _translate(pending: Pending[Any]) -> None:
-    if pending.error is not None:
-        pending.error = client_error(pending.error)
-
-
 class Commands:
     def __init__(self, committer: GroupCommitter) -> None:
         self._committer = committer
@@ -64,5 +59,5 @@ class Commands:
             pending = self._committer.enqueue(apply, durable=durable)
         except StorageError as exc:
             raise client_error(exc) from None
-        pending.add_done_callback(_translate)
+        pending.translate = client_error
         return pending

@@ -305,10 +305,14 @@ class Hub:
     # -- fan-out --------------------------------------------------------------------------
 
     def publish_message(self, message: Message, recipients: Iterable[int]) -> None:
-        frame = frames.message_frame(message)
+        frame: OutFrame | None = None  # built only if someone is connected here
         for user_id in recipients:
-            for session in self._sessions.get(user_id, ()):
-                session.offer(message, frame)
+            sessions = self._sessions.get(user_id)
+            if sessions:
+                if frame is None:
+                    frame = frames.message_frame(message)
+                for session in sessions:
+                    session.offer(message, frame)
 
     def publish(self, user_ids: Iterable[int], frame: OutFrame,
                 skip: LiveSession | None = None) -> None:

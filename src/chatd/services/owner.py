@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from functools import partial
 
 from chatd.domain import groups
 from chatd.domain.ids import SnowflakeGenerator
@@ -56,6 +57,8 @@ class ConversationOwner:
         self._in_flight: dict[tuple[int, int, str], SendResult] = {}
         # Watermarks moved by acks and not written yet (they ride in the next batch).
         self._hinted: dict[tuple[int, int], Watermark] = {}
+        # The batch each conversation was last changed in (until it lands).
+        self._changing_in: dict[int, Batch] = {}
 
     def on_message(self, listener: MessageListener) -> None:
         self._listeners.append(listener)
@@ -64,6 +67,7 @@ class ConversationOwner:
         """After a failed batch write, memory may be ahead of the disk: reload from disk."""
         self._cache.clear()
         self._unlanded.clear()
+        self._changing_in.clear()
         self._in_flight.clear()
 
     def find(self, conversation_id: int) -> Conversation | None:
@@ -173,13 +177,15 @@ class ConversationOwner:
     def changing(self, batch: Batch, conv: Conversation) -> None:
         """Record that `batch` changes `conv`, which must then outlive LRU eviction until
         the batch has landed (counted once per batch, however many entries it holds)."""
-        if not batch.first_time(("changing", conv.conversation_id)):
-            return
+        if self._changing_in.get(conv.conversation_id) is batch:
+            return  # (an identity check: this runs for every append)
+        self._changing_in[conv.conversation_id] = batch
         _, count = self._unlanded.get(conv.conversation_id, (conv, 0))
         self._unlanded[conv.conversation_id] = (conv, count + 1)
-        batch.after_commit.append(lambda: self._landed(conv.conversation_id))
+        batch.after_commit.append(partial(self._landed, conv.conversation_id))
 
     def _landed(self, conversation_id: int) -> None:
+        self._changing_in.pop(conversation_id, None)
         conv, count = self._unlanded[conversation_id]
         if count == 1:
             del self._unlanded[conversation_id]
@@ -191,35 +197,39 @@ class ConversationOwner:
         """Give the next seq to a message and add it to the batch. The sender's watermarks
         move to it: you have read what you wrote and everything before it."""
         self.changing(batch, conv)
-        conv.head_seq += 1
-        message = Message(self._ids.next_id(), conv.conversation_id, conv.head_seq, sender_id,
+        seq = conv.head_seq + 1
+        conversation_id = conv.conversation_id
+        message = Message(self._ids.next_id(), conversation_id, seq, sender_id,
                           sender_device, client_msg_id, content_type, body, self._clock.now_ms())
-        batch.put(records.MESSAGES, (conv.conversation_id, message.seq), message)
+        batch.put(records.MESSAGES, (conversation_id, seq), message)
+        conv.head_seq = seq
         conv.last_ts = message.ts
         if content_type != SYSTEM_CONTENT_TYPE and conv.recent is not None:
-            conv.recent.add(message.seq, sender_id)
-        if conv.is_member(sender_id):
-            self.set_watermark(batch, conv, sender_id,
-                               conv.watermark(sender_id).advanced(read=message.seq))
+            conv.recent.add(seq, sender_id)
+        if sender_id in conv.members:
+            # You have read what you wrote and everything before it: the newest seq is
+            # above any watermark, so this is the sender's new mark outright. It is
+            # written once per batch, at its final value (before_write).
+            conv.watermarks[sender_id] = Watermark(seq, seq)
+            self._watermark_changed(batch, conv, sender_id)
+        key: tuple[int, int, str] | None = None
         if client_msg_id:
-            key = (conv.conversation_id, sender_id, client_msg_id)
-            sent = SendResult(message.message_id, message.conversation_id, message.seq,
-                              message.ts)
+            key = (conversation_id, sender_id, client_msg_id)
+            sent = SendResult(message.message_id, conversation_id, seq, message.ts)
             batch.put(records.DEDUP, key, sent)
             self._in_flight[key] = sent
-            batch.after_commit.append(lambda: self._forget_in_flight(key))
-        if self._listeners:
-            recipients = tuple(conv.members)
-            batch.after_commit.append(lambda: self._notify(message, recipients))
+        # One callback per message, for both: landed, it is published, and from then on
+        # the dedup row answers a resend.
+        batch.after_commit.append(partial(self._landed_message, message, key,
+                                          tuple(conv.members) if self._listeners else ()))
         return message
 
-    def _notify(self, message: Message, recipients: tuple[int, ...]) -> None:
+    def _landed_message(self, message: Message, key: tuple[int, int, str] | None,
+                        recipients: tuple[int, ...]) -> None:
+        if key is not None:
+            self._in_flight.pop(key, None)
         for listener in self._listeners:
             listener(message, recipients)
-
-    def _forget_in_flight(self, key: tuple[int, int, str]) -> None:
-        # Landed: from now on the dedup record in the database answers a resend.
-        self._in_flight.pop(key, None)
 
     def append_system(self, batch: Batch, conv: Conversation, actor_id: int,
                       event: str, **details: object) -> Message:
@@ -234,11 +244,13 @@ class ConversationOwner:
         if mark != conv.watermark(user_id):
             self.changing(batch, conv)
             conv.watermarks[user_id] = mark
-            # Written once per batch at its final value: a burst of messages from one
-            # sender moves their watermark many times but costs one put.
-            if batch.first_time(("watermark", conv.conversation_id, user_id)):
-                batch.before_write.append(
-                    lambda: self._write_watermark(batch, conv, user_id))
+            self._watermark_changed(batch, conv, user_id)
+
+    def _watermark_changed(self, batch: Batch, conv: Conversation, user_id: int) -> None:
+        # Written once per batch at its final value: a burst of messages from one sender
+        # moves their watermark many times but costs one put.
+        if batch.first_time(("watermark", conv.conversation_id, user_id)):
+            batch.before_write.append(partial(self._write_watermark, batch, conv, user_id))
 
     @staticmethod
     def _write_watermark(batch: Batch, conv: Conversation, user_id: int) -> None:

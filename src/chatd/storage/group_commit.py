@@ -63,13 +63,17 @@ class Pending(Generic[T]):
     takes its answers by callback, and a `trio.Event` per message was pure overhead there.
     """
 
-    __slots__ = ("_callbacks", "_event", "apply", "durable", "error", "finished", "result")
+    __slots__ = ("_callbacks", "_event", "apply", "durable", "error", "finished", "result",
+                 "translate")
 
     def __init__(self, apply: Callable[[Batch], T], durable: bool = True) -> None:
         self.apply = apply
         #: False for writes that may be lost in a crash (hints): they never make a batch
         #: wait for an fsync; a batch syncs when any of its commands is durable.
         self.durable = durable
+        #: Applied to `error` before anyone sees it (the services' door maps storage
+        #: errors to client errors this way, with no callback per command).
+        self.translate: Callable[[BaseException], BaseException] | None = None
         self.result: T | None = None
         self.error: BaseException | None = None
         #: Durable or refused: `result` or `error` is final.
@@ -90,6 +94,8 @@ class Pending(Generic[T]):
 
     def finish(self) -> None:
         """The committer's: `result` or `error` is final; wake the waiter, run callbacks."""
+        if self.error is not None and self.translate is not None:
+            self.error = self.translate(self.error)
         self.finished = True
         if self._event is not None:
             self._event.set()

@@ -29,6 +29,7 @@ of `conversation_id | seq` yields a log in seq order.
 
 from __future__ import annotations
 
+import operator
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -134,8 +135,12 @@ def _fields(model: Callable[..., V], *names: str, key: tuple[str | None, ...] = 
     named in `key` come from the record's key, part by part (None: a part the model does
     not hold); a single-part key is the value itself, not a tuple."""
 
+    # A tuple of them (msgpack packs it as an array); attrgetter of one name is no tuple.
+    fields_of = operator.attrgetter(*names) if len(names) > 1 else (
+        lambda value: (getattr(value, names[0]),))
+
     def pack_value(value: V) -> bytes:
-        return pack([getattr(value, name) for name in names])
+        return pack(fields_of(value))
 
     def unpack_value(key_value: Any, data: bytes) -> V:
         parts = key_value if len(key) > 1 else (key_value,)
