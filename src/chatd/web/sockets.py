@@ -456,6 +456,11 @@ class LiveSockets:
                 conn.drained = trio.Event()
                 await conn.drained.wait()
                 continue
+            if 0 < len(data) < _RECV_SIZE:
+                # A short read emptied the socket: asking again would only fail with
+                # EAGAIN (a system call and an exception per frame, at every ack).
+                reads = 0
+                await trio.lowlevel.wait_readable(sock)
             try:
                 data = sock.recv(_RECV_SIZE)
             except BlockingIOError:
