@@ -123,15 +123,33 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     _raise_open_file_limit()
     try:
-        trio.run(partial(_serve_until_signalled, config))
-    except OSError as exc:
-        print(f"chatd: cannot serve on {config.server.listen}: {exc.strerror or exc}",
-              file=sys.stderr)
+        # Checked before anything is opened: a hypercorn whose internals chatd does not
+        # know would otherwise fail later, and less clearly.
+        from chatd.web.hypercorn_adapter import require_supported_hypercorn
+
+        require_supported_hypercorn()
+    except ImportError as exc:  # UnsupportedHypercorn is one
+        print(f"chatd: {exc}", file=sys.stderr)
         return 1
-    except Exception as exc:
-        if "lock" in str(exc).lower():
+    try:
+        trio.run(partial(_serve_until_signalled, config))
+    except Exception as raised:
+        # A startup failure arrives wrapped in the exception groups of the nurseries it
+        # crossed; what matters is the one error inside.
+        error = _sole_error(raised)
+        if isinstance(error, OSError):
+            print(f"chatd: cannot serve on {config.server.listen}: {error.strerror or error}",
+                  file=sys.stderr)
+            return 1
+        if "lock" in str(error).lower():
             print(f"chatd: the data directory {config.storage.data_dir} is in use by another "
-                  f"process ({exc})", file=sys.stderr)
+                  f"process ({error})", file=sys.stderr)
             return 1
         raise
     return 0
+
+
+def _sole_error(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error

@@ -19,16 +19,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
-from hypercorn.config import Config as HypercornConfig
 
 from chatd.config import Config
 from chatd.services.clock import Clock
 from chatd.services.context import Services, build_services
 from chatd.services.live import SessionEnd
 from chatd.storage import Store
-from chatd.web import hypercorn_guard
 from chatd.web.app import create_app
 from chatd.web.front import FrontServer
+from chatd.web.hypercorn_adapter import HttpServer, require_supported_hypercorn
 from chatd.web.sockets import LiveSockets
 
 log = logging.getLogger(__name__)
@@ -40,18 +39,6 @@ class RunningServer:
 
     url: str
     services: Services
-
-
-def _hypercorn_config(config: Config) -> HypercornConfig:
-    hconfig = HypercornConfig()  # for its HTTP handling; FrontServer does the listening
-    hconfig.graceful_timeout = config.server.graceful_timeout
-    # Read by hypercorn_guard from the TCP server's config: per server, no global.
-    hconfig.chatd_send_timeout = config.server.send_timeout  # type: ignore[attr-defined]
-    # No access log: request lines can carry tokens in query strings (WebSocket auth).
-    hconfig.accesslog = None
-    # Through our logging setup (a bare "-" would add a second stderr handler).
-    hconfig.errorlog = logging.getLogger("hypercorn.error")
-    return hconfig
 
 
 async def _close_sockets_on(shutdown: trio.Event, services: Services) -> None:
@@ -71,16 +58,20 @@ async def _run_until(shutdown: trio.Event,
 
 async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = None,
                 task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED) -> None:
-    """Run one shard until `shutdown` is set, then stop gracefully."""
-    hypercorn_guard.install()
+    """Run one shard until `shutdown` is set, then stop gracefully.
+
+    Raises UnsupportedHypercorn for a hypercorn it cannot drive, before anything is
+    opened."""
+    require_supported_hypercorn()
+    server = config.server
     store = Store.open(config.storage.data_dir, sync=config.storage.sync)
     try:
         services = build_services(config, store, clock=clock)
         host, port = config.listen_address()
-        front = FrontServer(create_app(services), _hypercorn_config(config),
-                            LiveSockets(services), host=host, port=port,
-                            backlog=config.server.backlog,
-                            graceful_timeout=config.server.graceful_timeout)
+        http = HttpServer(create_app(services), graceful_timeout=server.graceful_timeout,
+                          send_timeout=server.send_timeout)
+        front = FrontServer(http, LiveSockets(services), host=host, port=port,
+                            backlog=server.backlog, graceful_timeout=server.graceful_timeout)
         # Everything built so far (the imported frameworks, the app) lives as long as the
         # process: keep it out of the cyclic collector's full passes, which otherwise
         # scan it again and again as messages allocate.

@@ -2,12 +2,9 @@
 
 Each accepted connection's request line decides who serves it. `GET /ws` goes to chatd's
 own WebSocket path (`web/sockets.py`), which keeps an idle connection to a few KB;
-everything else goes to hypercorn's HTTP server and the quart-trio app, with the bytes
-already read put back in front of the stream. This replaces `hypercorn.trio.serve`, whose
-listener cannot split connections this way; the parts of it kept here are the same ones
-it wires together (the ASGI lifespan, the worker context, its per-connection
-`TCPServer`), so hypercorn's HTTP handling is unchanged. The hypercorn version is pinned
-in pyproject.toml for that reason.
+everything else goes to hypercorn's HTTP server and the quart-trio app
+(`web/hypercorn_adapter.py`, the one module that knows hypercorn's internals), with the
+bytes already read put back in front of the stream.
 
     FrontServer.run
     ├── lifespan          quart's startup/shutdown (ASGI lifespan)
@@ -20,39 +17,30 @@ from __future__ import annotations
 import errno
 import logging
 import socket
-from typing import Any
 
 import trio
-from hypercorn.config import Config as HypercornConfig
-from hypercorn.statsd import StatsdLogger
-from hypercorn.trio.lifespan import Lifespan
-from hypercorn.trio.tcp_server import TCPServer
-from hypercorn.trio.worker_context import WorkerContext
-from hypercorn.typing import AppWrapper
-from hypercorn.utils import wrap_app
-from quart_trio import QuartTrio
 
 from chatd.protocol.handshake import path_of
+from chatd.web.hypercorn_adapter import HttpServer
 from chatd.web.sockets import HANDSHAKE_TIMEOUT, LiveSockets
 
 log = logging.getLogger(__name__)
 
 #: The most of a request line read before deciding who serves the connection.
 _MAX_REQUEST_LINE = 8192
+_RECV_SIZE = 65_536
 #: accept() failures that mean "out of a resource for now", not "the listener is broken".
 _TRANSIENT_ACCEPT_ERRORS = {errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM,
                             errno.ECONNABORTED, errno.EPROTO, errno.EPERM}
 
 
 class PrefixedStream(trio.abc.HalfCloseableStream):
-    """A socket stream that first returns bytes already read from it (the request line
-    read to route the connection). It has no `do_handshake`, so hypercorn treats it as
-    plain TCP."""
+    """A connection's stream that first returns bytes already read from it (the request
+    line read to route the connection)."""
 
-    def __init__(self, stream: trio.SocketStream, prefix: bytes) -> None:
+    def __init__(self, stream: trio.abc.HalfCloseableStream, prefix: bytes) -> None:
         self._stream = stream
         self._prefix = prefix
-        self.socket = stream.socket
 
     async def receive_some(self, max_bytes: int | None = None) -> bytes:
         if self._prefix:
@@ -80,17 +68,14 @@ def _routes_to_live_stream(request_line: bytes) -> bool:
 
 
 class FrontServer:
-    def __init__(self, app: QuartTrio, hconfig: HypercornConfig, sockets: LiveSockets, *,
-                 host: str, port: int, backlog: int, graceful_timeout: float) -> None:
-        self._app: AppWrapper = wrap_app(app, hconfig.wsgi_max_body_size, None)
-        self._hconfig = hconfig
+    def __init__(self, http: HttpServer, sockets: LiveSockets, *, host: str, port: int,
+                 backlog: int, graceful_timeout: float) -> None:
+        self._http = http
         self._sockets = sockets
         self._host = host
         self._port = port
         self._backlog = backlog
         self._graceful_timeout = graceful_timeout
-        self._context = WorkerContext(None)
-        self._state: dict[str, Any] = {}
 
     def _listen(self) -> socket.socket:
         family = socket.AF_INET6 if ":" in self._host else socket.AF_INET
@@ -110,29 +95,29 @@ class FrontServer:
         """Serve until `shutdown` is set; then stop accepting, close every WebSocket with
         1001 (the hub does that, see server.py), let HTTP requests finish within the
         graceful timeout, and return."""
-        self._hconfig.set_statsd_logger_class(StatsdLogger)
         listener = self._listen()
         host, port = listener.getsockname()[:2]
-        lifespan = Lifespan(self._app, self._hconfig, self._state)
+        lifespan_over = trio.Event()
         try:
             async with trio.open_nursery() as lifespan_nursery:
-                await lifespan_nursery.start(lifespan.handle_lifespan)
-                await lifespan.wait_for_startup()
-                async with trio.open_nursery() as background:
-                    await background.start(self._sockets.run)
-                    async with trio.open_nursery() as connections:
-                        async with trio.open_nursery() as accepting:
-                            accepting.start_soon(self._accept_forever, listener, connections)
-                            shown = f"[{host}]" if ":" in host else host
-                            task_status.started(f"http://{shown}:{port}")
-                            await shutdown.wait()
-                            accepting.cancel_scope.cancel()
-                        await self._context.terminated.set()
-                        connections.cancel_scope.deadline = (
-                            trio.current_time() + self._graceful_timeout)
-                    background.cancel_scope.cancel()
-                await lifespan.wait_for_shutdown()
-                lifespan_nursery.cancel_scope.cancel()
+                await lifespan_nursery.start(self._http.run_lifespan, lifespan_over)
+                try:
+                    async with trio.open_nursery() as background:
+                        await background.start(self._sockets.run)
+                        async with trio.open_nursery() as connections:
+                            async with trio.open_nursery() as accepting:
+                                accepting.start_soon(self._accept_forever, listener,
+                                                     connections)
+                                shown = f"[{host}]" if ":" in host else host
+                                task_status.started(f"http://{shown}:{port}")
+                                await shutdown.wait()
+                                accepting.cancel_scope.cancel()
+                            await self._http.begin_shutdown()
+                            connections.cancel_scope.deadline = (
+                                trio.current_time() + self._graceful_timeout)
+                        background.cancel_scope.cancel()
+                finally:
+                    lifespan_over.set()  # the app's shutdown runs once HTTP is done
         finally:
             listener.close()
 
@@ -166,10 +151,7 @@ class FrontServer:
                 return
             stream = PrefixedStream(trio.SocketStream(trio.socket.from_stdlib_socket(sock)),
                                     received)
-            # Annotated as an SSL stream, but hypercorn takes any stream without
-            # do_handshake() as plain TCP.
-            await TCPServer(self._app, self._hconfig, self._context, self._state,
-                            stream)  # type: ignore[arg-type]
+            await self._http.serve_connection(stream, sock)
         except Exception:
             # One connection's failure must never reach the nursery of all of them.
             log.exception("error while serving a connection")
@@ -184,7 +166,7 @@ class FrontServer:
         with trio.move_on_after(HANDSHAKE_TIMEOUT):
             while b"\r\n" not in received and len(received) < _MAX_REQUEST_LINE:
                 try:
-                    data = sock.recv(65_536)
+                    data = sock.recv(_RECV_SIZE)
                 except BlockingIOError:
                     await trio.lowlevel.wait_readable(sock)
                     continue
