@@ -75,20 +75,23 @@ def _overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
 
 
 async def _serve_until_signalled(config: Config) -> None:
-    from chatd.server import serve  # imported late: `chatd --help` stays fast
+    """Serve until SIGINT or SIGTERM. SIGHUP rereads the TLS certificate and key (and
+    no longer ends the process, as it did by default)."""
+    from chatd.server import RunningServer, serve  # imported late: `chatd --help` stays fast
 
     shutdown = trio.Event()
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    # Opened first, so a signal during startup is acted on once the shard is up.
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM, signal.SIGHUP) as signals:
         async with trio.open_nursery() as nursery:
-            async def wait_for_signal() -> None:
-                async for signum in signals:
-                    log.info("received %s; shutting down", signal.Signals(signum).name)
-                    shutdown.set()
-                    return
-
-            nursery.start_soon(wait_for_signal)
-            await serve(config, shutdown=shutdown)
-            nursery.cancel_scope.cancel()
+            running: RunningServer = await nursery.start(
+                partial(serve, config, shutdown=shutdown))
+            async for signum in signals:
+                if signum == signal.SIGHUP:
+                    running.reload_certificate()
+                    continue
+                log.info("received %s; shutting down", signal.Signals(signum).name)
+                shutdown.set()
+                break
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -137,6 +140,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # A startup failure arrives wrapped in the exception groups of the nurseries it
         # crossed; what matters is the one error inside.
         error = _sole_error(raised)
+        if isinstance(error, ConfigError):  # a TLS certificate that cannot be loaded
+            print(f"chatd: invalid setting: {error}", file=sys.stderr)
+            return 2
         if isinstance(error, OSError):
             print(f"chatd: cannot serve on {config.server.listen}: {error.strerror or error}",
                   file=sys.stderr)

@@ -35,6 +35,10 @@ class ServerConfig:
     send_timeout: float = 10.0
     #: Bearer token for operator routes such as /metrics; empty disables them.
     admin_token: str = ""
+    #: PEM certificate chain and its private key: with both set, the listener speaks only
+    #: TLS (HTTPS and WSS on the same port). SIGHUP rereads them. Empty: plain HTTP.
+    certfile: str = ""
+    keyfile: str = ""
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,8 @@
     ├── committer.run       the only writer of RocksDB
     ├── accounts.run_pruner deletes expired devices and tokens, hourly
     └── FrontServer.run     one port: REST through hypercorn + quart-trio, /ws served
-                            directly (web/front.py, web/sockets.py)
+                            directly (web/front.py, web/sockets.py); TLS when
+                            server.certfile is set (web/tls.py)
 
 Shutdown order matters for durability: stop taking requests (in-flight ones get up to
 graceful_timeout; WebSockets are closed with 1001), then drain the committer so every
@@ -29,6 +30,7 @@ from chatd.web.app import create_app
 from chatd.web.front import FrontServer
 from chatd.web.hypercorn_adapter import HttpServer, require_supported_hypercorn
 from chatd.web.sockets import LiveSockets
+from chatd.web.tls import ServerCertificate
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +41,16 @@ class RunningServer:
 
     url: str
     services: Services
+    #: The TLS certificate being served, when server.certfile is set.
+    certificate: ServerCertificate | None = None
+
+    def reload_certificate(self) -> bool:
+        """Reread server.certfile and server.keyfile for new connections (SIGHUP);
+        whether a certificate was reloaded."""
+        if self.certificate is None:
+            log.info("no TLS certificate configured (server.certfile): nothing to reload")
+            return False
+        return self.certificate.reload()
 
 
 async def _close_sockets_on(shutdown: trio.Event, services: Services) -> None:
@@ -60,10 +72,12 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
                 task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED) -> None:
     """Run one shard until `shutdown` is set, then stop gracefully.
 
-    Raises UnsupportedHypercorn for a hypercorn it cannot drive, before anything is
-    opened."""
+    Raises UnsupportedHypercorn for a hypercorn it cannot drive, and ConfigError for a
+    TLS certificate that cannot be loaded, before anything is opened."""
     require_supported_hypercorn()
     server = config.server
+    certificate = (ServerCertificate(server.certfile, server.keyfile)
+                   if server.certfile or server.keyfile else None)
     store = Store.open(config.storage.data_dir, sync=config.storage.sync)
     try:
         services = build_services(config, store, clock=clock)
@@ -71,7 +85,8 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
         http = HttpServer(create_app(services), graceful_timeout=server.graceful_timeout,
                           send_timeout=server.send_timeout)
         front = FrontServer(http, LiveSockets(services), host=host, port=port,
-                            backlog=server.backlog, graceful_timeout=server.graceful_timeout)
+                            backlog=server.backlog, graceful_timeout=server.graceful_timeout,
+                            send_timeout=server.send_timeout, certificate=certificate)
         # Everything built so far (the imported frameworks, the app) lives as long as the
         # process: keep it out of the cyclic collector's full passes, which otherwise
         # scan it again and again as messages allocate.
@@ -86,7 +101,7 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
                 url = await web.start(front.run, shutdown)
                 log.info("serving %s (shard %s, data %s)", url, config.cluster.shard,
                          config.storage.data_dir)
-                task_status.started(RunningServer(url, services))
+                task_status.started(RunningServer(url, services, certificate))
             services.committer.close()
         log.info("stopped cleanly")
     finally:
