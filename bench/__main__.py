@@ -57,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--plot", metavar="PNG", default="sweep.png",
                         help="where sweep draws latency against offered rate")
     parser.add_argument("--no-sync", action="store_true", help="server with storage.sync off")
+    parser.add_argument("--strace", action="store_true",
+                        help="count the server's system calls per message with strace -c -f "
+                             "(CPU and latency figures of such a run are strace's, not chatd's)")
     parser.add_argument("--no-ack", action="store_true",
                         help="direct/group/burst/sweep: receivers do not ack (by default "
                              "every delivered message is acked, as a client with delivery "
@@ -164,6 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 url = args.url or (server.url if server is not None else "")
                 target = Target.at(url) if args.url else Target(
                     url, server.process.pid if server is not None else None)
+                target.count_syscalls = args.strace
                 results = _runners(args, server)[name](target)
             finally:
                 if server is not None:

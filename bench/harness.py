@@ -25,7 +25,13 @@ import httpx
 import trio
 from hdrh.histogram import HdrHistogram
 
-from bench.serverproc import cpu_seconds, find_listening_pid, loop_switches, rss_bytes
+from bench.serverproc import (
+    SyscallCounter,
+    cpu_seconds,
+    find_listening_pid,
+    loop_switches,
+    rss_bytes,
+)
 from bench.worker import PAD, new_histogram, now_us
 from bench.wsclient import BenchSocket
 from chatd.client import ChatClient
@@ -58,6 +64,8 @@ class Target:
 
     url: str
     pid: int | None
+    #: Attach `strace -c -f` for the measured phase (counts only: it slows the server).
+    count_syscalls: bool = False
 
     @property
     def host(self) -> str:
@@ -237,10 +245,13 @@ def run_live_phase(target: Target, specs: list[dict[str, Any]], *, workers: int,
         pool.wait_ready()
         time.sleep(0.5)  # presence and catch-up of the new sockets settle
         start = time.monotonic() + 0.2
+        counter = (SyscallCounter(target.pid) if target.count_syscalls and target.pid
+                   else None)
         cpu_before, switches_before = target.cpu(), target.switches()
         pool.tell(f"go {start}")
         results = pool.results()
         cpu, switches = target.cpu(), target.switches()
+        syscalls = counter.stop() if counter is not None else None
     finally:
         pool.close()
     received = sum(r["received"] for r in results)
@@ -269,6 +280,11 @@ def run_live_phase(target: Target, specs: list[dict[str, Any]], *, workers: int,
             figures["server_cpu_us_per_message"] = (cpu - cpu_before) / sent * 1e6
     if switches is not None and switches_before is not None and sent:
         figures["loop_switches_per_message"] = (switches - switches_before) / sent
+    if syscalls and sent:
+        figures["syscalls_per_message"] = syscalls.get("total", 0) / sent
+        figures["syscalls_top"] = ", ".join(
+            f"{name} {calls / sent:.2f}" for name, calls in sorted(
+                syscalls.items(), key=lambda item: -item[1]) if name != "total")[:160]
     figures["client_cpu_s"] = sum(r["cpu"] for r in results)
     figures["_warnings"] = _client_warnings(results, offered)
     return figures

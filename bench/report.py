@@ -29,6 +29,8 @@ _LABELS = {
     "server_cpu_us_per_delivery": "server CPU per delivery (µs)",
     "server_cpu_us_per_message": "server CPU per message sent (µs)",
     "loop_switches_per_message": "event-loop context switches per message",
+    "syscalls_per_message": "system calls per message (strace)",
+    "syscalls_top": "  of which, per message",
     "acks": "acks sent by clients",
     "receipts_per_message": "receipts per message",
     "server_cpu_s": "server CPU (s)",

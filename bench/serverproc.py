@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -80,6 +81,35 @@ def loop_switches(pid: int) -> int:
         if line.startswith("voluntary_ctxt_switches:"):
             return int(line.split()[1])
     raise RuntimeError(f"no voluntary_ctxt_switches for process {pid}")
+
+
+class SyscallCounter:
+    """`strace -c -f` attached to the server for a measured phase: the total number of
+    system calls it made (strace slows the server down, so use it for counts, not for
+    CPU or latency figures)."""
+
+    def __init__(self, pid: int) -> None:
+        self._output = tempfile.NamedTemporaryFile(prefix="chatd-strace-", suffix=".txt")  # noqa: SIM115
+        self._process = subprocess.Popen(
+            ["strace", "-c", "-f", "-p", str(pid), "-o", self._output.name],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.5)  # attached to every thread before the phase starts
+
+    def stop(self) -> dict[str, int]:
+        """Detach; {syscall name: calls}, with "total"."""
+        self._process.send_signal(signal.SIGINT)
+        self._process.wait(timeout=30)
+        counts: dict[str, int] = {}
+        for line in Path(self._output.name).read_text().splitlines():
+            parts = line.split()
+            # "% time  seconds  usecs/call  calls  [errors]  syscall"; the total row has
+            # no usecs/call.
+            if parts and parts[-1] == "total" and len(parts) >= 4:
+                counts["total"] = int(parts[2])
+            elif len(parts) >= 5 and parts[3].isdigit():
+                counts[parts[-1]] = int(parts[3])
+        self._output.close()
+        return counts
 
 
 def cpu_seconds(pid: int) -> float:
