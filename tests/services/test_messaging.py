@@ -94,3 +94,16 @@ async def test_an_ack_costs_no_command_and_rides_in_the_next_batch(shard: Shard)
                               (conv.conversation_id, bob.user_id)) == Watermark(3, 0)
     with pytest.raises(BadRequest):
         services.messaging.acknowledge(bob, conv.conversation_id, 99, acked)
+
+
+async def test_a_reconnect_before_the_hints_are_written_starts_after_the_ack(
+        shard: Shard) -> None:
+    alice, bob = await shard.user(), await shard.user()
+    services = shard.services
+    conv = (await services.conversations.open_direct(alice, bob.user_id)).conversation
+    for n in range(3):
+        await services.messaging.send(alice, conversation_id=conv.conversation_id,
+                                      client_msg_id=f"m{n}", content_type="text/plain",
+                                      body="x")
+    services.messaging.acknowledge(bob, conv.conversation_id, 2, {})
+    assert services.messaging.cursors_of(bob) == {conv.conversation_id: 2}

@@ -136,8 +136,13 @@ class MessagingService:
     def cursors_of(self, session: Session) -> dict[int, int]:
         """conversation_id -> the seq the caller's device acknowledged (its catch-up
         starts after it)."""
-        return {conversation_id: seq for (_, conversation_id), seq in
-                self._store.scan(records.CURSORS, records.u64(session.device_id))}
+        cursors = {conversation_id: seq for (_, conversation_id), seq in
+                   self._store.scan(records.CURSORS, records.u64(session.device_id))}
+        # Acks not written yet (a reconnect within the hint interval) count too.
+        for (device_id, conversation_id), seq in self._cursor_hints.items():
+            if device_id == session.device_id:
+                cursors[conversation_id] = max(seq, cursors.get(conversation_id, 0))
+        return cursors
 
     async def mark_read(self, session: Session, conversation_id: int, seq: int) -> Watermark:
         return await self.start_mark_read(session, conversation_id, seq).wait()
