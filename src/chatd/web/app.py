@@ -22,6 +22,8 @@ from werkzeug.exceptions import HTTPException
 from chatd.errors import ChatdError, RateLimited, Unauthorized
 from chatd.services.context import Services
 from chatd.web import routes_accounts, routes_conversations, routes_messages, routes_ops
+from chatd.web.api import Api
+from chatd.web.schema import Limits
 
 log = logging.getLogger(__name__)
 
@@ -175,8 +177,13 @@ def create_app(services: Services) -> QuartTrio:
         return await app.make_response(
             error_response(500, "internal", "an internal error occurred; it has been logged"))
 
-    routes_ops.register(app, services)
-    routes_accounts.register(app, services)
-    routes_conversations.register(app, services)
-    routes_messages.register(app, services)
+    config = services.config
+    api = Api(services.accounts, admin_token=config.server.admin_token, limits=Limits(
+        min_password_length=config.auth.min_password_length,
+        history_page_max=config.limits.history_page_max))
+    routes_ops.register(api, services)
+    routes_accounts.register(api, services)
+    routes_conversations.register(api, services)
+    routes_messages.register(api, services)
+    api.install(app)
     return app

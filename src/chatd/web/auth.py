@@ -1,6 +1,12 @@
-"""Bearer authentication for REST routes."""
+"""Bearer authentication: user tokens for REST and /ws, the admin token for /metrics.
+
+Routes do not call these: a route declares its access (web/api.py) and is handed the
+`Session`.
+"""
 
 from __future__ import annotations
+
+import hmac
 
 from quart import Request
 from werkzeug.datastructures import Headers
@@ -28,3 +34,11 @@ def authenticate(request: Request, accounts: AccountService) -> Session:
         raise Unauthorized("send 'Authorization: Bearer <token>' (from POST /login)",
                            code="missing_token")
     return accounts.authenticate(token)
+
+
+def require_admin(request: Request, admin_token: str) -> None:
+    """The request carries the admin token (`server.admin_token`, which must be set)."""
+    token = bearer_token(request.headers) or ""
+    # Constant time: the admin token is a long-lived secret.
+    if not admin_token or not hmac.compare_digest(token.encode(), admin_token.encode()):
+        raise Unauthorized("this route needs the admin token", code="invalid_token")

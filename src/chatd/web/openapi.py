@@ -1,199 +1,126 @@
 """The REST API as OpenAPI 3.1, served at /openapi.json.
 
-Kept beside the routes by hand; tests/web/test_openapi.py checks that every route the app
-serves is described here and nothing else is, so the two cannot drift apart.
+Nothing here is written by hand per route: the paths come from the route declarations
+(web/api.py), the schemas from the models that parse requests and render responses
+(web/models.py), and the limits from the running server's configuration.
 """
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any
 
-Schema = dict[str, Any]
+from chatd.web import models
+from chatd.web.api import Access, Api, Media, Operation
+from chatd.web.schema import ListOf, Model, Nested, Schema
 
-_ID: Schema = {"type": "string", "pattern": "^[0-9]{1,19}$", "description": "64-bit id"}
-_MS: Schema = {"type": "integer", "description": "ms since the Unix epoch"}
-
-
-def _object(required: list[str], **properties: Schema) -> Schema:
-    return {"type": "object", "required": required, "properties": properties}
-
-
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-_SCHEMAS: dict[str, Schema] = {
-    "Error": _object(["error"], error=_object(
-        ["code", "message"], code={"type": "string"}, message={"type": "string"})),
-    "User": _object(["user_id", "handle", "display_name", "status"], user_id=_ID,
-                    handle={"type": "string"}, display_name={"type": "string"},
-                    status={"type": "string"}, created_at=_MS,
-                    hide_last_seen={"type": "boolean"}, read_receipts={"type": "boolean"}),
-    "Device": _object(["device_id", "name", "created_at", "current"], device_id=_ID,
-                      name={"type": "string"}, created_at=_MS, current={"type": "boolean"}),
-    "Receipts": _object(["delivered_seq", "read_seq"], delivered_seq={"type": "integer"},
-                        read_seq={"type": "integer"}),
-    "Conversation": _object(
-        ["conversation_id", "kind", "name", "last_seq", "unread", "members"],
-        conversation_id=_ID, kind={"enum": ["direct", "group"]}, name={"type": "string"},
-        created_by=_ID, created_at=_MS, last_seq={"type": "integer"}, last_activity=_MS,
-        unread={"type": "integer"}, receipts=_ref("Receipts"),
-        members={"type": "array", "items": _object(
-            ["user_id", "role"], user_id=_ID, role={"enum": ["admin", "member"]})}),
-    "Message": _object(
-        ["message_id", "conversation_id", "seq", "sender_id", "content_type", "body", "ts"],
-        message_id=_ID, conversation_id=_ID, seq={"type": "integer"}, sender_id=_ID,
-        client_msg_id={"type": "string"}, content_type={"type": "string"},
-        body={"description": "text for text/*, base64 for other types, an object for "
-                             "chatd/system entries"},
-        ts=_MS),
-    "SendResult": _object(["message_id", "conversation_id", "seq", "ts"], message_id=_ID,
-                          conversation_id=_ID, seq={"type": "integer"}, ts=_MS),
-    "UserIds": _object(["user_ids"], user_ids={"type": "array", "items": _ID}),
+#: What each error status means here; the codes are in docs/api.md.
+_ERRORS = {
+    400: "the request is malformed or breaks a rule (malformed_json, missing_field, "
+         "invalid_field, bad_request, or a rule of the operation such as seq_out_of_range)",
+    401: "no token, or one that is revoked, expired or not the one needed",
+    403: "only a group's admins may do that (not_an_admin)",
+    404: "no such user, device, conversation or message that you can see",
+    408: "the request body did not arrive in time",
+    409: "it conflicts with what exists (handle_taken, too_many_devices, group_full, "
+         "direct_id_clash)",
+    413: "the request or the message body is too large",
+    429: "too many attempts from this address; retry after Retry-After seconds",
+    503: "the server cannot serve it now (storage_failure, owner_unreachable, "
+         "shutting_down); retry",
+}
+_ERROR_HEADERS = {
+    401: {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}},
+    429: {"Retry-After": {"required": True, "description": "seconds",
+                          "schema": {"type": "integer", "minimum": 1}}},
 }
 
 
-def _op(summary: str, *, ok: int = 200, response: Schema | None = None,
-        body: Schema | None = None, public: bool = False, errors: tuple[int, ...] = (),
-        parameters: list[Schema] | None = None) -> dict[str, Any]:
-    responses: dict[str, Any] = {
-        str(ok): {"description": "success"} if response is None else
-        {"description": "success", "content": {"application/json": {"schema": response}}}}
-    standard = (400,) if body is not None else ()
-    for status in sorted({*standard, *errors, *(() if public else (401,))}):
-        responses[str(status)] = {"description": "error",
-                                  "content": {"application/json": {"schema": _ref("Error")}}}
-    operation: dict[str, Any] = {"summary": summary, "responses": responses}
-    if public:
-        operation["security"] = []
-    if body is not None:
-        operation["requestBody"] = {"required": True,
-                                    "content": {"application/json": {"schema": body}}}
+def _ref(model: type[Model]) -> Schema:
+    return {"$ref": f"#/components/schemas/{model.__name__}"}
+
+
+def _json(schema: Schema) -> dict[str, Any]:
+    return {"application/json": {"schema": schema}}
+
+
+def _operation(api: Api, operation: Operation) -> dict[str, Any]:
+    result: dict[str, Any] = {"operationId": operation.handler.__name__,
+                              "summary": operation.summary}
+    if operation.description:
+        result["description"] = operation.description
+    if operation.access is Access.PUBLIC:
+        result["security"] = []
+    elif operation.access is Access.ADMIN:
+        result["security"] = [{"admin": []}]
+    parameters = [{"name": name, "in": "path", "required": True,
+                   "schema": models.PATH_PARAMETERS[name].schema(api.limits)}
+                  for name in operation.parameters]
+    if operation.query:
+        parameters += operation.query.parameters(api.limits)
     if parameters:
-        operation["parameters"] = parameters
-    return operation
+        result["parameters"] = parameters
+    if operation.body:
+        result["requestBody"] = {"required": True, "content": _json(_ref(operation.body))}
+    responses: dict[str, Any] = {}
+    for status, content in sorted(operation.success.items()):
+        answer: dict[str, Any] = {"description": HTTPStatus(status).phrase}
+        if isinstance(content, Media):
+            answer["content"] = {content.media_type: {"schema": dict(content.schema)}}
+        elif content is not None:
+            answer["content"] = _json(_ref(content))
+        responses[str(status)] = answer
+    for status in api.error_statuses(operation):
+        error: dict[str, Any] = {"description": _ERRORS[status],
+                                 "content": _json(_ref(models.ErrorReply))}
+        if status in _ERROR_HEADERS:
+            error["headers"] = _ERROR_HEADERS[status]
+        responses[str(status)] = error
+    result["responses"] = responses
+    return result
 
 
-def _path_param(name: str) -> Schema:
-    return {"name": name, "in": "path", "required": True, "schema": _ID}
+def _models(api: Api) -> dict[str, type[Model]]:
+    """Every model the operations use, by name, with the models inside them."""
+    found: dict[str, type[Model]] = {}
+    stack: list[type[Model]] = [models.ErrorReply]
+    for operation in api.operations:
+        stack += [model for model in (operation.body, *operation.success.values())
+                  if isinstance(model, type) and issubclass(model, Model)]
+    while stack:
+        model = stack.pop()
+        known = found.setdefault(model.__name__, model)
+        if known is not model:
+            raise ValueError(f"two models are called {model.__name__}")
+        stack += [field.kind.model for field in model.fields()
+                  if isinstance(field.kind, Nested | ListOf)
+                  and found.get(field.kind.model.__name__) is not field.kind.model]
+    return found
 
 
-def _query(name: str, schema: Schema, description: str) -> Schema:
-    return {"name": name, "in": "query", "required": False, "schema": schema,
-            "description": description}
-
-
-_CONV = [_path_param("conversation_id")]
-_GROUP_ERRORS = (403, 404, 409)
-
-
-def _paths() -> dict[str, Any]:
-    conversation = _ref("Conversation")
-    return {
-        "/healthz": {"get": _op("Liveness and readiness", public=True)},
-        "/openapi.json": {"get": _op("This document", public=True)},
-        "/metrics": {"get": _op("Prometheus counters (needs server.admin_token)",
-                                errors=(404,))},
-        "/register": {"post": _op(
-            "Create an account", ok=201, public=True, response=_ref("User"),
-            errors=(409, 429), body=_object(
-                ["handle", "password", "display_name"],
-                handle={"type": "string", "description": "E.164 phone or [a-z0-9_.]{3,32}"},
-                password={"type": "string", "minLength": 8},
-                display_name={"type": "string", "maxLength": 64}))},
-        "/login": {"post": _op(
-            "Log in; each login is a new device", public=True, errors=(401, 409, 429),
-            body=_object(["handle", "password"], handle={"type": "string"},
-                         password={"type": "string"}, device_name={"type": "string"}),
-            response=_object(["token", "user_id", "device_id", "expires_at"],
-                             token={"type": "string"}, user_id=_ID, device_id=_ID,
-                             expires_at=_MS))},
-        "/logout": {"post": _op("Revoke this token and its device", ok=204)},
-        "/devices": {"get": _op("List your devices", response=_object(
-            ["devices"], devices={"type": "array", "items": _ref("Device")}))},
-        "/devices/{device_id}": {"delete": _op(
-            "Revoke a device and its token", ok=204, errors=(400, 404),
-            parameters=[_path_param("device_id")])},
-        "/me": {
-            "get": _op("Your profile", response=_ref("User")),
-            "patch": _op("Change display name or status", response=_ref("User"),
-                         body=_object([], display_name={"type": "string"},
-                                      status={"type": "string", "maxLength": 140},
-                                      hide_last_seen={"type": "boolean"},
-                                      read_receipts={"type": "boolean"})),
-        },
-        "/users": {"get": _op(
-            "Find a user by exact handle", response=_ref("User"), errors=(400, 404),
-            parameters=[{"name": "handle", "in": "query", "required": True,
-                         "schema": {"type": "string"}}])},
-        "/users/{user_id}": {"get": _op("A public profile", response=_ref("User"),
-                                        errors=(400, 404), parameters=[_path_param("user_id")])},
-        "/conversations": {"get": _op("Your conversations, most recent first", response=_object(
-            ["conversations"], conversations={"type": "array", "items": conversation}))},
-        "/conversations/direct": {"post": _op(
-            "Open (or get) the 1:1 conversation with a user; 201 when created",
-            response=conversation, errors=(404,), body=_object(["user_id"], user_id=_ID))},
-        "/conversations/{conversation_id}": {"get": _op(
-            "One conversation", response=conversation, errors=(400, 404),
-            parameters=_CONV)},
-        "/conversations/{conversation_id}/read": {"post": _op(
-            "Move your read watermark", response=_ref("Receipts"), errors=(404,),
-            parameters=_CONV, body=_object(["seq"], seq={"type": "integer"}))},
-        "/groups/create": {"post": _op(
-            "Create a group; you are its admin", ok=201, response=conversation,
-            errors=(404, 409), body=_object(["name", "members"], name={"type": "string"},
-                                            members={"type": "array", "items": _ID}))},
-        "/groups/{conversation_id}": {"patch": _op(
-            "Rename a group (admins)", response=conversation, errors=_GROUP_ERRORS,
-            parameters=_CONV, body=_object(["name"], name={"type": "string"}))},
-        "/groups/{conversation_id}/add": {"post": _op(
-            "Add members (admins)", response=conversation, errors=_GROUP_ERRORS,
-            parameters=_CONV, body=_ref("UserIds"))},
-        "/groups/{conversation_id}/remove": {"post": _op(
-            "Remove members (admins)", response=conversation, errors=_GROUP_ERRORS,
-            parameters=_CONV, body=_ref("UserIds"))},
-        "/groups/{conversation_id}/admins": {"post": _op(
-            "Promote members to admin (admins)", response=conversation, errors=_GROUP_ERRORS,
-            parameters=_CONV, body=_ref("UserIds"))},
-        "/groups/{conversation_id}/leave": {"post": _op(
-            "Leave a group", ok=204, errors=(400, 404), parameters=_CONV)},
-        "/messages/send": {"post": _op(
-            "Append a message; answered once durable. Idempotent per client_msg_id.",
-            ok=201, response=_ref("SendResult"), errors=(404, 413),
-            body=_object(["conversation_id", "client_msg_id", "content_type", "body"],
-                         conversation_id=_ID, client_msg_id={"type": "string", "maxLength": 64},
-                         content_type={"type": "string"},
-                         body={"type": "string",
-                               "description": "text for text/*, base64 otherwise"}))},
-        "/messages/{conversation_id}/{seq}/status": {"get": _op(
-            "Delivered and read, per member, for one message (from the watermarks)",
-            errors=(400, 404),
-            parameters=[*_CONV, {"name": "seq", "in": "path", "required": True,
-                                 "schema": {"type": "integer"}}],
-            response=_object(["conversation_id", "seq", "members"], conversation_id=_ID,
-                             seq={"type": "integer"}, members={"type": "array", "items": _object(
-                                 ["user_id", "delivered", "read"], user_id=_ID,
-                                 delivered={"type": "boolean"}, read={"type": "boolean"})}))},
-        "/messages/{conversation_id}": {"get": _op(
-            "A page of history in ascending seq order", errors=(400, 404),
-            parameters=[*_CONV,
-                        _query("after", {"type": "integer"}, "oldest page after this seq"),
-                        _query("before", {"type": "integer"}, "newest page before this seq"),
-                        _query("limit", {"type": "integer", "maximum": 200}, "default 50")],
-            response=_object(["messages", "has_more"], has_more={"type": "boolean"},
-                             messages={"type": "array", "items": _ref("Message")}))},
-    }
-
-
-def openapi_spec(version: str) -> dict[str, Any]:
+def openapi_document(api: Api, version: str) -> dict[str, Any]:
+    paths: dict[str, dict[str, Any]] = {}
+    for operation in api.operations:
+        paths.setdefault(operation.path, {})[operation.method.lower()] = _operation(
+            api, operation)
+    schemas: dict[str, Any] = {"Id": models.ID.definition()}
+    for name, model in sorted(_models(api).items()):
+        schemas[name] = model.schema(api.limits)
     return {
         "openapi": "3.1.0",
         "info": {"title": "chatd", "version": version,
-                 "description": "REST API of chatd. Errors are {error: {code, message}}."},
-        "paths": _paths(),
+                 "description": "REST API of chatd (docs/api.md). Errors are "
+                                "{\"error\": {\"code\", \"message\"}}. Formats named "
+                                "chatd.* are the name rules of docs/api.md."},
+        "paths": paths,
         "components": {
-            "schemas": _SCHEMAS,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": schemas,
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer",
+                           "description": "a token from POST /login"},
+                "admin": {"type": "http", "scheme": "bearer",
+                          "description": "the server's server.admin_token"},
+            },
         },
         "security": [{"bearer": []}],
     }

@@ -1,54 +1,90 @@
-"""Models as JSON. Ids leave as decimal strings (JavaScript numbers stop at 2**53); times
+"""What route handlers answer (`Reply`) and the domain models as response models
+(web/models.py). Ids leave as decimal strings (JavaScript numbers stop at 2**53); times
 are integers in ms since the Unix epoch."""
 
 from __future__ import annotations
 
 import base64
-from typing import Any
+import enum
+from typing import TypeAlias
+
+from quart import Response
 
 from chatd.domain.models import Conversation, Device, Message, SendResult, User, Watermark
-from chatd.protocol import frames
-
-public_user = frames.public_profile
-
-
-def own_user(user: User) -> dict[str, Any]:
-    return {**public_user(user), "created_at": user.created_at,
-            "hide_last_seen": user.hide_last_seen, "read_receipts": user.read_receipts}
+from chatd.services.accounts import LoginResult
+from chatd.services.messaging import HistoryPage
+from chatd.web import models
+from chatd.web.schema import Model
 
 
-def device(entry: Device, current_device_id: int) -> dict[str, Any]:
-    return {"device_id": str(entry.device_id), "name": entry.name,
-            "created_at": entry.created_at, "current": entry.device_id == current_device_id}
+class NoContent(enum.Enum):
+    """The answer of a route that has nothing to say: 204 with no body."""
+
+    NO_CONTENT = 204
 
 
-def message(entry: Message) -> dict[str, Any]:
-    payload = frames.message_payload(entry)
-    if isinstance(entry.body, bytes):
-        payload["body"] = base64.b64encode(entry.body).decode()
-    return payload
+NO_CONTENT = NoContent.NO_CONTENT
+
+#: What a route handler returns: a response model (200), a model and its status, no
+#: content (204), or a response it built itself (text, a cached document). The route's
+#: declaration (web/api.py) says which of these it may answer, and the answer is checked
+#: against it.
+Reply: TypeAlias = Model | tuple[Model, int] | NoContent | Response
 
 
-def send_result(result: SendResult) -> dict[str, Any]:
-    return {"message_id": str(result.message_id), "conversation_id": str(result.conversation_id),
-            "seq": result.seq, "ts": result.ts}
+def public_user(user: User) -> models.PublicUser:
+    return models.PublicUser(user.user_id, user.handle, user.display_name, user.status_text)
 
 
-def watermark(mark: Watermark) -> dict[str, Any]:
-    return {"delivered_seq": mark.delivered_seq, "read_seq": mark.read_seq}
+def own_user(user: User) -> models.OwnUser:
+    return models.OwnUser(user.user_id, user.handle, user.display_name, user.status_text,
+                          user.created_at, user.hide_last_seen, user.read_receipts)
 
 
-def conversation(conv: Conversation, viewer_id: int) -> dict[str, Any]:
-    return {
-        "conversation_id": str(conv.conversation_id),
-        "kind": conv.kind,
-        "name": conv.name,
-        "created_by": str(conv.created_by),
-        "created_at": conv.created_at,
-        "last_seq": conv.head_seq,
-        "last_activity": conv.last_ts,
-        "unread": conv.unread(viewer_id),
-        "receipts": watermark(conv.watermark(viewer_id)),
-        "members": [{"user_id": str(user_id), "role": member.role}
-                    for user_id, member in conv.members.items()],
-    }
+def login(result: LoginResult) -> models.LoginResult:
+    return models.LoginResult(result.token, result.user.user_id, result.device.device_id,
+                              result.expires_at)
+
+
+def devices(entries: list[Device], current_device_id: int) -> models.Devices:
+    return models.Devices([models.Device(entry.device_id, entry.name, entry.created_at,
+                                         entry.device_id == current_device_id)
+                           for entry in entries])
+
+
+def message(entry: Message) -> models.Message:
+    body = entry.body
+    return models.Message(
+        entry.message_id, entry.conversation_id, entry.seq, entry.sender_id,
+        entry.client_msg_id, entry.content_type,
+        base64.b64encode(body).decode() if isinstance(body, bytes) else body, entry.ts)
+
+
+def history(page: HistoryPage) -> models.History:
+    return models.History([message(entry) for entry in page.messages], page.has_more)
+
+
+def send_result(result: SendResult) -> models.SendResult:
+    return models.SendResult(result.message_id, result.conversation_id, result.seq, result.ts)
+
+
+def receipts(mark: Watermark) -> models.Receipts:
+    return models.Receipts(mark.delivered_seq, mark.read_seq)
+
+
+def conversation(conv: Conversation, viewer_id: int) -> models.Conversation:
+    return models.Conversation(
+        conv.conversation_id, conv.kind, conv.name, conv.created_by, conv.created_at,
+        conv.head_seq, conv.last_ts, conv.unread(viewer_id),
+        receipts(conv.watermark(viewer_id)),
+        [models.Member(user_id, member.role) for user_id, member in conv.members.items()])
+
+
+def conversations(convs: list[Conversation], viewer_id: int) -> models.Conversations:
+    return models.Conversations([conversation(conv, viewer_id) for conv in convs])
+
+
+def message_status(conversation_id: int, seq: int,
+                   status: list[tuple[int, bool, bool | None]]) -> models.MessageStatus:
+    return models.MessageStatus(conversation_id, seq, [
+        models.MemberStatus(user_id, delivered, read) for user_id, delivered, read in status])

@@ -2,98 +2,70 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from quart import request
-from quart_trio import QuartTrio
 
-from chatd.errors import BadRequest
+from chatd.domain.models import Session
 from chatd.services.context import Services
-from chatd.web import params, render
-from chatd.web.auth import authenticate
+from chatd.web import models, render
+from chatd.web.api import Access, Api
+from chatd.web.render import NO_CONTENT, Reply
 
-Reply = tuple[Any, int] | dict[str, Any] | list[Any]
 
-
-def register(app: QuartTrio, services: Services) -> None:
+def register(api: Api, services: Services) -> None:
     accounts = services.accounts
 
     def client_address() -> str:
         return request.remote_addr or "unknown"
 
-    @app.post("/register")
-    async def register_user() -> Reply:
-        body = await params.json_object(request)
-        user = await accounts.register(
-            handle=params.text(body, "handle"),
-            password=params.text(body, "password"),
-            display_name=params.text(body, "display_name"),
-            client=client_address(),
-        )
+    @api.route("POST", "/register", summary="Create an account", access=Access.PUBLIC,
+               body=models.Register, status=201, response=models.OwnUser, errors=(409, 429))
+    async def register_user(body: models.Register) -> Reply:
+        user = await accounts.register(handle=body.handle, password=body.password,
+                                       display_name=body.display_name, client=client_address())
         return render.own_user(user), 201
 
-    @app.post("/login")
-    async def login() -> Reply:
-        body = await params.json_object(request)
-        result = await accounts.login(
-            handle=params.text(body, "handle"),
-            password=params.text(body, "password"),
-            device_name=params.optional_text(body, "device_name") or "",
-            client=client_address(),
-        )
-        return {"token": result.token, "user_id": str(result.user.user_id),
-                "device_id": str(result.device.device_id), "expires_at": result.expires_at}
+    @api.route("POST", "/login", summary="Log in; each login is a new device",
+               access=Access.PUBLIC, body=models.Login, response=models.LoginResult,
+               errors=(401, 409, 429))
+    async def login(body: models.Login) -> Reply:
+        result = await accounts.login(handle=body.handle, password=body.password,
+                                      device_name=body.device_name or "",
+                                      client=client_address())
+        return render.login(result)
 
-    @app.post("/logout")
-    async def logout() -> Reply:
-        session = authenticate(request, accounts)
+    @api.route("POST", "/logout", summary="Revoke this token and its device", status=204)
+    async def logout(session: Session) -> Reply:
         await accounts.logout(session)
-        return "", 204
+        return NO_CONTENT
 
-    @app.get("/devices")
-    async def list_devices() -> Reply:
-        session = authenticate(request, accounts)
-        return {"devices": [render.device(device, session.device_id)
-                            for device in accounts.list_devices(session)]}
+    @api.route("GET", "/devices", summary="List your devices", response=models.Devices)
+    async def list_devices(session: Session) -> Reply:
+        return render.devices(accounts.list_devices(session), session.device_id)
 
-    @app.delete("/devices/<device_id>")
-    async def revoke_device(device_id: str) -> Reply:
-        session = authenticate(request, accounts)
-        await accounts.revoke_device(session, params.path_id(device_id, "device_id"))
-        return "", 204
+    @api.route("DELETE", "/devices/{device_id}", summary="Revoke a device and its token",
+               status=204)
+    async def revoke_device(session: Session, device_id: int) -> Reply:
+        await accounts.revoke_device(session, device_id)
+        return NO_CONTENT
 
-    @app.get("/me")
-    async def me() -> Reply:
-        session = authenticate(request, accounts)
+    @api.route("GET", "/me", summary="Your profile", response=models.OwnUser)
+    async def me(session: Session) -> Reply:
         return render.own_user(accounts.get_user(session.user_id))
 
-    @app.patch("/me")
-    async def update_me() -> Reply:
-        session = authenticate(request, accounts)
-        body = await params.json_object(request)
-        display_name = params.optional_text(body, "display_name")
-        status = params.optional_text(body, "status")
-        hide_last_seen = params.optional_bool(body, "hide_last_seen")
-        read_receipts = params.optional_bool(body, "read_receipts")
-        unknown = set(body) - {"display_name", "status", "hide_last_seen", "read_receipts"}
-        if unknown:
-            raise BadRequest(f"{sorted(unknown)[0]}: not a profile field "
-                             "(display_name, status, hide_last_seen, read_receipts)",
-                             code="invalid_field")
-        user = await accounts.update_profile(session, display_name=display_name,
-                                             status_text=status, hide_last_seen=hide_last_seen,
-                                             read_receipts=read_receipts)
+    @api.route("PATCH", "/me", summary="Change your profile and privacy settings",
+               body=models.ProfileChange, response=models.OwnUser)
+    async def update_me(session: Session, body: models.ProfileChange) -> Reply:
+        user = await accounts.update_profile(
+            session, display_name=body.display_name, status_text=body.status,
+            hide_last_seen=body.hide_last_seen, read_receipts=body.read_receipts)
         return render.own_user(user)
 
-    @app.get("/users/<user_id>")
-    async def get_user(user_id: str) -> Reply:
-        authenticate(request, accounts)
-        return render.public_user(accounts.get_user(params.path_id(user_id, "user_id")))
+    @api.route("GET", "/users/{user_id}", summary="A public profile",
+               response=models.PublicUser)
+    async def get_user(session: Session, user_id: int) -> Reply:
+        return render.public_user(accounts.get_user(user_id))
 
-    @app.get("/users")
-    async def find_user() -> Reply:
-        authenticate(request, accounts)
-        handle = request.args.get("handle")
-        if not handle:
-            raise BadRequest("handle: give ?handle= to look a user up", code="missing_field")
-        return render.public_user(accounts.find_by_handle(handle))
+    @api.route("GET", "/users", summary="Find a user by exact handle", query=models.FindUser,
+               response=models.PublicUser, errors=(404,))
+    async def find_user(session: Session, query: models.FindUser) -> Reply:
+        return render.public_user(accounts.find_by_handle(query.handle))

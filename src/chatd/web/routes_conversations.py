@@ -2,95 +2,81 @@
 
 from __future__ import annotations
 
-from quart import request
-from quart_trio import QuartTrio
-
+from chatd.domain.models import Session
 from chatd.services.context import Services
-from chatd.web import params, render
-from chatd.web.auth import authenticate
-from chatd.web.routes_accounts import Reply
+from chatd.web import models, render
+from chatd.web.api import Api
+from chatd.web.render import NO_CONTENT, Reply
+
+#: What the group-changing routes may refuse: not an admin, no such member or group, full.
+_GROUP_ERRORS = (403, 404, 409)
 
 
-def register(app: QuartTrio, services: Services) -> None:
-    accounts = services.accounts
+def register(api: Api, services: Services) -> None:
     conversations = services.conversations
     messaging = services.messaging
 
-    @app.post("/conversations/direct")
-    async def open_direct() -> Reply:
-        session = authenticate(request, accounts)
-        body = await params.json_object(request)
-        opened = await conversations.open_direct(session, params.identifier(body, "user_id"))
+    @api.route("POST", "/conversations/direct",
+               summary="Open (or get) the 1:1 conversation with a user; 201 when created",
+               body=models.OpenDirect, response=models.Conversation,
+               also={201: models.Conversation}, errors=(404, 409))
+    async def open_direct(session: Session, body: models.OpenDirect) -> Reply:
+        opened = await conversations.open_direct(session, body.user_id)
         return render.conversation(opened.conversation, session.user_id), (
             201 if opened.created else 200)
 
-    @app.get("/conversations")
-    async def list_conversations() -> Reply:
-        session = authenticate(request, accounts)
-        return {"conversations": [render.conversation(conv, session.user_id)
-                                  for conv in messaging.conversations_of(session)]}
+    @api.route("GET", "/conversations", summary="Your conversations, most recent first",
+               response=models.Conversations)
+    async def list_conversations(session: Session) -> Reply:
+        return render.conversations(messaging.conversations_of(session), session.user_id)
 
-    @app.get("/conversations/<conversation_id>")
-    async def get_conversation(conversation_id: str) -> Reply:
-        session = authenticate(request, accounts)
-        conv = messaging.member_view(session, params.path_id(conversation_id, "conversation_id"))
+    @api.route("GET", "/conversations/{conversation_id}", summary="One conversation",
+               response=models.Conversation)
+    async def get_conversation(session: Session, conversation_id: int) -> Reply:
+        conv = messaging.member_view(session, conversation_id)
         return render.conversation(conv, session.user_id)
 
-    @app.post("/conversations/<conversation_id>/read")
-    async def mark_read(conversation_id: str) -> Reply:
-        session = authenticate(request, accounts)
-        body = await params.json_object(request)
-        mark = await messaging.mark_read(
-            session, params.path_id(conversation_id, "conversation_id"),
-            params.integer(body, "seq"))
-        return render.watermark(mark)
+    @api.route("POST", "/conversations/{conversation_id}/read",
+               summary="Move your read watermark", body=models.MarkRead,
+               response=models.Receipts)
+    async def mark_read(session: Session, conversation_id: int, body: models.MarkRead) -> Reply:
+        return render.receipts(await messaging.mark_read(session, conversation_id, body.seq))
 
-    @app.post("/groups/create")
-    async def create_group() -> Reply:
-        session = authenticate(request, accounts)
-        body = await params.json_object(request)
-        conv = await conversations.create_group(
-            session, params.text(body, "name"),
-            params.identifiers(body, "members", allow_empty=True))
+    @api.route("POST", "/groups/create", summary="Create a group; you are its admin",
+               body=models.CreateGroup, status=201, response=models.Conversation,
+               errors=(404, 409))
+    async def create_group(session: Session, body: models.CreateGroup) -> Reply:
+        conv = await conversations.create_group(session, body.name, body.members)
         return render.conversation(conv, session.user_id), 201
 
-    @app.post("/groups/<conversation_id>/add")
-    async def add_members(conversation_id: str) -> Reply:
-        session = authenticate(request, accounts)
-        body = await params.json_object(request)
-        conv = await conversations.add_members(
-            session, params.path_id(conversation_id, "conversation_id"),
-            params.identifiers(body, "user_ids"))
+    @api.route("POST", "/groups/{conversation_id}/add", summary="Add members (admins)",
+               body=models.UserIds, response=models.Conversation, errors=_GROUP_ERRORS)
+    async def add_members(session: Session, conversation_id: int,
+                          body: models.UserIds) -> Reply:
+        conv = await conversations.add_members(session, conversation_id, body.user_ids)
         return render.conversation(conv, session.user_id)
 
-    @app.post("/groups/<conversation_id>/remove")
-    async def remove_members(conversation_id: str) -> Reply:
-        session = authenticate(request, accounts)
-        body = await params.json_object(request)
-        conv = await conversations.remove_members(
-            session, params.path_id(conversation_id, "conversation_id"),
-            params.identifiers(body, "user_ids"))
+    @api.route("POST", "/groups/{conversation_id}/remove", summary="Remove members (admins)",
+               body=models.UserIds, response=models.Conversation, errors=_GROUP_ERRORS)
+    async def remove_members(session: Session, conversation_id: int,
+                             body: models.UserIds) -> Reply:
+        conv = await conversations.remove_members(session, conversation_id, body.user_ids)
         return render.conversation(conv, session.user_id)
 
-    @app.post("/groups/<conversation_id>/admins")
-    async def promote(conversation_id: str) -> Reply:
-        session = authenticate(request, accounts)
-        body = await params.json_object(request)
-        conv = await conversations.promote(
-            session, params.path_id(conversation_id, "conversation_id"),
-            params.identifiers(body, "user_ids"))
+    @api.route("POST", "/groups/{conversation_id}/admins",
+               summary="Promote members to admin (admins)", body=models.UserIds,
+               response=models.Conversation, errors=_GROUP_ERRORS)
+    async def promote(session: Session, conversation_id: int, body: models.UserIds) -> Reply:
+        conv = await conversations.promote(session, conversation_id, body.user_ids)
         return render.conversation(conv, session.user_id)
 
-    @app.post("/groups/<conversation_id>/leave")
-    async def leave(conversation_id: str) -> Reply:
-        session = authenticate(request, accounts)
-        await conversations.leave(session, params.path_id(conversation_id, "conversation_id"))
-        return "", 204
+    @api.route("POST", "/groups/{conversation_id}/leave", summary="Leave a group", status=204)
+    async def leave(session: Session, conversation_id: int) -> Reply:
+        await conversations.leave(session, conversation_id)
+        return NO_CONTENT
 
-    @app.patch("/groups/<conversation_id>")
-    async def rename(conversation_id: str) -> Reply:
-        session = authenticate(request, accounts)
-        body = await params.json_object(request)
-        conv = await conversations.rename(
-            session, params.path_id(conversation_id, "conversation_id"), params.text(body, "name"))
+    @api.route("PATCH", "/groups/{conversation_id}", summary="Rename a group (admins)",
+               body=models.RenameGroup, response=models.Conversation, errors=_GROUP_ERRORS)
+    async def rename(session: Session, conversation_id: int, body: models.RenameGroup) -> Reply:
+        conv = await conversations.rename(session, conversation_id, body.name)
         return render.conversation(conv, session.user_id)

@@ -2,38 +2,41 @@
 
 from __future__ import annotations
 
-import hmac
+import json
 
-from quart import Response, request
-from quart_trio import QuartTrio
+from quart import Response
 
 from chatd import __version__
-from chatd.errors import NotFound, Unauthorized
 from chatd.services.context import Services
-from chatd.web.auth import bearer_token
-from chatd.web.openapi import openapi_spec
-from chatd.web.routes_accounts import Reply
+from chatd.web import models
+from chatd.web.api import Access, Api, Media
+from chatd.web.openapi import openapi_document
+from chatd.web.render import Reply
+
+_PROMETHEUS = "text/plain; version=0.0.4"
 
 
-def register(app: QuartTrio, services: Services) -> None:
-    spec = openapi_spec(__version__)
-    admin_token = services.config.server.admin_token
+def register(api: Api, services: Services) -> None:
+    document: list[str] = []  # built on first use, once every route is declared
 
-    @app.get("/healthz")
+    @api.route("GET", "/healthz", summary="Liveness and readiness", access=Access.PUBLIC,
+               response=models.Health)
     async def healthz() -> Reply:
-        return {"status": "ok", "shard": services.router.shard, "version": __version__}
+        return models.Health("ok", services.router.shard, __version__)
 
-    @app.get("/openapi.json")
+    @api.route("GET", "/openapi.json", summary="This document", access=Access.PUBLIC,
+               response=Media("application/json", {"type": "object"}))
     async def openapi() -> Reply:
-        return spec
+        if not document:
+            document.append(json.dumps(openapi_document(api, __version__)))
+        return Response(document[0], content_type="application/json")
 
-    @app.get("/metrics")
-    async def metrics() -> Response:
-        if not admin_token:
-            raise NotFound("metrics are off; set server.admin_token to turn them on")
-        token = bearer_token(request.headers) or ""
-        if not hmac.compare_digest(token.encode(), admin_token.encode()):
-            raise Unauthorized("this route needs the admin token", code="invalid_token")
+    if not services.config.server.admin_token:
+        return  # metrics are off: the route is not served, nor described
+
+    @api.route("GET", "/metrics", summary="Prometheus counters (needs server.admin_token)",
+               access=Access.ADMIN, response=Media(_PROMETHEUS, {"type": "string"}))
+    async def metrics() -> Reply:
         stats = services.committer.statistics()
         lines = [
             "# TYPE chatd_commit_batches_total counter",
@@ -49,4 +52,4 @@ def register(app: QuartTrio, services: Services) -> None:
             "# TYPE chatd_commit_pending gauge",
             f"chatd_commit_pending {stats.pending}",
         ]
-        return Response("\n".join(lines) + "\n", content_type="text/plain; version=0.0.4")
+        return Response("\n".join(lines) + "\n", content_type=_PROMETHEUS)

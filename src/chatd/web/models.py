@@ -1,0 +1,348 @@
+"""The REST API's request and response models: what each route takes and answers.
+
+Each model both checks input and describes it in /openapi.json (web/schema.py). The
+constraints follow domain/rules.py; tests/web/test_models.py checks that every value a
+model accepts passes those rules too, so a request the published schema admits is never
+refused for its form.
+
+Names (display, status, group, device) are the one place JSON Schema falls short: the
+server trims them, NFC-normalises them, counts the length after that and allows a
+zero-width joiner only inside an emoji sequence. Their schema states what it can as
+necessary conditions (no control or format characters, something besides spaces) and
+names the rest with a `format` (`chatd.display-name` …) that docs/api.md defines; the
+length limit is in the description, since a padded or decomposed name may be longer
+before normalisation than after.
+"""
+
+from __future__ import annotations
+
+import sys
+import unicodedata
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+from chatd.domain import rules
+from chatd.domain.ids import MAX_ID
+from chatd.web.schema import (
+    Boolean,
+    Choice,
+    Either,
+    Id,
+    IdList,
+    Integer,
+    Json,
+    Limit,
+    Model,
+    String,
+)
+
+# -- value kinds ---------------------------------------------------------------------------
+
+ID = Id(MAX_ID)
+MS = Integer(minimum=0, description="ms since the Unix epoch")
+SEQ = Integer(minimum=0)
+#: Largest value of 19 decimal digits, the most a seq in a URL may have.
+MAX_19_DIGITS = 10**19 - 1
+#: Ids one request may name at once.
+MAX_IDS_PER_REQUEST = 1024
+
+
+def _char_class(codepoints: list[int]) -> str:
+    """`\\uXXXX` ranges for a character class (BMP code points only)."""
+    ranges: list[list[int]] = []
+    for point in sorted(codepoints):
+        if ranges and point == ranges[-1][1] + 1:
+            ranges[-1][1] = point
+        else:
+            ranges.append([point, point])
+    return "".join(f"\\u{low:04x}" if low == high else f"\\u{low:04x}-\\u{high:04x}"
+                   for low, high in ranges)
+
+
+#: What `str.strip()` removes around a name.
+_SPACES = [point for point in range(sys.maxunicode + 1) if chr(point).isspace()]
+#: The categories `rules.clean_text` refuses in a name (controls, format characters, line
+#: and paragraph separators), BMP only, so that the pattern reads the same in every regex
+#: dialect; the few refused characters beyond it (musical and tag format characters) are
+#: left to the format rule. Surrogates never get this far (protocol/edge.py).
+_REFUSED = [point for point in range(0x10000)
+            if unicodedata.category(chr(point)) in ("Cc", "Cf", "Zl", "Zp")]
+_JOINER = 0x200D
+#: Anywhere: the end spaces (trimmed, so allowed even when refused inside), ...
+_END = f"[{_char_class(_SPACES)}]*"
+#: ... first and last characters: neither refused nor a space (and not the joiner) ...
+_SOLID = f"[^{_char_class(sorted({*_REFUSED, *_SPACES}))}]"
+#: ... and between them anything not refused, but the joiner (allowed inside emoji).
+_INNER = f"[^{_char_class([point for point in _REFUSED if point != _JOINER])}]*"
+_NON_BLANK = f"{_END}{_SOLID}(?:{_INNER}{_SOLID})?{_END}"
+
+
+def _name(field: str, max_length: int, what: str, *, empty: bool = False,
+          blank: bool = False) -> String:
+    """A name kind. `empty`: "" is allowed (it means a default); `blank`: so is a value
+    that trims to nothing."""
+    pattern = f"^{_END}(?:{_SOLID}(?:{_INNER}{_SOLID})?{_END})?$" if blank else (
+        f"^(?:{_NON_BLANK})?$" if empty else f"^{_NON_BLANK}$")
+    return String(
+        pattern=pattern, format=f"chatd.{field}",
+        rule="must not be empty or contain control characters, invisible or bidi format "
+             "characters or line breaks",
+        description=f"{what}: trimmed and NFC-normalised, then at most {max_length} "
+                    f"characters{'' if blank else ' (not blank)'}; no control characters, "
+                    "invisible or bidi format characters or line breaks (a zero-width "
+                    "joiner only inside an emoji sequence)")
+
+
+HANDLE = String(
+    pattern=r"^(?:\+[1-9][0-9]{6,14}|[A-Za-z0-9_.]{3,32})$",
+    rule="a username is 3 to 32 characters of a-z, 0-9, '_' and '.' "
+         "(or give a phone number in E.164 form, like +14155550123)",
+    description="a username ([a-z0-9_.]{3,32}, compared case-insensitively) or an E.164 "
+                "phone number")
+PASSWORD = String(min_length=Limit.MIN_PASSWORD_LENGTH, max_length=rules.MAX_PASSWORD_LENGTH)
+DISPLAY_NAME = _name("display-name", rules.MAX_DISPLAY_NAME, "the name shown to others")
+STATUS = _name("status", rules.MAX_STATUS_TEXT, "a status line", empty=True, blank=True)
+GROUP_NAME = _name("group-name", rules.MAX_GROUP_NAME, "the group's name")
+DEVICE_NAME = _name("device-name", rules.MAX_DEVICE_NAME,
+                    "this device's name ('unnamed device' when empty)", empty=True)
+CLIENT_MSG_ID = String(
+    pattern=r"^[A-Za-z0-9._:-]{1,64}$",
+    rule="1 to 64 characters of A-Z, a-z, 0-9, '.', '_', ':', '-'",
+    description="chosen by the client; a resend with the same one returns the first answer")
+CONTENT_TYPE = String(
+    pattern=r"^[a-z0-9][a-z0-9.+-]{0,62}/[a-z0-9][a-z0-9.+-]{0,62}$",
+    rule="must look like 'type/subtype' in lower case, e.g. 'text/plain'",
+    reserved=(rules.SYSTEM_CONTENT_TYPE,), reserved_rule="is reserved for the server",
+    description="type/subtype; text/* bodies are text, every other type's are base64")
+#: CONTENT_TYPE narrowed to text/* (whose bodies are text).
+TEXT_CONTENT_TYPE = String(pattern=r"^text/[a-z0-9][a-z0-9.+-]{0,62}$")
+#: Standard base64 with its padding, as the server decodes it.
+BASE64 = String(pattern=r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$")
+MESSAGE_BODY = String(description="the text for text/* content types, base64 (with padding) "
+                                  "of the bytes for every other type")
+USER_IDS = IdList(ID, min_items=1, max_items=MAX_IDS_PER_REQUEST)
+
+#: Path parameters, by name: every route that has one takes it in this form.
+PATH_PARAMETERS = {
+    "conversation_id": ID,
+    "user_id": ID,
+    "device_id": ID,
+    "seq": Integer(minimum=0, maximum=MAX_19_DIGITS),
+}
+
+# -- request bodies and queries ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Register(Model):
+    handle: Annotated[str, HANDLE]
+    password: Annotated[str, PASSWORD]
+    display_name: Annotated[str, DISPLAY_NAME]
+
+
+@dataclass(frozen=True, slots=True)
+class Login(Model):
+    # Any text: a malformed handle gets the same 401 as a wrong password.
+    handle: Annotated[str, String(description="as registered")]
+    password: str
+    device_name: Annotated[str | None, DEVICE_NAME] = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProfileChange(Model):
+    description = "fields left out (or null) stay as they are"
+    closed = True
+
+    display_name: Annotated[str | None, DISPLAY_NAME] = None
+    status: Annotated[str | None, STATUS] = None
+    hide_last_seen: Annotated[bool | None, Boolean(
+        description="presence shows offline without a time")] = None
+    read_receipts: Annotated[bool | None, Boolean(
+        description="off: others are not told when you read, nor you when they do")] = None
+
+
+@dataclass(frozen=True, slots=True)
+class FindUser(Model):
+    handle: Annotated[str, HANDLE]
+
+
+@dataclass(frozen=True, slots=True)
+class OpenDirect(Model):
+    user_id: Annotated[int, ID]
+
+
+@dataclass(frozen=True, slots=True)
+class MarkRead(Model):
+    seq: Annotated[int, SEQ]
+
+
+@dataclass(frozen=True, slots=True)
+class CreateGroup(Model):
+    name: Annotated[str, GROUP_NAME]
+    members: Annotated[list[int], IdList(ID, min_items=0, max_items=MAX_IDS_PER_REQUEST)]
+
+
+@dataclass(frozen=True, slots=True)
+class RenameGroup(Model):
+    name: Annotated[str, GROUP_NAME]
+
+
+@dataclass(frozen=True, slots=True)
+class UserIds(Model):
+    user_ids: Annotated[list[int], USER_IDS]
+
+
+@dataclass(frozen=True, slots=True)
+class SendMessage(Model):
+    constraints = (Either("body", "bodies of content types other than text/* must be base64",
+                          (("content_type", TEXT_CONTENT_TYPE), ("body", BASE64))),)
+
+    conversation_id: Annotated[int, ID]
+    client_msg_id: Annotated[str, CLIENT_MSG_ID]
+    content_type: Annotated[str, CONTENT_TYPE]
+    body: Annotated[str, MESSAGE_BODY]
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryQuery(Model):
+    after: Annotated[int | None, Integer(
+        minimum=0, maximum=MAX_19_DIGITS, description="the oldest page after this seq")] = None
+    before: Annotated[int | None, Integer(
+        minimum=0, maximum=MAX_19_DIGITS, description="the newest page before this seq")] = None
+    limit: Annotated[int | None, Integer(
+        minimum=1, maximum=Limit.HISTORY_PAGE_MAX, code="bad_request",
+        description="messages in the page (default 50)")] = None
+
+
+# -- responses -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorDetail(Model):
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorReply(Model):
+    """Every error: `{"error": {"code", "message"}}` (chatd.errors)."""
+
+    error: ErrorDetail
+
+
+@dataclass(frozen=True, slots=True)
+class Health(Model):
+    status: str
+    shard: str
+    version: str
+
+
+@dataclass(frozen=True, slots=True)
+class PublicUser(Model):
+    user_id: Annotated[int, ID]
+    handle: str
+    display_name: str
+    status: str
+
+
+@dataclass(frozen=True, slots=True)
+class OwnUser(PublicUser):
+    created_at: Annotated[int, MS]
+    hide_last_seen: bool
+    read_receipts: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LoginResult(Model):
+    token: str
+    user_id: Annotated[int, ID]
+    device_id: Annotated[int, ID]
+    expires_at: Annotated[int, MS]
+
+
+@dataclass(frozen=True, slots=True)
+class Device(Model):
+    device_id: Annotated[int, ID]
+    name: str
+    created_at: Annotated[int, MS]
+    current: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Devices(Model):
+    devices: list[Device]
+
+
+@dataclass(frozen=True, slots=True)
+class Member(Model):
+    user_id: Annotated[int, ID]
+    role: Annotated[str, Choice(("admin", "member"))]
+
+
+@dataclass(frozen=True, slots=True)
+class Receipts(Model):
+    delivered_seq: Annotated[int, SEQ]
+    read_seq: Annotated[int, SEQ]
+
+
+@dataclass(frozen=True, slots=True)
+class Conversation(Model):
+    conversation_id: Annotated[int, ID]
+    kind: Annotated[str, Choice(("direct", "group"))]
+    name: str
+    created_by: Annotated[int, ID]
+    created_at: Annotated[int, MS]
+    last_seq: Annotated[int, SEQ]
+    last_activity: Annotated[int, MS]
+    unread: Annotated[int, Integer(minimum=0)]
+    receipts: Receipts
+    members: list[Member]
+
+
+@dataclass(frozen=True, slots=True)
+class Conversations(Model):
+    conversations: list[Conversation]
+
+
+@dataclass(frozen=True, slots=True)
+class Message(Model):
+    message_id: Annotated[int, ID]
+    conversation_id: Annotated[int, ID]
+    seq: Annotated[int, SEQ]
+    sender_id: Annotated[int, ID]
+    client_msg_id: str
+    content_type: str
+    body: Annotated[str | dict[str, Any], Json({
+        "description": "text for text/*, base64 for other types, an object for "
+                       "chatd/system entries (docs/api.md)",
+        "anyOf": [{"type": "string"}, {"type": "object"}]})]
+    ts: Annotated[int, MS]
+
+
+@dataclass(frozen=True, slots=True)
+class History(Model):
+    messages: list[Message]
+    has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SendResult(Model):
+    message_id: Annotated[int, ID]
+    conversation_id: Annotated[int, ID]
+    seq: Annotated[int, SEQ]
+    ts: Annotated[int, MS]
+
+
+@dataclass(frozen=True, slots=True)
+class MemberStatus(Model):
+    user_id: Annotated[int, ID]
+    delivered: bool
+    #: null where read receipts are not shared (that member's choice or yours).
+    read: bool | None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageStatus(Model):
+    conversation_id: Annotated[int, ID]
+    seq: Annotated[int, SEQ]
+    members: list[MemberStatus]
