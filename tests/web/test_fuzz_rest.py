@@ -37,15 +37,13 @@ from the headers alone): the connection must go on serving.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import random
 import re
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -69,7 +67,7 @@ from chatd.errors import BadRequest
 from chatd.server import RunningServer
 from chatd.web import models
 from chatd.web.schema import compile_pattern
-from tests.helpers import PASSWORD, fresh_handle, new_account
+from tests.helpers import PASSWORD, ErrorLog, error_log, fresh_handle, new_account
 
 FIXED_SEED = 7_2026
 #: Examples per operation, per generation mode, per variant, per seed.
@@ -97,32 +95,6 @@ NASTY_NUMBERS = ("18446744073709551616", "-1180591620717411303424", "1e400", "-1
                  "NaN", "Infinity", "9" * 4301, "0.5", "-0")
 DEEP = "\x00deep\x00"
 NUMBER = "\x00number\x00"
-
-
-class ErrorLog(logging.Handler):
-    """Every record the server logs with a traceback or at ERROR and above."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info or record.levelno >= logging.ERROR:
-            text = f"{record.name} {record.levelname}: {record.getMessage()}"
-            if record.exc_info:
-                text += "\n" + logging.Formatter().formatException(record.exc_info)
-            self.records.append(text)
-
-
-@asynccontextmanager
-async def error_log() -> AsyncIterator[ErrorLog]:
-    handler = ErrorLog()
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
 
 
 class BearerAuth(requests.auth.AuthBase):

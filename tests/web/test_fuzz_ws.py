@@ -34,14 +34,12 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import logging
 import os
 import random
 import re
 import struct
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -55,7 +53,7 @@ from hypothesis import strategies as st
 from chatd.client import ChatClient, LiveConnection
 from chatd.config import ServerConfig, WebSocketConfig
 from chatd.server import RunningServer
-from tests.helpers import PASSWORD, fresh_handle, new_account
+from tests.helpers import PASSWORD, error_log, fresh_handle, new_account
 
 FIXED_SEED = 7_2026
 #: Generated cases per seed (two seeds: the fixed one and a random one).
@@ -849,32 +847,6 @@ def build_cases(conversations: Sequence[str], random_seed: int,
 
 
 # -- running a case against the server -----------------------------------------------------
-
-
-class ErrorLog(logging.Handler):
-    """Every record the server logs with a traceback or at ERROR and above."""
-
-    def __init__(self) -> None:
-        super().__init__(logging.WARNING)
-        self.records: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.exc_info or record.levelno >= logging.ERROR:
-            text = f"{record.name} {record.levelname}: {record.getMessage()}"
-            if record.exc_info:
-                text += "\n" + logging.Formatter().formatException(record.exc_info)
-            self.records.append(text)
-
-
-@asynccontextmanager
-async def error_log() -> AsyncIterator[ErrorLog]:
-    handler = ErrorLog()
-    root = logging.getLogger()
-    root.addHandler(handler)
-    try:
-        yield handler
-    finally:
-        root.removeHandler(handler)
 
 
 class RawConnection:

@@ -102,7 +102,7 @@ class DrainRequestBody:
     on it lost that request. The app reads the body anyway (quart buffers it, up to
     `max_request_bytes`), so waiting for it costs no more than a route that uses it; a
     body that is late, too large or never comes gets its answer without waiting past the
-    bound, with `Connection: close` (`hypercorn_guard`)."""
+    bound, with `Connection: close` (`web/hypercorn_adapter.py`)."""
 
     def __init__(self, app: Any, max_bytes: int) -> None:
         self._app = app
