@@ -23,7 +23,7 @@ SCENARIOS = {"direct", "group", "idle", "catchup", "burst", "sweep:direct", "app
 def test_quick_run_of_every_scenario_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     plot = tmp_path / "sweep.png"
     finished = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--json", "-", "--plot", str(plot)],
+        [sys.executable, "-m", "chatd", "bench", "--quick", "--json", "-", "--plot", str(plot)],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert finished.returncode == 0, finished.stderr[-3000:]
     lines = [json.loads(line) for line in finished.stdout.splitlines()

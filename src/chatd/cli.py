@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import resource
 import signal
 import sys
 from collections.abc import Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -94,17 +96,35 @@ async def _serve_until_signalled(config: Config) -> None:
                 break
 
 
+def _bench(arguments: list[str]) -> int:
+    """Run the benchmark harness of the source checkout this package was installed from.
+
+    bench/ is not installed with chatd (it measures chatd; it is not part of it), so it is
+    looked for next to src/. Its worker processes (`python -m bench.worker`) find it the
+    same way, through PYTHONPATH."""
+    checkout = Path(__file__).resolve().parents[2]
+    if not (checkout / "bench" / "__main__.py").is_file():
+        print("chatd: `chatd bench` runs from a source checkout (pip install -e '.[bench]'); "
+              "this installation has no bench/", file=sys.stderr)
+        return 2
+    sys.path.insert(0, str(checkout))
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        part for part in (str(checkout), os.environ.get("PYTHONPATH")) if part)
+    try:
+        from bench.__main__ import main as bench_main
+    except ImportError as exc:
+        print(f"chatd: the benchmark harness needs `pip install -e '.[bench]'` ({exc})",
+              file=sys.stderr)
+        return 2
+    result: int = bench_main(arguments)
+    return result
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["bench"]:
-        try:
-            from bench.__main__ import main as bench_main
-        except ImportError as exc:
-            print(f"chatd: the benchmark harness needs `pip install 'chatd[bench]'` ({exc})",
-                  file=sys.stderr)
-            return 2
-        return bench_main(arguments[1:])
+        return _bench(arguments[1:])
     args = parser.parse_args(arguments)
     if args.command is None:
         parser.print_help()
