@@ -135,3 +135,20 @@ async def test_an_ack_tells_only_the_sender_of_what_it_covers(server: RunningSer
             await c.ack(group, second["seq"])
             assert len(await receipts(b)) == 1
             await nothing_more(a, "receipt")  # alice's message was acked before
+
+
+async def test_two_connections_of_one_device_cannot_move_its_cursor_back(
+        server: RunningServer) -> None:
+    async with user(server) as alice, user(server) as bob:
+        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        for n in range(5):
+            await alice.send(conv, f"m{n}")
+        async with bob.connect() as first, bob.connect() as second:
+            await messages(first, 5)
+            await first.ack(conv, 5)
+            await second.ack(conv, 2)  # a stale connection of the same device
+        server.services.committer.enqueue(lambda batch: None, durable=False)
+        await trio.sleep(0.1)  # the hints have been written
+        async with bob.connect() as again:
+            await again.ping()
+            await nothing_more(again, "message")

@@ -305,7 +305,8 @@ class AccountService:
         shared = self._read_receipts.get(user_id)
         if shared is None:
             user = self._user(user_id)
-            shared = user.read_receipts if user is not None else True
+            # Fails closed: a user we cannot see is treated as sharing nothing.
+            shared = user.read_receipts if user is not None else False
             if len(self._read_receipts) >= _SETTINGS_CACHE:
                 self._read_receipts.clear()
             self._read_receipts[user_id] = shared

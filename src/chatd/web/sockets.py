@@ -402,8 +402,14 @@ class LiveSockets:
         hub = services.hub
         first = hub.attach(live)
         try:
+            # Connections of one device share its cursor map, so an ack on one cannot
+            # move the device's cursor back below an ack on another.
+            sibling = next((other for other in hub.sessions_of(session.user_id)
+                            if other is not live and other.device_id == session.device_id),
+                           None)
             live.start(services.messaging.conversations_of(session),
-                       services.messaging.cursors_of(session))
+                       sibling.acked if sibling is not None
+                       else services.messaging.cursors_of(session))
             if first:
                 hub.announce_online(live, services.accounts.get_user(session.user_id))
             await self._read_loop(conn, rest)
