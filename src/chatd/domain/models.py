@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections import deque
+import bisect
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -103,29 +103,30 @@ class RecentSenders:
     """Who sent a conversation's most recent messages (the last `limit` of them), so that
     a receipt can go to the senders of the messages it covers without reading the log."""
 
-    __slots__ = ("_entries", "_limit", "covers_from")
+    __slots__ = ("_limit", "_senders", "_seqs", "covers_from")
 
     def __init__(self, covers_from: int, limit: int = 1024) -> None:
-        self._entries: deque[tuple[int, int]] = deque()
+        # Two parallel lists in seq order, so a range is found by bisection (an ack of
+        # an old message must not scan everything newer), trimmed in bulk.
+        self._seqs: list[int] = []
+        self._senders: list[int] = []
         self._limit = limit
         #: The lowest seq this knows the sender of (if it was sent by a user at all).
         self.covers_from = covers_from
 
     def add(self, seq: int, sender_id: int) -> None:
-        self._entries.append((seq, sender_id))
-        if len(self._entries) > self._limit:
-            dropped, _ = self._entries.popleft()
-            self.covers_from = dropped + 1
+        self._seqs.append(seq)
+        self._senders.append(sender_id)
+        if len(self._seqs) >= 2 * self._limit:
+            drop = len(self._seqs) - self._limit
+            self.covers_from = self._seqs[drop - 1] + 1
+            del self._seqs[:drop], self._senders[:drop]
 
     def senders(self, low: int, high: int) -> set[int]:
         """The senders of messages with low <= seq <= high, for low >= `covers_from`."""
-        found: set[int] = set()
-        for seq, sender_id in reversed(self._entries):
-            if seq < low:
-                break
-            if seq <= high:
-                found.add(sender_id)
-        return found
+        start = bisect.bisect_left(self._seqs, low)
+        end = bisect.bisect_right(self._seqs, high, lo=start)
+        return set(self._senders[start:end])
 
 
 @dataclass(slots=True)
