@@ -11,10 +11,13 @@ parked in `wait_readable` while idle) and a small object, and writing needs no t
 all: the `LiveSession`s that have frames ready are queued, and one flusher task writes
 each one's frames with a single non-blocking `send`, all of a commit batch's deliveries
 in one pass. Only a socket whose kernel buffer is full gets a task of its own, which
-waits for it to drain (up to `server.send_timeout`, then the connection is aborted).
+waits for it to drain (aborting the connection after `server.send_timeout` without
+progress); meanwhile nothing more is read from that client.
 
-Bad frames get `error` frames; they never end the connection or touch anyone else's.
-Protocol violations close that one connection with the RFC's close code.
+Containment (docs/architecture.md): bad frames get `error` frames and never end the
+connection; protocol violations close that one connection with the RFC's close code; an
+unexpected error in any shared task while serving a connection closes that connection
+alone with 1011. Acks are checked as they are read and applied once per read.
 """
 
 from __future__ import annotations
