@@ -172,6 +172,5 @@ async def test_acks_are_hints_a_kill_9_costs_redelivery_never_a_gap(tmp_path: Pa
         # Whatever the lost cursor said, the device gets a suffix of the log, in order,
         # with nothing missing: duplicates are only what it can drop by seq.
         assert again == list(range(again[0], 22)), again
-        assert again[0] <= 21
     finally:
         assert survivor.terminate() == 0

@@ -1,8 +1,11 @@
 from __future__ import annotations
 
-import pytest
+from functools import partial
 
-from chatd.domain.models import Watermark
+import pytest
+import trio
+
+from chatd.domain.models import Session, Watermark
 from chatd.errors import BadRequest, NotFound
 from chatd.storage import records
 from tests.services.conftest import Shard
@@ -70,14 +73,22 @@ async def test_strangers_see_the_same_404_as_for_nothing(shard: Shard) -> None:
     assert answers[0] == answers[1] == ("unknown_conversation", answers[0][1])
 
 
-async def test_an_ack_costs_no_command_and_rides_in_the_next_batch(shard: Shard) -> None:
+async def direct_with_messages(shard: Shard, count: int) -> tuple[Session, Session, int]:
+    """Alice and Bob, and their direct conversation holding `count` messages from Alice."""
     alice, bob = await shard.user(), await shard.user()
     services = shard.services
     conv = (await services.conversations.open_direct(alice, bob.user_id)).conversation
-    for n in range(3):
+    for n in range(count):
         await services.messaging.send(alice, conversation_id=conv.conversation_id,
                                       client_msg_id=f"m{n}", content_type="text/plain",
                                       body="x")
+    return alice, bob, conv.conversation_id
+
+
+async def test_an_ack_costs_no_command_and_rides_in_the_next_batch(shard: Shard) -> None:
+    alice, bob, conversation_id = await direct_with_messages(shard, 3)
+    services = shard.services
+    conv = services.owner.get(conversation_id)
     before = services.committer.statistics()
     acked: dict[int, int] = {}
     services.messaging.acknowledge(bob, conv.conversation_id, 3, acked)
@@ -98,12 +109,23 @@ async def test_an_ack_costs_no_command_and_rides_in_the_next_batch(shard: Shard)
 
 async def test_a_reconnect_before_the_hints_are_written_starts_after_the_ack(
         shard: Shard) -> None:
-    alice, bob = await shard.user(), await shard.user()
+    _, bob, conversation_id = await direct_with_messages(shard, 3)
+    shard.services.messaging.acknowledge(bob, conversation_id, 2, {})
+    assert shard.services.messaging.cursors_of(bob) == {conversation_id: 2}
+
+
+async def test_with_no_batch_coming_the_hint_writer_carries_the_acks(shard: Shard) -> None:
+    _, bob, conversation_id = await direct_with_messages(shard, 3)
     services = shard.services
-    conv = (await services.conversations.open_direct(alice, bob.user_id)).conversation
-    for n in range(3):
-        await services.messaging.send(alice, conversation_id=conv.conversation_id,
-                                      client_msg_id=f"m{n}", content_type="text/plain",
-                                      body="x")
-    services.messaging.acknowledge(bob, conv.conversation_id, 2, {})
-    assert services.messaging.cursors_of(bob) == {conv.conversation_id: 2}
+    async with trio.open_nursery() as nursery:
+        idle = services.committer.statistics()
+        nursery.start_soon(partial(services.messaging.run_hint_writer, interval=0.05))
+        await trio.sleep(0.2)
+        assert services.committer.statistics() == idle  # no hint, no wake-up, no batch
+        services.messaging.acknowledge(bob, conversation_id, 3, {})
+        with trio.fail_after(2):
+            while services.store.get(  # noqa: ASYNC110  # polls the store the writer fills
+                    records.CURSORS, (bob.device_id, conversation_id)) != 3:
+                await trio.sleep(0.01)
+        nursery.cancel_scope.cancel()
+    assert services.committer.statistics().batches_written == idle.batches_written + 1

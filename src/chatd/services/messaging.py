@@ -52,6 +52,8 @@ class MessagingService:
         self._limits = limits
         # Acks' cursor rows not written yet, (device, conversation) -> seq.
         self._cursor_hints: dict[tuple[int, int], int] = {}
+        # Set when an ack leaves a hint, for the hint writer.
+        self._hints_waiting = trio.Event()
         # Typing notices: a burst of 3, then one every 2 s per (user, conversation).
         self._typing_limit = KeyedRateLimiter(per_second=0.5, burst=3)
 
@@ -166,6 +168,7 @@ class MessagingService:
             return
         acked[conversation_id] = seq
         self._cursor_hints[(session.device_id, conversation_id)] = seq
+        self._hints_waiting.set()
         current = conv.watermark(session.user_id)
         mark = current.advanced(delivered=seq)
         if mark != current:
@@ -199,9 +202,12 @@ class MessagingService:
 
     async def run_hint_writer(self, interval: float = 0.5) -> None:
         """Hints ride in the next batch; when no batch comes for `interval` seconds, one
-        unsynced batch of their own carries them."""
+        unsynced batch of their own carries them. An idle server is not woken for it:
+        the writer sleeps until an ack leaves a hint."""
         while True:
+            await self._hints_waiting.wait()
             await trio.sleep(interval)
+            self._hints_waiting = trio.Event()
             if self._cursor_hints or self._owner.has_hints():
                 with contextlib.suppress(ChatdError):  # shutting down: the drain takes them
                     self._commands.enqueue(_nothing, durable=False)

@@ -56,7 +56,8 @@ class ConversationOwner:
         # answered from here (the database has not got them yet).
         self._in_flight: dict[tuple[int, int, str], SendResult] = {}
         # Watermarks moved by acks and not written yet (they ride in the next batch).
-        self._hinted: dict[tuple[int, int], Watermark] = {}
+        # By conversation, so that loading one looks at its own hints only.
+        self._hinted: dict[int, dict[int, Watermark]] = {}
         # The batch each conversation was last changed in (until it lands).
         self._changing_in: dict[int, Batch] = {}
 
@@ -95,9 +96,9 @@ class ConversationOwner:
         conv.members = {user_id: member for _, user_id, member in joined}
         conv.watermarks = {user_id: mark for (_, user_id), mark
                            in self._store.scan(records.WATERMARKS, prefix)}
-        for (hinted_conv, user_id), mark in self._hinted.items():
+        for user_id, mark in self._hinted.get(conversation_id, {}).items():
             # Evicted before its hint was written: the hint is the newer value.
-            if hinted_conv == conversation_id and user_id in conv.members:
+            if user_id in conv.members:
                 conv.watermarks[user_id] = conv.watermark(user_id).advanced(
                     mark.delivered_seq, mark.read_seq)
         conv.head_seq, last_ts = self._log.head(conversation_id)
@@ -129,9 +130,10 @@ class ConversationOwner:
 
     def move_watermark_hint(self, conv: Conversation, user_id: int, mark: Watermark) -> None:
         """Move a watermark outside any command (a delivery ack: a hint that may be lost
-        in a crash, see services/hints.py). It is written with the next batch."""
+        in a crash; docs/architecture.md, "Delivery hints"). It is written with the next
+        batch."""
         conv.watermarks[user_id] = mark
-        self._hinted[(conv.conversation_id, user_id)] = mark
+        self._hinted.setdefault(conv.conversation_id, {})[user_id] = mark
 
     def has_hints(self) -> bool:
         return bool(self._hinted)
@@ -140,14 +142,15 @@ class ConversationOwner:
         """Put the hinted watermarks into `batch`, skipping members who left meanwhile (the
         leaving command deleted their row, which must not come back)."""
         hinted, self._hinted = self._hinted, {}
-        for (conversation_id, user_id), mark in hinted.items():
+        for conversation_id, marks in hinted.items():
             conv = self._cache.get(conversation_id) or self._unlanded_conversation(
                 conversation_id)
-            if conv is not None and conv.is_member(user_id):
-                batch.put(records.WATERMARKS, (conversation_id, user_id),
-                          conv.watermark(user_id))
-            elif conv is None:
-                batch.put(records.WATERMARKS, (conversation_id, user_id), mark)
+            for user_id, mark in marks.items():
+                if conv is not None and conv.is_member(user_id):
+                    batch.put(records.WATERMARKS, (conversation_id, user_id),
+                              conv.watermark(user_id))
+                elif conv is None:
+                    batch.put(records.WATERMARKS, (conversation_id, user_id), mark)
 
     def _unlanded_conversation(self, conversation_id: int) -> Conversation | None:
         unlanded = self._unlanded.get(conversation_id)
