@@ -453,11 +453,11 @@ class LiveSockets:
                     if protocol.state is not ws.ConnectionState.OPEN:
                         break  # our close went out while handling: the rest is dropped
                 if conn.acks:
+                    # The receipts these acks produce go out with the flusher's next
+                    # pass, together with every other reader's: a group post's 49
+                    # receipts to its sender share its writes (flushing them from each
+                    # reader was one send per receipt).
                     self._apply_acks(conn)
-                    # Write the receipts this read produced now, in this task, rather
-                    # than waking the flusher for them: one scheduler pass (and its
-                    # epoll_wait) less per ack.
-                    self.flush_ready()
                 reads += 1
                 if reads >= _READS_PER_YIELD:
                     reads = 0
