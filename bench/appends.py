@@ -19,8 +19,9 @@ import trio
 from bench.harness import Result
 from bench.worker import process_cpu_seconds
 from chatd.config import AuthConfig, Config, StorageConfig
+from chatd.pending import Pending
 from chatd.services.context import build_services
-from chatd.storage import Pending, Store
+from chatd.storage import Store
 
 PASSWORD = "bench password"
 

@@ -4,8 +4,9 @@ import pytest
 
 from chatd.domain.models import User
 from chatd.errors import BadRequest, ChatdError, Unavailable
+from chatd.pending import Pending
 from chatd.services.commands import Commands
-from chatd.storage import Batch, Pending, records
+from chatd.storage import Batch, records
 from tests.services.conftest import Shard
 
 

@@ -16,8 +16,9 @@ async def test_membership_is_rebuilt_from_disk_in_join_order(shard: Shard) -> No
     conv = services.owner.get(group.conversation_id)
     assert list(conv.members) == [alice.user_id, carol.user_id]
     assert [m.role for m in conv.members.values()] == ["admin", "admin"]
-    events = [m.body["event"] for m in services.messaging.history(  # type: ignore[index]
-        alice, conv.conversation_id, after=0, before=None, limit=10).messages]
+    page = await services.messaging.history(alice, conv.conversation_id, after=0, before=None,
+                                            limit=10)
+    events = [m.body["event"] for m in page.messages]  # type: ignore[index]
     assert events == ["group_created", "members_added", "admins_added", "members_removed"]
     # A removed member's index row and watermark went with them.
     assert services.owner.conversation_ids_of(bob.user_id) == []

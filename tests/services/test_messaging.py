@@ -26,8 +26,8 @@ async def test_sends_get_dense_seqs_dedup_and_survive_a_restart(shard: Shard) ->
                                   client_msg_id="b1", content_type="text/plain", body="two")
 
     services = await shard.reopen()
-    page = services.messaging.history(bob, conv.conversation_id, after=None, before=None,
-                                      limit=10)
+    page = await services.messaging.history(bob, conv.conversation_id, after=None,
+                                            before=None, limit=10)
     assert [(m.seq, m.body) for m in page.messages] == [(1, "one"), (2, "two")]
     # The dedup row answers a retry after the restart too.
     retried = await services.messaging.send(alice, conversation_id=conv.conversation_id,
@@ -54,9 +54,9 @@ async def test_watermarks_move_forward_only_and_refuse_bad_seqs(shard: Shard) ->
     assert past_head.value.code == "seq_out_of_range"
     with pytest.raises(BadRequest):
         await messaging.mark_read(bob, conv.conversation_id, -1)
-    status = messaging.message_status(alice, conv.conversation_id, 2)
+    status = await messaging.message_status(alice, conv.conversation_id, 2)
     assert sorted(status) == sorted([(alice.user_id, True, True), (bob.user_id, True, True)])
-    assert messaging.message_status(alice, conv.conversation_id, 3)[1][1:] in (
+    assert (await messaging.message_status(alice, conv.conversation_id, 3))[1][1:] in (
         (False, False), (True, True))
 
 
@@ -67,7 +67,8 @@ async def test_strangers_see_the_same_404_as_for_nothing(shard: Shard) -> None:
     answers = []
     for conversation_id in (conv.conversation_id, 424242):
         with pytest.raises(NotFound) as refused:
-            messaging.history(mallory, conversation_id, after=None, before=None, limit=5)
+            await messaging.history(mallory, conversation_id, after=None, before=None,
+                                    limit=5)
         answers.append((refused.value.code, refused.value.message.replace(
             str(conversation_id), "ID")))
     assert answers[0] == answers[1] == ("unknown_conversation", answers[0][1])
@@ -91,8 +92,8 @@ async def test_an_ack_costs_no_command_and_rides_in_the_next_batch(shard: Shard)
     conv = services.owner.get(conversation_id)
     before = services.committer.statistics()
     acked: dict[int, int] = {}
-    services.messaging.acknowledge(bob, conv.conversation_id, 3, acked)
-    services.messaging.acknowledge(bob, conv.conversation_id, 2, acked)  # behind: no-op
+    services.messaging.acknowledge(bob, conv.conversation_id, 3, acked, True)
+    services.messaging.acknowledge(bob, conv.conversation_id, 2, acked, True)  # no-op
     # Nothing queued, nothing written: the move is in memory at once.
     assert services.committer.statistics() == before
     assert services.owner.get(conv.conversation_id).watermark(bob.user_id) == Watermark(3, 0)
@@ -104,14 +105,14 @@ async def test_an_ack_costs_no_command_and_rides_in_the_next_batch(shard: Shard)
     assert services.store.get(records.WATERMARKS,
                               (conv.conversation_id, bob.user_id)) == Watermark(3, 0)
     with pytest.raises(BadRequest):
-        services.messaging.acknowledge(bob, conv.conversation_id, 99, acked)
+        services.messaging.check_ack(bob, conv.conversation_id, 99)
 
 
 async def test_a_reconnect_before_the_hints_are_written_starts_after_the_ack(
         shard: Shard) -> None:
     _, bob, conversation_id = await direct_with_messages(shard, 3)
-    shard.services.messaging.acknowledge(bob, conversation_id, 2, {})
-    assert shard.services.messaging.cursors_of(bob) == {conversation_id: 2}
+    shard.services.messaging.acknowledge(bob, conversation_id, 2, {}, True)
+    assert shard.services.messaging.cursors_of(bob.device_id) == {conversation_id: 2}
 
 
 async def test_with_no_batch_coming_the_hint_writer_carries_the_acks(shard: Shard) -> None:
@@ -122,7 +123,7 @@ async def test_with_no_batch_coming_the_hint_writer_carries_the_acks(shard: Shar
         nursery.start_soon(partial(services.messaging.run_hint_writer, interval=0.05))
         await trio.sleep(0.2)
         assert services.committer.statistics() == idle  # no hint, no wake-up, no batch
-        services.messaging.acknowledge(bob, conversation_id, 3, {})
+        services.messaging.acknowledge(bob, conversation_id, 3, {}, True)
         with trio.fail_after(2):
             while services.store.get(  # noqa: ASYNC110  # polls the store the writer fills
                     records.CURSORS, (bob.device_id, conversation_id)) != 3:

@@ -120,7 +120,7 @@ async def test_a_route_answering_what_it_does_not_declare_is_a_500(
     from chatd.web.app import create_app
 
     app = create_app(server.services)
-    api = Api(server.services.accounts, limits=Limits(), admin_token="")
+    api = Api(server.services.users, limits=Limits(), admin_token="")
 
     @api.route("GET", "/created", summary="says 201, declares 200", access=Access.PUBLIC,
                response=models.Health)
@@ -154,7 +154,7 @@ async def test_every_user_route_is_handed_the_session(server: RunningServer) -> 
     from chatd.web.app import create_app
 
     app = create_app(server.services)
-    api = Api(server.services.accounts, limits=Limits(), admin_token="")
+    api = Api(server.services.users, limits=Limits(), admin_token="")
     seen: list[Session] = []
 
     @api.route("POST", "/whoami", summary="who", status=204)

@@ -58,6 +58,11 @@ def snowflake_time_ms(snowflake: int) -> int:
     return (snowflake >> (SHARD_BITS + COUNTER_BITS)) + CHATD_EPOCH_MS
 
 
+def first_id_at(ms: int) -> int:
+    """The lowest id any shard can make at or after Unix time `ms`."""
+    return max(0, ms - CHATD_EPOCH_MS) << (SHARD_BITS + COUNTER_BITS)
+
+
 def direct_conversation_id(user_a: int, user_b: int) -> int:
     """The one conversation id for a pair of users, whoever asks first.
 

@@ -162,3 +162,18 @@ class Conversation:
 
 
 _NO_RECEIPTS = Watermark()
+
+
+@dataclass(frozen=True, slots=True)
+class Created:
+    """A direct conversation opened: `created` when this call made it."""
+
+    conversation: Conversation
+    created: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    messages: list[Message]
+    #: True when more messages lie beyond the page in the direction it was read.
+    has_more: bool

@@ -41,6 +41,13 @@ class HashRing:
         index = bisect.bisect_right(self._hashes, _point(key.to_bytes(8, "big")))
         return self._owners[index % len(self._owners)]
 
+    def shard_for_text(self, text: str) -> str:
+        """The shard a string key (a normalised handle) belongs to."""
+        if len(self.shards) == 1:
+            return self.shards[0]
+        index = bisect.bisect_right(self._hashes, _point(b"text:" + text.encode()))
+        return self._owners[index % len(self._owners)]
+
     def signature(self) -> str:
         """A short digest of the ring's membership and shape, compared at mesh handshake."""
         text = f"v1|{self.vnodes}|" + ",".join(self.shards)

@@ -28,7 +28,6 @@ from chatd.errors import BadRequest, ChatdError, Conflict, NotFound, RateLimited
 from chatd.services.clock import Clock
 from chatd.services.commands import Commands
 from chatd.services.passwords import PasswordHasher
-from chatd.services.routing import Router
 from chatd.storage import Batch, Store, records
 
 log = logging.getLogger(__name__)
@@ -52,12 +51,14 @@ class LoginResult:
 
 
 class AccountService:
-    def __init__(self, *, store: Store, commands: Commands, router: Router,
+    def __init__(self, *, store: Store, commands: Commands, token_prefix: str,
                  ids: SnowflakeGenerator, clock: Clock, hasher: PasswordHasher,
                  config: AuthConfig) -> None:
         self._store = store
         self._commands = commands
-        self._router = router
+        #: Every token minted here starts with it: it names this shard, the user's home
+        #: (services/users.py), so any shard knows where to check a token.
+        self._token_prefix = token_prefix
         self._ids = ids
         self._clock = clock
         self._hasher = hasher
@@ -107,7 +108,6 @@ class AccountService:
                     raise Conflict("that handle is already taken", code="handle_taken")
                 user = User(self._ids.next_id(), handle, display_name, password_hash,
                             self._clock.now_ms())
-                self._router.require_local_user(user.user_id)
                 batch.put(records.USERS, user.user_id, user)
                 batch.put(records.HANDLES, handle, user.user_id)
                 return user
@@ -131,7 +131,7 @@ class AccountService:
         if user is None or not verified:
             # One answer for an unknown handle and a wrong password.
             raise Unauthorized("wrong handle or password", code="bad_credentials")
-        token = TOKEN_PREFIX + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
+        token = self._token_prefix + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
         token = token.rstrip("=")
         token_hash = hash_token(token)
         now = self._clock.now_ms()
@@ -257,7 +257,6 @@ class AccountService:
         return self._pending_users.get(user_id) or self._store.get(records.USERS, user_id)
 
     def get_user(self, user_id: int) -> User:
-        self._router.require_local_user(user_id)
         user = self._user(user_id)
         if user is None:
             raise NotFound(f"no user with id {user_id}", code="unknown_user")

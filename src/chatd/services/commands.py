@@ -11,7 +11,8 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from chatd.errors import BadRequest, ChatdError, StorageFailure, Unavailable
-from chatd.storage import Batch, GroupCommitter, Pending
+from chatd.pending import Pending
+from chatd.storage import Batch, GroupCommitter
 from chatd.storage.errors import (
     CommandFailed,
     Overloaded,

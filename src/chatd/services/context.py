@@ -15,13 +15,17 @@ from chatd.services.accounts import AccountService
 from chatd.services.clock import Clock, SystemClock
 from chatd.services.commands import Commands
 from chatd.services.conversations import ConversationService
+from chatd.services.delivery import Delivery
 from chatd.services.live import Hub
 from chatd.services.log import ConversationLog
 from chatd.services.messaging import MessagingService
 from chatd.services.owner import ConversationOwner
+from chatd.services.owner_api import OwnerApi
 from chatd.services.passwords import PasswordHasher
+from chatd.services.presence import Presence
 from chatd.services.receipts import Receipts
 from chatd.services.routing import Router
+from chatd.services.users import HomeApi, Users, token_prefix_for
 from chatd.storage import GroupCommitter, Store
 
 
@@ -32,44 +36,63 @@ class Services:
     committer: GroupCommitter
     router: Router
     owner: ConversationOwner
+    owner_api: OwnerApi
     log: ConversationLog
+    #: The home side of accounts (users homed here); everyone else calls `users`.
     accounts: AccountService
+    users: Users
+    home_api: HomeApi
     conversations: ConversationService
     messaging: MessagingService
     hub: Hub
+    delivery: Delivery
+    presence: Presence
     receipts: Receipts
     clock: Clock
 
 
 def build_services(config: Config, store: Store, *, clock: Clock | None = None) -> Services:
     clock = clock or SystemClock()
-    router = Router(HashRing(config.cluster.shards, config.cluster.vnodes), config.cluster.shard)
-    ids = SnowflakeGenerator(config.cluster.shard_number, clock.now_ms)
+    numbers = {config.cluster.shard: config.cluster.shard_number}
+    shard_number = numbers[config.cluster.shard]
+    router = Router(HashRing(config.cluster.shards, config.cluster.vnodes), config.cluster.shard,
+                    numbers)
+    ids = SnowflakeGenerator(shard_number, clock.now_ms)
     log = ConversationLog(store)
-    owner = ConversationOwner(store=store, log=log, router=router, ids=ids, clock=clock,
+    owner = ConversationOwner(store=store, log=log, ids=ids, clock=clock,
                               cache_size=config.storage.conversation_cache)
     hasher = PasswordHasher(opslimit=config.auth.argon2_opslimit,
                             memlimit_bytes=config.auth.argon2_memlimit_kib * 1024,
                             concurrency=config.auth.hash_concurrency)
     committer = GroupCommitter(store, max_batch=config.storage.max_batch)
     commands = Commands(committer)
-    accounts = AccountService(store=store, commands=commands, router=router, ids=ids,
+    accounts = AccountService(store=store, commands=commands,
+                              token_prefix=token_prefix_for(shard_number), ids=ids,
                               clock=clock, hasher=hasher, config=config.auth)
+    users = Users(router=router, accounts=accounts, numbers=numbers)
     committer.on_reload_needed(owner.forget_all)
     committer.on_reload_needed(accounts.forget_pending)
-    conversations = ConversationService(owner=owner, commands=commands, accounts=accounts,
-                                        ids=ids, clock=clock, limits=config.limits)
-    hub = Hub(owner=owner, clock=clock)
-    owner.on_message(hub.publish_message)
-    accounts.on_profile_change(hub.publish_profile)
-    accounts.on_device_revoked(hub.close_device)
-    receipts = Receipts(hub=hub, owner=owner,
-                        shares_read_receipts=accounts.shares_read_receipts)
-    messaging = MessagingService(store=store, log=log, owner=owner, commands=commands, hub=hub,
-                                 receipts=receipts,
-                                 shares_read_receipts=accounts.shares_read_receipts,
+    hub = Hub()
+    delivery = Delivery(router=router, hub=hub)
+    owner.on_message(delivery.publish_message)
+    accounts.on_device_revoked(delivery.close_device)
+    receipts = Receipts(delivery=delivery, owner=owner)
+    owner_api = OwnerApi(owner=owner, log=log, commands=commands, receipts=receipts,
+                         limits=config.limits, now_ms=clock.now_ms,
+                         publish_ephemeral=delivery.publish_ephemeral)
+    router.attach(owner_api.run, None)
+    conversations = ConversationService(router=router, accounts=users, ids=ids,
+                                        limits=config.limits)
+    messaging = MessagingService(store=store, router=router, owner=owner,
+                                 owner_api=owner_api, commands=commands,
+                                 read_receipt_settings=users.read_receipt_settings,
                                  limits=config.limits)
+    owner.on_hint = messaging.wake_hint_writer
     committer.ride_along(messaging.drain_hints_into)
     accounts.on_device_revoked(messaging.forget_device)
-    return Services(config, store, committer, router, owner, log, accounts, conversations,
-                    messaging, hub, receipts, clock)
+    home_api = HomeApi(accounts=accounts, cursors_of=messaging.cursors_of,
+                       hint_cursor=messaging.hint_cursor)
+    presence = Presence(delivery=delivery, messaging=messaging)
+    return Services(config, store, committer, router, owner, owner_api, log, accounts, users,
+                    home_api, conversations, messaging, hub, delivery, presence, receipts,
+                    clock)

@@ -8,11 +8,13 @@ and carries receipts, typing and presence.
 Delivery is in seq order per conversation with no gap and no duplicate, whether a message
 comes from the catch-up read or live. Each session keeps, per conversation, the next seq it
 owes; a live message is queued directly only when it is exactly that seq, otherwise the
-conversation is marked *behind* and the session reads the missing range from the store
-before going on. Catch-up on connect is the same mechanism: every conversation whose
-cursor is below its head starts out behind. So the seam between catch-up and live needs no
-locking: everything here runs on the event loop, and a message is published only after it
-is durable, so the store always holds what the session reads.
+conversation is marked *behind* and the session asks for the missing range before going
+on. Catch-up on connect is the same mechanism: every conversation whose cursor is below
+its head starts out behind. The session does no reading itself: the transport asks it
+`next_fetch()`, reads that range from the owner (a local read or a mesh request, outside
+any commit) and hands the entries back with `fetched()`. The seam between catch-up and
+live needs no locking: everything here runs on the event loop, and a message is
+published only after it is durable, so the owner always holds what the session asks for.
 """
 
 from __future__ import annotations
@@ -21,14 +23,9 @@ import enum
 from collections import deque
 from collections.abc import Callable, Iterable
 
-from chatd.domain import groups
-from chatd.domain.models import Conversation, Message, User
-from chatd.errors import BadRequest
+from chatd.domain.models import Conversation, Message
 from chatd.protocol import frames
 from chatd.protocol.frames import OutFrame
-from chatd.services.clock import Clock
-from chatd.services.log import ConversationLog
-from chatd.services.owner import ConversationOwner
 
 
 class SessionEnd(enum.Enum):
@@ -56,90 +53,110 @@ class SessionClosed(Exception):
 
 class LiveSession:
     """No I/O and no awaiting: the transport registers `on_ready`, which is called (once
-    until the next `take_frames`) when there is something to write or the session closed,
-    and then takes the frames. Several sockets' frames are thus written in one pass."""
+    until the next `take_frames`) when there is something to write, something to fetch,
+    or the session closed, and then takes the frames. Several sockets' frames are thus
+    written in one pass."""
 
     __slots__ = (
         "_behind",
         "_closed",
-        "_fetch_batch",
-        "_fetch_bytes",
-        "_log",
+        "_early",
+        "_fetching",
+        "_known_head",
         "_max_queue",
         "_next",
-        "_owner",
         "_queue",
         "_ready",
         "acked",
+        "contacts",
         "device_id",
+        "fetch_batch",
+        "fetch_bytes",
+        "hides_last_seen",
         "on_ready",
+        "opened_id",
+        "shows_reads",
         "user_id",
     )
 
-    def __init__(self, *, user_id: int, device_id: int, log: ConversationLog,
-                 owner: ConversationOwner,
-                 max_queue: int, on_ready: Callable[[LiveSession], None],
+    def __init__(self, *, user_id: int, device_id: int, max_queue: int,
+                 on_ready: Callable[[LiveSession], None], opened_id: int = 0,
                  fetch_batch: int = 200, fetch_bytes: int = 256 * 1024) -> None:
         self.user_id = user_id
         self.device_id = device_id
-        self._log = log
-        self._owner = owner
         self._max_queue = max_queue
-        self._fetch_batch = fetch_batch
-        self._fetch_bytes = fetch_bytes
+        self.fetch_batch = fetch_batch
+        self.fetch_bytes = fetch_bytes
         self._queue: deque[OutFrame] = deque()
         self.on_ready = on_ready
+        #: The lowest message id made after this session opened: this device's own
+        #: messages above it were answered on this session (a `sent` frame), and are
+        #: not sent back by a catch-up either.
+        self.opened_id = opened_id
         self._ready = False  # on_ready was called and take_frames has not run since
         self._next: dict[int, int] = {}
         self._behind: dict[int, None] = {}  # an ordered set
+        # The highest seq known to exist per conversation (from fetches and offers).
+        self._known_head: dict[int, int] = {}
+        self._fetching: int | None = None
+        # Until `start`: the lowest seq offered live per conversation (the session is
+        # attached before its positions are known, so that nothing slips between).
+        self._early: dict[int, int] | None = {}
         self._closed: SessionClosed | None = None
         #: The highest seq this device acknowledged per conversation (to skip no-op acks).
         self.acked: dict[int, int] = {}
+        #: Who shares a conversation with this user (told of their presence), as of
+        #: connecting.
+        self.contacts: set[int] = set()
+        #: The user's privacy settings as of connecting (kept current by their profile
+        #: changes): whether they see read receipts, and hide their last-seen time.
+        self.shows_reads = True
+        self.hides_last_seen = False
 
     # -- fed by the hub and the web layer (sync, never blocks) ----------------------------
 
-    def start(self, conversations: Iterable[Conversation], cursors: dict[int, int]) -> None:
-        """Set the delivery position of each conversation from the device's cursors
-        (conversation_id -> the seq it acknowledged)."""
+    def start(self, starts: Iterable[tuple[Conversation, int]],
+              cursors: dict[int, int]) -> None:
+        """Set the delivery position of each conversation (where the owner said this
+        device starts), and the device's cursors (conversation_id -> acknowledged seq)."""
         self.acked = cursors
-        for conv in conversations:
-            floor = self._floor(conv)
-            if floor is None:
-                continue
-            acked = self.acked.get(conv.conversation_id)
-            if acked is None:
-                # Never acked here: a new device, or a conversation joined since. A device
-                # is owed what was written after it came to be, not the whole history.
-                start = self._first_newer_than(conv, floor, self.device_id)
-            else:
-                start = max(acked + 1, floor)
-            self._set_next(conv, start)
+        early, self._early = self._early or {}, None
+        for conv, start in starts:
+            self.contacts.update(conv.members)
+            head = max(conv.head_seq, self._known_head.get(conv.conversation_id, 0))
+            self._set_next(conv.conversation_id, start, head)
+            early.pop(conv.conversation_id, None)
+        for conversation_id, first_seq in early.items():
+            # Offered while starting, in no answer: created or joined meanwhile, or its
+            # owner could not be asked. From the device's cursor, else from the first
+            # entry seen.
+            acked = cursors.get(conversation_id)
+            start = first_seq if acked is None else min(acked + 1, first_seq)
+            self._set_next(conversation_id, start, self._known_head[conversation_id])
+        self.contacts.discard(self.user_id)
 
-    def sync(self, cursors: dict[int, int]) -> None:
-        """The client says what it holds (a reinstalled app): resend from there. All of
-        it is checked before anything changes: a conversation the user is not in, or a
-        seq past the head (which would silence the conversation), refuses the whole sync."""
-        positions = []
-        for conversation_id, seq in cursors.items():
-            conv = self._owner.find(conversation_id)
-            floor = self._floor(conv) if conv is not None else None
-            if conv is None or floor is None:
-                raise groups.unknown_conversation(conversation_id)
-            if not 0 <= seq <= conv.head_seq:
-                raise BadRequest(f"cursors: seq {seq} of conversation {conversation_id} is "
-                                 f"outside 0..{conv.head_seq}", code="seq_out_of_range")
-            positions.append((conv, max(seq + 1, floor)))
-        for conv, next_seq in positions:
-            self._set_next(conv, next_seq)
+    def sync(self, positions: Iterable[tuple[int, int, int]]) -> None:
+        """The client says what it holds (a reinstalled app): resend from there.
+        `positions` are (conversation, next seq, head seq), checked by the caller."""
+        for conversation_id, next_seq, head_seq in positions:
+            self._set_next(conversation_id, next_seq, head_seq)
 
     def offer(self, message: Message, frame: OutFrame) -> None:
         conversation_id = message.conversation_id
+        if self._early is not None:
+            # Not started: remember it; the catch-up after `start` reads it.
+            if message.seq < self._early.get(conversation_id, message.seq + 1):
+                self._early[conversation_id] = message.seq
+            if message.seq > self._known_head.get(conversation_id, 0):
+                self._known_head[conversation_id] = message.seq
+            return
         next_seq = self._next.get(conversation_id)
         if next_seq is None:
-            # A conversation this session does not follow yet: just created or joined.
-            conv = self._owner.find(conversation_id)
-            floor = self._floor(conv) if conv is not None else None
-            next_seq = message.seq if floor is None else floor
+            # A conversation this session does not follow yet: just created or joined
+            # (its first entry for this user is the one that added them), or one whose
+            # owner could not be asked at connect (resume after the device's cursor).
+            acked = self.acked.get(conversation_id)
+            next_seq = message.seq if acked is None else min(acked + 1, message.seq)
             self._next[conversation_id] = next_seq
         if message.seq < next_seq:
             return
@@ -150,6 +167,8 @@ class LiveSession:
             if message.sender_device != self.device_id:
                 self.push(frame)
         else:
+            if message.seq > self._known_head.get(conversation_id, 0):
+                self._known_head[conversation_id] = message.seq
             self._behind[conversation_id] = None
             self._signal()
 
@@ -178,25 +197,76 @@ class LiveSession:
         """Frames waiting for the transport."""
         return len(self._queue)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed is not None
+
     # -- drained by the transport ---------------------------------------------------------
 
     def take_frames(self, limit: int = 64) -> list[OutFrame]:
-        """The frames to write now (at most `limit`, to share one WebSocket message), with
-        at most one catch-up read from the store; [] when there is nothing. Raises
-        `SessionClosed` when the session must end."""
+        """The frames to write now (at most `limit`, to share one WebSocket message);
+        [] when there is nothing. Raises `SessionClosed` when the session must end."""
         self._ready = False
         if self._closed is not None:
             raise self._closed
-        if not self._queue and self._behind:
-            self._catch_up_one()
         count = min(limit, len(self._queue))
-        if count == len(self._queue) and not self._behind:
+        if count == len(self._queue):
             taken = list(self._queue)
             self._queue.clear()
             return taken
         # More remains: ask to be called again (after other sockets had their turn).
         self._signal()
         return [self._queue.popleft() for _ in range(count)]
+
+    def next_fetch(self) -> tuple[int, int] | None:
+        """(conversation, after seq) to read next, once what was read before has been
+        written; None when nothing is owed or a read is under way. The transport reads
+        it and calls `fetched` (or `fetch_failed`)."""
+        if self._fetching is not None or not self._behind or self._queue \
+                or self._closed is not None:
+            return None
+        conversation_id = next(iter(self._behind))
+        self._fetching = conversation_id
+        return conversation_id, self._next[conversation_id] - 1
+
+    def fetched(self, conversation_id: int, messages: list[Message], head_seq: int) -> None:
+        """What the owner had after the asked seq, and its head. head_seq -1: the user
+        is not a member any more; nothing more of it is read."""
+        self._fetching = None
+        if head_seq < 0:
+            self._behind.pop(conversation_id, None)
+            self._next.pop(conversation_id, None)
+            self._signal()
+            return
+        next_seq = self._next.get(conversation_id)
+        if next_seq is None:
+            return  # forgotten meanwhile
+        for message in messages:
+            if message.seq == next_seq:
+                if message.sender_device != self.device_id \
+                        or message.message_id < self.opened_id:
+                    self._queue.append(frames.message_frame(message))
+                next_seq += 1
+        self._next[conversation_id] = next_seq
+        head = max(head_seq, self._known_head.get(conversation_id, 0))
+        if next_seq > head:
+            self._behind.pop(conversation_id, None)
+            self._known_head.pop(conversation_id, None)
+        elif not messages:
+            # The owner knows no more than we asked, yet a live message said there is
+            # more: it is still landing. Try again after what is queued has gone.
+            self._behind.pop(conversation_id, None)
+            self._behind[conversation_id] = None
+        self._signal()
+
+    def fetch_failed(self, conversation_id: int) -> None:
+        """The owner could not be reached: the conversation stays behind, to be read
+        again later (the transport waits before it asks again)."""
+        self._fetching = None
+
+    @property
+    def behind(self) -> bool:
+        return bool(self._behind)
 
     def _signal(self) -> None:
         if not self._ready:
@@ -205,75 +275,30 @@ class LiveSession:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _floor(self, conv: Conversation) -> int | None:
-        """The first seq this user may see, or None for a non-member."""
-        member = conv.members.get(self.user_id)
-        return None if member is None else max(1, member.joined_seq)
-
-    def _first_newer_than(self, conv: Conversation, floor: int, snowflake: int) -> int:
-        """The first seq >= floor whose message id is above `snowflake` (ids grow with
-        seq and carry their creation time), by binary search over point reads."""
-        low, high = floor, conv.head_seq + 1
-        while low < high:
-            middle = (low + high) // 2
-            message = self._log.entry(conv.conversation_id, middle)
-            if message is not None and message.message_id > snowflake:
-                high = middle
-            else:
-                low = middle + 1
-        return low
-
-    def _set_next(self, conv: Conversation, next_seq: int) -> None:
-        self._next[conv.conversation_id] = next_seq
-        if next_seq <= conv.head_seq:
-            self._behind[conv.conversation_id] = None
-            self._signal()
-
-    def _catch_up_one(self) -> None:
-        conversation_id = next(iter(self._behind))
-        conv = self._owner.find(conversation_id)
-        if conv is None or not conv.is_member(self.user_id):
-            # Removed meanwhile: read nothing more of it.
-            del self._behind[conversation_id]
-            self._next.pop(conversation_id, None)
-            return
-        next_seq = self._next[conversation_id]
-        rows = self._log.read(conversation_id, after=next_seq - 1, before=None,
-                              limit=self._fetch_batch, newest_first=False)
-        size = 0
-        for taken, message in enumerate(rows):
-            if taken and size >= self._fetch_bytes:
-                # Enough for one write: the rest is read again after it has gone, so a
-                # catch-up of big messages holds a few hundred KB here, not megabytes.
-                break
-            self._queue.append(frames.message_frame(message))
-            next_seq = message.seq + 1
-            size += _body_size(message)
-        else:
-            if len(rows) < self._fetch_batch:
-                del self._behind[conversation_id]
+    def _set_next(self, conversation_id: int, next_seq: int, head_seq: int) -> None:
         self._next[conversation_id] = next_seq
-
-
-def _body_size(message: Message) -> int:
-    body = message.body
-    return len(body) if isinstance(body, str | bytes) else 256
+        if next_seq <= head_seq:
+            if head_seq > self._known_head.get(conversation_id, 0):
+                self._known_head[conversation_id] = head_seq
+            self._behind[conversation_id] = None
+            self._signal()
 
 
 class Hub:
-    """This shard's connected sessions by user, and fan-out to them."""
+    """This shard's connected sessions by user, and fan-out to them (what the mesh's
+    DELIVER brings from other shards lands here too)."""
 
-    def __init__(self, *, owner: ConversationOwner, clock: Clock) -> None:
-        self._owner = owner
-        self._clock = clock
+    def __init__(self) -> None:
         self._sessions: dict[int, set[LiveSession]] = {}
-        self._hidden_last_seen: set[int] = set()
 
     def sessions_of(self, user_id: int) -> set[LiveSession]:
         return self._sessions.get(user_id, set())
 
     def is_online(self, user_id: int) -> bool:
         return user_id in self._sessions
+
+    def online_users(self) -> list[int]:
+        return list(self._sessions)
 
     def attach(self, session: LiveSession) -> bool:
         """Register a session; True if it is the user's first (they came online)."""
@@ -302,9 +327,9 @@ class Hub:
             if session.device_id == device_id:
                 session.close(SessionEnd.UNAUTHORIZED, "this device was logged out")
 
-    # -- fan-out --------------------------------------------------------------------------
+    # -- fan-out to this shard's sessions ---------------------------------------------------
 
-    def publish_message(self, message: Message, recipients: Iterable[int]) -> None:
+    def deliver_message(self, message: Message, recipients: Iterable[int]) -> None:
         frame: OutFrame | None = None  # built only if someone is connected here
         for user_id in recipients:
             sessions = self._sessions.get(user_id)
@@ -314,14 +339,12 @@ class Hub:
                 for session in sessions:
                     session.offer(message, frame)
 
-    def publish(self, user_ids: Iterable[int], frame: OutFrame,
-                skip: LiveSession | None = None) -> None:
+    def deliver(self, user_ids: Iterable[int], frame: OutFrame) -> None:
         for user_id in user_ids:
             for session in self._sessions.get(user_id, ()):
-                if session is not skip:
-                    session.push(frame)
+                session.push(frame)
 
-    def publish_ephemeral(self, user_ids: Iterable[int], frame: OutFrame) -> None:
+    def deliver_ephemeral(self, user_ids: Iterable[int], frame: OutFrame) -> None:
         """Typing and presence: worth nothing late, so a session with a backlog drops
         them instead of counting them towards its limit (another user's burst of typing
         notices must not get a reader cut off as too slow)."""
@@ -329,39 +352,30 @@ class Hub:
             for session in self._sessions.get(user_id, ()):
                 session.push_ephemeral(frame)
 
-    # -- presence and profiles ------------------------------------------------------------
+    def deliver_receipt(self, user_ids: Iterable[int], conversation_id: int, reader: int,
+                        delivered_seq: int, read_seq: int | None,
+                        delivery_moved: bool) -> None:
+        """A receipt for the senders `user_ids`: those who turned read receipts off see
+        delivery only (and nothing when only the read watermark moved)."""
+        full: OutFrame | None = None
+        delivered_only: OutFrame | None = None
+        for user_id in user_ids:
+            for session in self._sessions.get(user_id, ()):
+                if read_seq is None or session.shows_reads:
+                    if read_seq is None and not delivery_moved:
+                        continue
+                    if full is None:
+                        full = frames.receipt_frame(conversation_id, reader, delivered_seq,
+                                                    read_seq)
+                    session.push(full)
+                elif delivery_moved:
+                    if delivered_only is None:
+                        delivered_only = frames.receipt_frame(conversation_id, reader,
+                                                              delivered_seq, None)
+                    session.push(delivered_only)
 
-    def contacts_of(self, user_id: int) -> set[int]:
-        """Users who share a conversation with `user_id` (who may see their presence)."""
-        contacts: set[int] = set()
-        for conversation_id in self._owner.conversation_ids_of(user_id):
-            conv = self._owner.find(conversation_id)
-            if conv is not None and conv.is_member(user_id):
-                contacts.update(conv.members)
-        contacts.discard(user_id)
-        return contacts
-
-    def announce_online(self, session: LiveSession, user: User) -> None:
-        """The user came online: tell their contacts, and tell the session who is online."""
-        if user.hide_last_seen:
-            self._hidden_last_seen.add(user.user_id)
-        else:
-            self._hidden_last_seen.discard(user.user_id)
-        contacts = self.contacts_of(user.user_id)
-        self.publish_ephemeral(contacts, frames.presence_frame(user.user_id, True, None))
-        for contact in contacts:
-            if self.is_online(contact):
-                session.push(frames.presence_frame(contact, True, None))
-
-    def announce_offline(self, user_id: int, last_seen: int) -> None:
-        shown = None if user_id in self._hidden_last_seen else last_seen
-        self.publish_ephemeral(self.contacts_of(user_id),
-                               frames.presence_frame(user_id, False, shown))
-
-    def publish_profile(self, user: User) -> None:
-        if user.hide_last_seen:
-            self._hidden_last_seen.add(user.user_id)
-        else:
-            self._hidden_last_seen.discard(user.user_id)
-        self.publish(self.contacts_of(user.user_id) | {user.user_id},
-                     frames.profile_frame(frames.public_profile(user)))
+    def profile_changed(self, user_id: int, shows_reads: bool, hides_last_seen: bool) -> None:
+        """Keep the user's own sessions' settings current."""
+        for session in self._sessions.get(user_id, ()):
+            session.shows_reads = shows_reads
+            session.hides_last_seen = hides_last_seen

@@ -1,37 +1,38 @@
-"""Sending into a conversation's log, reading it back, and read receipts.
+"""Sending into a conversation's log, reading it back, receipts: the client's side.
 
-A send is acknowledged only when the batch that holds it is durable. The triple
-(conversation, sender, client_msg_id) identifies a send: a retry gets the original answer
-and writes nothing.
+This is the shard a client is connected to. It checks what it can without the
+conversation (the shape of a send, the size of a body), then hands the work to the
+conversation's owner as a typed command through the `Router`, here or across the mesh.
+A send is acknowledged only when the owner's batch that holds it is durable; the triple
+(conversation, sender, client_msg_id) identifies a send, so a retry gets the original
+answer and writes nothing.
+
+Device cursors (where a device's catch-up starts) live on the user's home shard. An ack
+moves them there and moves the user's delivered watermark on the owner; both are hints
+(docs/architecture.md, "Delivery hints").
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
 
 import trio
 
 from chatd.config import LimitsConfig
-from chatd.domain import groups, rules
-from chatd.domain.models import Conversation, Message, SendResult, Session, Watermark
-from chatd.domain.ratelimit import KeyedRateLimiter
-from chatd.errors import BadRequest, ChatdError, NotFound, PayloadTooLarge
-from chatd.protocol import frames
+from chatd.domain import rules
+from chatd.domain.models import Conversation, HistoryPage, SendResult, Session, Watermark
+from chatd.errors import BadRequest, ChatdError, PayloadTooLarge
+from chatd.pending import Pending
+from chatd.protocol import owner as ops
 from chatd.services.commands import Commands
-from chatd.services.live import Hub
-from chatd.services.log import ConversationLog
 from chatd.services.owner import ConversationOwner
-from chatd.services.receipts import Receipts
-from chatd.storage import Batch, Pending, Store, records
+from chatd.services.owner_api import OwnerApi
+from chatd.services.routing import Router
+from chatd.storage import Batch, Store, records
 
-
-@dataclass(frozen=True, slots=True)
-class HistoryPage:
-    messages: list[Message]
-    #: True when more messages lie beyond the page in the direction it was read.
-    has_more: bool
+#: Whether each of some users shares read receipts (their profile setting, from homes).
+ReadReceiptSettings = Callable[[list[int]], Awaitable[dict[int, bool]]]
 
 
 def _nothing(batch: Batch) -> None:
@@ -39,29 +40,27 @@ def _nothing(batch: Batch) -> None:
 
 
 class MessagingService:
-    def __init__(self, *, store: Store, log: ConversationLog, owner: ConversationOwner,
-                 commands: Commands, hub: Hub, receipts: Receipts,
-                 shares_read_receipts: Callable[[int], bool], limits: LimitsConfig) -> None:
+    def __init__(self, *, store: Store, router: Router, owner: ConversationOwner,
+                 owner_api: OwnerApi, commands: Commands,
+                 read_receipt_settings: ReadReceiptSettings, limits: LimitsConfig) -> None:
         self._store = store
-        self._log = log
+        self._router = router
         self._owner = owner
+        self._owner_api = owner_api
         self._commands = commands
-        self._hub = hub
-        self._receipts = receipts
-        self._shares_read = shares_read_receipts
+        self._read_settings = read_receipt_settings
         self._limits = limits
-        # Acks' cursor rows not written yet, (device, conversation) -> seq.
+        # Acks' cursor rows not written yet (this is their device's home),
+        # (device, conversation) -> seq.
         self._cursor_hints: dict[tuple[int, int], int] = {}
         # Set when an ack leaves a hint, for the hint writer.
         self._hints_waiting = trio.Event()
-        # Typing notices: a burst of 3, then one every 2 s per (user, conversation).
-        self._typing_limit = KeyedRateLimiter(per_second=0.5, burst=3)
 
-    def member_view(self, session: Session, conversation_id: int) -> Conversation:
+    async def member_view(self, session: Session, conversation_id: int) -> Conversation:
         """The conversation, if the caller is a member; 404 alike whether it does not
         exist or the caller is not in it."""
-        conv = self._owner.get(conversation_id)
-        groups.require_member(conv, session.user_id)
+        conv: Conversation = await self._router.ask(
+            ops.View(conversation_id, session.user_id))
         return conv
 
     async def send(self, session: Session, *, conversation_id: int, client_msg_id: str,
@@ -73,7 +72,7 @@ class MessagingService:
 
     def start_send(self, session: Session, *, conversation_id: int, client_msg_id: str,
                    content_type: str, body: str | bytes) -> Pending[SendResult]:
-        """Check and queue a send now; sends queued one after another keep their order.
+        """Check and route a send now; sends started one after another keep their order.
         Await the result for the answer, which comes once the message is durable."""
         client_msg_id = rules.check_client_msg_id(client_msg_id)
         content_type = rules.check_content_type(content_type)
@@ -84,109 +83,109 @@ class MessagingService:
             raise PayloadTooLarge(
                 f"body is {size} bytes; the limit is {self._limits.max_message_bytes}",
                 code="body_too_large")
-        self.member_view(session, conversation_id)
+        return self._router.submit(ops.Send(conversation_id, session.user_id,
+                                            session.device_id, client_msg_id, content_type,
+                                            body))
 
-        def apply(batch: Batch) -> SendResult:
-            conv = self._owner.get(conversation_id)
-            # Checked again here: a removal may have been queued since the first check.
-            groups.require_member(conv, session.user_id)
-            previous = self._owner.previous_send(conversation_id, session.user_id, client_msg_id)
-            if previous is not None:
-                return previous
-            message = self._owner.append(batch, conv, sender_id=session.user_id,
-                                         sender_device=session.device_id,
-                                         content_type=content_type, body=body,
-                                         client_msg_id=client_msg_id)
-            return SendResult(message.message_id, conversation_id, message.seq, message.ts)
-
-        return self._commands.enqueue(apply)
-
-    def history(self, session: Session, conversation_id: int, *, after: int | None,
-                before: int | None, limit: int | None) -> HistoryPage:
-        """A page of the log in ascending seq order: the oldest after `after`, else the
-        newest before `before` (or at the head). Members see entries from their joining on."""
-        conv = self.member_view(session, conversation_id)
-        if limit is None:
-            limit = self._limits.history_page_default
-        if not 1 <= limit <= self._limits.history_page_max:
-            raise BadRequest(f"limit: must be within 1..{self._limits.history_page_max}")
+    async def history(self, session: Session, conversation_id: int, *, after: int | None,
+                      before: int | None, limit: int | None) -> HistoryPage:
+        """A page of the log in ascending seq order (OwnerApi.history)."""
         for name, value in (("after", after), ("before", before)):
             if value is not None and value < 0:
                 raise BadRequest(f"{name}: must not be negative")
-        floor = max(after or 0, conv.members[session.user_id].joined_seq - 1)
-        newest_first = after is None
-        if before is not None and before <= floor + 1:
-            return HistoryPage([], has_more=False)
-        # One extra row tells whether there is more without a second scan.
-        rows = self._log.read(conversation_id, after=floor, before=before, limit=limit + 1,
-                              newest_first=newest_first)
-        has_more = len(rows) > limit
-        if has_more:
-            rows = rows[1:] if newest_first else rows[:limit]
-        return HistoryPage(rows, has_more)
+        if limit is not None and not 1 <= limit <= self._limits.history_page_max:
+            raise BadRequest(f"limit: must be within 1..{self._limits.history_page_max}")
+        page: HistoryPage = await self._router.ask(ops.History(
+            conversation_id, session.user_id, -1 if after is None else after,
+            -1 if before is None else before, limit or 0))
+        return page
 
-    def conversations_of(self, session: Session) -> list[Conversation]:
+    async def delivery_starts(self, session: Session,
+                              cursors: dict[int, int]) -> list[tuple[Conversation, int]]:
+        """The caller's conversations with where this device's delivery starts in each,
+        asked of every shard at once (each owner indexes its own conversations by
+        member). A shard that cannot be reached leaves its conversations out: they
+        cannot be written meanwhile, and their next message starts the catch-up."""
+        found: list[tuple[Conversation, int]] = []
+
+        async def ask(shard: str) -> None:
+            query = ops.ConversationsOf(0, session.user_id, session.device_id, cursors)
+            if self._router.is_local(shard):
+                found.extend(self._owner_api.conversations_of(query))
+                return
+            with contextlib.suppress(ChatdError):
+                found.extend(await self._router.remote(shard, query).wait())
+
+        async with trio.open_nursery() as nursery:
+            for shard in self._router.shards:
+                nursery.start_soon(ask, shard)
+        return found
+
+    async def conversations_of(self, session: Session) -> list[Conversation]:
         """The caller's conversations, the most recently active first."""
-        result = []
-        for conversation_id in self._owner.conversation_ids_of(session.user_id):
-            conv = self._owner.find(conversation_id)
-            if conv is not None and conv.is_member(session.user_id):
-                result.append(conv)
+        result = [conv for conv, _ in await self.delivery_starts(session, {})]
         result.sort(key=lambda conv: conv.last_ts, reverse=True)
         return result
 
-    def cursors_of(self, session: Session) -> dict[int, int]:
-        """conversation_id -> the seq the caller's device acknowledged (its catch-up
-        starts after it)."""
+    def cursors_of(self, device_id: int) -> dict[int, int]:
+        """conversation_id -> the seq the device acknowledged (its catch-up starts after
+        it); this shard must be the device's home."""
         cursors = {conversation_id: seq for (_, conversation_id), seq in
-                   self._store.scan(records.CURSORS, records.u64(session.device_id))}
+                   self._store.scan(records.CURSORS, records.u64(device_id))}
         # Acks not written yet (a reconnect within the hint interval) count too.
-        for (device_id, conversation_id), seq in self._cursor_hints.items():
-            if device_id == session.device_id:
+        for (hinted_device, conversation_id), seq in self._cursor_hints.items():
+            if hinted_device == device_id:
                 cursors[conversation_id] = max(seq, cursors.get(conversation_id, 0))
         return cursors
 
     async def mark_read(self, session: Session, conversation_id: int, seq: int) -> Watermark:
-        return await self.start_mark_read(session, conversation_id, seq).wait()
+        shares = await self._read_settings([session.user_id])
+        return await self.start_mark_read(session, conversation_id, seq,
+                                          shares.get(session.user_id, True)).wait()
 
-    def start_mark_read(self, session: Session, conversation_id: int,
-                        seq: int) -> Pending[Watermark]:
-        return self._start_move_watermark(session, conversation_id, seq, read=True)
+    def start_mark_read(self, session: Session, conversation_id: int, seq: int,
+                        shares_read: bool) -> Pending[Watermark]:
+        """`shares_read`: the caller's read_receipts setting (whether others are told)."""
+        if seq < 0:
+            raise BadRequest("seq: must not be negative", code="invalid_field")
+        return self._router.submit(ops.MarkRead(conversation_id, session.user_id, seq,
+                                                shares_read))
+
+    def check_ack(self, session: Session, conversation_id: int, seq: int) -> None:
+        """Refuse an ack the owner would refuse, where that can be known here (the owner
+        checks again; a remote owner drops a bad ack silently, as it is a hint)."""
+        if seq < 0:
+            raise BadRequest("seq: must not be negative", code="invalid_field")
+        if self._router.owns(conversation_id):
+            self._owner_api.checked_seq(conversation_id, session.user_id, seq)
 
     def acknowledge(self, session: Session, conversation_id: int, seq: int,
-                    acked: dict[int, int]) -> None:
+                    acked: dict[int, int], shares_read: bool) -> list[tuple[int, int, int]]:
         """A device has everything up to `seq`: move its cursor (where its next catch-up
         starts) and the user's delivered watermark. `acked` is the device's cursor map,
-        kept current here, so a repeated ack costs a lookup.
+        kept current here, so a repeated ack costs a lookup. Returns the cursor hint
+        (device, conversation, seq) for the device's home when that is another shard
+        ([] otherwise); the caller sends a read loop's hints together.
 
         Both are hints (docs/architecture.md, "Delivery hints"): losing one in a crash
         means the device is sent those messages again and drops them by seq, and its
         next ack moves the watermark again. So an ack never waits for, or causes, an
         fsync: it changes memory now, and its rows ride in the next batch."""
-        conv = self._checked_seq(session, conversation_id, seq)
         if acked.get(conversation_id, -1) >= seq:
-            return
+            return []
+        self._router.post(ops.Acknowledge(conversation_id, session.user_id, seq, shares_read))
         acked[conversation_id] = seq
-        self._cursor_hints[(session.device_id, conversation_id)] = seq
-        self._hints_waiting.set()
-        current = conv.watermark(session.user_id)
-        mark = current.advanced(delivered=seq)
-        if mark != current:
-            self._owner.move_watermark_hint(conv, session.user_id, mark)
-            self._receipts.moved(conv, session.user_id, current, mark)
+        if self._router.is_local(self._router.home_of_user(session.user_id)):
+            self.hint_cursor(session.device_id, conversation_id, seq)
+            return []
+        return [(session.device_id, conversation_id, seq)]
 
-    def check_ack(self, session: Session, conversation_id: int, seq: int) -> None:
-        """Refuse an ack `acknowledge` would refuse (to answer it before applying it)."""
-        self._checked_seq(session, conversation_id, seq)
-
-    def _checked_seq(self, session: Session, conversation_id: int, seq: int) -> Conversation:
-        conv = self.member_view(session, conversation_id)
-        if seq < 0:
-            raise BadRequest("seq: must not be negative", code="invalid_field")
-        if seq > conv.head_seq:
-            raise BadRequest(f"seq: the conversation's last seq is {conv.head_seq}",
-                             code="seq_out_of_range")
-        return conv
+    def hint_cursor(self, device_id: int, conversation_id: int, seq: int) -> None:
+        """Record a device's ack here, its home (from this shard's sockets or a peer's)."""
+        key = (device_id, conversation_id)
+        if self._cursor_hints.get(key, -1) < seq:
+            self._cursor_hints[key] = seq
+            self._hints_waiting.set()
 
     def drain_hints_into(self, batch: Batch) -> None:
         """Put the acks' cursor rows (and the owner's hinted watermarks) in `batch`."""
@@ -212,47 +211,24 @@ class MessagingService:
                 with contextlib.suppress(ChatdError):  # shutting down: the drain takes them
                     self._commands.enqueue(_nothing, durable=False)
 
-    def _start_move_watermark(self, session: Session, conversation_id: int, seq: int, *,
-                              read: bool) -> Pending[Watermark]:
-        self._checked_seq(session, conversation_id, seq)
+    def wake_hint_writer(self) -> None:
+        """The owner took a hinted watermark (a peer's ack)."""
+        self._hints_waiting.set()
 
-        def apply(batch: Batch) -> Watermark:
-            conv = self._owner.get(conversation_id)
-            groups.require_member(conv, session.user_id)
-            current = conv.watermark(session.user_id)
-            mark = current.advanced(read=seq) if read else current.advanced(delivered=seq)
-            if mark != current:
-                self._owner.set_watermark(batch, conv, session.user_id, mark)
-                batch.after_commit.append(
-                    lambda: self._receipts.moved(conv, session.user_id, current, mark))
-            return mark
-
-        return self._commands.enqueue(apply)
-
-    def typing(self, session: Session, conversation_id: int) -> bool:
+    async def typing(self, session: Session, conversation_id: int) -> bool:
         """Relay a typing notice to the other members; False when rate limited (dropped)."""
-        conv = self.member_view(session, conversation_id)
-        key = f"{session.user_id}:{conversation_id}"
-        if self._typing_limit.try_acquire(key, trio.current_time()) > 0:
-            return False
-        others = [user_id for user_id in conv.members if user_id != session.user_id]
-        self._hub.publish_ephemeral(others,
-                                    frames.typing_frame(conversation_id, session.user_id))
-        return True
+        relayed: bool = await self._router.ask(ops.Typing(conversation_id, session.user_id))
+        return relayed
 
-    def message_status(self, session: Session, conversation_id: int,
-                       seq: int) -> list[tuple[int, bool, bool | None]]:
+    async def message_status(self, session: Session, conversation_id: int,
+                             seq: int) -> list[tuple[int, bool, bool | None]]:
         """(member, delivered, read) for one message, derived from the watermarks; `read`
         is None where read receipts are not shared (the member's or the caller's choice)."""
-        conv = self.member_view(session, conversation_id)
-        # Entries before the caller joined are as unknown to them as those never written.
-        if not max(1, conv.members[session.user_id].joined_seq) <= seq <= conv.head_seq:
-            raise NotFound(f"no message with seq {seq} in this conversation that you can "
-                           "read", code="unknown_message")
-        caller_sees_reads = self._shares_read(session.user_id)
-        return [(user_id, conv.watermark(user_id).delivered_seq >= seq,
-                 conv.watermark(user_id).read_seq >= seq
-                 if user_id == session.user_id or (caller_sees_reads
-                                                   and self._shares_read(user_id))
-                 else None)
-                for user_id, member in conv.members.items() if member.joined_seq <= seq]
+        rows: list[tuple[int, int, int]] = await self._router.ask(
+            ops.Status(conversation_id, session.user_id, seq))
+        shares = await self._read_settings([session.user_id, *(row[0] for row in rows)])
+        caller_sees_reads = shares.get(session.user_id, True)
+        return [(user_id, delivered >= seq,
+                 read >= seq if user_id == session.user_id
+                 or (caller_sees_reads and shares.get(user_id, True)) else None)
+                for user_id, delivered, read in rows]

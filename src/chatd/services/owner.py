@@ -26,7 +26,6 @@ from chatd.domain.models import (
 from chatd.domain.rules import SYSTEM_CONTENT_TYPE
 from chatd.services.clock import Clock
 from chatd.services.log import ConversationLog
-from chatd.services.routing import Router
 from chatd.storage import Batch, Store, records
 
 #: The most log entries read to address one receipt to the senders of older messages.
@@ -38,11 +37,10 @@ MessageListener = Callable[[Message, tuple[int, ...]], None]
 
 
 class ConversationOwner:
-    def __init__(self, *, store: Store, log: ConversationLog, router: Router,
+    def __init__(self, *, store: Store, log: ConversationLog,
                  ids: SnowflakeGenerator, clock: Clock, cache_size: int) -> None:
         self._store = store
         self._log = log
-        self._router = router
         self._ids = ids
         self._clock = clock
         self._cache_size = cache_size
@@ -60,6 +58,8 @@ class ConversationOwner:
         self._hinted: dict[int, dict[int, Watermark]] = {}
         # The batch each conversation was last changed in (until it lands).
         self._changing_in: dict[int, Batch] = {}
+        #: Called when an ack leaves a hinted watermark (the hint writer wakes for it).
+        self.on_hint: Callable[[], None] = lambda: None
 
     def on_message(self, listener: MessageListener) -> None:
         self._listeners.append(listener)
@@ -72,7 +72,6 @@ class ConversationOwner:
         self._in_flight.clear()
 
     def find(self, conversation_id: int) -> Conversation | None:
-        self._router.require_local_conversation(conversation_id)
         conv = self._cache.get(conversation_id)
         if conv is not None:
             self._cache.move_to_end(conversation_id)
@@ -133,6 +132,8 @@ class ConversationOwner:
         in a crash; docs/architecture.md, "Delivery hints"). It is written with the next
         batch."""
         conv.watermarks[user_id] = mark
+        if not self._hinted:
+            self.on_hint()
         self._hinted.setdefault(conv.conversation_id, {})[user_id] = mark
 
     def has_hints(self) -> bool:

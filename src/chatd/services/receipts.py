@@ -18,20 +18,19 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from chatd.domain.models import Conversation, Watermark
-from chatd.protocol import frames
-from chatd.services.live import Hub
+from chatd.services.delivery import Delivery
 from chatd.services.owner import ConversationOwner
 
 
 class Receipts:
-    def __init__(self, *, hub: Hub, owner: ConversationOwner,
-                 shares_read_receipts: Callable[[int], bool]) -> None:
-        self._hub = hub
+    def __init__(self, *, delivery: Delivery, owner: ConversationOwner) -> None:
+        self._delivery = delivery
         self._owner = owner
-        self._shares_read = shares_read_receipts
         # (conversation, reader) -> (the conversation, watermark before the first move,
-        # watermark after the last) since the last flush.
-        self._pending: dict[tuple[int, int], tuple[Conversation, Watermark, Watermark]] = {}
+        # watermark after the last, whether the reader shares read receipts) since the
+        # last flush.
+        self._pending: dict[tuple[int, int],
+                            tuple[Conversation, Watermark, Watermark, bool]] = {}
         self._on_pending: Callable[[], None] = lambda: None
         self.sent = 0
 
@@ -40,29 +39,33 @@ class Receipts:
         self._on_pending = wake
 
     def moved(self, conv: Conversation, reader: int, before: Watermark,
-              after: Watermark) -> None:
+              after: Watermark, reads_shown: bool) -> None:
+        """`reads_shown`: the reader's own setting, which the command carried from the
+        shard that knows it (their home, or their socket's shard)."""
         key = (conv.conversation_id, reader)
         pending = self._pending.get(key)
         if pending is None:
             if not self._pending:
                 self._on_pending()
-            self._pending[key] = (conv, before, after)
+            self._pending[key] = (conv, before, after, reads_shown)
         else:
-            self._pending[key] = (conv, pending[1], after)
+            self._pending[key] = (conv, pending[1], after, reads_shown)
 
     def flush(self) -> None:
         """Send what moved since the last flush."""
         pending, self._pending = self._pending, {}
-        for (_, reader), (conv, before, after) in pending.items():
-            self._send(conv, reader, before, after)
+        for (_, reader), (conv, before, after, reads_shown) in pending.items():
+            self._send(conv, reader, before, after, reads_shown)
 
     def _send(self, conv: Conversation, reader: int, before: Watermark,
-              after: Watermark) -> None:
+              after: Watermark, reads_shown: bool) -> None:
         if not conv.is_member(reader):
             return  # left meanwhile
-        reads_shown = self._shares_read(reader)
         delivered = (before.delivered_seq + 1, after.delivered_seq)
         read = (before.read_seq + 1, after.read_seq) if reads_shown else (1, 0)
+        delivery_moved = delivered[0] <= delivered[1]
+        if not delivery_moved and read[0] > read[1]:
+            return  # only a hidden read watermark moved
         if conv.kind == "direct":
             targets = {user_id for user_id in conv.members if user_id != reader}
         else:
@@ -74,21 +77,10 @@ class Receipts:
             targets &= conv.members.keys()
         if not targets:
             return
-        full = frames.receipt_frame(conv.conversation_id, reader, after.delivered_seq,
-                                    after.read_seq if reads_shown else None)
-        delivered_only = None
-        for target in targets:
-            if reads_shown and not self._shares_read(target):
-                # They chose not to see read receipts: delivery only, if that moved.
-                if delivered[1] < delivered[0]:
-                    continue
-                if delivered_only is None:
-                    delivered_only = frames.receipt_frame(conv.conversation_id, reader,
-                                                          after.delivered_seq, None)
-                frame = delivered_only
-            elif not reads_shown and delivered[1] < delivered[0]:
-                continue  # only the hidden read watermark moved
-            else:
-                frame = full
-            self._hub.publish((target,), frame)
-            self.sent += 1
+        # Each target's own setting (they may not see read receipts) is applied where
+        # their sockets are (Hub.deliver_receipt).
+        self._delivery.publish_receipt(targets, conv.conversation_id, reader,
+                                       after.delivered_seq,
+                                       after.read_seq if reads_shown else None,
+                                       delivery_moved)
+        self.sent += len(targets)

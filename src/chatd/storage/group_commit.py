@@ -23,11 +23,12 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 import trio
 
 from chatd.errors import ChatdError
+from chatd.pending import Pending
 from chatd.storage.errors import (
     CommandFailed,
     Overloaded,
@@ -56,78 +57,24 @@ class CommitStatistics:
         return self.commands_committed / self.batches_written if self.batches_written else 0.0
 
 
-class Pending(Generic[T]):
-    """A queued command; `await pending.wait()` returns its result once durable.
+class Command(Pending[T]):
+    """A queued command; `await command.wait()` returns its result once durable."""
 
-    The event a waiter sleeps on is made only when someone waits: the WebSocket path
-    takes its answers by callback, and a `trio.Event` per message was pure overhead there.
-    """
-
-    __slots__ = ("_callbacks", "_event", "apply", "durable", "error", "finished", "result",
-                 "translate")
+    __slots__ = ("apply", "durable")
 
     def __init__(self, apply: Callable[[Batch], T], durable: bool = True) -> None:
+        super().__init__()
         self.apply = apply
         #: False for writes that may be lost in a crash (hints): they never make a batch
         #: wait for an fsync; a batch syncs when any of its commands is durable.
         self.durable = durable
-        #: Applied to `error` before anyone sees it (the services' door maps storage
-        #: errors to client errors this way, with no callback per command).
-        self.translate: Callable[[BaseException], BaseException] | None = None
-        self.result: T | None = None
-        self.error: BaseException | None = None
-        #: Durable or refused: `result` or `error` is final.
-        self.finished = False
-        self._event: trio.Event | None = None
-        self._callbacks: list[Callable[[Pending[T]], None]] | None = None
-
-    def add_done_callback(self, callback: Callable[[Pending[T]], None]) -> None:
-        """Call `callback(self)` from the committer once the command is durable or refused
-        (at once if it already is). It must not block; it spares a waiting task per
-        command, which is what the WebSocket path relies on."""
-        if self.finished:
-            callback(self)
-        elif self._callbacks is None:
-            self._callbacks = [callback]
-        else:
-            self._callbacks.append(callback)
-
-    def finish(self) -> None:
-        """The committer's: `result` or `error` is final; wake the waiter, run callbacks."""
-        if self.error is not None and self.translate is not None:
-            self.error = self.translate(self.error)
-        self.finished = True
-        if self._event is not None:
-            self._event.set()
-        if self._callbacks is not None:
-            callbacks, self._callbacks = self._callbacks, None
-            for callback in callbacks:
-                try:
-                    callback(self)
-                except Exception:
-                    log.exception("a done-callback of a command failed")
-
-    async def wait_finished(self) -> None:
-        """Wait until the command is durable or refused, without raising its error."""
-        if self.finished:
-            await trio.lowlevel.checkpoint()
-            return
-        if self._event is None:
-            self._event = trio.Event()
-        await self._event.wait()
-
-    async def wait(self) -> T:
-        await self.wait_finished()
-        if self.error is not None:
-            raise self.error
-        return self.result  # type: ignore[return-value]  # set whenever error is None
 
 
 class GroupCommitter:
     def __init__(self, store: Store, *, max_batch: int = 1024, max_pending: int = 65_536) -> None:
         self._store = store
         self._max_batch = max_batch
-        self._queue: deque[Pending[Any]] = deque()
+        self._queue: deque[Command[Any]] = deque()
         # Bounds memory when producers outrun the disk: submit() waits for room.
         self._room = trio.Semaphore(max_pending)
         self._max_pending = max_pending
@@ -171,7 +118,7 @@ class GroupCommitter:
         """
         self._check_open()
         async with self._room:
-            pending = Pending(apply)
+            pending = Command(apply)
             self._queue.append(pending)
             self._work.set()
             # Shielded so that the semaphore slot is returned only once the committer
@@ -180,7 +127,7 @@ class GroupCommitter:
                 await pending.wait_finished()
         return await pending.wait()
 
-    def enqueue(self, apply: Callable[[Batch], T], *, durable: bool = True) -> Pending[T]:
+    def enqueue(self, apply: Callable[[Batch], T], *, durable: bool = True) -> Command[T]:
         """Queue `apply` now, without waiting for room: commands enqueued one after another
         run in that order (a WebSocket's pipelined sends keep their order this way).
         Refuses when the queue is full, instead of growing without bound. A command that
@@ -189,7 +136,7 @@ class GroupCommitter:
         self._check_open()
         if len(self._queue) >= self._max_pending:
             raise Overloaded("the commit queue is full")
-        pending = Pending(apply, durable)
+        pending = Command(apply, durable)
         self._queue.append(pending)
         self._work.set()
         return pending
@@ -230,7 +177,7 @@ class GroupCommitter:
             except Exception:
                 log.exception("a ride-along source failed; its writes wait for the next batch")
                 batch = Batch()
-        taken: list[Pending[Any]] = []
+        taken: list[Command[Any]] = []
         # Set when a command failed in a way that may have left in-memory state half
         # changed (a bug, or a value that could not be encoded after state moved).
         doubtful = False
@@ -288,7 +235,7 @@ class GroupCommitter:
         for listener in self._reload_listeners:
             listener()
 
-    def _refuse_all(self, taken: list[Pending[Any]], error: StorageError) -> None:
+    def _refuse_all(self, taken: list[Command[Any]], error: StorageError) -> None:
         self._reload_state()
         for pending in taken:
             if pending.error is None:

@@ -29,7 +29,7 @@ from werkzeug.routing import BaseConverter
 
 from chatd.errors import BadRequest
 from chatd.protocol import edge
-from chatd.services.accounts import AccountService
+from chatd.services.users import Users
 from chatd.web import models
 from chatd.web.auth import authenticate, require_admin
 from chatd.web.render import NoContent, Reply
@@ -92,7 +92,7 @@ _PARAMETER = re.compile(r"\{([a-z_]+)\}")
 class Api:
     """The operations of one app, declared by the route modules and installed at once."""
 
-    def __init__(self, accounts: AccountService, *, limits: Limits, admin_token: str) -> None:
+    def __init__(self, accounts: Users, *, limits: Limits, admin_token: str) -> None:
         self.accounts = accounts
         self.limits = limits
         self.admin_token = admin_token
@@ -162,7 +162,7 @@ class Api:
         async def view(**path: str) -> ResponseReturnValue:
             arguments: dict[str, Any] = {}
             if operation.access is Access.USER:
-                arguments["session"] = authenticate(request, accounts)
+                arguments["session"] = await authenticate(request, accounts)
             elif operation.access is Access.ADMIN:
                 require_admin(request, admin_token)
             data = await json_object(request) if operation.body else None

@@ -178,7 +178,7 @@ def create_app(services: Services) -> QuartTrio:
             error_response(500, "internal", "an internal error occurred; it has been logged"))
 
     config = services.config
-    api = Api(services.accounts, admin_token=config.server.admin_token, limits=Limits(
+    api = Api(services.users, admin_token=config.server.admin_token, limits=Limits(
         min_password_length=config.auth.min_password_length,
         history_page_max=config.limits.history_page_max))
     routes_ops.register(api, services)

@@ -13,7 +13,7 @@ from werkzeug.datastructures import Headers
 
 from chatd.domain.models import Session
 from chatd.errors import Unauthorized
-from chatd.services.accounts import AccountService
+from chatd.services.users import Users
 
 
 def bearer_token(headers: Headers) -> str | None:
@@ -28,12 +28,12 @@ def parse_bearer(header: str) -> str | None:
     return token.strip()
 
 
-def authenticate(request: Request, accounts: AccountService) -> Session:
+async def authenticate(request: Request, users: Users) -> Session:
     token = bearer_token(request.headers)
     if token is None:
         raise Unauthorized("send 'Authorization: Bearer <token>' (from POST /login)",
                            code="missing_token")
-    return accounts.authenticate(token)
+    return await users.authenticate(token)
 
 
 def require_admin(request: Request, admin_token: str) -> None:

@@ -10,9 +10,16 @@ from typing import TypeAlias
 
 from quart import Response
 
-from chatd.domain.models import Conversation, Device, Message, SendResult, User, Watermark
+from chatd.domain.models import (
+    Conversation,
+    Device,
+    HistoryPage,
+    Message,
+    SendResult,
+    User,
+    Watermark,
+)
 from chatd.services.accounts import LoginResult
-from chatd.services.messaging import HistoryPage
 from chatd.web import models
 from chatd.web.schema import Model
 

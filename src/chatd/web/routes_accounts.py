@@ -12,7 +12,7 @@ from chatd.web.render import NO_CONTENT, Reply
 
 
 def register(api: Api, services: Services) -> None:
-    accounts = services.accounts
+    accounts = services.users
 
     def client_address() -> str:
         return request.remote_addr or "unknown"
@@ -40,7 +40,7 @@ def register(api: Api, services: Services) -> None:
 
     @api.route("GET", "/devices", summary="List your devices", response=models.Devices)
     async def list_devices(session: Session) -> Reply:
-        return render.devices(accounts.list_devices(session), session.device_id)
+        return render.devices(await accounts.list_devices(session), session.device_id)
 
     @api.route("DELETE", "/devices/{device_id}", summary="Revoke a device and its token",
                status=204)
@@ -50,7 +50,7 @@ def register(api: Api, services: Services) -> None:
 
     @api.route("GET", "/me", summary="Your profile", response=models.OwnUser)
     async def me(session: Session) -> Reply:
-        return render.own_user(accounts.get_user(session.user_id))
+        return render.own_user(await accounts.get_user(session.user_id))
 
     @api.route("PATCH", "/me", summary="Change your profile and privacy settings",
                body=models.ProfileChange, response=models.OwnUser)
@@ -58,14 +58,15 @@ def register(api: Api, services: Services) -> None:
         user = await accounts.update_profile(
             session, display_name=body.display_name, status_text=body.status,
             hide_last_seen=body.hide_last_seen, read_receipts=body.read_receipts)
+        await services.presence.profile_changed(session, user)
         return render.own_user(user)
 
     @api.route("GET", "/users/{user_id}", summary="A public profile",
                response=models.PublicUser)
     async def get_user(session: Session, user_id: int) -> Reply:
-        return render.public_user(accounts.get_user(user_id))
+        return render.public_user(await accounts.get_user(user_id))
 
     @api.route("GET", "/users", summary="Find a user by exact handle", query=models.FindUser,
                response=models.PublicUser, errors=(404,))
     async def find_user(session: Session, query: models.FindUser) -> Reply:
-        return render.public_user(accounts.find_by_handle(query.handle))
+        return render.public_user(await accounts.find_by_handle(query.handle))

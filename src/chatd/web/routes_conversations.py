@@ -28,12 +28,12 @@ def register(api: Api, services: Services) -> None:
     @api.route("GET", "/conversations", summary="Your conversations, most recent first",
                response=models.Conversations)
     async def list_conversations(session: Session) -> Reply:
-        return render.conversations(messaging.conversations_of(session), session.user_id)
+        return render.conversations(await messaging.conversations_of(session), session.user_id)
 
     @api.route("GET", "/conversations/{conversation_id}", summary="One conversation",
                response=models.Conversation)
     async def get_conversation(session: Session, conversation_id: int) -> Reply:
-        conv = messaging.member_view(session, conversation_id)
+        conv = await messaging.member_view(session, conversation_id)
         return render.conversation(conv, session.user_id)
 
     @api.route("POST", "/conversations/{conversation_id}/read",

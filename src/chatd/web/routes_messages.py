@@ -32,7 +32,7 @@ def register(api: Api, services: Services) -> None:
                summary="Delivered and read, per member, for one message (from the watermarks)",
                response=models.MessageStatus)
     async def message_status(session: Session, conversation_id: int, seq: int) -> Reply:
-        status = messaging.message_status(session, conversation_id, seq)
+        status = await messaging.message_status(session, conversation_id, seq)
         return render.message_status(conversation_id, seq, status)
 
     @api.route("GET", "/messages/{conversation_id}",
@@ -40,6 +40,6 @@ def register(api: Api, services: Services) -> None:
                response=models.History)
     async def history(session: Session, conversation_id: int,
                       query: models.HistoryQuery) -> Reply:
-        return render.history(messaging.history(
+        return render.history(await messaging.history(
             session, conversation_id, after=query.after, before=query.before,
             limit=query.limit))

@@ -30,6 +30,7 @@ from urllib.parse import parse_qs
 
 import trio
 
+from chatd.domain.ids import first_id_at
 from chatd.domain.models import SendResult, Session, Watermark
 from chatd.errors import (
     BadRequest,
@@ -40,7 +41,9 @@ from chatd.errors import (
     Unauthorized,
     UpgradeRequired,
 )
+from chatd.pending import Pending
 from chatd.protocol import frames
+from chatd.protocol import owner as ops
 from chatd.protocol import websocket as ws
 from chatd.protocol.frames import Codec, FrameError
 from chatd.protocol.handshake import (
@@ -53,7 +56,7 @@ from chatd.protocol.handshake import (
 )
 from chatd.services.context import Services
 from chatd.services.live import LiveSession, SessionClosed, SessionEnd
-from chatd.storage import Pending
+from chatd.services.users import cursors_from_home
 from chatd.web.auth import parse_bearer
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,8 @@ _RECV_SIZE = 65_536
 MAX_MESSAGE_BYTES = 256 * 1024
 #: Seconds between checks for connections whose token has expired.
 EXPIRY_CHECK_INTERVAL = 5.0
+#: Seconds before a catch-up read whose owner could not be reached is tried again.
+FETCH_RETRY_DELAY = 1.0
 
 #: chatd's close codes (4000-4999 are for applications) and the RFC's, by why a session
 #: ended. docs/api.md lists them for clients.
@@ -251,6 +256,11 @@ class LiveSockets:
         except SessionClosed as closed:
             conn.begin_close(CLOSE_CODES[closed.end], closed.reason)
             return
+        if live.behind:
+            wanted = live.next_fetch()
+            if wanted is not None:
+                assert self._drains is not None, "LiveSockets.run is not running"
+                self._drains.start_soon(self._fetch, conn, *wanted)
         if batch:
             # Several WebSocket messages when the frames are large (a catch-up of big
             # messages): each stays under MAX_MESSAGE_BYTES, so a client's frame buffer
@@ -258,6 +268,41 @@ class LiveSockets:
             binary = conn.opcode_binary
             conn.write(b"".join(conn.ws.send_message(message, binary=binary) for message in
                                 frames.encode_messages(batch, conn.codec, MAX_MESSAGE_BYTES)))
+
+    async def _fetch(self, conn: Connection, conversation_id: int, after: int) -> None:
+        """Read what a session is owed from the conversation's owner (here or a peer),
+        outside any commit; a failed read is tried again a second later."""
+        live = conn.live
+        assert live is not None
+        query = ops.ReadLog(conversation_id, live.user_id, after, live.fetch_batch,
+                            live.fetch_bytes)
+        try:
+            messages, head = await self._services.router.ask(query)
+        except ChatdError:
+            live.fetch_failed(conversation_id)
+            await trio.sleep(FETCH_RETRY_DELAY)
+            if not conn.finished:
+                self.schedule(conn)
+            return
+        except Exception as exc:
+            conn.fail("reading a catch-up", exc)
+            return
+        if not conn.finished:
+            live.fetched(conversation_id, messages, head)
+
+    async def _sync_positions(self, session: Session,
+                              cursors: dict[int, int]) -> list[tuple[int, int, int]]:
+        """Check a `sync` whole before anything changes: a conversation the user is not
+        in, or a seq past the head (which would silence the conversation), refuses it."""
+        positions = []
+        for conversation_id, seq in cursors.items():
+            conv = await self._services.messaging.member_view(session, conversation_id)
+            if not 0 <= seq <= conv.head_seq:
+                raise BadRequest(f"cursors: seq {seq} of conversation {conversation_id} is "
+                                 f"outside 0..{conv.head_seq}", code="seq_out_of_range")
+            floor = max(1, conv.members[session.user_id].joined_seq)
+            positions.append((conversation_id, max(seq + 1, floor), conv.head_seq))
+        return positions
 
     def start_drain(self, conn: Connection) -> None:
         assert self._drains is not None, "LiveSockets.run is not running"
@@ -337,7 +382,7 @@ class LiveSockets:
             if not token:
                 raise Unauthorized("send ?token=<token> or an Authorization header",
                                    code="missing_token")
-            session = self._services.accounts.authenticate(token)
+            session = await self._services.users.authenticate(token)
         except ChatdError as exc:
             close = (CLOSE_UNAUTHORIZED, f"{exc.code}: {exc.message}"[:120])
         conn = Connection(self, sock, codec, session or _NOBODY, self._max_message)
@@ -399,30 +444,39 @@ class LiveSockets:
             await self._read_loop(conn, rest)
             return
         live = LiveSession(user_id=session.user_id, device_id=session.device_id,
-                           log=services.log, owner=services.owner,
-                           max_queue=self._settings.max_queue, on_ready=conn.ready)
+                           max_queue=self._settings.max_queue, on_ready=conn.ready,
+                           opened_id=first_id_at(services.clock.now_ms()))
         conn.live = live
         hub = services.hub
+        # Attached (and announced to the user's home) before asking where delivery
+        # starts, so that nothing written meanwhile slips past: it is held until start.
         first = hub.attach(live)
+        if first:
+            services.delivery.came_online(session.user_id)
         try:
             # Connections of one device share its cursor map, so an ack on one cannot
             # move the device's cursor back below an ack on another.
             sibling = next((other for other in hub.sessions_of(session.user_id)
                             if other is not live and other.device_id == session.device_id),
                            None)
-            live.start(services.messaging.conversations_of(session),
-                       sibling.acked if sibling is not None
-                       else services.messaging.cursors_of(session))
+            cursors = sibling.acked if sibling is not None else await cursors_from_home(
+                services.router, session.device_id, session.user_id,
+                services.messaging.cursors_of)
+            user = await services.users.get_user(session.user_id)
+            live.shows_reads = user.read_receipts
+            live.hides_last_seen = user.hide_last_seen
+            live.start(await services.messaging.delivery_starts(session, cursors), cursors)
             if first:
-                hub.announce_online(live, services.accounts.get_user(session.user_id))
+                await services.presence.came_online(live)
             await self._read_loop(conn, rest)
         finally:
             # Nothing more is queued for a connection that has ended.
             live.close(SessionEnd.CONNECTION_CLOSED, "connection closed")
             if hub.detach(live):
+                services.delivery.went_offline(session.user_id)
                 last_seen = services.clock.now_ms()
-                services.accounts.record_last_seen(session.user_id, last_seen)
-                hub.announce_offline(session.user_id, last_seen)
+                services.users.record_last_seen(session.user_id, last_seen)
+                services.presence.went_offline(live, last_seen)
 
     async def _read_loop(self, conn: Connection, data: bytes) -> None:
         sock = conn.sock
@@ -498,11 +552,16 @@ class LiveSockets:
         acks, conn.acks = conn.acks, {}
         live = conn.live
         assert live is not None
+        messaging = self._services.messaging
+        remote_hints: list[tuple[int, int, int]] = []
         for conversation_id, seq in acks.items():
             # Refused only if membership changed since the check: nothing to apply then.
             with contextlib.suppress(ChatdError):
-                self._services.messaging.acknowledge(conn.session, conversation_id, seq,
-                                                     live.acked)
+                remote_hints += messaging.acknowledge(conn.session, conversation_id, seq,
+                                                      live.acked, live.shows_reads)
+        if remote_hints:
+            # The device's home is another shard: one post per read carries them.
+            self._services.users.post_cursor_hints(conn.session.user_id, remote_hints)
 
     async def _on_frame(self, conn: Connection, data: str | bytes) -> None:
         live = conn.live
@@ -554,17 +613,18 @@ class LiveSockets:
                 live.push(frames.ok_frame(frame.req))
         elif isinstance(frame, frames.ReadFrame):
             await self._wait_for_room(conn)
-            marked = messaging.start_mark_read(session, frame.conversation_id, frame.seq)
+            marked = messaging.start_mark_read(session, frame.conversation_id, frame.seq,
+                                               live.shows_reads)
             conn.inflight += 1
             marked.add_done_callback(partial(_answer_ok, conn, frame.req))
         elif isinstance(frame, frames.TypingFrame):
-            messaging.typing(session, frame.conversation_id)
+            await messaging.typing(session, frame.conversation_id)
             if frame.req is not None:
                 live.push(frames.ok_frame(frame.req))
         elif isinstance(frame, frames.PingFrame):
             live.push(frames.pong_frame(frame.req))
         elif isinstance(frame, frames.SyncFrame):
-            live.sync(frame.cursors)
+            live.sync(await self._sync_positions(session, frame.cursors))
             if frame.req is not None:
                 live.push(frames.ok_frame(frame.req))
 

@@ -1,0 +1,318 @@
+"""What an owner shard is asked to do, as values: the owner commands and their wire forms.
+
+A conversation has one owner shard, its single writer. Everything that changes a
+conversation is one of the commands below: a typed, immutable value that the owner's
+committer runs (`services/owner_api.py`). The same value runs locally or crosses the
+mesh (`docs/mesh.md`): on the wire it is a `REQ` whose `method` is the command's
+`METHOD` and whose `body` is `to_wire()`, a msgpack map of the fields named below, and
+`from_wire` rebuilds it on the owner. Results travel the same way (the `*_to_wire`
+functions at the end).
+
+Commands carry the acting user's id, never a token: the shard the client is connected to
+authenticated it, and peers are authenticated shards (the mesh handshake), so an owner
+trusts the user id a peer names exactly as it trusts its own web layer's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar, TypeVar
+
+from chatd.domain.models import (
+    Body,
+    Conversation,
+    Created,
+    HistoryPage,
+    Member,
+    Message,
+    SendResult,
+    Watermark,
+)
+
+C = TypeVar("C", bound="OwnerCommand")
+
+
+class WireError(ValueError):
+    """A peer sent a body that does not fit the command (a bug in the peer, or a newer
+    version): answered 400 to the peer, never applied."""
+
+
+@dataclass(frozen=True, slots=True)
+class OwnerCommand:
+    METHOD: ClassVar[str] = ""
+    #: Every command names the conversation it changes (its owner runs it); commands
+    #: that create one name the id they create.
+    conversation_id: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {field.name: getattr(self, field.name) for field in fields(self)}
+
+    @classmethod
+    def from_wire(cls: type[C], body: Any) -> C:
+        if not isinstance(body, dict):
+            raise WireError(f"{cls.METHOD}: the body must be a map")
+        names = {field.name: field.type for field in fields(cls)}
+        if set(body) != set(names):
+            raise WireError(f"{cls.METHOD}: expected fields {sorted(names)}, got {sorted(body)}")
+        for name, value in body.items():
+            _check_type(cls.METHOD, name, names[name], value)
+        return cls(**body)
+
+
+def _check_type(method: str, name: str, annotation: Any, value: Any) -> None:
+    # Annotations are strings (`from __future__ import annotations`).
+    expected: tuple[type, ...] = {
+        "int": (int,), "str": (str,), "bool": (bool,), "list[int]": (list,),
+        "Body": (str, bytes, dict), "dict[int, int]": (dict,),
+    }.get(str(annotation), (object,))
+    if not isinstance(value, expected) or (int in expected and isinstance(value, bool)):
+        raise WireError(f"{method}: field {name} has the wrong type")
+    if isinstance(value, list) and not all(
+            isinstance(item, int) and not isinstance(item, bool) for item in value):
+        raise WireError(f"{method}: field {name} must be a list of ids")
+
+
+# -- commands (run by the owner's committer; each answers once durable) ------------------
+
+@dataclass(frozen=True, slots=True)
+class Send(OwnerCommand):
+    """Append a message. Answer: `SendResult` (the original one for a resend)."""
+
+    METHOD: ClassVar[str] = "owner.send"
+    sender_id: int
+    sender_device: int
+    client_msg_id: str
+    content_type: str
+    body: Body
+
+
+@dataclass(frozen=True, slots=True)
+class MarkRead(OwnerCommand):
+    """Move a member's read watermark. Answer: the new `Watermark`."""
+
+    METHOD: ClassVar[str] = "owner.mark_read"
+    user_id: int
+    seq: int
+    #: The reader's `read_receipts` setting (whether the move is shown to others).
+    shares_read: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Acknowledge(OwnerCommand):
+    """A member's device has everything up to `seq`: move their delivered watermark. A
+    hint (no fsync of its own, docs/architecture.md "Delivery hints"). Answer: nothing."""
+
+    METHOD: ClassVar[str] = "owner.ack"
+    user_id: int
+    seq: int
+    shares_read: bool
+
+
+@dataclass(frozen=True, slots=True)
+class OpenDirect(OwnerCommand):
+    """The 1:1 conversation of `user_id` and `peer_id` (its id is derived from the pair),
+    created on first use. Answer: (conversation, created)."""
+
+    METHOD: ClassVar[str] = "owner.open_direct"
+    user_id: int
+    peer_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class CreateGroup(OwnerCommand):
+    """A new group with the creator as admin. Answer: the conversation."""
+
+    METHOD: ClassVar[str] = "owner.create_group"
+    creator_id: int
+    name: str
+    member_ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class AddMembers(OwnerCommand):
+    METHOD: ClassVar[str] = "owner.add_members"
+    actor_id: int
+    user_ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveMembers(OwnerCommand):
+    METHOD: ClassVar[str] = "owner.remove_members"
+    actor_id: int
+    user_ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Promote(OwnerCommand):
+    METHOD: ClassVar[str] = "owner.promote"
+    actor_id: int
+    user_ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Leave(OwnerCommand):
+    """Answer: nothing."""
+
+    METHOD: ClassVar[str] = "owner.leave"
+    user_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rename(OwnerCommand):
+    METHOD: ClassVar[str] = "owner.rename"
+    actor_id: int
+    name: str
+
+
+# -- queries (read the owner's state; no commit) ------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class View(OwnerCommand):
+    """The conversation as `user_id` may see it (404 unless a member). Answer: the
+    conversation."""
+
+    METHOD: ClassVar[str] = "owner.view"
+    user_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class History(OwnerCommand):
+    """A page of the log (-1 stands for "not given" in `after` and `before`; 0 for the
+    default `limit`). Answer: {messages, has_more}."""
+
+    METHOD: ClassVar[str] = "owner.history"
+    user_id: int
+    after: int
+    before: int
+    limit: int
+
+
+@dataclass(frozen=True, slots=True)
+class Status(OwnerCommand):
+    """Delivered and read per member for one message. Answer: [[user, delivered, read
+    seq], ...]; the asking shard applies everyone's read-receipt privacy."""
+
+    METHOD: ClassVar[str] = "owner.status"
+    user_id: int
+    seq: int
+
+
+@dataclass(frozen=True, slots=True)
+class Typing(OwnerCommand):
+    """Relay a typing notice to the other members. Answer: whether it was relayed."""
+
+    METHOD: ClassVar[str] = "owner.typing"
+    user_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReadLog(OwnerCommand):
+    """Catch-up: up to `limit` entries after `after` (at most about `max_bytes` of
+    bodies), for a member. Answer: {messages, head_seq}; messages empty and head_seq -1
+    when the user is not a member (any more)."""
+
+    METHOD: ClassVar[str] = "owner.read_log"
+    user_id: int
+    after: int
+    limit: int
+    max_bytes: int
+
+
+#: Asked of every shard (conversation_id 0: not about one conversation).
+@dataclass(frozen=True, slots=True)
+class ConversationsOf(OwnerCommand):
+    """The conversations this shard owns that `user_id` is a member of, each with where
+    the device's delivery starts (`cursors`: its acknowledged seqs; a conversation it
+    never acked starts at the first entry written after the device was created). Answer:
+    [[conversation, start], ...]."""
+
+    METHOD: ClassVar[str] = "owner.conversations_of"
+    user_id: int
+    device_id: int
+    cursors: dict[int, int]
+
+
+COMMANDS: dict[str, type[OwnerCommand]] = {
+    command.METHOD: command for command in (
+        Send, MarkRead, Acknowledge, OpenDirect, CreateGroup, AddMembers, RemoveMembers,
+        Promote, Leave, Rename, View, History, Status, Typing, ReadLog, ConversationsOf)
+}
+
+
+# -- results -----------------------------------------------------------------------------
+
+def send_result_to_wire(result: SendResult) -> list[int]:
+    return [result.message_id, result.conversation_id, result.seq, result.ts]
+
+
+def send_result_from_wire(data: Any) -> SendResult:
+    message_id, conversation_id, seq, ts = data
+    return SendResult(message_id, conversation_id, seq, ts)
+
+
+def watermark_to_wire(mark: Watermark) -> list[int]:
+    return [mark.delivered_seq, mark.read_seq]
+
+
+def watermark_from_wire(data: Any) -> Watermark:
+    delivered, read = data
+    return Watermark(delivered, read)
+
+
+def conversation_to_wire(conv: Conversation) -> dict[str, Any]:
+    """A snapshot of the conversation (its members in join order, their watermarks)."""
+    return {
+        "id": conv.conversation_id, "kind": conv.kind, "name": conv.name,
+        "created_by": conv.created_by, "created_at": conv.created_at,
+        "head_seq": conv.head_seq, "last_ts": conv.last_ts,
+        "members": [[user_id, member.role, member.joined_seq]
+                    for user_id, member in conv.members.items()],
+        "watermarks": [[user_id, mark.delivered_seq, mark.read_seq]
+                       for user_id, mark in conv.watermarks.items()],
+    }
+
+
+def conversation_from_wire(data: Any) -> Conversation:
+    conv = Conversation(data["id"], data["kind"], data["name"], data["created_by"],
+                        data["created_at"], data["head_seq"], data["last_ts"])
+    conv.members = {user_id: Member(role, joined) for user_id, role, joined in data["members"]}
+    conv.watermarks = {user_id: Watermark(delivered, read)
+                       for user_id, delivered, read in data["watermarks"]}
+    return conv
+
+
+def message_to_wire(message: Message) -> list[Any]:
+    return [message.message_id, message.conversation_id, message.seq, message.sender_id,
+            message.sender_device, message.client_msg_id, message.content_type,
+            message.body, message.ts]
+
+
+def message_from_wire(data: Any) -> Message:
+    return Message(*data)
+
+
+#: How each method's answer crosses the wire: (to_wire, from_wire).
+RESULTS: dict[str, tuple[Any, Any]] = {
+    Send.METHOD: (send_result_to_wire, send_result_from_wire),
+    MarkRead.METHOD: (watermark_to_wire, watermark_from_wire),
+    Acknowledge.METHOD: (lambda _: None, lambda _: None),
+    Leave.METHOD: (lambda _: None, lambda _: None),
+    **{method: (conversation_to_wire, conversation_from_wire) for method in (
+        CreateGroup.METHOD, AddMembers.METHOD, RemoveMembers.METHOD, Promote.METHOD,
+        Rename.METHOD, View.METHOD)},
+    OpenDirect.METHOD: (
+        lambda created: [conversation_to_wire(created.conversation), created.created],
+        lambda data: Created(conversation_from_wire(data[0]), bool(data[1]))),
+    History.METHOD: (
+        lambda page: [[message_to_wire(m) for m in page.messages], page.has_more],
+        lambda data: HistoryPage([message_from_wire(m) for m in data[0]], bool(data[1]))),
+    Status.METHOD: (lambda rows: [list(row) for row in rows],
+                    lambda data: [tuple(row) for row in data]),
+    Typing.METHOD: (bool, bool),
+    ReadLog.METHOD: (
+        lambda result: [[message_to_wire(m) for m in result[0]], result[1]],
+        lambda data: ([message_from_wire(m) for m in data[0]], data[1])),
+    ConversationsOf.METHOD: (
+        lambda rows: [[conversation_to_wire(conv), start] for conv, start in rows],
+        lambda data: [(conversation_from_wire(conv), start) for conv, start in data]),
+}

@@ -1,0 +1,399 @@
+"""The owner shard's side of every conversation operation: typed commands in, results out.
+
+Each method takes one value from `chatd.protocol.owner` and runs it against this shard's
+`ConversationOwner`: commands as group-commit commands (answered once durable, through a
+`Pending`), queries at once. The router (`services/routing.py`) calls these directly when
+this shard owns the conversation, and the mesh handler calls the same methods for a peer,
+so a command behaves the same wherever the client is connected.
+
+Membership is checked here, at the single writer, for every command and query: the
+shard a client is connected to checks nothing about conversations it does not own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import trio
+
+from chatd.config import LimitsConfig
+from chatd.domain import groups, rules
+from chatd.domain.models import (
+    Conversation,
+    Created,
+    HistoryPage,
+    Member,
+    Message,
+    SendResult,
+    Watermark,
+)
+from chatd.domain.ratelimit import KeyedRateLimiter
+from chatd.errors import BadRequest, Conflict, NotFound
+from chatd.pending import Pending
+from chatd.protocol import frames
+from chatd.protocol import owner as ops
+from chatd.services.commands import Commands
+from chatd.services.log import ConversationLog
+from chatd.services.owner import ConversationOwner
+from chatd.services.receipts import Receipts
+from chatd.storage import Batch, records
+
+#: Where an owner hands ephemeral frames (typing) for users: (user ids, frame).
+EphemeralSink = Callable[[list[int], frames.OutFrame], None]
+
+
+def _ids(user_ids: list[int]) -> list[str]:
+    return [str(user_id) for user_id in user_ids]
+
+
+class OwnerApi:
+    def __init__(self, *, owner: ConversationOwner, log: ConversationLog, commands: Commands,
+                 receipts: Receipts, limits: LimitsConfig, now_ms: Callable[[], int],
+                 publish_ephemeral: EphemeralSink) -> None:
+        self._owner = owner
+        self._log = log
+        self._commands = commands
+        self._receipts = receipts
+        self._limits = limits
+        self._now_ms = now_ms
+        self._publish_ephemeral = publish_ephemeral
+        # Typing notices: a burst of 3, then one every 2 s per (user, conversation).
+        self._typing_limit = KeyedRateLimiter(per_second=0.5, burst=3)
+
+    def run(self, command: ops.OwnerCommand) -> Any:
+        """Run any command or query: a `Pending` for commands, a value for queries."""
+        handler = getattr(self, _HANDLERS[type(command)])
+        return handler(command)
+
+    # -- queries ----------------------------------------------------------------------------
+
+    def member_view(self, conversation_id: int, user_id: int) -> Conversation:
+        """The conversation, if `user_id` is a member; 404 alike whether it does not exist
+        or they are not in it."""
+        conv = self._owner.get(conversation_id)
+        groups.require_member(conv, user_id)
+        return conv
+
+    def view(self, query: ops.View) -> Conversation:
+        return self.member_view(query.conversation_id, query.user_id)
+
+    def history(self, query: ops.History) -> HistoryPage:
+        """A page of the log in ascending seq order: the oldest after `after`, else the
+        newest before `before` (or at the head). Members see entries from their joining on."""
+        conv = self.member_view(query.conversation_id, query.user_id)
+        limit = query.limit or self._limits.history_page_default
+        if not 1 <= limit <= self._limits.history_page_max:
+            raise BadRequest(f"limit: must be within 1..{self._limits.history_page_max}")
+        after = None if query.after == -1 else query.after
+        before = None if query.before == -1 else query.before
+        for name, value in (("after", after), ("before", before)):
+            if value is not None and value < 0:
+                raise BadRequest(f"{name}: must not be negative")
+        floor = max(after or 0, conv.members[query.user_id].joined_seq - 1)
+        newest_first = after is None
+        if before is not None and before <= floor + 1:
+            return HistoryPage([], has_more=False)
+        # One extra row tells whether there is more without a second scan.
+        rows = self._log.read(query.conversation_id, after=floor, before=before,
+                              limit=limit + 1, newest_first=newest_first)
+        has_more = len(rows) > limit
+        if has_more:
+            rows = rows[1:] if newest_first else rows[:limit]
+        return HistoryPage(rows, has_more)
+
+    def status(self, query: ops.Status) -> list[tuple[int, int, int]]:
+        """(member, delivered seq, read seq) of every member who was there at `seq`."""
+        conv = self.member_view(query.conversation_id, query.user_id)
+        seq = query.seq
+        # Entries before the caller joined are as unknown to them as those never written.
+        if not max(1, conv.members[query.user_id].joined_seq) <= seq <= conv.head_seq:
+            raise NotFound(f"no message with seq {seq} in this conversation that you can "
+                           "read", code="unknown_message")
+        return [(user_id, conv.watermark(user_id).delivered_seq,
+                 conv.watermark(user_id).read_seq)
+                for user_id, member in conv.members.items() if member.joined_seq <= seq]
+
+    def typing(self, query: ops.Typing) -> bool:
+        """Relay a typing notice to the other members; False when rate limited (dropped)."""
+        conv = self.member_view(query.conversation_id, query.user_id)
+        key = f"{query.user_id}:{query.conversation_id}"
+        if self._typing_limit.try_acquire(key, trio.current_time()) > 0:
+            return False
+        others = [user_id for user_id in conv.members if user_id != query.user_id]
+        self._publish_ephemeral(others,
+                                frames.typing_frame(query.conversation_id, query.user_id))
+        return True
+
+    def read_log(self, query: ops.ReadLog) -> tuple[list[Message], int]:
+        """A catch-up read, outside any commit: (entries, head seq). A non-member (removed
+        meanwhile) gets ([], -1): their session stops following the conversation."""
+        conv = self._owner.find(query.conversation_id)
+        if conv is None or not conv.is_member(query.user_id):
+            return [], -1
+        rows = self._log.read(query.conversation_id, after=query.after, before=None,
+                              limit=query.limit, newest_first=False)
+        size = 0
+        for taken, message in enumerate(rows):
+            size += _body_size(message)
+            if size >= query.max_bytes and taken + 1 < len(rows):
+                # Enough for one write: the rest is read again after it has gone.
+                rows = rows[:taken + 1]
+                break
+        return rows, conv.head_seq
+
+    def conversations_of(self, query: ops.ConversationsOf) -> list[tuple[Conversation, int]]:
+        """The conversations owned here that the user is in, each with the seq the
+        device's delivery starts at."""
+        result = []
+        for conversation_id in self._owner.conversation_ids_of(query.user_id):
+            conv = self._owner.find(conversation_id)
+            if conv is None or not conv.is_member(query.user_id):
+                continue
+            floor = max(1, conv.members[query.user_id].joined_seq)
+            acked = query.cursors.get(conversation_id)
+            if acked is None:
+                # Never acked here: a new device, or a conversation joined since. A device
+                # is owed what was written after it came to be, not the whole history.
+                start = self._first_newer_than(conv, floor, query.device_id)
+            else:
+                start = max(acked + 1, floor)
+            result.append((conv, start))
+        return result
+
+    def _first_newer_than(self, conv: Conversation, floor: int, snowflake: int) -> int:
+        """The first seq >= floor whose message id is above `snowflake` (ids grow with
+        seq and carry their creation time), by binary search over point reads."""
+        low, high = floor, conv.head_seq + 1
+        while low < high:
+            middle = (low + high) // 2
+            message = self._log.entry(conv.conversation_id, middle)
+            if message is not None and message.message_id > snowflake:
+                high = middle
+            else:
+                low = middle + 1
+        return low
+
+    # -- messages and receipts ----------------------------------------------------------------
+
+    def send(self, command: ops.Send) -> Pending[SendResult]:
+        conversation_id = command.conversation_id
+        sender_id = command.sender_id
+        self.member_view(conversation_id, sender_id)
+
+        def apply(batch: Batch) -> SendResult:
+            conv = self._owner.get(conversation_id)
+            # Checked again here: a removal may have been queued since the first check.
+            groups.require_member(conv, sender_id)
+            previous = self._owner.previous_send(conversation_id, sender_id,
+                                                 command.client_msg_id)
+            if previous is not None:
+                return previous
+            message = self._owner.append(batch, conv, sender_id=sender_id,
+                                         sender_device=command.sender_device,
+                                         content_type=command.content_type,
+                                         body=command.body,
+                                         client_msg_id=command.client_msg_id)
+            return SendResult(message.message_id, conversation_id, message.seq, message.ts)
+
+        return self._commands.enqueue(apply)
+
+    def checked_seq(self, conversation_id: int, user_id: int, seq: int) -> Conversation:
+        conv = self.member_view(conversation_id, user_id)
+        if seq < 0:
+            raise BadRequest("seq: must not be negative", code="invalid_field")
+        if seq > conv.head_seq:
+            raise BadRequest(f"seq: the conversation's last seq is {conv.head_seq}",
+                             code="seq_out_of_range")
+        return conv
+
+    def acknowledge(self, command: ops.Acknowledge) -> None:
+        """Move the user's delivered watermark, as a hint: memory now, the row with the
+        next batch (docs/architecture.md, "Delivery hints")."""
+        conv = self.checked_seq(command.conversation_id, command.user_id, command.seq)
+        current = conv.watermark(command.user_id)
+        mark = current.advanced(delivered=command.seq)
+        if mark != current:
+            self._owner.move_watermark_hint(conv, command.user_id, mark)
+            self._receipts.moved(conv, command.user_id, current, mark, command.shares_read)
+
+    def mark_read(self, command: ops.MarkRead) -> Pending[Watermark]:
+        conversation_id, user_id, seq = command.conversation_id, command.user_id, command.seq
+        self.checked_seq(conversation_id, user_id, seq)
+
+        def apply(batch: Batch) -> Watermark:
+            conv = self._owner.get(conversation_id)
+            groups.require_member(conv, user_id)
+            current = conv.watermark(user_id)
+            mark = current.advanced(read=seq)
+            if mark != current:
+                self._owner.set_watermark(batch, conv, user_id, mark)
+                batch.after_commit.append(
+                    lambda: self._receipts.moved(conv, user_id, current, mark,
+                                                 command.shares_read))
+            return mark
+
+        return self._commands.enqueue(apply)
+
+    # -- conversations and groups -------------------------------------------------------------
+
+    def _add_member(self, batch: Batch, conv: Conversation, user_id: int, member: Member) -> None:
+        conv.members[user_id] = member
+        batch.put(records.MEMBERS, (conv.conversation_id, user_id), member)
+        batch.put(records.USER_CONVERSATIONS, (user_id, conv.conversation_id), None)
+
+    def _drop_member(self, batch: Batch, conv: Conversation, user_id: int) -> None:
+        del conv.members[user_id]
+        conv.watermarks.pop(user_id, None)
+        batch.delete(records.MEMBERS, (conv.conversation_id, user_id))
+        batch.delete(records.USER_CONVERSATIONS, (user_id, conv.conversation_id))
+        batch.delete(records.WATERMARKS, (conv.conversation_id, user_id))
+
+    def open_direct(self, command: ops.OpenDirect) -> Pending[Created]:
+        conversation_id = command.conversation_id
+        existing = self._owner.find(conversation_id)
+        if existing is not None:
+            return Pending.done(Created(self._check_direct(existing, command.user_id),
+                                        created=False))
+
+        def apply(batch: Batch) -> Created:
+            conv = self._owner.find(conversation_id)
+            if conv is not None:  # created by a command queued before this one
+                return Created(self._check_direct(conv, command.user_id), created=False)
+            now = self._now_ms()
+            conv = Conversation(conversation_id, "direct", "", command.user_id, now,
+                                last_ts=now)
+            batch.put(records.CONVERSATIONS, conv.conversation_id, conv)
+            for user_id in dict.fromkeys((command.user_id, command.peer_id)):
+                self._add_member(batch, conv, user_id, Member("member", joined_seq=0))
+            self._owner.remember(conv)
+            self._owner.changing(batch, conv)
+            return Created(conv, created=True)
+
+        return self._commands.enqueue(apply)
+
+    @staticmethod
+    def _check_direct(conv: Conversation, user_id: int) -> Conversation:
+        # Direct ids are 63-bit hashes of the pair; a clash with another conversation is
+        # astronomically unlikely, but must never hand someone else's conversation out.
+        if conv.kind != "direct" or not conv.is_member(user_id):
+            raise Conflict("this pair's conversation id is taken; report this to the operator",
+                           code="direct_id_clash")
+        return conv
+
+    def create_group(self, command: ops.CreateGroup) -> Pending[Conversation]:
+        name = rules.clean_text(command.name, "name", max_length=rules.MAX_GROUP_NAME)
+        creator = command.creator_id
+        others = [uid for uid in dict.fromkeys(command.member_ids) if uid != creator]
+        if len(others) + 1 > self._limits.max_group_members:
+            raise Conflict(f"a group holds at most {self._limits.max_group_members} members",
+                           code="group_full")
+        if self._owner.find(command.conversation_id) is not None:
+            raise Conflict("that group id is taken", code="conversation_exists")
+
+        def apply(batch: Batch) -> Conversation:
+            now = self._now_ms()
+            conv = Conversation(command.conversation_id, "group", name, creator, now,
+                                last_ts=now)
+            batch.put(records.CONVERSATIONS, conv.conversation_id, conv)
+            self._owner.remember(conv)
+            self._owner.changing(batch, conv)
+            # The creator joins at seq 1, the entry that creates the group.
+            self._add_member(batch, conv, creator, Member("admin", joined_seq=1))
+            for user_id in others:
+                self._add_member(batch, conv, user_id, Member("member", joined_seq=1))
+            self._owner.append_system(batch, conv, creator, "group_created",
+                                      name=name, user_ids=_ids([creator, *others]))
+            return conv
+
+        return self._commands.enqueue(apply)
+
+    def add_members(self, command: ops.AddMembers) -> Pending[Conversation]:
+        def apply(batch: Batch) -> Conversation:
+            conv = self._owner.get(command.conversation_id)
+            added = groups.plan_add(conv, command.actor_id, command.user_ids,
+                                    self._limits.max_group_members)
+            if added:
+                joined_seq = conv.head_seq + 1
+                for user_id in added:
+                    self._add_member(batch, conv, user_id, Member("member", joined_seq))
+                    # Unread counts start at the entry that added them.
+                    self._owner.set_watermark(batch, conv, user_id,
+                                              Watermark(joined_seq - 1, joined_seq - 1))
+                self._owner.append_system(batch, conv, command.actor_id, "members_added",
+                                          user_ids=_ids(added))
+            return conv
+
+        return self._commands.enqueue(apply)
+
+    def remove_members(self, command: ops.RemoveMembers) -> Pending[Conversation]:
+        def apply(batch: Batch) -> Conversation:
+            conv = self._owner.get(command.conversation_id)
+            removed = groups.plan_remove(conv, command.actor_id, command.user_ids)
+            if removed:
+                # Written while they are still members, so their devices are told too.
+                self._owner.append_system(batch, conv, command.actor_id, "members_removed",
+                                          user_ids=_ids(removed))
+                for user_id in removed:
+                    self._drop_member(batch, conv, user_id)
+            return conv
+
+        return self._commands.enqueue(apply)
+
+    def promote(self, command: ops.Promote) -> Pending[Conversation]:
+        def apply(batch: Batch) -> Conversation:
+            conv = self._owner.get(command.conversation_id)
+            promoted = groups.plan_promote(conv, command.actor_id, command.user_ids)
+            if promoted:
+                for user_id in promoted:
+                    member = Member("admin", conv.members[user_id].joined_seq)
+                    self._add_member(batch, conv, user_id, member)
+                self._owner.append_system(batch, conv, command.actor_id, "admins_added",
+                                          user_ids=_ids(promoted))
+            return conv
+
+        return self._commands.enqueue(apply)
+
+    def leave(self, command: ops.Leave) -> Pending[None]:
+        def apply(batch: Batch) -> None:
+            conv = self._owner.get(command.conversation_id)
+            successor = groups.plan_leave(conv, command.user_id)
+            # The entry goes in while the leaver is still a member, under their name.
+            self._owner.append_system(batch, conv, command.user_id, "member_left")
+            self._drop_member(batch, conv, command.user_id)
+            if successor is not None:
+                member = Member("admin", conv.members[successor].joined_seq)
+                self._add_member(batch, conv, successor, member)
+                self._owner.append_system(batch, conv, command.user_id, "admins_added",
+                                          user_ids=_ids([successor]))
+
+        return self._commands.enqueue(apply)
+
+    def rename(self, command: ops.Rename) -> Pending[Conversation]:
+        name = rules.clean_text(command.name, "name", max_length=rules.MAX_GROUP_NAME)
+
+        def apply(batch: Batch) -> Conversation:
+            conv = self._owner.get(command.conversation_id)
+            groups.plan_rename(conv, command.actor_id)
+            if name != conv.name:
+                conv.name = name
+                batch.put(records.CONVERSATIONS, conv.conversation_id, conv)
+                self._owner.append_system(batch, conv, command.actor_id, "renamed", name=name)
+            return conv
+
+        return self._commands.enqueue(apply)
+
+
+def _body_size(message: Message) -> int:
+    body = message.body
+    return len(body) if isinstance(body, str | bytes) else 256
+
+
+_HANDLERS: dict[type[ops.OwnerCommand], str] = {
+    ops.Send: "send", ops.MarkRead: "mark_read", ops.Acknowledge: "acknowledge",
+    ops.OpenDirect: "open_direct", ops.CreateGroup: "create_group",
+    ops.AddMembers: "add_members", ops.RemoveMembers: "remove_members",
+    ops.Promote: "promote", ops.Leave: "leave", ops.Rename: "rename", ops.View: "view",
+    ops.History: "history", ops.Status: "status", ops.Typing: "typing",
+    ops.ReadLog: "read_log", ops.ConversationsOf: "conversations_of",
+}
