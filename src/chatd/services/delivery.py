@@ -36,6 +36,7 @@ EPHEMERAL = "ephemeral"  # data: a frame payload a backlogged session may drop
 RECEIPT = "receipt"      # data: [conversation, reader, delivered, read or None, moved]
 PROFILE = "profile"      # data: [frame payload, user, shows_reads, hides_last_seen]
 CLOSE_DEVICE = "close_device"  # data: [user, device]: it was logged out
+RECHECK = "recheck"      # data: a shard: deliveries from it may have been lost
 
 #: Mesh methods (posts).
 DELIVER = "deliver"           # to a home: route to wherever the users are connected
@@ -156,6 +157,14 @@ class Delivery:
             payload, user_id, shows_reads, hides_last_seen = data
             self._hub.profile_changed(user_id, bool(shows_reads), bool(hides_last_seen))
             self._hub.deliver(users, OutFrame(payload))
+        elif kind == RECHECK:
+            if not isinstance(data, str):
+                raise ValueError("a recheck names a shard")
+            for user_id in users:
+                for session in self._hub.sessions_of(user_id):
+                    session.recheck(
+                        conversation_id for conversation_id in session.following()
+                        if self._router.owner_of_conversation(conversation_id) == data)
         elif kind == CLOSE_DEVICE:
             user_id, device_id = data
             self._hub.close_device(user_id, device_id)
@@ -239,6 +248,24 @@ class Delivery:
                  if self._router.home_of_user(user_id) == peer]
         if users and self._router.peers is not None:
             self._router.peers.post(peer, ATTACH, {"users": users})
+        # What was published while the link was down went nowhere: sessions check the
+        # conversations whose messages came over it (owned there, or relayed by a home
+        # there) and read what they missed.
+        for session in self._hub.all_sessions():
+            homed_there = self._router.home_of_user(session.user_id) == peer
+            session.recheck(
+                conversation_id for conversation_id in session.following()
+                if homed_there or self._router.owner_of_conversation(conversation_id) == peer)
+        # And sessions elsewhere whose deliveries from `peer` came through here.
+        by_shard: dict[str, list[int]] = {}
+        for user_id, shards in self._remote.items():
+            for shard in shards:
+                if shard != peer:
+                    by_shard.setdefault(shard, []).append(user_id)
+        if self._router.peers is not None:
+            for shard, shard_users in by_shard.items():
+                self._router.peers.post(shard, DELIVER_HERE,
+                                        {"kind": RECHECK, "data": peer, "users": shard_users})
 
     def peer_down(self, peer: str) -> None:
         """Its sockets are unreachable now; they reconnect (here or there) and catch up."""

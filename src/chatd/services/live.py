@@ -259,6 +259,19 @@ class LiveSession:
             self._behind[conversation_id] = None
         self._signal()
 
+    def following(self) -> list[int]:
+        """The conversations this session delivers."""
+        return list(self._next)
+
+    def recheck(self, conversation_ids: Iterable[int]) -> None:
+        """Ask the owners again whether anything was missed (deliveries may have been
+        lost while a link was down); a read that finds nothing new costs one request."""
+        for conversation_id in conversation_ids:
+            if conversation_id in self._next:
+                self._behind[conversation_id] = None
+        if self._behind:
+            self._signal()
+
     def fetch_failed(self, conversation_id: int) -> None:
         """The owner could not be reached: the conversation stays behind, to be read
         again later (the transport waits before it asks again)."""
@@ -299,6 +312,9 @@ class Hub:
 
     def online_users(self) -> list[int]:
         return list(self._sessions)
+
+    def all_sessions(self) -> list[LiveSession]:
+        return [session for sessions in self._sessions.values() for session in sessions]
 
     def attach(self, session: LiveSession) -> bool:
         """Register a session; True if it is the user's first (they came online)."""

@@ -1,0 +1,102 @@
+"""Owner commands and their answers survive the wire (msgpack) unchanged, and a body that
+does not fit its command is refused before anything runs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgpack
+import pytest
+
+from chatd.domain.models import (
+    Conversation,
+    Created,
+    HistoryPage,
+    Member,
+    Message,
+    SendResult,
+    Watermark,
+)
+from chatd.protocol import owner as ops
+
+COMMANDS: list[ops.OwnerCommand] = [
+    ops.Send(7, 1, 2, "c1", "text/plain", "hi"),
+    ops.Send(7, 1, 2, "c2", "application/octet-stream", b"\x00\xff"),
+    ops.MarkRead(7, 1, 3, True),
+    ops.Acknowledge(7, 1, 3, False),
+    ops.OpenDirect(7, 1, 2),
+    ops.CreateGroup(7, 1, "team", [2, 3]),
+    ops.AddMembers(7, 1, [4]),
+    ops.RemoveMembers(7, 1, [4]),
+    ops.Promote(7, 1, [2]),
+    ops.Leave(7, 1),
+    ops.Rename(7, 1, "new"),
+    ops.View(7, 1),
+    ops.History(7, 1, -1, 10, 0),
+    ops.Status(7, 1, 2),
+    ops.Typing(7, 1),
+    ops.ReadLog(7, 1, 0, 200, 1 << 18),
+    ops.ConversationsOf(0, 1, 9, {7: 3}),
+]
+
+
+def over_the_wire(value: Any) -> Any:
+    return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False,
+                           strict_map_key=False)
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: type(c).__name__)
+def test_every_command_round_trips(command: ops.OwnerCommand) -> None:
+    assert ops.COMMANDS[command.METHOD] is type(command)
+    assert type(command).from_wire(over_the_wire(command.to_wire())) == command
+
+
+@pytest.mark.parametrize("body", [
+    None, [], {"conversation_id": 7}, {"conversation_id": "7", "user_id": 1},
+    {"conversation_id": 7, "user_id": True}, {"conversation_id": 7, "user_id": 1, "x": 2},
+])
+def test_a_body_that_does_not_fit_is_refused(body: Any) -> None:
+    with pytest.raises(ops.WireError):
+        ops.View.from_wire(body)
+
+
+def test_lists_of_ids_are_checked_item_by_item() -> None:
+    with pytest.raises(ops.WireError):
+        ops.AddMembers.from_wire({"conversation_id": 7, "actor_id": 1, "user_ids": [1, "2"]})
+
+
+def _conversation() -> Conversation:
+    conv = Conversation(7, "group", "team", 1, 100, head_seq=3, last_ts=200)
+    conv.members = {1: Member("admin", 1), 2: Member("member", 2)}
+    conv.watermarks = {1: Watermark(3, 3), 2: Watermark(2, 1)}
+    return conv
+
+
+def test_results_round_trip() -> None:
+    message = Message(11, 7, 3, 1, 2, "c1", "text/plain", "hi", 200)
+    conv = _conversation()
+    cases: list[tuple[str, Any]] = [
+        (ops.Send.METHOD, SendResult(11, 7, 3, 200)),
+        (ops.MarkRead.METHOD, Watermark(3, 2)),
+        (ops.View.METHOD, conv),
+        (ops.OpenDirect.METHOD, Created(conv, True)),
+        (ops.History.METHOD, HistoryPage([message], True)),
+        (ops.Status.METHOD, [(1, 3, 3), (2, 2, 1)]),
+        (ops.ReadLog.METHOD, ([message], 3)),
+        (ops.ConversationsOf.METHOD, [(conv, 2)]),
+        (ops.Typing.METHOD, True),
+    ]
+    for method, result in cases:
+        to_wire, from_wire = ops.RESULTS[method]
+        back = from_wire(over_the_wire(to_wire(result)))
+        if isinstance(result, Conversation):
+            assert ops.conversation_to_wire(back) == ops.conversation_to_wire(result)
+            assert list(back.members) == [1, 2]  # join order survives
+        elif isinstance(result, Created):
+            assert back.created is True
+            assert ops.conversation_to_wire(back.conversation) == ops.conversation_to_wire(conv)
+        elif method == ops.ConversationsOf.METHOD:
+            assert [(ops.conversation_to_wire(c), s) for c, s in back] == [
+                (ops.conversation_to_wire(conv), 2)]
+        else:
+            assert back == result, method
