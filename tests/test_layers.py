@@ -20,6 +20,7 @@ FORBIDDEN = {
     "protocol": ("chatd.storage", "chatd.services", "chatd.web"),
     "storage": ("chatd.protocol", "chatd.services", "chatd.web"),
     "services": ("chatd.web",),
+    "transport": ("chatd.web", "chatd.services", "chatd.storage"),
 }
 
 
