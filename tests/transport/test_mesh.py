@@ -374,6 +374,24 @@ async def test_large_frames_go_out_in_pieces_and_arrive_whole(nursery: trio.Nurs
 # -- failures -----------------------------------------------------------------------------------
 
 
+async def test_started_requests_keep_their_order_and_finish_by_callback(
+        nursery: trio.Nursery) -> None:
+    nodes = await start_cluster(nursery, "ab")
+    a, b = nodes["a"].mesh, nodes["b"].handler
+    calls = [a.start_request("b", "echo" if n % 2 else "pending", n) for n in range(500)]
+    await eventually(lambda: len(b.requests) == 500)
+    assert [body for _, _, body in b.requests] == list(range(500))  # queued when started
+    for pending in b.pending:
+        pending.finish(result=pending_body(b, pending))
+    await eventually(lambda: all(call.finished for call in calls))
+    assert [call.result for call in calls[:4]] == [
+        0, {"peer": "a", "body": 1}, 2, {"peer": "a", "body": 3}]
+    nodes["b"].stop()
+    await eventually(lambda: not a.is_up("b"))
+    refused = a.start_request("b", "echo", 1)
+    assert refused.finished and isinstance(refused.error, PeerUnavailable)
+
+
 async def test_a_down_peer_fails_requests_at_once(nursery: trio.Nursery) -> None:
     lonely = await start_node(nursery, "a", {"b": UNUSED_PORT})
     started = trio.current_time()

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import trio
 
 from chatd.errors import ChatdError, PayloadTooLarge
+from chatd.pending import Pending
 from chatd.protocol.mesh import (
     Bye,
     Established,
@@ -82,19 +83,31 @@ class Completion(Protocol):
 
 
 class _Call:
-    """A request of ours waiting for its answer. Its task sleeps in
-    `wait_task_rescheduled` and is woken once, by whoever pops the call from
-    `Link._calls` first: the answer, the deadline, or the link closing."""
+    """A request of ours waiting for its answer. Either its task sleeps in
+    `wait_task_rescheduled`, or (`start_request`) a `Pending` stands for it; either is
+    told once, by whoever pops the call from `Link._calls` first: the answer, the
+    deadline, or the link closing."""
 
-    __slots__ = ("deadline", "error", "method", "result", "started", "task")
+    __slots__ = ("deadline", "error", "method", "pending", "result", "started", "task")
 
-    def __init__(self, method: str, started: float, deadline: float) -> None:
+    def __init__(self, method: str, started: float, deadline: float,
+                 pending: Pending[Any] | None = None) -> None:
         self.method = method
         self.started = started
         self.deadline = deadline
-        self.task = trio.lowlevel.current_task()
+        self.pending = pending
+        self.task = trio.lowlevel.current_task() if pending is None else None
         self.result: Any = None
         self.error: ChatdError | None = None
+
+    def finish(self) -> None:
+        if self.pending is not None:
+            self.pending.result = self.result
+            self.pending.error = self.error
+            self.pending.finish()
+        else:
+            assert self.task is not None
+            trio.lowlevel.reschedule(self.task)
 
 
 async def handshake(stream: trio.abc.Stream, connection: MeshConnection,
@@ -309,7 +322,7 @@ class Link:
                     call.error = PeerTimeout(
                         f"shard {self.peer} did not answer {call.method} within "
                         f"{call.deadline - call.started:g} s")
-                    trio.lowlevel.reschedule(call.task)
+                    call.finish()
 
     # -- closing --------------------------------------------------------------------------
 
@@ -329,7 +342,7 @@ class Link:
         for call in calls:
             call.error = PeerUnavailable(f"shard {self.peer} is unreachable: its link closed "
                                          f"({reason}) with the request in flight")
-            trio.lowlevel.reschedule(call.task)
+            call.finish()
         self._stats.requests_failed += len(calls)
         self._buffer, self._queued = bytearray(), 0
         self._scope.cancel()
@@ -354,6 +367,31 @@ class Link:
     # The timeout is a parameter, not the caller's cancel scope: it travels to the peer
     # as the request's deadline_ms, so the peer can stop work nobody waits for.
     async def request(self, method: str, body: Any, timeout: float) -> Any:  # noqa: ASYNC109
+        call_id, call = self._send_request(method, body, timeout, None)
+        calls = self._calls
+
+        def abort(raise_cancel: Any) -> trio.lowlevel.Abort:
+            calls.pop(call_id, None)  # the caller gave up: a late answer is dropped
+            return trio.lowlevel.Abort.SUCCEEDED
+
+        await trio.lowlevel.wait_task_rescheduled(abort)
+        if call.error is not None:
+            raise call.error
+        return call.result
+
+    def start_request(self, method: str, body: Any, timeout: float) -> Pending[Any]:
+        """`request` without a task: the frame is queued now (so requests started one
+        after another reach the peer in that order), and the `Pending` finishes with the
+        answer or the error."""
+        pending: Pending[Any] = Pending()
+        try:
+            self._send_request(method, body, timeout, pending)
+        except ChatdError as exc:
+            pending.set_error(exc)
+        return pending
+
+    def _send_request(self, method: str, body: Any, timeout: float,
+                      pending: Pending[Any] | None) -> tuple[int, _Call]:
         stats = self._stats
         stats.requests_sent += 1
         if self._closed or self._full():
@@ -371,7 +409,7 @@ class Link:
             stats.requests_failed += 1
             raise
         now = trio.current_time()
-        call = _Call(method, now, now + timeout)
+        call = _Call(method, now, now + timeout, pending)
         calls = self._calls
         calls[call_id] = call
         self._enqueue(frame)
@@ -383,15 +421,7 @@ class Link:
             heapq.heappush(deadlines, (call.deadline, call_id))
         if call.deadline < self._timer.deadline:
             self._timer.deadline = call.deadline
-
-        def abort(raise_cancel: Any) -> trio.lowlevel.Abort:
-            calls.pop(call_id, None)  # the caller gave up: a late answer is dropped
-            return trio.lowlevel.Abort.SUCCEEDED
-
-        await trio.lowlevel.wait_task_rescheduled(abort)
-        if call.error is not None:
-            raise call.error
-        return call.result
+        return call_id, call
 
     def post(self, method: str, body: Any) -> bool:
         stats = self._stats
@@ -440,7 +470,7 @@ class Link:
             assert event.error is not None
             stats.remote_errors += 1
             call.error = remote_error(event.error)
-        trio.lowlevel.reschedule(call.task)
+        call.finish()
 
     def _on_post(self, event: Post) -> None:
         self._stats.posts_received += 1

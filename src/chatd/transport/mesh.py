@@ -23,6 +23,7 @@ from typing import Any
 
 import trio
 
+from chatd.pending import Pending
 from chatd.protocol.mesh import (
     HandshakeRefused,
     MeshConnection,
@@ -124,6 +125,21 @@ class Mesh:
             raise PeerUnavailable(f"shard {peer} is unreachable: no link to it is up")
         return await link.request(method, body,
                                   self._options.request_timeout if timeout is None else timeout)
+
+    def start_request(self, peer: str, method: str, body: Any, *,
+                      timeout: float | None = None) -> Pending[Any]:
+        """`request` without a task: queued now, in order with other requests and posts
+        to `peer`; the `Pending` finishes with the answer, or fails as `request` raises
+        (at once with PeerUnavailable when the peer is down)."""
+        state = self._peer(peer)
+        link = state.link
+        if link is None:
+            state.stats.requests_sent += 1
+            state.stats.requests_failed += 1
+            return Pending.failed(
+                PeerUnavailable(f"shard {peer} is unreachable: no link to it is up"))
+        return link.start_request(
+            method, body, self._options.request_timeout if timeout is None else timeout)
 
     def post(self, peer: str, method: str, body: Any) -> bool:
         """Queue a one-way `method(body)` for `peer`; False (and dropped) if it is down or
