@@ -43,8 +43,8 @@ class Services:
 
 def build_services(config: Config, store: Store, *, clock: Clock | None = None) -> Services:
     clock = clock or SystemClock()
-    router = Router(HashRing(config.cluster.shards, config.cluster.vnodes), config.cluster.shard)
-    ids = SnowflakeGenerator(config.cluster.shard_number, clock.now_ms)
+    router = Router(HashRing(config.cluster.names, config.cluster.vnodes), config.cluster.shard)
+    ids = SnowflakeGenerator(config.cluster.this_shard.number, clock.now_ms)
     log = ConversationLog(store)
     owner = ConversationOwner(store=store, log=log, router=router, ids=ids, clock=clock,
                               cache_size=config.storage.conversation_cache)
