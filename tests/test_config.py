@@ -310,3 +310,34 @@ def test_the_secret_is_never_shown(tmp_path: Path) -> None:
     assert "12345678901234567890" not in message
     message = refusal(tmp_path, '[server]\nadmin_token = 98765432109876\n')
     assert "98765432109876" not in message
+
+
+def test_the_compose_file_runs_each_shard_of_its_config_with_its_own_volume() -> None:
+    yaml = pytest.importorskip("yaml")
+    root = Path(__file__).parent.parent
+    compose = yaml.safe_load((root / "docker-compose.yml").read_text())
+    dockerfile = (root / "Dockerfile").read_text()
+    assert "WORKDIR /app" in dockerfile and "COPY conf ./conf" in dockerfile
+    services = compose["services"]
+    assert set(services) == {"shard-a", "shard-b", "shard-c"}
+    volumes, ports = set(), set()
+    for service_name, service in services.items():
+        command = service["command"]
+        assert command[:2] == ["serve", "--config"]
+        config_path = root / command[2].removeprefix("/app/")
+        shard = command[command.index("--shard") + 1]
+        cluster = load(str(config_path), environ={"CHATD_CLUSTER_SECRET": SECRET},
+                       overrides={"cluster": {"shard": shard}}).cluster
+        assert cluster.names == ("a", "b", "c")
+        mesh = cluster.this_shard.mesh
+        assert mesh is not None and mesh.host == service_name
+        assert service["expose"] == [str(mesh.port)]
+        assert "CHATD_CLUSTER_SECRET" in service["environment"]
+        volumes.update(service["volumes"])
+        ports.update(service["ports"])
+    assert len(volumes) == len(ports) == 3
+    assert set(compose["volumes"]) == {volume.split(":")[0] for volume in volumes}
+    # Without the secret the shards refuse to start (compose refuses even earlier).
+    with pytest.raises(ConfigError, match=r"cluster\.secret: 3 shards"):
+        load(str(root / "conf" / "cluster-3-docker.toml"), environ={},
+             overrides={"cluster": {"shard": "a"}})
