@@ -99,8 +99,8 @@ class ClusterConfig:
     #: no mesh: a complete single-node server.
     shards: tuple[ShardSpec, ...] = (ShardSpec("local", 0),)
     #: The secret every shard proves at the mesh handshake (at least 16 bytes). Or
-    #: `secret_file` (its first line), or CHATD_CLUSTER_SECRET. Needed with more than one
-    #: shard unless the mesh uses mutual TLS.
+    #: `secret_file` (a file holding it), or CHATD_CLUSTER_SECRET. Needed with more than
+    #: one shard unless the mesh uses mutual TLS.
     secret: str = field(default="", repr=False)
     secret_file: str = ""
     #: Points per shard on the consistent-hash ring.
@@ -155,9 +155,9 @@ class ClusterConfig:
         return None
 
     def secret_bytes(self) -> bytes:
-        """The cluster secret: `secret`, else the first line of `secret_file` (read on
-        each call: call it once at startup), else b"" for none. CHATD_CLUSTER_SECRET
-        arrives as `secret`."""
+        """The cluster secret: `secret`, else the contents of `secret_file` without a
+        trailing newline (read on each call: call it once at startup), else b"" for none.
+        CHATD_CLUSTER_SECRET arrives as `secret`."""
         if self.secret:
             return self.secret.encode()
         if not self.secret_file:

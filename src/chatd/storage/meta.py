@@ -46,7 +46,7 @@ def claim_ring(store: Store, signature: str, shard: str, *,
             f"({_describe(recorded.get('shards'), recorded['signature'])}) than the config "
             f"gives now ({_describe(shards, signature)}): the shard list or cluster.vnodes "
             "changed, so other shards own some of its data. Start it with the config it "
-            f"was made under, or reshard as {_PROCEDURE} describes")
+            f"was made under; to change the list, see {_PROCEDURE}")
     if recorded["shard"] != shard:
         raise RingMismatch(
             f"cluster.shard: this data directory belongs to shard {recorded['shard']!r}, "
