@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -129,13 +129,14 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
 class ServerProcess:
     """`python -m chatd serve` in a child process, for crash and signal tests."""
 
-    def __init__(self, data_dir: Path, log_path: Path, extra_env: Mapping[str, str] = ()) -> None:
+    def __init__(self, data_dir: Path, log_path: Path, extra_env: Mapping[str, str] = (),
+                 args: Sequence[str] = ()) -> None:
         env = {**os.environ, **FAST_AUTH_ENV, **dict(extra_env)}
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115  # closed in wait()/kill()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "chatd", "serve", "--listen", "127.0.0.1:0",
-             "--data", str(data_dir)],
+             "--data", str(data_dir), *args],
             stdout=self._log, stderr=self._log, env=env)
         self.url = ""
 

@@ -4,7 +4,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+
+from tests.helpers import ServerProcess
+
+CLUSTER_3 = Path(__file__).parent.parent / "conf" / "cluster-3.toml"
 
 
 def chatd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -20,7 +25,7 @@ def test_help_is_useful() -> None:
     assert "serve" in result.stdout
     result = chatd("serve", "--help")
     assert result.returncode == 0
-    for flag in ("--listen", "--data", "--config"):
+    for flag in ("--listen", "--data", "--config", "--shard"):
         assert flag in result.stdout
 
 
@@ -68,3 +73,75 @@ def test_chatd_bench_is_the_harness() -> None:
     result = chatd("bench", "--help")
     assert result.returncode == 0
     assert "idle" in result.stdout and "sweep" in result.stdout
+
+
+@pytest.mark.slow
+async def test_serve_starts_the_shard_named_by_the_flag_from_a_cluster_file(
+        tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "b", tmp_path / "b.log",
+                           args=["--config", str(CLUSTER_3), "--shard", "b"])
+    try:
+        url = await server.ready()
+        async with httpx.AsyncClient(base_url=url) as client:
+            health = (await client.get("/healthz")).json()
+        assert health["shard"] == "b"
+        assert f"(shard b, data {tmp_path / 'b'})" in server.log_path.read_text()
+    except BaseException:
+        server.kill()
+        raise
+    assert server.terminate() == 0
+    # The file's own secret (a placeholder) is never logged.
+    assert "change-me" not in server.log_path.read_text()
+
+
+def serve_once(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return chatd("serve", "--listen", "127.0.0.1:0", "--data", str(data), *args)
+
+
+@pytest.mark.slow
+async def test_a_data_directory_refuses_another_shard_or_another_ring(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "data", tmp_path / "server.log",
+                           args=["--config", str(CLUSTER_3), "--shard", "b"])
+    try:
+        await server.ready()
+    finally:
+        assert server.terminate() == 0
+
+    result = serve_once(tmp_path / "data", "--config", str(CLUSTER_3), "--shard", "c")
+    assert result.returncode == 2, result.stderr
+    assert ("chatd: invalid setting: cluster.shard: this data directory belongs to shard 'b', "
+            "not 'c'") in result.stderr
+    assert "Resharding" in result.stderr
+
+    two = tmp_path / "two.toml"
+    two.write_text(CLUSTER_3.read_text().replace(
+        '[[cluster.shards]]\nname = "c"\nnumber = 2\nmesh = "127.0.0.1:7103"\n', ""))
+    result = serve_once(tmp_path / "data", "--config", str(two), "--shard", "b")
+    assert result.returncode == 2, result.stderr
+    assert "chatd: invalid setting: cluster.shards: this data directory was made under " \
+           "another ring (shards a, b, c;" in result.stderr
+    assert 'docs/deploy.md, section "Resharding"' in result.stderr
+
+
+@pytest.mark.parametrize("edit, env, key", [
+    (('secret = "change-me-this-placeholder-is-public"\n', ""), {}, "cluster.secret: 3 shards"),
+    (('secret = "change-me-this-placeholder-is-public"', 'secret = "too-short"'), {},
+     "cluster.secret: the cluster secret must be at least 16 bytes"),
+    (("", ""), {"CHATD_CLUSTER_SHARD": "d"}, "cluster.shard: 'd' is not one of"),
+])
+def test_a_bad_cluster_is_one_clear_line_and_exit_2(
+        tmp_path: Path, edit: tuple[str, str], env: dict[str, str], key: str) -> None:
+    config = tmp_path / "cluster.toml"
+    config.write_text(CLUSTER_3.read_text().replace(*edit) if edit[0] else CLUSTER_3.read_text())
+    result = chatd("serve", "--config", str(config), env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and key in lines[0], result.stderr
+    assert "too-short" not in result.stderr and "change-me" not in result.stderr
+
+
+def test_serve_shard_flag_overrides_the_environment(tmp_path: Path) -> None:
+    result = chatd("serve", "--config", str(CLUSTER_3), "--shard", "nope", "--data",
+                   str(tmp_path / "data"), env={"CHATD_CLUSTER_SHARD": "a"})
+    assert result.returncode == 2
+    assert "cluster.shard: 'nope' is not one of cluster.shards ['a', 'b', 'c']" in result.stderr

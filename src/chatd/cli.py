@@ -40,7 +40,9 @@ def _parser() -> argparse.ArgumentParser:
                        help="address for clients (default 127.0.0.1:8080; port 0 picks one)")
     serve.add_argument("--data", metavar="DIR",
                        help="data directory (default ./var/chatd, or $CHATD_DATA)")
-    serve.add_argument("--shard", metavar="NAME", help="this shard's name in cluster.shards")
+    serve.add_argument("--shard", metavar="NAME",
+                       help="which of the config's [[cluster.shards]] this process is "
+                            "(overrides cluster.shard; see conf/cluster-3.toml)")
     serve.add_argument("--log-level", default="info",
                        choices=["debug", "info", "warning", "error"])
     chat = commands.add_parser(

@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
+
+from chatd.domain.ids import MAX_SHARD
 
 
 class ConfigError(Exception):
@@ -34,7 +37,7 @@ class ServerConfig:
     #: connection is aborted; without it such a peer pins its task and blocks shutdown.
     send_timeout: float = 10.0
     #: Bearer token for operator routes such as /metrics; empty disables them.
-    admin_token: str = ""
+    admin_token: str = field(default="", repr=False)
     #: PEM certificate chain and its private key: with both set, the listener speaks only
     #: TLS (HTTPS and WSS on the same port). SIGHUP rereads them. Empty: plain HTTP.
     certfile: str = ""
@@ -54,16 +57,119 @@ class StorageConfig:
     conversation_cache: int = 100_000
 
 
+class Address(NamedTuple):
+    """A parsed HOST:PORT (IPv6 hosts without their brackets)."""
+
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One shard of the deployment, as every shard's config lists it ([[cluster.shards]])."""
+
+    name: str
+    #: 0..1023, unique per shard: part of every id the shard mints (domain/ids.py).
+    number: int
+    #: Where the shard's mesh listener is. None only for the embedded single shard, which
+    #: has no mesh; a [[cluster.shards]] table must give one.
+    mesh: Address | None = None
+
+
+#: Shard names go into logs, ring signatures (comma-joined) and directory names.
+_SHARD_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+_SHARD_KEYS = ("name", "number", "mesh")
+#: The shortest cluster secret accepted, in bytes: a guessable one authenticates nobody.
+MIN_SECRET_BYTES = 16
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
-    #: This process's shard name; must be one of `shards`.
+    """The shards of the deployment and how they reach each other (the mesh).
+
+    Secrets are kept out of `repr` (and so out of logged configs and tracebacks), and no
+    error message quotes them."""
+
+    #: This process's shard name; must be one of `shards`. `--shard NAME` overrides it.
     shard: str = "local"
-    #: Every shard of the deployment. More than one needs the shard mesh (a later release).
-    shards: tuple[str, ...] = ("local",)
-    #: This shard's number (0..1023), unique per shard; it is part of every id made here.
-    shard_number: int = 0
+    #: Every shard of the deployment, this one included. The default is one shard with
+    #: no mesh: a complete single-node server.
+    shards: tuple[ShardSpec, ...] = (ShardSpec("local", 0),)
+    #: The secret every shard proves at the mesh handshake (at least 16 bytes). Or
+    #: `secret_file` (a file holding it), or CHATD_CLUSTER_SECRET. Needed with more than
+    #: one shard unless the mesh uses mutual TLS.
+    secret: str = field(default="", repr=False)
+    secret_file: str = ""
     #: Points per shard on the consistent-hash ring.
     vnodes: int = 128
+    #: Largest mesh frame accepted from a peer, in bytes.
+    max_frame_bytes: int = 1_048_576
+    #: Seconds a request to another shard may take before it fails (503).
+    request_timeout: float = 2.0
+    #: Seconds between PINGs on an idle mesh link; a peer silent for
+    #: `missed_heartbeats` intervals is taken as down and redialled.
+    heartbeat_interval: float = 0.5
+    missed_heartbeats: int = 4
+    #: Frames queued for one peer before sends to it are refused (bounded memory).
+    queue_frames: int = 10_000
+    #: Mutual TLS for mesh links: this shard's certificate chain and key, and the CA that
+    #: signs every shard's certificate. All three or none.
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
+    tls_cafile: str = ""
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(spec.name for spec in self.shards)
+
+    @property
+    def this_shard(self) -> ShardSpec:
+        for spec in self.shards:
+            if spec.name == self.shard:
+                return spec
+        raise ConfigError(f"cluster.shard: {self.shard!r} is not one of cluster.shards "
+                          f"{list(self.names)}")
+
+    @property
+    def peers(self) -> tuple[ShardSpec, ...]:
+        """Every shard but this one."""
+        return tuple(spec for spec in self.shards if spec.name != self.shard)
+
+    @property
+    def is_clustered(self) -> bool:
+        return len(self.shards) > 1
+
+    @property
+    def mesh_tls(self) -> bool:
+        """Whether mesh links use mutual TLS (all three tls_* files set)."""
+        return bool(self.tls_certfile and self.tls_keyfile and self.tls_cafile)
+
+    def by_number(self, number: int) -> ShardSpec | None:
+        """The shard with this number (the shard bits of an id), if any."""
+        for spec in self.shards:
+            if spec.number == number:
+                return spec
+        return None
+
+    def secret_bytes(self) -> bytes:
+        """The cluster secret: `secret`, else the contents of `secret_file` without a
+        trailing newline (read on each call: call it once at startup), else b"" for none.
+        CHATD_CLUSTER_SECRET arrives as `secret`."""
+        if self.secret:
+            return self.secret.encode()
+        if not self.secret_file:
+            return b""
+        try:
+            with open(self.secret_file, "rb") as file:
+                data = file.read()
+        except OSError as exc:
+            raise ConfigError(f"cluster.secret_file: cannot read {self.secret_file}: "
+                              f"{exc.strerror or exc}") from None
+        # Editors and `echo` end a file with a newline that is not part of the secret.
+        return data.rstrip(b"\r\n")
 
 
 @dataclass(frozen=True)
@@ -127,10 +233,14 @@ _SECTIONS = tuple(f.name for f in dataclasses.fields(Config))
 
 
 def parse_listen(value: str) -> tuple[str, int]:
+    return parse_address("server.listen", value)
+
+
+def parse_address(key: str, value: str) -> Address:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ConfigError(f"server.listen: expected HOST:PORT, got {value!r}")
-    return host.strip("[]"), int(port)
+        raise ConfigError(f"{key}: expected HOST:PORT, got {value!r}")
+    return Address(host.strip("[]"), int(port))
 
 
 def _section_type(name: str) -> type[Any]:
@@ -139,9 +249,12 @@ def _section_type(name: str) -> type[Any]:
     return section
 
 
-def _coerce(key: str, expected: Any, value: Any, *, from_text: bool) -> Any:
-    """Check (and, for environment strings, convert) one value against its field type."""
+def _coerce(key: str, expected: Any, value: Any, *, from_text: bool,
+            secret: bool = False) -> Any:
+    """Check (and, for environment strings, convert) one value against its field type.
+    A `secret` value is never quoted in the error."""
     origin = typing.get_origin(expected)
+    shown = "a value that is not shown (a secret)" if secret else repr(value)
     if expected is bool:
         if from_text:
             lowered = str(value).lower()
@@ -151,35 +264,71 @@ def _coerce(key: str, expected: Any, value: Any, *, from_text: bool) -> Any:
                 return False
         if isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected true or false, got {value!r}")
+        raise ConfigError(f"{key}: expected true or false, got {shown}")
     if expected is int:
         if from_text:
             try:
                 return int(value)
             except ValueError:
-                raise ConfigError(f"{key}: expected a whole number, got {value!r}") from None
+                raise ConfigError(f"{key}: expected a whole number, got {shown}") from None
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise ConfigError(f"{key}: expected a whole number, got {value!r}")
+        raise ConfigError(f"{key}: expected a whole number, got {shown}")
     if expected is float:
         if from_text:
             try:
                 return float(value)
             except ValueError:
-                raise ConfigError(f"{key}: expected a number, got {value!r}") from None
+                raise ConfigError(f"{key}: expected a number, got {shown}") from None
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
-        raise ConfigError(f"{key}: expected a number, got {value!r}")
+        raise ConfigError(f"{key}: expected a number, got {shown}")
     if expected is str:
         if isinstance(value, str):
             return value
-        raise ConfigError(f"{key}: expected a string, got {value!r}")
+        raise ConfigError(f"{key}: expected a string, got {shown}")
+    if origin is tuple and typing.get_args(expected)[0] is ShardSpec:
+        if from_text:
+            raise ConfigError(f"{key}: list the shards in the config file, as "
+                              "[[cluster.shards]] tables (conf/cluster-3.toml); the "
+                              "environment cannot set them")
+        return _shard_specs(key, value)
     if origin is tuple:
         items = value.split(",") if from_text and isinstance(value, str) else value
         if not isinstance(items, list | tuple) or not all(isinstance(i, str) for i in items):
-            raise ConfigError(f"{key}: expected a list of strings, got {value!r}")
+            raise ConfigError(f"{key}: expected a list of strings, got {shown}")
         return tuple(item.strip() for item in items)
     raise AssertionError(f"unsupported config type for {key}: {expected}")  # pragma: no cover
+
+
+def _shard_specs(key: str, value: Any) -> tuple[ShardSpec, ...]:
+    """[[cluster.shards]] tables (a list of dicts from TOML, or ShardSpecs from code)."""
+    if not isinstance(value, list | tuple) or not value:
+        raise ConfigError(f"{key}: expected one [[cluster.shards]] table per shard "
+                          "(name, number, mesh), got " + repr(value))
+    specs = []
+    for index, table in enumerate(value):
+        if isinstance(table, ShardSpec):
+            specs.append(table)
+            continue
+        where = f"{key}[{index}]"
+        if not isinstance(table, Mapping):
+            raise ConfigError(f"{where}: expected a table with name, number and mesh, "
+                              f"got {table!r}")
+        if isinstance(table.get("name"), str):
+            where += f" ({table['name']!r})"
+        for unknown in sorted(table.keys() - set(_SHARD_KEYS)):
+            raise ConfigError(f"{where}: unknown setting {unknown!r} "
+                              f"(a shard has {', '.join(_SHARD_KEYS)})")
+        for missing in _SHARD_KEYS:
+            if missing not in table:
+                raise ConfigError(f"{where}: missing {missing!r} "
+                                  f"(a shard has {', '.join(_SHARD_KEYS)})")
+        name = _coerce(f"{where}.name", str, table["name"], from_text=False)
+        number = _coerce(f"{where}.number", int, table["number"], from_text=False)
+        mesh = _coerce(f"{where}.mesh", str, table["mesh"], from_text=False)
+        specs.append(ShardSpec(name, number, parse_address(f"{where}.mesh", mesh)))
+    return tuple(specs)
 
 
 def _merge(base: Config, layer: Mapping[str, Mapping[str, Any]], *, from_text: bool) -> Config:
@@ -191,13 +340,16 @@ def _merge(base: Config, layer: Mapping[str, Mapping[str, Any]], *, from_text: b
             raise ConfigError(f"{section_name}: expected a table of settings")
         section_type = _section_type(section_name)
         hints = typing.get_type_hints(section_type)
+        # A field kept out of repr holds a secret: no error may quote it either.
+        secrets = {f.name for f in dataclasses.fields(section_type) if not f.repr}
         current = getattr(base, section_name)
         changes = {}
         for key, value in values.items():
             dotted = f"{section_name}.{key}"
             if key not in hints:
                 raise ConfigError(f"{dotted}: unknown setting")
-            changes[key] = _coerce(dotted, hints[key], value, from_text=from_text)
+            changes[key] = _coerce(dotted, hints[key], value, from_text=from_text,
+                                   secret=key in secrets)
         sections[section_name] = dataclasses.replace(current, **changes)
     return dataclasses.replace(base, **sections)
 
@@ -229,6 +381,9 @@ def validate(config: Config) -> Config:
         "storage.max_batch": config.storage.max_batch,
         "storage.conversation_cache": config.storage.conversation_cache,
         "cluster.vnodes": config.cluster.vnodes,
+        "cluster.max_frame_bytes": config.cluster.max_frame_bytes,
+        "cluster.missed_heartbeats": config.cluster.missed_heartbeats,
+        "cluster.queue_frames": config.cluster.queue_frames,
         "auth.min_password_length": config.auth.min_password_length,
         "auth.argon2_opslimit": config.auth.argon2_opslimit,
         "auth.hash_concurrency": config.auth.hash_concurrency,
@@ -251,26 +406,80 @@ def validate(config: Config) -> Config:
                         ("auth.attempts_per_minute", config.auth.attempts_per_minute),
                         ("server.graceful_timeout", config.server.graceful_timeout),
                         ("server.send_timeout", config.server.send_timeout),
-                        ("websocket.idle_timeout", config.websocket.idle_timeout)):
+                        ("websocket.idle_timeout", config.websocket.idle_timeout),
+                        ("cluster.request_timeout", config.cluster.request_timeout),
+                        ("cluster.heartbeat_interval", config.cluster.heartbeat_interval)):
         if number <= 0:
             raise ConfigError(f"{key}: must be greater than 0, got {number}")
     if config.auth.argon2_memlimit_kib < 8:
         raise ConfigError("auth.argon2_memlimit_kib: must be at least 8 (KiB)")
     if config.limits.history_page_default > config.limits.history_page_max:
         raise ConfigError("limits.history_page_default: must not exceed limits.history_page_max")
-    if config.cluster.shard not in config.cluster.shards:
-        raise ConfigError(
-            f"cluster.shard: {config.cluster.shard!r} is not one of cluster.shards "
-            f"{list(config.cluster.shards)}")
-    if len(config.cluster.shards) > 1:
-        raise ConfigError(
-            "cluster.shards: more than one shard needs the shard mesh, which this release "
-            "does not include yet; run one shard")
-    if not 0 <= config.cluster.shard_number <= 1023:
-        raise ConfigError("cluster.shard_number: must be within 0..1023")
+    _validate_cluster(config.cluster)
     if config.server.max_request_bytes < config.limits.max_message_bytes:
         raise ConfigError("server.max_request_bytes: must be at least limits.max_message_bytes")
     return config
+
+
+def _validate_cluster(cluster: ClusterConfig) -> None:
+    if not cluster.shards:
+        raise ConfigError("cluster.shards: list at least one shard")
+    names: set[str] = set()
+    numbers: dict[int, str] = {}
+    meshes: dict[Address, str] = {}
+    for spec in cluster.shards:
+        if not _SHARD_NAME.fullmatch(spec.name):
+            raise ConfigError(
+                f"cluster.shards: shard name {spec.name!r} must be 1 to 64 characters of "
+                "A-Z, a-z, 0-9, '_', '.' and '-', starting with a letter or digit")
+        if spec.name in names:
+            raise ConfigError(f"cluster.shards: shard name {spec.name!r} is listed twice")
+        names.add(spec.name)
+        if not 0 <= spec.number <= MAX_SHARD:
+            raise ConfigError(f"cluster.shards ({spec.name!r}): number {spec.number} is "
+                              f"outside 0..{MAX_SHARD}")
+        if spec.number in numbers:
+            raise ConfigError(f"cluster.shards ({spec.name!r}): number {spec.number} is "
+                              f"already used by shard {numbers[spec.number]!r}; each shard "
+                              "needs its own (it is part of every id the shard mints)")
+        numbers[spec.number] = spec.name
+        if spec.mesh is not None:
+            if not spec.mesh.host or not 0 <= spec.mesh.port <= 65535:
+                raise ConfigError(f"cluster.shards ({spec.name!r}): mesh: expected HOST:PORT, "
+                                  f"got {str(spec.mesh)!r}")
+            if spec.mesh in meshes:
+                raise ConfigError(f"cluster.shards ({spec.name!r}): mesh {spec.mesh} is "
+                                  f"already used by shard {meshes[spec.mesh]!r}")
+            meshes[spec.mesh] = spec.name
+        if cluster.is_clustered and (spec.mesh is None or spec.mesh.port == 0):
+            raise ConfigError(f"cluster.shards ({spec.name!r}): mesh: every shard of a "
+                              "cluster needs a HOST:PORT its peers can dial (not port 0)")
+    if cluster.shard not in names:
+        raise ConfigError(
+            f"cluster.shard: {cluster.shard!r} is not one of cluster.shards "
+            f"{sorted(names)}; set cluster.shard or pass --shard NAME")
+    tls = {"cluster.tls_certfile": cluster.tls_certfile,
+           "cluster.tls_keyfile": cluster.tls_keyfile, "cluster.tls_cafile": cluster.tls_cafile}
+    if any(tls.values()) and not all(tls.values()):
+        missing = ", ".join(key for key, value in tls.items() if not value)
+        raise ConfigError(f"{missing}: mesh TLS needs tls_certfile, tls_keyfile and "
+                          "tls_cafile together (each shard proves itself to the others)")
+    if cluster.secret and cluster.secret_file:
+        raise ConfigError("cluster.secret: set either secret (or CHATD_CLUSTER_SECRET) or "
+                          "secret_file, not both")
+    secret = cluster.secret_bytes()  # reads secret_file: an unreadable one stops startup
+    if secret and len(secret) < MIN_SECRET_BYTES:
+        source = "cluster.secret_file" if cluster.secret_file else "cluster.secret"
+        raise ConfigError(f"{source}: the cluster secret must be at least "
+                          f"{MIN_SECRET_BYTES} bytes, got {len(secret)}")
+    if cluster.is_clustered and not secret and not cluster.mesh_tls:
+        raise ConfigError(
+            f"cluster.secret: {len(cluster.shards)} shards need a secret they share, which "
+            "each proves to the others at the mesh handshake. Set cluster.secret (at least "
+            f"{MIN_SECRET_BYTES} bytes; e.g. from `python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'`), cluster.secret_file = \"/path\", or the "
+            "environment variable CHATD_CLUSTER_SECRET; or set up mesh TLS "
+            "(cluster.tls_certfile, tls_keyfile, tls_cafile)")
 
 
 def load(path: str | None = None, *, environ: Mapping[str, str] | None = None,

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 import trio
 
 from chatd.config import Config
+from chatd.domain.ring import HashRing
 from chatd.services.clock import Clock
 from chatd.services.context import Services, build_services
 from chatd.services.live import SessionEnd
-from chatd.storage import Store
+from chatd.storage import Store, claim_ring
 from chatd.web.app import create_app
 from chatd.web.front import FrontServer
 from chatd.web.hypercorn_adapter import HttpServer, require_supported_hypercorn
@@ -73,13 +74,16 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
     """Run one shard until `shutdown` is set, then stop gracefully.
 
     Raises UnsupportedHypercorn for a hypercorn it cannot drive, and ConfigError for a
-    TLS certificate that cannot be loaded, before anything is opened."""
+    TLS certificate that cannot be loaded, before anything is opened; RingMismatch (a
+    ConfigError) for a data directory made under another ring or for another shard."""
     require_supported_hypercorn()
     server = config.server
     certificate = (ServerCertificate(server.certfile, server.keyfile)
                    if server.certfile or server.keyfile else None)
     store = Store.open(config.storage.data_dir, sync=config.storage.sync)
     try:
+        ring = HashRing(config.cluster.names, config.cluster.vnodes)
+        claim_ring(store, ring.signature(), config.cluster.shard, shards=ring.shards)
         services = build_services(config, store, clock=clock)
         host, port = config.listen_address()
         http = HttpServer(create_app(services), graceful_timeout=server.graceful_timeout,

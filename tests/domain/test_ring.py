@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import random
 
 import pytest
@@ -42,3 +43,60 @@ def test_ring_is_order_independent_and_signed() -> None:
 def test_bad_rings(names: list[str]) -> None:
     with pytest.raises(ValueError):
         HashRing(names)
+
+
+def test_successors_start_with_the_owner_and_are_distinct() -> None:
+    ring = HashRing(["a", "b", "c", "d", "e"])
+    for key in random.Random(3).sample(range(1 << 62), 2_000):
+        chain = ring.successors(key, 3)
+        assert chain[0] == ring.shard_for(key)
+        assert len(chain) == len(set(chain)) == 3
+        assert ring.successors(key, 1) == chain[:1]
+        assert ring.successors(key, 2) == chain[:2]
+        assert sorted(ring.successors(key, 5)) == ["a", "b", "c", "d", "e"]
+
+
+def test_successors_are_the_next_shards_clockwise() -> None:
+    ring = HashRing(["a", "b", "c"], vnodes=4)
+    points = sorted((int.from_bytes(hashlib.blake2b(f"{name}#{i}".encode(),
+                                                    digest_size=8).digest(), "big"), name)
+                    for name in "abc" for i in range(4))
+    key = 42
+    key_point = int.from_bytes(hashlib.blake2b(key.to_bytes(8, "big"), digest_size=8).digest(),
+                               "big")
+    clockwise = [name for point, name in points if point > key_point] + [
+        name for point, name in points if point <= key_point]
+    expected = tuple(dict.fromkeys(clockwise))
+    assert ring.successors(key, 3) == expected
+
+
+def test_successors_are_capped_at_the_shards_there_are() -> None:
+    assert HashRing(["solo"]).successors(7, 3) == ("solo",)
+    assert len(HashRing(["a", "b"]).successors(7, 9)) == 2
+    with pytest.raises(ValueError):
+        HashRing(["a"]).successors(7, 0)
+
+
+#: Computed once with blake2b-64 of the UTF-8 text; a change here moves every handle.
+PINNED_HOMES = {"alice": "b", "bob": "a", "carol": "c", "dave": "b", "+14155550123": "a",
+                "zoë": "b"}
+
+
+def test_shard_for_text_is_stable() -> None:
+    # Pinned: a handle's home must not move between releases (that is resharding).
+    ring = HashRing(["a", "b", "c"])
+    homes = {handle: ring.shard_for_text(handle)
+             for handle in ("alice", "bob", "carol", "dave", "+14155550123", "zoë")}
+    assert homes == PINNED_HOMES
+    assert HashRing(["c", "b", "a"]).shard_for_text("alice") == homes["alice"]
+    assert HashRing(["solo"]).shard_for_text("alice") == "solo"
+
+
+def test_text_keys_spread_over_shards() -> None:
+    ring = HashRing(["a", "b", "c", "d"])
+    counts: dict[str, int] = {}
+    for i in range(20_000):
+        home = ring.shard_for_text(f"user{i}")
+        counts[home] = counts.get(home, 0) + 1
+    assert set(counts) == {"a", "b", "c", "d"}
+    assert max(counts.values()) < 1.5 * min(counts.values())

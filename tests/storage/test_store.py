@@ -37,6 +37,7 @@ def test_every_family_round_trips_and_survives_reopen(tmp_path: Path) -> None:
         (records.WATERMARKS, (5, 1), Watermark(2, 1)),
         (records.CURSORS, (2, 5), 1),
         (records.LAST_SEEN, 1, 12345),
+        (records.META, "ring", {"signature": "abc", "shard": "a", "shards": ["a", "b"]}),
     ]
     assert {family.name for family, _, _ in rows} == {f.name for f in records.FAMILIES}
     store = Store.open(str(tmp_path))

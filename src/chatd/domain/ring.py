@@ -4,6 +4,10 @@ Each shard gets `vnodes` points on a 64-bit circle (blake2b of "name#i"); a key 
 the first point clockwise from the key's own hash. Adding a shard moves only the keys that
 land on its new points. Every shard builds the ring from the same config, and
 `signature()` lets peers refuse each other when their rings differ.
+
+Keys are ids (`shard_for`, `successors`: 8 bytes big-endian) or text (`shard_for_text`:
+UTF-8). Where a key lands is part of the stored data's layout: changing the hash of
+either moves every key, which is resharding.
 """
 
 from __future__ import annotations
@@ -38,14 +42,36 @@ class HashRing:
     def shard_for(self, key: int) -> str:
         if len(self.shards) == 1:
             return self.shards[0]
-        index = bisect.bisect_right(self._hashes, _point(key.to_bytes(8, "big")))
-        return self._owners[index % len(self._owners)]
+        return self._owner_at(_point(key.to_bytes(8, "big")))
 
     def shard_for_text(self, text: str) -> str:
-        """The shard a string key (a normalised handle) belongs to."""
+        """The shard a text key lands on: a handle's home shard, where its uniqueness is
+        decided. The text is hashed as given, so pass the normalised handle
+        (`rules.normalize_handle`): every spelling of one handle must land together."""
         if len(self.shards) == 1:
             return self.shards[0]
-        index = bisect.bisect_right(self._hashes, _point(b"text:" + text.encode()))
+        return self._owner_at(_point(text.encode()))
+
+    def successors(self, key: int, n: int) -> tuple[str, ...]:
+        """The owner of `key`, then the next distinct shards clockwise, `n` in all (or
+        every shard, if there are fewer): where the key's replicas go."""
+        if n < 1:
+            raise ValueError(f"successors needs n >= 1, got {n}")
+        wanted = min(n, len(self.shards))
+        start = bisect.bisect_right(self._hashes, _point(key.to_bytes(8, "big")))
+        found: list[str] = []
+        # Walks at most once round the circle; with vnodes points per shard the next
+        # distinct shard is usually a few points away.
+        for offset in range(len(self._owners)):
+            owner = self._owners[(start + offset) % len(self._owners)]
+            if owner not in found:
+                found.append(owner)
+                if len(found) == wanted:
+                    break
+        return tuple(found)
+
+    def _owner_at(self, point: int) -> str:
+        index = bisect.bisect_right(self._hashes, point)
         return self._owners[index % len(self._owners)]
 
     def signature(self) -> str:

@@ -53,9 +53,9 @@ class Services:
 
 def build_services(config: Config, store: Store, *, clock: Clock | None = None) -> Services:
     clock = clock or SystemClock()
-    numbers = {config.cluster.shard: config.cluster.shard_number}
-    shard_number = numbers[config.cluster.shard]
-    router = Router(HashRing(config.cluster.shards, config.cluster.vnodes), config.cluster.shard,
+    numbers = {spec.name: spec.number for spec in config.cluster.shards}
+    shard_number = config.cluster.this_shard.number
+    router = Router(HashRing(config.cluster.names, config.cluster.vnodes), config.cluster.shard,
                     numbers)
     ids = SnowflakeGenerator(shard_number, clock.now_ms)
     log = ConversationLog(store)

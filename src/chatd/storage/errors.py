@@ -3,6 +3,8 @@ client (`services/commands.py`)."""
 
 from __future__ import annotations
 
+from chatd.config import ConfigError
+
 
 class StorageError(Exception):
     """A storage operation that did not happen."""
@@ -26,3 +28,9 @@ class Overloaded(StorageError):
 
 class ShuttingDown(StorageError):
     """The committer takes no more commands."""
+
+
+class RingMismatch(ConfigError):
+    """The data directory was made under another ring or for another shard
+    (`meta.claim_ring`). A ConfigError: the CLI prints it as an invalid setting and
+    exits 2, before anything is served."""

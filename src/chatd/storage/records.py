@@ -22,6 +22,7 @@ added unpacks with that field's default, so adding a field at the end needs no m
 | watermarks | conversation_id, user_id | delivered_seq, read_seq |
 | cursors | device_id, conversation_id | seq acked by that device (8 bytes) |
 | last_seen | user_id | ms when the user's last socket closed (8 bytes) |
+| meta | a name (UTF-8), e.g. "ring" | msgpack of any shape (`storage/meta.py`) |
 
 Ids and seqs in keys are fixed-width big-endian, so byte order is numeric order and a scan
 of `conversation_id | seq` yields a log in seq order.
@@ -162,6 +163,10 @@ def _read_u64_value(_key: Any, data: bytes) -> int:
     return read_u64(data)
 
 
+def _read_any(_key: Any, data: bytes) -> Any:
+    return unpack(data)
+
+
 def _empty(_value: None) -> bytes:
     return b""
 
@@ -202,8 +207,10 @@ WATERMARKS: Family[tuple[int, int], Watermark] = Family(
 CURSORS: Family[tuple[int, int], int] = Family(
     "cursors", _pair_key, read_pair, _u64_value, _read_u64_value)
 LAST_SEEN: Family[int, int] = Family("last_seen", u64, read_u64, _u64_value, _read_u64_value)
+#: Facts about the database itself (which ring it was made under), one record per name.
+META: Family[str, Any] = Family("meta", str.encode, bytes.decode, pack, _read_any)
 
 #: Every family, in the order the database creates them.
 FAMILIES: tuple[Family[Any, Any], ...] = (
     USERS, HANDLES, DEVICES, TOKENS, CONVERSATIONS, MEMBERS, USER_CONVERSATIONS, MESSAGES,
-    DEDUP, WATERMARKS, CURSORS, LAST_SEEN)
+    DEDUP, WATERMARKS, CURSORS, LAST_SEEN, META)
