@@ -229,15 +229,18 @@ def test_a_cluster_without_a_secret_refuses_to_start_and_says_how_to_set_one(
         tmp_path: Path) -> None:
     message = refusal(tmp_path, cluster_of(("a", 0, "h:1"), ("b", 1, "h:2"), secret=None))
     assert message.startswith("cluster.secret: 2 shards need a secret")
-    for way in ("cluster.secret", "secret_file", "CHATD_CLUSTER_SECRET", "tls_cafile"):
+    for way in ("cluster.secret", "secret_file", "CHATD_CLUSTER_SECRET"):
         assert way in message
 
 
-def test_mutual_tls_stands_in_for_the_secret_but_only_complete(tmp_path: Path) -> None:
+def test_mesh_tls_comes_on_top_of_the_secret_and_only_complete(tmp_path: Path) -> None:
     tls = 'tls_certfile = "c.pem"\ntls_keyfile = "k.pem"\ntls_cafile = "ca.pem"\n'
-    cluster = load(write(tmp_path, cluster_of(("a", 0, "h:1"), ("b", 1, "h:2"), extra=tls,
-                                              secret=None)), environ={}).cluster
-    assert cluster.mesh_tls and cluster.secret_bytes() == b""
+    message = refusal(tmp_path, cluster_of(("a", 0, "h:1"), ("b", 1, "h:2"), extra=tls,
+                                           secret=None))
+    assert message.startswith("cluster.secret: 2 shards need a secret")
+    cluster = load(write(tmp_path, cluster_of(("a", 0, "h:1"), ("b", 1, "h:2"), extra=tls)),
+                   environ={}).cluster
+    assert cluster.mesh_tls
     partial = 'tls_certfile = "c.pem"\ntls_keyfile = "k.pem"\n'
     message = refusal(tmp_path, cluster_of(("a", 0, "h:1"), ("b", 1, "h:2"), extra=partial))
     assert message.startswith("cluster.tls_cafile: mesh TLS needs tls_certfile, tls_keyfile "

@@ -472,14 +472,15 @@ def _validate_cluster(cluster: ClusterConfig) -> None:
         source = "cluster.secret_file" if cluster.secret_file else "cluster.secret"
         raise ConfigError(f"{source}: the cluster secret must be at least "
                           f"{MIN_SECRET_BYTES} bytes, got {len(secret)}")
-    if cluster.is_clustered and not secret and not cluster.mesh_tls:
+    if cluster.is_clustered and not secret:
+        # Required with mesh TLS too: TLS encrypts the links, the secret is what every
+        # handshake proves (docs/mesh.md).
         raise ConfigError(
             f"cluster.secret: {len(cluster.shards)} shards need a secret they share, which "
             "each proves to the others at the mesh handshake. Set cluster.secret (at least "
             f"{MIN_SECRET_BYTES} bytes; e.g. from `python -c 'import secrets; "
             "print(secrets.token_urlsafe(32))'`), cluster.secret_file = \"/path\", or the "
-            "environment variable CHATD_CLUSTER_SECRET; or set up mesh TLS "
-            "(cluster.tls_certfile, tls_keyfile, tls_cafile)")
+            "environment variable CHATD_CLUSTER_SECRET")
 
 
 def load(path: str | None = None, *, environ: Mapping[str, str] | None = None,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gc
 import logging
+import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -26,7 +27,10 @@ from chatd.domain.ring import HashRing
 from chatd.services.clock import Clock
 from chatd.services.context import Services, build_services
 from chatd.services.live import SessionEnd
+from chatd.services.peering import PeerHandler
 from chatd.storage import Store, claim_ring
+from chatd.transport import Mesh, MeshOptions, PeerAddress
+from chatd.transport.tls import mesh_tls_contexts
 from chatd.web.app import create_app
 from chatd.web.front import FrontServer
 from chatd.web.hypercorn_adapter import HttpServer, require_supported_hypercorn
@@ -69,6 +73,44 @@ async def _run_until(shutdown: trio.Event,
         nursery.cancel_scope.cancel()
 
 
+def _mesh(config: Config, services: Services) -> Mesh | None:
+    """The shard mesh, for a cluster (none for one shard): peers reach the services
+    through `PeerHandler`, and the router reaches peers through the mesh."""
+    cluster = config.cluster
+    if not cluster.is_clustered:
+        return None
+    me = cluster.this_shard
+    assert me.mesh is not None  # validate() insists on it in a cluster
+    handler = PeerHandler(router=services.router, owner_api=services.owner_api,
+                          home_api=services.home_api, delivery=services.delivery)
+    server_ssl, client_ssl = (mesh_tls_contexts(cluster.tls_certfile, cluster.tls_keyfile,
+                                                cluster.tls_cafile)
+                              if cluster.mesh_tls else (None, None))
+    mesh = Mesh(shard=me.name, listen=(me.mesh.host, me.mesh.port),
+                peers=[PeerAddress(peer.name, peer.mesh.host, peer.mesh.port)
+                       for peer in cluster.peers if peer.mesh is not None],
+                secret=cluster.secret_bytes(), ring_signature=services.router.ring.signature(),
+                boot_id=secrets.token_hex(8), handler=handler,
+                options=MeshOptions(max_frame_bytes=cluster.max_frame_bytes,
+                                    request_timeout=cluster.request_timeout,
+                                    heartbeat_interval=cluster.heartbeat_interval,
+                                    missed_heartbeats=cluster.missed_heartbeats,
+                                    queue_frames=cluster.queue_frames),
+                server_ssl=server_ssl, client_ssl=client_ssl)
+    mesh.on_peer_up(handler.peer_up)
+    mesh.on_peer_down(handler.peer_down)
+    services.router.attach(services.owner_api.run, mesh)
+    return mesh
+
+
+async def _run_mesh(mesh: Mesh, scope: trio.CancelScope,
+                    task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    with scope:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(mesh.run)
+            task_status.started()
+
+
 async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = None,
                 task_status: trio.TaskStatus[RunningServer] = trio.TASK_STATUS_IGNORED) -> None:
     """Run one shard until `shutdown` is set, then stop gracefully.
@@ -96,8 +138,12 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
         # scan it again and again as messages allocate.
         gc.collect()
         gc.freeze()
+        mesh = _mesh(config, services)
         async with trio.open_nursery() as nursery:
             await nursery.start(services.committer.run)
+            mesh_scope = trio.CancelScope()
+            if mesh is not None:
+                await nursery.start(_run_mesh, mesh, mesh_scope)
             async with trio.open_nursery() as web:
                 web.start_soon(_close_sockets_on, shutdown, services)
                 web.start_soon(_run_until, shutdown, services.accounts.run_pruner)
@@ -106,6 +152,9 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
                 log.info("serving %s (shard %s, data %s)", url, config.cluster.shard,
                          config.storage.data_dir)
                 task_status.started(RunningServer(url, services, certificate))
+            # Clients are gone; peers' requests stop now, and what they queued lands
+            # with the committer's drain.
+            mesh_scope.cancel()
             services.committer.close()
         log.info("stopped cleanly")
     finally:

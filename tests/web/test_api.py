@@ -125,7 +125,7 @@ async def test_a_route_answering_what_it_does_not_declare_is_a_500(
     @api.route("GET", "/created", summary="says 201, declares 200", access=Access.PUBLIC,
                response=models.Health)
     async def created() -> Reply:
-        return models.Health("ok", "local", "0"), 201
+        return models.Health("ok", "local", "0", []), 201
 
     @api.route("GET", "/empty", summary="says 204, declares a model",
                response=models.Health)

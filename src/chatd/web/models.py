@@ -231,10 +231,19 @@ class ErrorReply(Model):
 
 
 @dataclass(frozen=True, slots=True)
+class PeerState(Model):
+    shard: str
+    #: Whether this shard's mesh link to it is up.
+    up: bool
+
+
+@dataclass(frozen=True, slots=True)
 class Health(Model):
     status: str
     shard: str
     version: str
+    #: The other shards of the cluster (none for one shard).
+    peers: list[PeerState]
 
 
 @dataclass(frozen=True, slots=True)

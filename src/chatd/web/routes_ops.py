@@ -22,7 +22,10 @@ def register(api: Api, services: Services) -> None:
     @api.route("GET", "/healthz", summary="Liveness and readiness", access=Access.PUBLIC,
                response=models.Health)
     async def healthz() -> Reply:
-        return models.Health("ok", services.router.shard, __version__)
+        router = services.router
+        peers = [models.PeerState(shard, router.peers is not None and router.peers.is_up(shard))
+                 for shard in router.shards if shard != router.shard]
+        return models.Health("ok", router.shard, __version__, peers)
 
     @api.route("GET", "/openapi.json", summary="This document", access=Access.PUBLIC,
                response=Media("application/json", {"type": "object"}))
