@@ -37,6 +37,13 @@ class Peers(Protocol):
 
     def post(self, peer: str, method: str, body: Any) -> bool: ...
 
+    def prometheus(self) -> list[str]: ...
+
+
+#: The codes the mesh fails a request with when the peer did not answer (down, link
+#: dropped, deadline passed): to a client, the shard it needed is unreachable.
+PEER_FAILURES = frozenset({"peer_unreachable", "peer_timeout"})
+
 
 def unreachable(shard: str, what: str = "owner") -> Unavailable:
     return Unavailable(f"the {what} shard {shard!r} cannot be reached; retry shortly "
@@ -140,6 +147,6 @@ class Router:
 
 def _owner_error(shard: str, error: BaseException) -> BaseException:
     """An unreachable peer is the owner's unavailability to the client."""
-    if isinstance(error, Unavailable) and error.code in {"peer_unreachable", "unavailable"}:
+    if isinstance(error, Unavailable) and error.code in PEER_FAILURES:
         return unreachable(shard)
     return error

@@ -22,7 +22,7 @@ from chatd.domain import rules
 from chatd.domain.models import Device, Session, User
 from chatd.errors import BadRequest, ChatdError
 from chatd.services.accounts import TOKEN_PREFIX, AccountService, LoginResult
-from chatd.services.routing import Router, unreachable
+from chatd.services.routing import PEER_FAILURES, Router, unreachable
 
 #: How many hex digits of a token name its home shard's number (0..3ff).
 _TOKEN_HOME_DIGITS = 3
@@ -74,7 +74,7 @@ class Users:
         try:
             return await peers.start_request(shard, method, body).wait()
         except ChatdError as exc:
-            if exc.status == 503 and exc.code in {"peer_unreachable", "unavailable"}:
+            if exc.code in PEER_FAILURES:
                 raise unreachable(shard, "home") from None
             raise
 

@@ -34,7 +34,7 @@ from chatd.protocol.mesh import (
 from chatd.transport.errors import PeerUnavailable
 from chatd.transport.link import Link, MeshHandler, handshake, say_bye
 from chatd.transport.options import MeshOptions, PeerAddress
-from chatd.transport.statistics import PeerStatistics
+from chatd.transport.statistics import PeerStatistics, prometheus_lines
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +159,10 @@ class Mesh:
     def on_peer_down(self, callback: Callable[[str], None]) -> None:
         """Call `callback(peer)` when a peer's link closes (its requests have failed)."""
         self._down_callbacks.append(callback)
+
+    def prometheus(self) -> list[str]:
+        """`statistics()` as Prometheus text lines (for /metrics)."""
+        return prometheus_lines(self.statistics())
 
     def statistics(self) -> dict[str, PeerStatistics]:
         result = {}

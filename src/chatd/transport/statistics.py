@@ -64,3 +64,35 @@ class PeerStatistics:
 
     def snapshot(self) -> PeerStatistics:
         return dataclasses.replace(self, latency_buckets=list(self.latency_buckets))
+
+
+#: Counters exported to Prometheus, by field (each becomes chatd_mesh_<field>_total).
+_COUNTERS = ("requests_sent", "requests_failed", "requests_timed_out", "remote_errors",
+             "late_responses", "requests_received", "posts_sent", "posts_dropped",
+             "posts_received", "frames_in", "frames_out", "bytes_in", "bytes_out", "links",
+             "reconnects", "connect_failures", "link_failures")
+
+
+def prometheus_lines(statistics: dict[str, PeerStatistics]) -> list[str]:
+    """The mesh's per-peer state, queues, request latency and failures, in Prometheus'
+    text format (one series per peer, labelled `peer`)."""
+    lines = ["# TYPE chatd_mesh_peer_up gauge"]
+    lines += [f'chatd_mesh_peer_up{{peer="{peer}"}} {int(stats.state == "up")}'
+              for peer, stats in statistics.items()]
+    lines.append("# TYPE chatd_mesh_queue_frames gauge")
+    lines += [f'chatd_mesh_queue_frames{{peer="{peer}"}} {stats.queue_frames}'
+              for peer, stats in statistics.items()]
+    for name in _COUNTERS:
+        lines.append(f"# TYPE chatd_mesh_{name}_total counter")
+        lines += [f'chatd_mesh_{name}_total{{peer="{peer}"}} {getattr(stats, name)}'
+                  for peer, stats in statistics.items()]
+    lines.append("# TYPE chatd_mesh_request_seconds histogram")
+    for peer, stats in statistics.items():
+        cumulative = 0
+        for bound, count in zip((*LATENCY_BOUNDS, "+Inf"), stats.latency_buckets, strict=True):
+            cumulative += count
+            lines.append(f'chatd_mesh_request_seconds_bucket{{peer="{peer}",le="{bound}"}} '
+                         f"{cumulative}")
+        lines.append(f'chatd_mesh_request_seconds_sum{{peer="{peer}"}} {stats.latency_sum:.6f}')
+        lines.append(f'chatd_mesh_request_seconds_count{{peer="{peer}"}} {stats.latency_count}')
+    return lines

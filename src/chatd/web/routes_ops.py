@@ -55,4 +55,6 @@ def register(api: Api, services: Services) -> None:
             "# TYPE chatd_commit_pending gauge",
             f"chatd_commit_pending {stats.pending}",
         ]
+        if services.router.peers is not None:
+            lines += services.router.peers.prometheus()
         return Response("\n".join(lines) + "\n", content_type=_PROMETHEUS)
