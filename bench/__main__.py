@@ -12,7 +12,9 @@ Scenarios:
   sends    acknowledged REST sends into one group
   all      every scenario above but sends
 
-Without --url it starts its own server (data in a temp dir). `--quick` runs every
+Without --url it starts its own server (data in a temp dir); with --cluster FILE, one
+process per shard of that config, and server CPU is the sum of all of them (`direct`
+and `burst` place users and conversations with --placement). `--quick` runs every
 scenario small (under a minute). Figures go out as a table, and as JSON lines with
 --json. The exit status is 1 when any message was lost or duplicated.
 """
@@ -32,6 +34,7 @@ import trio
 
 from bench import harness
 from bench.appends import appends
+from bench.cluster import BenchCluster
 from bench.harness import Result, Target
 from bench.report import plot_sweep, print_result
 from bench.sends import run_sends
@@ -50,6 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("scenario", choices=SCENARIOS, nargs="?", default="all")
     parser.add_argument("--url", help="benchmark a running server instead of starting one "
                         "(CPU and RSS figures need it to run on this machine)")
+    parser.add_argument("--cluster", metavar="FILE",
+                        help="start every shard of this cluster config (e.g. "
+                             "conf/cluster-3.toml) and sum their CPU")
+    parser.add_argument("--placement", choices=["any", "cross", "local"], default=None,
+                        help="in a cluster, direct/burst pairs: cross = sender, receiver and "
+                             "owner on three shards (direct's default); local = all on one "
+                             "shard, pairs spread over the shards (burst's default)")
     parser.add_argument("--quick", action="store_true", help="every figure small and fast")
     parser.add_argument("--workers", type=int, default=2, help="client processes")
     parser.add_argument("--json", metavar="PATH",
@@ -105,7 +115,7 @@ def _runners(args: argparse.Namespace, own_server: BenchServer | None
     group_shape = {"members": _pick(args, "members", 50, 10),
                    "senders": _pick(args, "senders", 5, 2), "workers": workers, "ack": ack}
     direct = one(harness.direct, rate=_pick(args, "rate", 500.0, 100.0), seconds=seconds,
-                 **direct_shape)
+                 placement=args.placement or "cross", **direct_shape)
     group = one(harness.group, rate=_pick(args, "rate", 20.0, 20.0), seconds=seconds,
                 **group_shape)
     idle = one(harness.idle, connections=_pick(args, "connections", 10_000, 200),
@@ -114,7 +124,7 @@ def _runners(args: argparse.Namespace, own_server: BenchServer | None
     wakeup_ = one(wakeup, round_trips=_pick(args, "messages", 1000, 100))
     burst = one(harness.burst, pairs=_pick(args, "pairs", 50, 5),
                 seconds=_pick(args, "seconds", 5.0, 1.0), window=_pick(args, "window", 16, 8),
-                workers=workers, ack=ack)
+                workers=workers, ack=ack, placement=args.placement or "local")
 
     def sweep(target: Target) -> list[Result]:
         default = "250,500,1000,2000,4000" if args.shape == "direct" else "10,20,50,100,200"
@@ -161,17 +171,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         if out is not None:
             out.write(json.dumps({"scenario": "environment", **harness.environment()}) + "\n")
         for name in names:
-            server = None if args.url or name == "appends" else BenchServer(
+            cluster = BenchCluster(args.cluster, sync=not args.no_sync, env=SERVER_ENV) \
+                if args.cluster and not args.url and name != "appends" else None
+            server = None if args.url or cluster or name == "appends" else BenchServer(
                 sync=not args.no_sync, env=SERVER_ENV)
             try:
-                url = args.url or (server.url if server is not None else "")
-                target = Target.at(url) if args.url else Target(
-                    url, server.process.pid if server is not None else None)
+                if cluster is not None:
+                    first_url, first_pid = next(iter(cluster.shards.values()))
+                    target = Target(first_url, first_pid, shards=cluster.shards,
+                                    ring=cluster.ring)
+                else:
+                    url = args.url or (server.url if server is not None else "")
+                    target = Target.at(url) if args.url else Target(
+                        url, server.process.pid if server is not None else None)
                 target.count_syscalls = args.strace
                 results = _runners(args, server)[name](target)
             finally:
                 if server is not None:
                     server.stop()
+                if cluster is not None:
+                    cluster.stop()
             for result in results:
                 failed |= not result.ok
                 if out is not None:

@@ -25,6 +25,7 @@ import httpx
 import trio
 from hdrh.histogram import HdrHistogram
 
+from bench.cluster import handles_homed_on, owner_of_pair
 from bench.serverproc import (
     SyscallCounter,
     cpu_seconds,
@@ -35,6 +36,7 @@ from bench.serverproc import (
 from bench.worker import PAD, new_histogram, now_us
 from bench.wsclient import BenchSocket
 from chatd.client import ChatClient
+from chatd.domain.ring import HashRing
 from chatd.protocol.frames import send_request
 
 PASSWORD = "bench password"
@@ -66,6 +68,20 @@ class Target:
     pid: int | None
     #: Attach `strace -c -f` for the measured phase (counts only: it slows the server).
     count_syscalls: bool = False
+    #: A cluster: every shard's URL and process by name (`url` and `pid` are the
+    #: first's); CPU, memory and switches are summed over all of them.
+    shards: dict[str, tuple[str, int]] = field(default_factory=dict)
+    #: The cluster's ring, to place users and conversations on shards.
+    ring: HashRing | None = None
+
+    @property
+    def pids(self) -> list[int]:
+        if self.shards:
+            return [pid for _, pid in self.shards.values()]
+        return [self.pid] if self.pid is not None else []
+
+    def port_of(self, shard: str) -> int:
+        return urlsplit(self.shards[shard][0]).port or 80
 
     @property
     def host(self) -> str:
@@ -76,13 +92,13 @@ class Target:
         return urlsplit(self.url).port or 80
 
     def cpu(self) -> float | None:
-        return cpu_seconds(self.pid) if self.pid is not None else None
+        return sum(cpu_seconds(pid) for pid in self.pids) if self.pids else None
 
     def rss(self) -> int | None:
-        return rss_bytes(self.pid) if self.pid is not None else None
+        return sum(rss_bytes(pid) for pid in self.pids) if self.pids else None
 
     def switches(self) -> int | None:
-        return loop_switches(self.pid) if self.pid is not None else None
+        return sum(loop_switches(pid) for pid in self.pids) if self.pids else None
 
     @classmethod
     def at(cls, url: str) -> Target:
@@ -96,15 +112,23 @@ class Account:
     token: str
 
 
-async def provision(target: Target, count: int, tag: str) -> list[Account]:
-    """`count` fresh accounts, each logged in once (its token may open many sockets)."""
+async def provision(target: Target, count: int, tag: str, *,
+                    home: str | None = None) -> list[Account]:
+    """`count` fresh accounts, each logged in once (its token may open many sockets);
+    with `home`, all homed on that shard of the cluster."""
     stamp = f"{tag}{time.monotonic_ns() % 10**8}"
+    if home is not None:
+        assert target.ring is not None
+        homed = handles_homed_on(target.ring, home, stamp)
+        handles = [next(homed) for _ in range(count)]
+    else:
+        handles = [f"b{stamp}_{n}" for n in range(count)]
     accounts: list[Account | None] = [None] * count
     limiter = trio.CapacityLimiter(8)
 
     async def one(n: int) -> None:
         async with limiter, ChatClient(target.url) as client:
-            handle = f"b{stamp}_{n}"
+            handle = handles[n]
             await client.register(handle, PASSWORD, handle)
             credentials = await client.login(handle, PASSWORD, "bench")
             accounts[n] = Account(credentials.user_id, credentials.token)
@@ -129,13 +153,67 @@ async def open_directs(target: Target, pairs: list[tuple[Account, Account]]) -> 
     return conversations
 
 
-async def direct_pairs(target: Target, pairs: int, tag: str
-                       ) -> list[tuple[Account, Account, str]]:
-    """`pairs` fresh (sender, receiver, conversation) triples."""
-    accounts = await provision(target, 2 * pairs, tag)
-    couples = [(accounts[2 * n], accounts[2 * n + 1]) for n in range(pairs)]
+@dataclass
+class Pair:
+    sender: Account
+    receiver: Account
+    conversation: str
+    #: The ports their sockets connect to (None: the target's own).
+    sender_port: int | None = None
+    receiver_port: int | None = None
+
+
+async def direct_pairs(target: Target, pairs: int, tag: str, *,
+                       placement: str = "any") -> list[Pair]:
+    """`pairs` fresh sender-receiver pairs and their conversations. In a cluster,
+    `placement` says where they live: "cross" puts the sender (home and socket), the
+    receiver and the conversation's owner on three different shards; "local" puts all
+    three on one shard, spreading the pairs over the shards."""
+    if not target.shards or placement == "any":
+        accounts = await provision(target, 2 * pairs, tag)
+        couples = [(accounts[2 * n], accounts[2 * n + 1]) for n in range(pairs)]
+        ports: list[tuple[int | None, int | None]] = [(None, None)] * pairs
+    else:
+        couples, ports = await _placed_couples(target, pairs, tag, placement)
     conversations = await open_directs(target, couples)
-    return [(a, b, conv) for (a, b), conv in zip(couples, conversations, strict=True)]
+    return [Pair(a, b, conv, *port)
+            for (a, b), conv, port in zip(couples, conversations, ports, strict=True)]
+
+
+async def _placed_couples(target: Target, pairs: int, tag: str, placement: str
+                          ) -> tuple[list[tuple[Account, Account]],
+                                     list[tuple[int | None, int | None]]]:
+    assert target.ring is not None
+    names = sorted(target.shards)
+    if placement == "cross":
+        if len(names) < 3:
+            raise SystemExit("cross placement needs a cluster of three shards or more")
+        plans = [(names[0], names[1], names[2])] * pairs
+    else:
+        plans = [(names[n % len(names)],) * 3 for n in range(pairs)]
+    couples: list[tuple[Account, Account]] = []
+    ports: list[tuple[int | None, int | None]] = []
+    pools: dict[str, list[Account]] = {}
+    for sender_home, receiver_home, owner in plans:
+        for home in (sender_home, receiver_home):
+            if len(pools.get(home, [])) < 2:
+                # Only pairs whose conversation lands on `owner` qualify: a third of
+                # them, or a half, so the pools are drawn generously.
+                pools.setdefault(home, []).extend(
+                    await provision(target, 4 * pairs + 8,
+                                    f"{tag}{home}", home=home))
+        senders, receivers = pools[sender_home], pools[receiver_home]
+        match = next(((i, j) for i, a in enumerate(senders) for j, b in enumerate(receivers)
+                      if a is not b
+                      and owner_of_pair(target.ring, a.user_id, b.user_id) == owner), None)
+        if match is None:
+            raise SystemExit(f"no pair of users with a conversation on {owner}; retry")
+        sender = senders.pop(match[0])
+        receiver = receivers.pop(match[1] - (1 if senders is receivers and match[1] > match[0]
+                                             else 0))
+        couples.append((sender, receiver))
+        ports.append((target.port_of(sender_home), target.port_of(receiver_home)))
+    return couples, ports
 
 
 async def create_group(target: Target, members: list[Account]) -> str:
@@ -299,20 +377,22 @@ def _result(scenario: str, params: dict[str, Any], figures: dict[str, Any]) -> R
 
 
 async def direct(target: Target, *, pairs: int, rate: float, seconds: float,
-                 workers: int, ack: bool = True) -> Result:
-    triples = await direct_pairs(target, pairs, "d")
+                 workers: int, ack: bool = True, placement: str = "any") -> Result:
+    placed = await direct_pairs(target, pairs, "d", placement=placement)
     per_pair = max(1, int(rate * seconds / pairs))
     interval = pairs / rate
     specs = []
-    for n, (sender, receiver, conv) in enumerate(triples):
+    for n, pair in enumerate(placed):
         offset = interval * n / pairs  # spread the senders over the interval
-        specs.append({"token": sender.token, "conv": conv, "sends": per_pair,
-                      "interval": interval, "offset": offset})
-        specs.append({"token": receiver.token, "expect": per_pair})
+        specs.append(_at(pair.sender_port, {
+            "token": pair.sender.token, "conv": pair.conversation, "sends": per_pair,
+            "interval": interval, "offset": offset}))
+        specs.append(_at(pair.receiver_port, {"token": pair.receiver.token,
+                                              "expect": per_pair}))
     figures = run_live_phase(target, specs, workers=workers, expected=per_pair * pairs,
                              offered=per_pair * pairs, extra={"ack": ack})
-    return _result("direct", {"pairs": pairs, "rate": rate, "seconds": seconds, "ack": ack},
-                   figures)
+    return _result("direct", {"pairs": pairs, "rate": rate, "seconds": seconds, "ack": ack,
+                              **_cluster_params(target, placement)}, figures)
 
 
 async def group(target: Target, *, members: int, senders: int, rate: float, seconds: float,
@@ -337,18 +417,31 @@ async def group(target: Target, *, members: int, senders: int, rate: float, seco
 
 
 async def burst(target: Target, *, pairs: int, seconds: float, window: int,
-                workers: int, ack: bool = True) -> Result:
+                workers: int, ack: bool = True, placement: str = "any") -> Result:
     """Open loop at the server's pace: each sender keeps `window` sends in flight."""
     specs = []
-    for sender, receiver, conv in await direct_pairs(target, pairs, "b"):
-        specs.append({"token": sender.token, "conv": conv, "sends": 1})
-        specs.append({"token": receiver.token})
+    for pair in await direct_pairs(target, pairs, "b", placement=placement):
+        specs.append(_at(pair.sender_port, {"token": pair.sender.token,
+                                            "conv": pair.conversation, "sends": 1}))
+        specs.append(_at(pair.receiver_port, {"token": pair.receiver.token}))
     figures = run_live_phase(target, specs, workers=workers, expected=-1, offered=None,
                              extra={"window": window, "burst_seconds": seconds, "ack": ack})
     # Every acknowledged send has exactly one receiver here.
     figures["lost"] = max(0, figures["sent"] - figures["deliveries"])
     figures["durable_sends_per_s"] = figures["sent"] / seconds
-    return _result("burst", {"pairs": pairs, "window": window, "seconds": seconds}, figures)
+    return _result("burst", {"pairs": pairs, "window": window, "seconds": seconds,
+                             **_cluster_params(target, placement)}, figures)
+
+
+def _at(port: int | None, spec: dict[str, Any]) -> dict[str, Any]:
+    """A socket spec, connecting to `port` (a shard of a cluster) when one is given."""
+    return spec if port is None else {**spec, "port": port}
+
+
+def _cluster_params(target: Target, placement: str) -> dict[str, Any]:
+    if not target.shards:
+        return {}
+    return {"shards": len(target.shards), "placement": placement}
 
 
 async def idle(target: Target, *, connections: int, workers: int, per_token: int = 100,

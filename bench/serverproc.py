@@ -120,7 +120,11 @@ def cpu_seconds(pid: int) -> float:
 
 
 class BenchServer:
-    def __init__(self, *, sync: bool = True, env: dict[str, str] | None = None) -> None:
+    def __init__(self, *, sync: bool = True, env: dict[str, str] | None = None,
+                 args: tuple[str, ...] = (), other_ports: frozenset[int] = frozenset()) -> None:
+        """`args`: more `chatd serve` arguments (a cluster's --config and --shard);
+        `other_ports`: ports it listens on that are not HTTP (its mesh listener)."""
+        self._other_ports = other_ports
         self._dir = tempfile.TemporaryDirectory(prefix="chatd-bench-")
         self.log_path = Path(self._dir.name) / "server.log"
         env = {**os.environ, **BENCH_ENV, "CHATD_STORAGE_SYNC": "true" if sync else "false",
@@ -128,7 +132,7 @@ class BenchServer:
         self._log = open(self.log_path, "wb")  # noqa: SIM115  # closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "chatd", "serve", "--listen", "127.0.0.1:0",
-             "--data", str(Path(self._dir.name) / "data"), "--log-level", "warning"],
+             "--data", str(Path(self._dir.name) / "data"), "--log-level", "warning", *args],
             stdout=self._log, stderr=self._log, env=env)
         self.url = self._wait_ready()
 
@@ -152,7 +156,7 @@ class BenchServer:
         # The server logs at warning level here, so read the port from the socket table.
         ports = _listening()
         for inode in _socket_inodes(self.process.pid):
-            if inode in ports:
+            if inode in ports and ports[inode] not in self._other_ports:
                 return ports[inode]
         return None
 

@@ -83,7 +83,8 @@ async def _open_all(plan: dict[str, Any]) -> list[tuple[BenchSocket, dict[str, A
 
     async def open_one(spec: dict[str, Any]) -> None:
         async with limiter:
-            sock = await BenchSocket.connect(host, port, spec["token"], source=source)
+            sock = await BenchSocket.connect(host, spec.get("port", port), spec["token"],
+                                             source=source)
         opened.append((sock, spec))
 
     async with trio.open_nursery() as nursery:

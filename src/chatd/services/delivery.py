@@ -114,16 +114,19 @@ class Delivery:
             self._router.peers.post(home, DELIVER, {"kind": kind, "data": wire, "users": users})
 
     def _route_homed_here(self, kind: str, value: Any, to_wire: Any,
-                          users: list[int]) -> None:
+                          users: list[int], *, is_wire: bool = False) -> None:
         """Users homed here: to this shard's sessions, and to the shards the directory
-        names for them."""
+        names for them. `value` is the object itself, or (`is_wire`) its wire form."""
         by_shard: dict[str, list[int]] = {}
         for user_id in users:
             for shard in self._remote.get(user_id, ()):
                 by_shard.setdefault(shard, []).append(user_id)
         local = [user_id for user_id in users if self._hub.is_online(user_id)]
         if local:
-            self._hand_over_value(kind, value, local)
+            if is_wire:
+                self._hand_over(kind, value, local)
+            else:
+                self._hand_over_value(kind, value, local)
         if by_shard:
             wire = to_wire(value)
             assert self._router.peers is not None
@@ -176,7 +179,7 @@ class Delivery:
     def deliver_from_peer(self, body: Any) -> None:
         """DELIVER: a peer publishes to users homed here."""
         kind, data, users = _envelope(body)
-        self._route_homed_here(kind, data, _same, users)
+        self._route_homed_here(kind, data, _same, users, is_wire=True)
 
     def deliver_here_from_peer(self, body: Any) -> None:
         """DELIVER_HERE: a home forwards to sessions on this shard."""
