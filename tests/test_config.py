@@ -143,13 +143,17 @@ def test_the_shard_flag_picks_this_shard_from_the_list(tmp_path: Path) -> None:
     assert [peer.name for peer in cluster.peers] == ["a", "b"]
 
 
-def test_the_shipped_three_shard_file_is_valid() -> None:
+def test_the_shipped_cluster_files_are_valid() -> None:
     shipped = Path(__file__).parent.parent / "conf" / "cluster-3.toml"
     for name, number in (("a", 0), ("b", 1), ("c", 2)):
         cluster = load(str(shipped), environ={}, overrides={"cluster": {"shard": name}}).cluster
         assert cluster.names == ("a", "b", "c")
         assert cluster.this_shard.number == number
         assert cluster.this_shard.mesh == Address("127.0.0.1", 7101 + number)
+    two = Path(__file__).parent.parent / "conf" / "cluster-2.toml"
+    for name in ("a", "b"):
+        cluster = load(str(two), environ={}, overrides={"cluster": {"shard": name}}).cluster
+        assert cluster.names == ("a", "b") and cluster.is_clustered
 
 
 @pytest.mark.parametrize("table, message", [
