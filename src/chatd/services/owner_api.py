@@ -133,13 +133,21 @@ class OwnerApi:
             return [], -1
         rows = self._log.read(query.conversation_id, after=query.after, before=None,
                               limit=query.limit, newest_first=False)
+        complete = len(rows) < query.limit
         size = 0
         for taken, message in enumerate(rows):
             size += _body_size(message)
             if size >= query.max_bytes and taken + 1 < len(rows):
                 # Enough for one write: the rest is read again after it has gone.
                 rows = rows[:taken + 1]
+                complete = False
                 break
+        if complete:
+            # Everything durable was read: that is the head to report (the head in
+            # memory may include appends whose batch has not landed, which the reader
+            # would otherwise ask for again and again until it does; it is offered them
+            # live once it lands).
+            return rows, rows[-1].seq if rows else query.after
         return rows, conv.head_seq
 
     def conversations_of(self, query: ops.ConversationsOf) -> list[tuple[Conversation, int]]:
