@@ -7,6 +7,7 @@ import itertools
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -124,6 +125,14 @@ def assert_error(response: httpx.Response, status: int, code: str | None = None)
     assert isinstance(error["message"], str) and error["message"]
     if code is not None:
         assert error["code"] == code, error
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nothing listens on now (for configs that must name one)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
 
 
 class ServerProcess:

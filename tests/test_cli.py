@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -7,9 +8,21 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import ServerProcess
+from chatd.config import load
+from tests.helpers import ServerProcess, free_port
 
 CLUSTER_3 = Path(__file__).parent.parent / "conf" / "cluster-3.toml"
+
+
+def cluster_3_on_free_ports(tmp_path: Path) -> Path:
+    """The shipped three-shard file with mesh ports nobody uses: a clustered shard binds
+    its mesh port, and the shipped ones may be taken on a shared machine."""
+    text = CLUSTER_3.read_text()
+    for port in (7101, 7102, 7103):
+        text = text.replace(f"127.0.0.1:{port}", f"127.0.0.1:{free_port()}")
+    path = tmp_path / "cluster-3.toml"
+    path.write_text(text)
+    return path
 
 
 def chatd(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -79,7 +92,8 @@ def test_chatd_bench_is_the_harness() -> None:
 async def test_serve_starts_the_shard_named_by_the_flag_from_a_cluster_file(
         tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "b", tmp_path / "b.log",
-                           args=["--config", str(CLUSTER_3), "--shard", "b"])
+                           args=["--config", str(cluster_3_on_free_ports(tmp_path)),
+                                 "--shard", "b"])
     try:
         url = await server.ready()
         async with httpx.AsyncClient(base_url=url) as client:
@@ -94,28 +108,41 @@ async def test_serve_starts_the_shard_named_by_the_flag_from_a_cluster_file(
     assert "change-me" not in server.log_path.read_text()
 
 
+async def test_a_taken_mesh_port_is_named_in_one_line(tmp_path: Path) -> None:
+    cluster_3 = cluster_3_on_free_ports(tmp_path)
+    port = load(str(cluster_3), environ={}).cluster.shards[0].mesh.port  # type: ignore[union-attr]
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        result = serve_once(tmp_path / "data", "--config", str(cluster_3), "--shard", "a")
+    assert result.returncode == 1
+    assert f"chatd: cannot serve on 127.0.0.1:{port} (cluster mesh): Address already in use" \
+        in result.stderr, result.stderr
+
+
 def serve_once(data: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return chatd("serve", "--listen", "127.0.0.1:0", "--data", str(data), *args)
 
 
 @pytest.mark.slow
 async def test_a_data_directory_refuses_another_shard_or_another_ring(tmp_path: Path) -> None:
+    cluster_3 = cluster_3_on_free_ports(tmp_path)
     server = ServerProcess(tmp_path / "data", tmp_path / "server.log",
-                           args=["--config", str(CLUSTER_3), "--shard", "b"])
+                           args=["--config", str(cluster_3), "--shard", "b"])
     try:
         await server.ready()
     finally:
         assert server.terminate() == 0
 
-    result = serve_once(tmp_path / "data", "--config", str(CLUSTER_3), "--shard", "c")
+    result = serve_once(tmp_path / "data", "--config", str(cluster_3), "--shard", "c")
     assert result.returncode == 2, result.stderr
     assert ("chatd: invalid setting: cluster.shard: this data directory belongs to shard 'b', "
             "not 'c'") in result.stderr
     assert "Resharding" in result.stderr
 
     two = tmp_path / "two.toml"
-    two.write_text(CLUSTER_3.read_text().replace(
-        '[[cluster.shards]]\nname = "c"\nnumber = 2\nmesh = "127.0.0.1:7103"\n', ""))
+    text = cluster_3.read_text()
+    two.write_text(text[:text.index('[[cluster.shards]]\nname = "c"')])
     result = serve_once(tmp_path / "data", "--config", str(two), "--shard", "b")
     assert result.returncode == 2, result.stderr
     assert "chatd: invalid setting: cluster.shards: this data directory was made under " \

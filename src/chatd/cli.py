@@ -166,7 +166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"chatd: invalid setting: {error}", file=sys.stderr)
             return 2
         if isinstance(error, OSError):
-            print(f"chatd: cannot serve on {config.server.listen}: {error.strerror or error}",
+            where = error.filename or config.server.listen
+            print(f"chatd: cannot serve on {where}: {error.strerror or error}",
                   file=sys.stderr)
             return 1
         if "lock" in str(error).lower():

@@ -103,11 +103,17 @@ def _mesh(config: Config, services: Services) -> Mesh | None:
     return mesh
 
 
-async def _run_mesh(mesh: Mesh, scope: trio.CancelScope,
+async def _run_mesh(mesh: Mesh, scope: trio.CancelScope, address: tuple[str, int],
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     with scope:
         async with trio.open_nursery() as nursery:
-            await nursery.start(mesh.run)
+            try:
+                await nursery.start(mesh.run)
+            except OSError as exc:
+                # Name the mesh address: the operator would otherwise look at the client
+                # port (`cannot serve on ...`, cli.py).
+                raise OSError(exc.errno, exc.strerror, f"{address[0]}:{address[1]} "
+                              "(cluster mesh)") from exc
             task_status.started()
 
 
@@ -143,7 +149,9 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
             await nursery.start(services.committer.run)
             mesh_scope = trio.CancelScope()
             if mesh is not None:
-                await nursery.start(_run_mesh, mesh, mesh_scope)
+                me = config.cluster.this_shard.mesh
+                assert me is not None
+                await nursery.start(_run_mesh, mesh, mesh_scope, (me.host, me.port))
             async with trio.open_nursery() as web:
                 web.start_soon(_close_sockets_on, shutdown, services)
                 web.start_soon(_run_until, shutdown, services.accounts.run_pruner)
