@@ -244,6 +244,7 @@ class Proxy:
             self._nursery = nursery
             await nursery.start(self._serve)
             task_status.started()
+            await trio.sleep_forever()  # `start` needs the nursery open while stopped
 
     @property
     def up(self) -> bool:
@@ -453,14 +454,15 @@ async def next_of(live: LiveConnection, kind: str, *, within: float = 10.0) -> d
                 return event
 
 
-async def messages(live: LiveConnection, count: int, *,
-                   within: float = 30.0) -> list[dict[str, Any]]:
-    """The next `count` messages, as they arrived."""
+async def messages(live: LiveConnection, count: int, *, within: float = 30.0,
+                   conversation: str | None = None) -> list[dict[str, Any]]:
+    """The next `count` messages (of `conversation`, if given), as they arrived."""
     found: list[dict[str, Any]] = []
     with trio.fail_after(within):
         while len(found) < count:
             event = await live.next_event()
-            if event["type"] == "message":
+            if event["type"] == "message" and conversation in (
+                    None, event["message"]["conversation_id"]):
                 found.append(event["message"])
     return found
 

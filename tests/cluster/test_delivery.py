@@ -145,12 +145,12 @@ async def test_a_reconnect_after_an_ack_resumes_after_it(cluster: Cluster) -> No
     async with bob_c.connect() as b_live:
         for n in range(5):
             await alice_c.send(conversation, f"live {n}")
-        got = await messages(b_live, 5, within=10)
+        got = await messages(b_live, 5, within=5)
         await b_live.ack(conversation, got[-1]["seq"])
     for n in range(20):
         await alice_c.send(conversation, f"offline {n}")
     async with bob_c.connect() as b_live:
-        got = await messages(b_live, 20, within=10)
+        got = await messages(b_live, 20, within=5)
         assert [(m["seq"], m["body"]) for m in got] == [
             (6 + n, f"offline {n}") for n in range(20)]
         await nothing_more(b_live)
