@@ -25,7 +25,6 @@ import inspect
 import itertools
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -40,23 +39,26 @@ import trio
 from chatd.client import ChatClient, LiveConnection
 from chatd.domain.ids import COUNTER_BITS, MAX_SHARD, direct_conversation_id
 from chatd.domain.ring import HashRing
-from tests.helpers import FAST_AUTH_ENV, PASSWORD
+from tests.helpers import FAST_AUTH_ENV, PASSWORD, free_port
 
 NAMES = ("a", "b", "c")
 NUMBERS = {"a": 0, "b": 1, "c": 2}
 RING = HashRing(NAMES)
 SECRET = "cluster-tests-secret-0123456789abcdef"
 HOST = "127.0.0.1"
-#: Heartbeats every 0.1 s; a peer silent for 10 of them (1 s) is down. Links cut by a
-#: kill or the proxy close at once; the silence rule is only for a stalled peer, and a
-#: loaded 2-core box may stall a shard for a few hundred ms without it being down.
+#: Heartbeats every 0.1 s; a peer silent for 30 of them (3 s) is down. Links cut by a
+#: kill or the proxy close at once; the silence rule is only for a stalled peer, and on
+#: a loaded 2-core box a busy shard (or the proxy, in the test's own process) can be
+#: silent for over a second without being down. Longer than the request deadline (2 s),
+#: so a stalled owner is met by the deadline first.
 CLUSTER_SETTINGS: dict[str, Any] = {
     "heartbeat_interval": 0.1,
-    "missed_heartbeats": 10,
+    "missed_heartbeats": 30,
     "request_timeout": 2.0,
 }
 #: Generous: three shards, their argon2 and RocksDB, and pytest share two cores.
 READY_TIMEOUT = 30.0
+
 
 # -- placement --------------------------------------------------------------------------------
 
@@ -108,15 +110,13 @@ async def eventually(check: Callable[[], object], *, within: float, what: str,
         await trio.sleep(interval)
 
 
-# -- ports and config ---------------------------------------------------------------------------
+async def logged(shard: Shard, text: str, *, times: int = 1, within: float = 15.0) -> None:
+    """Until `shard`'s log (every run of it) holds `text` at least `times` times."""
+    await eventually(lambda: shard.log().count(text) >= times, within=within,
+                     what=f"shard {shard.name} to log {text!r} {times} time(s)")
 
-def free_port() -> int:
-    """A port free on 127.0.0.1 now (the kernel picks; bound again by the caller)."""
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
+# -- config ---------------------------------------------------------------------------------
 
 def write_config(path: Path, meshes: Mapping[str, int], *, numbers: Mapping[str, int] = NUMBERS,
                  secret: str = SECRET, cluster: Mapping[str, Any] = CLUSTER_SETTINGS) -> Path:
@@ -233,7 +233,6 @@ class Proxy:
     def __init__(self, port: int, target_port: int) -> None:
         self.port = port
         self.target_port = target_port
-        self.accepted = 0  # connections taken, over every period
         self._nursery: trio.Nursery | None = None
         self._period: trio.CancelScope | None = None
         self._stopped = trio.Event()
@@ -245,10 +244,6 @@ class Proxy:
             await nursery.start(self._serve)
             task_status.started()
             await trio.sleep_forever()  # `start` needs the nursery open while stopped
-
-    @property
-    def up(self) -> bool:
-        return self._period is not None
 
     async def stop(self) -> None:
         assert self._period is not None, "the proxy is stopped already"
@@ -275,7 +270,6 @@ class Proxy:
             self._stopped.set()
 
     async def _forward(self, downstream: trio.SocketStream) -> None:
-        self.accepted += 1
         try:
             upstream = await trio.open_tcp_stream(HOST, self.target_port)
         except OSError:
@@ -301,10 +295,6 @@ class Person:
     user_id: str
     device_id: str
     token: str
-
-    @property
-    def home(self) -> str:
-        return home_of_user(self.user_id)
 
 
 # -- the cluster --------------------------------------------------------------------------------
@@ -365,6 +355,8 @@ class Cluster:
         await eventually(seen, within=within, what=f"mesh links {dict(wanted)}")
 
     async def restart(self, name: str) -> None:
+        """SIGKILL the shard if it runs, start it again (same data, same ports), and
+        wait until every link is up."""
         shard = self.shards[name]
         shard.kill()
         shard.start()
@@ -438,7 +430,7 @@ def tracebacks(text: str) -> list[str]:
     found = []
     lines = text.splitlines()
     for index, line in enumerate(lines):
-        if line.startswith("Traceback (most recent call last)"):
+        if "Traceback (most recent call last)" in line:
             found.append("\n".join(lines[max(0, index - 1):index + 30]))
     return found
 
@@ -467,11 +459,16 @@ async def messages(live: LiveConnection, count: int, *, within: float = 30.0,
     return found
 
 
-async def nothing_more(live: LiveConnection, kind: str = "message", wait: float = 0.5) -> None:
-    """No frame of type `kind` arrives within `wait` seconds."""
+async def nothing_more(live: LiveConnection, kind: str = "message", wait: float = 0.5, *,
+                       conversation: str | None = None) -> None:
+    """No frame of type `kind` (about `conversation`, if given) arrives within `wait`
+    seconds."""
     with trio.move_on_after(wait):
         while True:
             event = await live.next_event()
+            if conversation is not None and conversation != event.get(
+                    "message", event).get("conversation_id"):
+                continue
             assert event["type"] != kind, event
 
 

@@ -167,15 +167,7 @@ LAYOUTS = {
 }
 
 
-@pytest.mark.parametrize("layout", [
-    "away_from_home",
-    pytest.param("half_at_home", marks=pytest.mark.xfail(strict=True, reason=(
-        "src/chatd/services/delivery.py deliver_from_peer passes the wire form to "
-        "_route_homed_here, whose local hand-over (_hand_over_value) expects a Message "
-        "or OutFrame: a user connected to their home shard gets no live message from a "
-        "remote owner (AttributeError in the post handler), and a typing/presence "
-        "frame closes their socket with 1011"))),
-])
+@pytest.mark.parametrize("layout", LAYOUTS)
 async def test_group_across_all_homes_and_shards_everyone_gets_everything(
         cluster: Cluster, layout: str) -> None:
     """Six members, two homed on each shard, connected as `layout` says (the first
