@@ -138,9 +138,9 @@ def free_port() -> int:
 class ServerProcess:
     """`python -m chatd serve` in a child process, for crash and signal tests."""
 
-    def __init__(self, data_dir: Path, log_path: Path, extra_env: Mapping[str, str] = (),
-                 args: Sequence[str] = ()) -> None:
-        env = {**os.environ, **FAST_AUTH_ENV, **dict(extra_env)}
+    def __init__(self, data_dir: Path, log_path: Path,
+                 extra_env: Mapping[str, str] | None = None, args: Sequence[str] = ()) -> None:
+        env = {**os.environ, **FAST_AUTH_ENV, **(extra_env or {})}
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115  # closed in wait()/kill()
         self.process = subprocess.Popen(

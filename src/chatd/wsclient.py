@@ -125,11 +125,14 @@ class ClientSocket:
 
     async def aclose(self, code: int = ws.CLOSE_NORMAL, reason: str = "") -> None:
         """Send our close (if the connection is still open) and close the stream."""
-        if self.closed is None:
-            with trio.move_on_after(1), contextlib.suppress(
-                    trio.BrokenResourceError, trio.ClosedResourceError):
-                await self._send(self._protocol.close(code, reason))
-        await self._finish(WebSocketClosed(code, reason))
+        try:
+            if self.closed is None:
+                with trio.move_on_after(1), contextlib.suppress(
+                        trio.BrokenResourceError, trio.ClosedResourceError):
+                    await self._send(self._protocol.close(code, reason))
+        finally:
+            # Even when cancelled while saying goodbye: the socket must not leak.
+            await self._finish(WebSocketClosed(code, reason))
 
     async def _finish(self, closed: WebSocketClosed) -> None:
         if self.closed is None:

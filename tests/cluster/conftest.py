@@ -20,13 +20,7 @@ import trio
 
 from tests.cluster.harness import Cluster, open_cluster, tracebacks
 
-KNOWN_TRACEBACKS = {
-    # A PING (or a REQ) read together with the peer's BYE is answered after the
-    # connection is closed: src/chatd/transport/link.py `_dispatch`. Happens when a
-    # peer shuts down. test_mesh_edges.py::test_a_ping_or_request_read_with_a_bye_is_not_a_crash
-    "RuntimeError: cannot send PONG in state CLOSED",
-    "RuntimeError: cannot send RES in state CLOSED",
-}
+KNOWN_TRACEBACKS: set[str] = set()
 
 
 @pytest.fixture

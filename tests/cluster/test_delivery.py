@@ -130,12 +130,6 @@ async def test_direct_chat_across_homes_through_a_third_shard(cluster: Cluster) 
         await nothing_more(b_live, wait=0.3)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "src/chatd/protocol/owner.py ConversationsOf.cursors (dict[int, int]) goes on the "
-    "mesh as a msgpack map with int keys; peers decode with strict_map_key=True "
-    "(protocol/mesh.py decode_frame) and close the link: a device that acknowledged "
-    "anything reconnects without the conversations of remote owners, and every mesh "
-    "link of its shard is reset"))
 async def test_a_reconnect_after_an_ack_resumes_after_it(cluster: Cluster) -> None:
     """Bob acknowledges what he got, goes away, comes back through c: he gets exactly
     what was sent meanwhile, and the shards' links stay up."""

@@ -245,12 +245,6 @@ async def test_an_impostor_without_the_secret_is_refused_and_nothing_it_sends_is
             assert raised.value.code == "unknown_user"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "src/chatd/transport/link.py Link._dispatch answers a PING (and _answer a request) "
-    "with self._connection.pong()/response() after the same read ended in a BYE, when "
-    "the connection is CLOSED already: RuntimeError 'cannot send PONG in state CLOSED', "
-    "logged with a traceback as a failure of the link's reader (also at every peer's "
-    "graceful shutdown that meets a PING in flight)"))
 async def test_a_ping_or_request_read_with_a_bye_is_not_a_crash(cluster: Cluster) -> None:
     """A peer (here one that knows the secret, standing in for a killed a) sends a PING,
     or a request, and its BYE in one write: b closes the link as the peer asked, with

@@ -18,6 +18,7 @@ from chatd.domain.models import (
     Watermark,
 )
 from chatd.protocol import owner as ops
+from chatd.protocol.mesh import Post, decode_frame, encode_frame
 
 COMMANDS: list[ops.OwnerCommand] = [
     ops.Send(7, 1, 2, "c1", "text/plain", "hi"),
@@ -41,8 +42,13 @@ COMMANDS: list[ops.OwnerCommand] = [
 
 
 def over_the_wire(value: Any) -> Any:
-    return msgpack.unpackb(msgpack.packb(value, use_bin_type=True), raw=False,
-                           strict_map_key=False)
+    """`value` as a peer reads it: through the mesh's own frame codec (which, like any
+    strict msgpack reader, takes string map keys only)."""
+    frame = encode_frame({"kind": "POST", "method": "test", "body": value},
+                         msgpack.Packer(use_bin_type=True))
+    post = decode_frame(frame[4:])
+    assert isinstance(post, Post)
+    return post.body
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: type(c).__name__)

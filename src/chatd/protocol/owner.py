@@ -49,6 +49,11 @@ class OwnerCommand:
 
     @classmethod
     def from_wire(cls: type[C], body: Any) -> C:
+        return cls(**cls.checked_fields(body))
+
+    @classmethod
+    def checked_fields(cls, body: Any) -> dict[str, Any]:
+        """`body`'s fields, each of the type the command declares (else WireError)."""
         if not isinstance(body, dict):
             raise WireError(f"{cls.METHOD}: the body must be a map")
         names = {field.name: field.type for field in fields(cls)}
@@ -56,7 +61,7 @@ class OwnerCommand:
             raise WireError(f"{cls.METHOD}: expected fields {sorted(names)}, got {sorted(body)}")
         for name, value in body.items():
             _check_type(cls.METHOD, name, names[name], value)
-        return cls(**body)
+        return body
 
 
 def _check_type(method: str, name: str, annotation: Any, value: Any) -> None:
@@ -229,7 +234,26 @@ class ConversationsOf(OwnerCommand):
     METHOD: ClassVar[str] = "owner.conversations_of"
     user_id: int
     device_id: int
+    #: On the wire, a list of [conversation_id, seq] pairs: the mesh's msgpack takes
+    #: string map keys only.
     cursors: dict[int, int]
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"conversation_id": self.conversation_id, "user_id": self.user_id,
+                "device_id": self.device_id,
+                "cursors": [[conversation, seq] for conversation, seq in self.cursors.items()]}
+
+    @classmethod
+    def from_wire(cls, body: Any) -> ConversationsOf:
+        if not isinstance(body, dict) or not isinstance(body.get("cursors"), list):
+            raise WireError(f"{cls.METHOD}: cursors must be a list of pairs")
+        pairs = body["cursors"]
+        if not all(isinstance(pair, list) and len(pair) == 2 and all(
+                isinstance(part, int) and not isinstance(part, bool) for part in pair)
+                for pair in pairs):
+            raise WireError(f"{cls.METHOD}: cursors must be [conversation_id, seq] pairs")
+        checked = cls.checked_fields({**body, "cursors": {}})
+        return cls(**{**checked, "cursors": {conversation: seq for conversation, seq in pairs}})
 
 
 COMMANDS: dict[str, type[OwnerCommand]] = {

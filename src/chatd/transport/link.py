@@ -44,6 +44,7 @@ from chatd.protocol.mesh import (
     Post,
     Request,
     Response,
+    State,
 )
 from chatd.transport.errors import PeerTimeout, PeerUnavailable, remote_error
 from chatd.transport.options import MeshOptions
@@ -450,7 +451,8 @@ class Link:
             elif kind is Post:
                 self._on_post(event)  # type: ignore[arg-type]
             elif kind is Ping:
-                self._enqueue(self._connection.pong(), force=True)
+                if self._can_send():
+                    self._enqueue(self._connection.pong(), force=True)
             elif isinstance(event, Bye):
                 log.info("mesh link to %s: the peer closes it: %r", self.peer, event.reason)
                 self.close(f"the peer said bye: {event.reason!r}")
@@ -521,8 +523,14 @@ class Link:
         finally:
             self._inbound -= 1
 
+    def _can_send(self) -> bool:
+        """Whether frames may still go out: the link is not closed, and the connection
+        is still open (a BYE read in the same chunk as a PING or a request closes the
+        connection before those are handled; they are then left unanswered)."""
+        return not self._closed and self._connection.state is State.OPEN
+
     def _answer(self, call_id: int, method: str, result: Any) -> None:
-        if self._closed:
+        if not self._can_send():
             return
         try:
             frame = self._connection.response(call_id, result)
@@ -551,7 +559,7 @@ class Link:
 
     def _send_error(self, call_id: int, status: int, code: str, message: str,
                     retry_after: float | None = None) -> None:
-        if not self._closed:
+        if self._can_send():
             self._enqueue(self._connection.error(call_id, status, code, message, retry_after),
                           force=True)
 
