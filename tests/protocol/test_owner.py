@@ -37,7 +37,7 @@ COMMANDS: list[ops.OwnerCommand] = [
     ops.Status(7, 1, 2),
     ops.Typing(7, 1),
     ops.ReadLog(7, 1, 0, 200, 1 << 18),
-    ops.ConversationsOf(0, 1, 9, {7: 3}),
+    ops.ConversationsOf(0, 1, 9, 0, {7: 3}),
 ]
 
 
@@ -89,7 +89,7 @@ def test_results_round_trip() -> None:
         (ops.History.METHOD, HistoryPage([message], True)),
         (ops.Status.METHOD, [(1, 3, 3), (2, 2, 1)]),
         (ops.ReadLog.METHOD, ([message], 3)),
-        (ops.ConversationsOf.METHOD, [(conv, 2)]),
+        (ops.ConversationsOf.METHOD, ([(conv, 2)], 0)),
         (ops.Typing.METHOD, True),
     ]
     for method, result in cases:
@@ -102,7 +102,8 @@ def test_results_round_trip() -> None:
             assert back.created is True
             assert ops.conversation_to_wire(back.conversation) == ops.conversation_to_wire(conv)
         elif method == ops.ConversationsOf.METHOD:
-            assert [(ops.conversation_to_wire(c), s) for c, s in back] == [
+            rows, after = back
+            assert after == 0 and [(ops.conversation_to_wire(c), s) for c, s in rows] == [
                 (ops.conversation_to_wire(conv), 2)]
         else:
             assert back == result, method

@@ -130,3 +130,28 @@ async def test_with_no_batch_coming_the_hint_writer_carries_the_acks(shard: Shar
                 await trio.sleep(0.01)
         nursery.cancel_scope.cancel()
     assert services.committer.statistics().batches_written == idle.batches_written + 1
+
+
+async def test_answers_that_list_much_come_in_pages_that_fit_a_mesh_frame(
+        shard: Shard) -> None:
+    alice = await shard.user()
+    others = [await shard.user() for _ in range(12)]
+    services = shard.services
+    services.owner_api.page_bytes = 1_000  # a few conversations, or messages, a page
+    groups = {(await services.conversations.create_group(alice, f"g{n}", [
+        other.user_id for other in others])).conversation_id for n in range(7)}
+    starts = await services.messaging.delivery_starts(alice, {})
+    assert {conv.conversation_id for conv, _ in starts} == groups  # every page was read
+    conversation_id = min(groups)
+    for n in range(6):
+        await services.messaging.send(alice, conversation_id=conversation_id,
+                                      client_msg_id=f"big{n}", content_type="text/plain",
+                                      body=f"{n}" + "x" * 400)
+    newest = await services.messaging.history(alice, conversation_id, after=None,
+                                              before=None, limit=50)
+    assert [m.body[0] for m in newest.messages] == ["4", "5"]  # type: ignore[index]
+    assert newest.has_more
+    oldest = await services.messaging.history(alice, conversation_id, after=1, before=None,
+                                              limit=50)
+    assert [m.body[0] for m in oldest.messages] == ["0", "1"]  # type: ignore[index]
+    assert oldest.has_more

@@ -228,19 +228,21 @@ class ReadLog(OwnerCommand):
 class ConversationsOf(OwnerCommand):
     """The conversations this shard owns that `user_id` is a member of, each with where
     the device's delivery starts (`cursors`: its acknowledged seqs; a conversation it
-    never acked starts at the first entry written after the device was created). Answer:
-    [[conversation, start], ...]."""
+    never acked starts at the first entry written after the device was created), a page
+    at a time in conversation id order from after `after`. Answer: [[[conversation,
+    start], ...], the `after` of the next page, or 0 at the end]."""
 
     METHOD: ClassVar[str] = "owner.conversations_of"
     user_id: int
     device_id: int
+    after: int
     #: On the wire, a list of [conversation_id, seq] pairs: the mesh's msgpack takes
     #: string map keys only.
     cursors: dict[int, int]
 
     def to_wire(self) -> dict[str, Any]:
         return {"conversation_id": self.conversation_id, "user_id": self.user_id,
-                "device_id": self.device_id,
+                "device_id": self.device_id, "after": self.after,
                 "cursors": [[conversation, seq] for conversation, seq in self.cursors.items()]}
 
     @classmethod
@@ -337,6 +339,8 @@ RESULTS: dict[str, tuple[Any, Any]] = {
         lambda result: [[message_to_wire(m) for m in result[0]], result[1]],
         lambda data: ([message_from_wire(m) for m in data[0]], data[1])),
     ConversationsOf.METHOD: (
-        lambda rows: [[conversation_to_wire(conv), start] for conv, start in rows],
-        lambda data: [(conversation_from_wire(conv), start) for conv, start in data]),
+        lambda page: [[[conversation_to_wire(conv), start] for conv, start in page[0]],
+                      page[1]],
+        lambda data: ([(conversation_from_wire(conv), start) for conv, start in data[0]],
+                      data[1])),
 }

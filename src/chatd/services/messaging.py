@@ -109,12 +109,18 @@ class MessagingService:
         found: list[tuple[Conversation, int]] = []
 
         async def ask(shard: str) -> None:
-            query = ops.ConversationsOf(0, session.user_id, session.device_id, cursors)
-            if self._router.is_local(shard):
-                found.extend(self._owner_api.conversations_of(query))
-                return
-            with contextlib.suppress(ChatdError):
-                found.extend(await self._router.remote(shard, query).wait())
+            after = -1
+            while after:
+                query = ops.ConversationsOf(0, session.user_id, session.device_id,
+                                            max(after, 0), cursors)
+                if self._router.is_local(shard):
+                    page, after = self._owner_api.conversations_of(query)
+                else:
+                    try:
+                        page, after = await self._router.remote(shard, query).wait()
+                    except ChatdError:
+                        return
+                found.extend(page)
 
         async with trio.open_nursery() as nursery:
             for shard in self._router.shards:

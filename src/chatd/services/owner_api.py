@@ -12,7 +12,7 @@ shard a client is connected to checks nothing about conversations it does not ow
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import trio
@@ -58,6 +58,8 @@ class OwnerApi:
         self._limits = limits
         self._now_ms = now_ms
         self._publish_ephemeral = publish_ephemeral
+        #: About the most one answer listing conversations or history holds.
+        self.page_bytes = PAGE_BYTES
         # Typing notices: a burst of 3, then one every 2 s per (user, conversation).
         self._typing_limit = KeyedRateLimiter(per_second=0.5, burst=3)
 
@@ -100,6 +102,12 @@ class OwnerApi:
         has_more = len(rows) > limit
         if has_more:
             rows = rows[1:] if newest_first else rows[:limit]
+        # A page of big messages is cut short (at least one is always given): it must fit
+        # an answer across the mesh, and the client pages on as it would anyway.
+        kept = _within_bytes(reversed(rows) if newest_first else rows, self.page_bytes)
+        if kept < len(rows):
+            rows = rows[len(rows) - kept:] if newest_first else rows[:kept]
+            has_more = True
         return HistoryPage(rows, has_more)
 
     def status(self, query: ops.Status) -> list[tuple[int, int, int]]:
@@ -150,14 +158,22 @@ class OwnerApi:
             return rows, rows[-1].seq if rows else query.after
         return rows, conv.head_seq
 
-    def conversations_of(self, query: ops.ConversationsOf) -> list[tuple[Conversation, int]]:
+    def conversations_of(self, query: ops.ConversationsOf
+                         ) -> tuple[list[tuple[Conversation, int]], int]:
         """The conversations owned here that the user is in, each with the seq the
-        device's delivery starts at."""
-        result = []
+        device's delivery starts at: a page of about `PAGE_BYTES` (members lists of big
+        groups add up) and where the next page starts (0: no more)."""
+        result: list[tuple[Conversation, int]] = []
+        size = 0
         for conversation_id in self._owner.conversation_ids_of(query.user_id):
+            if conversation_id <= query.after:
+                continue
+            if size >= self.page_bytes:
+                return result, result[-1][0].conversation_id
             conv = self._owner.find(conversation_id)
             if conv is None or not conv.is_member(query.user_id):
                 continue
+            size += 200 + 40 * len(conv.members)
             floor = max(1, conv.members[query.user_id].joined_seq)
             acked = query.cursors.get(conversation_id)
             if acked is None:
@@ -167,7 +183,7 @@ class OwnerApi:
             else:
                 start = max(acked + 1, floor)
             result.append((conv, start))
-        return result
+        return result, 0
 
     def _first_newer_than(self, conv: Conversation, floor: int, snowflake: int) -> int:
         """The first seq >= floor whose message id is above `snowflake` (ids grow with
@@ -390,6 +406,22 @@ class OwnerApi:
             return conv
 
         return self._commands.enqueue(apply)
+
+
+#: About the most an answer that lists conversations, or a page of history, holds: it
+#: must fit a mesh frame (cluster.max_frame_bytes, 1 MiB by default) with room to spare.
+PAGE_BYTES = 256 * 1024
+
+
+def _within_bytes(rows: Iterable[Message], limit: int) -> int:
+    """How many of `rows`, in that order, fit `limit` bytes (at least one)."""
+    size = count = 0
+    for message in rows:
+        size += _body_size(message)
+        if count and size > limit:
+            break
+        count += 1
+    return count
 
 
 def _body_size(message: Message) -> int:
