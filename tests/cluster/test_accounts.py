@@ -7,7 +7,7 @@ import httpx
 import trio
 
 from chatd.client import ApiError, ChatClient, LiveConnection
-from tests.cluster.harness import NAMES, RING, Cluster, handle_homed_at, next_of
+from tests.cluster.harness import NAMES, RING, Cluster, handle_homed_at, next_of, nothing_more
 from tests.helpers import PASSWORD
 
 
@@ -129,3 +129,22 @@ async def test_presence_and_typing_reach_contacts_connected_to_other_shards(
         seen = await next_of(bob_live, "presence")
         assert (seen["user_id"], seen["online"]) == (alice.user_id, False)
         assert isinstance(seen["last_seen"], int)
+
+
+async def test_presence_is_the_users_not_a_shards(cluster: Cluster) -> None:
+    """Alice with sockets on two shards comes online once and goes offline once: closing
+    the one on a while she is still on b tells Bob nothing."""
+    alice, bob = await cluster.person(home="a"), await cluster.person(home="c")
+    await (await cluster.client("c", alice)).open_direct(bob.user_id)
+    async with (await cluster.client("c", bob)).connect() as bob_live:
+        await bob_live.ping()
+        async with (await cluster.client("b", alice)).connect() as on_b:
+            await on_b.ping()
+            seen = await next_of(bob_live, "presence")
+            assert (seen["user_id"], seen["online"]) == (alice.user_id, True)
+            async with (await cluster.client("a", alice)).connect() as on_a:
+                await on_a.ping()
+            # Her socket on a closed; she is still on b.
+            await nothing_more(bob_live, "presence", wait=1.0)
+        seen = await next_of(bob_live, "presence")
+        assert (seen["user_id"], seen["online"]) == (alice.user_id, False)

@@ -103,3 +103,30 @@ async def test_a_full_queue_closes_the_session_and_drops_further_frames(shard: S
     with pytest.raises(SessionClosed) as closed:
         live.take_frames()
     assert closed.value.end is SessionEnd.TOO_SLOW
+
+
+async def test_a_member_added_or_re_added_is_never_sent_what_came_before(
+        shard: Shard) -> None:
+    alice, bob, mallory = await shard.user(), await shard.user(), await shard.user()
+    services = shard.services
+    group = (await services.conversations.create_group(alice, "g", [bob.user_id]))
+    conversation_id = group.conversation_id
+    await send(services, alice, conversation_id, "before mallory")  # seq 2
+    # An ack for a conversation she is not in leaves no cursor anywhere...
+    services.messaging.acknowledge(mallory, conversation_id, 0, {}, True)
+    assert services.messaging.cursors_of(mallory.device_id) == {}
+    # ...and a cursor from nowhere (here: handed to the session) opens nothing either.
+    live = await open_session(services, mallory)
+    live.acked[conversation_id] = 0
+    await services.conversations.add_members(alice, conversation_id, [mallory.user_id])
+    got: list[OutFrame] = []
+    while batch := take(services, live):
+        got += batch
+    assert seqs(got) == [3]  # members_added, nothing before it
+    await services.conversations.remove_members(alice, conversation_id, [mallory.user_id])
+    await send(services, alice, conversation_id, "while mallory was out")  # seq 5
+    await services.conversations.add_members(alice, conversation_id, [mallory.user_id])
+    got = []
+    while batch := take(services, live):
+        got += batch
+    assert seqs(got) == [4, 6]  # her removal, then her return: not seq 5

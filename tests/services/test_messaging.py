@@ -7,6 +7,7 @@ import trio
 
 from chatd.domain.models import Session, Watermark
 from chatd.errors import BadRequest, NotFound
+from chatd.protocol import owner as ops
 from chatd.storage import records
 from tests.services.conftest import Shard
 
@@ -147,11 +148,15 @@ async def test_answers_that_list_much_come_in_pages_that_fit_a_mesh_frame(
         await services.messaging.send(alice, conversation_id=conversation_id,
                                       client_msg_id=f"big{n}", content_type="text/plain",
                                       body=f"{n}" + "x" * 400)
-    newest = await services.messaging.history(alice, conversation_id, after=None,
-                                              before=None, limit=50)
+    # A page asked across the mesh names a bound (a local one does not).
+    newest = services.owner_api.history(ops.History(conversation_id, alice.user_id, -1, -1,
+                                                    50, 1_000))
     assert [m.body[0] for m in newest.messages] == ["4", "5"]  # type: ignore[index]
     assert newest.has_more
-    oldest = await services.messaging.history(alice, conversation_id, after=1, before=None,
-                                              limit=50)
+    oldest = services.owner_api.history(ops.History(conversation_id, alice.user_id, 1, -1,
+                                                    50, 1_000))
     assert [m.body[0] for m in oldest.messages] == ["0", "1"]  # type: ignore[index]
     assert oldest.has_more
+    whole = await services.messaging.history(alice, conversation_id, after=1, before=None,
+                                             limit=50)
+    assert len(whole.messages) == 6 and not whole.has_more

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import ssl
 from collections.abc import Callable
@@ -492,6 +493,22 @@ async def test_a_restarted_peer_is_redialed_and_reports_its_new_boot_id(
     assert new_boot != first_boot and a.ups[-1] == ("b", new_boot)
     assert await a.mesh.request("b", "echo", "back") == {"peer": "a", "body": "back"}
     assert a.mesh.statistics()["b"].reconnects == 1
+
+
+async def test_idle_connections_cannot_keep_a_real_peer_out(nursery: trio.Nursery) -> None:
+    """Connections that never finish their handshake hold no slot a peer needs: when the
+    table is full, the oldest is dropped for the newcomer."""
+    slow = dataclasses.replace(FAST, handshake_timeout=30.0, max_handshakes=4)
+    b = await start_node(nursery, "b", {"a": UNUSED_PORT}, options=slow)
+    idle = [await trio.open_tcp_stream(HOST, b.port) for _ in range(12)]
+    try:
+        a = await start_node(nursery, "a", {"b": b.port}, options=slow)
+        with trio.fail_after(5):
+            await wait_up(a, b)
+        assert await a.mesh.request("b", "echo", 1) == {"peer": "a", "body": 1}
+    finally:
+        for stream in idle:
+            await stream.aclose()
 
 
 async def test_a_peer_that_goes_silent_is_down_after_the_missed_heartbeats(

@@ -109,6 +109,9 @@ class Acknowledge(OwnerCommand):
 
     METHOD: ClassVar[str] = "owner.ack"
     user_id: int
+    #: The acknowledging device: once the owner accepts the ack, it moves that device's
+    #: cursor at the user's home (only acks the owner accepted leave a cursor).
+    device_id: int
     seq: int
     shares_read: bool
 
@@ -183,13 +186,15 @@ class View(OwnerCommand):
 @dataclass(frozen=True, slots=True)
 class History(OwnerCommand):
     """A page of the log (-1 stands for "not given" in `after` and `before`; 0 for the
-    default `limit`). Answer: {messages, has_more}."""
+    default `limit`), cut short past about `max_bytes` of bodies (0: no bound; a page
+    asked over the mesh must fit a frame). Answer: {messages, has_more}."""
 
     METHOD: ClassVar[str] = "owner.history"
     user_id: int
     after: int
     before: int
     limit: int
+    max_bytes: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -45,6 +45,8 @@ ATTACH = "directory.attach"   # {"users": [...]}: the sender now holds their soc
 DETACH = "directory.detach"   # {"users": [...]}: it holds none any more
 #: Mesh request: which of these users (homed at the receiver) are online anywhere.
 ONLINE = "directory.online"
+#: Mesh request: {"user"}: whether a shard other than the asking one holds their sockets.
+ELSEWHERE = "directory.elsewhere"
 
 
 class Delivery:
@@ -198,6 +200,12 @@ class Delivery:
                 if not shards:
                     del self._remote[user_id]
 
+    def elsewhere_from_peer(self, peer: str, body: Any) -> bool:
+        user_id = body.get("user") if isinstance(body, dict) else None
+        if not isinstance(user_id, int) or isinstance(user_id, bool):
+            raise ValueError("user must be an id")
+        return self._hub.is_online(user_id) or bool(self._remote.get(user_id, set()) - {peer})
+
     def online_from_peer(self, body: Any) -> list[int]:
         return [user_id for user_id in _users(body) if self.is_online_here_or_known(user_id)]
 
@@ -216,6 +224,24 @@ class Delivery:
         home = self._router.home_of_user(user_id)
         if home != self._router.shard and self._router.peers is not None:
             self._router.peers.post(home, DETACH, {"users": [user_id]})
+
+    async def online_elsewhere(self, user_id: int) -> bool:
+        """Whether a shard other than this one holds a socket of the user: their home
+        decides (its directory sees every shard), so a user with sockets on two shards
+        comes online once and goes offline once. Asked after this shard's attach or
+        detach, which the home has then applied (one link keeps the order)."""
+        home = self._router.home_of_user(user_id)
+        if home == self._router.shard:
+            return bool(self._remote.get(user_id))
+        peers = self._router.peers
+        if peers is None or not peers.is_up(home):
+            return False  # its home cannot say: this shard's view decides
+        try:
+            answer = await peers.start_request(home, ELSEWHERE, {"user": user_id}).wait()
+        except Exception:  # presence is best effort
+            log.debug("presence: home %s did not answer", home)
+            return False
+        return bool(answer)
 
     async def online_among(self, user_ids: Iterable[int]) -> set[int]:
         """Which of these users have a socket anywhere (asking their homes)."""

@@ -241,12 +241,18 @@ class LiveSession:
         next_seq = self._next.get(conversation_id)
         if next_seq is None:
             return  # forgotten meanwhile
+        if not messages and head_seq >= next_seq:
+            # Nothing from where we asked up to a head at or past it: the owner floors
+            # the read at the user's joining, so what lies between is not theirs.
+            next_seq = head_seq + 1
         for message in messages:
-            if message.seq == next_seq:
+            # The owner may start later than asked (never before the user joined): its
+            # answer is what this user may see, so the position follows it.
+            if message.seq >= next_seq:
                 if message.sender_device != self.device_id \
                         or message.message_id < self.opened_id:
                     self._queue.append(frames.message_frame(message))
-                next_seq += 1
+                next_seq = message.seq + 1
         self._next[conversation_id] = next_seq
         head = max(head_seq, self._known_head.get(conversation_id, 0))
         if next_seq > head:

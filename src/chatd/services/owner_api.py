@@ -58,6 +58,9 @@ class OwnerApi:
         self._limits = limits
         self._now_ms = now_ms
         self._publish_ephemeral = publish_ephemeral
+        #: Called with (user, device, conversation, seq) for every ack accepted here: the
+        #: device's cursor is moved at the user's home (MessagingService.route_cursor).
+        self.on_cursor: Callable[[int, int, int, int], None] = lambda *_: None
         #: About the most one answer listing conversations or history holds.
         self.page_bytes = PAGE_BYTES
         # Typing notices: a burst of 3, then one every 2 s per (user, conversation).
@@ -102,9 +105,10 @@ class OwnerApi:
         has_more = len(rows) > limit
         if has_more:
             rows = rows[1:] if newest_first else rows[:limit]
-        # A page of big messages is cut short (at least one is always given): it must fit
-        # an answer across the mesh, and the client pages on as it would anyway.
-        kept = _within_bytes(reversed(rows) if newest_first else rows, self.page_bytes)
+        # A page of big messages asked across the mesh is cut short (at least one is
+        # always given): it must fit a frame, and the client pages on as it would anyway.
+        kept = (_within_bytes(reversed(rows) if newest_first else rows, query.max_bytes)
+                if query.max_bytes else len(rows))
         if kept < len(rows):
             rows = rows[len(rows) - kept:] if newest_first else rows[:kept]
             has_more = True
@@ -139,7 +143,11 @@ class OwnerApi:
         conv = self._owner.find(query.conversation_id)
         if conv is None or not conv.is_member(query.user_id):
             return [], -1
-        rows = self._log.read(query.conversation_id, after=query.after, before=None,
+        # Never before the entry that (last) added them, whatever position the session
+        # asks from: a cursor from an earlier membership, or one a client made up, must
+        # not open the history from before they joined.
+        after = max(query.after, conv.members[query.user_id].joined_seq - 1)
+        rows = self._log.read(query.conversation_id, after=after, before=None,
                               limit=query.limit, newest_first=False)
         complete = len(rows) < query.limit
         size = 0
@@ -155,7 +163,7 @@ class OwnerApi:
             # memory may include appends whose batch has not landed, which the reader
             # would otherwise ask for again and again until it does; it is offered them
             # live once it lands).
-            return rows, rows[-1].seq if rows else query.after
+            return rows, rows[-1].seq if rows else after
         return rows, conv.head_seq
 
     def conversations_of(self, query: ops.ConversationsOf
@@ -235,6 +243,8 @@ class OwnerApi:
         """Move the user's delivered watermark, as a hint: memory now, the row with the
         next batch (docs/architecture.md, "Delivery hints")."""
         conv = self.checked_seq(command.conversation_id, command.user_id, command.seq)
+        self.on_cursor(command.user_id, command.device_id, command.conversation_id,
+                       command.seq)
         current = conv.watermark(command.user_id)
         mark = current.advanced(delivered=command.seq)
         if mark != current:

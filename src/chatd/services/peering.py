@@ -47,6 +47,8 @@ class PeerHandler:
             return home(_map(body))
         if method == fanout.ONLINE:
             return self._delivery.online_from_peer(body)
+        if method == fanout.ELSEWHERE:
+            return self._delivery.elsewhere_from_peer(peer, body)
         raise NotFound(f"no mesh method {method!r}", code="unknown_method")
 
     def handle_post(self, peer: str, method: str, body: Any) -> None:

@@ -17,19 +17,28 @@ class Presence:
         self._delivery = delivery
         self._messaging = messaging
 
-    async def came_online(self, session: LiveSession) -> None:
-        """The user's first socket here: tell their contacts, and tell the session which
-        of them are online (anywhere)."""
+    async def came_online(self, session: LiveSession, *, first: bool) -> None:
+        """A new socket: tell the session which contacts are online (anywhere); if it
+        is the user's first socket anywhere (`first` here, and their home knows of no
+        other shard holding one), tell their contacts."""
         contacts = session.contacts
-        self._delivery.publish_ephemeral(
-            contacts, frames.presence_frame(session.user_id, True, None))
+        if first and not await self._delivery.online_elsewhere(session.user_id):
+            self._delivery.publish_ephemeral(
+                contacts, frames.presence_frame(session.user_id, True, None))
         for contact in sorted(await self._delivery.online_among(contacts)):
-            session.push(frames.presence_frame(contact, True, None))
+            # Ephemeral: a user with more online contacts than a socket's queue holds
+            # must not be cut off as too slow for being told.
+            session.push_ephemeral(frames.presence_frame(contact, True, None))
 
-    def went_offline(self, session: LiveSession, last_seen: int) -> None:
+    async def went_offline(self, session: LiveSession, last_seen: int) -> bool:
+        """The user's last socket here closed: if no other shard holds one, they are
+        offline (told to contacts); returns whether they are."""
+        if await self._delivery.online_elsewhere(session.user_id):
+            return False
         shown = None if session.hides_last_seen else last_seen
         self._delivery.publish_ephemeral(
             session.contacts, frames.presence_frame(session.user_id, False, shown))
+        return True
 
     async def profile_changed(self, session: Session, user: User) -> None:
         """Tell the user's contacts and their own devices (which also learn the new

@@ -18,12 +18,18 @@ import contextlib
 from collections.abc import Callable
 from typing import Any
 
+import trio
+
 from chatd.domain import rules
 from chatd.domain.models import Device, Session, User
 from chatd.errors import BadRequest, ChatdError
 from chatd.services.accounts import TOKEN_PREFIX, AccountService, LoginResult
 from chatd.services.routing import PEER_FAILURES, Router, unreachable
 
+#: Seconds a forwarded registration or login may take at the home: a password hash waits
+#: its turn there (auth.hash_concurrency), and giving up early would leave an account or
+#: a device made whose answer nobody gets.
+PASSWORD_TIMEOUT = 15.0
 #: How many hex digits of a token name its home shard's number (0..3ff).
 _TOKEN_HOME_DIGITS = 3
 
@@ -67,12 +73,13 @@ class Users:
     def _is_local(self, shard: str) -> bool:
         return shard == self._router.shard
 
-    async def _ask(self, shard: str, method: str, body: dict[str, Any]) -> Any:
+    async def _ask(self, shard: str, method: str, body: dict[str, Any], *,
+                   timeout: float | None = None) -> Any:  # noqa: ASYNC109  # the request's deadline, sent to the peer
         peers = self._router.peers
         if peers is None or not peers.is_up(shard):
             raise unreachable(shard, "home")
         try:
-            return await peers.start_request(shard, method, body).wait()
+            return await peers.start_request(shard, method, body, timeout=timeout).wait()
         except ChatdError as exc:
             if exc.code in PEER_FAILURES:
                 raise unreachable(shard, "home") from None
@@ -88,7 +95,7 @@ class Users:
                                                  display_name=display_name, client=client)
         return user_from_wire(await self._ask(home, "home.register", {
             "handle": handle, "password": password, "display_name": display_name,
-            "client": client}))
+            "client": client}, timeout=PASSWORD_TIMEOUT))
 
     async def login(self, *, handle: str, password: str, device_name: str,
                     client: str) -> LoginResult:
@@ -98,7 +105,7 @@ class Users:
                                               device_name=device_name, client=client)
         data = await self._ask(home, "home.login", {
             "handle": handle, "password": password, "device_name": device_name,
-            "client": client})
+            "client": client}, timeout=PASSWORD_TIMEOUT)
         return LoginResult(data["token"], user_from_wire(data["user"]),
                            device_from_wire(data["device"]), data["expires_at"])
 
@@ -190,13 +197,6 @@ class Users:
         elif self._router.peers is not None:
             self._router.peers.post(home, "home.last_seen", {"user_id": user_id, "ts": ts})
 
-    def post_cursor_hints(self, user_id: int, hints: list[tuple[int, int, int]]) -> None:
-        """Acks' cursor hints (device, conversation, seq) for the user's home."""
-        home = self._router.home_of_user(user_id)
-        if self._router.peers is not None:
-            self._router.peers.post(home, "home.cursor_hints",
-                                    {"hints": [list(hint) for hint in hints]})
-
     def _by_home(self, user_ids: list[int]) -> dict[str, list[int]]:
         by_home: dict[str, list[int]] = {}
         for user_id in user_ids:
@@ -279,15 +279,19 @@ class HomeApi:
         }
 
     async def _register(self, body: dict[str, Any]) -> Any:
-        user = await self._accounts.register(
-            handle=_str(body, "handle"), password=_str(body, "password"),
-            display_name=_str(body, "display_name"), client=_str(body, "client"))
+        # Shielded: once started it finishes (the mesh cancels a handler at the
+        # request's deadline), so state and answer never part.
+        with trio.CancelScope(shield=True):
+            user = await self._accounts.register(
+                handle=_str(body, "handle"), password=_str(body, "password"),
+                display_name=_str(body, "display_name"), client=_str(body, "client"))
         return user_to_wire(user)
 
     async def _login(self, body: dict[str, Any]) -> Any:
-        result = await self._accounts.login(
-            handle=_str(body, "handle"), password=_str(body, "password"),
-            device_name=_str(body, "device_name"), client=_str(body, "client"))
+        with trio.CancelScope(shield=True):  # as _register
+            result = await self._accounts.login(
+                handle=_str(body, "handle"), password=_str(body, "password"),
+                device_name=_str(body, "device_name"), client=_str(body, "client"))
         return {"token": result.token, "user": user_to_wire(result.user),
                 "device": device_to_wire(result.device), "expires_at": result.expires_at}
 

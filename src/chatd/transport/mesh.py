@@ -14,6 +14,7 @@ does not fill the log), and again when the reason changes or after a link was up
 
 from __future__ import annotations
 
+import itertools
 import logging
 import random
 import ssl
@@ -90,6 +91,13 @@ class Mesh:
         self._down_callbacks: list[Callable[[str], None]] = []
         self._random = random.Random()
         self._handshakes = 0
+        # Inbound connections still in their handshake, oldest first: when the table is
+        # full the oldest is dropped for the newcomer, so connections that never finish
+        # (an attacker's, idle) cannot keep a real peer out; a peer's handshake takes a
+        # round trip, an attacker would have to open `max_handshakes` connections within
+        # it to crowd one out.
+        self._inbound: dict[int, trio.CancelScope] = {}
+        self._inbound_ids = itertools.count()
         self._problems: dict[str, str] = {}
         self._running = False
         #: The port the listener is bound to, once `run` has started.
@@ -249,19 +257,27 @@ class Mesh:
             where = f"{host}:{port}"
         except OSError:
             return  # it is gone already
-        if self._handshakes >= self._options.max_handshakes:
+        if len(self._inbound) >= self._options.max_handshakes:
             self._problem("handshakes", logging.WARNING,
-                          f"mesh: {self._handshakes} connections are in their handshake "
-                          "already; closing new ones until they finish")
-            return
-        try:
-            await self._serve(stream, Role.ACCEPTOR, None, where)
-        except Exception:  # a bug of ours must not end the listener
-            log.exception("mesh: serving the connection from %s failed", where)
+                          f"mesh: {len(self._inbound)} connections are in their handshake; "
+                          "dropping the oldest for each new one")
+            oldest = next(iter(self._inbound))
+            self._inbound.pop(oldest).cancel()
+        token = next(self._inbound_ids)
+        with trio.CancelScope() as scope:
+            self._inbound[token] = scope
+            try:
+                await self._serve(stream, Role.ACCEPTOR, None, where,
+                                  authenticated=lambda: self._inbound.pop(token, None))
+            except Exception:  # a bug of ours must not end the listener
+                log.exception("mesh: serving the connection from %s failed", where)
+            finally:
+                self._inbound.pop(token, None)
 
     async def _serve(self, raw: trio.SocketStream, role: Role, expected: str | None,
-                     where: str) -> bool:
-        """Handshake on one connection, then serve its link; True if a link was up."""
+                     where: str, authenticated: Callable[[], object] = lambda: None) -> bool:
+        """Handshake on one connection, then serve its link; True if a link was up.
+        `authenticated` is called once the peer has proven itself."""
         stream: trio.abc.Stream = raw
         if role is Role.DIALER and self._client_ssl is not None:
             assert expected is not None
@@ -281,7 +297,8 @@ class Mesh:
             self._failed_handshake(connection, expected)
             await say_bye(stream, connection, refused.reason)
             self._problem(self._problem_key(connection, expected, where), logging.ERROR,
-                          f"mesh: refused the link with {where}: {refused.reason}")
+                          f"mesh: refused the link with {where.rsplit(':', 1)[0]}: "
+                          f"{refused.reason}")
             return False
         except (MeshProtocolError, trio.TooSlowError, trio.BrokenResourceError,
                 trio.ClosedResourceError) as exc:
@@ -293,11 +310,15 @@ class Mesh:
                 reason = f"no handshake within {self._options.handshake_timeout:g} s"
             else:
                 reason = f"the connection broke during the handshake: {_cause(exc)}"
+            # By host: the source port changes with every connection, and a flood of
+            # them must not become a flood of log lines.
             self._problem(self._problem_key(connection, expected, where), logging.WARNING,
-                          f"mesh: dropped the connection with {where}: {reason}")
+                          f"mesh: dropped a connection from {where.rsplit(':', 1)[0]}: "
+                          f"{reason}")
             return False
         finally:
             self._handshakes -= 1
+        authenticated()
         state = self._peers[established.peer]
         link = Link(shard=self.shard, peer=established.peer, boot_id=established.boot_id,
                     stream=stream, connection=connection, handler=self._handler,

@@ -75,6 +75,9 @@ _RECV_SIZE = 65_536
 MAX_MESSAGE_BYTES = 256 * 1024
 #: Seconds between checks for connections whose token has expired.
 EXPIRY_CHECK_INTERVAL = 5.0
+#: Seconds a closing connection waits for the user's home to say whether they are still
+#: online on another shard (presence is best effort past it).
+PRESENCE_TIMEOUT = 2.0
 #: Seconds before a catch-up read whose owner could not be reached is tried again.
 FETCH_RETRY_DELAY = 1.0
 
@@ -466,8 +469,7 @@ class LiveSockets:
             live.shows_reads = user.read_receipts
             live.hides_last_seen = user.hide_last_seen
             live.start(await services.messaging.delivery_starts(session, cursors), cursors)
-            if first:
-                await services.presence.came_online(live)
+            await services.presence.came_online(live, first=first)
             await self._read_loop(conn, rest)
         finally:
             # Nothing more is queued for a connection that has ended.
@@ -475,8 +477,10 @@ class LiveSockets:
             if hub.detach(live):
                 services.delivery.went_offline(session.user_id)
                 last_seen = services.clock.now_ms()
-                services.users.record_last_seen(session.user_id, last_seen)
-                services.presence.went_offline(live, last_seen)
+                # Asks the user's home (bounded, and whatever cancelled this connection).
+                with trio.move_on_after(PRESENCE_TIMEOUT, shield=True):
+                    if await services.presence.went_offline(live, last_seen):
+                        services.users.record_last_seen(session.user_id, last_seen)
 
     async def _read_loop(self, conn: Connection, data: bytes) -> None:
         sock = conn.sock
@@ -553,15 +557,11 @@ class LiveSockets:
         live = conn.live
         assert live is not None
         messaging = self._services.messaging
-        remote_hints: list[tuple[int, int, int]] = []
         for conversation_id, seq in acks.items():
             # Refused only if membership changed since the check: nothing to apply then.
             with contextlib.suppress(ChatdError):
-                remote_hints += messaging.acknowledge(conn.session, conversation_id, seq,
-                                                      live.acked, live.shows_reads)
-        if remote_hints:
-            # The device's home is another shard: one post per read carries them.
-            self._services.users.post_cursor_hints(conn.session.user_id, remote_hints)
+                messaging.acknowledge(conn.session, conversation_id, seq, live.acked,
+                                      live.shows_reads)
 
     async def _on_frame(self, conn: Connection, data: str | bytes) -> None:
         live = conn.live
