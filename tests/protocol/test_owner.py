@@ -24,7 +24,7 @@ COMMANDS: list[ops.OwnerCommand] = [
     ops.Send(7, 1, 2, "c1", "text/plain", "hi"),
     ops.Send(7, 1, 2, "c2", "application/octet-stream", b"\x00\xff"),
     ops.MarkRead(7, 1, 3, True),
-    ops.Acknowledge(7, 1, 9, 3, False),
+    ops.Acknowledge(7, 1, 3, False),
     ops.OpenDirect(7, 1, 2),
     ops.CreateGroup(7, 1, "team", [2, 3]),
     ops.AddMembers(7, 1, [4]),

@@ -112,11 +112,12 @@ async def test_a_member_added_or_re_added_is_never_sent_what_came_before(
     group = (await services.conversations.create_group(alice, "g", [bob.user_id]))
     conversation_id = group.conversation_id
     await send(services, alice, conversation_id, "before mallory")  # seq 2
-    # An ack for a conversation she is not in leaves no cursor anywhere...
-    services.messaging.acknowledge(mallory, conversation_id, 0, {}, True)
+    # An ack for a conversation her session does not follow leaves no cursor anywhere...
+    live = await open_session(services, mallory)
+    services.messaging.acknowledge(mallory, conversation_id, 0, live.acked, True,
+                                   live.follows(conversation_id))
     assert services.messaging.cursors_of(mallory.device_id) == {}
     # ...and a cursor from nowhere (here: handed to the session) opens nothing either.
-    live = await open_session(services, mallory)
     live.acked[conversation_id] = 0
     await services.conversations.add_members(alice, conversation_id, [mallory.user_id])
     got: list[OutFrame] = []

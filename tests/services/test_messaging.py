@@ -93,8 +93,8 @@ async def test_an_ack_costs_no_command_and_rides_in_the_next_batch(shard: Shard)
     conv = services.owner.get(conversation_id)
     before = services.committer.statistics()
     acked: dict[int, int] = {}
-    services.messaging.acknowledge(bob, conv.conversation_id, 3, acked, True)
-    services.messaging.acknowledge(bob, conv.conversation_id, 2, acked, True)  # no-op
+    services.messaging.acknowledge(bob, conv.conversation_id, 3, acked, True, True)
+    services.messaging.acknowledge(bob, conv.conversation_id, 2, acked, True, True)  # no-op
     # Nothing queued, nothing written: the move is in memory at once.
     assert services.committer.statistics() == before
     assert services.owner.get(conv.conversation_id).watermark(bob.user_id) == Watermark(3, 0)
@@ -112,7 +112,7 @@ async def test_an_ack_costs_no_command_and_rides_in_the_next_batch(shard: Shard)
 async def test_a_reconnect_before_the_hints_are_written_starts_after_the_ack(
         shard: Shard) -> None:
     _, bob, conversation_id = await direct_with_messages(shard, 3)
-    shard.services.messaging.acknowledge(bob, conversation_id, 2, {}, True)
+    shard.services.messaging.acknowledge(bob, conversation_id, 2, {}, True, True)
     assert shard.services.messaging.cursors_of(bob.device_id) == {conversation_id: 2}
 
 
@@ -124,7 +124,7 @@ async def test_with_no_batch_coming_the_hint_writer_carries_the_acks(shard: Shar
         nursery.start_soon(partial(services.messaging.run_hint_writer, interval=0.05))
         await trio.sleep(0.2)
         assert services.committer.statistics() == idle  # no hint, no wake-up, no batch
-        services.messaging.acknowledge(bob, conversation_id, 3, {}, True)
+        services.messaging.acknowledge(bob, conversation_id, 3, {}, True, True)
         with trio.fail_after(2):
             while services.store.get(  # noqa: ASYNC110  # polls the store the writer fills
                     records.CURSORS, (bob.device_id, conversation_id)) != 3:

@@ -109,9 +109,6 @@ class Acknowledge(OwnerCommand):
 
     METHOD: ClassVar[str] = "owner.ack"
     user_id: int
-    #: The acknowledging device: once the owner accepts the ack, it moves that device's
-    #: cursor at the user's home (only acks the owner accepted leave a cursor).
-    device_id: int
     seq: int
     shares_read: bool
 

@@ -88,7 +88,6 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None) 
                                  read_receipt_settings=users.read_receipt_settings,
                                  limits=config.limits)
     owner.on_hint = messaging.wake_hint_writer
-    owner_api.on_cursor = messaging.route_cursor
     committer.ride_along(messaging.drain_hints_into)
     accounts.on_device_revoked(messaging.forget_device)
     home_api = HomeApi(accounts=accounts, cursors_of=messaging.cursors_of,

@@ -265,6 +265,9 @@ class LiveSession:
             self._behind[conversation_id] = None
         self._signal()
 
+    def follows(self, conversation_id: int) -> bool:
+        return conversation_id in self._next
+
     def following(self) -> list[int]:
         """The conversations this session delivers."""
         return list(self._next)

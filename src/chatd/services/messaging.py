@@ -168,32 +168,32 @@ class MessagingService:
             self._owner_api.checked_seq(conversation_id, session.user_id, seq)
 
     def acknowledge(self, session: Session, conversation_id: int, seq: int,
-                    acked: dict[int, int], shares_read: bool) -> None:
+                    acked: dict[int, int], shares_read: bool,
+                    follows: bool) -> list[tuple[int, int, int]]:
         """A device has everything up to `seq`: move its cursor (where its next catch-up
         starts) and the user's delivered watermark. `acked` is the device's cursor map,
-        kept current here, so a repeated ack costs a lookup. The owner checks the ack
-        and only then moves the cursor, at the user's home (`route_cursor`): an ack for
-        a conversation the user is not in leaves nothing anywhere.
+        kept current here, so a repeated ack costs a lookup. `follows`: whether the
+        device's session delivers this conversation (the owner listed it, or sent it a
+        message): only then is a cursor kept, so acks for conversations made up, or not
+        the user's, leave nothing (the owner refuses their watermark move too, and a
+        catch-up never starts before the user joined, whatever the cursor says).
+        Returns the cursor hint (device, conversation, seq) for the device's home when
+        that is another shard ([] otherwise); the caller sends a read's hints together.
 
         Both are hints (docs/architecture.md, "Delivery hints"): losing one in a crash
         means the device is sent those messages again and drops them by seq, and its
         next ack moves the watermark again. So an ack never waits for, or causes, an
         fsync: it changes memory now, and its rows ride in the next batch."""
         if acked.get(conversation_id, -1) >= seq:
-            return
-        self._router.post(ops.Acknowledge(conversation_id, session.user_id,
-                                          session.device_id, seq, shares_read))
+            return []
+        self._router.post(ops.Acknowledge(conversation_id, session.user_id, seq, shares_read))
+        if not follows:
+            return []
         acked[conversation_id] = seq
-
-    def route_cursor(self, user_id: int, device_id: int, conversation_id: int,
-                     seq: int) -> None:
-        """An ack the owner accepted: the device's cursor moves at the user's home."""
-        home = self._router.home_of_user(user_id)
-        if self._router.is_local(home):
-            self.hint_cursor(device_id, conversation_id, seq)
-        elif self._router.peers is not None:
-            self._router.peers.post(home, "home.cursor_hints",
-                                    {"hints": [[device_id, conversation_id, seq]]})
+        if self._router.is_local(self._router.home_of_user(session.user_id)):
+            self.hint_cursor(session.device_id, conversation_id, seq)
+            return []
+        return [(session.device_id, conversation_id, seq)]
 
     def hint_cursor(self, device_id: int, conversation_id: int, seq: int) -> None:
         """Record a device's ack here, its home (from this shard's sockets or a peer's)."""

@@ -58,9 +58,6 @@ class OwnerApi:
         self._limits = limits
         self._now_ms = now_ms
         self._publish_ephemeral = publish_ephemeral
-        #: Called with (user, device, conversation, seq) for every ack accepted here: the
-        #: device's cursor is moved at the user's home (MessagingService.route_cursor).
-        self.on_cursor: Callable[[int, int, int, int], None] = lambda *_: None
         #: About the most one answer listing conversations or history holds.
         self.page_bytes = PAGE_BYTES
         # Typing notices: a burst of 3, then one every 2 s per (user, conversation).
@@ -243,8 +240,6 @@ class OwnerApi:
         """Move the user's delivered watermark, as a hint: memory now, the row with the
         next batch (docs/architecture.md, "Delivery hints")."""
         conv = self.checked_seq(command.conversation_id, command.user_id, command.seq)
-        self.on_cursor(command.user_id, command.device_id, command.conversation_id,
-                       command.seq)
         current = conv.watermark(command.user_id)
         mark = current.advanced(delivered=command.seq)
         if mark != current:

@@ -197,6 +197,13 @@ class Users:
         elif self._router.peers is not None:
             self._router.peers.post(home, "home.last_seen", {"user_id": user_id, "ts": ts})
 
+    def post_cursor_hints(self, user_id: int, hints: list[tuple[int, int, int]]) -> None:
+        """Acks' cursor hints (device, conversation, seq) for the user's home."""
+        home = self._router.home_of_user(user_id)
+        if self._router.peers is not None:
+            self._router.peers.post(home, "home.cursor_hints",
+                                    {"hints": [list(hint) for hint in hints]})
+
     def _by_home(self, user_ids: list[int]) -> dict[str, list[int]]:
         by_home: dict[str, list[int]] = {}
         for user_id in user_ids:

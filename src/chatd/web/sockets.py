@@ -557,11 +557,16 @@ class LiveSockets:
         live = conn.live
         assert live is not None
         messaging = self._services.messaging
+        remote_hints: list[tuple[int, int, int]] = []
         for conversation_id, seq in acks.items():
             # Refused only if membership changed since the check: nothing to apply then.
             with contextlib.suppress(ChatdError):
-                messaging.acknowledge(conn.session, conversation_id, seq, live.acked,
-                                      live.shows_reads)
+                remote_hints += messaging.acknowledge(
+                    conn.session, conversation_id, seq, live.acked, live.shows_reads,
+                    live.follows(conversation_id))
+        if remote_hints:
+            # The device's home is another shard: one post per read carries them.
+            self._services.users.post_cursor_hints(conn.session.user_id, remote_hints)
 
     async def _on_frame(self, conn: Connection, data: str | bytes) -> None:
         live = conn.live
