@@ -372,6 +372,39 @@ async def test_large_frames_go_out_in_pieces_and_arrive_whole(nursery: trio.Nurs
     assert all(answer["body"][1] == big for answer in answers)
 
 
+class TaskSteps(trio.abc.Instrument):
+    """Counts the steps of the tasks whose name ends with `suffix` (a link names its
+    tasks "mesh link to PEER: WHAT")."""
+
+    def __init__(self, suffix: str) -> None:
+        self.suffix = suffix
+        self.steps = 0
+
+    def before_task_step(self, task: trio.lowlevel.Task) -> None:
+        if task.name.endswith(self.suffix):
+            self.steps += 1
+
+
+async def test_answered_requests_do_not_wake_the_request_timer(
+        nursery: trio.Nursery) -> None:
+    """An answered request leaves its deadline in the timer's heap; the timer must not
+    wake at each of them (once per request, a timeout after it) for nothing."""
+    nodes = await start_cluster(nursery, "ab")
+    a = nodes["a"].mesh
+    timer = TaskSteps(": request timer")
+    trio.lowlevel.add_instrument(timer)
+    try:
+        for n in range(50):
+            await a.request("b", "echo", n, timeout=0.1)
+            await trio.sleep(0.004)
+        await trio.sleep(0.3)  # every deadline has passed
+    finally:
+        trio.lowlevel.remove_instrument(timer)
+    assert timer.steps <= 12  # was one wake-up per request
+    with pytest.raises(PeerTimeout):  # and it still fails one that gets no answer
+        await a.request("b", "never", None, timeout=0.05)
+
+
 # -- failures -----------------------------------------------------------------------------------
 
 
