@@ -385,6 +385,46 @@ class TaskSteps(trio.abc.Instrument):
             self.steps += 1
 
 
+async def test_plain_links_write_without_waking_the_writer(nursery: trio.Nursery) -> None:
+    nodes = await start_cluster(nursery, "ab")
+    a, b = nodes["a"].mesh, nodes["b"]
+    writer = TaskSteps(": writer")
+    trio.lowlevel.add_instrument(writer)
+    try:
+        for n in range(100):
+            assert await a.request("b", "echo", n) == {"peer": "a", "body": n}
+            a.post("b", "p", n)
+        await eventually(lambda: len(b.handler.posts) == 100)
+    finally:
+        trio.lowlevel.remove_instrument(writer)
+    # Every frame went out with the flusher, both ways (answers, posts and requests):
+    # the writer tasks, parked since the link came up, never ran.
+    assert writer.steps == 0
+    assert [body for _, _, body in b.handler.posts] == list(range(100))
+
+
+async def test_a_remainder_goes_to_the_writer_and_frames_keep_their_order(
+        nursery: trio.Nursery) -> None:
+    """More than the kernel takes at once: the flusher writes what it can, the writer the
+    rest, and frames queued meanwhile (small ones, in later passes) wait behind it."""
+    nodes = await start_cluster(nursery, "ab")
+    a, b = nodes["a"].mesh, nodes["b"]
+    big = bytes(range(256)) * 3_000  # 768 KB a frame; 24 MB in all
+    sent = []
+    for n in range(32):
+        assert a.post("b", "p", [n, big])
+        sent.append(n)
+    for n in range(32, 232):
+        await trio.lowlevel.checkpoint()  # each small one in a pass of its own
+        assert a.post("b", "p", [n, b""])
+        sent.append(n)
+    await eventually(lambda: len(b.handler.posts) == len(sent))
+    assert [body[0] for _, _, body in b.handler.posts] == sent
+    assert all(body[1] == big for _, _, body in b.handler.posts[:32])
+    assert a.statistics()["b"].frames_out >= len(sent)
+    assert await a.request("b", "echo", "after") == {"peer": "a", "body": "after"}
+
+
 async def test_answered_requests_do_not_wake_the_request_timer(
         nursery: trio.Nursery) -> None:
     """An answered request leaves its deadline in the timer's heap; the timer must not

@@ -5,9 +5,14 @@ connection ends; a reconnect is a new `Link`. Rules it keeps:
 
 - **Order.** The reader hands requests and posts to the handler synchronously, in the
   order they arrived: what one task sent in order is handled in order.
-- **Writing.** Frames are encoded when queued, into one buffer; the writer task sends all
-  that is queued in one `send_all` per wake-up, so a burst costs one syscall, not one per
-  frame (STACK-NOTES: 47k frames/s one per send, 176k/s sixty-four per send).
+- **Writing.** Frames are encoded when queued, into one buffer. On a plain TCP link the
+  mesh's `Flusher` writes the buffer with one non-blocking write at the end of the
+  scheduler pass that queued it (`flusher.py`): no task wakes for it, and everything one
+  pass queued shares the syscall. Only what the kernel would not take, and every frame of
+  a TLS link, goes to the writer task, which sends all that is queued in one `send_all`
+  per wake-up. Either way a burst costs one syscall, not one per frame (STACK-NOTES: 47k
+  frames/s one per send, 176k/s sixty-four per send), and frames leave in queue order:
+  the flusher never writes while the writer holds part of the queue.
 - **Bounds.** The queue holds at most `queue_frames` frames and `queue_bytes` bytes;
   past that a request fails at once and a post is dropped. Answers to the peer are not
   dropped (the peer's own queue bounds its requests; `max_inbound_requests` bounds those
@@ -25,6 +30,7 @@ import inspect
 import itertools
 import logging
 import math
+import os
 from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any, Protocol
@@ -47,6 +53,7 @@ from chatd.protocol.mesh import (
     State,
 )
 from chatd.transport.errors import PeerTimeout, PeerUnavailable, remote_error
+from chatd.transport.flusher import Flusher
 from chatd.transport.options import MeshOptions
 from chatd.transport.statistics import PeerStatistics
 
@@ -146,15 +153,16 @@ class Link:
     """An open link to `peer`. `run()` serves it until it closes; `close()` ends it from
     anywhere, at once, failing its requests in flight."""
 
-    __slots__ = ("_buffer", "_calls", "_closed", "_connection", "_deadlines", "_handler", "_ids",
-                 "_inbound", "_nursery", "_on_close", "_options", "_progressed", "_queued",
-                 "_received", "_say_bye", "_scope", "_sending", "_stats", "_stream", "_timer",
-                 "_writer", "boot_id", "close_reason", "peer", "shard")
+    __slots__ = ("_buffer", "_calls", "_closed", "_connection", "_deadlines", "_fd", "_flusher",
+                 "_handler", "_ids", "_inbound", "_nursery", "_on_close", "_options",
+                 "_progressed", "_queued", "_received", "_say_bye", "_scope", "_sending",
+                 "_stats", "_stream", "_timer", "_writer", "boot_id", "close_reason", "peer",
+                 "shard")
 
     def __init__(self, *, shard: str, peer: str, boot_id: str, stream: trio.abc.Stream,
                  connection: MeshConnection, handler: MeshHandler, options: MeshOptions,
                  stats: PeerStatistics, on_close: Callable[[Link], None] | None = None,
-                 ) -> None:
+                 flusher: Flusher | None = None) -> None:
         self.shard = shard
         self.peer = peer
         self.boot_id = boot_id
@@ -169,8 +177,18 @@ class Link:
         self._buffer = bytearray()
         self._queued = 0
         self._writer = trio.lowlevel.ParkingLot()
-        #: The writer is inside `send_all`; `_progressed`: a piece went out since the last
-        #: heartbeat tick. `_received`: data came since the last tick.
+        #: A plain TCP stream's frames are written by `flusher`, on its file descriptor
+        #: (see the module's docstring); a TLS stream (or no flusher) goes through the
+        #: stream and the writer task.
+        self._flusher: Flusher | None = None
+        self._fd = -1
+        if flusher is not None and isinstance(stream, trio.SocketStream):
+            self._flusher = flusher
+            self._fd = stream.socket.fileno()
+        #: Part of the queue is being written and the rest must wait for it: the writer
+        #: is inside `send_all`, or the flusher left a remainder for it. `_progressed`: a
+        #: piece went out since the last heartbeat tick. `_received`: data came since the
+        #: last tick.
         self._sending = False
         self._progressed = False
         self._received = True
@@ -367,11 +385,52 @@ class Link:
     def _enqueue(self, frame: bytes, *, force: bool = False) -> bool:
         if self._closed or (not force and self._full()):
             return False
-        self._buffer += frame
+        buffer = self._buffer
+        was_empty = not buffer
+        buffer += frame
         self._queued += 1
-        if self._queued == 1:
-            self._writer.unpark()
+        if was_empty:
+            if self._flusher is not None:
+                self._flusher.add(self)  # written at the end of this scheduler pass
+            else:
+                self._writer.unpark()
         return True
+
+    def flush(self) -> None:
+        """The flusher's call, between two passes of the scheduler: write the queue with
+        one non-blocking write. What the kernel does not take (or a broken socket) is
+        left to the writer task, woken through the flusher; nothing here reschedules a
+        task. Skipped while the writer holds part of the queue: it sends the rest."""
+        buffer = self._buffer
+        if self._closed or self._sending or not buffer:
+            return
+        try:
+            # os.write on the descriptor: a Trio socket's send is async, and the stdlib
+            # socket inside it is private. Trio made the descriptor non-blocking.
+            sent = os.write(self._fd, buffer)
+        except BlockingIOError:
+            sent = 0
+        except OSError:
+            sent = -1  # the writer's send_all meets the error and closes the link
+        stats = self._stats
+        if sent == len(buffer):
+            stats.frames_out += self._queued
+            stats.bytes_out += sent
+            self._buffer, self._queued = bytearray(), 0
+            self._progressed = True
+            return
+        if sent > 0:
+            del buffer[:sent]  # a bytearray drops its head without copying the rest
+            stats.bytes_out += sent
+            self._progressed = True
+        # A frame may be half out: from here the writer owns the queue (a BYE must not
+        # follow half a frame, and the heartbeat watches for progress).
+        self._sending = True
+        assert self._flusher is not None
+        self._flusher.soon(self._wake_writer)
+
+    def _wake_writer(self) -> None:
+        self._writer.unpark()
 
     # The timeout is a parameter, not the caller's cancel scope: it travels to the peer
     # as the request's deadline_ms, so the peer can stop work nobody waits for.

@@ -14,6 +14,7 @@ does not fill the log), and again when the reason changes or after a link was up
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import random
@@ -33,6 +34,7 @@ from chatd.protocol.mesh import (
     dials,
 )
 from chatd.transport.errors import PeerUnavailable
+from chatd.transport.flusher import Flusher
 from chatd.transport.link import Link, MeshHandler, handshake, say_bye
 from chatd.transport.options import MeshOptions, PeerAddress
 from chatd.transport.statistics import PeerStatistics, prometheus_lines
@@ -100,6 +102,8 @@ class Mesh:
         self._inbound_ids = itertools.count()
         self._problems: dict[str, str] = {}
         self._running = False
+        #: Writes plain links' frames at the end of each scheduler pass, while `run` runs.
+        self._flusher: Flusher | None = None
         #: The port the listener is bound to, once `run` has started.
         self.port: int | None = None
 
@@ -199,6 +203,8 @@ class Mesh:
             raise RuntimeError(f"Mesh.run of shard {self.shard} is already running")
         self._running = True
         host, port = self._listen
+        flusher = self._flusher = Flusher(trio.lowlevel.current_trio_token())
+        trio.lowlevel.add_instrument(flusher)
         try:
             listeners = await trio.open_tcp_listeners(port, host=host or None)
             self.port = listeners[0].socket.getsockname()[1]
@@ -214,6 +220,9 @@ class Mesh:
                 task_status.started(self.port)
         finally:
             self._running = False
+            self._flusher = None
+            with contextlib.suppress(KeyError):  # (already removed if it ever raised)
+                trio.lowlevel.remove_instrument(flusher)
             for state in self._peers.values():
                 state.stats.state = "down"
 
@@ -323,7 +332,7 @@ class Mesh:
         link = Link(shard=self.shard, peer=established.peer, boot_id=established.boot_id,
                     stream=stream, connection=connection, handler=self._handler,
                     options=self._options, stats=state.stats,
-                    on_close=partial(self._detach, state))
+                    on_close=partial(self._detach, state), flusher=self._flusher)
         self._attach(state, link)
         await link.run(first)  # it detaches itself as it closes
         return True
