@@ -13,6 +13,9 @@ connection ends; a reconnect is a new `Link`. Rules it keeps:
   per wake-up. Either way a burst costs one syscall, not one per frame (STACK-NOTES: 47k
   frames/s one per send, 176k/s sixty-four per send), and frames leave in queue order:
   the flusher never writes while the writer holds part of the queue.
+- **Reading.** A plain TCP link reads its socket's descriptor directly (`wait_readable`,
+  then reads until a short one), not through `SocketStream.receive_some`, which costs a
+  pass of the scheduler per read and a failing `recv` before every wait.
 - **Bounds.** The queue holds at most `queue_frames` frames and `queue_bytes` bytes;
   past that a request fails at once and a post is dropped. Answers to the peer are not
   dropped (the peer's own queue bounds its requests; `max_inbound_requests` bounds those
@@ -60,6 +63,9 @@ from chatd.transport.statistics import PeerStatistics
 log = logging.getLogger("chatd.transport.mesh")
 
 RECEIVE_SIZE = 65_536
+#: Full reads in a row before the raw reader lets other tasks run (a peer that keeps the
+#: socket full must not starve them).
+_READS_PER_YIELD = 4
 #: A big batch is written in pieces this size, so the heartbeat sees progress (or none).
 SEND_CHUNK = 256 * 1024
 #: Seconds a BYE may take to go out when a link closes.
@@ -177,9 +183,9 @@ class Link:
         self._buffer = bytearray()
         self._queued = 0
         self._writer = trio.lowlevel.ParkingLot()
-        #: A plain TCP stream's frames are written by `flusher`, on its file descriptor
-        #: (see the module's docstring); a TLS stream (or no flusher) goes through the
-        #: stream and the writer task.
+        #: A plain TCP stream is read and written on its file descriptor directly, and
+        #: its frames are written by `flusher` (see the module's docstring); a TLS stream
+        #: (or no flusher) goes through the stream and the writer task.
         self._flusher: Flusher | None = None
         self._fd = -1
         if flusher is not None and isinstance(stream, trio.SocketStream):
@@ -252,30 +258,69 @@ class Link:
             self.close(f"internal error in the {what}", failure=True)
 
     async def _read_forever(self, first: Sequence[Event]) -> None:
-        stream, connection, stats = self._stream, self._connection, self._stats
-        stats.frames_in += len(first)
+        self._stats.frames_in += len(first)
         self._dispatch(first)
+        if self._fd >= 0:
+            await self._read_socket()
+            return
+        stream = self._stream
         while not self._closed:
             try:
                 data = await stream.receive_some(RECEIVE_SIZE)
             except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
                 self.close(f"the connection broke: {exc or type(exc).__name__}")
                 return
-            if not data:
-                self.close("the peer closed the connection")
+            if not self._receive(data):
                 return
-            self._received = True
-            stats.bytes_in += len(data)
+
+    async def _read_socket(self) -> None:
+        """The reader of a plain TCP link: straight off the file descriptor. After a short
+        read the socket is empty, so it waits before reading again (instead of a `recv`
+        that fails with EAGAIN); after a full one it reads on, yielding now and then."""
+        fd = self._fd
+        wait = False
+        reads = 0
+        while not self._closed:
             try:
-                events = connection.receive_data(data)
-            except MeshProtocolError as error:
-                log.warning("mesh link to %s: %s; closing the link", self.peer, error.reason)
-                stats.frames_in += len(error.events)
-                self._dispatch(error.events)  # the good frames before the bad one
-                self.close(error.reason, failure=True, bye=True)
+                if wait:
+                    await trio.lowlevel.wait_readable(fd)
+                data = os.read(fd, RECEIVE_SIZE)
+            except BlockingIOError:
+                wait = True
+                continue
+            except (OSError, trio.ClosedResourceError) as exc:
+                self.close(f"the connection broke: {exc or type(exc).__name__}")
                 return
-            stats.frames_in += len(events)
-            self._dispatch(events)
+            if not self._receive(data):
+                return
+            wait = len(data) < RECEIVE_SIZE
+            if wait:
+                reads = 0
+            else:
+                reads += 1
+                if reads >= _READS_PER_YIELD:
+                    reads = 0
+                    await trio.lowlevel.checkpoint()
+
+    def _receive(self, data: bytes | bytearray) -> bool:
+        """Handle what one read brought; False once the link is closed."""
+        if not data:
+            self.close("the peer closed the connection")
+            return False
+        stats = self._stats
+        self._received = True
+        stats.bytes_in += len(data)
+        try:
+            events = self._connection.receive_data(data)
+        except MeshProtocolError as error:
+            log.warning("mesh link to %s: %s; closing the link", self.peer, error.reason)
+            stats.frames_in += len(error.events)
+            self._dispatch(error.events)  # the good frames before the bad one
+            self.close(error.reason, failure=True, bye=True)
+            return False
+        stats.frames_in += len(events)
+        self._dispatch(events)
+        return not self._closed
 
     async def _write_forever(self) -> None:
         stream, stats = self._stream, self._stats
