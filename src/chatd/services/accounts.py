@@ -1,4 +1,7 @@
-"""Accounts, devices, bearer tokens and profiles.
+"""Accounts, devices, bearer tokens and profiles of the users homed on this shard.
+
+This is the home's side; every other part of chatd calls `Users` (services/users.py),
+which brings each call here or to the user's home across the mesh.
 
 Tokens are 256-bit random strings; only their SHA-256 is stored, so a copy of the database
 does not hand out sessions. Every login creates a device holding one token; revoking the
