@@ -160,3 +160,18 @@ async def test_answers_that_list_much_come_in_pages_that_fit_a_mesh_frame(
     whole = await services.messaging.history(alice, conversation_id, after=1, before=None,
                                              limit=50)
     assert len(whole.messages) == 6 and not whole.has_more
+
+
+async def test_a_typing_flood_is_stopped_before_it_reaches_the_owner(shard: Shard) -> None:
+    alice, _, conversation_id = await direct_with_messages(shard, 0)
+    services = shard.services
+    reached: list[object] = []
+
+    def owner(command: ops.OwnerCommand) -> object:  # the real OwnerApi, counted
+        reached.append(command)
+        return services.owner_api.run(command)
+
+    services.router.attach(owner, None)
+    relayed = [await services.messaging.typing(alice, conversation_id) for _ in range(10)]
+    assert relayed == [True] * 3 + [False] * 7
+    assert len(reached) == 3  # the rest never left the shard the client is on

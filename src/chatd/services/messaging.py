@@ -22,12 +22,13 @@ import trio
 from chatd.config import LimitsConfig
 from chatd.domain import rules
 from chatd.domain.models import Conversation, HistoryPage, SendResult, Session, Watermark
+from chatd.domain.ratelimit import KeyedRateLimiter
 from chatd.errors import BadRequest, ChatdError, PayloadTooLarge
 from chatd.pending import Pending
 from chatd.protocol import owner as ops
 from chatd.services.commands import Commands
 from chatd.services.owner import ConversationOwner
-from chatd.services.owner_api import PAGE_BYTES, OwnerApi
+from chatd.services.owner_api import PAGE_BYTES, TYPING_BURST, TYPING_PER_SECOND, OwnerApi
 from chatd.services.routing import Router
 from chatd.storage import Batch, Store, records
 
@@ -55,6 +56,9 @@ class MessagingService:
         self._cursor_hints: dict[tuple[int, int], int] = {}
         # Set when an ack leaves a hint, for the hint writer.
         self._hints_waiting = trio.Event()
+        # Typing notices from this shard's clients, as the owner limits them.
+        self._typing_limit = KeyedRateLimiter(per_second=TYPING_PER_SECOND,
+                                              burst=TYPING_BURST)
 
     async def member_view(self, session: Session, conversation_id: int) -> Conversation:
         """The conversation, if the caller is a member; 404 alike whether it does not
@@ -231,7 +235,13 @@ class MessagingService:
         self._hints_waiting.set()
 
     async def typing(self, session: Session, conversation_id: int) -> bool:
-        """Relay a typing notice to the other members; False when rate limited (dropped)."""
+        """Relay a typing notice to the other members; False when rate limited (dropped).
+        Limited here as well as at the owner: a client flooding typing frames must not
+        turn each into a mesh request (the owner's limit stays the authority, since one
+        user may type through several shards)."""
+        key = f"{session.user_id}:{conversation_id}"
+        if self._typing_limit.try_acquire(key, trio.current_time()) > 0:
+            return False
         relayed: bool = await self._router.ask(ops.Typing(conversation_id, session.user_id))
         return relayed
 

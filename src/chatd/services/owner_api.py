@@ -60,8 +60,7 @@ class OwnerApi:
         self._publish_ephemeral = publish_ephemeral
         #: About the most one answer listing conversations or history holds.
         self.page_bytes = PAGE_BYTES
-        # Typing notices: a burst of 3, then one every 2 s per (user, conversation).
-        self._typing_limit = KeyedRateLimiter(per_second=0.5, burst=3)
+        self._typing_limit = KeyedRateLimiter(per_second=TYPING_PER_SECOND, burst=TYPING_BURST)
 
     def run(self, command: ops.OwnerCommand) -> Any:
         """Run any command or query: a `Pending` for commands, a value for queries."""
@@ -412,6 +411,10 @@ class OwnerApi:
 
         return self._commands.enqueue(apply)
 
+
+#: Typing notices: a burst of 3, then one every 2 s per (user, conversation).
+TYPING_BURST = 3
+TYPING_PER_SECOND = 0.5
 
 #: About the most an answer that lists conversations, or a page of history, holds: it
 #: must fit a mesh frame (cluster.max_frame_bytes, 1 MiB by default) with room to spare.

@@ -117,12 +117,6 @@ class Users:
             home, "home.authenticate", {"token": token})
         return Session(user_id, device_id, token_hash, expires_at)
 
-    def authenticate_here(self, token: str) -> Session | None:
-        """The session, when this shard is the token's home (no await); None otherwise."""
-        if self._is_local(self._home_of_token(token)):
-            return self._accounts.authenticate(token)
-        return None
-
     async def list_devices(self, session: Session) -> list[Device]:
         home = self._router.home_of_user(session.user_id)
         if self._is_local(home):
