@@ -31,6 +31,7 @@ from bench.serverproc import (
     cpu_seconds,
     find_listening_pid,
     loop_switches,
+    precise_cpu_seconds,
     rss_bytes,
 )
 from bench.worker import PAD, new_histogram, now_us
@@ -91,8 +92,13 @@ class Target:
     def port(self) -> int:
         return urlsplit(self.url).port or 80
 
-    def cpu(self) -> float | None:
-        return sum(cpu_seconds(pid) for pid in self.pids) if self.pids else None
+    def cpu(self, *, precise: bool = False) -> float | None:
+        """Server CPU seconds; `precise` reads live threads' run time instead of clock
+        ticks (see `precise_cpu_seconds`)."""
+        if not self.pids:
+            return None
+        measure = precise_cpu_seconds if precise else cpu_seconds
+        return sum(measure(pid) for pid in self.pids)
 
     def rss(self) -> int | None:
         return sum(rss_bytes(pid) for pid in self.pids) if self.pids else None

@@ -17,7 +17,7 @@ import time
 import trio
 
 from bench.harness import Result, Target, provision
-from bench.serverproc import cpu_seconds
+from bench.serverproc import precise_cpu_seconds
 from bench.wsclient import BenchSocket
 from chatd.protocol.frames import ping_request
 
@@ -40,13 +40,13 @@ def _bare_echo(round_trips: int, gap: float) -> float:
         port = int(server.stdout.readline())
         with socket.create_connection(("127.0.0.1", port)) as client:
             client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            before = cpu_seconds(server.pid)
+            before = precise_cpu_seconds(server.pid)
             for _ in range(round_trips):
                 client.sendall(b"x" * 100)
                 client.recv(100)
                 if gap:
                     time.sleep(gap)
-            return (cpu_seconds(server.pid) - before) / round_trips * 1e6
+            return (precise_cpu_seconds(server.pid) - before) / round_trips * 1e6
     finally:
         server.wait(timeout=10)
 
@@ -58,14 +58,14 @@ async def wakeup(target: Target, *, round_trips: int,
     figures: dict[str, float] = {}
     try:
         for gap in gaps:
-            before = target.cpu()
+            before = target.cpu(precise=True)
             for _ in range(round_trips):
                 await sock.send(ping_request())
                 while not any(f["type"] == "pong" for f in await sock.receive()):
                     pass
                 if gap:
                     await trio.sleep(gap)
-            after = target.cpu()
+            after = target.cpu(precise=True)
             label = f"{gap * 1000:g}ms"
             if before is not None and after is not None:
                 figures[f"chatd_ping_us_gap_{label}"] = (after - before) / round_trips * 1e6
