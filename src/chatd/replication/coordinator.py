@@ -164,6 +164,39 @@ class Coordinator:
                 "failovers": self.failovers, "replica_moves": self.replica_moves,
                 "ranges": ranges}
 
+    def prometheus(self) -> list[str]:
+        lines = ["# TYPE chatd_replication_epoch gauge"]
+        lines += [f'chatd_replication_epoch{{range="{state.range}",owner="{state.owner}",'
+                  f'replica="{state.replica or ""}"}} {state.epoch}'
+                  for state in self.placement.states()]
+        streams = self._shipper.streams()
+        lines.append("# TYPE chatd_replication_lag_seconds gauge")
+        lines += [f'chatd_replication_lag_seconds{{range="{stream["range"]}",'
+                  f'replica="{stream["replica"]}"}} {stream["lag_seconds"]:.6f}'
+                  for stream in streams]
+        lines.append("# TYPE chatd_replication_streaming gauge")
+        lines += [f'chatd_replication_streaming{{range="{stream["range"]}"}} '
+                  f'{int(stream["mode"] == "streaming")}' for stream in streams]
+        lines.append("# TYPE chatd_replication_shipped_batches_total counter")
+        lines += [f'chatd_replication_shipped_batches_total{{range="{stream["range"]}"}} '
+                  f'{stream["shipped_batches"]}' for stream in streams]
+        lines.append("# TYPE chatd_replication_copies_total counter")
+        lines += [f'chatd_replication_copies_total{{range="{stream["range"]}"}} '
+                  f'{stream["copies"]}' for stream in streams]
+        lines += [
+            "# TYPE chatd_replication_failovers_total counter",
+            f"chatd_replication_failovers_total {self.failovers}",
+            "# TYPE chatd_replication_replica_moves_total counter",
+            f"chatd_replication_replica_moves_total {self.replica_moves}",
+            "# TYPE chatd_replication_applied_batches_total counter",
+            f"chatd_replication_applied_batches_total {self._replica.applied_batches}",
+            "# TYPE chatd_replication_stale_epochs_refused_total counter",
+            f"chatd_replication_stale_epochs_refused_total {self._replica.refused_stale}",
+            "# TYPE chatd_replication_lease_held gauge",
+            f"chatd_replication_lease_held {int(self.lease_held())}",
+        ]
+        return lines
+
     # -- peers --------------------------------------------------------------------------------
 
     def handle_request(self, peer: str, method: str, body: Any) -> Any:
