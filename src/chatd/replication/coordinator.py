@@ -55,6 +55,15 @@ class Decider(Protocol):
         """Whether this shard may acknowledge now."""
         ...
 
+    def alive(self) -> set[str] | None:
+        """The shards holding their lease, if the decider knows (etcd); else None."""
+        ...
+
+    @property
+    def auto_failover(self) -> bool:
+        """Whether a replica takes its range over when the owner's lease is gone."""
+        ...
+
 
 class Coordinator:
     def __init__(self, *, shard: str, placement: Placement, store: Store, commands: Commands,
@@ -269,12 +278,14 @@ class Coordinator:
 
     async def promote(self, range_: str) -> RangeState:
         """Make this shard the owner of `range_` (the operator's failover). Refused while
-        the owner still answers: two owners must never both acknowledge."""
+        the owner still answers (with etcd: still holds its lease): two owners must never
+        both acknowledge."""
         current = self.placement.state(range_)
         if current.owner == self.shard:
             raise Conflict(f"shard {self.shard!r} already owns range {range_!r}",
                            code="already_owner")
-        if current.owner in self._alive():
+        leased = self.decider.alive()
+        if current.owner in (self._alive() if leased is None else leased):
             raise Conflict(f"the owner of range {range_!r}, shard {current.owner!r}, still "
                            "answers; stop it first (or wait for it to be seen down)",
                            code="owner_alive")
@@ -282,13 +293,29 @@ class Coordinator:
             raise Conflict(f"shard {self.shard!r} is not range {range_!r}'s replica (its "
                            f"replica is {current.replica!r}) and may not hold all of it",
                            code="not_replica")
-        replica = self.placement.successor(range_, excluding={self.shard, current.owner},
-                                           alive=self._alive())
-        new = RangeState(range_, self.shard, replica, current.epoch + 1)
-        if not await self.decider.change(current, new):
+        new = await self._take_over(current)
+        if new is None:
             raise Conflict(f"range {range_!r} changed meanwhile; look again",
                            code="placement_changed")
         return new
+
+    async def _take_over(self, current: RangeState) -> RangeState | None:
+        replica = self.placement.successor(current.range,
+                                           excluding={self.shard, current.owner},
+                                           alive=self._candidates())
+        new = RangeState(current.range, self.shard, replica, current.epoch + 1)
+        if not await self.decider.change(current, new):
+            return None
+        log.info("range %s: taken over from %s (epoch %d)", current.range, current.owner,
+                 new.epoch)
+        return new
+
+    def _candidates(self) -> set[str]:
+        """Shards a range may be given to: linked to this one, and (with etcd) holding
+        their lease."""
+        leased = self.decider.alive()
+        alive = self._alive()
+        return alive if leased is None else alive & (leased | {self.shard})
 
     async def run(self, *, settle_after: float,
                   task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -320,8 +347,16 @@ class Coordinator:
         self._wake.set()
 
     async def _recover_once(self) -> None:
-        alive = self._alive()
-        not_gone = self._not_gone()
+        leased = self.decider.alive()
+        alive = self._candidates()
+        # Gone: without its lease (etcd), or unreachable here for longer than the grace.
+        not_gone = self._not_gone() if leased is None else (leased | {self.shard}) & \
+            self._not_gone()
+        if leased is not None and self.decider.auto_failover and self.lease_held():
+            for state in self.placement.states():
+                if state.replica == self.shard and state.owner not in leased:
+                    # The owner's lease is gone: it acknowledges nothing any more.
+                    await self._take_over(state)
         for state in self.placement.states():
             if state.owner != self.shard or not self.placement.replicated:
                 continue
@@ -368,3 +403,10 @@ class LocalDecider:
 
     def lease_held(self) -> bool:
         return True
+
+    def alive(self) -> set[str] | None:
+        return None
+
+    @property
+    def auto_failover(self) -> bool:
+        return False

@@ -115,6 +115,8 @@ class Shipper:
                 failed.add(range_)  # moved away while the command was queued
                 continue
             if state.replica is None:
+                if not self._lease_held():
+                    failed.add(range_)  # acknowledged alone: only under the lease
                 continue
             out = self._outbound(state)
             ops = parts.get(range_, [])
