@@ -60,6 +60,9 @@ def _parser() -> argparse.ArgumentParser:
                         help="in a cluster, direct/burst pairs: cross = sender, receiver and "
                              "owner on three shards (direct's default); local = all on one "
                              "shard, pairs spread over the shards (burst's default)")
+    parser.add_argument("--replication-factor", type=int, choices=[1, 2], default=None,
+                        help="with --cluster: the shards' replication.factor (their "
+                             "default: 2 with three or more shards)")
     parser.add_argument("--quick", action="store_true", help="every figure small and fast")
     parser.add_argument("--workers", type=int, default=2, help="client processes")
     parser.add_argument("--json", metavar="PATH",
@@ -170,8 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if out is not None:
             out.write(json.dumps({"scenario": "environment", **harness.environment()}) + "\n")
+        env = dict(SERVER_ENV)
+        if args.replication_factor is not None:
+            env["CHATD_REPLICATION_FACTOR"] = str(args.replication_factor)
         for name in names:
-            cluster = BenchCluster(args.cluster, sync=not args.no_sync, env=SERVER_ENV) \
+            cluster = BenchCluster(args.cluster, sync=not args.no_sync, env=env) \
                 if args.cluster and not args.url and name != "appends" else None
             server = None if args.url or cluster or name == "appends" else BenchServer(
                 sync=not args.no_sync, env=SERVER_ENV)

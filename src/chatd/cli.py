@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from chatd import __version__
+from chatd import __version__, admin_cli
 from chatd.config import Config, ConfigError, load, parse_listen
 
 log = logging.getLogger("chatd")
@@ -53,6 +53,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--handle", required=True, help="your handle")
     chat.add_argument("--register", action="store_true",
                       help="create the account first if it does not exist")
+    admin_cli.add_parser(commands)
     commands.add_parser(
         "bench", help="run the benchmark harness (python -m bench; see docs/benchmarks.md)",
         add_help=False)
@@ -131,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    if args.command == "admin":
+        return admin_cli.run(args)
     if args.command == "chat":
         from chatd.chat import password_from_environment_or_prompt, run_chat
 
@@ -146,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # httpx logs every request at INFO: with etcd that is a line per lease keepalive.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     _raise_open_file_limit()
     try:
         # Checked before anything is opened: a hypercorn whose internals chatd does not

@@ -106,6 +106,11 @@ def _mesh(config: Config, services: Services) -> Mesh | None:
     return mesh
 
 
+async def _run_in(scope: trio.CancelScope, run: Callable[[], Awaitable[None]]) -> None:
+    with scope:
+        await run()
+
+
 async def _run_mesh(mesh: Mesh, scope: trio.CancelScope, address: tuple[str, int],
                     task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
     with scope:
@@ -151,6 +156,10 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
         async with trio.open_nursery() as nursery:
             await nursery.start(services.committer.run)
             await nursery.start(services.shipper.run)
+            decider_scope = trio.CancelScope()
+            decider_run = getattr(services.coordinator.decider, "run", None)
+            if decider_run is not None:
+                nursery.start_soon(_run_in, decider_scope, decider_run)
             mesh_scope = trio.CancelScope()
             if mesh is not None:
                 me = config.cluster.this_shard.mesh
@@ -171,6 +180,7 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
             mesh_scope.cancel()
             services.committer.close()
             services.shipper.close()
+            decider_scope.cancel()
         log.info("stopped cleanly")
     finally:
         store.close()

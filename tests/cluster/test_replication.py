@@ -8,7 +8,11 @@ proxy isolates c from a and b.
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +44,14 @@ async def admin(cluster: Cluster, shard: str, method: str, path: str,
     async with httpx.AsyncClient(base_url=cluster[shard].url, timeout=10,
                                  headers={"Authorization": f"Bearer {ADMIN_TOKEN}"}) as http:
         return await http.request(method, path, json=body)
+
+
+async def chatd_admin(cluster: Cluster, shard: str, *args: str
+                      ) -> subprocess.CompletedProcess[str]:
+    return await trio.to_thread.run_sync(partial(
+        subprocess.run, [sys.executable, "-m", "chatd", "admin", *args, "--url",
+                         cluster[shard].url], capture_output=True, text=True, timeout=60,
+        env={**os.environ, "CHATD_ADMIN_TOKEN": ADMIN_TOKEN}))
 
 
 async def ranges(cluster: Cluster, shard: str) -> dict[str, dict[str, Any]]:
@@ -136,6 +148,22 @@ async def test_an_acknowledged_send_survives_its_owner_and_the_operator_fails_ov
     sent = await send_until_acked(alice_a, group, "through-the-old-owner")
     assert sent["seq"] == len(log) + 1
 
+    # The operator hands range a back: a becomes b's replica (a copy), then owner again.
+    rebalanced = await admin(cluster, "b", "POST", "/admin/rebalance")
+    assert rebalanced.status_code == 200, rebalanced.text
+    assert [state["range"] for state in rebalanced.json()["moved"]] == ["a"]
+
+    async def home_again() -> bool:
+        views = [await ranges(cluster, shard) for shard in ("a", "b", "c")]
+        return all((view["a"]["owner"], view["a"]["replica"], view["a"]["epoch"])
+                   == ("a", "b", 4) for view in views) and views[0]["a"].get("acking")
+
+    await eventually(home_again, within=20, what="range a back with a, replicated to b")
+    final = await send_until_acked(alice_a, group, "home-again")
+    assert final["seq"] == sent["seq"] + 1
+    log = await history(alice_b, group)
+    assert [m["seq"] for m in log] == list(range(1, len(log) + 1))
+
 
 async def test_a_dead_replica_is_replaced_and_sends_resume(cluster: Cluster) -> None:
     """b (range a's replica) dies: a's sends are not acknowledged until, after the
@@ -153,14 +181,21 @@ async def test_a_dead_replica_is_replaced_and_sends_resume(cluster: Cluster) -> 
     view = await ranges(cluster, "a")
     assert (view["a"]["replica"], view["a"]["epoch"]) == ("c", 2)
     assert view["a"]["acking"] is True
-    # c holds the whole range now: kill a and promote c.
+    # c holds the whole range now: kill a and promote c, as an operator would.
     cluster["a"].kill()
 
     async def promoted() -> bool:
-        return (await admin(cluster, "c", "POST", "/admin/promote",
-                            {"range": "a"})).status_code == 200
+        done = await chatd_admin(cluster, "c", "promote", "--range-of", "a")
+        return done.returncode == 0
 
     await eventually(promoted, within=10, what="c to accept the promotion")
+    status = await chatd_admin(cluster, "c", "status")
+    assert status.returncode == 0, status.stderr
+    [row] = [line for line in status.stdout.splitlines() if line.startswith("a ")]
+    # Range a: owner c, and no replica (b is dead too): acknowledged alone, for now.
+    assert row.split()[1:4] == ["3", "c", "-"] and "owner, acknowledging" in row, row
+    refused = await chatd_admin(cluster, "c", "promote", "--range-of", "a")
+    assert refused.returncode == 1 and "already_owner" in refused.stderr
     bob_c = await cluster.client("c", bob)
     log = await history(bob_c, group)
     assert [m["client_msg_id"] for m in log if m.get("client_msg_id")] == ["before", "after"]

@@ -299,6 +299,41 @@ class Coordinator:
                            code="placement_changed")
         return new
 
+    async def hand_back(self, range_: str, *, within: float = 60.0) -> RangeState:
+        """Give `range_` back to its natural owner, which must be up: first make it the
+        range's replica (a copy brings it up to date), then, once it holds everything
+        this shard acknowledged, make it the owner and this shard its replica. Fenced
+        like any change: a shipment still in flight under the old epoch is refused by
+        the new owner, so nothing is acknowledged twice."""
+        natural = range_
+        current = self.placement.state(range_)
+        if current.owner != self.shard:
+            raise Conflict(f"shard {self.shard!r} does not own range {range_!r} (its owner "
+                           f"is {current.owner!r}): ask that shard", code="not_owner")
+        if natural == self.shard:
+            raise Conflict(f"range {range_!r} is with its natural owner already",
+                           code="already_home")
+        if natural not in self._candidates():
+            raise Conflict(f"shard {natural!r} is not up", code="owner_down")
+        with trio.fail_after(within):
+            if current.replica != natural:
+                await self._move_replica(current, natural)
+            while True:
+                state = self.placement.state(range_)
+                if state.owner != self.shard or state.replica != natural:
+                    raise Conflict(f"range {range_!r} changed meanwhile; look again",
+                                   code="placement_changed")
+                if self._shipper.caught_up(range_):
+                    break
+                self._wake.set()
+                await trio.sleep(0.05)
+            new = RangeState(range_, natural, self.shard, state.epoch + 1)
+            if not await self.decider.change(state, new):
+                raise Conflict(f"range {range_!r} changed meanwhile; look again",
+                               code="placement_changed")
+        log.info("range %s: handed back to %s (epoch %d)", range_, natural, new.epoch)
+        return new
+
     async def _take_over(self, current: RangeState) -> RangeState | None:
         replica = self.placement.successor(current.range,
                                            excluding={self.shard, current.owner},

@@ -213,6 +213,12 @@ class Shipper:
         log.info("range %s: replica %s holds it (epoch %d); streaming", state.range,
                  state.replica, state.epoch)
 
+    def caught_up(self, range_: str) -> bool:
+        """Whether the range streams to its replica with nothing unanswered: the replica
+        holds everything written here."""
+        out = self._out.get(range_)
+        return out is not None and out.mode is Mode.STREAMING and not out.in_flight
+
     def streams(self) -> list[dict[str, Any]]:
         """Each outbound stream, for /admin/ranges and /metrics."""
         now = trio.current_time()

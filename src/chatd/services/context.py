@@ -136,8 +136,22 @@ def _replication(config: Config, store: Store, placement: Placement, committer: 
                               shipper=shipper, replica=replica, forget_range=forget_range,
                               request_timeout=config.cluster.request_timeout,
                               replica_grace=config.replication.failover_after)
+    replication = config.replication
     if placement.replicated:
         committer.set_gate(shipper)
+        if replication.etcd:
+            # Imported here: a shard without etcd never loads the client.
+            from chatd.coordination.etcd import EtcdClient
+            from chatd.replication.etcd_decider import EtcdDecider
+
+            client = EtcdClient(
+                list(replication.etcd), timeout=config.cluster.request_timeout,
+                ca=replication.etcd_ca or None, cert=replication.etcd_cert or None,
+                key=replication.etcd_key or None, user=replication.etcd_user or None,
+                password=replication.etcd_password or None)
+            coordinator.decider = EtcdDecider(
+                coordinator, client, prefix=replication.etcd_prefix,
+                ttl=int(replication.failover_after), auto_failover=replication.auto_failover)
     else:
         # Nothing to learn from peers: every range stays with its natural owner.
         coordinator.settled.set()

@@ -503,9 +503,10 @@ class Link:
                       pending: Pending[Any] | None) -> tuple[int, _Call]:
         stats = self._stats
         stats.requests_sent += 1
-        if self._closed or self._full():
+        if self._ending() or self._full():
             stats.requests_failed += 1
-            why = (f"its link closed ({self.close_reason})" if self._closed else
+            why = (f"its link closed ({self.close_reason or 'the peer said bye'})"
+                   if self._ending() else
                    f"{self._queued} frames ({len(self._buffer)} bytes) wait to be sent to it")
             raise PeerUnavailable(f"shard {self.peer} is unreachable: {why}")
         call_id = next(self._ids)
@@ -532,9 +533,14 @@ class Link:
             self._timer.deadline = call.deadline
         return call_id, call
 
+    def _ending(self) -> bool:
+        """Closed, or closing: a BYE went either way and the link task has not yet seen
+        it (a peer-up callback may run just then); nothing more can go out."""
+        return self._closed or self._connection.state is not State.OPEN
+
     def post(self, method: str, body: Any) -> bool:
         stats = self._stats
-        if self._closed or self._full():
+        if self._ending() or self._full():
             stats.posts_dropped += 1
             return False
         try:

@@ -6,7 +6,7 @@ import json
 
 from quart import Response
 
-from chatd.errors import BadRequest
+from chatd.errors import BadRequest, Conflict
 from chatd.services.context import Services
 from chatd.web import models
 from chatd.web.api import Access, Api, Media
@@ -38,6 +38,24 @@ def register(api: Api, services: Services) -> None:
                              code="invalid_field")
         state = await coordinator.promote(body.range)
         return _json({"promoted": state.to_wire()})
+
+    @api.route("POST", "/admin/rebalance", summary="Hand every range this shard acts for "
+               "back to its natural owner, if that shard is up", access=Access.ADMIN,
+               response=_OBJECT,
+               description="For each range this shard took over: its natural owner first "
+                           "becomes its replica (a copy), then its owner again, with this "
+                           "shard as replica. Ranges whose natural owner is down are left "
+                           "(listed under `left`).")
+    async def rebalance() -> Reply:
+        moved, left = [], []
+        for state in coordinator.placement.states():
+            if state.owner != coordinator.shard or state.range == coordinator.shard:
+                continue
+            try:
+                moved.append((await coordinator.hand_back(state.range)).to_wire())
+            except Conflict as exc:
+                left.append({"range": state.range, "why": exc.message})
+        return _json({"moved": moved, "left": left})
 
 
 def _json(data: object) -> Response:
