@@ -4,6 +4,7 @@ watches across restarts, endpoint failover, auth."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +21,7 @@ from chatd.coordination import (
     WatchCompacted,
     WatchEvent,
 )
-from tests.etcd import EtcdServer
+from tests.etcd import EtcdServer, EtcdTls
 from tests.helpers import free_port
 
 
@@ -405,6 +406,28 @@ async def test_a_paused_etcd_is_unavailable_and_answers_again_on_resume(
                 except EtcdUnavailable:
                     await trio.sleep(0.1)
         assert kv is not None and kv.value == b"v"
+
+
+async def test_tls_with_client_certificates(etcd_binary: str, tmp_path: Path) -> None:
+    tls = EtcdTls.make(tmp_path / "tls")
+    server = EtcdServer(tmp_path / "etcd", etcd_binary, tls=tls)
+    try:
+        await server.start()
+        assert server.url.startswith("https://")
+        async with EtcdClient([server.url], ca=tls.ca, cert=tls.client_cert,
+                              key=tls.client_key) as etcd:
+            await etcd.put("k", b"over tls")
+            assert (await etcd.get("k") or pytest.fail("no key")).value == b"over tls"
+        # etcd asks for a client certificate: without one the handshake fails.
+        async with EtcdClient([server.url], ca=tls.ca, timeout=1.0) as anonymous:
+            with pytest.raises(EtcdUnavailable):
+                await anonymous.get("k")
+        # A client that does not trust etcd's CA refuses to talk to it.
+        async with EtcdClient([server.url], timeout=1.0) as untrusting:
+            with pytest.raises(EtcdUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+                await untrusting.get("k")
+    finally:
+        server.close()
 
 
 # -- auth ----------------------------------------------------------------------------------
