@@ -55,6 +55,33 @@ class Blackhole:
             await trio.sleep_forever()
 
 
+class NotEtcd:
+    """A listener that answers every request with HTTP 502 and a page of text, as a
+    broken proxy in front of etcd would."""
+
+    def __init__(self) -> None:
+        self.port = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                  ) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._answer, listeners)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _answer(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += await stream.receive_some(65536) or b"\r\n\r\n"
+            await stream.send_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 11\r\n"
+                                  b"Connection: close\r\n\r\nBad Gateway")
+
+
 async def gateway_post(server: EtcdServer, path: str, body: dict[str, Any],
                        token: str | None = None) -> dict[str, Any]:
     """A raw call to etcd, for what the client under test does not do (compaction,
@@ -357,6 +384,19 @@ async def test_a_stalled_endpoint_is_passed_over_for_reads_and_then_avoided(
             await etcd.put("k", b"v")
             await etcd.get("k")
         assert stalled.accepted == 1
+
+
+async def test_an_endpoint_that_is_not_etcd_is_passed_over(
+        etcd_server: EtcdServer, nursery: trio.Nursery) -> None:
+    wrong = NotEtcd()
+    await nursery.start(wrong.run)
+    async with EtcdClient([wrong.url, etcd_server.url]) as etcd:
+        assert await etcd.get("k") is None
+    async with EtcdClient([wrong.url]) as etcd:
+        with pytest.raises(EtcdUnavailable, match="HTTP 502, not an etcd answer"):
+            await etcd.get("k")
+        with pytest.raises(EtcdUnavailable, match="may or may not have been applied"):
+            await etcd.put("k", b"v")
 
 
 async def test_a_write_sent_to_a_stalled_endpoint_is_not_sent_again(

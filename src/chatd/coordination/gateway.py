@@ -252,9 +252,17 @@ class Gateway:
             raise _AttemptFailed(f"no answer within {self.timeout} s")
         text = response.text
         chunks = [line for line in text.splitlines() if line.strip()] if stream else [text]
-        if not chunks:
-            raise EtcdError(f"etcd answered HTTP {response.status_code} with an empty body")
-        objects = [_parse_object(chunk) for chunk in chunks]
+        try:
+            if not chunks:
+                raise EtcdError(f"etcd answered HTTP {response.status_code} with no body")
+            objects = [_parse_object(chunk) for chunk in chunks]
+        except EtcdError:
+            if response.status_code == 200:
+                raise
+            # Not etcd's answer (a proxy's 502, something else on the port): this
+            # endpoint is of no use now, another may be.
+            raise _AttemptFailed(f"HTTP {response.status_code}, not an etcd answer: "
+                                 f"{text[:100]!r}") from None
         _raise_refusal(objects[0])
         if response.status_code != 200:
             raise EtcdError(f"etcd answered HTTP {response.status_code} to {url}")
