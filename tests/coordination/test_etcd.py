@@ -157,6 +157,8 @@ def test_bad_settings_are_refused_when_made() -> None:
         EtcdClient(["http://127.0.0.1:2379"], timeout=0)
     with pytest.raises(ValueError, match="op must be one of"):
         Compare.version("k", "==", 0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="revision 1 or later"):
+        EtcdClient(["http://127.0.0.1:2379"]).watch_prefix("p", start_revision=0)
 
 
 # -- txn -----------------------------------------------------------------------------------
@@ -215,6 +217,7 @@ async def test_txn_compares_revisions(etcd: EtcdClient) -> None:
 # -- leases --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_leased_key_stays_while_kept_alive_and_goes_after(etcd: EtcdClient) -> None:
     lease, ttl = await etcd.grant_with_ttl(2)
     assert ttl == 2
@@ -306,6 +309,7 @@ async def wait_for_count(events: list[WatchEvent], count: int) -> None:
             await trio.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["stop", "kill"])
 async def test_watch_resumes_without_loss_across_an_etcd_restart(
         etcd: EtcdClient, etcd_server: EtcdServer, nursery: trio.Nursery, how: str) -> None:
@@ -480,6 +484,7 @@ async def enable_auth(server: EtcdServer, password: str) -> None:
     await gateway_post(server, "/v3/auth/enable", {})
 
 
+@pytest.mark.slow
 async def test_auth_token_is_sent_and_renewed_after_etcd_forgets_it(
         etcd_server: EtcdServer, nursery: trio.Nursery) -> None:
     password = "s3cret-pa55"

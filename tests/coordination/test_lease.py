@@ -13,6 +13,9 @@ from tests.cluster.harness import Proxy
 from tests.etcd import EtcdServer
 from tests.helpers import free_port
 
+#: Every test here waits out keepalives, and most stop, restart or pause etcd.
+pytestmark = pytest.mark.slow
+
 TTL = 2  # etcd's minimum with its default election timeout
 
 
