@@ -18,15 +18,18 @@ from __future__ import annotations
 
 import os
 import signal
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
 import httpx
 import pytest
 import trio
+import trustme
 
 from tests.helpers import free_port
 from tests.system_packages import ensure_binary
@@ -36,14 +39,50 @@ HOST = "127.0.0.1"
 READY_TIMEOUT = 30.0
 
 
+@dataclass(frozen=True)
+class EtcdTls:
+    """PEM files for an etcd that serves its clients over TLS and asks each for a
+    certificate (`--client-cert-auth`), all from one throwaway CA."""
+
+    ca: str
+    server_cert: str
+    server_key: str
+    client_cert: str
+    client_key: str
+
+    @classmethod
+    def make(cls, directory: Path) -> EtcdTls:
+        directory.mkdir(parents=True, exist_ok=True)
+        ca = trustme.CA()
+        paths = {name: str(directory / f"{name}.pem") for name in
+                 ("ca", "server_cert", "server_key", "client_cert", "client_key")}
+        ca.cert_pem.write_to_path(paths["ca"])
+        for role, issued in (("server", ca.issue_cert("127.0.0.1")),
+                             ("client", ca.issue_cert("chatd-shard"))):
+            with open(paths[f"{role}_cert"], "wb") as chain:
+                chain.write(b"".join(pem.bytes() for pem in issued.cert_chain_pems))
+            issued.private_key_pem.write_to_path(paths[f"{role}_key"])
+        return cls(**paths)
+
+    def server_args(self) -> list[str]:
+        return ["--cert-file", self.server_cert, "--key-file", self.server_key,
+                "--trusted-ca-file", self.ca, "--client-cert-auth"]
+
+    def client_context(self) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca)
+        context.load_cert_chain(self.client_cert, self.client_key)
+        return context
+
+
 class EtcdServer:
     """One etcd member as a child process. `await start()` returns once it answers."""
 
     def __init__(self, directory: Path, binary: str, *, name: str = "chatd-test",
-                 extra_args: Sequence[str] = ()) -> None:
+                 tls: EtcdTls | None = None, extra_args: Sequence[str] = ()) -> None:
         self.directory = directory
         self.binary = binary
         self.name = name
+        self.tls = tls
         self.extra_args = list(extra_args)
         self.client_port = free_port()
         self.peer_port = free_port()
@@ -54,8 +93,9 @@ class EtcdServer:
 
     @property
     def url(self) -> str:
-        """The client URL, for `EtcdClient([server.url])`."""
-        return f"http://{HOST}:{self.client_port}"
+        """The client URL, for `EtcdClient([server.url])` (https:// with `tls`)."""
+        scheme = "https" if self.tls is not None else "http"
+        return f"{scheme}://{HOST}:{self.client_port}"
 
     def command(self) -> list[str]:
         peer = f"http://{HOST}:{self.peer_port}"
@@ -65,6 +105,7 @@ class EtcdServer:
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
             "--initial-cluster", f"{self.name}={peer}",
             "--logger", "zap", "--log-outputs", str(self.log_path), "--log-level", "warn",
+            *(self.tls.server_args() if self.tls is not None else []),
             *self.extra_args,
         ]
 
@@ -144,7 +185,9 @@ class EtcdServer:
 
     async def _wait_ready(self) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
-        async with httpx.AsyncClient(timeout=1.0) as http:
+        verify: ssl.SSLContext | bool = (
+            self.tls.client_context() if self.tls is not None else True)
+        async with httpx.AsyncClient(timeout=1.0, verify=verify) as http:
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:
                     code = self._reap(None)

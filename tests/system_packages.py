@@ -56,23 +56,25 @@ def privileged(command: Sequence[str], euid: int) -> list[str]:
     return list(command) if euid == 0 else ["sudo", "-n", *command]
 
 
-def ensure_binary(binary: str, package: str, *, apt_get: str = "apt-get",
+def ensure_binary(binary: str, package: str, *, apt_get: Sequence[str] | None = None,
                   search_path: str | None = None, lock_path: Path | None = None) -> str:
     """The path of `binary`, installing Debian's `package` first if it is missing.
 
-    `apt_get`, `search_path` and `lock_path` exist for the tests of this function.
-    Raises `SystemPackageError` with apt-get's own words when the install fails.
+    `apt_get` is the command to run apt-get with (default: `apt-get`, through `sudo -n`
+    unless we are root); it, `search_path` and `lock_path` exist for the tests of this
+    function. Raises `SystemPackageError` with apt-get's own words when it fails.
     """
     found = find_binary(binary, search_path)
     if found is not None:
         return found
+    command = list(apt_get) if apt_get is not None else default_apt_get()
     lock_path = lock_path or default_lock_path()
     with open(lock_path, "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
         # Whoever held the lock before us may have installed it.
         found = find_binary(binary, search_path)
         if found is None:
-            _install(package, apt_get)
+            _install(package, command)
             found = find_binary(binary, search_path)
     if found is None:
         raise SystemPackageError(
@@ -81,31 +83,35 @@ def ensure_binary(binary: str, package: str, *, apt_get: str = "apt-get",
     return found
 
 
-def _install(package: str, apt_get: str) -> None:
-    install = [apt_get, "install", "-y", "--no-install-recommends", package]
-    result = _run_as_root(install)
+def default_apt_get() -> list[str]:
+    command = privileged(["apt-get"], os.geteuid())
+    if command[0] == "sudo" and shutil.which("sudo") is None:
+        raise SystemPackageError(
+            "installing a missing system package needs root: run the tests as root, "
+            "give this user passwordless sudo for apt-get, or install it by hand")
+    return command
+
+
+def _install(package: str, apt_get: list[str]) -> None:
+    install = [*apt_get, "install", "-y", "--no-install-recommends", package]
+    result = _run(install)
     if result.returncode != 0 and any(sign in result.stdout for sign in _NEEDS_UPDATE):
-        update = _run_as_root([apt_get, "update"])
+        update = _run([*apt_get, "update"])
         if update.returncode != 0:
             raise _failure(package, "apt-get update", update)
-        result = _run_as_root(install)
+        result = _run(install)
     if result.returncode != 0:
         raise _failure(package, "apt-get install", result)
 
 
-def _run_as_root(command: Sequence[str]) -> subprocess.CompletedProcess[str]:
-    full = privileged(command, os.geteuid())
-    if full[0] == "sudo" and shutil.which("sudo") is None:
-        raise SystemPackageError(
-            f"`{' '.join(command)}` needs root: run the tests as root, install sudo with "
-            "passwordless rights for apt-get, or install the package by hand")
+def _run(command: Sequence[str]) -> subprocess.CompletedProcess[str]:
     # Noninteractive: a package's debconf question must not wait for a terminal.
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     try:
-        return subprocess.run(full, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        return subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True, env=env, timeout=INSTALL_TIMEOUT, check=False)
     except (OSError, subprocess.TimeoutExpired) as error:
-        raise SystemPackageError(f"could not run `{' '.join(full)}`: {error}") from error
+        raise SystemPackageError(f"could not run `{' '.join(command)}`: {error}") from error
 
 
 def _failure(package: str, step: str, result: subprocess.CompletedProcess[str],

@@ -4,6 +4,7 @@ watches across restarts, endpoint failover, auth."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -20,7 +21,7 @@ from chatd.coordination import (
     WatchCompacted,
     WatchEvent,
 )
-from tests.etcd import EtcdServer
+from tests.etcd import EtcdServer, EtcdTls
 from tests.helpers import free_port
 
 
@@ -52,6 +53,33 @@ class Blackhole:
         self.accepted += 1
         async with stream:
             await trio.sleep_forever()
+
+
+class NotEtcd:
+    """A listener that answers every request with HTTP 502 and a page of text, as a
+    broken proxy in front of etcd would."""
+
+    def __init__(self) -> None:
+        self.port = 0
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
+                  ) -> None:
+        listeners = await trio.open_tcp_listeners(0, host="127.0.0.1")
+        self.port = listeners[0].socket.getsockname()[1]
+        task_status.started()
+        await trio.serve_listeners(self._answer, listeners)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    async def _answer(self, stream: trio.SocketStream) -> None:
+        async with stream:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += await stream.receive_some(65536) or b"\r\n\r\n"
+            await stream.send_all(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 11\r\n"
+                                  b"Connection: close\r\n\r\nBad Gateway")
 
 
 async def gateway_post(server: EtcdServer, path: str, body: dict[str, Any],
@@ -129,6 +157,8 @@ def test_bad_settings_are_refused_when_made() -> None:
         EtcdClient(["http://127.0.0.1:2379"], timeout=0)
     with pytest.raises(ValueError, match="op must be one of"):
         Compare.version("k", "==", 0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="revision 1 or later"):
+        EtcdClient(["http://127.0.0.1:2379"]).watch_prefix("p", start_revision=0)
 
 
 # -- txn -----------------------------------------------------------------------------------
@@ -187,6 +217,7 @@ async def test_txn_compares_revisions(etcd: EtcdClient) -> None:
 # -- leases --------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_a_leased_key_stays_while_kept_alive_and_goes_after(etcd: EtcdClient) -> None:
     lease, ttl = await etcd.grant_with_ttl(2)
     assert ttl == 2
@@ -278,6 +309,7 @@ async def wait_for_count(events: list[WatchEvent], count: int) -> None:
             await trio.sleep(0.05)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("how", ["stop", "kill"])
 async def test_watch_resumes_without_loss_across_an_etcd_restart(
         etcd: EtcdClient, etcd_server: EtcdServer, nursery: trio.Nursery, how: str) -> None:
@@ -358,6 +390,19 @@ async def test_a_stalled_endpoint_is_passed_over_for_reads_and_then_avoided(
         assert stalled.accepted == 1
 
 
+async def test_an_endpoint_that_is_not_etcd_is_passed_over(
+        etcd_server: EtcdServer, nursery: trio.Nursery) -> None:
+    wrong = NotEtcd()
+    await nursery.start(wrong.run)
+    async with EtcdClient([wrong.url, etcd_server.url]) as etcd:
+        assert await etcd.get("k") is None
+    async with EtcdClient([wrong.url]) as etcd:
+        with pytest.raises(EtcdUnavailable, match="HTTP 502, not an etcd answer"):
+            await etcd.get("k")
+        with pytest.raises(EtcdUnavailable, match="may or may not have been applied"):
+            await etcd.put("k", b"v")
+
+
 async def test_a_write_sent_to_a_stalled_endpoint_is_not_sent_again(
         etcd_server: EtcdServer, nursery: trio.Nursery) -> None:
     stalled = Blackhole()
@@ -407,6 +452,28 @@ async def test_a_paused_etcd_is_unavailable_and_answers_again_on_resume(
         assert kv is not None and kv.value == b"v"
 
 
+async def test_tls_with_client_certificates(etcd_binary: str, tmp_path: Path) -> None:
+    tls = EtcdTls.make(tmp_path / "tls")
+    server = EtcdServer(tmp_path / "etcd", etcd_binary, tls=tls)
+    try:
+        await server.start()
+        assert server.url.startswith("https://")
+        async with EtcdClient([server.url], ca=tls.ca, cert=tls.client_cert,
+                              key=tls.client_key) as etcd:
+            await etcd.put("k", b"over tls")
+            assert (await etcd.get("k") or pytest.fail("no key")).value == b"over tls"
+        # etcd asks for a client certificate: without one the handshake fails.
+        async with EtcdClient([server.url], ca=tls.ca, timeout=1.0) as anonymous:
+            with pytest.raises(EtcdUnavailable):
+                await anonymous.get("k")
+        # A client that does not trust etcd's CA refuses to talk to it.
+        async with EtcdClient([server.url], timeout=1.0) as untrusting:
+            with pytest.raises(EtcdUnavailable, match="CERTIFICATE_VERIFY_FAILED"):
+                await untrusting.get("k")
+    finally:
+        server.close()
+
+
 # -- auth ----------------------------------------------------------------------------------
 
 
@@ -417,6 +484,7 @@ async def enable_auth(server: EtcdServer, password: str) -> None:
     await gateway_post(server, "/v3/auth/enable", {})
 
 
+@pytest.mark.slow
 async def test_auth_token_is_sent_and_renewed_after_etcd_forgets_it(
         etcd_server: EtcdServer, nursery: trio.Nursery) -> None:
     password = "s3cret-pa55"

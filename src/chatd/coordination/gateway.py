@@ -241,20 +241,28 @@ class Gateway:
     async def _attempt(self, url: str, body: Mapping[str, Any], token: str | None,
                        tracker: _Tracker, stream: bool) -> list[Mapping[str, Any]]:
         http = self._client()
+        request = _post(http, url, body, token, timeout=httpx.Timeout(self.timeout),
+                        extensions={"trace": tracker.trace})
         with trio.move_on_after(self.timeout) as scope:
             try:
-                response = await http.post(
-                    url, content=json.dumps(body).encode(), headers=_headers(token),
-                    extensions={"trace": tracker.trace})
+                response = await http.send(request)
             except httpx.HTTPError as error:
                 raise _AttemptFailed(_describe(error)) from None
         if scope.cancelled_caught:
             raise _AttemptFailed(f"no answer within {self.timeout} s")
         text = response.text
         chunks = [line for line in text.splitlines() if line.strip()] if stream else [text]
-        if not chunks:
-            raise EtcdError(f"etcd answered HTTP {response.status_code} with an empty body")
-        objects = [_parse_object(chunk) for chunk in chunks]
+        try:
+            if not chunks:
+                raise EtcdError(f"etcd answered HTTP {response.status_code} with no body")
+            objects = [_parse_object(chunk) for chunk in chunks]
+        except EtcdError:
+            if response.status_code == 200:
+                raise
+            # Not etcd's answer (a proxy's 502, something else on the port): this
+            # endpoint is of no use now, another may be.
+            raise _AttemptFailed(f"HTTP {response.status_code}, not an etcd answer: "
+                                 f"{text[:100]!r}") from None
         _raise_refusal(objects[0])
         if response.status_code != 200:
             raise EtcdError(f"etcd answered HTTP {response.status_code} to {url}")
@@ -265,9 +273,8 @@ class Gateway:
         http = self._client()
         # No read timeout once open: a watch may rightly be quiet for hours (the caller
         # bounds silence with `next_object(idle_timeout)`); opening is bounded below.
-        request = http.build_request("POST", url, content=json.dumps(body).encode(),
-                                     headers=_headers(token),
-                                     timeout=httpx.Timeout(self.timeout, read=None))
+        request = _post(http, url, body, token,
+                        timeout=httpx.Timeout(self.timeout, read=None))
         response: httpx.Response | None = None
         lines: AsyncIterator[str] | None = None
         try:
@@ -298,8 +305,44 @@ class _AttemptFailed(Exception):
     """One endpoint did not answer; the caller may try the next."""
 
 
-def _headers(token: str | None) -> dict[str, str]:
-    return {"Authorization": token} if token is not None else {}
+def _post(http: httpx.AsyncClient, url: str, body: Mapping[str, Any], token: str | None,
+          *, timeout: httpx.Timeout, extensions: dict[str, Any] | None = None,
+          ) -> httpx.Request:
+    payload = json.dumps(body).encode()
+    headers = {"Content-Type": "application/json", "Content-Length": str(len(payload))}
+    if token is not None:
+        headers["Authorization"] = token
+    request = http.build_request("POST", url, headers=headers, timeout=timeout,
+                                 extensions=extensions)
+    request.stream = _Body(payload)
+    return request
+
+
+class _Body(httpx.AsyncByteStream):
+    """A request body whose iterator is a plain object. httpx's own for `content=bytes`
+    is an async generator: when the connection breaks while the body is being sent
+    (etcd refusing a client certificate after the handshake, a restart), httpcore
+    leaves it suspended, and the garbage collector warns about it."""
+
+    def __init__(self, payload: bytes) -> None:
+        self._payload = payload
+
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        return _Once(self._payload)
+
+
+class _Once:
+    def __init__(self, payload: bytes) -> None:
+        self._payload: bytes | None = payload
+
+    def __aiter__(self) -> _Once:
+        return self
+
+    async def __anext__(self) -> bytes:
+        if self._payload is None:
+            raise StopAsyncIteration
+        payload, self._payload = self._payload, None
+        return payload
 
 
 def _raise_refusal(first: Mapping[str, Any]) -> None:
@@ -352,8 +395,14 @@ def _parse_object(text: str) -> Mapping[str, Any]:
 
 
 def _describe(error: BaseException) -> str:
-    # The class name says what failed (ConnectError, ReadTimeout, …); httpx's messages
-    # hold no headers, so no token, but are often empty.
-    detail = str(error)
-    return f"{type(error).__name__}: {detail}" if detail else type(error).__name__
-
+    """What failed, for a message: the class name (ConnectError, ReadTimeout, …) and the
+    first non-empty message down the chain of causes (httpx often has none of its own
+    and wraps the SSL or socket error that says what happened). These messages carry
+    no headers, so never the token."""
+    cause: BaseException | None = error
+    while cause is not None:
+        detail = str(cause)
+        if detail:
+            return f"{type(error).__name__}: {detail}"
+        cause = cause.__cause__ or cause.__context__
+    return type(error).__name__

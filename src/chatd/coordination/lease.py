@@ -32,7 +32,7 @@ from dataclasses import dataclass
 
 import trio
 
-from chatd.coordination.errors import CoordinationError
+from chatd.coordination.errors import CoordinationError, EtcdError
 from chatd.coordination.etcd import EtcdClient
 
 log = logging.getLogger(__name__)
@@ -86,6 +86,7 @@ class LeaseKeeper:
         self._stale: int | None = None  # a lost lease to revoke before the next grant
         self._sent = 0
         self._failed = 0
+        self._failing = 0  # failed keepalives since the last that was answered
         self._losses = 0
 
     @property
@@ -133,15 +134,18 @@ class LeaseKeeper:
     async def _acquire(self) -> int:
         """Revoke the lost lease if any, then grant a new one, retrying until etcd
         answers both."""
+        failures = 0
         while True:
             try:
-                if self._stale is not None:
-                    await self._client.revoke(self._stale)
-                    self._stale = None
+                await self._revoke_stale()
                 sent_at = self._clock()
                 lease, granted_ttl = await self._client.grant_with_ttl(self._ttl)
             except CoordinationError as error:
-                log.warning("cannot get an etcd lease yet: %s", error)
+                failures += 1
+                # The first of a streak says what is wrong; an outage should not fill
+                # the log at four lines a second.
+                log.log(logging.WARNING if failures == 1 else logging.DEBUG,
+                        "cannot get an etcd lease yet (attempt %d): %s", failures, error)
                 await trio.sleep(RETRY_INTERVAL)
                 continue
             self._lease = lease
@@ -149,6 +153,18 @@ class LeaseKeeper:
             self._renewed_at = sent_at
             self._held_until = sent_at + granted_ttl - self._margin
             return lease
+
+    async def _revoke_stale(self) -> None:
+        if self._stale is None:
+            return
+        try:
+            await self._client.revoke(self._stale)
+        except EtcdError as error:
+            # etcd answered and refused (not "unavailable": that is raised, and retried).
+            # Keeping the new lease from being granted would not help; the old one
+            # expires by itself.
+            log.warning("could not revoke lost etcd lease %x: %s", self._stale, error)
+        self._stale = None
 
     async def _keep(self) -> None:
         """Keep the lease alive; return when it is lost."""
@@ -172,8 +188,12 @@ class LeaseKeeper:
             ttl = await self._client.keepalive(self._lease)
         except CoordinationError as error:
             self._failed += 1
-            log.warning("etcd lease %x: keepalive failed: %s", self._lease, error)
+            self._failing += 1
+            log.log(logging.WARNING if self._failing == 1 else logging.DEBUG,
+                    "etcd lease %x: keepalive failed (%d in a row): %s", self._lease,
+                    self._failing, error)
             return False
+        self._failing = 0
         if ttl <= 0:
             log.warning("etcd says lease %x is gone", self._lease)
             self._held_until = -math.inf
