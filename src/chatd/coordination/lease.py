@@ -18,9 +18,12 @@ must stop acting as owner as soon as `held()` is false (or `on_lost` is called).
 Keepalives go every TTL/3, so two may fail before the lease is in danger. While etcd
 does not answer, the keeper retries quickly; when the deadline passes, or etcd says the
 lease is gone, the lease is lost: `on_lost()` is called and `lease_id` becomes None.
-Once etcd answers again the keeper revokes the old lease (etcd may have kept it alive
-across its own restart; we promised to stop trusting it, and revoking frees its keys for
-whoever takes over), grants a new one and calls `on_regained(new_lease_id)`.
+Once etcd answers again the keeper first renews the old lease: etcd keeps leases across
+its own restart (with their TTL renewed), and if it kept this one, so did it keep the
+keys under it, so nobody can have taken over meanwhile, and it is held again (calling
+`on_regained` with the same id). Revoking it instead would delete those keys and look,
+to every other shard, as if this one had died: a failover storm after every etcd
+restart. Only when etcd says the lease is gone is a new one granted.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from dataclasses import dataclass
 
 import trio
 
-from chatd.coordination.errors import CoordinationError, EtcdError
+from chatd.coordination.errors import CoordinationError
 from chatd.coordination.etcd import EtcdClient
 
 log = logging.getLogger(__name__)
@@ -132,12 +135,24 @@ class LeaseKeeper:
                             "by itself): %s", lease, error)
 
     async def _acquire(self) -> int:
-        """Revoke the lost lease if any, then grant a new one, retrying until etcd
-        answers both."""
+        """Renew the lost lease if etcd still has it, else grant a new one, retrying
+        until etcd answers."""
         failures = 0
         while True:
             try:
-                await self._revoke_stale()
+                sent_at = self._clock()
+                if self._stale is not None:
+                    ttl = await self._client.keepalive(self._stale)
+                    if ttl > 0:
+                        lease, granted_ttl = self._stale, ttl
+                        self._stale = None
+                        log.info("etcd lease %x is held again", lease)
+                        self._lease = lease
+                        self._granted_ttl = granted_ttl
+                        self._renewed_at = sent_at
+                        self._held_until = sent_at + granted_ttl - self._margin
+                        return lease
+                    self._stale = None  # gone: its keys went with it
                 sent_at = self._clock()
                 lease, granted_ttl = await self._client.grant_with_ttl(self._ttl)
             except CoordinationError as error:
@@ -153,18 +168,6 @@ class LeaseKeeper:
             self._renewed_at = sent_at
             self._held_until = sent_at + granted_ttl - self._margin
             return lease
-
-    async def _revoke_stale(self) -> None:
-        if self._stale is None:
-            return
-        try:
-            await self._client.revoke(self._stale)
-        except EtcdError as error:
-            # etcd answered and refused (not "unavailable": that is raised, and retried).
-            # Keeping the new lease from being granted would not help; the old one
-            # expires by itself.
-            log.warning("could not revoke lost etcd lease %x: %s", self._stale, error)
-        self._stale = None
 
     async def _keep(self) -> None:
         """Keep the lease alive; return when it is lost."""
