@@ -87,6 +87,9 @@ CLOSE_IDLE = 4000
 CLOSE_UNAUTHORIZED = 4001
 CLOSE_TOO_SLOW = 4008
 CLOSE_TOO_MANY = 4029
+#: RFC 6455's "try again later": the token could not be checked (its home shard is
+#: unreachable). Not 4001, which a client takes for "log in again".
+CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_CODES = {
     SessionEnd.CONNECTION_CLOSED: ws.CLOSE_NORMAL,
     SessionEnd.SHUTTING_DOWN: ws.CLOSE_GOING_AWAY,
@@ -387,7 +390,8 @@ class LiveSockets:
                                    code="missing_token")
             session = await self._services.users.authenticate(token)
         except ChatdError as exc:
-            close = (CLOSE_UNAUTHORIZED, f"{exc.code}: {exc.message}"[:120])
+            code = CLOSE_TRY_AGAIN_LATER if exc.status == 503 else CLOSE_UNAUTHORIZED
+            close = (code, f"{exc.code}: {exc.message}"[:120])
         conn = Connection(self, sock, codec, session or _NOBODY, self._max_message)
         self._connections.add(conn)
         try:
