@@ -21,7 +21,13 @@ from werkzeug.exceptions import HTTPException
 
 from chatd.errors import ChatdError, RateLimited, Unauthorized
 from chatd.services.context import Services
-from chatd.web import routes_accounts, routes_conversations, routes_messages, routes_ops
+from chatd.web import (
+    routes_accounts,
+    routes_backup,
+    routes_conversations,
+    routes_messages,
+    routes_ops,
+)
 from chatd.web.api import Api
 from chatd.web.schema import Limits
 
@@ -185,5 +191,6 @@ def create_app(services: Services) -> QuartTrio:
     routes_accounts.register(api, services)
     routes_conversations.register(api, services)
     routes_messages.register(api, services)
+    routes_backup.register(api, services)
     api.install(app)
     return app
