@@ -38,6 +38,7 @@ async def test_a_backup_is_unpacked_and_checked(start_server: ServerFactory,
     check_complete(tmp_path / "backup", manifest)
     assert done.total_bytes == sum(entry.size for entry in manifest.files) > 0
     assert leftovers(tmp_path) == []
+    assert (tmp_path / "backup").stat().st_mode & 0o777 == 0o700  # hashes, messages
 
 
 async def test_a_wrong_token_writes_nothing_and_is_not_repeated(

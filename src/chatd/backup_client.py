@@ -58,7 +58,8 @@ def download_backup(url: str, admin_token: str, directory: Path, *,
     staging = directory.parent / f".{directory.name}.partial-{secrets.token_hex(4)}"
     endpoint = url.rstrip("/") + "/admin/backup"
     try:
-        staging.mkdir(parents=True)
+        # Owner-only: a backup holds password and token hashes and every message.
+        staging.mkdir(mode=0o700, parents=True)
         # The timeout bounds each wait for bytes, not the whole backup.
         with httpx.Client(timeout=timeout) as http, http.stream(
                 "POST", endpoint, headers={"Authorization": f"Bearer {admin_token}"}) as answer:

@@ -55,6 +55,7 @@ def test_a_restored_directory_is_the_backed_up_shard(backup: Path, tmp_path: Pat
     assert (done.manifest.shard, done.db_files, done.media_files) == ("a", len(
         done.manifest.files) - 1, 1)
     assert (target / "CURRENT").is_file()
+    assert target.stat().st_mode & 0o777 == 0o700
     assert (target / "media" / "m" / "pic.png").read_bytes() == b"png bytes"
     assert not [path for path in tmp_path.iterdir() if ".restoring-" in path.name]
     store = Store.open(str(target))

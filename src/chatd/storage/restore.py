@@ -102,7 +102,7 @@ def restore(backup: Path, data_dir: Path) -> Restored:
     check_complete(backup, manifest)
     staging = data_dir.parent / f".{data_dir.name}.restoring-{secrets.token_hex(4)}"
     try:
-        staging.mkdir(parents=True)
+        staging.mkdir(mode=0o700, parents=True)  # like a data directory: owner-only
         total = 0
         for entry in manifest.files:
             # db/ files go to the top of the data directory; media/ files stay in media/.
