@@ -76,9 +76,13 @@ class Backups:
     def remove_leftovers(self) -> None:
         """Delete what an interrupted backup left in the workspace. Call it at startup,
         before any backup: the data directory's lock means this process alone uses it."""
-        if self._workspace.exists():
-            shutil.rmtree(self._workspace)
-            log.info("removed an interrupted backup's snapshot from %s", self._workspace)
+        if not self._workspace.is_dir():
+            return
+        leftovers = sorted(path.name for path in self._workspace.iterdir())
+        shutil.rmtree(self._workspace)
+        if leftovers:
+            log.info("removed what an interrupted backup left in %s: %s", self._workspace,
+                     ", ".join(leftovers))
 
     async def start(self) -> BackupStream:
         """Snapshot the store now and return the stream that sends it. Raises
