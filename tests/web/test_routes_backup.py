@@ -3,6 +3,7 @@ and a client that leaves midway (its snapshot is removed; the shard serves on)."
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import tarfile
@@ -11,10 +12,10 @@ from pathlib import Path
 import httpx
 import trio
 
-from chatd.server import RunningServer
+from chatd.server import RunningServer, serve
 from chatd.storage.backup_format import Manifest
 from tests.conftest import ServerFactory
-from tests.helpers import assert_error, new_account
+from tests.helpers import assert_error, make_config, new_account
 
 ADMIN = "backup-admin-token-0123456789"
 AS_ADMIN = {"Authorization": f"Bearer {ADMIN}"}
@@ -121,3 +122,17 @@ async def test_one_backup_at_a_time_and_a_client_that_leaves_frees_the_next(
         assert again.status_code == 200
         assert again.content.endswith(bytes(1024))  # the tar's end, after the manifest
     await snapshots_gone(running)
+
+
+async def test_a_start_removes_what_an_interrupted_backup_left(nursery: trio.Nursery,
+                                                               tmp_path: Path) -> None:
+    # A crash mid-backup leaves a snapshot whose links pin table files: the next start
+    # (server.serve) deletes it.
+    leftover = tmp_path / "data" / "backup-tmp" / "snapshot-dead" / "db"
+    leftover.mkdir(parents=True)
+    (leftover / "000009.sst").write_bytes(b"pinned")
+    shutdown = trio.Event()
+    await nursery.start(functools.partial(serve, make_config(tmp_path / "data"),
+                                          shutdown=shutdown))
+    assert not (tmp_path / "data" / "backup-tmp").exists()
+    shutdown.set()
