@@ -11,6 +11,8 @@ import trio
 
 from chatd.server import RunningServer, serve
 from chatd.services.clock import Clock
+from tests.etcd import etcd_binary as etcd_binary  # a real etcd for any test (tests/etcd.py)
+from tests.etcd import etcd_server as etcd_server
 from tests.helpers import make_config
 
 #: start_server(clock=None, **sections) -> RunningServer, e.g. limits={"max_group_members": 3}

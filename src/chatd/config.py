@@ -173,6 +173,35 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class ReplicationConfig:
+    """Each range's log shipped to a replica shard, and failover (docs/operations.md)."""
+
+    #: Copies of every acknowledged record: 1 (off) or 2 (the owner and one replica).
+    #: 0 picks: 2 with three or more shards, else 1.
+    factor: int = 0
+    #: Seconds without the owner's etcd lease before its replica takes the range over
+    #: (the lease's TTL, so whole seconds, at least 2).
+    failover_after: float = 5.0
+    #: Whether replicas take over on their own; false leaves it to `chatd admin promote`.
+    auto_failover: bool = True
+    #: etcd endpoints (http:// or https://) holding who owns what. Empty: no etcd; the
+    #: owner moves its own replica, and an owner's failover is `chatd admin promote`.
+    etcd: tuple[str, ...] = ()
+    #: Keys live under this prefix, so clusters can share an etcd.
+    etcd_prefix: str = "/chatd"
+    etcd_ca: str = ""
+    etcd_cert: str = ""
+    etcd_key: str = ""
+    etcd_user: str = ""
+    etcd_password: str = field(default="", repr=False)
+
+    def effective_factor(self, shards: int) -> int:
+        if shards < 2:
+            return 1
+        return self.factor or (2 if shards >= 3 else 1)
+
+
+@dataclass(frozen=True)
 class AuthConfig:
     #: Days a login token stays valid. Open sockets are closed (4001) when it expires;
     #: expired devices and tokens are deleted by a sweep every `prune_interval` seconds.
@@ -221,6 +250,7 @@ class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    replication: ReplicationConfig = field(default_factory=ReplicationConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
@@ -416,6 +446,7 @@ def validate(config: Config) -> Config:
     if config.limits.history_page_default > config.limits.history_page_max:
         raise ConfigError("limits.history_page_default: must not exceed limits.history_page_max")
     _validate_cluster(config.cluster)
+    _validate_replication(config.replication, len(config.cluster.shards))
     if config.server.max_request_bytes < config.limits.max_message_bytes:
         raise ConfigError("server.max_request_bytes: must be at least limits.max_message_bytes")
     return config
@@ -481,6 +512,27 @@ def _validate_cluster(cluster: ClusterConfig) -> None:
             f"{MIN_SECRET_BYTES} bytes; e.g. from `python -c 'import secrets; "
             "print(secrets.token_urlsafe(32))'`), cluster.secret_file = \"/path\", or the "
             "environment variable CHATD_CLUSTER_SECRET")
+
+
+def _validate_replication(replication: ReplicationConfig, shards: int) -> None:
+    if replication.factor not in (0, 1, 2):
+        raise ConfigError(f"replication.factor: must be 1 (off) or 2, got {replication.factor}")
+    if replication.factor == 2 and shards < 2:
+        raise ConfigError("replication.factor: 2 needs at least two shards in cluster.shards")
+    if replication.failover_after < 2 or replication.failover_after != int(
+            replication.failover_after):
+        raise ConfigError("replication.failover_after: must be whole seconds, at least 2 "
+                          f"(it is the etcd lease's TTL), got {replication.failover_after}")
+    for endpoint in replication.etcd:
+        if not endpoint.startswith(("http://", "https://")):
+            raise ConfigError(f"replication.etcd: {endpoint!r} must start with http:// or "
+                              "https://")
+    tls = (replication.etcd_cert, replication.etcd_key)
+    if any(tls) and not all(tls):
+        raise ConfigError("replication.etcd_cert: etcd client TLS needs etcd_cert and "
+                          "etcd_key together")
+    if bool(replication.etcd_user) != bool(replication.etcd_password):
+        raise ConfigError("replication.etcd_user: set etcd_user and etcd_password together")
 
 
 def load(path: str | None = None, *, environ: Mapping[str, str] | None = None,

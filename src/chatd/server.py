@@ -19,6 +19,7 @@ import logging
 import secrets
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
@@ -81,8 +82,8 @@ def _mesh(config: Config, services: Services) -> Mesh | None:
         return None
     me = cluster.this_shard
     assert me.mesh is not None  # validate() insists on it in a cluster
-    handler = PeerHandler(router=services.router, owner_api=services.owner_api,
-                          home_api=services.home_api, delivery=services.delivery)
+    handler = PeerHandler(owner_api=services.owner_api, home_api=services.home_api,
+                          delivery=services.delivery, coordinator=services.coordinator)
     server_ssl, client_ssl = (mesh_tls_contexts(cluster.tls_certfile, cluster.tls_keyfile,
                                                 cluster.tls_cafile)
                               if cluster.mesh_tls else (None, None))
@@ -100,6 +101,8 @@ def _mesh(config: Config, services: Services) -> Mesh | None:
     mesh.on_peer_up(handler.peer_up)
     mesh.on_peer_down(handler.peer_down)
     services.router.attach(services.owner_api.run, mesh)
+    services.shipper.peers = mesh
+    services.coordinator.peers = mesh
     return mesh
 
 
@@ -148,6 +151,7 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
         mesh = _mesh(config, services)
         async with trio.open_nursery() as nursery:
             await nursery.start(services.committer.run)
+            await nursery.start(services.shipper.run)
             mesh_scope = trio.CancelScope()
             if mesh is not None:
                 me = config.cluster.this_shard.mesh
@@ -157,6 +161,8 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
                 web.start_soon(_close_sockets_on, shutdown, services)
                 web.start_soon(_run_until, shutdown, services.accounts.run_pruner)
                 web.start_soon(_run_until, shutdown, services.messaging.run_hint_writer)
+                web.start_soon(_run_until, shutdown, partial(
+                    services.coordinator.run, settle_after=2 * config.cluster.request_timeout))
                 url = await web.start(front.run, shutdown)
                 log.info("serving %s (shard %s, data %s)", url, config.cluster.shard,
                          config.storage.data_dir)
@@ -165,6 +171,7 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
             # with the committer's drain.
             mesh_scope.cancel()
             services.committer.close()
+            services.shipper.close()
         log.info("stopped cleanly")
     finally:
         store.close()

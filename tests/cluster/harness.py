@@ -58,6 +58,8 @@ CLUSTER_SETTINGS: dict[str, Any] = {
 }
 #: Generous: three shards, their argon2 and RocksDB, and pytest share two cores.
 READY_TIMEOUT = 30.0
+#: Every shard's server.admin_token (for /admin routes).
+ADMIN_TOKEN = "cluster-tests-admin-token"
 
 
 # -- placement --------------------------------------------------------------------------------
@@ -118,17 +120,38 @@ async def logged(shard: Shard, text: str, *, times: int = 1, within: float = 15.
 
 # -- config ---------------------------------------------------------------------------------
 
+#: The mesh's own failure model, without replication: tests/cluster/test_replication.py
+#: and the checker run with it on.
+NO_REPLICATION: Mapping[str, Any] = {"factor": 1}
+
+
 def write_config(path: Path, meshes: Mapping[str, int], *, numbers: Mapping[str, int] = NUMBERS,
-                 secret: str = SECRET, cluster: Mapping[str, Any] = CLUSTER_SETTINGS) -> Path:
+                 secret: str = SECRET, cluster: Mapping[str, Any] = CLUSTER_SETTINGS,
+                 replication: Mapping[str, Any] = NO_REPLICATION,
+                 admin_token: str = "") -> Path:
     """A cluster config listing `meshes` (shard -> mesh port on 127.0.0.1)."""
-    lines = ["[server]", "graceful_timeout = 1.0", "", "[cluster]",
-             f'secret = "{secret}"']
+    lines = ["[server]", "graceful_timeout = 1.0"]
+    if admin_token:
+        lines.append(f'admin_token = "{admin_token}"')
+    lines += ["", "[replication]"]
+    lines += [f"{key} = {_toml(value)}" for key, value in replication.items()]
+    lines += ["", "[cluster]", f'secret = "{secret}"']
     lines += [f"{key} = {value!r}" for key, value in cluster.items()]
     for name, port in meshes.items():
         lines += ["", "[[cluster.shards]]", f'name = "{name}"', f"number = {numbers[name]}",
                   f'mesh = "{HOST}:{port}"']
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(item) for item in value) + "]"
+    if isinstance(value, str):
+        return f'"{value}"'
+    return repr(value)
 
 
 # -- one shard ----------------------------------------------------------------------------------
@@ -302,15 +325,17 @@ class Person:
 class Cluster:
     """Shards a, b and c, with the proxy between {a, b} and c."""
 
-    def __init__(self, root: Path, nursery: trio.Nursery) -> None:
+    def __init__(self, root: Path, nursery: trio.Nursery, *,
+                 replication: Mapping[str, Any] = NO_REPLICATION) -> None:
         self.root = root
         self._nursery = nursery
         self.mesh_ports = {name: free_port() for name in NAMES}
         self.proxy = Proxy(free_port(), self.mesh_ports["c"])
         # What a and b are told: c is at the proxy. What c is told: where it listens.
+        settings = {"replication": replication, "admin_token": ADMIN_TOKEN}
         self.view_of_ab = write_config(root / "ab.toml",
-                                       {**self.mesh_ports, "c": self.proxy.port})
-        self.view_of_c = write_config(root / "c.toml", self.mesh_ports)
+                                       {**self.mesh_ports, "c": self.proxy.port}, **settings)
+        self.view_of_c = write_config(root / "c.toml", self.mesh_ports, **settings)
         self.shards = {
             name: Shard(name, config=self.view_of_c if name == "c" else self.view_of_ab,
                         data_dir=root / f"data-{name}", log_path=root / f"{name}.log",
@@ -410,9 +435,11 @@ class Cluster:
 
 
 @asynccontextmanager
-async def open_cluster(root: Path, nursery: trio.Nursery) -> AsyncIterator[Cluster]:
+async def open_cluster(root: Path, nursery: trio.Nursery, *,
+                       replication: Mapping[str, Any] = NO_REPLICATION
+                       ) -> AsyncIterator[Cluster]:
     """Start the three shards and the proxy; stop them (SIGTERM, SIGKILL if need be)."""
-    cluster = Cluster(root, nursery)
+    cluster = Cluster(root, nursery, replication=replication)
     try:
         await cluster.start()
         yield cluster

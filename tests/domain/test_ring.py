@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import hashlib
 import random
 
 import pytest
@@ -56,18 +55,15 @@ def test_successors_start_with_the_owner_and_are_distinct() -> None:
         assert sorted(ring.successors(key, 5)) == ["a", "b", "c", "d", "e"]
 
 
-def test_successors_are_the_next_shards_clockwise() -> None:
-    ring = HashRing(["a", "b", "c"], vnodes=4)
-    points = sorted((int.from_bytes(hashlib.blake2b(f"{name}#{i}".encode(),
-                                                    digest_size=8).digest(), "big"), name)
-                    for name in "abc" for i in range(4))
-    key = 42
-    key_point = int.from_bytes(hashlib.blake2b(key.to_bytes(8, "big"), digest_size=8).digest(),
-                               "big")
-    clockwise = [name for point, name in points if point > key_point] + [
-        name for point, name in points if point <= key_point]
-    expected = tuple(dict.fromkeys(clockwise))
-    assert ring.successors(key, 3) == expected
+def test_successors_follow_the_owners_chain() -> None:
+    # Whole ranges fail over, so a key's replicas are its owner's range's: the shards
+    # after the owner in name order, round.
+    ring = HashRing(["c", "a", "b"], vnodes=4)
+    assert ring.chain("a") == ("a", "b", "c")
+    assert ring.chain("b") == ("b", "c", "a")
+    assert ring.chain("c") == ("c", "a", "b")
+    for key in range(500):
+        assert ring.successors(key, 3) == ring.chain(ring.shard_for(key))
 
 
 def test_successors_are_capped_at_the_shards_there_are() -> None:

@@ -17,7 +17,7 @@ from tests.services.conftest import Shard
 
 def handler(shard: Shard) -> PeerHandler:
     services = shard.services
-    return PeerHandler(router=services.router, owner_api=services.owner_api,
+    return PeerHandler(coordinator=services.coordinator, owner_api=services.owner_api,
                        home_api=services.home_api, delivery=services.delivery)
 
 

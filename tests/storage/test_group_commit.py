@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -9,9 +9,11 @@ import trio.testing
 
 from chatd.domain.models import User
 from chatd.errors import BadRequest, ChatdError
+from chatd.pending import Pending
 from chatd.storage import Batch, GroupCommitter, Store, records
 from chatd.storage.errors import (
     CommandFailed,
+    NotReplicated,
     ShuttingDown,
     StorageError,
     UnstorableValue,
@@ -169,3 +171,94 @@ async def test_closed_committer_drains_then_refuses(store: Store) -> None:
         committer.close()
     with pytest.raises(ShuttingDown):
         await committer.submit(put_user(2))  # type: ignore[arg-type]
+
+
+class HeldGate:
+    """Replication as the committer sees it: each batch with a ranged command gets a
+    shipment the test settles (the real one is chatd.replication.shipper.Shipper)."""
+
+    def __init__(self) -> None:
+        self.shipments: list[Pending[frozenset[str]]] = []
+        self.held: dict[str, list[Callable[[], None]]] = {}
+
+    def range_of(self, conversation_id: int) -> str | None:
+        return f"r{conversation_id}"
+
+    def ship(self, batch: Batch, ranges: set[str]) -> Pending[frozenset[str]] | None:
+        if not ranges:
+            return None
+        shipment: Pending[frozenset[str]] = Pending()
+        self.shipments.append(shipment)
+        return shipment
+
+    def hold(self, range_: str, callbacks: list[Callable[[], None]]) -> None:
+        self.held.setdefault(range_, []).extend(callbacks)
+
+
+def noting(name: str, seen: list[str]) -> Callable[[Batch], str]:
+    def apply(batch: Batch) -> str:
+        batch.put(records.USERS, len(seen) + 1, User(len(seen) + 1, name, "U", b"", 0))
+        batch.after_commit.append(lambda: seen.append(name))
+        return name
+    return apply
+
+
+async def test_replicated_commands_wait_for_their_range_and_others_do_not(
+        store: Store, nursery: trio.Nursery) -> None:
+    committer = GroupCommitter(store)
+    gate = HeldGate()
+    committer.set_gate(gate)
+    await nursery.start(committer.run)
+    published: list[str] = []
+    ranged = committer.enqueue(noting("ranged", published), conversation_id=1)
+    plain = committer.enqueue(noting("plain", published))
+    await trio.testing.wait_all_tasks_blocked()
+    assert plain.finished and plain.result == "plain" and not ranged.finished
+    assert published == ["plain"]  # the ranged command's callback waits too
+    gate.shipments[0].set_result(frozenset())
+    assert await ranged.wait() == "ranged"
+    assert published == ["plain", "ranged"]
+
+
+async def test_batches_are_acknowledged_in_the_order_they_were_written(
+        store: Store, nursery: trio.Nursery) -> None:
+    committer = GroupCommitter(store)
+    gate = HeldGate()
+    committer.set_gate(gate)
+    await nursery.start(committer.run)
+    published: list[str] = []
+    first = committer.enqueue(noting("first", published), conversation_id=1)
+    await trio.testing.wait_all_tasks_blocked()
+    second = committer.enqueue(noting("second", published), conversation_id=2)
+    await trio.testing.wait_all_tasks_blocked()
+    assert len(gate.shipments) == 2
+    gate.shipments[1].set_result(frozenset())  # the later batch's replica answers first
+    await trio.testing.wait_all_tasks_blocked()
+    assert not second.finished and published == []
+    gate.shipments[0].set_result(frozenset())
+    await second.wait()
+    assert first.finished and published == ["first", "second"]
+
+
+async def test_a_range_that_failed_refuses_its_commands_and_holds_their_callbacks(
+        store: Store, nursery: trio.Nursery) -> None:
+    committer = GroupCommitter(store)
+    gate = HeldGate()
+    committer.set_gate(gate)
+    await nursery.start(committer.run)
+    published: list[str] = []
+    lost = committer.enqueue(noting("lost", published), conversation_id=1)
+    kept = committer.enqueue(noting("kept", published), conversation_id=2)
+    await trio.testing.wait_all_tasks_blocked()
+    [shipment] = gate.shipments
+    shipment.set_result(frozenset({"r1"}))
+    assert await kept.wait() == "kept"
+    with pytest.raises(NotReplicated):
+        await lost.wait()
+    assert published == ["kept"]
+    # Durable here all the same: the range's recovery publishes it (or drops it, if
+    # another shard took the range over).
+    assert store.get(records.USERS, 1) is not None
+    [callback] = gate.held["r1"]
+    callback()
+    assert published == ["kept", "lost"]

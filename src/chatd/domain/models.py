@@ -146,6 +146,10 @@ class Conversation:
     watermarks: dict[int, Watermark] = field(default_factory=dict)
     #: The owner's index of recent senders (set once the owner holds the conversation).
     recent: RecentSenders | None = None
+    #: The seq of the newest entry the owner has *written*, which may be ahead of
+    #: `head_seq`, the newest it has *acknowledged* (durable here and on the replica):
+    #: appends number from this one, everything a client sees stops at `head_seq`.
+    written_seq: int = 0
 
     def is_member(self, user_id: int) -> bool:
         return user_id in self.members

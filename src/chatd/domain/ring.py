@@ -52,23 +52,19 @@ class HashRing:
             return self.shards[0]
         return self._owner_at(_point(text.encode()))
 
+    def chain(self, shard: str) -> tuple[str, ...]:
+        """Every shard, starting at `shard` and going on in name order, round: the order
+        in which the shards stand in for `shard`'s range (chatd/replication). Whole
+        ranges move, not single keys, so that a failover is one decision per shard."""
+        index = self.shards.index(shard)
+        return self.shards[index:] + self.shards[:index]
+
     def successors(self, key: int, n: int) -> tuple[str, ...]:
-        """The owner of `key`, then the next distinct shards clockwise, `n` in all (or
-        every shard, if there are fewer): where the key's replicas go."""
+        """The owner of `key`, then its replicas: the first `n` shards of its owner's
+        chain (every shard, if there are fewer)."""
         if n < 1:
             raise ValueError(f"successors needs n >= 1, got {n}")
-        wanted = min(n, len(self.shards))
-        start = bisect.bisect_right(self._hashes, _point(key.to_bytes(8, "big")))
-        found: list[str] = []
-        # Walks at most once round the circle; with vnodes points per shard the next
-        # distinct shard is usually a few points away.
-        for offset in range(len(self._owners)):
-            owner = self._owners[(start + offset) % len(self._owners)]
-            if owner not in found:
-                found.append(owner)
-                if len(found) == wanted:
-                    break
-        return tuple(found)
+        return self.chain(self.shard_for(key))[:n]
 
     def _owner_at(self, point: int) -> str:
         index = bisect.bisect_right(self._hashes, point)

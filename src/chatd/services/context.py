@@ -13,6 +13,11 @@ from chatd import __version__
 from chatd.config import Config
 from chatd.domain.ids import SnowflakeGenerator
 from chatd.domain.ring import HashRing
+from chatd.replication.coordinator import Coordinator
+from chatd.replication.placement import Placement, RangeState
+from chatd.replication.range_records import RangeRecords
+from chatd.replication.replica import Replica
+from chatd.replication.shipper import Shipper
 from chatd.services.accounts import AccountService
 from chatd.services.clock import Clock, SystemClock
 from chatd.services.commands import Commands
@@ -53,6 +58,9 @@ class Services:
     presence: Presence
     receipts: Receipts
     clock: Clock
+    #: Placement of ranges and replication (chatd/replication).
+    coordinator: Coordinator
+    shipper: Shipper
     backups: Backups
 
 
@@ -60,8 +68,9 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None) 
     clock = clock or SystemClock()
     numbers = {spec.name: spec.number for spec in config.cluster.shards}
     shard_number = config.cluster.this_shard.number
-    router = Router(HashRing(config.cluster.names, config.cluster.vnodes), config.cluster.shard,
-                    numbers)
+    ring = HashRing(config.cluster.names, config.cluster.vnodes)
+    placement = Placement(ring, config.replication.effective_factor(len(ring.shards)))
+    router = Router(ring, config.cluster.shard, numbers, placement)
     ids = SnowflakeGenerator(shard_number, clock.now_ms)
     log = ConversationLog(store)
     owner = ConversationOwner(store=store, log=log, ids=ids, clock=clock,
@@ -98,6 +107,8 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None) 
     home_api = HomeApi(accounts=accounts, cursors_of=messaging.cursors_of,
                        hint_cursor=messaging.hint_cursor)
     presence = Presence(delivery=delivery, messaging=messaging)
+    coordinator, shipper = _replication(config, store, placement, committer, commands, owner)
+    owner_api.serves = coordinator.serves
     data_dir = Path(config.storage.data_dir)
     # The scratch space is inside the data directory, on its filesystem, so that the
     # checkpoint is hard links. The media seam: everything under <data>/media, until a
@@ -107,4 +118,39 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None) 
                       now_ms=clock.now_ms)
     return Services(config, store, committer, router, owner, owner_api, log, accounts, users,
                     home_api, conversations, messaging, hub, delivery, presence, receipts,
-                    clock, backups)
+                    clock, coordinator, shipper, backups)
+
+
+def _replication(config: Config, store: Store, placement: Placement, committer: GroupCommitter,
+                 commands: Commands, owner: ConversationOwner) -> tuple[Coordinator, Shipper]:
+    shard = config.cluster.shard
+    ranges = RangeRecords(store, placement.ring)
+    coordinator: Coordinator | None = None
+
+    def adopt(state: RangeState) -> None:
+        assert coordinator is not None
+        coordinator.adopt(state)
+
+    def forget_range(range_: str) -> None:
+        owner.forget_where(lambda conversation_id: ranges.range_of(conversation_id) == range_)
+
+    def recover(_range: str) -> None:
+        if coordinator is not None:
+            coordinator.wake()
+
+    shipper = Shipper(shard=shard, placement=placement, ranges=ranges,
+                      request_timeout=config.cluster.request_timeout,
+                      lease_held=lambda: coordinator is not None and coordinator.lease_held(),
+                      on_refused=adopt, on_blocked=recover)
+    replica = Replica(shard=shard, placement=placement, store=store, commands=commands,
+                      range_records=ranges.deletes, adopt=adopt)
+    coordinator = Coordinator(shard=shard, placement=placement, store=store, commands=commands,
+                              shipper=shipper, replica=replica, forget_range=forget_range,
+                              request_timeout=config.cluster.request_timeout,
+                              replica_grace=config.replication.failover_after)
+    if placement.replicated:
+        committer.set_gate(shipper)
+    else:
+        # Nothing to learn from peers: every range stays with its natural owner.
+        coordinator.settled.set()
+    return coordinator, shipper

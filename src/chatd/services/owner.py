@@ -101,6 +101,9 @@ class ConversationOwner:
                 conv.watermarks[user_id] = conv.watermark(user_id).advanced(
                     mark.delivered_seq, mark.read_seq)
         conv.head_seq, last_ts = self._log.head(conversation_id)
+        # Loaded only when no batch of it is unlanded (`changing` pins it until then):
+        # what is on disk is acknowledged.
+        conv.written_seq = conv.head_seq
         conv.last_ts = last_ts or conv.created_at
         return conv
 
@@ -163,9 +166,18 @@ class ConversationOwner:
             raise groups.unknown_conversation(conversation_id)
         return conv
 
+    def forget_where(self, belongs: Callable[[int], bool]) -> None:
+        """Drop the conversations `belongs(conversation_id)` says to (a range this shard
+        took over or gave up: its state is read again from disk when next needed)."""
+        for held in (self._cache, self._unlanded, self._changing_in, self._hinted):
+            for conversation_id in [c for c in held if belongs(c)]:
+                del held[conversation_id]
+        for key in [key for key in self._in_flight if belongs(key[0])]:
+            del self._in_flight[key]
+
     def remember(self, conv: Conversation) -> None:
         if conv.recent is None:
-            conv.recent = RecentSenders(covers_from=conv.head_seq + 1)
+            conv.recent = RecentSenders(covers_from=conv.written_seq + 1)
         self._cache[conv.conversation_id] = conv
         self._cache.move_to_end(conv.conversation_id)
         while len(self._cache) > self._cache_size:
@@ -201,13 +213,12 @@ class ConversationOwner:
         """Give the next seq to a message and add it to the batch. The sender's watermarks
         move to it: you have read what you wrote and everything before it."""
         self.changing(batch, conv)
-        seq = conv.head_seq + 1
+        seq = conv.written_seq + 1
         conversation_id = conv.conversation_id
         message = Message(self._ids.next_id(), conversation_id, seq, sender_id,
                           sender_device, client_msg_id, content_type, body, self._clock.now_ms())
         batch.put(records.MESSAGES, (conversation_id, seq), message)
-        conv.head_seq = seq
-        conv.last_ts = message.ts
+        conv.written_seq = seq
         if content_type != SYSTEM_CONTENT_TYPE and conv.recent is not None:
             conv.recent.add(seq, sender_id)
         if sender_id in conv.members:
@@ -224,12 +235,16 @@ class ConversationOwner:
             self._in_flight[key] = sent
         # One callback per message, for both: landed, it is published, and from then on
         # the dedup row answers a resend.
-        batch.after_commit.append(partial(self._landed_message, message, key,
+        batch.after_commit.append(partial(self._landed_message, conv, message, key,
                                           tuple(conv.members) if self._listeners else ()))
         return message
 
-    def _landed_message(self, message: Message, key: tuple[int, int, str] | None,
-                        recipients: tuple[int, ...]) -> None:
+    def _landed_message(self, conv: Conversation, message: Message,
+                        key: tuple[int, int, str] | None, recipients: tuple[int, ...]) -> None:
+        # Acknowledged: from now on reads and views show it.
+        if message.seq > conv.head_seq:
+            conv.head_seq = message.seq
+            conv.last_ts = message.ts
         if key is not None:
             self._in_flight.pop(key, None)
         for listener in self._listeners:

@@ -29,7 +29,7 @@ from chatd.domain.models import (
     Watermark,
 )
 from chatd.domain.ratelimit import KeyedRateLimiter
-from chatd.errors import BadRequest, Conflict, NotFound
+from chatd.errors import BadRequest, Conflict, NotFound, Unavailable
 from chatd.pending import Pending
 from chatd.protocol import frames
 from chatd.protocol import owner as ops
@@ -61,9 +61,16 @@ class OwnerApi:
         #: About the most one answer listing conversations or history holds.
         self.page_bytes = PAGE_BYTES
         self._typing_limit = KeyedRateLimiter(per_second=TYPING_PER_SECOND, burst=TYPING_BURST)
+        #: Whether this shard acts as a conversation's owner now (replication moves
+        #: ranges between shards); every command and query is checked against it.
+        self.serves: Callable[[int], bool] = lambda _conversation_id: True
 
     def run(self, command: ops.OwnerCommand) -> Any:
         """Run any command or query: a `Pending` for commands, a value for queries."""
+        if not isinstance(command, ops.ConversationsOf) \
+                and not self.serves(command.conversation_id):
+            raise Unavailable("this shard does not serve that conversation now (its range "
+                              "is moving between shards); retry shortly", code="not_owner")
         handler = getattr(self, _HANDLERS[type(command)])
         return handler(command)
 
@@ -93,6 +100,9 @@ class OwnerApi:
                 raise BadRequest(f"{name}: must not be negative")
         floor = max(after or 0, conv.members[query.user_id].joined_seq - 1)
         newest_first = after is None
+        # Entries written but not yet acknowledged (on their way to the replica) are on
+        # this disk already; nobody may see them before their sender is answered.
+        before = conv.head_seq + 1 if before is None else min(before, conv.head_seq + 1)
         if before is not None and before <= floor + 1:
             return HistoryPage([], has_more=False)
         # One extra row tells whether there is more without a second scan.
@@ -143,7 +153,7 @@ class OwnerApi:
         # asks from: a cursor from an earlier membership, or one a client made up, must
         # not open the history from before they joined.
         after = max(query.after, conv.members[query.user_id].joined_seq - 1)
-        rows = self._log.read(query.conversation_id, after=after, before=None,
+        rows = self._log.read(query.conversation_id, after=after, before=conv.head_seq + 1,
                               limit=query.limit, newest_first=False)
         complete = len(rows) < query.limit
         size = 0
@@ -170,7 +180,9 @@ class OwnerApi:
         result: list[tuple[Conversation, int]] = []
         size = 0
         for conversation_id in self._owner.conversation_ids_of(query.user_id):
-            if conversation_id <= query.after:
+            if conversation_id <= query.after or not self.serves(conversation_id):
+                # (A replica holds the index rows of the ranges it backs: those are
+                # their owner's to list.)
                 continue
             if size >= self.page_bytes:
                 return result, result[-1][0].conversation_id
@@ -224,7 +236,7 @@ class OwnerApi:
                                          client_msg_id=command.client_msg_id)
             return SendResult(message.message_id, conversation_id, message.seq, message.ts)
 
-        return self._commands.enqueue(apply)
+        return self._commands.enqueue(apply, conversation_id=command.conversation_id)
 
     def checked_seq(self, conversation_id: int, user_id: int, seq: int) -> Conversation:
         conv = self.member_view(conversation_id, user_id)
@@ -261,7 +273,7 @@ class OwnerApi:
                                                  command.shares_read))
             return mark
 
-        return self._commands.enqueue(apply)
+        return self._commands.enqueue(apply, conversation_id=command.conversation_id)
 
     # -- conversations and groups -------------------------------------------------------------
 
@@ -298,7 +310,7 @@ class OwnerApi:
             self._owner.changing(batch, conv)
             return Created(conv, created=True)
 
-        return self._commands.enqueue(apply)
+        return self._commands.enqueue(apply, conversation_id=command.conversation_id)
 
     @staticmethod
     def _check_direct(conv: Conversation, user_id: int) -> Conversation:
@@ -334,7 +346,7 @@ class OwnerApi:
                                       name=name, user_ids=_ids([creator, *others]))
             return conv
 
-        return self._commands.enqueue(apply)
+        return self._commands.enqueue(apply, conversation_id=command.conversation_id)
 
     def add_members(self, command: ops.AddMembers) -> Pending[Conversation]:
         def apply(batch: Batch) -> Conversation:
@@ -342,7 +354,7 @@ class OwnerApi:
             added = groups.plan_add(conv, command.actor_id, command.user_ids,
                                     self._limits.max_group_members)
             if added:
-                joined_seq = conv.head_seq + 1
+                joined_seq = conv.written_seq + 1
                 for user_id in added:
                     self._add_member(batch, conv, user_id, Member("member", joined_seq))
                     # Unread counts start at the entry that added them.
@@ -352,7 +364,7 @@ class OwnerApi:
                                           user_ids=_ids(added))
             return conv
 
-        return self._commands.enqueue(apply)
+        return self._commands.enqueue(apply, conversation_id=command.conversation_id)
 
     def remove_members(self, command: ops.RemoveMembers) -> Pending[Conversation]:
         def apply(batch: Batch) -> Conversation:
@@ -366,7 +378,7 @@ class OwnerApi:
                     self._drop_member(batch, conv, user_id)
             return conv
 
-        return self._commands.enqueue(apply)
+        return self._commands.enqueue(apply, conversation_id=command.conversation_id)
 
     def promote(self, command: ops.Promote) -> Pending[Conversation]:
         def apply(batch: Batch) -> Conversation:
@@ -380,7 +392,7 @@ class OwnerApi:
                                           user_ids=_ids(promoted))
             return conv
 
-        return self._commands.enqueue(apply)
+        return self._commands.enqueue(apply, conversation_id=command.conversation_id)
 
     def leave(self, command: ops.Leave) -> Pending[None]:
         def apply(batch: Batch) -> None:
@@ -395,7 +407,7 @@ class OwnerApi:
                 self._owner.append_system(batch, conv, command.user_id, "admins_added",
                                           user_ids=_ids([successor]))
 
-        return self._commands.enqueue(apply)
+        return self._commands.enqueue(apply, conversation_id=command.conversation_id)
 
     def rename(self, command: ops.Rename) -> Pending[Conversation]:
         name = rules.clean_text(command.name, "name", max_length=rules.MAX_GROUP_NAME)
@@ -409,7 +421,7 @@ class OwnerApi:
                 self._owner.append_system(batch, conv, command.actor_id, "renamed", name=name)
             return conv
 
-        return self._commands.enqueue(apply)
+        return self._commands.enqueue(apply, conversation_id=command.conversation_id)
 
 
 #: Typing notices: a burst of 3, then one every 2 s per (user, conversation).

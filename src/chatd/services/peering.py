@@ -6,6 +6,9 @@
                        (services/users.py HomeApi)
     deliver, deliver_here, directory.*
                        fan-out and the connection directory (services/delivery.py)
+    replica.*, placement.*
+                       replication: records shipped by owners, placement gossip
+                       (chatd/replication/coordinator.py)
 
 Requests are handled in the order they arrive on a link, synchronously up to the point
 where a command is queued, so commands one peer forwards reach the committer in the
@@ -18,30 +21,32 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from chatd.errors import BadRequest, ChatdError, NotFound, Unavailable
+from chatd.errors import BadRequest, ChatdError, NotFound
 from chatd.pending import Pending
 from chatd.protocol import owner as ops
+from chatd.replication.coordinator import Coordinator
 from chatd.services import delivery as fanout
 from chatd.services.delivery import Delivery
 from chatd.services.owner_api import OwnerApi
-from chatd.services.routing import Router
 from chatd.services.users import HomeApi
 
 log = logging.getLogger(__name__)
 
 
 class PeerHandler:
-    def __init__(self, *, router: Router, owner_api: OwnerApi, home_api: HomeApi,
-                 delivery: Delivery) -> None:
-        self._router = router
+    def __init__(self, *, owner_api: OwnerApi, home_api: HomeApi, delivery: Delivery,
+                 coordinator: Coordinator) -> None:
         self._owner_api = owner_api
         self._home_api = home_api
         self._delivery = delivery
+        self._coordinator = coordinator
 
     def handle_request(self, peer: str, method: str, body: Any) -> Any:
         command_type = ops.COMMANDS.get(method)
         if command_type is not None:
             return self._run_owner_command(command_type, body)
+        if method.startswith(("replica.", "placement.")):
+            return self._coordinator.handle_request(peer, method, body)
         home = self._home_api.requests.get(method)
         if home is not None:
             return home(_map(body))
@@ -65,6 +70,8 @@ class PeerHandler:
                 self._delivery.detach_from_peer(peer, body)
             elif method in self._home_api.posts:
                 self._home_api.posts[method](_map(body))
+            elif self._coordinator.handle_post(peer, method, body):
+                pass
             else:
                 log.warning("peer %s posted an unknown method %r; dropped", peer, method)
         except ChatdError:
@@ -74,20 +81,19 @@ class PeerHandler:
 
     def peer_up(self, peer: str, boot_id: str) -> None:
         self._delivery.peer_up(peer, boot_id)
+        self._coordinator.peer_up(peer)
 
     def peer_down(self, peer: str) -> None:
         self._delivery.peer_down(peer)
+        self._coordinator.peer_down(peer)
 
     def _run_owner_command(self, command_type: type[ops.OwnerCommand], body: Any) -> Any:
         try:
             command = command_type.from_wire(body)
         except ops.WireError as exc:
             raise BadRequest(str(exc), code="malformed_command") from None
-        if not isinstance(command, ops.ConversationsOf) \
-                and not self._router.owns(command.conversation_id):
-            # Our rings agree (the handshake checked), so this is a bug, not a race.
-            raise Unavailable(f"shard {self._router.shard!r} does not own conversation "
-                              f"{command.conversation_id}", code="not_owner")
+        # (OwnerApi.run refuses a conversation this shard does not act for: the sender's
+        # placement may be a step behind a failover.)
         result = self._owner_api.run(command)
         to_wire = ops.RESULTS[command.METHOD][0]
         if not isinstance(result, Pending):

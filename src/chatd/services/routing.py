@@ -1,6 +1,7 @@
 """Where work happens, and getting it there: the service boundary of a shard.
 
-Every conversation has an **owner shard** (the ring maps its id); every user a **home
+Every conversation has an **owner shard** (the ring maps its id to a range, and the
+placement says who acts for the range now: chatd/replication); every user a **home
 shard** (the shard whose number their id carries: it minted the id, docs/architecture.md
 "Homes"); every handle a home too (the ring maps the normalised handle), which is where
 the user was registered, so a user's home is also their handle's.
@@ -23,6 +24,7 @@ from chatd.domain.ring import HashRing
 from chatd.errors import ChatdError, Unavailable
 from chatd.pending import Pending
 from chatd.protocol import owner as ops
+from chatd.replication.placement import Placement
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +54,12 @@ def unreachable(shard: str, what: str = "owner") -> Unavailable:
 
 
 class Router:
-    def __init__(self, ring: HashRing, shard: str, numbers: dict[str, int]) -> None:
+    def __init__(self, ring: HashRing, shard: str, numbers: dict[str, int],
+                 placement: Placement | None = None) -> None:
         if shard not in ring.shards:
             raise ValueError(f"shard {shard!r} is not on the ring {ring.shards}")
         self.ring = ring
+        self.placement = placement or Placement(ring, 1)
         self.shard = shard
         self._by_number = {number: name for name, number in numbers.items()}
         self.peers: Peers | None = None
@@ -73,10 +77,12 @@ class Router:
     # -- where --------------------------------------------------------------------------------
 
     def owner_of_conversation(self, conversation_id: int) -> str:
-        return self.ring.shard_for(conversation_id)
+        """The shard acting as the conversation's owner now (after a failover, its
+        range's replica)."""
+        return self.placement.owner_of(conversation_id)
 
     def owns(self, conversation_id: int) -> bool:
-        return self.ring.shard_for(conversation_id) == self.shard
+        return self.placement.owner_of(conversation_id) == self.shard
 
     def home_of_user(self, user_id: int) -> str:
         """The shard that minted the id (its number is in the id's middle bits). An id

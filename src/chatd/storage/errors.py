@@ -34,3 +34,13 @@ class RingMismatch(ConfigError):
     """The data directory was made under another ring or for another shard
     (`meta.claim_ring`). A ConfigError: the CLI prints it as an invalid setting and
     exits 2, before anything is served."""
+
+
+class NotReplicated(StorageError):
+    """A command that is durable here but whose range's replica does not hold it (lost,
+    refused, or the range moved): not acknowledged, and a retry with the same
+    client_msg_id gets the original answer once the range is served again."""
+
+    def __init__(self, range_: str) -> None:
+        super().__init__(f"range {range_!r} could not be replicated")
+        self.range = range_

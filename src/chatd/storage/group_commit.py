@@ -15,6 +15,14 @@ the commands before it have landed.
 
 rocksdict holds the GIL for the whole write, so a thread would not overlap it with other
 work; the write runs on the event loop and batching is what keeps its cost per command low.
+
+With replication (chatd/replication) a batch is not done when it is durable here: a
+`CommitGate` ships its records to the replicas and says when they hold them too. The
+committer goes on writing the next batches meanwhile (pipelining), and finishes batches
+strictly in the order they were written, so acknowledgements keep log order. A command
+whose range could not be replicated is refused (503) although it is on this disk; its
+after-commit callbacks (publishing the message) are handed back to the gate, which runs
+them if the range recovers here, or drops them if another shard took the range over.
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import trio
 
@@ -31,6 +39,7 @@ from chatd.errors import ChatdError
 from chatd.pending import Pending
 from chatd.storage.errors import (
     CommandFailed,
+    NotReplicated,
     Overloaded,
     ShuttingDown,
     StorageError,
@@ -60,14 +69,50 @@ class CommitStatistics:
 class Command(Pending[T]):
     """A queued command; `await command.wait()` returns its result once durable."""
 
-    __slots__ = ("apply", "durable")
+    __slots__ = ("apply", "conversation_id", "durable")
 
-    def __init__(self, apply: Callable[[Batch], T], durable: bool = True) -> None:
+    def __init__(self, apply: Callable[[Batch], T], durable: bool = True,
+                 conversation_id: int | None = None) -> None:
         super().__init__()
         self.apply = apply
         #: False for writes that may be lost in a crash (hints): they never make a batch
         #: wait for an fsync; a batch syncs when any of its commands is durable.
         self.durable = durable
+        #: The conversation an owner command acts on: its answer waits for that range's
+        #: replica (even an answer that wrote nothing, a resend answered from the dedup
+        #: row, must not get ahead of the original's replication).
+        self.conversation_id = conversation_id
+
+
+class CommitGate(Protocol):
+    """Replication's hold on acknowledgements (chatd.replication.shipper.Shipper)."""
+
+    def range_of(self, conversation_id: int) -> str | None:
+        """The replicated range a command on this conversation waits for, if any."""
+        ...
+
+    def ship(self, batch: Batch, ranges: set[str]) -> Pending[frozenset[str]] | None:
+        """The batch is durable here: replicate it. None when there is nothing to wait
+        for; else a Pending of the ranges whose replication failed. `ranges` are those
+        the batch's commands wait for, beyond what its writes touch."""
+        ...
+
+    def hold(self, range_: str, callbacks: list[Callable[[], None]]) -> None:
+        """Keep the after-commit callbacks of refused commands until `range_` recovers."""
+        ...
+
+
+@dataclass(slots=True)
+class _Written:
+    """A batch durable here, waiting for its replicas before it is finished."""
+
+    batch: Batch
+    taken: list[Command[Any]]
+    #: Per command: its range (None: waits for none) and its span of after_commit.
+    ranges: list[str | None]
+    spans: list[tuple[int, int]]
+    shipped: Pending[frozenset[str]]
+    doubtful: bool
 
 
 class GroupCommitter:
@@ -83,6 +128,8 @@ class GroupCommitter:
         self._reload_listeners: list[Callable[[], None]] = []
         self._batch_listeners: list[Callable[[], None]] = []
         self._riders: list[Callable[[Batch], None]] = []
+        self._gate: CommitGate | None = None
+        self._awaiting: deque[_Written] = deque()
         self._batches = 0
         self._committed = 0
         self._refused = 0
@@ -101,6 +148,10 @@ class GroupCommitter:
         their own (delivery hints) join whatever batch comes next."""
         self._riders.append(source)
 
+    def set_gate(self, gate: CommitGate) -> None:
+        """Hold each batch's acknowledgements until `gate` says its replicas have it."""
+        self._gate = gate
+
     def after_each_batch(self, listener: Callable[[], None]) -> None:
         """Call `listener` once a batch's waiters and callbacks have all been told (the
         WebSocket layer writes every delivery of the batch then, in the same step)."""
@@ -110,7 +161,8 @@ class GroupCommitter:
         return CommitStatistics(self._batches, self._committed, self._refused,
                                 self._failed_writes, self._largest, len(self._queue))
 
-    async def submit(self, apply: Callable[[Batch], T]) -> T:
+    async def submit(self, apply: Callable[[Batch], T], *,
+                     conversation_id: int | None = None) -> T:
         """Run `apply` in the next batch and return its result once the batch is durable.
 
         If the caller is cancelled while waiting, the command still commits (or not) with
@@ -118,7 +170,7 @@ class GroupCommitter:
         """
         self._check_open()
         async with self._room:
-            pending = Command(apply)
+            pending = Command(apply, conversation_id=conversation_id)
             self._queue.append(pending)
             self._work.set()
             # Shielded so that the semaphore slot is returned only once the committer
@@ -127,7 +179,8 @@ class GroupCommitter:
                 await pending.wait_finished()
         return await pending.wait()
 
-    def enqueue(self, apply: Callable[[Batch], T], *, durable: bool = True) -> Command[T]:
+    def enqueue(self, apply: Callable[[Batch], T], *, durable: bool = True,
+                conversation_id: int | None = None) -> Command[T]:
         """Queue `apply` now, without waiting for room: commands enqueued one after another
         run in that order (a WebSocket's pipelined sends keep their order this way).
         Refuses when the queue is full, instead of growing without bound. A command that
@@ -136,7 +189,7 @@ class GroupCommitter:
         self._check_open()
         if len(self._queue) >= self._max_pending:
             raise Overloaded("the commit queue is full")
-        pending = Command(apply, durable)
+        pending = Command(apply, durable, conversation_id)
         self._queue.append(pending)
         self._work.set()
         return pending
@@ -149,20 +202,35 @@ class GroupCommitter:
         """The committer task. Returns after `close()` once every queued command is done."""
         task_status.started()
         while True:
+            # (Batches wait for replicas at most the request deadline: a shipment is
+            # answered or failed by then.)
+            finished = self._finish_replicated()
             if not self._queue:
-                if self._closing:
+                if finished:
+                    self._tell_batch_listeners()
+                if self._closing and not self._queue and not self._awaiting:
                     return
                 await self._work.wait()
                 self._work = trio.Event()
                 continue
+            if self._awaiting and self._awaiting[-1].doubtful:
+                # State is reloaded from disk once that batch is finished; nothing may
+                # run on it before.
+                await self._work.wait()
+                self._work = trio.Event()
+                continue
             self._commit_one_batch()
-            for listener in self._batch_listeners:
-                try:
-                    listener()
-                except Exception:
-                    log.exception("an after-batch listener failed")
+            self._finish_replicated()
+            self._tell_batch_listeners()
             # Let producers woken by this batch queue their next commands.
             await trio.lowlevel.checkpoint()
+
+    def _tell_batch_listeners(self) -> None:
+        for listener in self._batch_listeners:
+            try:
+                listener()
+            except Exception:
+                log.exception("an after-batch listener failed")
 
     def close(self) -> None:
         """Stop taking commands; `run` drains what is queued, then returns."""
@@ -181,11 +249,13 @@ class GroupCommitter:
         # Set when a command failed in a way that may have left in-memory state half
         # changed (a bug, or a value that could not be encoded after state moved).
         doubtful = False
+        spans: list[tuple[int, int]] = []
         while self._queue and len(taken) < self._max_batch:
             pending = self._queue.popleft()
             taken.append(pending)
             batch.durable = batch.durable or pending.durable
             mark = batch.mark()
+            spans.append((mark[1], mark[1]))
             try:
                 pending.result = pending.apply(batch)
             except UnstorableValue as exc:
@@ -202,6 +272,7 @@ class GroupCommitter:
                 batch.rollback_to(mark)
                 pending.error = CommandFailed("the command failed; it was not applied")
                 doubtful = True
+            spans[-1] = (mark[1], len(batch.after_commit))
             if doubtful:
                 # The commands before it ran on sound state and land; it is refused alone;
                 # the ones after it wait for the next batch, after the reload below, so
@@ -220,11 +291,79 @@ class GroupCommitter:
             self._committed += len(accepted)
             self._largest = max(self._largest, len(accepted))
         self._refused += len(taken) - len(accepted)
-        for callback in batch.after_commit:
-            try:
-                callback()
-            except Exception:
-                log.exception("after-commit callback failed")
+        gate = self._gate
+        if gate is None:
+            self._finish(batch, taken, doubtful)
+            return
+        ranges = [gate.range_of(p.conversation_id) if p.conversation_id is not None
+                  and p.error is None else None for p in taken]
+        shipped = gate.ship(batch, {name for name in ranges if name is not None})
+        if shipped is None and not self._awaiting:
+            self._finish(batch, taken, doubtful)
+            return
+        # Only a range's own commands wait for its replica, and for the range's earlier
+        # batches (log order). The others (accounts, records applied as a replica) are
+        # done now: making them wait could deadlock two shards that replicate each other.
+        waiting = [index for index, range_ in enumerate(ranges) if range_ is not None]
+        in_spans = {index for command, (start, end) in enumerate(spans)
+                    if ranges[command] is not None for index in range(start, end)}
+        _run([callback for index, callback in enumerate(batch.after_commit)
+              if index not in in_spans])
+        for index, pending in enumerate(taken):
+            if ranges[index] is None:
+                pending.finish()
+        if not waiting:
+            if doubtful:
+                self._reload_state()
+            return
+        later = Batch()
+        later.after_commit = [callback for index, callback in enumerate(batch.after_commit)
+                              if index in in_spans]
+        kept_spans: list[tuple[int, int]] = []
+        position = 0
+        for index in waiting:
+            start, end = spans[index]
+            kept_spans.append((position, position + end - start))
+            position += end - start
+        written = _Written(later, [taken[index] for index in waiting],
+                           [ranges[index] for index in waiting], kept_spans,
+                           shipped or Pending.done(frozenset()), doubtful)
+        self._awaiting.append(written)
+        written.shipped.add_done_callback(lambda _: self._work.set())
+
+    def _finish_replicated(self) -> bool:
+        """Finish the oldest written batches whose replication is settled, in order;
+        whether any was."""
+        finished = False
+        while self._awaiting and self._awaiting[0].shipped.finished:
+            written = self._awaiting.popleft()
+            failed = written.shipped.result if written.shipped.error is None else None
+            if failed is None:  # the gate itself failed: treat every range as failed
+                log.error("replication failed: %r", written.shipped.error)
+                failed = frozenset(name for name in written.ranges if name is not None)
+            self._finish(written.batch, written.taken, written.doubtful,
+                         failed=failed, ranges=written.ranges, spans=written.spans)
+            finished = True
+        return finished
+
+    def _finish(self, batch: Batch, taken: list[Command[Any]], doubtful: bool, *,
+                failed: frozenset[str] = frozenset(), ranges: list[str | None] | None = None,
+                spans: list[tuple[int, int]] | None = None) -> None:
+        callbacks = batch.after_commit
+        if failed:
+            assert ranges is not None and spans is not None and self._gate is not None
+            held: dict[str, list[Callable[[], None]]] = {}
+            dropped: set[int] = set()
+            for pending, range_, (start, end) in zip(taken, ranges, spans, strict=True):
+                if range_ in failed:
+                    pending.error = NotReplicated(range_)
+                    held.setdefault(range_, []).extend(callbacks[start:end])
+                    dropped.update(range(start, end))
+            callbacks = [callback for index, callback in enumerate(callbacks)
+                         if index not in dropped]
+            for range_, kept in held.items():
+                self._gate.hold(range_, kept)
+        _run(callbacks)
         for pending in taken:
             pending.finish()
         if doubtful:
@@ -242,3 +381,11 @@ class GroupCommitter:
                 pending.error = error
             pending.finish()
         self._refused += len(taken)
+
+
+def _run(callbacks: list[Callable[[], None]]) -> None:
+    for callback in callbacks:
+        try:
+            callback()
+        except Exception:
+            log.exception("after-commit callback failed")

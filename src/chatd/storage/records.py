@@ -68,6 +68,10 @@ class Family(Generic[K, V]):
     pack: Callable[[V], bytes]
     #: Rebuilds the value from its key and its packed bytes (key parts are not stored twice).
     unpack: Callable[[K, bytes], V]
+    #: Where in the key a conversation id sits (a byte offset), for the records that
+    #: belong to one conversation and so to its owner's range: these are the records a
+    #: replica keeps (chatd/replication). None: the record is not a conversation's.
+    conversation_at: int | None = None
 
 
 # -- keys ---------------------------------------------------------------------------------
@@ -190,27 +194,40 @@ TOKENS: Family[bytes, TokenRecord] = Family(
     "tokens", _same, _same, *_fields(TokenRecord, "user_id", "device_id", "expires_at"))
 CONVERSATIONS: Family[int, Conversation] = Family(
     "conversations", u64, read_u64, *_fields(Conversation, "kind", "name", "created_by",
-                                             "created_at", key=("conversation_id",)))
+                                             "created_at", key=("conversation_id",)),
+    conversation_at=0)
 MEMBERS: Family[tuple[int, int], Member] = Family(
-    "members", _pair_key, read_pair, *_fields(Member, "role", "joined_seq"))
+    "members", _pair_key, read_pair, *_fields(Member, "role", "joined_seq"), conversation_at=0)
+#: The owner's index of a user's conversations (ConversationsOf): its rows go with the
+#: conversation, so a replica that takes over can answer for the range too.
 USER_CONVERSATIONS: Family[tuple[int, int], None] = Family(
-    "user_conversations", _pair_key, read_pair, _empty, _read_empty)
+    "user_conversations", _pair_key, read_pair, _empty, _read_empty, conversation_at=8)
 MESSAGES: Family[tuple[int, int], Message] = Family(
     "messages", _pair_key, read_pair,
     *_fields(Message, "message_id", "sender_id", "sender_device", "client_msg_id",
-             "content_type", "body", "ts", key=("conversation_id", "seq")))
+             "content_type", "body", "ts", key=("conversation_id", "seq")),
+    conversation_at=0)
 DEDUP: Family[tuple[int, int, str], SendResult] = Family(
     "dedup", _dedup_key, _read_dedup_key,
-    *_fields(SendResult, "seq", "message_id", "ts", key=("conversation_id", None, None)))
+    *_fields(SendResult, "seq", "message_id", "ts", key=("conversation_id", None, None)),
+    conversation_at=0)
 WATERMARKS: Family[tuple[int, int], Watermark] = Family(
-    "watermarks", _pair_key, read_pair, *_fields(Watermark, "delivered_seq", "read_seq"))
+    "watermarks", _pair_key, read_pair, *_fields(Watermark, "delivered_seq", "read_seq"),
+    conversation_at=0)
 CURSORS: Family[tuple[int, int], int] = Family(
     "cursors", _pair_key, read_pair, _u64_value, _read_u64_value)
 LAST_SEEN: Family[int, int] = Family("last_seen", u64, read_u64, _u64_value, _read_u64_value)
 #: Facts about the database itself (which ring it was made under), one record per name.
 META: Family[str, Any] = Family("meta", str.encode, bytes.decode, pack, _read_any)
 
+#: The families a conversation's owner writes, by name, with where their keys hold the
+#: conversation id: what replication ships and copies.
+CONVERSATION_FAMILIES: dict[str, int] = {}
+
 #: Every family, in the order the database creates them.
 FAMILIES: tuple[Family[Any, Any], ...] = (
     USERS, HANDLES, DEVICES, TOKENS, CONVERSATIONS, MEMBERS, USER_CONVERSATIONS, MESSAGES,
     DEDUP, WATERMARKS, CURSORS, LAST_SEEN, META)
+CONVERSATION_FAMILIES.update(
+    (family.name, family.conversation_at) for family in FAMILIES
+    if family.conversation_at is not None)

@@ -57,6 +57,11 @@ class Batch:
     def delete(self, family: Family[K, Any], key: K) -> None:
         self._operations.append((family.name, family.encode_key(key), None))
 
+    def extend_raw(self, operations: list[Operation]) -> None:
+        """Writes already encoded elsewhere (a replica applying its owner's batch). The
+        family names must be ones this store has (`Store.knows`)."""
+        self._operations.extend(operations)
+
     def first_time(self, key: Hashable) -> bool:
         """True the first time `key` is named in this batch: for per-batch bookkeeping."""
         if key in self._seen:
@@ -168,6 +173,24 @@ class Store:
         return number
 
     # -- reads ----------------------------------------------------------------------------
+
+    def knows(self, family_name: str) -> bool:
+        return family_name in self._handles
+
+    def scan_raw(self, family_name: str, *, after: bytes | None = None,
+                 limit: int) -> list[tuple[bytes, bytes]]:
+        """Encoded (key, value) pairs of one family in key order, after the key `after`
+        (from the start if None), at most `limit`: for copying records to a replica."""
+        iterator = self._families[family_name].iter()
+        if after is None:
+            iterator.seek_to_first()
+        else:
+            iterator.seek(after + b"\x00")
+        found: list[tuple[bytes, bytes]] = []
+        while iterator.valid() and len(found) < limit:
+            found.append((iterator.key(), iterator.value()))
+            iterator.next()
+        return found
 
     def get(self, family: Family[K, V], key: K) -> V | None:
         raw: bytes | None = self._families[family.name].get(family.encode_key(key))

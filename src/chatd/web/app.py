@@ -27,6 +27,7 @@ from chatd.web import (
     routes_conversations,
     routes_messages,
     routes_ops,
+    routes_replication,
 )
 from chatd.web.api import Api
 from chatd.web.schema import Limits
@@ -191,6 +192,7 @@ def create_app(services: Services) -> QuartTrio:
     routes_accounts.register(api, services)
     routes_conversations.register(api, services)
     routes_messages.register(api, services)
+    routes_replication.register(api, services)
     routes_backup.register(api, services)
     api.install(app)
     return app

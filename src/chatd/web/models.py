@@ -121,6 +121,9 @@ BASE64 = String(pattern=r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9
 MESSAGE_BODY = String(description="the text for text/* content types, base64 (with padding) "
                                   "of the bytes for every other type")
 USER_IDS = IdList(ID, min_items=1, max_items=MAX_IDS_PER_REQUEST)
+SHARD_NAME = String(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
+                    rule="a shard name of the cluster",
+                    description="a shard's name; a range is named after its natural owner")
 
 #: Path parameters, by name: every route that has one takes it in this form.
 PATH_PARAMETERS = {
@@ -131,6 +134,11 @@ PATH_PARAMETERS = {
 }
 
 # -- request bodies and queries ------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Promote(Model):
+    range: Annotated[str, SHARD_NAME]
 
 
 @dataclass(frozen=True, slots=True)

@@ -57,4 +57,5 @@ def register(api: Api, services: Services) -> None:
         ]
         if services.router.peers is not None:
             lines += services.router.peers.prometheus()
+            lines += services.coordinator.prometheus()
         return Response("\n".join(lines) + "\n", content_type=_PROMETHEUS)

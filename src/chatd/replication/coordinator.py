@@ -1,0 +1,412 @@
+"""Deciding placement: who owns and who backs each range, and moving them when shards fail.
+
+The `Coordinator` holds this shard's `Placement` and is the only thing that changes it.
+A change comes from one of:
+
+- the **decider**: with etcd configured, `EtcdDecider` (chatd/replication/etcd_decider.py)
+  writes every change as an etcd transaction and hears everyone's through a watch; without
+  etcd, `LocalDecider` takes the change here and tells the peers (gossip), and failover of
+  an owner is the operator's (`promote`);
+- a replica's refusal, which carries a newer state (this shard lost the range);
+- a copy begun by a new owner, which names its epoch.
+
+Every adopted state is persisted (meta `placement`) before the shard acts on it, and the
+rest of the shard is told: the shipper ends streams to old replicas, the replica side
+forgets streams it no longer follows, the conversation owner drops cached state of a
+range it took over or gave up.
+
+The recovery loop: a range this shard owns whose stream is blocked is copied again, to
+the same replica if it answers, else to the next shard of the range's chain under a new
+epoch. A range that lost its replica altogether (no other shard up) is acknowledged alone
+until one is back, then gets one.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import trio
+
+from chatd.errors import Conflict, Unavailable
+from chatd.replication import protocol
+from chatd.replication.placement import Placement, RangeState
+from chatd.replication.replica import Replica
+from chatd.replication.shipper import Replicated, Shipper
+from chatd.services.commands import Commands
+from chatd.services.routing import Peers
+from chatd.storage import Batch, Store, records
+
+log = logging.getLogger(__name__)
+
+#: The meta record that holds the placement this shard last adopted.
+PLACEMENT_META = "placement"
+
+
+class Decider(Protocol):
+    """Where placement changes are decided (etcd, or this shard alone)."""
+
+    async def change(self, current: RangeState, new: RangeState) -> bool:
+        """Make `new` the range's state if it is still `current`; whether it was."""
+        ...
+
+    def lease_held(self) -> bool:
+        """Whether this shard may acknowledge now."""
+        ...
+
+    def alive(self) -> set[str] | None:
+        """The shards holding their lease, if the decider knows (etcd); else None."""
+        ...
+
+    @property
+    def auto_failover(self) -> bool:
+        """Whether a replica takes its range over when the owner's lease is gone."""
+        ...
+
+
+class Coordinator:
+    def __init__(self, *, shard: str, placement: Placement, store: Store, commands: Commands,
+                 shipper: Shipper, replica: Replica,
+                 forget_range: Callable[[str], None], request_timeout: float,
+                 replica_grace: float) -> None:
+        """`replica_grace`: seconds a replica may be unreachable before its place goes
+        to the next shard (a restart, or a shard still starting, is not a failure)."""
+        self.shard = shard
+        self.placement = placement
+        self._store = store
+        self._commands = commands
+        self._shipper = shipper
+        self._replica = replica
+        self._forget_range = forget_range
+        self._timeout = request_timeout
+        self._grace = replica_grace
+        #: When each peer was last seen down (from the start: peers not yet linked).
+        self._down_since: dict[str, float] = {}
+        self.decider: Decider = LocalDecider(self)
+        self.peers: Peers | None = None
+        #: Set once this shard has learnt the current epochs (from etcd or a peer), or
+        #: found nobody to learn them from: until then it serves no range it owns.
+        self.settled = trio.Event()
+        self._wake = trio.Event()
+        self.failovers = 0
+        self.replica_moves = 0
+        self._load()
+
+    # -- adopting states ----------------------------------------------------------------------
+
+    def _load(self) -> None:
+        stored = self._store.get(records.META, PLACEMENT_META)
+        if stored is None:
+            return
+        try:
+            states = Placement.from_wire(stored)
+        except ValueError:
+            log.error("the stored placement is unreadable; starting from epoch 1")
+            return
+        self.placement.adopt_all(states)
+
+    def adopt(self, state: RangeState) -> bool:
+        """Take a newer state of a range (from anywhere); whether it was newer."""
+        before = self.placement.state(state.range)
+        if not self.placement.adopt(state):
+            return False
+        log.info("range %s: epoch %d, owner %s, replica %s (was epoch %d, owner %s, "
+                 "replica %s)", state.range, state.epoch, state.owner, state.replica,
+                 before.epoch, before.owner, before.replica)
+        if before.owner != state.owner:
+            if state.owner == self.shard:
+                self.failovers += 1
+            # Taken over or given up: what is cached of its conversations is stale.
+            self._forget_range(state.range)
+        if state.replica != self.shard or state.owner == self.shard:
+            self._replica.forget(state.range)
+        self._shipper.placement_changed(state)
+        self._persist()
+        self._wake.set()
+        return True
+
+    def adopt_all(self, states: list[RangeState]) -> None:
+        for state in states:
+            self.adopt(state)
+
+    def _persist(self) -> None:
+        snapshot = self.placement.to_wire()
+
+        def apply(batch: Batch) -> None:
+            batch.put(records.META, PLACEMENT_META, snapshot)
+
+        try:
+            self._commands.enqueue(apply)
+        except Exception:
+            log.exception("could not persist the placement")
+
+    # -- what the rest of the shard asks --------------------------------------------------------
+
+    def serves(self, conversation_id: int) -> bool:
+        """Whether this shard acts as the conversation's owner now."""
+        if not self.settled.is_set():
+            return False
+        return self.placement.owner_of(conversation_id) == self.shard
+
+    def lease_held(self) -> bool:
+        return self.decider.lease_held()
+
+    def status(self) -> dict[str, Any]:
+        streams = {stream["range"]: stream for stream in self._shipper.streams()}
+        following = self._replica.streaming()
+        ranges = []
+        for state in self.placement.states():
+            entry: dict[str, Any] = state.to_wire()
+            stream = streams.get(state.range)
+            if state.owner == self.shard:
+                entry["acking"] = self.settled.is_set() and self.lease_held() and (
+                    state.replica is None or (stream is not None
+                                              and stream["mode"] == "streaming"))
+                if stream is not None:
+                    entry["stream"] = stream
+            elif state.replica == self.shard:
+                entry["following"] = state.range in following
+            ranges.append(entry)
+        return {"shard": self.shard, "factor": self.placement.factor,
+                "settled": self.settled.is_set(), "lease": self.lease_held(),
+                "failovers": self.failovers, "replica_moves": self.replica_moves,
+                "ranges": ranges}
+
+    def prometheus(self) -> list[str]:
+        lines = ["# TYPE chatd_replication_epoch gauge"]
+        lines += [f'chatd_replication_epoch{{range="{state.range}",owner="{state.owner}",'
+                  f'replica="{state.replica or ""}"}} {state.epoch}'
+                  for state in self.placement.states()]
+        streams = self._shipper.streams()
+        lines.append("# TYPE chatd_replication_lag_seconds gauge")
+        lines += [f'chatd_replication_lag_seconds{{range="{stream["range"]}",'
+                  f'replica="{stream["replica"]}"}} {stream["lag_seconds"]:.6f}'
+                  for stream in streams]
+        lines.append("# TYPE chatd_replication_streaming gauge")
+        lines += [f'chatd_replication_streaming{{range="{stream["range"]}"}} '
+                  f'{int(stream["mode"] == "streaming")}' for stream in streams]
+        lines.append("# TYPE chatd_replication_shipped_batches_total counter")
+        lines += [f'chatd_replication_shipped_batches_total{{range="{stream["range"]}"}} '
+                  f'{stream["shipped_batches"]}' for stream in streams]
+        lines.append("# TYPE chatd_replication_copies_total counter")
+        lines += [f'chatd_replication_copies_total{{range="{stream["range"]}"}} '
+                  f'{stream["copies"]}' for stream in streams]
+        lines += [
+            "# TYPE chatd_replication_failovers_total counter",
+            f"chatd_replication_failovers_total {self.failovers}",
+            "# TYPE chatd_replication_replica_moves_total counter",
+            f"chatd_replication_replica_moves_total {self.replica_moves}",
+            "# TYPE chatd_replication_applied_batches_total counter",
+            f"chatd_replication_applied_batches_total {self._replica.applied_batches}",
+            "# TYPE chatd_replication_stale_epochs_refused_total counter",
+            f"chatd_replication_stale_epochs_refused_total {self._replica.refused_stale}",
+            "# TYPE chatd_replication_lease_held gauge",
+            f"chatd_replication_lease_held {int(self.lease_held())}",
+        ]
+        return lines
+
+    # -- peers --------------------------------------------------------------------------------
+
+    def handle_request(self, peer: str, method: str, body: Any) -> Any:
+        if method in protocol.REPLICA_METHODS:
+            return self._replica.handle(method, body)
+        if method == protocol.PLACEMENT_GET:
+            self._adopt_wire(body.get("states") if isinstance(body, dict) else None)
+            return {"states": self.placement.to_wire()}
+        raise protocol.malformed(f"unknown method {method!r}")
+
+    def handle_post(self, peer: str, method: str, body: Any) -> bool:
+        """Whether `method` was a placement post (handled)."""
+        if method != protocol.PLACEMENT_PUT:
+            return False
+        self._adopt_wire(body.get("states") if isinstance(body, dict) else None)
+        return True
+
+    def peer_up(self, peer: str) -> None:
+        """Exchange placements with a peer that (re)joined: the newer epochs win."""
+        peers = self.peers
+        if peers is None:
+            return
+        call = peers.start_request(peer, protocol.PLACEMENT_GET,
+                                   {"states": self.placement.to_wire()})
+
+        def answered(done: Any) -> None:
+            if done.error is None and isinstance(done.result, dict):
+                self._adopt_wire(done.result.get("states"))
+                if not isinstance(self.decider, LocalDecider) or self.settled.is_set():
+                    return
+                self.settled.set()
+                log.info("placement learnt from %s", peer)
+
+        call.add_done_callback(answered)
+        self._wake.set()
+
+    def peer_down(self, peer: str) -> None:
+        self._down_since[peer] = trio.current_time()
+        self._wake.set()
+
+    def _adopt_wire(self, data: Any) -> None:
+        try:
+            states = Placement.from_wire(data)
+        except ValueError as exc:
+            log.warning("a peer sent a malformed placement: %s", exc)
+            return
+        self.adopt_all(states)
+
+    def gossip(self) -> None:
+        peers = self.peers
+        if peers is None:
+            return
+        body = {"states": self.placement.to_wire()}
+        for shard in self.placement.ring.shards:
+            if shard != self.shard and peers.is_up(shard):
+                peers.post(shard, protocol.PLACEMENT_PUT, body)
+
+    # -- changes ------------------------------------------------------------------------------
+
+    def _alive(self) -> set[str]:
+        peers = self.peers
+        return {self.shard} | {shard for shard in self.placement.ring.shards
+                               if peers is not None and peers.is_up(shard)}
+
+    def _not_gone(self) -> set[str]:
+        """Shards up, or down for less than the grace: a replica's place stays theirs."""
+        now = trio.current_time()
+        return self._alive() | {shard for shard, since in self._down_since.items()
+                                if now - since < self._grace}
+
+    async def promote(self, range_: str) -> RangeState:
+        """Make this shard the owner of `range_` (the operator's failover). Refused while
+        the owner still answers (with etcd: still holds its lease): two owners must never
+        both acknowledge."""
+        current = self.placement.state(range_)
+        if current.owner == self.shard:
+            raise Conflict(f"shard {self.shard!r} already owns range {range_!r}",
+                           code="already_owner")
+        leased = self.decider.alive()
+        if current.owner in (self._alive() if leased is None else leased):
+            raise Conflict(f"the owner of range {range_!r}, shard {current.owner!r}, still "
+                           "answers; stop it first (or wait for it to be seen down)",
+                           code="owner_alive")
+        if current.replica != self.shard:
+            raise Conflict(f"shard {self.shard!r} is not range {range_!r}'s replica (its "
+                           f"replica is {current.replica!r}) and may not hold all of it",
+                           code="not_replica")
+        new = await self._take_over(current)
+        if new is None:
+            raise Conflict(f"range {range_!r} changed meanwhile; look again",
+                           code="placement_changed")
+        return new
+
+    async def _take_over(self, current: RangeState) -> RangeState | None:
+        replica = self.placement.successor(current.range,
+                                           excluding={self.shard, current.owner},
+                                           alive=self._candidates())
+        new = RangeState(current.range, self.shard, replica, current.epoch + 1)
+        if not await self.decider.change(current, new):
+            return None
+        log.info("range %s: taken over from %s (epoch %d)", current.range, current.owner,
+                 new.epoch)
+        return new
+
+    def _candidates(self) -> set[str]:
+        """Shards a range may be given to: linked to this one, and (with etcd) holding
+        their lease."""
+        leased = self.decider.alive()
+        alive = self._alive()
+        return alive if leased is None else alive & (leased | {self.shard})
+
+    async def run(self, *, settle_after: float,
+                  task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The recovery loop (and, without etcd, settling after `settle_after` seconds
+        with no peer to learn the epochs from)."""
+        task_status.started()
+        if isinstance(self.decider, LocalDecider):
+            with trio.move_on_after(settle_after):
+                await self.settled.wait()
+            if not self.settled.is_set():
+                log.info("no peer answered within %.1fs; serving the placement stored here",
+                         settle_after)
+                self.settled.set()
+        await self.settled.wait()
+        start = trio.current_time()
+        for shard in self.placement.ring.shards:
+            if shard != self.shard and shard not in self._alive():
+                self._down_since.setdefault(shard, start)
+        while True:
+            self._wake = trio.Event()
+            try:
+                await self._recover_once()
+            except Exception:
+                log.exception("placement recovery failed; retrying")
+            with trio.move_on_after(0.5):
+                await self._wake.wait()
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _recover_once(self) -> None:
+        leased = self.decider.alive()
+        alive = self._candidates()
+        # Gone: without its lease (etcd), or unreachable here for longer than the grace.
+        not_gone = self._not_gone() if leased is None else (leased | {self.shard}) & \
+            self._not_gone()
+        if leased is not None and self.decider.auto_failover and self.lease_held():
+            for state in self.placement.states():
+                if state.replica == self.shard and state.owner not in leased:
+                    # The owner's lease is gone: it acknowledges nothing any more.
+                    await self._take_over(state)
+        for state in self.placement.states():
+            if state.owner != self.shard or not self.placement.replicated:
+                continue
+            if state.replica is not None and state.replica not in not_gone:
+                # The replica is gone: the next shard of the chain backs the range.
+                replica = self.placement.successor(
+                    state.range, excluding={self.shard, state.replica}, alive=alive)
+                await self._move_replica(state, replica)
+            elif state.replica is None:
+                replica = self.placement.successor(state.range, excluding={self.shard},
+                                                   alive=alive)
+                if replica is not None:
+                    await self._move_replica(state, replica)
+        for state in self._shipper.blocked():
+            if state.replica in alive and self.placement.state(state.range) == state:
+                try:
+                    await self._shipper.copy(state)
+                except (Replicated, Unavailable) as exc:
+                    log.warning("range %s: copy to %s failed: %s", state.range,
+                                state.replica, exc)
+                    await trio.sleep(0.2)
+
+    async def _move_replica(self, current: RangeState, replica: str | None) -> None:
+        new = RangeState(current.range, self.shard, replica, current.epoch + 1)
+        if await self.decider.change(current, new):
+            self.replica_moves += 1
+
+
+class LocalDecider:
+    """No etcd: this shard decides for the ranges it owns, and tells its peers. Safe
+    against a second owner because an owner acknowledges only what its replica took,
+    and a replica refuses an epoch older than the newest it has seen."""
+
+    def __init__(self, coordinator: Coordinator) -> None:
+        self._coordinator = coordinator
+
+    async def change(self, current: RangeState, new: RangeState) -> bool:
+        if self._coordinator.placement.state(current.range) != current:
+            return False
+        self._coordinator.adopt(new)
+        self._coordinator.gossip()
+        await trio.lowlevel.checkpoint()
+        return True
+
+    def lease_held(self) -> bool:
+        return True
+
+    def alive(self) -> set[str] | None:
+        return None
+
+    @property
+    def auto_failover(self) -> bool:
+        return False
