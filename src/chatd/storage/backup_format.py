@@ -57,7 +57,8 @@ class Summary:
     """What the snapshot holds, computed from the database itself, so restore can check
     that the database it copied reads back as the one that was backed up."""
 
-    #: Conversations with at least one log entry (owned by this shard).
+    #: Conversations with at least one log entry in this database (owned here, or held
+    #: as a replica).
     conversations: int
     #: Log entries (messages and system entries) across them: the sum of their head seqs,
     #: since seqs are dense from 1.
