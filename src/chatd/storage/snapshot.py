@@ -12,9 +12,10 @@ Media: messages may reference files kept outside RocksDB. The seam is `MediaSour
 listing of files; `MediaFolder` (everything under a directory, by default `<data>/media`)
 is the simple implementation, and a media store that keeps its files elsewhere implements
 the same one method. The listing is taken *after* the checkpoint, and the files are
-hard-linked (or copied) into the snapshot at once: a file is written before the message
-that references it is sent, so every file the checkpoint references is listed; a file
-deleted later stays in the snapshot through its link. The cost of this simplicity: files
+hard-linked (or copied) into the snapshot at once. Provided a media store keeps the one
+rule this needs (a file is stored before any message can reference it), every file the
+checkpoint references is listed; a file deleted later stays in the snapshot through its
+link. The cost of this simplicity: files
 written after the checkpoint, which it does not reference, may come along too.
 """
 
