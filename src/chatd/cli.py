@@ -15,7 +15,7 @@ from typing import Any
 
 import trio
 
-from chatd import __version__, admin_cli
+from chatd import __version__, admin_cli, backup_commands
 from chatd.config import Config, ConfigError, load, parse_listen
 
 log = logging.getLogger("chatd")
@@ -54,6 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--register", action="store_true",
                       help="create the account first if it does not exist")
     admin_cli.add_parser(commands)
+    backup_commands.add_parsers(commands.add_parser)
     commands.add_parser(
         "bench", help="run the benchmark harness (python -m bench; see docs/benchmarks.md)",
         add_help=False)
@@ -139,6 +140,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         password = password_from_environment_or_prompt()
         return trio.run(partial(run_chat, args.url, args.handle, password, args.register))
+    if args.command == "backup":
+        return backup_commands.run_backup(args)
+    if args.command == "restore":
+        return backup_commands.run_restore(args)
     import os
 
     try:

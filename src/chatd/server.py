@@ -141,6 +141,7 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
         ring = HashRing(config.cluster.names, config.cluster.vnodes)
         claim_ring(store, ring.signature(), config.cluster.shard, shards=ring.shards)
         services = build_services(config, store, clock=clock)
+        services.backups.remove_leftovers()
         host, port = config.listen_address()
         http = HttpServer(create_app(services), graceful_timeout=server.graceful_timeout,
                           send_timeout=server.send_timeout)

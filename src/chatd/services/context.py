@@ -7,7 +7,9 @@ and pass what each part needs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from chatd import __version__
 from chatd.config import Config
 from chatd.domain.ids import SnowflakeGenerator
 from chatd.domain.ring import HashRing
@@ -32,6 +34,8 @@ from chatd.services.receipts import Receipts
 from chatd.services.routing import Router
 from chatd.services.users import HomeApi, Users, token_prefix_for
 from chatd.storage import GroupCommitter, Store
+from chatd.storage.backup import Backups
+from chatd.storage.snapshot import MediaFolder
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class Services:
     #: Placement of ranges and replication (chatd/replication).
     coordinator: Coordinator
     shipper: Shipper
+    backups: Backups
 
 
 def build_services(config: Config, store: Store, *, clock: Clock | None = None) -> Services:
@@ -104,9 +109,16 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None) 
     presence = Presence(delivery=delivery, messaging=messaging)
     coordinator, shipper = _replication(config, store, placement, committer, commands, owner)
     owner_api.serves = coordinator.serves
+    data_dir = Path(config.storage.data_dir)
+    # The scratch space is inside the data directory, on its filesystem, so that the
+    # checkpoint is hard links. The media seam: everything under <data>/media, until a
+    # media store says which files it keeps (storage/snapshot.py, MediaSource).
+    backups = Backups(store=store, workspace=data_dir / "backup-tmp",
+                      media=MediaFolder(data_dir / "media"), chatd_version=__version__,
+                      now_ms=clock.now_ms)
     return Services(config, store, committer, router, owner, owner_api, log, accounts, users,
                     home_api, conversations, messaging, hub, delivery, presence, receipts,
-                    clock, coordinator, shipper)
+                    clock, coordinator, shipper, backups)
 
 
 def _replication(config: Config, store: Store, placement: Placement, committer: GroupCommitter,

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-from rocksdict import Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import AccessType, Checkpoint, Options, Rdict, WriteBatch, WriteOptions
 
 from chatd.storage import records
 from chatd.storage.records import Family
@@ -103,6 +103,17 @@ class Store:
         db = Rdict(path, options, column_families=families)
         return cls(db, sync)
 
+    @classmethod
+    def open_read_only(cls, path: str) -> Store:
+        """Open a database only to read it (a checkpoint, a backup being restored): no
+        lock is taken and nothing is written to it but rocksdict's own settings file,
+        rewritten as it was. A checkpoint may hold write-ahead log files, hence
+        `error_if_log_file_exist=False`."""
+        families = {family.name: Options(raw_mode=True) for family in records.FAMILIES}
+        db = Rdict(path, Options(raw_mode=True), column_families=families,
+                   access_type=AccessType.read_only(False))
+        return cls(db, sync=False)
+
     def close(self) -> None:
         # RocksDB keeps its lock while any column-family view or handle is alive.
         self._families.clear()
@@ -126,6 +137,40 @@ class Store:
             else:
                 write_batch.put(key, value, handles[family])
         self._db.write(write_batch, self._write_options if batch.durable else self._unsynced)
+
+    # -- snapshots ------------------------------------------------------------------------
+
+    def start_flush(self) -> None:
+        """Ask RocksDB to flush every family's memtable in its background threads, without
+        waiting: a checkpoint made once that is done has little left to flush itself, and
+        that flush is what it would spend holding the GIL (docs/operations.md)."""
+        for family in self._families.values():
+            family.flush(wait=False)
+
+    def flush_pending(self) -> bool:
+        """Whether a flush asked for by `start_flush` is still under way."""
+        for family in self._families.values():
+            for name in ("rocksdb.mem-table-flush-pending", "rocksdb.num-immutable-mem-table"):
+                if family.property_int_value(name):
+                    return True
+        return False
+
+    def checkpoint(self, path: str) -> None:
+        """A consistent copy of the whole database, every family at one point, in `path`
+        (which must not exist; its parent must): RocksDB hard-links the table files when
+        `path` is on the same filesystem and copies the few small ones (MANIFEST, CURRENT,
+        OPTIONS, the write-ahead log not yet flushed). Blocks the caller, GIL included,
+        for as long as RocksDB takes (mostly flushing memtables)."""
+        # Never kept: like a column-family handle, a live Checkpoint keeps the database's
+        # lock after close() (checked: a reopen then fails with "lock hold by current
+        # process").
+        Checkpoint(self._db).create_checkpoint(path)
+
+    def latest_sequence_number(self) -> int:
+        """RocksDB's sequence number of the last write: the same in a checkpoint as in the
+        database at the moment it was made."""
+        number: int = self._db.latest_sequence_number()
+        return number
 
     # -- reads ----------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from chatd.errors import ChatdError, RateLimited, Unauthorized
 from chatd.services.context import Services
 from chatd.web import (
     routes_accounts,
+    routes_backup,
     routes_conversations,
     routes_messages,
     routes_ops,
@@ -192,5 +193,6 @@ def create_app(services: Services) -> QuartTrio:
     routes_conversations.register(api, services)
     routes_messages.register(api, services)
     routes_replication.register(api, services)
+    routes_backup.register(api, services)
     api.install(app)
     return app

@@ -23,11 +23,11 @@ _ERRORS = {
     404: "no such user, device, conversation or message that you can see",
     408: "the request body did not arrive in time",
     409: "it conflicts with what exists (handle_taken, too_many_devices, group_full, "
-         "direct_id_clash)",
+         "direct_id_clash) or with what is under way (backup_running)",
     413: "the request or the message body is too large",
     429: "too many attempts from this address; retry after Retry-After seconds",
     503: "the server cannot serve it now (storage_failure, owner_unreachable, "
-         "shutting_down); retry",
+         "shutting_down, backup_failed); retry",
 }
 _ERROR_HEADERS = {
     401: {"WWW-Authenticate": {"required": True, "schema": {"type": "string"}}},
