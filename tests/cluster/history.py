@@ -284,8 +284,8 @@ def _each_send_once(where: str, log: Sequence[Seen], intents: Sequence[Intent],
                             f"as seq {answer.seq} id {answer.message_id}, found at "
                             + ", ".join(f"seq {s.seq} id {s.message_id}" for s in copies))
     for key, copies in found.items():
-        intent = history.intents.get(key)
-        if intent is None or any(s.body != intent.body for s in copies):
+        sent = history.intents.get(key)
+        if sent is None or any(s.body != sent.body for s in copies):
             yield Violation("phantom", f"{where}: seq {copies[0].seq} holds "
                             f"{_message(copies[0].fingerprint)}, which no client sent")
 

@@ -167,11 +167,14 @@ class Workload:
             person = rng.choice(self.scene.members[conversation_id])
             via = rng.choice(NAMES)
             self.history.reads += 1
+
+            def record(page: list[dict[str, Any]], source: str = f"read {via}") -> None:
+                self.history.saw(page, source)
+
             with contextlib.suppress(ApiError, *CONNECTION_ERRORS):
                 # Each page is recorded as it comes: what was seen was seen, even when a
                 # fault cuts the read short.
-                await read_log(await self._client(via, person), conversation_id,
-                               lambda page, via=via: self.history.saw(page, f"read {via}"))
+                await read_log(await self._client(via, person), conversation_id, record)
 
     # -- watchers -------------------------------------------------------------------------
 
