@@ -36,6 +36,25 @@ from typing import Any
 #: Answers that mean "not done, maybe": retry with the same client_msg_id. Anything else
 #: in 4xx is a refusal a valid send should never get.
 RETRYABLE_CLIENT_ERRORS = frozenset({408, 429})
+#: The codes of refusals (docs/api.md, the 4xx rows, and the WebSocket frame errors). A
+#: WebSocket `error` frame carries no status, so its code decides: any other code
+#: (`owner_unreachable`, `not_acknowledged`, one replication adds ...) is "retry".
+REFUSAL_CODES = frozenset({
+    "malformed_json", "nesting_too_deep", "invalid_text", "missing_field", "invalid_field",
+    "bad_request", "seq_out_of_range", "not_a_group", "use_leave", "not_a_member",
+    "unstorable_value", "missing_token", "invalid_token", "token_expired", "bad_credentials",
+    "not_an_admin", "not_found", "unknown_user", "unknown_conversation", "unknown_device",
+    "unknown_message", "method_not_allowed", "handle_taken", "group_full", "direct_id_clash",
+    "too_many_devices", "payload_too_large", "body_too_large", "malformed_frame",
+    "bad_frame", "unknown_type", "frame_too_large"})
+
+
+def is_refusal(status: int | None, code: str) -> bool:
+    """Whether an error answer to a send says it was not (and will not be) written:
+    by its HTTP status, or by its code when it came without one (`status` None)."""
+    if status is None:
+        return code in REFUSAL_CODES
+    return 400 <= status < 500 and status not in RETRYABLE_CLIENT_ERRORS
 
 
 @dataclass(frozen=True)

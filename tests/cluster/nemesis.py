@@ -12,7 +12,8 @@ then healed. The faults (weights in `FAULTS`):
   (before replication reports replicas: a random shard).
 - `pair`: the link between a range's owner and its replica cut both ways, both still
   reaching the third shard and etcd.
-- `etcd`: etcd stopped (or killed) and started again; only when there is one.
+- `etcd`: etcd stopped, killed or paused (SIGSTOP), and started or resumed after the
+  hold; only when there is one.
 
 A partition sometimes has a pause of one of its shards overlapping it (a stall on top of
 a partition: the classic way for an old owner to act on a lease it lost). At most one
@@ -88,7 +89,8 @@ class Nemesis:
     def summary(self) -> dict[str, int]:
         return {"kills": self.counts["kill"],
                 "partitions": sum(self.counts[kind] for kind in PARTITIONS),
-                "pauses": self.counts["pause"] + self.counts["overlapping pause"],
+                "pauses": self.counts["pause"] + self.counts["overlapping pause"]
+                + self.counts["etcd pause"],
                 "etcd_restarts": self.counts["etcd"]}
 
     async def run(self) -> None:
@@ -199,10 +201,11 @@ class Nemesis:
     async def _etcd(self, seconds: float) -> None:
         etcd = self.cluster.etcd
         assert etcd is not None
-        how = self.rng.choice(["stop", "kill"])
-        await settled(etcd.stop() if how == "stop" else etcd.kill())
+        how = self.rng.choice(["stop", "kill", "pause"])
+        await settled({"stop": etcd.stop, "kill": etcd.kill, "pause": etcd.pause}[how]())
         try:
-            await self._held("etcd", f"{how} etcd", seconds)
+            await self._held("etcd pause" if how == "pause" else "etcd", f"{how} etcd",
+                             seconds)
         finally:
             with trio.CancelScope(shield=True):
-                await settled(etcd.start())
+                await settled(etcd.resume() if how == "pause" else etcd.start())

@@ -31,7 +31,8 @@ from tests.cluster.workload import CONNECTION_ERRORS, Scene, Workload, read_log,
 
 pytestmark = pytest.mark.slow
 
-SENDERS = 8
+SENDERS = 6
+WEBSOCKET_SENDERS = 3
 READERS = 2
 WATCHERS = 3
 #: After the faults are healed: how long the cluster gets before senders stop starting
@@ -111,6 +112,8 @@ async def test_nothing_acknowledged_is_lost_under_faults(
         async with trio.open_nursery() as senders:
             for number in range(SENDERS):
                 senders.start_soon(workload.sender, number)
+            for number in range(WEBSOCKET_SENDERS):
+                senders.start_soon(workload.websocket_sender, number)
             with trio.move_on_after(checker_seconds):
                 await nemesis.run()  # heals everything when cancelled
             await cluster.wait_ready()
@@ -132,6 +135,9 @@ async def test_nothing_acknowledged_is_lost_under_faults(
 
     counts = {**history.counts(), **nemesis.summary(), "failovers": failovers}
     report = (f"seed {seed}: " + ", ".join(f"{key} {value}" for key, value in counts.items())
+              + "\nunknown outcomes: " + ", ".join(
+                  f"{reason} {count}" for reason, count in
+                  history.unknown_outcomes.most_common(8))
               + "\nfaults:\n" + "\n".join(str(event) for event in sorted(
                   nemesis.events, key=lambda event: event.started)))
     print(report)

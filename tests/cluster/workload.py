@@ -10,6 +10,9 @@ to interleave.
   through the next shard each time) until it is acknowledged or the run is over. Any
   503, timeout or lost connection means "unknown outcome": retry. Now and then it sends
   an acknowledged client_msg_id again, which must get the original answer.
+- A **WebSocket sender** is one member sending over a live socket, retrying the same
+  client_msg_id on a new socket to the next shard when the answer is an error that is
+  not a refusal, or does not come; it records the message frames it gets meanwhile.
 - A **reader** reads a whole conversation through a random shard now and then.
 - A **watcher** holds a WebSocket on a shard as some member and records every message
   frame; it pings, and moves to another shard when its socket dies or stops answering.
@@ -31,7 +34,7 @@ from chatd.client import ApiError, ChatClient, LiveConnection
 from chatd.protocol.handshake import HandshakeError
 from chatd.wsclient import WebSocketClosed
 from tests.cluster.harness import NAMES, Person, owner_of
-from tests.cluster.history import RETRYABLE_CLIENT_ERRORS, Answer, History, Intent
+from tests.cluster.history import Answer, History, Intent, is_refusal
 from tests.cluster.proxied import ProxiedCluster
 
 #: A request with no answer within this long counts as an unknown outcome (the shard
@@ -144,7 +147,7 @@ class Workload:
                 sent = await client.send(intent.conversation_id, intent.body,
                                          client_msg_id=intent.client_msg_id)
             except ApiError as error:
-                if 400 <= error.status < 500 and error.status not in RETRYABLE_CLIENT_ERRORS:
+                if is_refusal(error.status, error.code):
                     self.history.refused(intent, error.status, error.code)
                     return None
                 self.history.unknown(f"{error.status} {error.code}")
@@ -156,6 +159,54 @@ class Workload:
                 return answer
             await trio.sleep(min(1.0, 0.05 * 2 ** min(attempt, 5)) * rng.uniform(0.5, 1.0))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def websocket_sender(self, number: int) -> None:
+        rng = self.rng(f"websocket sender {number}")
+        person = rng.choice(self.scene.people)
+        conversations = [conversation_id for conversation_id in self._conversations
+                         if person in self.scene.members[conversation_id]]
+        shards = list(NAMES)
+        rng.shuffle(shards)
+        pending: Intent | None = None  # the send being retried, if any
+        numbers = itertools.count()
+        failures = 0
+        for attempt in itertools.count():
+            via = shards[attempt % len(shards)]
+            try:
+                async with (await self._client(via, person)).connect() as live, \
+                        trio.open_nursery() as nursery:
+                    nursery.start_soon(self._watch, live, f"live {via}")
+                    while True:
+                        if pending is None:
+                            if self.winding_down.is_set():
+                                return
+                            client_msg_id = f"w{number}-{next(numbers)}"
+                            pending = Intent(rng.choice(conversations), client_msg_id,
+                                             person.user_id,
+                                             f"{client_msg_id} from {person.handle}")
+                            self.history.intend(pending)
+                        self.history.attempted()
+                        with trio.fail_after(REQUEST_TIMEOUT):
+                            sent = await live.send(pending.conversation_id, pending.body,
+                                                   client_msg_id=pending.client_msg_id)
+                        self.history.acknowledged(pending, Answer(
+                            int(sent["seq"]), str(sent["message_id"]), f"ws {via}"))
+                        pending = None
+                        failures = 0
+                        await trio.sleep(rng.uniform(0, 0.1))
+            except* ApiError as group:
+                for error in _leaves(group):
+                    assert isinstance(error, ApiError)
+                    if pending is not None and is_refusal(None, error.code):
+                        self.history.refused(pending, error.status, error.code)
+                        pending = None
+                    else:
+                        self.history.unknown(f"ws {error.code}")
+            except* CONNECTION_ERRORS as group:
+                for error in _leaves(group):
+                    self.history.unknown(f"ws {type(error).__name__}")
+            failures += 1
+            await trio.sleep(min(1.0, 0.05 * 2 ** min(failures, 5)) * rng.uniform(0.5, 1.0))
 
     # -- readers --------------------------------------------------------------------------
 
@@ -223,6 +274,14 @@ class Workload:
             if waited.cancelled_caught:
                 scope.cancel()
                 return
+
+
+def _leaves(group: BaseExceptionGroup[BaseException]) -> list[BaseException]:
+    """The exceptions of a group, nested groups flattened."""
+    found: list[BaseException] = []
+    for error in group.exceptions:
+        found.extend(_leaves(error) if isinstance(error, BaseExceptionGroup) else [error])
+    return found
 
 
 async def read_log(client: ChatClient, conversation_id: str,
