@@ -23,6 +23,10 @@ The rules (docs/architecture.md, "The failure model" and "The write path"):
 - `refused`: a send that may not be refused (a member, a valid body) never was: 4xx
   answers other than 429 are a bug.
 - `owners_disagree`: every shard names the same acting owner and epoch per range.
+- `live_order` / `live_gap`: a live socket gets each conversation's messages in seq
+  order, each once, and misses none between the first and the last it got, except the
+  ones its own user sent (a device does not get what it sent; all of a user's clients
+  here share one device) (docs/api.md, "Delivery").
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 #: Answers that mean "not done, maybe": retry with the same client_msg_id. Anything else
@@ -109,6 +114,18 @@ class Seen:
         return (self.message_id, self.sender_id, self.client_msg_id, self.body)
 
 
+@dataclass
+class LiveStream:
+    """The message seqs one WebSocket got, per conversation, in arrival order."""
+
+    source: str
+    user_id: str
+    seqs: dict[str, list[int]] = field(default_factory=lambda: defaultdict(list))
+
+    def received(self, message: Mapping[str, Any]) -> None:
+        self.seqs[str(message["conversation_id"])].append(int(message["seq"]))
+
+
 @dataclass(frozen=True)
 class RangeReport:
     """One range as one shard reported it at the end (`GET /admin/ranges`)."""
@@ -140,6 +157,7 @@ class History:
     attempts: int = 0
     unknown_outcomes: Counter[str] = field(default_factory=Counter)
     seen: list[Seen] = field(default_factory=list)
+    streams: list[LiveStream] = field(default_factory=list)
     reads: int = 0
     live_frames: int = 0
     #: (conversation, shard) -> the whole log read through that shard at the end.
@@ -172,6 +190,12 @@ class History:
     def saw(self, messages: Iterable[Mapping[str, Any]], source: str) -> None:
         self.seen.extend(Seen.of(message, source) for message in messages)
 
+    def open_stream(self, source: str, user_id: str) -> LiveStream:
+        """A new socket's stream, recorded as it fills."""
+        stream = LiveStream(source, user_id)
+        self.streams.append(stream)
+        return stream
+
     def read_finally(self, conversation_id: str, shard: str,
                      messages: Iterable[Mapping[str, Any]]) -> None:
         self.final[(conversation_id, shard)] = [Seen.of(message, f"final {shard}")
@@ -203,7 +227,7 @@ class History:
 def check(history: History) -> list[Violation]:
     """Every rule the history breaks (empty: none)."""
     return [*_answers_kept(history), *_refusals(history), *_one_message_per_seq(history),
-            *_final_reads(history), *_owners_agree(history)]
+            *_final_reads(history), *_live_streams(history), *_owners_agree(history)]
 
 
 def _answers_kept(history: History) -> Iterable[Violation]:
@@ -307,6 +331,27 @@ def _each_send_once(where: str, log: Sequence[Seen], intents: Sequence[Intent],
         if sent is None or any(s.body != sent.body for s in copies):
             yield Violation("phantom", f"{where}: seq {copies[0].seq} holds "
                             f"{_message(copies[0].fingerprint)}, which no client sent")
+
+
+def _live_streams(history: History) -> Iterable[Violation]:
+    for number, stream in enumerate(history.streams):
+        where = f"socket {number} ({stream.source}, user {stream.user_id})"
+        for conversation_id, seqs in sorted(stream.seqs.items()):
+            if any(later <= earlier for earlier, later in pairwise(seqs)):
+                yield Violation("live_order", f"{where} got conversation {conversation_id}'s "
+                                f"seqs in the order {_ranges(seqs)}")
+                continue
+            log = next((history.final[(conversation_id, shard)] for shard in history.shards
+                        if (conversation_id, shard) in history.final), None)
+            if log is None or not seqs:
+                continue  # unread: reported as such
+            senders = {seen.seq: seen.sender_id for seen in log}
+            got = set(seqs)
+            missed = [seq for seq in range(seqs[0], seqs[-1] + 1)
+                      if seq not in got and senders.get(seq) != stream.user_id]
+            if missed:
+                yield Violation("live_gap", f"{where} never got seqs {_ranges(missed)} of "
+                                f"conversation {conversation_id} (it got {_ranges(seqs)})")
 
 
 def _owners_agree(history: History) -> Iterable[Violation]:

@@ -39,6 +39,10 @@ def sound_history() -> History:
            message(3, "m3", BOB, "s1-0", "s1-0 from bob")]
     history.saw(log[:2], "read a")
     history.saw(log[2:], "live b")
+    # Alice's socket: seq 2 is hers, so it never comes to her.
+    alice_live = history.open_stream("live b", ALICE)
+    for seen in (log[0], log[2]):
+        alice_live.received(seen)
     for shard in SHARDS:
         history.read_finally(CONVERSATION, shard, log)
     history.ranges = [RangeReport(shard, name, owner, 3)
@@ -125,6 +129,19 @@ def _disagree_on_an_owner(history: History) -> None:
     history.ranges[-1] = RangeReport("c", "b", "b", 4)
 
 
+def _deliver_out_of_order(history: History) -> None:
+    stream = history.open_stream("live c", BOB)
+    for seq in (2, 1, 3):
+        stream.received(message(seq, f"m{seq}", ALICE, "", ""))
+
+
+def _skip_a_delivery(history: History) -> None:
+    # Bob's socket got seqs 1 and 3: seq 2 was Alice's, his to get.
+    stream = history.open_stream("live a", BOB)
+    for seq in (1, 3):
+        stream.received(message(seq, f"m{seq}", ALICE, "", ""))
+
+
 def _as_message(seen: Any) -> dict[str, Any]:
     return message(seen.seq, seen.message_id, seen.sender_id, seen.client_msg_id, seen.body)
 
@@ -142,6 +159,8 @@ def _as_message(seen: Any) -> dict[str, Any]:
     (_skip_a_final_read, {"unread"}),
     (_refuse_a_send, {"refused"}),
     (_disagree_on_an_owner, {"owners_disagree"}),
+    (_deliver_out_of_order, {"live_order"}),
+    (_skip_a_delivery, {"live_gap"}),
 ], ids=lambda value: value.__name__.strip("_") if callable(value) else "")
 def test_each_bad_history_is_caught(spoil: Callable[[History], None], kinds: set[str]) -> None:
     history = sound_history()

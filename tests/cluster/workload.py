@@ -175,7 +175,7 @@ class Workload:
             try:
                 async with (await self._client(via, person)).connect() as live, \
                         trio.open_nursery() as nursery:
-                    nursery.start_soon(self._watch, live, f"live {via}")
+                    nursery.start_soon(self._watch, live, f"live {via}", person)
                     while True:
                         if pending is None:
                             if self.winding_down.is_set():
@@ -238,14 +238,15 @@ class Workload:
                 client = await self._client(via, person)
                 async with client.connect() as live, trio.open_nursery() as nursery:
                     nursery.start_soon(self._keep_alive, live, nursery.cancel_scope)
-                    await self._watch(live, f"live {via}")
+                    await self._watch(live, f"live {via}", person)
             except* (ApiError, *CONNECTION_ERRORS):
                 pass
             await trio.sleep(rng.uniform(0.1, 0.5))
 
-    async def _watch(self, live: LiveConnection, source: str) -> None:
-        """Record message frames, acknowledging what arrived once a second (so a
-        reconnect does not replay everything)."""
+    async def _watch(self, live: LiveConnection, source: str, person: Person) -> None:
+        """Record message frames, as sightings and as this socket's stream, acknowledging
+        what arrived once a second (so a reconnect does not replay everything)."""
+        stream = self.history.open_stream(source, person.user_id)
         latest: dict[str, int] = {}
         next_ack = trio.current_time() + 1.0
         while True:
@@ -254,6 +255,7 @@ class Workload:
                 message = event["message"]
                 self.history.live_frames += 1
                 self.history.saw([message], source)
+                stream.received(message)
                 conversation_id = str(message["conversation_id"])
                 latest[conversation_id] = max(latest.get(conversation_id, 0),
                                               int(message["seq"]))
