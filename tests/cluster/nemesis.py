@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import random
 from collections import Counter
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import trio
@@ -81,10 +82,14 @@ class Nemesis:
         self.events: list[Event] = []
         self.counts: Counter[str] = Counter()
         self._began = trio.current_time()
-        faults = {name: weight for name, weight in FAULTS.items()
-                  if name != "etcd" or cluster.etcd is not None}
-        self._kinds = list(faults)
-        self._weights = list(faults.values())
+        injectors: dict[str, Callable[[float], Awaitable[None]]] = {
+            "kill": self._kill, "pause": self._pause, "one_way": self._one_way,
+            "owner_alone": self._owner_alone, "replica_alone": self._replica_alone,
+            "pair": self._pair, "etcd": self._etcd}
+        #: The faults this cluster can have (no etcd, no etcd faults), with their weights.
+        self._faults = {name: injectors[name] for name in FAULTS
+                        if name != "etcd" or cluster.etcd is not None}
+        self._weights = [FAULTS[name] for name in self._faults]
 
     def summary(self) -> dict[str, int]:
         return {"kills": self.counts["kill"],
@@ -98,8 +103,8 @@ class Nemesis:
         try:
             while True:
                 await trio.sleep(self.rng.uniform(*self.quiet))
-                kind = self.rng.choices(self._kinds, self._weights)[0]
-                await getattr(self, f"_{kind}")(self.rng.uniform(*self.hold))
+                kind = self.rng.choices(list(self._faults), self._weights)[0]
+                await self._faults[kind](self.rng.uniform(*self.hold))
         finally:
             with trio.CancelScope(shield=True):
                 await self.cluster.heal_all()

@@ -52,6 +52,19 @@ async def ranges_everywhere(cluster: ProxiedCluster) -> dict[str, list[RangeView
     return views
 
 
+async def ranges_once_agreed(cluster: ProxiedCluster, *, within: float,
+                             ) -> dict[str, list[RangeView]]:
+    """The shards' reports once they agree, or the last ones after `within` seconds
+    (for the check to say how they disagree)."""
+    deadline = trio.current_time() + within
+    while True:
+        views = await ranges_everywhere(cluster)
+        assert views is not None, "a shard stopped reporting ranges"
+        if agree(views) or trio.current_time() > deadline:
+            return views
+        await trio.sleep(0.5)
+
+
 def agree(views: dict[str, list[RangeView]]) -> bool:
     """Every shard names the same owner and epoch for every range."""
     seen = {frozenset((view.range, view.owner, view.epoch) for view in ranges)
@@ -89,8 +102,18 @@ async def read_everything(cluster: ProxiedCluster, scene: Scene, history: Histor
             history.read_finally(conversation_id, shard, log)
 
 
+def fault_hold(replication: dict[str, Any] | None) -> tuple[float, float]:
+    """How long faults are held: up to 5 s; with automatic failover, up to 5 s past
+    `failover_after`, so that a cut or dead owner is sometimes failed over and sometimes
+    back before it would be."""
+    if replication is None or not replication.get("auto_failover"):
+        return (1.0, 5.0)
+    return (1.0, float(replication["failover_after"]) + 5.0)
+
+
 async def test_nothing_acknowledged_is_lost_under_faults(
-        proxied_cluster: ProxiedCluster, checker_seed: int, checker_seconds: float) -> None:
+        proxied_cluster: ProxiedCluster, checker_seed: int, checker_seconds: float,
+        checker_replication: dict[str, Any] | None) -> None:
     """Senders retrying with their client_msg_id, readers and live watchers, while the
     nemesis injects faults for `checker_seconds`; then every fault is healed and
     everything is read through every shard, and the history is checked
@@ -102,7 +125,7 @@ async def test_nothing_acknowledged_is_lost_under_faults(
     first_ranges = await ranges_everywhere(cluster)
     workload = Workload(cluster, scene, history, seed=seed)
     nemesis = Nemesis(cluster, random.Random(f"{seed}:nemesis"),
-                      placement=cluster.placement)
+                      placement=cluster.placement, hold=fault_hold(checker_replication))
 
     async with trio.open_nursery() as observers:
         for number in range(READERS):
@@ -126,8 +149,7 @@ async def test_nothing_acknowledged_is_lost_under_faults(
     await read_everything(cluster, scene, history)
     last_ranges = None
     if first_ranges is not None:
-        last_ranges = await eventually(
-            lambda: _agreed(cluster), within=30, what="the shards to agree on the owners")
+        last_ranges = await ranges_once_agreed(cluster, within=30)
         history.ranges = [RangeReport(shard, view.range, view.owner, view.epoch)
                           for shard, ranges in last_ranges.items() for view in ranges]
     failovers = sum(epoch - epochs(first_ranges).get(range_name, 0)
@@ -148,11 +170,6 @@ async def test_nothing_acknowledged_is_lost_under_faults(
         + "\n".join(str(v) for v in violations[:20]) + f"\n{report}")
     # A run that acknowledged nothing, or injected nothing, checked nothing.
     assert counts["acks"] > 0 and sum(nemesis.counts.values()) > 0, report
-
-
-async def _agreed(cluster: ProxiedCluster) -> dict[str, list[RangeView]] | None:
-    views = await ranges_everywhere(cluster)
-    return views if views is not None and agree(views) else None
 
 
 async def test_conversations_take_sends_again_after_their_owner_dies(
