@@ -29,7 +29,12 @@ import trio
 from tests.cluster.harness import Cluster, Shard, open_cluster, tracebacks
 from tests.cluster.proxied import EtcdControl, ProxiedCluster, open_proxied_cluster
 
-KNOWN_TRACEBACKS: set[str] = set()
+KNOWN_TRACEBACKS: set[str] = {
+    # A socket whose user's home stops answering between authentication and session
+    # start is failed as a bug (1011, traceback) rather than closed with a retry code:
+    # test_found_by_checker.py::test_a_home_lost_while_sockets_open_is_not_a_bug.
+    "user = await services.users.get_user(session.user_id)",
+}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
