@@ -39,10 +39,15 @@ def sound_history() -> History:
            message(3, "m3", BOB, "s1-0", "s1-0 from bob")]
     history.saw(log[:2], "read a")
     history.saw(log[2:], "live b")
-    # Alice's socket: seq 2 is hers, so it never comes to her.
+    # Alice's socket: seq 2 is hers, so it never came to her; it died after seq 3.
     alice_live = history.open_stream("live b", ALICE)
     for seen in (log[0], log[2]):
         alice_live.received(seen)
+    alice_live.ended = True
+    # Bob's socket got seq 1 and died.
+    bob_live = history.open_stream("live a", BOB)
+    bob_live.received(log[0])
+    bob_live.ended = True
     for shard in SHARDS:
         history.read_finally(CONVERSATION, shard, log)
     history.ranges = [RangeReport(shard, name, owner, 3)
@@ -56,6 +61,14 @@ def test_a_sound_history_passes() -> None:
     counts = history.counts()
     assert (counts["sends"], counts["acks"], counts["indeterminate"],
             counts["retried_acks"]) == (3, 2, 1, 1)
+
+
+def test_a_socket_open_at_the_end_that_got_everything_passes() -> None:
+    history = sound_history()
+    stream = history.open_stream("live c", BOB)  # never ended: open at the end
+    for seq in (2, 3):  # caught up from seq 2; seq 3 is his own, and came anyway
+        stream.received(message(seq, f"m{seq}", ALICE, "", ""))
+    assert check(history) == []
 
 
 def _lose_an_acknowledged_send(history: History) -> None:
@@ -135,6 +148,12 @@ def _deliver_out_of_order(history: History) -> None:
         stream.received(message(seq, f"m{seq}", ALICE, "", ""))
 
 
+def _leave_an_open_socket_behind(history: History) -> None:
+    # Bob's socket got seq 1 and was still open at the end: 2 and 3 never came.
+    history.open_stream("live a", BOB).received(
+        message(1, "m1", ALICE, "", {"event": "group_created", "name": "g"}))
+
+
 def _skip_a_delivery(history: History) -> None:
     # Bob's socket got seqs 1 and 3: seq 2 was Alice's, his to get.
     stream = history.open_stream("live a", BOB)
@@ -161,6 +180,7 @@ def _as_message(seen: Any) -> dict[str, Any]:
     (_disagree_on_an_owner, {"owners_disagree"}),
     (_deliver_out_of_order, {"live_order"}),
     (_skip_a_delivery, {"live_gap"}),
+    (_leave_an_open_socket_behind, {"live_gap"}),
 ], ids=lambda value: value.__name__.strip("_") if callable(value) else "")
 def test_each_bad_history_is_caught(spoil: Callable[[History], None], kinds: set[str]) -> None:
     history = sound_history()

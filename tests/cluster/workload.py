@@ -34,7 +34,7 @@ from chatd.client import ApiError, ChatClient, LiveConnection
 from chatd.protocol.handshake import HandshakeError
 from chatd.wsclient import WebSocketClosed
 from tests.cluster.harness import NAMES, Person, owner_of
-from tests.cluster.history import Answer, History, Intent, is_refusal
+from tests.cluster.history import Answer, History, Intent, LiveStream, is_refusal
 from tests.cluster.proxied import ProxiedCluster
 
 #: A request with no answer within this long counts as an unknown outcome (the shard
@@ -105,6 +105,8 @@ class Workload:
         self.seed = seed
         #: Set when senders should start no new send (they finish their retries).
         self.winding_down = trio.Event()
+        #: Set when the run is over: sockets still open then were open to the end.
+        self.over = trio.Event()
         self._conversations = sorted(scene.members)
         for conversation_id in self._conversations:
             history.conversations.add(conversation_id)
@@ -247,6 +249,14 @@ class Workload:
         """Record message frames, as sightings and as this socket's stream, acknowledging
         what arrived once a second (so a reconnect does not replay everything)."""
         stream = self.history.open_stream(source, person.user_id)
+        try:
+            await self._record(live, source, stream)
+        except BaseException:
+            if not self.over.is_set():
+                stream.ended = True
+            raise
+
+    async def _record(self, live: LiveConnection, source: str, stream: LiveStream) -> None:
         latest: dict[str, int] = {}
         next_ack = trio.current_time() + 1.0
         while True:
