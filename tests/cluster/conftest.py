@@ -28,13 +28,9 @@ import trio
 
 from tests.cluster.harness import Cluster, Shard, open_cluster, tracebacks
 from tests.cluster.proxied import EtcdControl, ProxiedCluster, open_proxied_cluster
+from tests.etcd import EtcdServer
 
-KNOWN_TRACEBACKS: set[str] = {
-    # A socket whose user's home stops answering between authentication and session
-    # start is failed as a bug (1011, traceback) rather than closed with a retry code:
-    # test_found_by_checker.py::test_a_home_lost_while_sockets_open_is_not_a_bug.
-    "user = await services.users.get_user(session.user_id)",
-}
+KNOWN_TRACEBACKS: set[str] = set()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -89,22 +85,32 @@ def checker_seconds() -> float:
 
 @pytest.fixture
 def checker_replication() -> dict[str, Any] | None:
-    """The `[replication]` section of the checker's shards, from CHATD_CHECKER_FACTOR
-    (default 1: no section, as today's config requires) and
-    CHATD_CHECKER_FAILOVER_AFTER (seconds, default 5)."""
-    factor = int(os.environ.get("CHATD_CHECKER_FACTOR", "1"))
+    """The `[replication]` section of the checker's shards: CHATD_CHECKER_FACTOR
+    (default 2; 1 runs the mesh alone) and CHATD_CHECKER_FAILOVER_AFTER (seconds,
+    default 2: short, so that a CI run sees failovers)."""
+    factor = int(os.environ.get("CHATD_CHECKER_FACTOR", "2"))
     if factor <= 1:
-        return None
+        return {"factor": 1}
     return {"factor": factor,
-            "failover_after": float(os.environ.get("CHATD_CHECKER_FAILOVER_AFTER", "5.0")),
+            "failover_after": float(os.environ.get("CHATD_CHECKER_FAILOVER_AFTER", "2.0")),
             "auto_failover": True}
 
 
 @pytest.fixture
-async def checker_etcd() -> AsyncIterator[EtcdControl | None]:
-    """The etcd of the checker's cluster: none until tests/etcd.py lands. Then start its
-    `EtcdServer` here (on a free port, data in tmp_path), yield it, and stop it."""
-    yield None
+async def checker_etcd(checker_replication: dict[str, Any] | None, tmp_path: Path,
+                       etcd_binary: str) -> AsyncIterator[EtcdControl | None]:
+    """The checker's etcd (a real one, tests/etcd.py), with replication on; none with
+    CHATD_CHECKER_ETCD=0 (failover by hand only) or factor 1."""
+    if checker_replication is None or checker_replication.get("factor") == 1 \
+            or os.environ.get("CHATD_CHECKER_ETCD", "1") == "0":
+        yield None
+        return
+    server = EtcdServer(tmp_path / "etcd", etcd_binary)
+    try:
+        await server.start()
+        yield server
+    finally:
+        server.close()
 
 
 @pytest.fixture

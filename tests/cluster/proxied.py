@@ -421,7 +421,7 @@ class ProxiedCluster:
         body = response.json()
         assert body["shard"] == name, body
         return [RangeView(item["range"], item["owner"], item.get("replica"),
-                          int(item["epoch"]), bool(item["acking"]))
+                          int(item["epoch"]), bool(item.get("acking", False)))
                 for item in body["ranges"]]
 
     async def placement(self, range_name: str) -> tuple[str, str] | None:

@@ -1,6 +1,6 @@
-"""Bugs the fault-injection checker ran into, each pinned by a test of its own that fails
-while the bug is there (xfail, strict: a fix turns it into an unexpected pass, and the
-marker comes off)."""
+"""Bugs the fault-injection checker ran into, each pinned by a test of its own that
+failed while the bug was there (both are fixed: web/sockets.py closes such sockets 1013,
+try again later)."""
 
 from __future__ import annotations
 
@@ -20,8 +20,6 @@ from tests.cluster.harness import Cluster, tracebacks
 CLOSE_UNAUTHORIZED = 4001
 
 
-@pytest.mark.xfail(strict=True, reason="a WebSocket whose user's home cannot be reached "
-                   "is closed 4001 (unauthorized) rather than with a code that says retry")
 async def test_a_socket_whose_home_is_down_is_not_told_it_is_logged_out(
         cluster: Cluster) -> None:
     """Bob is homed at b. While b is down, Bob's socket to a cannot be authenticated:
@@ -50,9 +48,6 @@ async def test_a_socket_whose_home_is_down_is_not_told_it_is_logged_out(
     assert "home_unreachable" in (reason or ""), reason
 
 
-@pytest.mark.xfail(strict=True, reason="a WebSocket whose user's home stops answering "
-                   "between authentication and session start is failed as a bug: "
-                   "traceback logged, closed 1011")
 async def test_a_home_lost_while_sockets_open_is_not_a_bug(cluster: Cluster) -> None:
     """Bob (homed at b) keeps opening sockets on a while b stalls (SIGSTOP) now and then.
     A socket authenticated just before the stall asks b for Bob's profile next

@@ -39,6 +39,7 @@ from chatd.errors import (
     HttpVersionNotSupported,
     MethodNotAllowed,
     Unauthorized,
+    Unavailable,
     UpgradeRequired,
 )
 from chatd.pending import Pending
@@ -466,13 +467,22 @@ class LiveSockets:
             sibling = next((other for other in hub.sessions_of(session.user_id)
                             if other is not live and other.device_id == session.device_id),
                            None)
-            cursors = sibling.acked if sibling is not None else await cursors_from_home(
-                services.router, session.device_id, session.user_id,
-                services.messaging.cursors_of)
-            user = await services.users.get_user(session.user_id)
+            try:
+                cursors = sibling.acked if sibling is not None else await cursors_from_home(
+                    services.router, session.device_id, session.user_id,
+                    services.messaging.cursors_of)
+                user = await services.users.get_user(session.user_id)
+                starts = await services.messaging.delivery_starts(session, cursors)
+            except Unavailable as exc:
+                # A shard the start needs (the user's home) stopped answering after the
+                # token was checked: the client should come back later, not take this
+                # for a crash or a logout.
+                conn.begin_close(CLOSE_TRY_AGAIN_LATER, f"{exc.code}: {exc.message}"[:120])
+                await self._read_loop(conn, b"")
+                return
             live.shows_reads = user.read_receipts
             live.hides_last_seen = user.hide_last_seen
-            live.start(await services.messaging.delivery_starts(session, cursors), cursors)
+            live.start(starts, cursors)
             await services.presence.came_online(live, first=first)
             await self._read_loop(conn, rest)
         finally:
