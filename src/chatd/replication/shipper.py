@@ -36,6 +36,7 @@ from chatd.replication.placement import Placement, RangeState
 from chatd.replication.range_records import RangeRecords
 from chatd.services.routing import Peers
 from chatd.storage import Batch
+from chatd.storage.group_commit import run_callbacks
 from chatd.storage.store import Operation
 
 log = logging.getLogger(__name__)
@@ -141,7 +142,7 @@ class Shipper:
             return
         # The records are on the replica (refused for the lease, not for replication):
         # publishing them cannot show a client anything a new owner would not have.
-        _run(callbacks)
+        run_callbacks(callbacks)
 
     # -- the coordinator's side ---------------------------------------------------------------
 
@@ -165,7 +166,7 @@ class Shipper:
             self._break(out)
             if state.owner == self._shard:
                 # Acknowledging alone now (no replica is up): what was held is safe.
-                _run(out.held)
+                run_callbacks(out.held)
             out.held.clear()
             self._release_waiting(out, ok=state.owner == self._shard)
         elif (out.state.epoch, out.state.replica) != (state.epoch, state.replica):
@@ -208,7 +209,7 @@ class Shipper:
         # From here on nothing awaits: no batch can slip between the drain and streaming.
         out.mode = Mode.STREAMING
         held, out.held = out.held, []
-        _run(held)
+        run_callbacks(held)
         self._release_waiting(out, ok=True)
         log.info("range %s: replica %s holds it (epoch %d); streaming", state.range,
                  state.replica, state.epoch)
@@ -358,10 +359,3 @@ class Shipper:
             raise Replicated(f"range {state.range} changed to epoch {current.epoch} "
                              "during the copy")
 
-
-def _run(callbacks: list[Callable[[], None]]) -> None:
-    for callback in callbacks:
-        try:
-            callback()
-        except Exception:
-            log.exception("after-commit callback failed")

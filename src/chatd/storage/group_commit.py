@@ -307,7 +307,7 @@ class GroupCommitter:
         waiting = [index for index, range_ in enumerate(ranges) if range_ is not None]
         in_spans = {index for command, (start, end) in enumerate(spans)
                     if ranges[command] is not None for index in range(start, end)}
-        _run([callback for index, callback in enumerate(batch.after_commit)
+        run_callbacks([callback for index, callback in enumerate(batch.after_commit)
               if index not in in_spans])
         for index, pending in enumerate(taken):
             if ranges[index] is None:
@@ -363,7 +363,7 @@ class GroupCommitter:
                          if index not in dropped]
             for range_, kept in held.items():
                 self._gate.hold(range_, kept)
-        _run(callbacks)
+        run_callbacks(callbacks)
         for pending in taken:
             pending.finish()
         if doubtful:
@@ -383,7 +383,8 @@ class GroupCommitter:
         self._refused += len(taken)
 
 
-def _run(callbacks: list[Callable[[], None]]) -> None:
+def run_callbacks(callbacks: list[Callable[[], None]]) -> None:
+    """Run after-commit callbacks in order; one that fails is logged, not spread."""
     for callback in callbacks:
         try:
             callback()
