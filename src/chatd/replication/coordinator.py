@@ -144,10 +144,12 @@ class Coordinator:
     # -- what the rest of the shard asks --------------------------------------------------------
 
     def serves(self, conversation_id: int) -> bool:
-        """Whether this shard acts as the conversation's owner now."""
+        """Whether this shard acts as the conversation's owner now: it owns its range,
+        knows the current epochs, and its replica has had a whole copy at this epoch."""
         if not self.settled.is_set():
             return False
-        return self.placement.owner_of(conversation_id) == self.shard
+        range_ = self.placement.range_of(conversation_id)
+        return self.placement.state(range_).owner == self.shard and self._shipper.ready(range_)
 
     def lease_held(self) -> bool:
         return self.decider.lease_held()

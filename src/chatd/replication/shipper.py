@@ -66,6 +66,8 @@ class _Outbound:
     #: Batches waiting for the range to stream again: (deadline, pending).
     waiting: list[tuple[float, Pending[bool]]] = field(default_factory=list)
     copies: int = 0
+    #: The epoch of the last copy that completed (0: none yet).
+    copied_epoch: int = 0
     shipped_batches: int = 0
     #: When the oldest unanswered shipment was sent (for the lag gauge), or None.
     oldest_sent: float | None = None
@@ -208,11 +210,24 @@ class Shipper:
             raise
         # From here on nothing awaits: no batch can slip between the drain and streaming.
         out.mode = Mode.STREAMING
+        out.copied_epoch = state.epoch
         held, out.held = out.held, []
         run_callbacks(held)
         self._release_waiting(out, ok=True)
         log.info("range %s: replica %s holds it (epoch %d); streaming", state.range,
                  state.replica, state.epoch)
+
+    def ready(self, range_: str) -> bool:
+        """Whether this shard may serve the range it owns: it has no replica, or its
+        replica got a whole copy at the current epoch. Until then what is on this disk
+        may hold entries nobody acknowledged (written before a crash, or applied from
+        the previous owner just before a failover), which must not be read or numbered
+        past before the replica holds them too."""
+        state = self._placement.state(range_)
+        if state.replica is None:
+            return True
+        out = self._out.get(range_)
+        return out is not None and out.copied_epoch == state.epoch
 
     def caught_up(self, range_: str) -> bool:
         """Whether the range streams to its replica with nothing unanswered: the replica
