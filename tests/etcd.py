@@ -9,6 +9,8 @@ open and silent, like a stalled or partitioned member). etcd logs (warnings and 
 The binary comes from Debian's `etcd-server`, installed by the first test that needs it
 when it is missing (tests/system_packages.py).
 
+`EtcdCluster` runs several members as one cluster, for tests of member failures.
+
 Fixtures, exposed to every test by tests/conftest.py:
 - `etcd_binary` (session): the binary's path;
 - `etcd_server`: a started server of the test's own, killed when the test ends.
@@ -86,6 +88,8 @@ class EtcdServer:
         self.extra_args = list(extra_args)
         self.client_port = free_port()
         self.peer_port = free_port()
+        #: Every member of its cluster as name=peer URL (`EtcdCluster` sets it).
+        self.initial_cluster = f"{name}={self.peer_url}"
         self.data_dir = directory / "data"
         self.log_path = directory / "etcd.log"
         self.process: subprocess.Popen[bytes] | None = None
@@ -97,13 +101,17 @@ class EtcdServer:
         scheme = "https" if self.tls is not None else "http"
         return f"{scheme}://{HOST}:{self.client_port}"
 
+    @property
+    def peer_url(self) -> str:
+        return f"http://{HOST}:{self.peer_port}"
+
     def command(self) -> list[str]:
-        peer = f"http://{HOST}:{self.peer_port}"
+        peer = self.peer_url
         return [
             self.binary, "--name", self.name, "--data-dir", str(self.data_dir),
             "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
             "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
-            "--initial-cluster", f"{self.name}={peer}",
+            "--initial-cluster", self.initial_cluster,
             "--logger", "zap", "--log-outputs", str(self.log_path), "--log-level", "warn",
             *(self.tls.server_args() if self.tls is not None else []),
             *self.extra_args,
@@ -112,7 +120,7 @@ class EtcdServer:
     async def start(self) -> None:
         """Start (or restart, on the same ports and data) and wait until it answers."""
         self.spawn()
-        await self._wait_ready()
+        await self.wait_ready()
 
     def spawn(self) -> None:
         """Start the process without waiting for it to answer."""
@@ -183,7 +191,8 @@ class EtcdServer:
             self._output = None
         return code
 
-    async def _wait_ready(self) -> None:
+    async def wait_ready(self) -> None:
+        """Return once it answers that it is healthy (it has a leader)."""
         deadline = time.monotonic() + READY_TIMEOUT
         verify: ssl.SSLContext | bool = (
             self.tls.client_context() if self.tls is not None else True)
@@ -205,6 +214,45 @@ class EtcdServer:
 
     def _tail(self, lines: int = 30) -> str:
         return "\n".join(self.log().splitlines()[-lines:])
+
+
+class EtcdCluster:
+    """Several members in one cluster, each an `EtcdServer` (`members[i]`). A member that
+    is stopped or killed leaves the rest serving while they keep a majority."""
+
+    def __init__(self, directory: Path, binary: str, size: int = 3) -> None:
+        self.members = [EtcdServer(directory / f"member{n}", binary, name=f"member{n}")
+                        for n in range(size)]
+        initial_cluster = ",".join(f"{m.name}={m.peer_url}" for m in self.members)
+        for member in self.members:
+            member.initial_cluster = initial_cluster
+
+    @property
+    def urls(self) -> list[str]:
+        return [member.url for member in self.members]
+
+    async def leader(self) -> EtcdServer:
+        """The member that leads now, as the running members report it."""
+        async with httpx.AsyncClient(timeout=2.0) as http:
+            for member in self.members:
+                if not member.running:
+                    continue
+                status = (await http.post(f"{member.url}/v3/maintenance/status",
+                                          json={})).json()
+                if status.get("leader") == status["header"]["member_id"]:
+                    return member
+        raise RuntimeError("no running member says it leads")
+
+    async def start(self) -> None:
+        # All at once: a member reports healthy only once the cluster has a leader.
+        for member in self.members:
+            member.spawn()
+        for member in self.members:
+            await member.wait_ready()
+
+    def close(self) -> None:
+        for member in self.members:
+            member.close()
 
 
 @pytest.fixture(scope="session")

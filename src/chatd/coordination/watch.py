@@ -24,6 +24,7 @@ stream on exit, and no `yield` ever sits inside a cancel scope or an open respon
 
 from __future__ import annotations
 
+import contextlib
 from collections import deque
 from collections.abc import Mapping
 from types import TracebackType
@@ -117,7 +118,7 @@ class Watch:
             # A stream broken on etcd's side (it is stopping, the member lost its
             # leader, the token expired): resume elsewhere or later.
             if self._gateway.is_auth_failure(refusal):
-                await self._gateway.renew_token(stale=stream.token)
+                await self._renew_token(stream)
             await self._drop()
             await self._back_off()
             return
@@ -136,12 +137,18 @@ class Watch:
             raise WatchCompacted(compacted)
         reason = str(result.get("cancel_reason", ""))
         if self._gateway.user is not None and any(word in reason for word in _AUTH_REASONS):
-            await self._gateway.renew_token(stale=stream.token)
+            await self._renew_token(stream)
             await self._back_off()
             return
         self._finished = True
         raise EtcdError(f"etcd cancelled the watch on {self._prefix!r}: "
                         f"{reason or 'no reason given'}")
+
+    async def _renew_token(self, stream: Stream) -> None:
+        """A new token for the next dial. Bad credentials are raised; an etcd that does
+        not answer is not (the next dial authenticates when it does)."""
+        with contextlib.suppress(EtcdUnavailable):
+            await self._gateway.renew_token(stale=stream.token)
 
     async def _back_off(self) -> None:
         await trio.sleep(self._retry)
