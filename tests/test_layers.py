@@ -21,6 +21,10 @@ FORBIDDEN = {
     "storage": ("chatd.protocol", "chatd.services", "chatd.web"),
     "services": ("chatd.web",),
     "transport": ("chatd.web", "chatd.services", "chatd.storage"),
+    # The etcd client knows nothing of chatd: it could be a library of its own.
+    "coordination": ("chatd.web", "chatd.services", "chatd.storage", "chatd.protocol",
+                     "chatd.replication", "chatd.transport", "chatd.domain"),
+    "replication": ("chatd.web",),
 }
 
 
