@@ -52,7 +52,7 @@ async def backing(nursery: trio.Nursery, tmp_path: Path) -> AsyncIterator[Backin
     placement = Placement(RING, 2)  # range a: owner a, replica b, epoch 1
     ranges = RangeRecords(store, RING)
     replica = Replica(shard="b", placement=placement, store=store,
-                      commands=Commands(committer), range_records=ranges.deletes,
+                      commands=Commands(committer), ranges=ranges,
                       adopt=placement.adopt)
     yield Backing(store, placement, replica)
     committer.close()

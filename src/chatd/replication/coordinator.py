@@ -89,6 +89,8 @@ class Coordinator:
         #: found nobody to learn them from: until then it serves no range it owns.
         self.settled = trio.Event()
         self._wake = trio.Event()
+        #: Ranges just taken over, until the writes queued before are on disk.
+        self._arriving: set[str] = set()
         self.failovers = 0
         self.replica_moves = 0
         self._load()
@@ -117,6 +119,7 @@ class Coordinator:
         if before.owner != state.owner:
             if state.owner == self.shard:
                 self.failovers += 1
+                self._arrive(state.range)
             # Taken over or given up: what is cached of its conversations is stale.
             self._forget_range(state.range)
         if state.replica != self.shard or state.owner == self.shard:
@@ -125,6 +128,24 @@ class Coordinator:
         self._persist()
         self._wake.set()
         return True
+
+    def _arrive(self, range_: str) -> None:
+        """This shard just became the range's owner. Records of it applied as a replica
+        may still be queued in the committer (the previous owner's last batches): serve
+        nothing of it until they are on disk, then read its conversations afresh, or a
+        send would number from a head that misses them."""
+        self._arriving.add(range_)
+
+        def arrived(_done: Any) -> None:
+            self._arriving.discard(range_)
+            self._forget_range(range_)
+
+        try:
+            self._commands.enqueue(_nothing).add_done_callback(arrived)
+        except Exception:
+            log.exception("could not queue the hand-over barrier; serving range %s anyway",
+                          range_)
+            self._arriving.discard(range_)
 
     def adopt_all(self, states: list[RangeState]) -> None:
         for state in states:
@@ -149,7 +170,8 @@ class Coordinator:
         if not self.settled.is_set():
             return False
         range_ = self.placement.range_of(conversation_id)
-        return self.placement.state(range_).owner == self.shard and self._shipper.ready(range_)
+        return self.placement.state(range_).owner == self.shard \
+            and range_ not in self._arriving and self._shipper.ready(range_)
 
     def lease_held(self) -> bool:
         return self.decider.lease_held()
@@ -295,6 +317,11 @@ class Coordinator:
             raise Conflict(f"shard {self.shard!r} is not range {range_!r}'s replica (its "
                            f"replica is {current.replica!r}) and may not hold all of it",
                            code="not_replica")
+        if not self._replica.holds(range_):
+            raise Conflict(f"shard {self.shard!r} has not got a whole copy of range "
+                           f"{range_!r} at epoch {current.epoch} (a copy was under way or "
+                           "never made): promoting it could lose acknowledged messages; "
+                           "bring the owner back", code="not_caught_up")
         new = await self._take_over(current)
         if new is None:
             raise Conflict(f"range {range_!r} changed meanwhile; look again",
@@ -391,8 +418,10 @@ class Coordinator:
             self._not_gone()
         if leased is not None and self.decider.auto_failover and self.lease_held():
             for state in self.placement.states():
-                if state.replica == self.shard and state.owner not in leased:
-                    # The owner's lease is gone: it acknowledges nothing any more.
+                if state.replica == self.shard and state.owner not in leased \
+                        and self._replica.holds(state.range):
+                    # The owner's lease is gone: it acknowledges nothing any more, and
+                    # this shard holds everything it acknowledged.
                     await self._take_over(state)
         for state in self.placement.states():
             if state.owner != self.shard or not self.placement.replicated:
@@ -401,6 +430,11 @@ class Coordinator:
                 # The replica is gone: the next shard of the chain backs the range.
                 replica = self.placement.successor(
                     state.range, excluding={self.shard, state.replica}, alive=alive)
+                if replica is None and leased is None:
+                    # Alone, and no etcd to say whether this shard is the one cut off:
+                    # acknowledging alone could make a second owner, should the
+                    # operator promote the replica. Wait for a peer.
+                    continue
                 await self._move_replica(state, replica)
             elif state.replica is None:
                 replica = self.placement.successor(state.range, excluding={self.shard},
@@ -447,3 +481,7 @@ class LocalDecider:
     @property
     def auto_failover(self) -> bool:
         return False
+
+
+def _nothing(_batch: Batch) -> None:
+    """A command that writes nothing: done once everything queued before it is."""

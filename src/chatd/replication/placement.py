@@ -97,6 +97,10 @@ class Placement:
         current = self._states.get(state.range)
         if current is None or state.epoch <= current.epoch:
             return False
+        shards = self.ring.shards
+        if state.owner not in shards or state.replica == state.owner \
+                or (state.replica is not None and state.replica not in shards):
+            return False  # names no shard of this ring: a bug or a bad peer, not a state
         self._states[state.range] = state
         return True
 

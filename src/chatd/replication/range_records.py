@@ -71,7 +71,19 @@ class RangeRecords:
         if chunk:
             yield chunk
 
-    def deletes(self, range_: str) -> list[Operation]:
-        """A delete of every record of the range this shard holds."""
-        return [(family, key, None) for chunk in self.chunks(range_, max_bytes=1 << 62)
-                for family, key, _ in chunk]
+    def own_keys(self, range_: str, family: str, *, after: bytes | None,
+                 upto: bytes | None, rows_per_read: int = 512) -> list[bytes]:
+        """The keys of `family` this shard holds for the range with after < key <= upto
+        (from the start when `after` is None, to the end when `upto` is None)."""
+        offset = records.CONVERSATION_FAMILIES[family]
+        found: list[bytes] = []
+        while True:
+            rows = self._store.scan_raw(family, after=after, limit=rows_per_read)
+            for key, _ in rows:
+                if upto is not None and key > upto:
+                    return found
+                if len(key) >= offset + 8 and self.range_of(read_u64(key, offset)) == range_:
+                    found.append(key)
+            if len(rows) < rows_per_read:
+                return found
+            after = rows[-1][0]

@@ -6,6 +6,15 @@ where the stream is: `copying` between `replica.begin` and `replica.end`, then
 group committer (synced), and answered only once durable: the owner acknowledges its
 clients on that answer.
 
+A copy never empties the replica first: until it has ended, what the replica held is
+all there is besides the owner, and the owner may die mid-copy. The owner sends the
+range's records in key order, family by family; each chunk *merges* into what is here:
+its records are written, and the records held here between the previous chunk's last
+key and this chunk's last key that the chunk does not have are deleted (the owner no
+longer has them). `replica.end` deletes what is left after the last chunk. When the copy
+has ended, "this shard holds every record of the range at this epoch" is written down
+(meta `replica_copied:<range>`), and only then may it be promoted (`holds`).
+
 Refusals are answers, not errors (`{"refused": code, "state": ...}`), so the owner
 learns why and what this shard knows:
 
@@ -19,14 +28,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from chatd.pending import Pending
 from chatd.replication import protocol
 from chatd.replication.placement import Placement, RangeState
+from chatd.replication.range_records import RangeRecords
 from chatd.services.commands import Commands
-from chatd.storage import Batch, Store
+from chatd.storage import Batch, Store, records
 from chatd.storage.store import Operation
 
 log = logging.getLogger(__name__)
@@ -40,22 +50,35 @@ class _Stream:
     owner: str
     copying: bool
     expected_batch: int = 0
+    #: While copying: per family, the last key the copy has covered (merged up to), and
+    #: the families it has finished (the copy sends them in CONVERSATION_FAMILIES order).
+    covered: dict[str, bytes] = field(default_factory=dict)
+    finished: set[str] = field(default_factory=set)
+
+
+def copied_marker(range_: str) -> str:
+    """The meta record saying at which epoch this shard got a whole copy of `range_`."""
+    return f"replica_copied:{range_}"
 
 
 class Replica:
     def __init__(self, *, shard: str, placement: Placement, store: Store, commands: Commands,
-                 range_records: Callable[[str], list[Operation]],
-                 adopt: Callable[[RangeState], None]) -> None:
-        """`range_records(range)` lists deletes of every record this shard holds of the
-        range (what a copy replaces); `adopt(state)` takes a newer range state (the
-        coordinator persists it and tells the rest of the shard)."""
+                 ranges: RangeRecords, adopt: Callable[[RangeState], None]) -> None:
+        """`adopt(state)` takes a newer range state (the coordinator persists it and
+        tells the rest of the shard)."""
         self._shard = shard
         self._placement = placement
         self._store = store
         self._commands = commands
-        self._range_records = range_records
+        self._ranges = ranges
         self._adopt = adopt
         self._streams: dict[str, _Stream] = {}
+        #: The epoch of the last whole copy of each range this shard got (persisted).
+        self._copied: dict[str, int] = {}
+        for range_ in placement.ring.shards:
+            epoch = store.get(records.META, copied_marker(range_))
+            if isinstance(epoch, int):
+                self._copied[range_] = epoch
         #: Batches applied and copies begun, for /metrics.
         self.applied_batches = 0
         self.copies_begun = 0
@@ -77,13 +100,20 @@ class Replica:
         if method == protocol.CHUNK:
             if not stream.copying:
                 return _refused("needs_copy", known)
-            return self._write(protocol.operations(body, self._store.knows))
+            ops = protocol.operations(body, self._store.knows)
+            if any(records.CONVERSATION_FAMILIES.get(family) is None or value is None
+                   or self._ranges.range_of_key(family, key) != range_
+                   for family, key, value in ops):
+                raise protocol.malformed("a copy's records must be puts of its range")
+            return self._write(self._merge(range_, stream, ops))
         if method == protocol.END:
             if not stream.copying:
                 return _refused("needs_copy", known)
+            next_batch = protocol.whole_number(body, "next_batch")
+            ops = self._merge(range_, stream, [])
             stream.copying = False
-            stream.expected_batch = protocol.whole_number(body, "next_batch")
-            return OK
+            stream.expected_batch = next_batch
+            return self._write(ops, copied=(range_, epoch))
         if method == protocol.APPLY:
             batch_number = protocol.whole_number(body, "batch")
             if stream.copying or batch_number != stream.expected_batch:
@@ -94,6 +124,13 @@ class Replica:
             self.applied_batches += 1
             return self._write(protocol.operations(body, self._store.knows))
         raise protocol.malformed(f"unknown method {method!r}")
+
+    def holds(self, range_: str) -> bool:
+        """Whether this shard, the range's replica, got a whole copy of it at the
+        current epoch: then it holds everything the owner acknowledged, and may take
+        the range over."""
+        state = self._placement.state(range_)
+        return state.replica == self._shard and self._copied.get(range_) == state.epoch
 
     def forget(self, range_: str) -> None:
         """This shard no longer backs `range_` (it owns it now, or another shard backs
@@ -120,14 +157,61 @@ class Replica:
             self._adopt(RangeState(range_, owner, self._shard, epoch))
         self._streams[range_] = _Stream(epoch, owner, copying=True)
         self.copies_begun += 1
-        # What this shard held of the range may be older than the owner's, or hold
-        # entries no one acknowledged (written here as an owner that then lost the
-        # range): the copy replaces all of it.
-        return self._write(self._range_records(range_))
+        marker = copied_marker(range_)
+        # Copied whole at this epoch before (the same owner copies again after a broken
+        # stream): what is here still holds everything acknowledged, since a merge only
+        # deletes what the owner no longer has, so this shard stays promotable. A copy
+        # at a new epoch is a new pairing: promotable only once it has ended.
+        recopy = self._copied.get(range_) == epoch
+        if not recopy:
+            self._copied.pop(range_, None)
 
-    def _write(self, ops: list[Operation]) -> Pending[Any]:
+        def barrier(batch: Batch) -> dict[str, Any]:
+            # Answered once every write queued before it (applies of the old stream) is
+            # on disk: the chunks are merged against the disk, which must hold them.
+            if not recopy:
+                batch.delete(records.META, marker)
+            return OK
+
+        return self._commands.enqueue(barrier)
+
+    def _merge(self, range_: str, stream: _Stream, ops: list[Operation]) -> list[Operation]:
+        """`ops` (a chunk, in the copy's order; [] at the end) plus deletes of what this
+        shard holds of the range that the owner's copy skipped over."""
+        merged: list[Operation] = []
+        families = list(records.CONVERSATION_FAMILIES)
+        by_family: dict[str, list[Operation]] = {}
+        for op in ops:
+            by_family.setdefault(op[0], []).append(op)
+        reached = max((families.index(f) for f in by_family), default=len(families))
+        for index, family in enumerate(families):
+            if family in stream.finished:
+                continue
+            chunk = by_family.get(family, [])
+            if index < reached or (index == reached and not chunk):
+                # The copy has moved past this family: nothing more of it will come.
+                upto = None
+                stream.finished.add(family)
+            elif chunk:
+                upto = max(key for _, key, _ in chunk)
+            else:
+                continue
+            sent = {key for _, key, _ in chunk}
+            merged += [(family, key, None) for key in self._ranges.own_keys(
+                range_, family, after=stream.covered.get(family), upto=upto)
+                if key not in sent]
+            merged += chunk
+            if upto is not None:
+                stream.covered[family] = upto
+        return merged
+
+    def _write(self, ops: list[Operation], *,
+               copied: tuple[str, int] | None = None) -> Pending[Any]:
         def apply(batch: Batch) -> dict[str, Any]:
             batch.extend_raw(ops)
+            if copied is not None:
+                batch.put(records.META, copied_marker(copied[0]), copied[1])
+                batch.after_commit.append(lambda: self._copied.__setitem__(*copied))
             return OK
 
         return self._commands.enqueue(apply)

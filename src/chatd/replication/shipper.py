@@ -200,9 +200,10 @@ class Shipper:
                 self._check_current(state)
                 queued, out.queued = out.queued, []
                 for ops in queued:
-                    await self._ask(state, protocol.APPLY,
-                                    {"batch": out.next_batch, "ops": protocol.wire_ops(ops)})
-                    out.next_batch += 1
+                    for part in _split(ops, protocol.CHUNK_BYTES):
+                        await self._ask(state, protocol.APPLY, {
+                            "batch": out.next_batch, "ops": protocol.wire_ops(part)})
+                        out.next_batch += 1
             self._check_current(state)
         except BaseException:
             if out.mode is Mode.COPYING:
@@ -218,16 +219,17 @@ class Shipper:
                  state.replica, state.epoch)
 
     def ready(self, range_: str) -> bool:
-        """Whether this shard may serve the range it owns: it has no replica, or its
-        replica got a whole copy at the current epoch. Until then what is on this disk
-        may hold entries nobody acknowledged (written before a crash, or applied from
-        the previous owner just before a failover), which must not be read or numbered
-        past before the replica holds them too."""
+        """Whether this shard may serve the range it owns: it has no replica, or a copy
+        to a replica has completed since this process began owning it. Until then its
+        conversations would be read from disk, which may hold entries nobody
+        acknowledged (written before a crash), and a read must not show them, nor a send
+        number past them, before a replica holds them too. (After a replica move the
+        state in memory stops at what was acknowledged, so reads go on meanwhile.)"""
         state = self._placement.state(range_)
         if state.replica is None:
             return True
         out = self._out.get(range_)
-        return out is not None and out.copied_epoch == state.epoch
+        return out is not None and out.copied_epoch > 0
 
     def caught_up(self, range_: str) -> bool:
         """Whether the range streams to its replica with nothing unanswered: the replica
@@ -282,6 +284,28 @@ class Shipper:
             self._on_blocked(out.state.range)
 
     def _send_apply(self, out: _Outbound, ops: list[Operation]) -> Pending[bool]:
+        """Ship a batch's share of the range; true once the replica holds all of it. A
+        share too big for one mesh frame goes as several numbered applies."""
+        parts = _split(ops, protocol.CHUNK_BYTES)
+        if len(parts) == 1:
+            return self._send_one_apply(out, ops)
+        sent = [self._send_one_apply(out, part) for part in parts]
+        combined: Pending[bool] = Pending()
+        remaining = len(sent)
+
+        def one_done(done: Pending[bool]) -> None:
+            nonlocal remaining
+            remaining -= 1
+            if not done.result and not combined.finished:
+                combined.set_result(False)
+            elif remaining == 0 and not combined.finished:
+                combined.set_result(True)
+
+        for pending in sent:
+            pending.add_done_callback(one_done)
+        return combined
+
+    def _send_one_apply(self, out: _Outbound, ops: list[Operation]) -> Pending[bool]:
         assert self.peers is not None and out.state.replica is not None
         body = {"range": out.state.range, "epoch": out.state.epoch, "batch": out.next_batch,
                 "ops": protocol.wire_ops(ops)}
@@ -374,3 +398,16 @@ class Shipper:
             raise Replicated(f"range {state.range} changed to epoch {current.epoch} "
                              "during the copy")
 
+
+def _split(ops: list[Operation], max_bytes: int) -> list[list[Operation]]:
+    """`ops` in consecutive runs of about `max_bytes` each (at least one op per run)."""
+    parts: list[list[Operation]] = [[]]
+    size = 0
+    for op in ops:
+        op_size = len(op[1]) + len(op[2] or b"") + 16
+        if parts[-1] and size + op_size > max_bytes:
+            parts.append([])
+            size = 0
+        parts[-1].append(op)
+        size += op_size
+    return parts

@@ -143,7 +143,7 @@ def _replication(config: Config, store: Store, placement: Placement, committer: 
                       lease_held=lambda: coordinator is not None and coordinator.lease_held(),
                       on_refused=adopt, on_blocked=recover)
     replica = Replica(shard=shard, placement=placement, store=store, commands=commands,
-                      range_records=ranges.deletes, adopt=adopt)
+                      ranges=ranges, adopt=adopt)
     coordinator = Coordinator(shard=shard, placement=placement, store=store, commands=commands,
                               shipper=shipper, replica=replica, forget_range=forget_range,
                               request_timeout=config.cluster.request_timeout,
