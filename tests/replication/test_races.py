@@ -44,12 +44,16 @@ class FakePeers:
     up: set[str] = field(default_factory=set)
     requests: list[tuple[str, str, Any, Pending[Any]]] = field(default_factory=list)
     posts: list[tuple[str, str, Any]] = field(default_factory=list)
+    #: Peers that take every replica.* request at once.
+    answering: set[str] = field(default_factory=set)
 
     def is_up(self, peer: str) -> bool:
-        return peer in self.up
+        return peer in self.up or peer in self.answering
 
     def start_request(self, peer: str, method: str, body: Any, *,
                       timeout: float | None = None) -> Pending[Any]:
+        if peer in self.answering:
+            return Pending.done({"ok": True})
         pending: Pending[Any] = Pending()
         self.requests.append((peer, method, body, pending))
         return pending
@@ -389,3 +393,65 @@ async def test_a_copy_begins_without_reading_the_whole_range_at_once(node_b: Nod
     print(f"replica.begin read {sum(sizes) / 1e6:.1f} MB in {len(sizes)} chunk(s), "
           f"holding the event loop {blocked:.3f}s")
     assert not sizes or max(sizes) <= 4 * protocol.CHUNK_BYTES
+
+
+
+async def test_a_reload_shows_nothing_that_awaits_its_replica(node_a: Node) -> None:
+    node_a.adopt("a", "a", None, 2)
+    group = await group_in_range_a(node_a, [])  # seq 1, acknowledged alone
+    node_a.adopt("a", "a", "b", 3)  # b backs range a now
+    node_a.peers.answering = {"b"}
+    await node_a.services.shipper.copy(RangeState("a", "a", "b", 3))
+    node_a.peers.answering = set()  # b stalls: what follows waits for it
+    pending = node_a.services.owner_api.run(
+        ops.Send(group, USER_1, 1, "pending", "text/plain", "pending"))
+
+    await trio.sleep(0.01)  # its batch is written; it waits for b
+
+    def bug(batch: Batch) -> None:
+        raise RuntimeError("a command that fails halfway (a bug)")
+
+    node_a.services.committer.enqueue(bug)  # the next batch: doubtful
+    await settle(node_a)
+    shown = [m.seq for m in node_a.history(group)]
+    # The mesh's deadline passes: the shipment to b fails (as a real link's would).
+    for _, _, _, request in node_a.peers.requests:
+        if not request.finished:
+            request.set_error(Unavailable("no answer", code="peer_timeout"))
+    with pytest.raises(Unavailable):
+        await pending.wait()  # never acknowledged: b never got it
+    assert shown == [1], shown
+
+
+# -- 10. one blocked range holds back every other range's acknowledgements --------------------
+
+
+async def test_a_blocked_range_does_not_delay_another_ranges_sends(node_a: Node) -> None:
+    in_c = next(c for c in range(1, 20_000) if RING.shard_for(c) == "c")
+    node_a.adopt("a", "a", None, 2)
+    group_a = await group_in_range_a(node_a, [])
+    node_a.adopt("c", "a", None, 2)  # a acts for range c too (c is down)...
+    await settle(node_a)  # (the take-over barrier)
+    await node_a.services.owner_api.run(ops.CreateGroup(in_c, USER_1, "g", [USER_2])).wait()
+    # ... replicated to b, which answers at once; range a's replica c is silent.
+    node_a.peers.answering = {"b"}
+    node_a.adopt("c", "a", "b", 3)
+    await node_a.services.shipper.copy(RangeState("c", "a", "b", 3))
+    node_a.adopt("a", "a", "c", 3)
+    node_a.peers.answering = {"b", "c"}
+    await node_a.services.shipper.copy(RangeState("a", "a", "c", 3))
+    node_a.peers.answering = {"b"}  # range a's replica c goes silent
+    assert node_a.services.shipper.caught_up("c")
+    blocked = node_a.services.owner_api.run(
+        ops.Send(group_a, USER_1, 1, "to-a", "text/plain", "to-a"))
+    await trio.sleep(0.01)
+    started = trio.current_time()
+    await node_a.send(in_c, "to-c")  # b has it at once
+    took = trio.current_time() - started
+    for _, _, _, request in node_a.peers.requests:  # the mesh's deadline for c passes
+        if not request.finished:
+            request.set_error(Unavailable("no answer", code="peer_timeout"))
+    with pytest.raises(Unavailable):
+        await blocked.wait()
+    print(f"a send to range c took {took:.3f}s behind range a's blocked batch")
+    assert took < 0.1, took

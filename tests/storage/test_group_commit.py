@@ -220,7 +220,7 @@ async def test_replicated_commands_wait_for_their_range_and_others_do_not(
     assert published == ["plain", "ranged"]
 
 
-async def test_batches_are_acknowledged_in_the_order_they_were_written(
+async def test_a_ranges_batches_are_acknowledged_in_the_order_they_were_written(
         store: Store, nursery: trio.Nursery) -> None:
     committer = GroupCommitter(store)
     gate = HeldGate()
@@ -229,7 +229,7 @@ async def test_batches_are_acknowledged_in_the_order_they_were_written(
     published: list[str] = []
     first = committer.enqueue(noting("first", published), conversation_id=1)
     await trio.testing.wait_all_tasks_blocked()
-    second = committer.enqueue(noting("second", published), conversation_id=2)
+    second = committer.enqueue(noting("second", published), conversation_id=1)
     await trio.testing.wait_all_tasks_blocked()
     assert len(gate.shipments) == 2
     gate.shipments[1].set_result(frozenset())  # the later batch's replica answers first
@@ -238,6 +238,24 @@ async def test_batches_are_acknowledged_in_the_order_they_were_written(
     gate.shipments[0].set_result(frozenset())
     await second.wait()
     assert first.finished and published == ["first", "second"]
+
+
+async def test_a_waiting_range_holds_up_only_itself(store: Store,
+                                                    nursery: trio.Nursery) -> None:
+    committer = GroupCommitter(store)
+    gate = HeldGate()
+    committer.set_gate(gate)
+    await nursery.start(committer.run)
+    published: list[str] = []
+    slow = committer.enqueue(noting("slow", published), conversation_id=1)
+    await trio.testing.wait_all_tasks_blocked()
+    quick = committer.enqueue(noting("quick", published), conversation_id=2)
+    await trio.testing.wait_all_tasks_blocked()
+    gate.shipments[1].set_result(frozenset())
+    assert await quick.wait() == "quick"
+    assert not slow.finished and published == ["quick"]
+    gate.shipments[0].set_result(frozenset())
+    assert await slow.wait() == "slow"
 
 
 async def test_a_range_that_failed_refuses_its_commands_and_holds_their_callbacks(

@@ -29,7 +29,7 @@ from typing import Any, Protocol
 
 import trio
 
-from chatd.errors import Conflict, Unavailable
+from chatd.errors import ChatdError, Conflict, Unavailable
 from chatd.replication import protocol
 from chatd.replication.placement import Placement, RangeState
 from chatd.replication.replica import Replica
@@ -235,10 +235,40 @@ class Coordinator:
     def handle_request(self, peer: str, method: str, body: Any) -> Any:
         if method in protocol.REPLICA_METHODS:
             return self._replica.handle(method, body)
+        if method == protocol.PLACEMENT_CLAIM:
+            try:
+                return self._claimed(body)
+            except ValueError as exc:
+                raise protocol.malformed(str(exc)) from None
         if method == protocol.PLACEMENT_GET:
             self._adopt_wire(body.get("states") if isinstance(body, dict) else None)
             return {"states": self.placement.to_wire()}
         raise protocol.malformed(f"unknown method {method!r}")
+
+    async def claim(self, shard: str, state: RangeState) -> bool:
+        """Ask `shard` to take `state` (placement.claim); whether it did."""
+        peers = self.peers
+        if peers is None or not peers.is_up(shard):
+            return False
+        try:
+            answer = await peers.start_request(shard, protocol.PLACEMENT_CLAIM,
+                                               state.to_wire()).wait()
+        except ChatdError as exc:
+            log.warning("range %s: %s did not take epoch %d: %s", state.range, shard,
+                        state.epoch, exc)
+            return False
+        if isinstance(answer, dict) and answer.get("ok") is True:
+            return True
+        if isinstance(answer, dict):
+            self._adopt_wire([answer.get("state")])
+        return False
+
+    def _claimed(self, body: Any) -> dict[str, Any]:
+        state = RangeState.from_wire(body)
+        known = self.placement.state(state.range)
+        if state == known or self.adopt(state):
+            return {"ok": True}
+        return {"refused": "stale_epoch", "state": known.to_wire()}
 
     def handle_post(self, peer: str, method: str, body: Any) -> bool:
         """Whether `method` was a placement post (handled)."""
@@ -344,7 +374,7 @@ class Coordinator:
                            code="already_home")
         if natural not in self._candidates():
             raise Conflict(f"shard {natural!r} is not up", code="owner_down")
-        with trio.fail_after(within):
+        with trio.move_on_after(within) as deadline:
             if current.replica != natural:
                 await self._move_replica(current, natural)
             while True:
@@ -360,6 +390,9 @@ class Coordinator:
             if not await self.decider.change(state, new):
                 raise Conflict(f"range {range_!r} changed meanwhile; look again",
                                code="placement_changed")
+        if deadline.cancelled_caught:
+            raise Conflict(f"shard {natural!r} did not catch up on range {range_!r} within "
+                           f"{within:g} s; try again", code="not_caught_up")
         log.info("range %s: handed back to %s (epoch %d)", range_, natural, new.epoch)
         return new
 
@@ -413,9 +446,9 @@ class Coordinator:
     async def _recover_once(self) -> None:
         leased = self.decider.alive()
         alive = self._candidates()
-        # Gone: without its lease (etcd), or unreachable here for longer than the grace.
-        not_gone = self._not_gone() if leased is None else (leased | {self.shard}) & \
-            self._not_gone()
+        # Gone: with etcd, when its lease is gone (a link down is no proof: the shard cut
+        # off may be this one); without, unreachable here for longer than the grace.
+        not_gone = self._not_gone() if leased is None else leased | {self.shard}
         if leased is not None and self.decider.auto_failover and self.lease_held():
             for state in self.placement.states():
                 if state.replica == self.shard and state.owner not in leased \
@@ -465,11 +498,21 @@ class LocalDecider:
         self._coordinator = coordinator
 
     async def change(self, current: RangeState, new: RangeState) -> bool:
-        if self._coordinator.placement.state(current.range) != current:
+        """Take `new` once every other shard it names has accepted it (`placement.claim`):
+        of two shards deciding the same range's next epoch apart (an owner moving its
+        replica, the operator promoting that replica), the shard both name accepts only
+        the first, so the second gives up instead of making a second owner."""
+        coordinator = self._coordinator
+        if coordinator.placement.state(current.range) != current:
             return False
-        self._coordinator.adopt(new)
-        self._coordinator.gossip()
-        await trio.lowlevel.checkpoint()
+        for shard in {new.owner, new.replica} - {coordinator.shard, None}:
+            assert shard is not None
+            if not await coordinator.claim(shard, new):
+                return False
+        if coordinator.placement.state(current.range) != current:
+            return False
+        coordinator.adopt(new)
+        coordinator.gossip()
         return True
 
     def lease_held(self) -> bool:

@@ -9,6 +9,10 @@
     placement.get  {}                            the sender's placement table, answered
                                                  with this shard's (peers learn epochs)
     placement.put  {states}                      states to adopt if newer (gossip)
+    placement.claim {range, owner, replica, epoch}
+                                                 without etcd, a shard a change names
+                                                 takes it before the deciding shard does:
+                                                 `ok`, or refused with what it knows
 
 `ops` are encoded writes: [family, key, value or nil] (storage.store.Operation). Every
 replica.* request is refused with code `stale_epoch` (and the replica's state of the
@@ -29,6 +33,7 @@ END = "replica.end"
 APPLY = "replica.apply"
 PLACEMENT_GET = "placement.get"
 PLACEMENT_PUT = "placement.put"
+PLACEMENT_CLAIM = "placement.claim"
 
 REPLICA_METHODS = frozenset({BEGIN, CHUNK, END, APPLY})
 

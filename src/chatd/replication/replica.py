@@ -100,11 +100,9 @@ class Replica:
         if method == protocol.CHUNK:
             if not stream.copying:
                 return _refused("needs_copy", known)
-            ops = protocol.operations(body, self._store.knows)
-            if any(records.CONVERSATION_FAMILIES.get(family) is None or value is None
-                   or self._ranges.range_of_key(family, key) != range_
-                   for family, key, value in ops):
-                raise protocol.malformed("a copy's records must be puts of its range")
+            ops = self._range_ops(range_, body)
+            if any(value is None for _, _, value in ops):
+                raise protocol.malformed("a copy's records must be puts")
             return self._write(self._merge(range_, stream, ops))
         if method == protocol.END:
             if not stream.copying:
@@ -116,14 +114,23 @@ class Replica:
             return self._write(ops, copied=(range_, epoch))
         if method == protocol.APPLY:
             batch_number = protocol.whole_number(body, "batch")
+            ops = self._range_ops(range_, body)  # checked before it takes a number
             if stream.copying or batch_number != stream.expected_batch:
                 # A lost batch: the only safe way on is a new copy.
                 del self._streams[range_]
                 return _refused("needs_copy", known)
             stream.expected_batch += 1
             self.applied_batches += 1
-            return self._write(protocol.operations(body, self._store.knows))
+            return self._write(ops)
         raise protocol.malformed(f"unknown method {method!r}")
+
+    def _range_ops(self, range_: str, body: Mapping[str, Any]) -> list[Operation]:
+        """The ops of a chunk or apply, which may only be records of the range: a
+        replica never lets an owner write its accounts, its meta or another range."""
+        ops = protocol.operations(body, self._store.knows)
+        if any(self._ranges.range_of_key(family, key) != range_ for family, key, _ in ops):
+            raise protocol.malformed(f"records outside range {range_!r}")
+        return ops
 
     def holds(self, range_: str) -> bool:
         """Whether this shard, the range's replica, got a whole copy of it at the

@@ -202,7 +202,10 @@ class ConversationOwner:
 
     def _landed(self, conversation_id: int) -> None:
         self._changing_in.pop(conversation_id, None)
-        conv, count = self._unlanded[conversation_id]
+        unlanded = self._unlanded.get(conversation_id)
+        if unlanded is None:
+            return  # forgotten meanwhile (its range moved): nothing is pinned any more
+        conv, count = unlanded
         if count == 1:
             del self._unlanded[conversation_id]
         else:

@@ -313,7 +313,12 @@ class GroupCommitter:
             if ranges[index] is None:
                 pending.finish()
         if not waiting:
-            if doubtful:
+            if doubtful and self._awaiting:
+                # Reloading now would read back, as if acknowledged, what earlier batches
+                # wrote while they wait for their replicas: reload once they are done.
+                self._awaiting.append(_Written(Batch(), [], [], [], Pending.done(frozenset()),
+                                               doubtful=True))
+            elif doubtful:
                 self._reload_state()
             return
         later = Batch()
@@ -332,18 +337,30 @@ class GroupCommitter:
         written.shipped.add_done_callback(lambda _: self._work.set())
 
     def _finish_replicated(self) -> bool:
-        """Finish the oldest written batches whose replication is settled, in order;
-        whether any was."""
+        """Finish the written batches whose replication is settled: each range's in the
+        order they were written (acknowledgements keep log order), independently of
+        other ranges (a blocked range holds up only itself). A batch that left state in
+        doubt waits for every batch before it (state is reloaded when it finishes).
+        Whether any was finished."""
         finished = False
-        while self._awaiting and self._awaiting[0].shipped.finished:
-            written = self._awaiting.popleft()
+        waiting: set[str] = set()
+        kept: deque[_Written] = deque()
+        for written in self._awaiting:
+            ranges = {name for name in written.ranges if name is not None}
+            ready = written.shipped.finished and not ranges & waiting \
+                and not (written.doubtful and kept) and not any(w.doubtful for w in kept)
+            if not ready:
+                kept.append(written)
+                waiting |= ranges
+                continue
             failed = written.shipped.result if written.shipped.error is None else None
             if failed is None:  # the gate itself failed: treat every range as failed
                 log.error("replication failed: %r", written.shipped.error)
-                failed = frozenset(name for name in written.ranges if name is not None)
+                failed = frozenset(ranges)
             self._finish(written.batch, written.taken, written.doubtful,
                          failed=failed, ranges=written.ranges, spans=written.spans)
             finished = True
+        self._awaiting = kept
         return finished
 
     def _finish(self, batch: Batch, taken: list[Command[Any]], doubtful: bool, *,
