@@ -66,6 +66,9 @@ class Message:
     content_type: str
     body: Body
     ts: int
+    #: Media carried by the message: one map per attachment (`domain/media.py`,
+    #: `attachment_record`), in the order the sender gave them.
+    attachments: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,8 @@ class SendFrame:
     client_msg_id: str
     content_type: str
     body: str | bytes
+    #: Media ids of the attachments (`[{"media_id": "…"}]` on the wire).
+    attachments: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +151,25 @@ def _body(frame: dict[str, Any], content_type: str, codec: Codec, req: str) -> s
                      "(or raw bytes over msgpack)", req)
 
 
+#: Attachments one message may carry (as POST /messages/send).
+MAX_ATTACHMENTS = 16
+
+
+def _attachments(frame: dict[str, Any], req: str) -> tuple[int, ...]:
+    items = frame.get("attachments")
+    if items is None:
+        return ()
+    if not isinstance(items, list) or len(items) > MAX_ATTACHMENTS:
+        raise FrameError("invalid_field", f"attachments: a list of at most {MAX_ATTACHMENTS} "
+                         "objects with a media_id", req)
+    ids = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise FrameError("invalid_field", f"attachments[{index}]: an object", req)
+        ids.append(_id(item, "media_id", req))
+    return tuple(ids)
+
+
 def decode_client_frame(data: str | bytes, codec: Codec) -> ClientFrame:
     frame = _unpack(data, codec)
     if not isinstance(frame, dict):
@@ -165,7 +186,8 @@ def decode_client_frame(data: str | bytes, codec: Codec) -> ClientFrame:
             content_type = rules.check_content_type(_field(frame, "content_type", str, req))
             return SendFrame(req, _id(frame, "conversation_id", req),
                              rules.check_client_msg_id(_field(frame, "client_msg_id", str, req)),
-                             content_type, _body(frame, content_type, codec, req))
+                             content_type, _body(frame, content_type, codec, req),
+                             _attachments(frame, req))
         if kind == "ack":
             return AckFrame(_id(frame, "conversation_id", req), _seq(frame, req), req)
         if kind == "read":
@@ -199,9 +221,13 @@ def _with_req(frame: dict[str, Any], req: str | None) -> dict[str, Any]:
 
 
 def send_request(req: str, conversation_id: int | str, client_msg_id: str, body: str | bytes,
-                 content_type: str = "text/plain") -> dict[str, Any]:
-    return {"type": "send", "req": req, "conversation_id": str(conversation_id),
-            "client_msg_id": client_msg_id, "content_type": content_type, "body": body}
+                 content_type: str = "text/plain",
+                 attachments: list[str] | None = None) -> dict[str, Any]:
+    frame: dict[str, Any] = {"type": "send", "req": req, "conversation_id": str(conversation_id),
+             "client_msg_id": client_msg_id, "content_type": content_type, "body": body}
+    if attachments:
+        frame["attachments"] = [{"media_id": str(media_id)} for media_id in attachments]
+    return frame
 
 
 def ack_request(conversation_id: int | str, seq: int, req: str | None = None,
@@ -322,7 +348,7 @@ def encode_messages(frames: list[OutFrame], codec: Codec, max_bytes: int) -> lis
 
 
 def message_payload(message: Message) -> dict[str, Any]:
-    return {
+    payload = {
         "message_id": str(message.message_id),
         "conversation_id": str(message.conversation_id),
         "seq": message.seq,
@@ -332,6 +358,14 @@ def message_payload(message: Message) -> dict[str, Any]:
         "body": message.body,
         "ts": message.ts,
     }
+    if message.attachments:
+        payload["attachments"] = [attachment_payload(item) for item in message.attachments]
+    return payload
+
+
+def attachment_payload(attachment: dict[str, Any]) -> dict[str, Any]:
+    """An attachment as clients see it: the stored record with its id as a string."""
+    return {**attachment, "media_id": str(attachment["media_id"])}
 
 
 def message_frame(message: Message) -> OutFrame:

@@ -15,7 +15,7 @@ trusts the user id a peer names exactly as it trusts its own web layer's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
 from chatd.domain.models import (
@@ -69,7 +69,12 @@ def _check_type(method: str, name: str, annotation: Any, value: Any) -> None:
     expected: tuple[type, ...] = {
         "int": (int,), "str": (str,), "bool": (bool,), "list[int]": (list,),
         "Body": (str, bytes, dict), "dict[int, int]": (dict,),
+        "list[dict[str, Any]]": (list,),
     }.get(str(annotation), (object,))
+    if str(annotation) == "list[dict[str, Any]]":
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            raise WireError(f"{method}: field {name} must be a list of maps")
+        return
     if not isinstance(value, expected) or (int in expected and isinstance(value, bool)):
         raise WireError(f"{method}: field {name} has the wrong type")
     if isinstance(value, list) and not all(
@@ -89,6 +94,9 @@ class Send(OwnerCommand):
     client_msg_id: str
     content_type: str
     body: Body
+    #: The attachments' records as the sender's shard resolved them
+    #: (`domain.media.attachment_record`); the owner checks they still exist.
+    attachments: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,13 +318,19 @@ def conversation_from_wire(data: Any) -> Conversation:
 
 
 def message_to_wire(message: Message) -> list[Any]:
-    return [message.message_id, message.conversation_id, message.seq, message.sender_id,
+    wire = [message.message_id, message.conversation_id, message.seq, message.sender_id,
             message.sender_device, message.client_msg_id, message.content_type,
             message.body, message.ts]
+    if message.attachments:
+        wire.append(list(message.attachments))
+    return wire
 
 
 def message_from_wire(data: Any) -> Message:
-    return Message(*data)
+    message = Message(*data[:9])
+    if len(data) > 9:
+        object.__setattr__(message, "attachments", tuple(data[9]))
+    return message
 
 
 #: How each method's answer crosses the wire: (to_wire, from_wire).

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import trio
 
@@ -31,6 +32,9 @@ from chatd.services.owner import ConversationOwner
 from chatd.services.owner_api import PAGE_BYTES, TYPING_BURST, TYPING_PER_SECOND, OwnerApi
 from chatd.services.routing import Router
 from chatd.storage import Batch, Store, records
+
+if TYPE_CHECKING:
+    from chatd.services.media import MediaService
 
 #: Whether each of some users shares read receipts (their profile setting, from homes).
 ReadReceiptSettings = Callable[[list[int]], Awaitable[dict[int, bool]]]
@@ -59,6 +63,8 @@ class MessagingService:
         # Typing notices from this shard's clients, as the owner limits them.
         self._typing_limit = KeyedRateLimiter(per_second=TYPING_PER_SECOND,
                                               burst=TYPING_BURST)
+        #: Resolves attachments (services/media.py); set by the wiring.
+        self.media: MediaService | None = None
 
     async def member_view(self, session: Session, conversation_id: int) -> Conversation:
         """The conversation, if the caller is a member; 404 alike whether it does not
@@ -68,14 +74,16 @@ class MessagingService:
         return conv
 
     async def send(self, session: Session, *, conversation_id: int, client_msg_id: str,
-                   content_type: str, body: str | bytes) -> SendResult:
+                   content_type: str, body: str | bytes,
+                   attachments: tuple[int, ...] = ()) -> SendResult:
         pending = self.start_send(session, conversation_id=conversation_id,
                                   client_msg_id=client_msg_id, content_type=content_type,
-                                  body=body)
+                                  body=body, attachments=attachments)
         return await pending.wait()
 
     def start_send(self, session: Session, *, conversation_id: int, client_msg_id: str,
-                   content_type: str, body: str | bytes) -> Pending[SendResult]:
+                   content_type: str, body: str | bytes,
+                   attachments: tuple[int, ...] = ()) -> Pending[SendResult]:
         """Check and route a send now; sends started one after another keep their order.
         Await the result for the answer, which comes once the message is durable."""
         client_msg_id = rules.check_client_msg_id(client_msg_id)
@@ -87,9 +95,16 @@ class MessagingService:
             raise PayloadTooLarge(
                 f"body is {size} bytes; the limit is {self._limits.max_message_bytes}",
                 code="body_too_large")
+        records = []
+        if attachments:
+            if self.media is None:
+                raise BadRequest("attachments: this server stores no media")
+            # The media's metadata goes into the message; access is checked here (the
+            # media's shard) and the owner checks the media still exist.
+            records = self.media.resolve_attachments(session.user_id, list(attachments))
         return self._router.submit(ops.Send(conversation_id, session.user_id,
                                             session.device_id, client_msg_id, content_type,
-                                            body))
+                                            body, records))
 
     async def history(self, session: Session, conversation_id: int, *, after: int | None,
                       before: int | None, limit: int | None) -> HistoryPage:

@@ -13,7 +13,7 @@ shard a client is connected to checks nothing about conversations it does not ow
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -39,6 +39,9 @@ from chatd.services.owner import ConversationOwner
 from chatd.services.receipts import Receipts
 from chatd.storage import Batch, records
 
+if TYPE_CHECKING:
+    from chatd.services.media import MediaService
+
 #: Where an owner hands ephemeral frames (typing) for users: (user ids, frame).
 EphemeralSink = Callable[[list[int], frames.OutFrame], None]
 
@@ -61,6 +64,8 @@ class OwnerApi:
         #: About the most one answer listing conversations or history holds.
         self.page_bytes = PAGE_BYTES
         self._typing_limit = KeyedRateLimiter(per_second=TYPING_PER_SECOND, burst=TYPING_BURST)
+        #: Records the references of messages that carry media (services/media.py).
+        self.media: MediaService | None = None
 
     def run(self, command: ops.OwnerCommand) -> Any:
         """Run any command or query: a `Pending` for commands, a value for queries."""
@@ -217,11 +222,18 @@ class OwnerApi:
                                                  command.client_msg_id)
             if previous is not None:
                 return previous
+            attachments = tuple(command.attachments)
+            if attachments and self.media is not None:
+                self.media.check_references(attachments)  # before anything changes
             message = self._owner.append(batch, conv, sender_id=sender_id,
                                          sender_device=command.sender_device,
                                          content_type=command.content_type,
                                          body=command.body,
-                                         client_msg_id=command.client_msg_id)
+                                         client_msg_id=command.client_msg_id,
+                                         attachments=attachments)
+            if attachments and self.media is not None:
+                self.media.reference_in_batch(batch, conversation_id, message.seq,
+                                              tuple(conv.members), attachments)
             return SendResult(message.message_id, conversation_id, message.seq, message.ts)
 
         return self._commands.enqueue(apply)

@@ -23,6 +23,15 @@ added unpacks with that field's default, so adding a field at the end needs no m
 | cursors | device_id, conversation_id | seq acked by that device (8 bytes) |
 | last_seen | user_id | ms when the user's last socket closed (8 bytes) |
 | meta | a name (UTF-8), e.g. "ring" | msgpack of any shape (`storage/meta.py`) |
+| media | media_id | uploader_id, sha256, size, content_type, filename, created_at, |
+| | | width, height, thumbnails, own_ref, message_refs |
+| blobs | sha256 (hex, ASCII) | size, refs |
+| media_unreferenced | created_at, media_id | (empty: uploads no message carries yet) |
+| dead_blobs | sha256 (hex, ASCII) | (empty: blobs whose count reached 0, for the GC) |
+| quarantine | sha256 (hex, ASCII) | {at, reason} |
+| media_usage | user_id | bytes of uploads the user holds (8 bytes) |
+| media_refs | conversation_id, media_id | first_seq, audience (the conversation's owner) |
+| media_conversations | media_id, conversation_id | (empty: where a media is referenced) |
 
 Ids and seqs in keys are fixed-width big-endian, so byte order is numeric order and a scan
 of `conversation_id | seq` yields a log in seq order.
@@ -38,6 +47,7 @@ from typing import Any, Generic, TypeVar
 
 import msgpack
 
+from chatd.domain.media import BlobRecord, MediaRecord, MediaRef
 from chatd.domain.models import (
     Conversation,
     Device,
@@ -195,10 +205,30 @@ MEMBERS: Family[tuple[int, int], Member] = Family(
     "members", _pair_key, read_pair, *_fields(Member, "role", "joined_seq"))
 USER_CONVERSATIONS: Family[tuple[int, int], None] = Family(
     "user_conversations", _pair_key, read_pair, _empty, _read_empty)
+_pack_plain_message, _unpack_message = _fields(
+    Message, "message_id", "sender_id", "sender_device", "client_msg_id", "content_type",
+    "body", "ts", "attachments", key=("conversation_id", "seq"))
+_MESSAGE_FIELDS = operator.attrgetter("message_id", "sender_id", "sender_device",
+                                      "client_msg_id", "content_type", "body", "ts")
+
+
+def _pack_message(message: Message) -> bytes:
+    # A message without attachments is stored as before they existed (one field fewer):
+    # the common case costs nothing, and old records need no migration.
+    if not message.attachments:
+        return pack(_MESSAGE_FIELDS(message))
+    return _pack_plain_message(message)
+
+
+def _read_message(key: tuple[int, int], data: bytes) -> Message:
+    message = _unpack_message(key, data)
+    if message.attachments:  # msgpack gives a list; the model holds a tuple
+        object.__setattr__(message, "attachments", tuple(message.attachments))
+    return message
+
+
 MESSAGES: Family[tuple[int, int], Message] = Family(
-    "messages", _pair_key, read_pair,
-    *_fields(Message, "message_id", "sender_id", "sender_device", "client_msg_id",
-             "content_type", "body", "ts", key=("conversation_id", "seq")))
+    "messages", _pair_key, read_pair, _pack_message, _read_message)
 DEDUP: Family[tuple[int, int, str], SendResult] = Family(
     "dedup", _dedup_key, _read_dedup_key,
     *_fields(SendResult, "seq", "message_id", "ts", key=("conversation_id", None, None)))
@@ -210,7 +240,45 @@ LAST_SEEN: Family[int, int] = Family("last_seen", u64, read_u64, _u64_value, _re
 #: Facts about the database itself (which ring it was made under), one record per name.
 META: Family[str, Any] = Family("meta", str.encode, bytes.decode, pack, _read_any)
 
+
+# -- media (services/media.py) -------------------------------------------------------------
+
+
+def _ascii(value: str) -> bytes:
+    return value.encode("ascii")
+
+
+def _read_ascii(data: bytes) -> str:
+    return bytes(data).decode("ascii")
+
+
+def _read_media(key: int, data: bytes) -> MediaRecord:
+    record = _unpack_media(key, data)
+    if isinstance(record.thumbnails, list):
+        object.__setattr__(record, "thumbnails", tuple(record.thumbnails))
+    return record
+
+
+_pack_media, _unpack_media = _fields(
+    MediaRecord, "uploader_id", "sha256", "size", "content_type", "filename", "created_at",
+    "width", "height", "thumbnails", "own_ref", "message_refs", key=("media_id",))
+MEDIA: Family[int, MediaRecord] = Family("media", u64, read_u64, _pack_media, _read_media)
+BLOBS: Family[str, BlobRecord] = Family(
+    "blobs", _ascii, _read_ascii, *_fields(BlobRecord, "size", "refs", key=("sha256",)))
+MEDIA_UNREFERENCED: Family[tuple[int, int], None] = Family(
+    "media_unreferenced", _pair_key, read_pair, _empty, _read_empty)
+DEAD_BLOBS: Family[str, None] = Family("dead_blobs", _ascii, _read_ascii, _empty, _read_empty)
+QUARANTINE: Family[str, Any] = Family("quarantine", _ascii, _read_ascii, pack, _read_any)
+MEDIA_USAGE: Family[int, int] = Family("media_usage", u64, read_u64, _u64_value,
+                                       _read_u64_value)
+#: Keyed by conversation first: replication finds a conversation's records by that prefix.
+MEDIA_REFS: Family[tuple[int, int], MediaRef] = Family(
+    "media_refs", _pair_key, read_pair, *_fields(MediaRef, "first_seq", "audience"))
+MEDIA_CONVERSATIONS: Family[tuple[int, int], None] = Family(
+    "media_conversations", _pair_key, read_pair, _empty, _read_empty)
+
 #: Every family, in the order the database creates them.
 FAMILIES: tuple[Family[Any, Any], ...] = (
     USERS, HANDLES, DEVICES, TOKENS, CONVERSATIONS, MEMBERS, USER_CONVERSATIONS, MESSAGES,
-    DEDUP, WATERMARKS, CURSORS, LAST_SEEN, META)
+    DEDUP, WATERMARKS, CURSORS, LAST_SEEN, META, MEDIA, BLOBS, MEDIA_UNREFERENCED,
+    DEAD_BLOBS, QUARANTINE, MEDIA_USAGE, MEDIA_REFS, MEDIA_CONVERSATIONS)

@@ -19,11 +19,18 @@ from quart.typing import ResponseTypes
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from chatd.errors import ChatdError, RateLimited, Unauthorized
+from chatd.errors import ChatdError, RangeNotSatisfiable, RateLimited, Unauthorized
 from chatd.services.context import Services
-from chatd.web import routes_accounts, routes_conversations, routes_messages, routes_ops
+from chatd.web import (
+    routes_accounts,
+    routes_conversations,
+    routes_media,
+    routes_messages,
+    routes_ops,
+)
 from chatd.web.api import Api
 from chatd.web.schema import Limits
+from chatd.web.streamed_body import ClientGone, StreamedBodies
 
 log = logging.getLogger(__name__)
 
@@ -134,8 +141,11 @@ def create_app(services: Services) -> QuartTrio:
     app = QuartTrio("chatd")
     app.config["MAX_CONTENT_LENGTH"] = services.config.server.max_request_bytes
     app.config["BODY_TIMEOUT"] = BODY_TIMEOUT
-    app.asgi_app = DrainRequestBody(  # type: ignore[method-assign]
-        app.asgi_app, services.config.server.max_request_bytes)
+    # Uploads bypass quart's buffering (web/streamed_body.py); outside the drain, which
+    # so never waits for a body nobody reads.
+    app.asgi_app = StreamedBodies(  # type: ignore[method-assign]
+        DrainRequestBody(app.asgi_app, services.config.server.max_request_bytes),
+        routes_media.STREAMED_PATHS)
     # Keep JSON keys in the order the renderer builds them.
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.strict_slashes = False
@@ -147,6 +157,8 @@ def create_app(services: Services) -> QuartTrio:
             response.headers["WWW-Authenticate"] = 'Bearer realm="chatd"'
         if isinstance(error, RateLimited):
             response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
+        if isinstance(error, RangeNotSatisfiable):
+            response.headers["Content-Range"] = f"bytes */{error.size}"
         return response
 
     too_large = f"the request body is larger than {services.config.server.max_request_bytes} bytes"
@@ -171,6 +183,11 @@ def create_app(services: Services) -> QuartTrio:
             response.headers["Allow"] = error.get_response().headers["Allow"]
         return response
 
+    @app.errorhandler(ClientGone)
+    async def client_gone(error: ClientGone) -> ResponseTypes:
+        # Nobody is there to read it; the answer only ends the request.
+        return await app.make_response(error_response(400, "client_gone", str(error)))
+
     @app.errorhandler(Exception)
     async def unexpected_error(error: Exception) -> ResponseTypes:
         log.error("unhandled error", exc_info=error)
@@ -185,5 +202,6 @@ def create_app(services: Services) -> QuartTrio:
     routes_accounts.register(api, services)
     routes_conversations.register(api, services)
     routes_messages.register(api, services)
+    routes_media.register(api, services)
     api.install(app)
     return app

@@ -32,6 +32,7 @@ from chatd.web.schema import (
     Integer,
     Json,
     Limit,
+    ListOf,
     Model,
     String,
 )
@@ -128,6 +129,7 @@ PATH_PARAMETERS = {
     "user_id": ID,
     "device_id": ID,
     "seq": Integer(minimum=0, maximum=MAX_19_DIGITS),
+    "media_id": ID,
 }
 
 # -- request bodies and queries ------------------------------------------------------------
@@ -192,6 +194,17 @@ class UserIds(Model):
     user_ids: Annotated[list[int], USER_IDS]
 
 
+#: Attachments one message may carry (services/media.py MAX_ATTACHMENTS).
+MAX_ATTACHMENTS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentRef(Model):
+    """An uploaded media to carry in a message (POST /media/upload gave its id)."""
+
+    media_id: Annotated[int, ID]
+
+
 @dataclass(frozen=True, slots=True)
 class SendMessage(Model):
     constraints = (Either("body", "bodies of content types other than text/* must be base64",
@@ -201,6 +214,8 @@ class SendMessage(Model):
     client_msg_id: Annotated[str, CLIENT_MSG_ID]
     content_type: Annotated[str, CONTENT_TYPE]
     body: Annotated[str, MESSAGE_BODY]
+    attachments: Annotated[list[AttachmentRef] | None,
+                           ListOf(AttachmentRef, max_items=MAX_ATTACHMENTS)] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,6 +329,23 @@ class Conversations(Model):
 
 
 @dataclass(frozen=True, slots=True)
+class Attachment(Model):
+    """A media a message carries, as the server recorded it when the message was sent."""
+
+    media_id: Annotated[int, ID]
+    kind: Annotated[str, Choice(("image", "video", "audio", "file"))]
+    content_type: str
+    size: Annotated[int, Integer(minimum=0)]
+    sha256: str
+    filename: str
+    #: Pixels as displayed (EXIF orientation applied); 0 when not an image.
+    width: Annotated[int, Integer(minimum=0)]
+    height: Annotated[int, Integer(minimum=0)]
+    #: Sizes served by GET /media/{media_id}/thumbnail?size=
+    thumbnails: Annotated[list[int], Json({"type": "array", "items": {"type": "integer"}})]
+
+
+@dataclass(frozen=True, slots=True)
 class Message(Model):
     message_id: Annotated[int, ID]
     conversation_id: Annotated[int, ID]
@@ -326,6 +358,14 @@ class Message(Model):
                        "chatd/system entries (docs/api.md)",
         "anyOf": [{"type": "string"}, {"type": "object"}]})]
     ts: Annotated[int, MS]
+    #: Left out when the message carries none.
+    attachments: list[Attachment] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = Model.to_json(self)
+        if not self.attachments:
+            del data["attachments"]
+        return data
 
 
 @dataclass(frozen=True, slots=True)

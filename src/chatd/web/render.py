@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import base64
 import enum
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from quart import Response
 
@@ -64,7 +64,14 @@ def message(entry: Message) -> models.Message:
     return models.Message(
         entry.message_id, entry.conversation_id, entry.seq, entry.sender_id,
         entry.client_msg_id, entry.content_type,
-        base64.b64encode(body).decode() if isinstance(body, bytes) else body, entry.ts)
+        base64.b64encode(body).decode() if isinstance(body, bytes) else body, entry.ts,
+        [attachment(item) for item in entry.attachments] or None)
+
+
+def attachment(item: dict[str, Any]) -> models.Attachment:
+    return models.Attachment(item["media_id"], item["kind"], item["content_type"],
+                             item["size"], item["sha256"], item["filename"], item["width"],
+                             item["height"], list(item["thumbnails"]))
 
 
 def history(page: HistoryPage) -> models.History:

@@ -606,7 +606,7 @@ class LiveSockets:
             pending = messaging.start_send(
                 session, conversation_id=frame.conversation_id,
                 client_msg_id=frame.client_msg_id, content_type=frame.content_type,
-                body=frame.body)
+                body=frame.body, attachments=frame.attachments)
             conn.inflight += 1
             pending.add_done_callback(partial(_answer_send, conn, frame.req))
         elif isinstance(frame, frames.AckFrame):
