@@ -129,6 +129,7 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
     certificate = (ServerCertificate(server.certfile, server.keyfile)
                    if server.certfile or server.keyfile else None)
     store = Store.open(config.storage.data_dir, sync=config.storage.sync)
+    services: Services | None = None
     try:
         ring = HashRing(config.cluster.names, config.cluster.vnodes)
         claim_ring(store, ring.signature(), config.cluster.shard, shards=ring.shards)
@@ -156,6 +157,7 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
                 web.start_soon(_close_sockets_on, shutdown, services)
                 web.start_soon(_run_until, shutdown, services.accounts.run_pruner)
                 web.start_soon(_run_until, shutdown, services.messaging.run_hint_writer)
+                web.start_soon(_run_until, shutdown, services.media.run_collector)
                 url = await web.start(front.run, shutdown)
                 log.info("serving %s (shard %s, data %s)", url, config.cluster.shard,
                          config.storage.data_dir)
@@ -166,4 +168,7 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
             services.committer.close()
         log.info("stopped cleanly")
     finally:
+        with trio.CancelScope(shield=True):
+            if services is not None:
+                await services.media.blobs.aclose()
         store.close()

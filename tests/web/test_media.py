@@ -16,7 +16,7 @@ from PIL import Image
 from chatd.server import RunningServer
 from chatd.storage import records
 from tests.conftest import ServerFactory
-from tests.helpers import Account, assert_error, new_account
+from tests.helpers import Account, ManualClock, assert_error, new_account
 from tests.media_files import (
     GPS_IFD,
     bomb,
@@ -28,16 +28,6 @@ from tests.media_files import (
     sha256_of_file,
     sparse_file,
 )
-
-
-class ManualClock:
-    """Wall-clock time that a test moves."""
-
-    def __init__(self) -> None:
-        self.now = time.time_ns() // 1_000_000
-
-    def now_ms(self) -> int:
-        return self.now
 
 
 async def upload(account: Account, data: bytes, content_type: str,
