@@ -228,6 +228,8 @@ class MediaRecord:
     own_ref: bool = True
     #: Messages that carry it (each message reference is one).
     message_refs: int = 0
+    #: Profiles and groups that show it as their photo.
+    photo_refs: int = 0
 
     @property
     def thumbs(self) -> list[Thumbnail]:
@@ -238,7 +240,7 @@ class MediaRecord:
 
     @property
     def referenced(self) -> bool:
-        return self.own_ref or self.message_refs > 0
+        return self.own_ref or self.message_refs > 0 or self.photo_refs > 0
 
 
 @dataclass(frozen=True, slots=True)

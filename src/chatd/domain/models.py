@@ -26,6 +26,8 @@ class User:
     #: Privacy: when off, others are not told when this user has read their messages,
     #: and (as in WhatsApp) this user is not told when others read theirs.
     read_receipts: bool = True
+    #: The media id of the profile photo (0: none).
+    photo_media_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +151,8 @@ class Conversation:
     watermarks: dict[int, Watermark] = field(default_factory=dict)
     #: The owner's index of recent senders (set once the owner holds the conversation).
     recent: RecentSenders | None = None
+    #: A group's photo (media id; 0: none).
+    photo_media_id: int = 0
 
     def is_member(self, user_id: int) -> bool:
         return user_id in self.members

@@ -399,8 +399,11 @@ def typing_frame(conversation_id: int, user_id: int) -> OutFrame:
 
 
 def public_profile(user: User) -> dict[str, Any]:
-    return {"user_id": str(user.user_id), "handle": user.handle,
-            "display_name": user.display_name, "status": user.status_text}
+    profile = {"user_id": str(user.user_id), "handle": user.handle,
+               "display_name": user.display_name, "status": user.status_text}
+    if user.photo_media_id:
+        profile["photo_media_id"] = str(user.photo_media_id)
+    return profile
 
 
 def profile_frame(user: dict[str, Any]) -> OutFrame:

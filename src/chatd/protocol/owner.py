@@ -177,6 +177,16 @@ class Rename(OwnerCommand):
     name: str
 
 
+@dataclass(frozen=True, slots=True)
+class SetGroupPhoto(OwnerCommand):
+    """An admin sets (or, with 0, removes) a group's photo. Answer: (the conversation,
+    the media id it showed before: the caller uncounts it)."""
+
+    METHOD: ClassVar[str] = "owner.set_group_photo"
+    actor_id: int
+    media_id: int
+
+
 # -- queries (read the owner's state; no commit) ------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -271,7 +281,8 @@ class ConversationsOf(OwnerCommand):
 COMMANDS: dict[str, type[OwnerCommand]] = {
     command.METHOD: command for command in (
         Send, MarkRead, Acknowledge, OpenDirect, CreateGroup, AddMembers, RemoveMembers,
-        Promote, Leave, Rename, View, History, Status, Typing, ReadLog, ConversationsOf)
+        Promote, Leave, Rename, SetGroupPhoto, View, History, Status, Typing, ReadLog,
+        ConversationsOf)
 }
 
 
@@ -300,7 +311,7 @@ def conversation_to_wire(conv: Conversation) -> dict[str, Any]:
     return {
         "id": conv.conversation_id, "kind": conv.kind, "name": conv.name,
         "created_by": conv.created_by, "created_at": conv.created_at,
-        "head_seq": conv.head_seq, "last_ts": conv.last_ts,
+        "head_seq": conv.head_seq, "last_ts": conv.last_ts, "photo": conv.photo_media_id,
         "members": [[user_id, member.role, member.joined_seq]
                     for user_id, member in conv.members.items()],
         "watermarks": [[user_id, mark.delivered_seq, mark.read_seq]
@@ -310,7 +321,8 @@ def conversation_to_wire(conv: Conversation) -> dict[str, Any]:
 
 def conversation_from_wire(data: Any) -> Conversation:
     conv = Conversation(data["id"], data["kind"], data["name"], data["created_by"],
-                        data["created_at"], data["head_seq"], data["last_ts"])
+                        data["created_at"], data["head_seq"], data["last_ts"],
+                        photo_media_id=int(data.get("photo") or 0))
     conv.members = {user_id: Member(role, joined) for user_id, role, joined in data["members"]}
     conv.watermarks = {user_id: Watermark(delivered, read)
                        for user_id, delivered, read in data["watermarks"]}
@@ -342,6 +354,9 @@ RESULTS: dict[str, tuple[Any, Any]] = {
     **{method: (conversation_to_wire, conversation_from_wire) for method in (
         CreateGroup.METHOD, AddMembers.METHOD, RemoveMembers.METHOD, Promote.METHOD,
         Rename.METHOD, View.METHOD)},
+    SetGroupPhoto.METHOD: (
+        lambda result: [conversation_to_wire(result[0]), result[1]],
+        lambda data: (conversation_from_wire(data[0]), int(data[1]))),
     OpenDirect.METHOD: (
         lambda created: [conversation_to_wire(created.conversation), created.created],
         lambda data: Created(conversation_from_wire(data[0]), bool(data[1]))),

@@ -286,6 +286,10 @@ class MediaService:
     def may_access(self, media: MediaRecord, user_id: int) -> bool:
         if media.uploader_id == user_id and media.own_ref:
             return True
+        if media.photo_refs > 0:
+            # A profile or group photo: shown to anyone who sees the profile or the
+            # group, which is every signed-in user until privacy settings say otherwise.
+            return True
         for (_, conversation_id), _ in self._store.scan(
                 records.MEDIA_CONVERSATIONS, records.u64(media.media_id),
                 limit=MAX_CONVERSATIONS_CHECKED):
@@ -402,6 +406,43 @@ class MediaService:
                           replace(media, message_refs=media.message_refs + 1))
         batch.put(records.MEDIA_CONVERSATIONS, (media_id, conversation_id), None)
 
+    # -- profile and group photos --------------------------------------------------------------
+
+    async def pin_photo(self, media_id: int, user_id: int) -> MediaRecord:
+        """Count `media_id` as a photo (a profile's or a group's): it must be an image the
+        user may access, with thumbnails. Raises 404 / 400 `not_an_image`."""
+        media = self.accessible(media_id, user_id)
+        if not media.thumbs:
+            raise BadRequest(f"photo_media_id: media {media_id} is not an image chatd could "
+                             "make thumbnails of", code="not_an_image")
+
+        def apply(batch: Batch) -> MediaRecord:
+            current = self.find(media_id)
+            if current is None or not current.referenced:
+                raise unknown_media(media_id)
+            if current.message_refs == 0 and current.photo_refs == 0:
+                batch.delete(records.MEDIA_UNREFERENCED, (current.created_at, media_id))
+            pinned = replace(current, photo_refs=current.photo_refs + 1)
+            self._overlay.put(batch, records.MEDIA, media_id, pinned)
+            return pinned
+
+        return await self._commands.submit(apply)
+
+    async def unpin_photo(self, media_id: int) -> None:
+        """A profile or group no longer shows `media_id`."""
+
+        def apply(batch: Batch) -> None:
+            current = self.find(media_id)
+            if current is None or current.photo_refs == 0:
+                return
+            unpinned = replace(current, photo_refs=current.photo_refs - 1)
+            if unpinned.referenced:
+                self._overlay.put(batch, records.MEDIA, media_id, unpinned)
+            else:
+                self._drop(batch, unpinned)
+
+        await self._commands.submit(apply)
+
     # -- lifecycle --------------------------------------------------------------------------
 
     async def delete(self, media_id: int, user_id: int) -> None:
@@ -419,10 +460,11 @@ class MediaService:
                 raise unknown_media(media_id)
             used = self._overlay.get(records.MEDIA_USAGE, user_id) or 0
             self._overlay.put(batch, records.MEDIA_USAGE, user_id, max(0, used - media.size))
-            if media.message_refs == 0:
-                self._drop(batch, media)
+            kept = replace(media, own_ref=False)
+            if kept.referenced:
+                self._overlay.put(batch, records.MEDIA, media_id, kept)
             else:
-                self._overlay.put(batch, records.MEDIA, media_id, replace(media, own_ref=False))
+                self._drop(batch, media)
 
         await self._commands.submit(apply)
 
@@ -486,7 +528,7 @@ class MediaService:
         for (created_at, media_id), _ in expired:
             media = self.find(media_id)
             batch.delete(records.MEDIA_UNREFERENCED, (created_at, media_id))
-            if media is None or media.message_refs > 0:
+            if media is None or media.message_refs > 0 or media.photo_refs > 0:
                 continue
             if media.own_ref:
                 used = self._overlay.get(records.MEDIA_USAGE, media.uploader_id) or 0

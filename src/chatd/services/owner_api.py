@@ -424,6 +424,23 @@ class OwnerApi:
         return self._commands.enqueue(apply)
 
 
+    def set_group_photo(self, command: ops.SetGroupPhoto) -> Pending[tuple[Conversation, int]]:
+        """The media service counted the new photo already (services/media.py)."""
+
+        def apply(batch: Batch) -> tuple[Conversation, int]:
+            conv = self._owner.get(command.conversation_id)
+            groups.plan_rename(conv, command.actor_id)  # the same rule: a group's admins
+            previous = conv.photo_media_id
+            if command.media_id != previous:
+                conv.photo_media_id = command.media_id
+                batch.put(records.CONVERSATIONS, conv.conversation_id, conv)
+                self._owner.append_system(batch, conv, command.actor_id, "photo_changed",
+                                          media_id=str(command.media_id or ""))
+            return conv, previous
+
+        return self._commands.enqueue(apply)
+
+
 #: Typing notices: a burst of 3, then one every 2 s per (user, conversation).
 TYPING_BURST = 3
 TYPING_PER_SECOND = 0.5
@@ -453,7 +470,8 @@ _HANDLERS: dict[type[ops.OwnerCommand], str] = {
     ops.Send: "send", ops.MarkRead: "mark_read", ops.Acknowledge: "acknowledge",
     ops.OpenDirect: "open_direct", ops.CreateGroup: "create_group",
     ops.AddMembers: "add_members", ops.RemoveMembers: "remove_members",
-    ops.Promote: "promote", ops.Leave: "leave", ops.Rename: "rename", ops.View: "view",
+    ops.Promote: "promote", ops.Leave: "leave", ops.Rename: "rename",
+    ops.SetGroupPhoto: "set_group_photo", ops.View: "view",
     ops.History: "history", ops.Status: "status", ops.Typing: "typing",
     ops.ReadLog: "read_log", ops.ConversationsOf: "conversations_of",
 }

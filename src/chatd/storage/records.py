@@ -9,11 +9,11 @@ added unpacks with that field's default, so adding a field at the end needs no m
 | family | key | value |
 |---|---|---|
 | users | user_id | handle, display_name, password_hash, created_at, status_text, |
-| | | hide_last_seen, read_receipts |
+| | | hide_last_seen, read_receipts, photo_media_id |
 | handles | normalised handle (UTF-8) | user_id (8 bytes) |
 | devices | user_id, device_id | name, created_at, token_hash |
 | tokens | sha256(token) | user_id, device_id, expires_at |
-| conversations | conversation_id | kind, name, created_by, created_at |
+| conversations | conversation_id | kind, name, created_by, created_at, photo_media_id |
 | members | conversation_id, user_id | role, joined_seq |
 | user_conversations | user_id, conversation_id | (empty: an index) |
 | messages | conversation_id, seq | message_id, sender_id, sender_device, client_msg_id, |
@@ -190,7 +190,7 @@ def _read_empty(_key: Any, _data: bytes) -> None:
 USERS: Family[int, User] = Family(
     "users", u64, read_u64, *_fields(User, "handle", "display_name", "password_hash",
                                      "created_at", "status_text", "hide_last_seen", "read_receipts",
-                                     key=("user_id",)))
+                                     "photo_media_id", key=("user_id",)))
 HANDLES: Family[str, int] = Family(
     "handles", str.encode, bytes.decode, _u64_value, _read_u64_value)
 DEVICES: Family[tuple[int, int], Device] = Family(
@@ -200,7 +200,8 @@ TOKENS: Family[bytes, TokenRecord] = Family(
     "tokens", _same, _same, *_fields(TokenRecord, "user_id", "device_id", "expires_at"))
 CONVERSATIONS: Family[int, Conversation] = Family(
     "conversations", u64, read_u64, *_fields(Conversation, "kind", "name", "created_by",
-                                             "created_at", key=("conversation_id",)))
+                                             "created_at", "photo_media_id",
+                                             key=("conversation_id",)))
 MEMBERS: Family[tuple[int, int], Member] = Family(
     "members", _pair_key, read_pair, *_fields(Member, "role", "joined_seq"))
 USER_CONVERSATIONS: Family[tuple[int, int], None] = Family(
@@ -261,7 +262,8 @@ def _read_media(key: int, data: bytes) -> MediaRecord:
 
 _pack_media, _unpack_media = _fields(
     MediaRecord, "uploader_id", "sha256", "size", "content_type", "filename", "created_at",
-    "width", "height", "thumbnails", "own_ref", "message_refs", key=("media_id",))
+    "width", "height", "thumbnails", "own_ref", "message_refs", "photo_refs",
+    key=("media_id",))
 MEDIA: Family[int, MediaRecord] = Family("media", u64, read_u64, _pack_media, _read_media)
 BLOBS: Family[str, BlobRecord] = Family(
     "blobs", _ascii, _read_ascii, *_fields(BlobRecord, "size", "refs", key=("sha256",)))

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from chatd.domain import rules
@@ -161,6 +161,8 @@ class ProfileChange(Model):
         description="presence shows offline without a time")] = None
     read_receipts: Annotated[bool | None, Boolean(
         description="off: others are not told when you read, nor you when they do")] = None
+    photo_media_id: Annotated[int | None, ID] = None
+    remove_photo: Annotated[bool | None, Boolean(description="true: no photo")] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,7 +188,11 @@ class CreateGroup(Model):
 
 @dataclass(frozen=True, slots=True)
 class RenameGroup(Model):
-    name: Annotated[str, GROUP_NAME]
+    description = "a new name, a photo (an uploaded image), or both"
+
+    name: Annotated[str | None, GROUP_NAME] = None
+    photo_media_id: Annotated[int | None, ID] = None
+    remove_photo: Annotated[bool | None, Boolean(description="true: no photo")] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,6 +273,14 @@ class PublicUser(Model):
     handle: str
     display_name: str
     status: str
+    #: Left out when the user has no photo (GET /media/{id}/thumbnail?size=96 shows it).
+    photo_media_id: Annotated[int | None, ID] = field(default=None, kw_only=True)
+
+    def to_json(self) -> dict[str, Any]:
+        data = Model.to_json(self)
+        if self.photo_media_id is None:
+            del data["photo_media_id"]
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +335,14 @@ class Conversation(Model):
     unread: Annotated[int, Integer(minimum=0)]
     receipts: Receipts
     members: list[Member]
+    #: A group's photo; left out when it has none.
+    photo_media_id: Annotated[int | None, ID] = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = Model.to_json(self)
+        if self.photo_media_id is None:
+            del data["photo_media_id"]
+        return data
 
 
 @dataclass(frozen=True, slots=True)

@@ -40,12 +40,14 @@ Reply: TypeAlias = Model | tuple[Model, int] | NoContent | Response
 
 
 def public_user(user: User) -> models.PublicUser:
-    return models.PublicUser(user.user_id, user.handle, user.display_name, user.status_text)
+    return models.PublicUser(user.user_id, user.handle, user.display_name, user.status_text,
+                             photo_media_id=user.photo_media_id or None)
 
 
 def own_user(user: User) -> models.OwnUser:
     return models.OwnUser(user.user_id, user.handle, user.display_name, user.status_text,
-                          user.created_at, user.hide_last_seen, user.read_receipts)
+                          user.created_at, user.hide_last_seen, user.read_receipts,
+                          photo_media_id=user.photo_media_id or None)
 
 
 def login(result: LoginResult) -> models.LoginResult:
@@ -91,7 +93,8 @@ def conversation(conv: Conversation, viewer_id: int) -> models.Conversation:
         conv.conversation_id, conv.kind, conv.name, conv.created_by, conv.created_at,
         conv.head_seq, conv.last_ts, conv.unread(viewer_id),
         receipts(conv.watermark(viewer_id)),
-        [models.Member(user_id, member.role) for user_id, member in conv.members.items()])
+        [models.Member(user_id, member.role) for user_id, member in conv.members.items()],
+        conv.photo_media_id or None)
 
 
 def conversations(convs: list[Conversation], viewer_id: int) -> models.Conversations:
