@@ -132,7 +132,7 @@ class Api:
         """Every error status the operation may answer: the ones its inputs and access
         imply, and the ones it declares."""
         implied = set(operation.errors)
-        if operation.body or operation.query or operation.parameters:
+        if operation.body or operation.raw_body or operation.query or operation.parameters:
             implied.add(400)  # a malformed body, field, parameter or query
         if operation.access is not Access.PUBLIC:
             implied.add(401)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import trio
 
 from chatd.domain.models import Conversation, Session
-from chatd.errors import BadRequest
 from chatd.services.context import Services
 from chatd.web import models, render
 from chatd.web.api import Api
@@ -83,15 +82,12 @@ def register(api: Api, services: Services) -> None:
                body=models.RenameGroup, response=models.Conversation, errors=_GROUP_ERRORS)
     async def rename(session: Session, conversation_id: int, body: models.RenameGroup) -> Reply:
         photo = 0 if body.remove_photo else body.photo_media_id
-        if body.name is None and photo is None:
-            raise BadRequest("give a name, a photo_media_id or remove_photo",
-                             code="missing_field")
-        conv = None
+        if body.name is None and photo is None:  # nothing to change (as PATCH /me)
+            conv = await messaging.member_view(session, conversation_id)
         if body.name is not None:
             conv = await conversations.rename(session, conversation_id, body.name)
         if photo is not None:
             conv = await _set_group_photo(session, conversation_id, photo)
-        assert conv is not None
         return render.conversation(conv, session.user_id)
 
     async def _set_group_photo(session: Session, conversation_id: int,

@@ -29,10 +29,10 @@ from chatd.web.streamed_body import body_of
 STREAMED_PATHS = frozenset({"/media/upload"})
 #: Seconds an upload may go without a part of its body arriving.
 UPLOAD_IDLE_TIMEOUT = 60.0
-#: Responses of bytes: their schema in /openapi.json.
-_BYTES = Media("application/octet-stream", {"type": "string", "format": "binary"})
+#: Responses of bytes, of the media's own type: their schema in /openapi.json.
+_BYTES = Media("*/*", {"type": "string", "format": "binary"})
 #: 304 and 302 carry no body.
-_NOTHING = Media("application/octet-stream", {"type": "string", "maxLength": 0})
+_NOTHING = Media("*/*", {"type": "string", "maxLength": 0})
 _UPLOAD_TYPES = ("application/octet-stream", "image/jpeg", "image/png", "video/mp4",
                  "application/pdf", "multipart/form-data")
 _IMMUTABLE = "private, max-age=31536000, immutable"
