@@ -65,6 +65,10 @@ class ChatClient:
         self.token = token
         self.credentials: Credentials | None = None
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        # Downloads get connections of their own: a connection whose first request is a
+        # media download is served by the server's direct path (sendfile, no framework),
+        # one that began with another route is not (web/media_downloads.py).
+        self._media_http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
 
     async def __aenter__(self) -> ChatClient:
         return self
@@ -74,6 +78,7 @@ class ChatClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await self._media_http.aclose()
 
     def _auth(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
@@ -170,7 +175,7 @@ class ChatClient:
         headers = self._auth()
         if have:
             headers["Range"] = f"bytes={have}-"
-        async with self._http.stream("GET", path, headers=headers) as response:
+        async with self._media_http.stream("GET", path, headers=headers) as response:
             if response.status_code == 416:
                 have = 0  # the partial file is not a prefix of this media: start again
                 await response.aclose()
@@ -193,7 +198,7 @@ class ChatClient:
         return destination
 
     async def media_bytes(self, media_id: str) -> bytes:
-        response = await self._http.get(f"/media/{media_id}", headers=self._auth())
+        response = await self._media_http.get(f"/media/{media_id}", headers=self._auth())
         _raise_for_error(response)
         return response.content
 

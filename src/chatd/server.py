@@ -34,6 +34,7 @@ from chatd.transport.tls import mesh_tls_contexts
 from chatd.web.app import create_app
 from chatd.web.front import FrontServer
 from chatd.web.hypercorn_adapter import HttpServer, require_supported_hypercorn
+from chatd.web.media_downloads import MediaDownloads
 from chatd.web.sockets import LiveSockets
 from chatd.web.tls import ServerCertificate
 
@@ -139,7 +140,8 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
                           send_timeout=server.send_timeout)
         front = FrontServer(http, LiveSockets(services), host=host, port=port,
                             backlog=server.backlog, graceful_timeout=server.graceful_timeout,
-                            send_timeout=server.send_timeout, certificate=certificate)
+                            send_timeout=server.send_timeout, certificate=certificate,
+                            media=MediaDownloads(services, send_timeout=server.send_timeout))
         # Everything built so far (the imported frameworks, the app) lives as long as the
         # process: keep it out of the cyclic collector's full passes, which otherwise
         # scan it again and again as messages allocate.

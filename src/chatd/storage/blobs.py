@@ -29,6 +29,8 @@ import trio
 
 #: Bytes read from a file per chunk when serving it.
 READ_CHUNK = 1024 * 1024
+#: Ranges up to this size are read on the event loop, in one call (see `read`).
+INLINE_READ = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,18 @@ class LocalBlobStore:
 
     async def read(self, sha256: str, start: int, length: int) -> AsyncIterator[bytes]:
         path = self.path_of(sha256)
+        if length <= INLINE_READ:
+            # A small range (a ranged read, a thumbnail) is one pread from the page cache:
+            # microseconds, less than the two thread hand-offs it would otherwise cost.
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                data = os.pread(fd, length, start)
+            finally:
+                os.close(fd)
+            if len(data) != length:
+                raise OSError(f"blob {sha256} ended early, at byte {start + len(data)}")
+            yield data
+            return
         file = await trio.to_thread.run_sync(open, path, "rb")
         try:
             position, remaining = start, length

@@ -10,6 +10,7 @@ from typing import Annotated
 from urllib.parse import unquote
 
 from quart import Response, request
+from werkzeug.datastructures import Headers
 from werkzeug.sansio.multipart import Data, Epilogue, File, MultipartDecoder, NeedData
 
 from chatd.domain import media as rules
@@ -18,7 +19,7 @@ from chatd.errors import BadRequest, LengthRequired
 from chatd.services.context import Services
 from chatd.services.media import Blob
 from chatd.storage.blobs import close_source
-from chatd.web import models
+from chatd.web import media_response, models
 from chatd.web.api import Access, Api, Media
 from chatd.web.auth import authenticate
 from chatd.web.render import NO_CONTENT, Reply
@@ -35,7 +36,6 @@ _BYTES = Media("*/*", {"type": "string", "format": "binary"})
 _NOTHING = Media("*/*", {"type": "string", "maxLength": 0})
 _UPLOAD_TYPES = ("application/octet-stream", "image/jpeg", "image/png", "video/mp4",
                  "application/pdf", "multipart/form-data")
-_IMMUTABLE = "private, max-age=31536000, immutable"
 _SHA256 = String(pattern="^[0-9a-f]{64}$", description="hex")
 
 
@@ -261,38 +261,23 @@ def _boundary(content_type: str) -> bytes:
 
 
 async def _respond(services: Services, blob: Blob) -> Response:
-    """The bytes of `blob` (or a range, or 304), with the headers that make a browser
-    treat them as data and never as a page of this origin."""
-    tag = rules.etag(blob.sha256)
-    headers = {
-        "ETag": tag,
-        "Accept-Ranges": "bytes",
-        "Cache-Control": _IMMUTABLE,
-        "X-Content-Type-Options": "nosniff",
-        "Content-Security-Policy": "sandbox",
-        "Content-Disposition": rules.content_disposition(blob.content_type, blob.filename),
-    }
-    if rules.etag_matches(request.headers.get("If-None-Match"), tag):
-        return Response(b"", status=304, headers=headers)
+    """The bytes of `blob` (or a range, or 304, or a redirect to S3), with the headers
+    that make a browser treat them as data and never as a page of this origin. A 416 is
+    raised: the error handler adds `Content-Range: bytes */size` (web/app.py)."""
     config = services.config.media
-    # 416 is raised: the error handler adds `Content-Range: bytes */size` (web/app.py).
-    wanted = rules.parse_range(request.headers.get("Range"), blob.size)
+    redirect = None
     if config.backend == "s3" and config.s3_download == "redirect":
-        location = services.media.blobs.presigned_url(
+        redirect = services.media.blobs.presigned_url(
             blob.sha256, config.s3_presign_ttl, content_type=blob.content_type,
-            disposition=headers["Content-Disposition"])
-        if location is not None:
-            return Response(b"", status=302, headers={**headers, "Location": location})
-    start, length, status = 0, blob.size, 200
-    if wanted is not None:
-        start, length, status = wanted.start, wanted.length, 206
-        headers["Content-Range"] = wanted.content_range
-    if request.method == "HEAD":
-        response = Response(b"", status=status, headers=headers,
-                            content_type=blob.content_type)
-    else:
-        response = Response(services.media.blobs.read(blob.sha256, start, length),
-                            status=status, headers=headers, content_type=blob.content_type)
-    response.headers["Content-Length"] = str(length)
+            disposition=rules.content_disposition(blob.content_type, blob.filename))
+    planned = media_response.plan(
+        blob, method=request.method, range_header=request.headers.get("Range"),
+        if_none_match=request.headers.get("If-None-Match"), redirect_to=redirect)
+    body = services.media.blobs.read(blob.sha256, planned.start, planned.length) \
+        if planned.length else b""
+    response = Response(body, status=planned.status, headers=Headers(planned.headers))
+    if planned.status in (200, 206):
+        response.headers["Content-Length"] = str(planned.content_length)
+    else:  # 304, 302: no body, so no type (quart would say text/html)
+        response.headers.pop("Content-Type", None)
     return response
-
