@@ -83,7 +83,8 @@ def _mesh(config: Config, services: Services) -> Mesh | None:
     me = cluster.this_shard
     assert me.mesh is not None  # validate() insists on it in a cluster
     handler = PeerHandler(router=services.router, owner_api=services.owner_api,
-                          home_api=services.home_api, delivery=services.delivery)
+                          home_api=services.home_api, delivery=services.delivery,
+                          media=services.media)
     server_ssl, client_ssl = (mesh_tls_contexts(cluster.tls_certfile, cluster.tls_keyfile,
                                                 cluster.tls_cafile)
                               if cluster.mesh_tls else (None, None))

@@ -67,7 +67,7 @@ def test_every_family_round_trips_and_survives_reopen(tmp_path: Path) -> None:
         (records.QUARANTINE, "ef" * 32, {"at": 1, "reason": "x"}),
         (records.MEDIA_USAGE, 1, 10),
         (records.MEDIA_REFS, (5, 9), MediaRef(3, [1, 2])),
-        (records.MEDIA_CONVERSATIONS, (9, 5), None),
+        (records.MEDIA_CONVERSATIONS, (9, 5), True),
     ]
     assert {family.name for family, _, _ in rows} == {f.name for f in records.FAMILIES}
     store = Store.open(str(tmp_path))

@@ -129,7 +129,7 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
                          blobs=blobs or build_blob_store(config),
                          staging=Staging(Path(config.storage.data_dir) / "media" / "staging"),
                          config=config.media, ids=ids, clock=clock,
-                         link_secret=media_link_secret(config, store))
+                         link_secret=media_link_secret(config, store), router=router)
     committer.on_reload_needed(media.forget_pending)
     owner_api.media = media
     messaging.media = media

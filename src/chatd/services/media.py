@@ -4,34 +4,35 @@ Bytes live in a `BlobStore` by their sha256 (so equal uploads share storage); th
 database holds the metadata, written through the group committer like everything else:
 
 - `media` (by media id): one upload — who uploaded it, its blob, type, filename, size,
-  thumbnails, and its references: the upload's own (until DELETE) and one per message
-  that carries it. A media id is a Snowflake of this shard (random to a client: it says
-  nothing about the content, so nobody can probe for a file by its hash).
+  thumbnails, and its references: the upload's own (until DELETE), one per conversation
+  that carries it, one per profile or group showing it. A media id is a Snowflake of the
+  shard that took the upload (so it names that shard), random to a client: it says
+  nothing about the content, so nobody can probe for a file by its hash.
 - `blobs` (by sha256): how many media records (and thumbnails) use the bytes.
-- `media_refs` (conversation id, media id) on the conversation's owner: the message's
-  audience (its members when it was sent), written in the same batch as the message.
 - `media_conversations` (media id, conversation id): where a media is referenced.
+- `media_refs` (conversation id, media id), on the conversation's owner: who could read
+  the messages that carry it (their members when sent), written in the message's batch.
 
-Access: the uploader, or anyone in the audience of a message that carries the media, in
-any conversation. A member removed later keeps what was sent to them; one who joins
-later never could read those messages, so never gets their media.
+Access: the uploader, anyone in such an audience, anyone for a photo. Across shards:
 
-Cluster seam: a media id names its shard (the Snowflake's shard bits). On one shard
-the owner's reference and the media's count are written in the same batch
-(`reference_in_batch`). Across shards the sender's shard would resolve the attachment on
-the media's shard (`resolve_attachments`) and the owner would post the reference there
-after its batch lands; `ReferenceSource` is where the media's shard asks an owner about
-its `media_refs`. Only the one-shard path is built and tested today (docs/architecture.md).
+    sender's shard ──media.attach──▶ media's shard   checks access, counts the reference
+    sender's shard ──owner.send────▶ owner           message + media_refs, one batch
+    any shard ──────media.open─────▶ media's shard   access, then which bytes
+    media's shard ──media.audience─▶ owner           who could read the conversation's
+    any shard ──────media.read─────▶ media's shard   the bytes, 256 KiB a request (or
+                                                     the shared S3 bucket directly)
+
+On one shard each arrow is a call.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import puremagic
 import trio
@@ -42,17 +43,21 @@ from chatd.domain.ids import SnowflakeGenerator
 from chatd.domain.media import BlobRecord, MediaRecord, MediaRef, Thumbnail
 from chatd.errors import (
     BadRequest,
+    ChatdError,
     Forbidden,
     InsufficientStorage,
     NotFound,
     PayloadTooLarge,
     Quarantined,
+    Unavailable,
 )
 from chatd.services import thumbnails
 from chatd.services.clock import Clock
 from chatd.services.commands import Commands
+from chatd.services.routing import PEER_FAILURES, Router, unreachable
 from chatd.storage import Batch, Store, records
-from chatd.storage.blobs import BlobStore, StagedFile, Staging, close_source
+from chatd.storage.blobs import BlobStore, LocalBlobStore, StagedFile, Staging, close_source
+from chatd.storage.s3 import S3BlobStore
 
 log = logging.getLogger(__name__)
 
@@ -63,18 +68,13 @@ MAX_CONVERSATIONS_CHECKED = 256
 MAX_ATTACHMENTS = 16
 #: Records the GC changes per batch.
 GC_BATCH = 256
+#: Bytes of a blob one mesh request carries (frames are at most 1 MiB by default).
+MESH_READ = 256 * 1024
 
 
 def unknown_media(media_id: int) -> NotFound:
     """A media the caller may not see answers exactly as one that does not exist."""
     return NotFound(f"no media with id {media_id} that you can see", code="unknown_media")
-
-
-class ReferenceSource(Protocol):
-    """Where a media's shard learns who may read the messages that carry it: the
-    conversation's owner (`media_refs`). Local on one shard; over the mesh otherwise."""
-
-    def reference(self, conversation_id: int, media_id: int) -> MediaRef | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,13 +85,14 @@ class Usage:
 
 @dataclass(frozen=True, slots=True)
 class Blob:
-    """What a download serves: the record and, for a thumbnail, which one."""
+    """What a download serves: which bytes, of what type, and which shard holds them."""
 
-    media: MediaRecord
     sha256: str
     size: int
     content_type: str
     filename: str
+    #: The shard whose blob store has the bytes (the media's shard).
+    shard: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,8 +137,9 @@ class _Overlay:
 class MediaService:
     def __init__(self, *, store: Store, commands: Commands, blobs: BlobStore, staging: Staging,
                  config: MediaConfig, ids: SnowflakeGenerator, clock: Clock,
-                 link_secret: bytes) -> None:
+                 link_secret: bytes, router: Router) -> None:
         self._store = store
+        self._router = router
         self._commands = commands
         self.blobs = blobs
         self._staging = staging
@@ -149,7 +151,12 @@ class MediaService:
         # Blobs an upload is putting in place and has not committed yet: the GC leaves
         # their files alone (the upload is about to count them again).
         self._placing: dict[str, int] = {}
-        self.references: ReferenceSource = _LocalReferences(store)
+        #: What peers may ask of this shard (services/peering.py routes `media.*` here).
+        self.requests: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+            "media.attach": self._attach_request, "media.open": self._open_request,
+            "media.read": self._read_request, "media.audience": self._audience_request,
+            "media.photo": self._photo_request, "media.delete": self._delete_request,
+        }
         # Thumbnails and sniffing are CPU work in threads: a few at once.
         self._cpu = trio.CapacityLimiter(2)
 
@@ -277,13 +284,35 @@ class MediaService:
         elif delta > 0 and blob is not None and blob.refs <= 0:
             batch.delete(records.DEAD_BLOBS, sha256)
 
+    # -- placement -----------------------------------------------------------------------
+
+    def shard_of(self, media_id: int) -> str:
+        """The shard that took the upload: a media id is a Snowflake of that shard, whose
+        number it carries, exactly as a user id names its home."""
+        return self._router.home_of_user(media_id)
+
+    def _here(self, media_id: int) -> bool:
+        return self._router.is_local(self.shard_of(media_id))
+
+    async def _ask(self, shard: str, method: str, body: dict[str, Any]) -> Any:
+        peers = self._router.peers
+        if peers is None or not peers.is_up(shard):
+            raise unreachable(shard, "media")
+        try:
+            return await peers.start_request(shard, method, body).wait()
+        except ChatdError as exc:
+            if exc.code in PEER_FAILURES:
+                raise unreachable(shard, "media") from None
+            raise
+
     # -- access ---------------------------------------------------------------------------
 
     def find(self, media_id: int) -> MediaRecord | None:
+        """A media of this shard (None for another shard's)."""
         record: MediaRecord | None = self._overlay.get(records.MEDIA, media_id)
         return record
 
-    def may_access(self, media: MediaRecord, user_id: int) -> bool:
+    async def may_access(self, media: MediaRecord, user_id: int) -> bool:
         if media.uploader_id == user_id and media.own_ref:
             return True
         if media.photo_refs > 0:
@@ -293,15 +322,34 @@ class MediaService:
         for (_, conversation_id), _ in self._store.scan(
                 records.MEDIA_CONVERSATIONS, records.u64(media.media_id),
                 limit=MAX_CONVERSATIONS_CHECKED):
-            ref = self.references.reference(conversation_id, media.media_id)
-            if ref is not None and user_id in ref.audience:
+            audience = await self._audience(conversation_id, media.media_id)
+            if audience is not None and user_id in audience:
                 return True
         return False
 
-    def accessible(self, media_id: int, user_id: int) -> MediaRecord:
-        """The media if `user_id` may see it (404 alike otherwise); 451 if quarantined."""
+    async def _audience(self, conversation_id: int, media_id: int) -> list[int] | None:
+        """Who could read the messages of the conversation that carry the media: the
+        owner's `media_refs` (here or asked over the mesh; an unreachable owner grants
+        nothing now)."""
+        owner = self._router.owner_of_conversation(conversation_id)
+        if self._router.is_local(owner):
+            return self.audience_here(conversation_id, media_id)
+        try:
+            found = await self._ask(owner, "media.audience", {
+                "conversation_id": conversation_id, "media_id": media_id})
+        except ChatdError:
+            return None
+        return [int(user) for user in found] if isinstance(found, list) else None
+
+    def audience_here(self, conversation_id: int, media_id: int) -> list[int] | None:
+        ref: MediaRef | None = self._store.get(records.MEDIA_REFS, (conversation_id, media_id))
+        return None if ref is None else list(ref.audience)
+
+    async def accessible(self, media_id: int, user_id: int) -> MediaRecord:
+        """A media of this shard if `user_id` may see it (404 alike otherwise); 451 if
+        quarantined."""
         media = self.find(media_id)
-        if media is None or not self.may_access(media, user_id):
+        if media is None or not await self.may_access(media, user_id):
             raise unknown_media(media_id)
         self._check_quarantine(media.sha256)
         return media
@@ -311,24 +359,66 @@ class MediaService:
             raise Quarantined("this content was made unavailable by the operator",
                               code="quarantined")
 
-    def download(self, media_id: int, user_id: int, thumbnail: int | None = None) -> Blob:
-        media = self.accessible(media_id, user_id)
+    async def open_download(self, media_id: int, user_id: int,
+                            thumbnail: int | None = None) -> Blob:
+        """What to serve for a download of the media (or its thumbnail), by any shard:
+        the media's shard checks access and names the bytes."""
+        shard = self.shard_of(media_id)
+        if not self._router.is_local(shard):
+            found = await self._ask(shard, "media.open", {
+                "media_id": media_id, "user_id": user_id, "thumbnail": thumbnail or 0})
+            sha256, size, content_type, filename = found
+            return Blob(str(sha256), int(size), str(content_type), str(filename), shard)
+        media = await self.accessible(media_id, user_id)
+        here = self._router.shard
         if thumbnail is None:
-            return Blob(media, media.sha256, media.size, media.content_type, media.filename)
+            return Blob(media.sha256, media.size, media.content_type, media.filename, here)
         thumb = media.thumbnail(thumbnail)
         if thumb is None:
             raise NotFound(f"media {media_id} has no {thumbnail} px thumbnail (images get "
                            "96, 320 and 640; other media none)", code="no_thumbnail")
         stem = media.filename.rsplit(".", 1)[0]
         extension = thumb.content_type.split("/", 1)[1]
-        return Blob(media, thumb.sha256, thumb.length, thumb.content_type,
-                    f"{stem}-{thumbnail}.{extension}")
+        return Blob(thumb.sha256, thumb.length, thumb.content_type,
+                    f"{stem}-{thumbnail}.{extension}", here)
+
+    def is_local_file(self, blob: Blob) -> bool:
+        """Whether the bytes are a file here (the direct path sends it with sendfile)."""
+        return self._router.is_local(blob.shard) and isinstance(self.blobs, LocalBlobStore)
+
+    async def read(self, blob: Blob, start: int, length: int) -> AsyncIterator[bytes]:
+        """The bytes of a range of `blob`, wherever they are: this shard's store, the
+        shared bucket under the other shard's prefix, or the other shard over the mesh
+        (`MESH_READ` bytes a request, one request in flight)."""
+        if self._router.is_local(blob.shard):
+            chunks = self.blobs.read(blob.sha256, start, length)
+        elif isinstance(self.blobs, S3BlobStore):
+            chunks = self.blobs.read(blob.sha256, start, length, prefix=f"{blob.shard}/")
+        else:
+            chunks = self._read_over_mesh(blob, start, length)
+        try:
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await close_source(chunks)
+
+    async def _read_over_mesh(self, blob: Blob, start: int, length: int
+                              ) -> AsyncIterator[bytes]:
+        position, end = start, start + length
+        while position < end:
+            step = min(MESH_READ, end - position)
+            data = await self._ask(blob.shard, "media.read", {
+                "sha256": blob.sha256, "start": position, "length": step})
+            if not isinstance(data, bytes) or len(data) != step:
+                raise unreachable(blob.shard, "media")
+            position += step
+            yield data
 
     # -- signed links ---------------------------------------------------------------------------
 
-    def make_link(self, media_id: int, user_id: int, ttl_s: float) -> tuple[str, int]:
+    async def make_link(self, media_id: int, user_id: int, ttl_s: float) -> tuple[str, int]:
         """(query string, expiry in ms) of a link that serves the media without a token."""
-        self.accessible(media_id, user_id)
+        await self.open_download(media_id, user_id)  # may see it (on its shard)
         if not 0 < ttl_s <= self._config.max_link_ttl:
             raise BadRequest(f"ttl_s: must be within 0..{self._config.max_link_ttl:g} seconds "
                              "(media.max_link_ttl)", code="invalid_field")
@@ -351,65 +441,90 @@ class MediaService:
 
     # -- references from messages ---------------------------------------------------------------
 
-    def resolve_attachments(self, user_id: int, media_ids: list[int]) -> list[dict[str, Any]]:
-        """What a message stores of each attachment, checked where the sender is: each
-        media exists and the sender may access it (403 `media_forbidden` otherwise, as the
-        issue asks: sending someone else's media is refused, not hidden)."""
+    async def attach(self, user_id: int, conversation_id: int,
+                     media_ids: list[int]) -> list[dict[str, Any]]:
+        """Before a send: each media's shard checks the sender may send it (403
+        `media_forbidden` otherwise: sending someone else's media is refused, not hidden)
+        and counts the conversation's reference durably. Counted before the message is
+        written, so the GC can never take a media a message carries; a send that then
+        fails leaves a count (one per media and conversation, so a retry adds none)."""
+        media_ids = list(dict.fromkeys(media_ids))  # the same media twice is carried once
         if len(media_ids) > MAX_ATTACHMENTS:
             raise BadRequest(f"attachments: at most {MAX_ATTACHMENTS}", code="invalid_field")
-        found = []
-        for media_id in dict.fromkeys(media_ids):  # the same media twice is carried once
+        by_shard: dict[str, list[int]] = {}
+        for media_id in media_ids:
+            by_shard.setdefault(self.shard_of(media_id), []).append(media_id)
+        found: dict[int, dict[str, Any]] = {}
+        for shard, ids in by_shard.items():
+            if self._router.is_local(shard):
+                attached = await self.attach_here(user_id, conversation_id, ids)
+            else:
+                attached = await self._ask(shard, "media.attach", {
+                    "user_id": user_id, "conversation_id": conversation_id, "media_ids": ids})
+            found.update((int(item["media_id"]), dict(item)) for item in attached)
+        return [found[media_id] for media_id in media_ids]
+
+    async def attach_here(self, user_id: int, conversation_id: int,
+                          media_ids: list[int]) -> list[dict[str, Any]]:
+        for media_id in media_ids:
             media = self.find(media_id)
-            if media is None or not self.may_access(media, user_id):
+            if media is None or not await self.may_access(media, user_id):
                 raise Forbidden(f"attachments: you may not send media {media_id} (upload it "
                                 "yourself, or forward media you received)",
                                 code="media_forbidden")
             self._check_quarantine(media.sha256)
-            found.append(rules.attachment_record(media))
-        return found
 
-    def check_references(self, attachments: tuple[dict[str, Any], ...]) -> None:
-        """Inside the owner's send command, before it changes anything: the media are still
-        there (the GC or a DELETE may have come between the check and the command)."""
-        for attachment in attachments:
-            media = self.find(attachment["media_id"])
-            if media is None or not media.referenced:
-                raise NotFound(f"media {attachment['media_id']} was deleted meanwhile",
-                               code="unknown_media")
+        def apply(batch: Batch) -> list[dict[str, Any]]:
+            attached = []
+            for media_id in media_ids:
+                media = self.find(media_id)
+                if media is None or not media.referenced:
+                    raise NotFound(f"media {media_id} was deleted meanwhile",
+                                   code="unknown_media")
+                attached.append(rules.attachment_record(
+                    self._count_reference(batch, media, conversation_id)))
+            return attached
 
-    def reference_in_batch(self, batch: Batch, conversation_id: int, seq: int,
-                           audience: tuple[int, ...],
-                           attachments: tuple[dict[str, Any], ...]) -> None:
-        """The owner's side of a message that carries media, in the message's batch: the
-        audience (conversation-keyed, so replicated with the log), and the media's count."""
+        return await self._commands.submit(apply)
+
+    def _count_reference(self, batch: Batch, media: MediaRecord,
+                         conversation_id: int) -> MediaRecord:
+        """One more conversation carries the media (counted once per conversation)."""
+        key = (media.media_id, conversation_id)
+        if self._overlay.get(records.MEDIA_CONVERSATIONS, key) is not None:
+            return media
+        self._overlay.put(batch, records.MEDIA_CONVERSATIONS, key, True)
+        if media.message_refs == 0 and media.photo_refs == 0:
+            batch.delete(records.MEDIA_UNREFERENCED, (media.created_at, media.media_id))
+        counted = replace(media, message_refs=media.message_refs + 1)
+        self._overlay.put(batch, records.MEDIA, media.media_id, counted)
+        return counted
+
+    def record_audience(self, batch: Batch, conversation_id: int, seq: int,
+                        audience: tuple[int, ...],
+                        attachments: tuple[dict[str, Any], ...]) -> None:
+        """The owner's side of a message that carries media, in the message's batch: who
+        could read it (conversation-keyed, so it replicates with the log)."""
         for attachment in attachments:
-            media_id: int = attachment["media_id"]
-            key = (conversation_id, media_id)
+            key = (conversation_id, int(attachment["media_id"]))
             ref: MediaRef | None = self._overlay.get(records.MEDIA_REFS, key)
             if ref is None:
                 ref = MediaRef(seq, sorted(audience))
             else:
                 ref = MediaRef(min(ref.first_seq, seq), sorted(set(ref.audience) | set(audience)))
             self._overlay.put(batch, records.MEDIA_REFS, key, ref)
-            self.count_reference(batch, media_id, conversation_id)
-
-    def count_reference(self, batch: Batch, media_id: int, conversation_id: int) -> None:
-        """The media's shard: one more message carries the media."""
-        media = self.find(media_id)
-        if media is None:
-            return
-        if media.message_refs == 0:
-            batch.delete(records.MEDIA_UNREFERENCED, (media.created_at, media_id))
-        self._overlay.put(batch, records.MEDIA, media_id,
-                          replace(media, message_refs=media.message_refs + 1))
-        batch.put(records.MEDIA_CONVERSATIONS, (media_id, conversation_id), None)
 
     # -- profile and group photos --------------------------------------------------------------
 
-    async def pin_photo(self, media_id: int, user_id: int) -> MediaRecord:
+    async def pin_photo(self, media_id: int, user_id: int) -> None:
         """Count `media_id` as a photo (a profile's or a group's): it must be an image the
-        user may access, with thumbnails. Raises 404 / 400 `not_an_image`."""
-        media = self.accessible(media_id, user_id)
+        user may access, with thumbnails. Raises 404 / 400 `not_an_image`. On the media's
+        shard."""
+        if not self._here(media_id):
+            await self._ask(self.shard_of(media_id), "media.photo",
+                            {"media_id": media_id, "user_id": user_id, "pin": True})
+            return
+        media = await self.accessible(media_id, user_id)
         if not media.thumbs:
             raise BadRequest(f"photo_media_id: media {media_id} is not an image chatd could "
                              "make thumbnails of", code="not_an_image")
@@ -424,10 +539,14 @@ class MediaService:
             self._overlay.put(batch, records.MEDIA, media_id, pinned)
             return pinned
 
-        return await self._commands.submit(apply)
+        await self._commands.submit(apply)
 
     async def unpin_photo(self, media_id: int) -> None:
         """A profile or group no longer shows `media_id`."""
+        if not self._here(media_id):
+            await self._ask(self.shard_of(media_id), "media.photo",
+                            {"media_id": media_id, "user_id": 0, "pin": False})
+            return
 
         def apply(batch: Batch) -> None:
             current = self.find(media_id)
@@ -446,15 +565,19 @@ class MediaService:
     async def delete(self, media_id: int, user_id: int) -> None:
         """Drop the upload's own reference (the uploader's). Messages that carry it keep
         it alive for their audience."""
+        if not self._here(media_id):
+            await self._ask(self.shard_of(media_id), "media.delete",
+                            {"media_id": media_id, "user_id": user_id})
+            return
+        media = self.find(media_id)
+        if media is not None and media.own_ref and media.uploader_id != user_id:
+            if await self.may_access(media, user_id):
+                raise Forbidden("only the uploader may delete an upload", code="not_uploader")
+            raise unknown_media(media_id)
 
         def apply(batch: Batch) -> None:
             media = self.find(media_id)
-            if media is None or not media.own_ref:
-                raise unknown_media(media_id)
-            if media.uploader_id != user_id:
-                if self.may_access(media, user_id):
-                    raise Forbidden("only the uploader may delete an upload",
-                                    code="not_uploader")
+            if media is None or not media.own_ref or media.uploader_id != user_id:
                 raise unknown_media(media_id)
             used = self._overlay.get(records.MEDIA_USAGE, user_id) or 0
             self._overlay.put(batch, records.MEDIA_USAGE, user_id, max(0, used - media.size))
@@ -560,13 +683,63 @@ class MediaService:
                          report.uploads_deleted, report.blobs_deleted)
 
 
-class _LocalReferences:
-    """One shard: the owner's `media_refs` are in this database."""
+    # -- what peers ask (services/peering.py) ---------------------------------------------------
 
-    def __init__(self, store: Store) -> None:
-        self._store = store
+    async def _attach_request(self, body: dict[str, Any]) -> Any:
+        ids = body.get("media_ids")
+        if not isinstance(ids, list) or not all(_is_int(item) for item in ids):
+            raise BadRequest("media_ids: a list of ids", code="malformed_command")
+        return await self.attach_here(_int(body, "user_id"), _int(body, "conversation_id"),
+                                      [int(item) for item in ids])
 
-    def reference(self, conversation_id: int, media_id: int) -> MediaRef | None:
-        ref: MediaRef | None = self._store.get(records.MEDIA_REFS, (conversation_id, media_id))
-        return ref
+    async def _open_request(self, body: dict[str, Any]) -> Any:
+        media_id = _int(body, "media_id")
+        if not self._here(media_id):
+            raise unknown_media(media_id)
+        thumbnail = _int(body, "thumbnail") or None
+        blob = await self.open_download(media_id, _int(body, "user_id"), thumbnail)
+        return [blob.sha256, blob.size, blob.content_type, blob.filename]
 
+    async def _read_request(self, body: dict[str, Any]) -> Any:
+        sha256, start, length = body.get("sha256"), _int(body, "start"), _int(body, "length")
+        if not isinstance(sha256, str) or not 0 < length <= MESH_READ or start < 0:
+            raise BadRequest("media.read: sha256, start, length (at most "
+                             f"{MESH_READ})", code="malformed_command")
+        if self._store.get(records.BLOBS, sha256) is None:
+            raise NotFound("no such blob here", code="unknown_media")
+        return b"".join([chunk async for chunk in self.blobs.read(sha256, start, length)])
+
+    async def _audience_request(self, body: dict[str, Any]) -> Any:
+        await trio.lowlevel.checkpoint()
+        conversation_id = _int(body, "conversation_id")
+        if not self._router.owns(conversation_id):
+            raise Unavailable("not this conversation's owner", code="not_owner")
+        return self.audience_here(conversation_id, _int(body, "media_id"))
+
+    async def _photo_request(self, body: dict[str, Any]) -> Any:
+        media_id = _int(body, "media_id")
+        if not self._here(media_id):
+            raise unknown_media(media_id)
+        if body.get("pin") is True:
+            await self.pin_photo(media_id, _int(body, "user_id"))
+        else:
+            await self.unpin_photo(media_id)
+        return None
+
+    async def _delete_request(self, body: dict[str, Any]) -> Any:
+        media_id = _int(body, "media_id")
+        if not self._here(media_id):
+            raise unknown_media(media_id)
+        await self.delete(media_id, _int(body, "user_id"))
+        return None
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _int(body: dict[str, Any], key: str) -> int:
+    value = body.get(key)
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BadRequest(f"{key}: an integer", code="malformed_command")
+    return value

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -76,14 +76,26 @@ class MessagingService:
     async def send(self, session: Session, *, conversation_id: int, client_msg_id: str,
                    content_type: str, body: str | bytes,
                    attachments: tuple[int, ...] = ()) -> SendResult:
+        records = await self.attach(session, conversation_id, attachments)
         pending = self.start_send(session, conversation_id=conversation_id,
                                   client_msg_id=client_msg_id, content_type=content_type,
-                                  body=body, attachments=attachments)
+                                  body=body, attachments=records)
         return await pending.wait()
+
+    async def attach(self, session: Session, conversation_id: int,
+                     media_ids: tuple[int, ...]) -> list[dict[str, Any]]:
+        """Before a send that carries media: each media's shard checks the sender may send
+        it and counts the reference (services/media.py); the records go into the message."""
+        if not media_ids:
+            return []
+        if self.media is None:
+            raise BadRequest("attachments: this server stores no media")
+        return await self.media.attach(session.user_id, conversation_id, list(media_ids))
 
     def start_send(self, session: Session, *, conversation_id: int, client_msg_id: str,
                    content_type: str, body: str | bytes,
-                   attachments: tuple[int, ...] = ()) -> Pending[SendResult]:
+                   attachments: list[dict[str, Any]] | None = None) -> Pending[SendResult]:
+        """`attachments`: the records `attach` gave."""
         """Check and route a send now; sends started one after another keep their order.
         Await the result for the answer, which comes once the message is durable."""
         client_msg_id = rules.check_client_msg_id(client_msg_id)
@@ -95,16 +107,9 @@ class MessagingService:
             raise PayloadTooLarge(
                 f"body is {size} bytes; the limit is {self._limits.max_message_bytes}",
                 code="body_too_large")
-        records = []
-        if attachments:
-            if self.media is None:
-                raise BadRequest("attachments: this server stores no media")
-            # The media's metadata goes into the message; access is checked here (the
-            # media's shard) and the owner checks the media still exist.
-            records = self.media.resolve_attachments(session.user_id, list(attachments))
         return self._router.submit(ops.Send(conversation_id, session.user_id,
                                             session.device_id, client_msg_id, content_type,
-                                            body, records))
+                                            body, list(attachments or ())))
 
     async def history(self, session: Session, conversation_id: int, *, after: int | None,
                       before: int | None, limit: int | None) -> HistoryPage:

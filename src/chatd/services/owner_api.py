@@ -223,8 +223,6 @@ class OwnerApi:
             if previous is not None:
                 return previous
             attachments = tuple(command.attachments)
-            if attachments and self.media is not None:
-                self.media.check_references(attachments)  # before anything changes
             message = self._owner.append(batch, conv, sender_id=sender_id,
                                          sender_device=command.sender_device,
                                          content_type=command.content_type,
@@ -232,8 +230,9 @@ class OwnerApi:
                                          client_msg_id=command.client_msg_id,
                                          attachments=attachments)
             if attachments and self.media is not None:
-                self.media.reference_in_batch(batch, conversation_id, message.seq,
-                                              tuple(conv.members), attachments)
+                # Who may download them: who can read this message (services/media.py).
+                self.media.record_audience(batch, conversation_id, message.seq,
+                                           tuple(conv.members), attachments)
             return SendResult(message.message_id, conversation_id, message.seq, message.ts)
 
         return self._commands.enqueue(apply)

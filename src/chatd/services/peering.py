@@ -6,6 +6,8 @@
                        (services/users.py HomeApi)
     deliver, deliver_here, directory.*
                        fan-out and the connection directory (services/delivery.py)
+    media.*            media of this shard, and audiences of conversations it owns
+                       (services/media.py)
 
 Requests are handled in the order they arrive on a link, synchronously up to the point
 where a command is queued, so commands one peer forwards reach the committer in the
@@ -23,6 +25,7 @@ from chatd.pending import Pending
 from chatd.protocol import owner as ops
 from chatd.services import delivery as fanout
 from chatd.services.delivery import Delivery
+from chatd.services.media import MediaService
 from chatd.services.owner_api import OwnerApi
 from chatd.services.routing import Router
 from chatd.services.users import HomeApi
@@ -32,11 +35,12 @@ log = logging.getLogger(__name__)
 
 class PeerHandler:
     def __init__(self, *, router: Router, owner_api: OwnerApi, home_api: HomeApi,
-                 delivery: Delivery) -> None:
+                 delivery: Delivery, media: MediaService | None = None) -> None:
         self._router = router
         self._owner_api = owner_api
         self._home_api = home_api
         self._delivery = delivery
+        self._media_requests = media.requests if media is not None else {}
 
     def handle_request(self, peer: str, method: str, body: Any) -> Any:
         command_type = ops.COMMANDS.get(method)
@@ -45,6 +49,9 @@ class PeerHandler:
         home = self._home_api.requests.get(method)
         if home is not None:
             return home(_map(body))
+        media = self._media_requests.get(method)
+        if media is not None:
+            return media(_map(body))
         if method == fanout.ONLINE:
             return self._delivery.online_from_peer(body)
         if method == fanout.ELSEWHERE:

@@ -31,7 +31,7 @@ added unpacks with that field's default, so adding a field at the end needs no m
 | quarantine | sha256 (hex, ASCII) | {at, reason} |
 | media_usage | user_id | bytes of uploads the user holds (8 bytes) |
 | media_refs | conversation_id, media_id | first_seq, audience (the conversation's owner) |
-| media_conversations | media_id, conversation_id | (empty: where a media is referenced) |
+| media_conversations | media_id, conversation_id | True (an index: where a media is referenced) |
 
 Ids and seqs in keys are fixed-width big-endian, so byte order is numeric order and a scan
 of `conversation_id | seq` yields a log in seq order.
@@ -276,8 +276,17 @@ MEDIA_USAGE: Family[int, int] = Family("media_usage", u64, read_u64, _u64_value,
 #: Keyed by conversation first: replication finds a conversation's records by that prefix.
 MEDIA_REFS: Family[tuple[int, int], MediaRef] = Family(
     "media_refs", _pair_key, read_pair, *_fields(MediaRef, "first_seq", "audience"))
-MEDIA_CONVERSATIONS: Family[tuple[int, int], None] = Family(
-    "media_conversations", _pair_key, read_pair, _empty, _read_empty)
+def _present(_value: bool) -> bytes:
+    return b"\x01"
+
+
+def _read_present(_key: Any, _data: bytes) -> bool:
+    return True
+
+
+#: True for every row: a read tells a row that exists from one that does not.
+MEDIA_CONVERSATIONS: Family[tuple[int, int], bool] = Family(
+    "media_conversations", _pair_key, read_pair, _present, _read_present)
 
 #: Every family, in the order the database creates them.
 FAMILIES: tuple[Family[Any, Any], ...] = (

@@ -70,10 +70,10 @@ class S3BlobStore:
         self._credentials = Credentials(settings.access_key, settings.secret_key)
         self._http = httpx.AsyncClient(timeout=settings.timeout)
 
-    def _url(self, sha256: str = "", query: str = "") -> str:
+    def _url(self, sha256: str = "", query: str = "", *, prefix: str | None = None) -> str:
         base = f"{self._settings.endpoint.rstrip('/')}/{quote(self._settings.bucket)}"
         if sha256:
-            base += "/" + quote(self._settings.prefix + sha256)
+            base += "/" + quote((self._settings.prefix if prefix is None else prefix) + sha256)
         return f"{base}?{query}" if query else base
 
     def _signed(self, method: str, url: str, payload_sha256: str,
@@ -144,10 +144,12 @@ class S3BlobStore:
                     {"uploadId": upload_id})), ok=(200, 204, 404))
             raise
 
-    async def read(self, sha256: str, start: int, length: int) -> AsyncIterator[bytes]:
+    async def read(self, sha256: str, start: int, length: int, *,
+                   prefix: str | None = None) -> AsyncIterator[bytes]:
+        """`prefix`: another shard's, to read its blob from the shared bucket."""
         if length <= 0:
             return
-        url = self._url(sha256)
+        url = self._url(sha256, prefix=prefix)
         headers = self._signed("GET", url, _EMPTY_SHA256,
                                {"Range": f"bytes={start}-{start + length - 1}"})
         async with self._http.stream("GET", url, headers=headers) as response:

@@ -30,6 +30,7 @@ import trio
 
 from chatd.domain.media import content_disposition
 from chatd.errors import ChatdError, RangeNotSatisfiable, Unauthorized
+from chatd.services.media import Blob
 from chatd.storage.blobs import LocalBlobStore
 from chatd.web import media_response
 from chatd.web.auth import parse_bearer
@@ -180,7 +181,7 @@ class MediaDownloads:
         """Answer one request; whether the connection stays open."""
         media = self._services.media
         try:
-            planned, sha256 = await self._plan(request)
+            planned, blob = await self._plan(request)
         except ChatdError as exc:
             await self._send_error(sock, exc, request.keep_alive)
             return request.keep_alive
@@ -200,15 +201,15 @@ class MediaDownloads:
         await self._send_all(sock, ("\r\n".join(head) + "\r\n\r\n").encode("latin-1"))
         if planned.length:
             blobs = media.blobs
-            if isinstance(blobs, LocalBlobStore):
-                await self._send_file(sock, blobs.path_of(sha256), planned.start,
+            if media.is_local_file(blob) and isinstance(blobs, LocalBlobStore):
+                await self._send_file(sock, blobs.path_of(blob.sha256), planned.start,
                                       planned.length)
             else:
-                async for chunk in blobs.read(sha256, planned.start, planned.length):
+                async for chunk in media.read(blob, planned.start, planned.length):
                     await self._send_all(sock, chunk)
         return request.keep_alive
 
-    async def _plan(self, request: MediaRequest) -> tuple[media_response.Planned, str]:
+    async def _plan(self, request: MediaRequest) -> tuple[media_response.Planned, Blob]:
         from chatd.web import models
         from chatd.web.routes_media import DownloadQuery, ThumbnailQuery  # (no cycle)
 
@@ -226,7 +227,7 @@ class MediaDownloads:
                                    "or use a signed link", code="missing_token")
             user_id = (await self._services.users.authenticate(token)).user_id
         size = query.size if isinstance(query, ThumbnailQuery) else None
-        blob = media.download(media_id, user_id, size)
+        blob = await media.open_download(media_id, user_id, size)
         config = self._services.config.media
         redirect = None
         if config.backend == "s3" and config.s3_download == "redirect":
@@ -236,7 +237,7 @@ class MediaDownloads:
         planned = media_response.plan(
             blob, method=request.method, range_header=request.headers.get("range"),
             if_none_match=request.headers.get("if-none-match"), redirect_to=redirect)
-        return planned, blob.sha256
+        return planned, blob
 
     async def _send_error(self, sock: socket.socket, error: ChatdError,
                           keep_alive: bool) -> None:

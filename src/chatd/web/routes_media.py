@@ -210,7 +210,7 @@ def register(api: Api, services: Services) -> None:
                also={206: _BYTES, 302: _NOTHING, 304: _NOTHING}, errors=(401, 403, 404, 416, 451))
     async def download(media_id: int, query: DownloadQuery) -> Reply:
         user_id = await who(query, media_id)
-        return await _respond(services, media.download(media_id, user_id))
+        return await _respond(services, await media.open_download(media_id, user_id))
 
     @api.route("GET", "/media/{media_id}/thumbnail",
                summary="A thumbnail of an image (size 96 cropped square, 320 or 640)",
@@ -218,13 +218,14 @@ def register(api: Api, services: Services) -> None:
                also={206: _BYTES, 302: _NOTHING, 304: _NOTHING}, errors=(401, 403, 404, 416, 451))
     async def thumbnail(media_id: int, query: ThumbnailQuery) -> Reply:
         user_id = await who(query, media_id)
-        return await _respond(services, media.download(media_id, user_id, query.size))
+        return await _respond(services, await media.open_download(media_id, user_id,
+                                                                  query.size))
 
     @api.route("POST", "/media/{media_id}/link",
                summary="A signed link to the media that works without a token until it expires",
                body=LinkRequest, response=Link, errors=(404, 451))
     async def link(session: Session, media_id: int, body: LinkRequest) -> Reply:
-        query, expires_at = media.make_link(media_id, session.user_id, body.ttl_s)
+        query, expires_at = await media.make_link(media_id, session.user_id, body.ttl_s)
         return Link(f"{url_of(media_id)}?{query}", expires_at)
 
     @api.route("DELETE", "/media/{media_id}", summary="Drop your upload's own reference",
@@ -273,7 +274,7 @@ async def _respond(services: Services, blob: Blob) -> Response:
     planned = media_response.plan(
         blob, method=request.method, range_header=request.headers.get("Range"),
         if_none_match=request.headers.get("If-None-Match"), redirect_to=redirect)
-    body = services.media.blobs.read(blob.sha256, planned.start, planned.length) \
+    body = services.media.read(blob, planned.start, planned.length) \
         if planned.length else b""
     response = Response(body, status=planned.status, headers=Headers(planned.headers))
     if planned.status in (200, 206):
