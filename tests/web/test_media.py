@@ -367,7 +367,7 @@ async def test_quarantine(start_server: ServerFactory) -> None:
 
 
 async def test_live_frames_carry_attachments(server: RunningServer) -> None:
-    from chatd.client import ChatClient
+    from chatd.client import ApiError, ChatClient
     from tests.helpers import PASSWORD, fresh_handle
 
     async with ChatClient(server.url) as alice, ChatClient(server.url) as bob:
@@ -388,3 +388,17 @@ async def test_live_frames_carry_attachments(server: RunningServer) -> None:
         [attachment] = event["message"]["attachments"]
         assert attachment["media_id"] == media["media_id"]
         assert attachment["filename"] == "p.png" and attachment["thumbnails"] == [96, 320, 640]
+        # The WebSocket send frame takes attachments too, and refuses media not yours.
+        async with alice.connect("msgpack") as sender, bob.connect() as live:
+            sent = await sender.send(conversation, "again", attachments=[media["media_id"]])
+            assert sent["type"] == "sent"
+            with trio.fail_after(5):
+                while (event := await live.next_event())["type"] != "message":
+                    pass
+            assert event["message"]["attachments"][0]["media_id"] == media["media_id"]
+            bobs = await bob.upload(random_bytes(100), "application/octet-stream")
+            try:
+                await sender.send(conversation, "nope", attachments=[bobs["media_id"]])
+                raise AssertionError("a send of someone else's media was accepted")
+            except ApiError as exc:
+                assert exc.code == "media_forbidden"
