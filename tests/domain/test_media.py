@@ -103,6 +103,16 @@ def test_etags() -> None:
     assert not media.etag_matches(None, tag)
 
 
+def test_media_ids_are_snowflakes_of_their_shard_with_random_low_bits() -> None:
+    from chatd.domain.ids import CHATD_EPOCH_MS, COUNTER_BITS, snowflake_time_ms
+
+    now = CHATD_EPOCH_MS + 123_456
+    first = media.random_snowflake(5, now, 0xABC)
+    assert snowflake_time_ms(first) == now
+    assert (first >> COUNTER_BITS) & 0x3FF == 5 and first & 0xFFF == 0xABC
+    assert media.random_snowflake(5, now, 0x1ABC) == first  # only 12 bits are taken
+
+
 def test_signed_links() -> None:
     secret = b"k" * 32
     signature = media.link_signature(secret, 1, 2, 1000)

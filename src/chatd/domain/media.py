@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
 
+from chatd.domain.ids import CHATD_EPOCH_MS, COUNTER_BITS, SHARD_BITS
 from chatd.errors import BadRequest, RangeNotSatisfiable, UnsupportedMediaType
 
 #: Longest filename kept, in characters (after cleaning); longer ones keep their end,
@@ -270,6 +271,14 @@ def attachment_record(media: MediaRecord) -> dict[str, Any]:
             "sha256": media.sha256, "filename": media.filename,
             "width": media.width, "height": media.height,
             "thumbnails": [thumb.size for thumb in media.thumbs]}
+
+
+def random_snowflake(shard_number: int, now_ms: int, random_bits: int) -> int:
+    """A media id: a Snowflake of this shard and this millisecond whose counter bits are
+    random, so ids say nothing about the content and cannot be counted through (the
+    caller retries the rare one already taken)."""
+    return ((max(now_ms - CHATD_EPOCH_MS, 0) << (SHARD_BITS + COUNTER_BITS))
+            | (shard_number << COUNTER_BITS) | (random_bits & ((1 << COUNTER_BITS) - 1)))
 
 
 # -- signed links ---------------------------------------------------------------------------

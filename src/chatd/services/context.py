@@ -128,8 +128,9 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     media = MediaService(store=store, commands=commands,
                          blobs=blobs or build_blob_store(config),
                          staging=Staging(Path(config.storage.data_dir) / "media" / "staging"),
-                         config=config.media, ids=ids, clock=clock,
-                         link_secret=media_link_secret(config, store), router=router)
+                         config=config.media, clock=clock,
+                         link_secret=media_link_secret(config, store), router=router,
+                         shard_number=shard_number)
     committer.on_reload_needed(media.forget_pending)
     owner_api.media = media
     messaging.media = media

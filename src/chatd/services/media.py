@@ -28,6 +28,7 @@ On one shard each arrow is a call.
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -39,7 +40,7 @@ import trio
 
 from chatd.config import MediaConfig
 from chatd.domain import media as rules
-from chatd.domain.ids import SnowflakeGenerator
+from chatd.domain.ids import COUNTER_BITS
 from chatd.domain.media import BlobRecord, MediaRecord, MediaRef, Thumbnail
 from chatd.errors import (
     BadRequest,
@@ -136,15 +137,15 @@ class _Overlay:
 
 class MediaService:
     def __init__(self, *, store: Store, commands: Commands, blobs: BlobStore, staging: Staging,
-                 config: MediaConfig, ids: SnowflakeGenerator, clock: Clock,
-                 link_secret: bytes, router: Router) -> None:
+                 config: MediaConfig, clock: Clock,
+                 link_secret: bytes, router: Router, shard_number: int) -> None:
         self._store = store
+        self._shard_number = shard_number
         self._router = router
         self._commands = commands
         self.blobs = blobs
         self._staging = staging
         self._config = config
-        self._ids = ids
         self._clock = clock
         self._link_secret = link_secret
         self._overlay = _Overlay(store)
@@ -220,7 +221,7 @@ class MediaService:
             for thumb, path in thumbs:
                 await self.blobs.put(thumb.sha256, path, thumb.length)
             record = MediaRecord(
-                self._ids.next_id(), user_id, staged.sha256, staged.size, content_type, label,
+                0, user_id, staged.sha256, staged.size, content_type, label,
                 self._clock.now_ms(), info.width if info else 0, info.height if info else 0,
                 tuple(thumb.to_record() for thumb, _ in thumbs))
             return await self._commands.submit(partial(self._add_upload, record))
@@ -263,9 +264,18 @@ class MediaService:
                                      rendered.width, rendered.height, file.size), file.path))
         return staged
 
+    def _new_media_id(self) -> int:
+        while True:
+            candidate = rules.random_snowflake(self._shard_number, self._clock.now_ms(),
+                                               secrets.randbits(COUNTER_BITS))
+            if self.find(candidate) is None:
+                return candidate
+
     def _add_upload(self, record: MediaRecord, batch: Batch) -> MediaRecord:
         self._check_quota(record.uploader_id, record.size)
         self._check_quarantine(record.sha256)
+        # Chosen here, in the committer's order, so two uploads cannot take one id.
+        record = replace(record, media_id=self._new_media_id())
         used = self._overlay.get(records.MEDIA_USAGE, record.uploader_id) or 0
         self._overlay.put(batch, records.MEDIA_USAGE, record.uploader_id, used + record.size)
         self._overlay.put(batch, records.MEDIA, record.media_id, record)
