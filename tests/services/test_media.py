@@ -3,6 +3,9 @@ and of blobs whose count reached 0 (on a clock the test moves), shared blobs."""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import AsyncIterator
+
 import httpx
 
 from chatd.storage import records
@@ -92,3 +95,29 @@ async def test_a_shared_blob_lives_while_any_upload_uses_it(
         report = await media.collect_garbage()
         assert (report.uploads_deleted, report.blobs_deleted) == (1, 1)
         assert not media.blobs.path_of(first["sha256"]).exists()  # type: ignore[attr-defined]
+
+
+async def test_files_of_a_refused_upload_are_collected(start_server: ServerFactory) -> None:
+    """A chunked multipart upload declares no length, so the quota can only refuse it at
+    the commit, after its file was put in place: the GC then deletes that file."""
+    server = await start_server(media={"quota_bytes": 10_000})
+    media = server.services.media
+    blobs = media.blobs
+    assert isinstance(blobs, LocalBlobStore)
+    data = random_bytes(12_000)
+    body = (b"--xyz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.bin\"\r\n"
+            b"Content-Type: application/octet-stream\r\n\r\n" + data + b"\r\n--xyz--\r\n")
+
+    async def chunked() -> AsyncIterator[bytes]:
+        for start in range(0, len(body), 4096):
+            yield body[start:start + 4096]
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        alice = await new_account(http)
+        response = await http.post("/media/upload", content=chunked(), headers={
+            **alice.headers, "Content-Type": "multipart/form-data; boundary=xyz"})
+        assert_error(response, 507, "quota_exceeded")
+    sha256 = hashlib.sha256(data).hexdigest()
+    assert blobs.path_of(sha256).exists()  # put in place before the commit refused it
+    report = await media.collect_garbage()
+    assert report.blobs_deleted == 1 and not blobs.path_of(sha256).exists()

@@ -27,6 +27,7 @@ On one shard each arrow is a call.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import secrets
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -200,6 +201,7 @@ class MediaService:
         multipart body names them inside it)."""
         staged = await self._staging.write(self._limited(chunks))
         placed: list[str] = []
+        thumbs: list[tuple[Thumbnail, Path]] = []
         try:
             declared_type, filename = describe()
             declared = rules.check_content_type(declared_type)
@@ -225,8 +227,17 @@ class MediaService:
                 self._clock.now_ms(), info.width if info else 0, info.height if info else 0,
                 tuple(thumb.to_record() for thumb, _ in thumbs))
             return await self._commands.submit(partial(self._add_upload, record))
+        except BaseException:
+            if placed:
+                # Files put in place for a record that was refused (quota, quarantine,
+                # shutdown): the GC deletes each unless another record counts it.
+                with trio.CancelScope(shield=True), contextlib.suppress(ChatdError):
+                    await self._commands.submit(partial(self._mark_dead, placed))
+            raise
         finally:
             Staging.discard(staged.path)
+            for _, path in thumbs:
+                Staging.discard(path)
             for sha256 in placed:
                 self._placing[sha256] -= 1
                 if not self._placing[sha256]:
@@ -263,6 +274,11 @@ class MediaService:
             staged.append((Thumbnail(rendered.size, file.sha256, rendered.content_type,
                                      rendered.width, rendered.height, file.size), file.path))
         return staged
+
+    @staticmethod
+    def _mark_dead(shas: list[str], batch: Batch) -> None:
+        for sha256 in shas:
+            batch.put(records.DEAD_BLOBS, sha256, None)
 
     def _new_media_id(self) -> int:
         while True:
