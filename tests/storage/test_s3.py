@@ -3,6 +3,7 @@ ranged reads, deletes, presigned URLs; and a shard serving media from it."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 from collections.abc import AsyncIterator, Iterator
@@ -70,6 +71,11 @@ async def test_put_read_delete(store: S3BlobStore, tmp_path: Path, size: int) ->
     assert await read_all(store, sha256, 0, size) == data
     assert await read_all(store, sha256, size - 1, 1) == data[-1:]
     assert await read_all(store, sha256, 5, 100) == data[5:105]
+    # Another shard sharing the bucket reads it under this shard's prefix.
+    other = S3BlobStore(dataclasses.replace(store.settings, prefix="shard-b/"))
+    assert not await other.exists(sha256)
+    assert b"".join([c async for c in other.read_of("shard-a", sha256, 7, 9)]) == data[7:16]
+    await other.aclose()
     url = store.presigned_url(sha256, 60, content_type="application/pdf",
                               disposition='attachment; filename="x.pdf"')
     assert url is not None

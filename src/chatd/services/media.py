@@ -58,8 +58,14 @@ from chatd.services.clock import Clock
 from chatd.services.commands import Commands
 from chatd.services.routing import PEER_FAILURES, Router, unreachable
 from chatd.storage import Batch, Store, records
-from chatd.storage.blobs import BlobStore, LocalBlobStore, StagedFile, Staging, close_source
-from chatd.storage.s3 import S3BlobStore
+from chatd.storage.blobs import (
+    BlobStore,
+    LocalBlobStore,
+    SharedBlobStore,
+    StagedFile,
+    Staging,
+    close_source,
+)
 
 log = logging.getLogger(__name__)
 
@@ -418,8 +424,8 @@ class MediaService:
         (`MESH_READ` bytes a request, one request in flight)."""
         if self._router.is_local(blob.shard):
             chunks = self.blobs.read(blob.sha256, start, length)
-        elif isinstance(self.blobs, S3BlobStore):
-            chunks = self.blobs.read(blob.sha256, start, length, prefix=f"{blob.shard}/")
+        elif isinstance(self.blobs, SharedBlobStore):
+            chunks = self.blobs.read_of(blob.shard, blob.sha256, start, length)
         else:
             chunks = self._read_over_mesh(blob, start, length)
         try:

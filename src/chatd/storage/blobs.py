@@ -23,7 +23,7 @@ import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import trio
 
@@ -62,6 +62,14 @@ class BlobStore(Protocol):
         """A URL that serves the bytes directly for `ttl` seconds, if the backend can."""
 
     async def aclose(self) -> None: ...
+
+
+@runtime_checkable
+class SharedBlobStore(Protocol):
+    """A store several shards share (one bucket): any shard reads another's blobs."""
+
+    def read_of(self, shard: str, sha256: str, start: int, length: int
+                ) -> AsyncIterator[bytes]: ...
 
 
 def _fsync_directory(path: Path) -> None:

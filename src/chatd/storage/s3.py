@@ -70,6 +70,10 @@ class S3BlobStore:
         self._credentials = Credentials(settings.access_key, settings.secret_key)
         self._http = httpx.AsyncClient(timeout=settings.timeout)
 
+    @property
+    def settings(self) -> S3Settings:
+        return self._settings
+
     def _url(self, sha256: str = "", query: str = "", *, prefix: str | None = None) -> str:
         base = f"{self._settings.endpoint.rstrip('/')}/{quote(self._settings.bucket)}"
         if sha256:
@@ -158,6 +162,11 @@ class S3BlobStore:
                 raise BlobBackendError(f"S3 GET answered {response.status_code}")
             async for chunk in response.aiter_bytes(1 << 20):
                 yield chunk
+
+    def read_of(self, shard: str, sha256: str, start: int, length: int
+                ) -> AsyncIterator[bytes]:
+        """Another shard's blob, from the bucket they share (under its prefix)."""
+        return self.read(sha256, start, length, prefix=f"{shard}/")
 
     async def delete(self, sha256: str) -> None:
         await self._send("DELETE", self._url(sha256), ok=(200, 204, 404))
