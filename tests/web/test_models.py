@@ -42,7 +42,7 @@ from chatd.web.schema import (
 LIMITS = Limits(min_password_length=8, history_page_max=200)
 REQUEST_MODELS = [models.Register, models.Login, models.ProfileChange, models.OpenDirect,
                   models.MarkRead, models.CreateGroup, models.RenameGroup, models.UserIds,
-                  models.SendMessage]
+                  models.SendMessage, models.LinkRequest, models.Quarantine]
 NAMES = {models.DISPLAY_NAME: (rules.MAX_DISPLAY_NAME, False),
          models.GROUP_NAME: (rules.MAX_GROUP_NAME, False),
          models.STATUS: (rules.MAX_STATUS_TEXT, True),

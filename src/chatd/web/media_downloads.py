@@ -32,7 +32,7 @@ from chatd.domain.media import content_disposition
 from chatd.errors import ChatdError, RangeNotSatisfiable, Unauthorized
 from chatd.services.media import Blob
 from chatd.storage.blobs import LocalBlobStore
-from chatd.web import media_response
+from chatd.web import media_response, models
 from chatd.web.auth import parse_bearer
 from chatd.web.schema import Limits
 
@@ -210,13 +210,11 @@ class MediaDownloads:
         return request.keep_alive
 
     async def _plan(self, request: MediaRequest) -> tuple[media_response.Planned, Blob]:
-        from chatd.web import models
-        from chatd.web.routes_media import DownloadQuery, ThumbnailQuery  # (no cycle)
 
         media = self._services.media
         media_id = models.PATH_PARAMETERS["media_id"].parse_text(
             request.media_id_text, "media_id", self._limits)
-        model = ThumbnailQuery if request.thumbnail else DownloadQuery
+        model = models.ThumbnailQuery if request.thumbnail else models.DownloadQuery
         query = model.parse_query(request.query, self._limits)
         if query.sig is not None:
             user_id = media.link_user(media_id, query.u or "", query.e or "", query.sig)
@@ -226,7 +224,7 @@ class MediaDownloads:
                 raise Unauthorized("send 'Authorization: Bearer <token>' (from POST /login), "
                                    "or use a signed link", code="missing_token")
             user_id = (await self._services.users.authenticate(token)).user_id
-        size = query.size if isinstance(query, ThumbnailQuery) else None
+        size = query.size if isinstance(query, models.ThumbnailQuery) else None
         blob = await media.open_download(media_id, user_id, size)
         config = self._services.config.media
         redirect = None

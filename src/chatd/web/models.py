@@ -417,3 +417,68 @@ class MessageStatus(Model):
     conversation_id: Annotated[int, ID]
     seq: Annotated[int, SEQ]
     members: list[MemberStatus]
+
+
+# -- media -------------------------------------------------------------------------------------
+
+_SHA256 = String(pattern="^[0-9a-f]{64}$", description="hex")
+
+
+@dataclass(frozen=True, slots=True)
+class ThumbnailInfo(Model):
+    size: Annotated[int, Integer(minimum=0)]
+    content_type: str
+    width: Annotated[int, Integer(minimum=0)]
+    height: Annotated[int, Integer(minimum=0)]
+
+
+@dataclass(frozen=True, slots=True)
+class Uploaded(Model):
+    media_id: Annotated[int, ID]
+    url: str
+    sha256: str
+    size: Annotated[int, Integer(minimum=0)]
+    content_type: str
+    filename: str
+    width: Annotated[int, Integer(minimum=0)]
+    height: Annotated[int, Integer(minimum=0)]
+    thumbnails: list[ThumbnailInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage(Model):
+    used_bytes: Annotated[int, Integer(minimum=0)]
+    quota_bytes: Annotated[int, Integer(minimum=0)]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRequest(Model):
+    ttl_s: Annotated[int, Integer(minimum=1, maximum=31_536_000,
+                                  description="seconds the link works")]
+
+
+@dataclass(frozen=True, slots=True)
+class Link(Model):
+    url: str
+    expires_at: Annotated[int, MS]
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine(Model):
+    sha256: Annotated[str, _SHA256]
+    reason: Annotated[str, String(max_length=500)] = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadQuery(Model):
+    """The signed-link parameters (POST /media/{media_id}/link makes them)."""
+
+    u: Annotated[str | None, String(max_length=20)] = None
+    e: Annotated[str | None, String(max_length=20)] = None
+    sig: Annotated[str | None, String(max_length=64)] = None
+
+
+@dataclass(frozen=True, slots=True)
+class ThumbnailQuery(DownloadQuery):
+    size: Annotated[int, Integer(minimum=0, maximum=10_000,
+                                 description="96, 320 or 640")] = 320

@@ -10,6 +10,7 @@ from typing import Any, TypeAlias
 
 from quart import Response
 
+from chatd.domain.media import MediaRecord
 from chatd.domain.models import (
     Conversation,
     Device,
@@ -105,3 +106,10 @@ def message_status(conversation_id: int, seq: int,
                    status: list[tuple[int, bool, bool | None]]) -> models.MessageStatus:
     return models.MessageStatus(conversation_id, seq, [
         models.MemberStatus(user_id, delivered, read) for user_id, delivered, read in status])
+
+
+def uploaded(blob_url: str, record: MediaRecord) -> models.Uploaded:
+    return models.Uploaded(record.media_id, blob_url, record.sha256, record.size,
+                    record.content_type, record.filename, record.width, record.height,
+                    [models.ThumbnailInfo(thumb.size, thumb.content_type, thumb.width, thumb.height)
+                     for thumb in record.thumbs])

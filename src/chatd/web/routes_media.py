@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from typing import Annotated
 from urllib.parse import unquote
 
 from quart import Response, request
@@ -22,8 +20,7 @@ from chatd.storage.blobs import close_source
 from chatd.web import media_response, models
 from chatd.web.api import Access, Api, Media
 from chatd.web.auth import authenticate
-from chatd.web.render import NO_CONTENT, Reply
-from chatd.web.schema import Integer, Model, String
+from chatd.web.render import NO_CONTENT, Reply, uploaded
 from chatd.web.streamed_body import body_of
 
 #: The paths whose bodies reach their handler unbuffered (web/streamed_body.py).
@@ -36,74 +33,6 @@ _BYTES = Media("*/*", {"type": "string", "format": "binary"})
 _NOTHING = Media("*/*", {"type": "string", "maxLength": 0})
 _UPLOAD_TYPES = ("application/octet-stream", "image/jpeg", "image/png", "video/mp4",
                  "application/pdf", "multipart/form-data")
-_SHA256 = String(pattern="^[0-9a-f]{64}$", description="hex")
-
-
-@dataclass(frozen=True, slots=True)
-class Thumbnail(Model):
-    size: Annotated[int, Integer(minimum=0)]
-    content_type: str
-    width: Annotated[int, Integer(minimum=0)]
-    height: Annotated[int, Integer(minimum=0)]
-
-
-@dataclass(frozen=True, slots=True)
-class Uploaded(Model):
-    media_id: Annotated[int, models.ID]
-    url: str
-    sha256: str
-    size: Annotated[int, Integer(minimum=0)]
-    content_type: str
-    filename: str
-    width: Annotated[int, Integer(minimum=0)]
-    height: Annotated[int, Integer(minimum=0)]
-    thumbnails: list[Thumbnail]
-
-
-@dataclass(frozen=True, slots=True)
-class Usage(Model):
-    used_bytes: Annotated[int, Integer(minimum=0)]
-    quota_bytes: Annotated[int, Integer(minimum=0)]
-
-
-@dataclass(frozen=True, slots=True)
-class LinkRequest(Model):
-    ttl_s: Annotated[int, Integer(minimum=1, maximum=31_536_000,
-                                  description="seconds the link works")]
-
-
-@dataclass(frozen=True, slots=True)
-class Link(Model):
-    url: str
-    expires_at: Annotated[int, models.MS]
-
-
-@dataclass(frozen=True, slots=True)
-class Quarantine(Model):
-    sha256: Annotated[str, _SHA256]
-    reason: Annotated[str, String(max_length=500)] = ""
-
-
-@dataclass(frozen=True, slots=True)
-class DownloadQuery(Model):
-    """The signed-link parameters (POST /media/{media_id}/link makes them)."""
-
-    u: Annotated[str | None, String(max_length=20)] = None
-    e: Annotated[str | None, String(max_length=20)] = None
-    sig: Annotated[str | None, String(max_length=64)] = None
-
-
-@dataclass(frozen=True, slots=True)
-class ThumbnailQuery(DownloadQuery):
-    size: Annotated[int, Integer(minimum=0, maximum=10_000,
-                                 description="96, 320 or 640")] = 320
-
-
-def uploaded(blob_url: str, record: rules.MediaRecord) -> Uploaded:
-    return Uploaded(record.media_id, blob_url, record.sha256, record.size,
-                    record.content_type, record.filename, record.width, record.height,
-                    [Thumbnail(thumb.size, thumb.content_type, thumb.width, thumb.height)
-                     for thumb in record.thumbs])
 
 
 async def _multipart_file(chunks: AsyncIterator[bytes], boundary: bytes,
@@ -167,7 +96,7 @@ def register(api: Api, services: Services) -> None:
                description="Content-Type and Content-Length are required for a raw body; "
                            "X-Filename is an optional label. application/octet-stream is "
                            "stored opaque (end-to-end encrypted media).",
-               raw_body=_UPLOAD_TYPES, status=201, response=Uploaded,
+               raw_body=_UPLOAD_TYPES, status=201, response=models.Uploaded,
                errors=(411, 413, 415, 451, 507))
     async def upload(session: Session) -> Reply:
         declared = request.headers.get("Content-Type")
@@ -193,12 +122,12 @@ def register(api: Api, services: Services) -> None:
             describe=lambda: (found["content_type"], found["filename"] or None))
         return uploaded(url_of(record.media_id), record), 201
 
-    @api.route("GET", "/media/usage", summary="Your media usage and quota", response=Usage)
+    @api.route("GET", "/media/usage", summary="Your media usage and quota", response=models.Usage)
     async def usage(session: Session) -> Reply:
         current = media.usage(session.user_id)
-        return Usage(current.used_bytes, current.quota_bytes)
+        return models.Usage(current.used_bytes, current.quota_bytes)
 
-    async def who(query: DownloadQuery, media_id: int) -> int:
+    async def who(query: models.DownloadQuery, media_id: int) -> int:
         if query.sig is not None:
             return media.link_user(media_id, query.u or "", query.e or "", query.sig)
         session = await authenticate(request, services.users)
@@ -206,27 +135,27 @@ def register(api: Api, services: Services) -> None:
 
     @api.route("GET", "/media/{media_id}",
                summary="Download (Range, ETag); a bearer token or a signed link's u, e, sig",
-               access=Access.USER_OR_LINK, query=DownloadQuery, response=_BYTES,
+               access=Access.USER_OR_LINK, query=models.DownloadQuery, response=_BYTES,
                also={206: _BYTES, 302: _NOTHING, 304: _NOTHING}, errors=(401, 403, 404, 416, 451))
-    async def download(media_id: int, query: DownloadQuery) -> Reply:
+    async def download(media_id: int, query: models.DownloadQuery) -> Reply:
         user_id = await who(query, media_id)
         return await _respond(services, await media.open_download(media_id, user_id))
 
     @api.route("GET", "/media/{media_id}/thumbnail",
                summary="A thumbnail of an image (size 96 cropped square, 320 or 640)",
-               access=Access.USER_OR_LINK, query=ThumbnailQuery, response=_BYTES,
+               access=Access.USER_OR_LINK, query=models.ThumbnailQuery, response=_BYTES,
                also={206: _BYTES, 302: _NOTHING, 304: _NOTHING}, errors=(401, 403, 404, 416, 451))
-    async def thumbnail(media_id: int, query: ThumbnailQuery) -> Reply:
+    async def thumbnail(media_id: int, query: models.ThumbnailQuery) -> Reply:
         user_id = await who(query, media_id)
         return await _respond(services, await media.open_download(media_id, user_id,
                                                                   query.size))
 
     @api.route("POST", "/media/{media_id}/link",
                summary="A signed link to the media that works without a token until it expires",
-               body=LinkRequest, response=Link, errors=(404, 451))
-    async def link(session: Session, media_id: int, body: LinkRequest) -> Reply:
+               body=models.LinkRequest, response=models.Link, errors=(404, 451))
+    async def link(session: Session, media_id: int, body: models.LinkRequest) -> Reply:
         query, expires_at = await media.make_link(media_id, session.user_id, body.ttl_s)
-        return Link(f"{url_of(media_id)}?{query}", expires_at)
+        return models.Link(f"{url_of(media_id)}?{query}", expires_at)
 
     @api.route("DELETE", "/media/{media_id}", summary="Drop your upload's own reference",
                response=None, status=204, errors=(403, 404))
@@ -239,8 +168,8 @@ def register(api: Api, services: Services) -> None:
 
     @api.route("POST", "/admin/media/quarantine",
                summary="Make content unavailable by its sha256, now and for future uploads",
-               access=Access.ADMIN, body=Quarantine, response=None, status=204)
-    async def quarantine(body: Quarantine) -> Reply:
+               access=Access.ADMIN, body=models.Quarantine, response=None, status=204)
+    async def quarantine(body: models.Quarantine) -> Reply:
         await media.quarantine(body.sha256, body.reason)
         return NO_CONTENT
 
