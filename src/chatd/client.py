@@ -133,13 +133,14 @@ class ChatClient:
 
     async def send(self, conversation_id: str, text: str, *,
                    client_msg_id: str | None = None,
-                   attachments: list[str] | None = None) -> dict[str, Any]:
-        """Send a text message, with the media ids of `attachments` (from `upload`)."""
+                   attachments: list[str | tuple[str, str]] | None = None) -> dict[str, Any]:
+        """Send a text message, with the media ids of `attachments` (from `upload`); an
+        attachment may be (media id, id of a thumbnail you uploaded for it)."""
         message: dict[str, Any] = {
             "conversation_id": conversation_id, "client_msg_id": client_msg_id
             or new_client_msg_id(), "content_type": "text/plain", "body": text}
         if attachments:
-            message["attachments"] = [{"media_id": media_id} for media_id in attachments]
+            message["attachments"] = attachment_list(attachments)
         result: dict[str, Any] = await self.request("POST", "/messages/send", message)
         return result
 
@@ -236,6 +237,12 @@ class ChatClient:
             await socket.aclose()
 
 
+def attachment_list(attachments: list[str | tuple[str, str]]) -> list[dict[str, str]]:
+    """Attachments as the API takes them: a media id, or (media id, thumbnail id)."""
+    return [{"media_id": item} if isinstance(item, str)
+            else {"media_id": item[0], "thumbnail_media_id": item[1]} for item in attachments]
+
+
 def _raise_for_error(response: httpx.Response) -> None:
     if response.status_code < 400:
         return
@@ -308,14 +315,14 @@ class LiveConnection:
     async def send(self, conversation_id: str, body: str | bytes, *,
                    content_type: str = "text/plain",
                    client_msg_id: str | None = None,
-                   attachments: list[str] | None = None) -> dict[str, Any]:
-        """Send a message (with the media ids of `attachments`); returns the `sent` frame
-        once the message is durable."""
+                   attachments: list[str | tuple[str, str]] | None = None) -> dict[str, Any]:
+        """Send a message (with `attachments`, as `ChatClient.send` takes them); returns
+        the `sent` frame once the message is durable."""
         if isinstance(body, bytes) and self.codec == "json":
             body = base64.b64encode(body).decode()
         return await self._call(frames.send_request(
             f"r{next(_ids)}", conversation_id, client_msg_id or new_client_msg_id(), body,
-            content_type, attachments))
+            content_type, attachment_list(attachments) if attachments else None))
 
     async def ack(self, conversation_id: str, seq: int) -> None:
         await self._call(frames.ack_request(conversation_id, seq))

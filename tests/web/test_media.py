@@ -402,3 +402,31 @@ async def test_live_frames_carry_attachments(server: RunningServer) -> None:
                 raise AssertionError("a send of someone else's media was accepted")
             except ApiError as exc:
                 assert exc.code == "media_forbidden"
+
+
+async def test_a_message_may_carry_a_client_made_thumbnail(http: httpx.AsyncClient) -> None:
+    alice, bob = await new_account(http), await new_account(http)
+    video = b"\x00\x00\x00\x20ftypisom\x00\x00\x02\x00isomiso2avc1mp41" + random_bytes(5000)
+    clip = await uploaded(alice, video, "video/mp4", "clip.mp4")
+    assert clip["content_type"] == "video/mp4" and clip["thumbnails"] == []
+    poster = await uploaded(alice, jpeg_with_exif(), "image/jpeg", "poster.jpg")
+    conversation = await alice.direct_with(bob)
+    response = await alice.post("/messages/send", {
+        "conversation_id": conversation, "client_msg_id": "v1", "content_type": "text/plain",
+        "body": "a clip", "attachments": [{"media_id": clip["media_id"],
+                                           "thumbnail_media_id": poster["media_id"]}]})
+    assert response.status_code == 201, response.text
+    [message] = (await bob.get(f"/messages/{conversation}")).json()["messages"]
+    [attachment] = message["attachments"]
+    assert attachment["kind"] == "video" and attachment["thumbnails"] == []
+    assert attachment["thumbnail_media_id"] == poster["media_id"]
+    # The reader may fetch the thumbnail too (it was attached with the message).
+    assert (await fetch(bob, poster["url"])).status_code == 200
+    assert (await fetch(bob, clip["url"])).headers["content-disposition"].startswith("inline")
+    # A thumbnail must be the sender's to send, like any attachment.
+    bobs = await uploaded(bob, png(), "image/png")
+    refused = await alice.post("/messages/send", {
+        "conversation_id": conversation, "client_msg_id": "v2", "content_type": "text/plain",
+        "body": "x", "attachments": [{"media_id": clip["media_id"],
+                                      "thumbnail_media_id": bobs["media_id"]}]})
+    assert_error(refused, 403, "media_forbidden")

@@ -263,6 +263,16 @@ class MediaRef:
     audience: list[int] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class Attaching:
+    """One attachment a sender names: the media, and optionally a media of its own that
+    stands as its thumbnail (what a client makes for video and documents, or for media
+    the server cannot look into)."""
+
+    media_id: int
+    thumbnail_media_id: int = 0
+
+
 def attachment_record(media: MediaRecord) -> dict[str, Any]:
     """What a message stores and shows of an attachment (ids as ints; rendering turns
     them into strings)."""

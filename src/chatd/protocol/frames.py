@@ -23,6 +23,7 @@ import msgpack
 
 from chatd.domain import rules
 from chatd.domain.ids import parse_id
+from chatd.domain.media import Attaching
 from chatd.domain.models import Message, User
 from chatd.errors import BadRequest, ChatdError
 from chatd.protocol import edge
@@ -51,8 +52,8 @@ class SendFrame:
     client_msg_id: str
     content_type: str
     body: str | bytes
-    #: Media ids of the attachments (`[{"media_id": "…"}]` on the wire).
-    attachments: tuple[int, ...] = ()
+    #: The attachments (`[{"media_id": "…", "thumbnail_media_id": "…"}]` on the wire).
+    attachments: tuple[Attaching, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,7 +156,7 @@ def _body(frame: dict[str, Any], content_type: str, codec: Codec, req: str) -> s
 MAX_ATTACHMENTS = 16
 
 
-def _attachments(frame: dict[str, Any], req: str) -> tuple[int, ...]:
+def _attachments(frame: dict[str, Any], req: str) -> tuple[Attaching, ...]:
     items = frame.get("attachments")
     if items is None:
         return ()
@@ -166,7 +167,9 @@ def _attachments(frame: dict[str, Any], req: str) -> tuple[int, ...]:
     for index, item in enumerate(items):
         if not isinstance(item, dict):
             raise FrameError("invalid_field", f"attachments[{index}]: an object", req)
-        ids.append(_id(item, "media_id", req))
+        thumbnail = _id(item, "thumbnail_media_id", req) \
+            if item.get("thumbnail_media_id") is not None else 0
+        ids.append(Attaching(_id(item, "media_id", req), thumbnail))
     return tuple(ids)
 
 
@@ -222,11 +225,12 @@ def _with_req(frame: dict[str, Any], req: str | None) -> dict[str, Any]:
 
 def send_request(req: str, conversation_id: int | str, client_msg_id: str, body: str | bytes,
                  content_type: str = "text/plain",
-                 attachments: list[str] | None = None) -> dict[str, Any]:
+                 attachments: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """`attachments`: `[{"media_id": …, "thumbnail_media_id": …}]` (the latter optional)."""
     frame: dict[str, Any] = {"type": "send", "req": req, "conversation_id": str(conversation_id),
              "client_msg_id": client_msg_id, "content_type": content_type, "body": body}
     if attachments:
-        frame["attachments"] = [{"media_id": str(media_id)} for media_id in attachments]
+        frame["attachments"] = attachments
     return frame
 
 
@@ -365,7 +369,10 @@ def message_payload(message: Message) -> dict[str, Any]:
 
 def attachment_payload(attachment: dict[str, Any]) -> dict[str, Any]:
     """An attachment as clients see it: the stored record with its id as a string."""
-    return {**attachment, "media_id": str(attachment["media_id"])}
+    payload = {**attachment, "media_id": str(attachment["media_id"])}
+    if attachment.get("thumbnail_media_id"):
+        payload["thumbnail_media_id"] = str(attachment["thumbnail_media_id"])
+    return payload
 
 
 def message_frame(message: Message) -> OutFrame:

@@ -42,7 +42,7 @@ import trio
 from chatd.config import MediaConfig
 from chatd.domain import media as rules
 from chatd.domain.ids import COUNTER_BITS
-from chatd.domain.media import BlobRecord, MediaRecord, MediaRef, Thumbnail
+from chatd.domain.media import Attaching, BlobRecord, MediaRecord, MediaRef, Thumbnail
 from chatd.errors import (
     BadRequest,
     ChatdError,
@@ -474,15 +474,22 @@ class MediaService:
     # -- references from messages ---------------------------------------------------------------
 
     async def attach(self, user_id: int, conversation_id: int,
-                     media_ids: list[int]) -> list[dict[str, Any]]:
+                     items: list[Attaching]) -> list[dict[str, Any]]:
         """Before a send: each media's shard checks the sender may send it (403
         `media_forbidden` otherwise: sending someone else's media is refused, not hidden)
         and counts the conversation's reference durably. Counted before the message is
         written, so the GC can never take a media a message carries; a send that then
         fails leaves a count (one per media and conversation, so a retry adds none)."""
-        media_ids = list(dict.fromkeys(media_ids))  # the same media twice is carried once
-        if len(media_ids) > MAX_ATTACHMENTS:
+        # The same media twice is carried once (with the first thumbnail named for it).
+        chosen = {item.media_id: item for item in reversed(items)}
+        attaching = [chosen[media_id] for media_id in dict.fromkeys(
+            item.media_id for item in items)]
+        if len(attaching) > MAX_ATTACHMENTS:
             raise BadRequest(f"attachments: at most {MAX_ATTACHMENTS}", code="invalid_field")
+        # A client's thumbnail is attached as well: its readers must be able to fetch it.
+        media_ids = list(dict.fromkeys([
+            *(item.media_id for item in attaching),
+            *(item.thumbnail_media_id for item in attaching if item.thumbnail_media_id)]))
         by_shard: dict[str, list[int]] = {}
         for media_id in media_ids:
             by_shard.setdefault(self.shard_of(media_id), []).append(media_id)
@@ -494,7 +501,13 @@ class MediaService:
                 attached = await self._ask(shard, "media.attach", {
                     "user_id": user_id, "conversation_id": conversation_id, "media_ids": ids})
             found.update((int(item["media_id"]), dict(item)) for item in attached)
-        return [found[media_id] for media_id in media_ids]
+        result = []
+        for item in attaching:
+            record = found[item.media_id]
+            if item.thumbnail_media_id:
+                record = {**record, "thumbnail_media_id": item.thumbnail_media_id}
+            result.append(record)
+        return result
 
     async def attach_here(self, user_id: int, conversation_id: int,
                           media_ids: list[int]) -> list[dict[str, Any]]:
@@ -537,8 +550,11 @@ class MediaService:
                         attachments: tuple[dict[str, Any], ...]) -> None:
         """The owner's side of a message that carries media, in the message's batch: who
         could read it (conversation-keyed, so it replicates with the log)."""
-        for attachment in attachments:
-            key = (conversation_id, int(attachment["media_id"]))
+        carried = [int(attachment["media_id"]) for attachment in attachments] + [
+            int(attachment["thumbnail_media_id"]) for attachment in attachments
+            if attachment.get("thumbnail_media_id")]
+        for media_id in dict.fromkeys(carried):
+            key = (conversation_id, media_id)
             ref: MediaRef | None = self._overlay.get(records.MEDIA_REFS, key)
             if ref is None:
                 ref = MediaRef(seq, sorted(audience))

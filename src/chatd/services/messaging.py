@@ -22,6 +22,7 @@ import trio
 
 from chatd.config import LimitsConfig
 from chatd.domain import rules
+from chatd.domain.media import Attaching
 from chatd.domain.models import Conversation, HistoryPage, SendResult, Session, Watermark
 from chatd.domain.ratelimit import KeyedRateLimiter
 from chatd.errors import BadRequest, ChatdError, PayloadTooLarge
@@ -75,7 +76,7 @@ class MessagingService:
 
     async def send(self, session: Session, *, conversation_id: int, client_msg_id: str,
                    content_type: str, body: str | bytes,
-                   attachments: tuple[int, ...] = ()) -> SendResult:
+                   attachments: tuple[Attaching, ...] = ()) -> SendResult:
         records = await self.attach(session, conversation_id, attachments)
         pending = self.start_send(session, conversation_id=conversation_id,
                                   client_msg_id=client_msg_id, content_type=content_type,
@@ -83,7 +84,7 @@ class MessagingService:
         return await pending.wait()
 
     async def attach(self, session: Session, conversation_id: int,
-                     media_ids: tuple[int, ...]) -> list[dict[str, Any]]:
+                     media_ids: tuple[Attaching, ...]) -> list[dict[str, Any]]:
         """Before a send that carries media: each media's shard checks the sender may send
         it and counts the reference (services/media.py); the records go into the message."""
         if not media_ids:

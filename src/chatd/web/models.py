@@ -209,6 +209,8 @@ class AttachmentRef(Model):
     """An uploaded media to carry in a message (POST /media/upload gave its id)."""
 
     media_id: Annotated[int, ID]
+    #: A media of your own shown as its thumbnail (for video, documents, opaque media).
+    thumbnail_media_id: Annotated[int | None, ID] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,6 +367,14 @@ class Attachment(Model):
     height: Annotated[int, Integer(minimum=0)]
     #: Sizes served by GET /media/{media_id}/thumbnail?size=
     thumbnails: Annotated[list[int], Json({"type": "array", "items": {"type": "integer"}})]
+    #: The sender's own thumbnail, a media of its own; left out when none was sent.
+    thumbnail_media_id: Annotated[int | None, ID] = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = Model.to_json(self)
+        if self.thumbnail_media_id is None:
+            del data["thumbnail_media_id"]
+        return data
 
 
 @dataclass(frozen=True, slots=True)

@@ -74,7 +74,8 @@ def message(entry: Message) -> models.Message:
 def attachment(item: dict[str, Any]) -> models.Attachment:
     return models.Attachment(item["media_id"], item["kind"], item["content_type"],
                              item["size"], item["sha256"], item["filename"], item["width"],
-                             item["height"], list(item["thumbnails"]))
+                             item["height"], list(item["thumbnails"]),
+                             item.get("thumbnail_media_id") or None)
 
 
 def history(page: HistoryPage) -> models.History:

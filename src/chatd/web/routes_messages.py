@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 from chatd.domain import rules
+from chatd.domain.media import Attaching
 from chatd.domain.models import Session
 from chatd.services.context import Services
 from chatd.web import models, render
@@ -26,7 +27,8 @@ def register(api: Api, services: Services) -> None:
         result = await messaging.send(
             session, conversation_id=body.conversation_id, client_msg_id=body.client_msg_id,
             content_type=body.content_type, body=payload,
-            attachments=tuple(item.media_id for item in body.attachments or ()))
+            attachments=tuple(Attaching(item.media_id, item.thumbnail_media_id or 0)
+                              for item in body.attachments or ()))
         return render.send_result(result), 201
 
     @api.route("GET", "/messages/{conversation_id}/{seq}/status",
