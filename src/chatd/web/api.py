@@ -27,6 +27,7 @@ from quart.typing import ResponseReturnValue
 from quart_trio import QuartTrio
 from werkzeug.routing import BaseConverter
 
+from chatd.config import Config
 from chatd.errors import BadRequest
 from chatd.protocol import edge
 from chatd.services.users import Users
@@ -187,6 +188,13 @@ class Api:
 
         view.__name__ = operation.handler.__name__
         return view
+
+
+def configured_limits(config: Config) -> Limits:
+    """The bounds of the models that come from this server's configuration."""
+    return Limits(min_password_length=config.auth.min_password_length,
+                  history_page_max=config.limits.history_page_max,
+                  max_link_ttl=int(config.media.max_link_ttl))
 
 
 def _respond(operation: Operation, reply: Reply) -> ResponseReturnValue:

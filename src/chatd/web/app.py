@@ -28,8 +28,7 @@ from chatd.web import (
     routes_messages,
     routes_ops,
 )
-from chatd.web.api import Api
-from chatd.web.schema import Limits
+from chatd.web.api import Api, configured_limits
 from chatd.web.streamed_body import ClientGone, StreamedBodies
 
 log = logging.getLogger(__name__)
@@ -195,9 +194,8 @@ def create_app(services: Services) -> QuartTrio:
             error_response(500, "internal", "an internal error occurred; it has been logged"))
 
     config = services.config
-    api = Api(services.users, admin_token=config.server.admin_token, limits=Limits(
-        min_password_length=config.auth.min_password_length,
-        history_page_max=config.limits.history_page_max))
+    api = Api(services.users, admin_token=config.server.admin_token,
+              limits=configured_limits(config))
     routes_ops.register(api, services)
     routes_accounts.register(api, services)
     routes_conversations.register(api, services)

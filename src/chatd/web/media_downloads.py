@@ -33,8 +33,8 @@ from chatd.errors import ChatdError, RangeNotSatisfiable, Unauthorized
 from chatd.services.media import Blob
 from chatd.storage.blobs import LocalBlobStore
 from chatd.web import media_response, models
+from chatd.web.api import configured_limits
 from chatd.web.auth import parse_bearer
-from chatd.web.schema import Limits
 
 if TYPE_CHECKING:
     from chatd.services.context import Services
@@ -115,9 +115,7 @@ class MediaDownloads:
     def __init__(self, services: Services, *, send_timeout: float) -> None:
         self._services = services
         self._send_timeout = send_timeout
-        config = services.config
-        self._limits = Limits(min_password_length=config.auth.min_password_length,
-                              history_page_max=config.limits.history_page_max)
+        self._limits = configured_limits(services.config)
         self._closing = False
         self._idle: set[trio.CancelScope] = set()
 

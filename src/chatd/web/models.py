@@ -463,8 +463,8 @@ class Usage(Model):
 
 @dataclass(frozen=True, slots=True)
 class LinkRequest(Model):
-    ttl_s: Annotated[int, Integer(minimum=1, maximum=31_536_000,
-                                  description="seconds the link works")]
+    ttl_s: Annotated[int, Integer(minimum=1, maximum=Limit.MAX_LINK_TTL,
+                                  description="seconds the link works (media.max_link_ttl)")]
 
 
 @dataclass(frozen=True, slots=True)

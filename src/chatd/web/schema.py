@@ -47,6 +47,7 @@ class Limit(enum.Enum):
 
     MIN_PASSWORD_LENGTH = "min_password_length"
     HISTORY_PAGE_MAX = "history_page_max"
+    MAX_LINK_TTL = "max_link_ttl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,7 @@ class Limits:
 
     min_password_length: int = 8
     history_page_max: int = 200
+    max_link_ttl: int = 604_800
 
     def resolve(self, bound: int | Limit | None) -> int | None:
         if isinstance(bound, Limit):
