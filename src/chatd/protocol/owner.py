@@ -94,9 +94,16 @@ class Send(OwnerCommand):
     client_msg_id: str
     content_type: str
     body: Body
-    #: The attachments' records as the sender's shard resolved them
-    #: (`domain.media.attachment_record`); the owner checks they still exist.
+    #: The attachments' records as the media's shards gave them (`MediaService.attach`,
+    #: `domain.media.attachment_record`).
     attachments: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Send:
+        # A peer from before attachments existed sends none (a rolling upgrade).
+        if isinstance(body, dict) and "attachments" not in body:
+            body = {**body, "attachments": []}
+        return cls(**cls.checked_fields(body))
 
 
 @dataclass(frozen=True, slots=True)
