@@ -4,6 +4,7 @@ The peak is the kernel's own (VmHWM, reset just before the upload), not a sampli
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import httpx
@@ -56,3 +57,6 @@ async def test_a_1_gib_upload_grows_rss_by_less_than_64_mb(tmp_path: Path) -> No
         assert response.json()["size"] == GIB
     finally:
         server.kill()
+        # The stored GiB is real disk (the source is sparse): not left to pytest's
+        # retention of old temp dirs.
+        shutil.rmtree(tmp_path / "data", ignore_errors=True)
