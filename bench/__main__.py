@@ -10,7 +10,9 @@ Scenarios:
   appends  the durable append path alone, in this process (no network)
   wakeup   server CPU of a round trip after 0/2/10 ms idle, chatd and a bare echo
   sends    acknowledged REST sends into one group
-  all      every scenario above but sends
+  media    upload and download MB/s of 1 GiB, server CPU per MB, RSS during the
+           transfer, ranged 64 KiB reads per second
+  all      every scenario above but sends and media
 
 Without --url it starts its own server (data in a temp dir); with --cluster FILE, one
 process per shard of that config, and server CPU is the sum of all of them (`direct`
@@ -36,15 +38,19 @@ from bench import harness
 from bench.appends import appends
 from bench.cluster import BenchCluster
 from bench.harness import Result, Target
+from bench.media import media
 from bench.report import plot_sweep, print_result
 from bench.sends import run_sends
 from bench.serverproc import BenchServer
 from bench.wakeup import wakeup
 
 SCENARIOS = ["direct", "group", "idle", "catchup", "burst", "sweep", "appends", "wakeup",
-             "sends", "all"]
-#: The server's settings for benchmarks: idle sockets are not reaped while held.
-SERVER_ENV = {"CHATD_WEBSOCKET_IDLE_TIMEOUT": "3600"}
+             "sends", "media", "all"]
+#: The server's settings for benchmarks: idle sockets are not reaped while held; media
+#: takes the 1 GiB transfer.
+SERVER_ENV = {"CHATD_WEBSOCKET_IDLE_TIMEOUT": "3600",
+              "CHATD_MEDIA_MAX_UPLOAD_BYTES": str(2 << 30),
+              "CHATD_MEDIA_QUOTA_BYTES": str(64 << 30)}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -89,6 +95,7 @@ def _parser() -> argparse.ArgumentParser:
     size.add_argument("--shape", choices=["direct", "group"], default="direct",
                       help="sweep: which scenario to sweep")
     size.add_argument("--rates", help="sweep: comma-separated offered rates")
+    size.add_argument("--megabytes", type=int, help="media: MiB transferred (1024)")
     return parser
 
 
@@ -158,15 +165,17 @@ def _runners(args: argparse.Namespace, own_server: BenchServer | None
                                   per_sender=20 if args.quick else 40))
         return [Result("sends", {"senders": senders}, asdict(result))]
 
+    media_ = one(media, size=_pick(args, "megabytes", 1024, 32) << 20,
+                 ranged_reads=_pick(args, "messages", 5000, 200))
     return {"direct": direct, "group": group, "idle": idle, "catchup": catchup,
             "burst": burst, "sweep": sweep, "appends": appends_, "wakeup": wakeup_,
-            "sends": sends}
+            "sends": sends, "media": media_}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _raise_fd_limit()
-    names = [n for n in SCENARIOS if n not in ("all", "sends")] \
+    names = [n for n in SCENARIOS if n not in ("all", "sends", "media")] \
         if args.scenario == "all" else [args.scenario]
     failed = False
     out = sys.stdout if args.json == "-" else (open(args.json, "a") if args.json else None)  # noqa: SIM115

@@ -45,6 +45,17 @@ _LABELS = {
     "floor_cpu_us_per_request": "server CPU of GET /healthz (µs)",
     "seconds": "seconds",
     "client_cpu_s": "client CPU (s)",
+    "upload_mb_s": "upload (MB/s)",
+    "download_mb_s": "download (MB/s)",
+    "upload_server_cpu_ms_per_mb": "server CPU per MB uploaded (ms)",
+    "download_server_cpu_ms_per_mb": "server CPU per MB downloaded (ms)",
+    "rss_before_mb": "server RSS before (MB)",
+    "rss_peak_upload_mb": "server RSS peak, upload (MB)",
+    "rss_peak_download_mb": "server RSS peak, download (MB)",
+    "rss_growth_upload_mb": "server RSS growth, upload (MB)",
+    "ranged_64k_reads_per_s": "ranged 64 KiB reads/s",
+    "ranged_server_cpu_us_per_read": "server CPU per ranged read (µs)",
+    "sha256_matches": "sha256 matches",
 }
 
 

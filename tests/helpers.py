@@ -198,3 +198,13 @@ async def error_log() -> AsyncIterator[ErrorLog]:
         yield handler
     finally:
         root.removeHandler(handler)
+
+
+class ManualClock:
+    """Wall-clock time that a test moves (`clock.now += ms`)."""
+
+    def __init__(self) -> None:
+        self.now = time.time_ns() // 1_000_000
+
+    def now_ms(self) -> int:
+        return self.now

@@ -45,3 +45,17 @@ def test_quick_run_of_every_scenario_loses_and_duplicates_nothing(tmp_path: Path
     [catchup] = [r for r in results if r["scenario"] == "catchup"]
     assert catchup["in_order"] and catchup["delivered"] == catchup["messages"]
     assert plot.read_bytes().startswith(b"\x89PNG")
+
+
+def test_quick_media_run_round_trips_and_reports_every_figure(tmp_path: Path) -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", "chatd", "bench", "media", "--quick", "--json", "-"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    [media] = [json.loads(line) for line in finished.stdout.splitlines()
+               if line.startswith("{") and '"scenario": "media"' in line]
+    assert media["lost"] == 0 and media["sha256_matches"] is True
+    for figure in ("upload_mb_s", "download_mb_s", "upload_server_cpu_ms_per_mb",
+                   "ranged_64k_reads_per_s", "ranged_server_cpu_us_per_read",
+                   "rss_peak_upload_mb"):
+        assert media[figure] > 0, (figure, media)

@@ -9,9 +9,11 @@ formatting are pure functions, tested without a terminal or a server.
 from __future__ import annotations
 
 import getpass
+import mimetypes
 import os
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -24,6 +26,7 @@ HELP = """commands:
   /list                  your conversations (id, name, unread)
   /open ID               make conversation ID current
   /history [N]           the last N messages of the current conversation (default 20)
+  /send-file PATH        upload the file at PATH and send it to the current conversation
   /help                  this text
   /quit                  leave
 anything else is sent to the current conversation"""
@@ -40,6 +43,11 @@ def parse_line(line: str) -> Command:
     text = line.strip()
     if not text.startswith("/"):
         return Command("say", (text,)) if text else Command("noop")
+    if text.split(maxsplit=1)[0] == "/send-file":
+        # The rest of the line is the path, spaces and all.
+        path = text[len("/send-file"):].strip()
+        return Command("send-file", (path,)) if path else Command(
+            "error", ("usage: /send-file PATH",))
     name, *args = text[1:].split()
     if name in ("to", "open") and len(args) != 1:
         return Command("error", (f"usage: /{name} {'HANDLE' if name == 'to' else 'ID'}",))
@@ -73,8 +81,23 @@ def format_message(message: dict[str, Any], names: Names) -> str:
         body = message["body"]
         return f"[{where}] * {who}: {body.get('event', '?')} {' '.join(body.get('user_ids', []))}"
     if message["content_type"].startswith("text/"):
-        return f"[{where}] {who}: {message['body']}"
-    return f"[{where}] {who}: <{message['content_type']}, {len(message['body'])} bytes>"
+        line = f"[{where}] {who}: {message['body']}"
+    else:
+        line = f"[{where}] {who}: <{message['content_type']}, {len(message['body'])} bytes>"
+    for attachment in message.get("attachments", ()):
+        line += "\n    " + format_attachment(attachment)
+    return line
+
+
+def format_attachment(attachment: dict[str, Any]) -> str:
+    """`📎 photo.jpg (image, 8.2 KB, 800x600) media 2531…`."""
+    size = attachment["size"]
+    shown = f"{size} B" if size < 1024 else f"{size / 1024:.1f} KB" if size < 1 << 20 \
+        else f"{size / (1 << 20):.1f} MB"
+    details = [attachment["kind"], shown]
+    if attachment.get("width"):
+        details.append(f"{attachment['width']}x{attachment['height']}")
+    return f"📎 {attachment['filename']} ({', '.join(details)}) media {attachment['media_id']}"
 
 
 def format_event(event: dict[str, Any], names: Names) -> str | None:
@@ -168,12 +191,33 @@ class Terminal:
                 for message in page["messages"]:
                     await self.learn_user(message["sender_id"])
                     self.say(format_message(message, self.names))
+        elif command.name == "send-file":
+            raw = command.args[0]
+            if raw.startswith("~/"):  # (expanduser would do, but may read the passwd db)
+                raw = os.environ.get("HOME", "~") + raw[1:]
+            await self.send_file(Path(raw))
         elif command.name == "say":
             if self.current is None:
                 self.say("no current conversation: /to HANDLE or /open ID first")
             else:
                 await self.live.send(self.current, command.args[0])
         return True
+
+    async def send_file(self, path: Path) -> None:
+        if self.current is None:
+            self.say("no current conversation: /to HANDLE or /open ID first")
+            return
+        if not await trio.Path(path).is_file():
+            self.say(f"! no such file: {path}")
+            return
+        content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        try:
+            media = await self.client.upload(path, content_type, filename=path.name)
+        except ApiError as exc:
+            self.say(f"! {exc.code}: {exc.message}")
+            return
+        await self.live.send(self.current, path.name, attachments=[media["media_id"]])
+        self.say(f"* sent {path.name} ({media['size']} bytes)")
 
     async def open(self, conv: dict[str, Any]) -> None:
         await self.learn_conversation(conv)

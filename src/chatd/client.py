@@ -16,11 +16,15 @@ the server resumes after what this device acknowledged.
 from __future__ import annotations
 
 import base64
+import hashlib
 import itertools
+import os
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import trio
@@ -61,6 +65,10 @@ class ChatClient:
         self.token = token
         self.credentials: Credentials | None = None
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
+        # Downloads get connections of their own: a connection whose first request is a
+        # media download is served by the server's direct path (sendfile, no framework),
+        # one that began with another route is not (web/media_downloads.py).
+        self._media_http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
 
     async def __aenter__(self) -> ChatClient:
         return self
@@ -70,18 +78,16 @@ class ChatClient:
 
     async def aclose(self) -> None:
         await self._http.aclose()
+        await self._media_http.aclose()
+
+    def _auth(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
     async def request(self, method: str, path: str, json_body: Any = None,
                       params: dict[str, Any] | None = None) -> Any:
-        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
         response = await self._http.request(method, path, json=json_body, params=params,
-                                            headers=headers)
-        if response.status_code >= 400:
-            try:
-                error = response.json()["error"]
-                raise ApiError(response.status_code, error["code"], error["message"])
-            except (ValueError, KeyError, TypeError):
-                raise ApiError(response.status_code, "http_error", response.text) from None
+                                            headers=self._auth())
+        _raise_for_error(response)
         return response.json() if response.content else None
 
     # -- accounts -------------------------------------------------------------------------
@@ -126,11 +132,84 @@ class ChatClient:
         return result
 
     async def send(self, conversation_id: str, text: str, *,
-                   client_msg_id: str | None = None) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("POST", "/messages/send", {
+                   client_msg_id: str | None = None,
+                   attachments: list[str | tuple[str, str]] | None = None) -> dict[str, Any]:
+        """Send a text message, with the media ids of `attachments` (from `upload`); an
+        attachment may be (media id, id of a thumbnail you uploaded for it)."""
+        message: dict[str, Any] = {
             "conversation_id": conversation_id, "client_msg_id": client_msg_id
-            or new_client_msg_id(), "content_type": "text/plain", "body": text})
+            or new_client_msg_id(), "content_type": "text/plain", "body": text}
+        if attachments:
+            message["attachments"] = attachment_list(attachments)
+        result: dict[str, Any] = await self.request("POST", "/messages/send", message)
         return result
+
+    # -- media ------------------------------------------------------------------------------
+
+    async def upload(self, source: bytes | Path, content_type: str, *,
+                     filename: str | None = None) -> dict[str, Any]:
+        """Upload bytes, or a file streamed from disk (never read whole into memory).
+        `application/octet-stream` is stored opaque: what end-to-end encrypted media use."""
+        headers = {**self._auth(), "Content-Type": content_type}
+        if isinstance(source, Path):
+            filename = filename if filename is not None else source.name
+            size = (await trio.Path(source).stat()).st_size
+            headers["Content-Length"] = str(size)
+            content: bytes | AsyncIterator[bytes] = _file_chunks(source)
+        else:
+            content = source
+        if filename:
+            headers["X-Filename"] = quote(filename, safe="")
+        response = await self._http.post("/media/upload", content=content, headers=headers)
+        _raise_for_error(response)
+        result: dict[str, Any] = response.json()
+        return result
+
+    async def download(self, media_id: str, destination: Path, *,
+                       thumbnail: int | None = None) -> Path:
+        """Download a media to `destination`, resuming a partial download: bytes already in
+        `destination.part` are kept and the rest asked for with Range. The result is
+        checked against the media's sha256 (its ETag) before it is renamed into place."""
+        path = f"/media/{media_id}" + (f"/thumbnail?size={thumbnail}" if thumbnail else "")
+        partial = destination.with_name(destination.name + ".part")
+        have = partial.stat().st_size if partial.exists() else 0
+        headers = self._auth()
+        if have:
+            headers["Range"] = f"bytes={have}-"
+        async with self._media_http.stream("GET", path, headers=headers) as response:
+            if response.status_code == 416:
+                have = 0  # the partial file is not a prefix of this media: start again
+                await response.aclose()
+                partial.unlink()
+                return await self.download(media_id, destination, thumbnail=thumbnail)
+            if response.status_code >= 400:
+                await response.aread()
+                _raise_for_error(response)
+            mode = "ab" if response.status_code == 206 else "wb"
+            expected = response.headers.get("ETag", "").strip('"')
+            async with await trio.open_file(partial, mode) as file:
+                async for chunk in response.aiter_bytes(1 << 20):
+                    await file.write(chunk)
+        if thumbnail is None and expected and await trio.to_thread.run_sync(
+                _sha256_of, partial) != expected:
+            partial.unlink()
+            raise ApiError(0, "corrupt_download", "the downloaded bytes do not match the "
+                           "media's sha256; download again")
+        os.replace(partial, destination)
+        return destination
+
+    async def media_bytes(self, media_id: str) -> bytes:
+        response = await self._media_http.get(f"/media/{media_id}", headers=self._auth())
+        _raise_for_error(response)
+        return response.content
+
+    async def media_link(self, media_id: str, ttl_s: int = 3600) -> str:
+        """A signed URL that works without a token (for <img>, <video>, curl)."""
+        result = await self.request("POST", f"/media/{media_id}/link", {"ttl_s": ttl_s})
+        return self.base_url + str(result["url"])
+
+    async def delete_media(self, media_id: str) -> None:
+        await self.request("DELETE", f"/media/{media_id}")
 
     async def history(self, conversation_id: str, **params: int) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("GET", f"/messages/{conversation_id}",
@@ -156,6 +235,36 @@ class ChatClient:
                     nursery.cancel_scope.cancel()
         finally:
             await socket.aclose()
+
+
+def attachment_list(attachments: list[str | tuple[str, str]]) -> list[dict[str, str]]:
+    """Attachments as the API takes them: a media id, or (media id, thumbnail id)."""
+    return [{"media_id": item} if isinstance(item, str)
+            else {"media_id": item[0], "thumbnail_media_id": item[1]} for item in attachments]
+
+
+def _raise_for_error(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        error = response.json()["error"]
+        raise ApiError(response.status_code, error["code"], error["message"])
+    except (ValueError, KeyError, TypeError):
+        raise ApiError(response.status_code, "http_error", response.text) from None
+
+
+async def _file_chunks(path: Path, size: int = 1 << 20) -> AsyncIterator[bytes]:
+    async with await trio.open_file(path, "rb") as file:
+        while chunk := await file.read(size):
+            yield chunk
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as file:
+        while chunk := file.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 class LiveConnection:
@@ -205,13 +314,15 @@ class LiveConnection:
 
     async def send(self, conversation_id: str, body: str | bytes, *,
                    content_type: str = "text/plain",
-                   client_msg_id: str | None = None) -> dict[str, Any]:
-        """Send a message; returns the `sent` frame once the message is durable."""
+                   client_msg_id: str | None = None,
+                   attachments: list[str | tuple[str, str]] | None = None) -> dict[str, Any]:
+        """Send a message (with `attachments`, as `ChatClient.send` takes them); returns
+        the `sent` frame once the message is durable."""
         if isinstance(body, bytes) and self.codec == "json":
             body = base64.b64encode(body).decode()
         return await self._call(frames.send_request(
             f"r{next(_ids)}", conversation_id, client_msg_id or new_client_msg_id(), body,
-            content_type))
+            content_type, attachment_list(attachments) if attachments else None))
 
     async def ack(self, conversation_id: str, seq: int) -> None:
         await self._call(frames.ack_request(conversation_id, seq))

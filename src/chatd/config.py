@@ -246,6 +246,41 @@ class WebSocketConfig:
 
 
 @dataclass(frozen=True)
+class MediaConfig:
+    """Images, video and documents in chats (services/media.py, docs/architecture.md)."""
+
+    #: Largest upload, in bytes; past it, 413 media_too_large.
+    max_upload_bytes: int = 100 * 1024 * 1024
+    #: Bytes of uploads one user may hold at once; past it, 507 quota_exceeded.
+    quota_bytes: int = 10 * 1024 * 1024 * 1024
+    #: Seconds an upload no message references is kept before the GC deletes it.
+    unreferenced_ttl: float = 24 * 3600.0
+    #: Seconds between GC passes.
+    gc_interval: float = 600.0
+    #: Largest image (in pixels) thumbnails are made of: Pillow's decompression-bomb guard.
+    max_image_pixels: int = 50_000_000
+    #: Thumbnail format: "webp" or "jpeg".
+    thumbnail_format: str = "webp"
+    #: Longest lifetime of a signed link (POST /media/{id}/link), in seconds.
+    max_link_ttl: float = 7 * 24 * 3600.0
+    #: Where blobs live: "local" (files under storage.data_dir/media) or "s3".
+    backend: str = "local"
+    #: The S3-compatible backend (path-style URLs, SigV4): endpoint URL, bucket, region
+    #: and credentials (or CHATD_MEDIA_S3_SECRET_KEY).
+    s3_endpoint: str = ""
+    s3_bucket: str = ""
+    s3_region: str = "us-east-1"
+    s3_access_key: str = ""
+    s3_secret_key: str = field(default="", repr=False)
+    #: Uploads above this many bytes go to S3 in parts (multipart upload).
+    s3_multipart_threshold: int = 16 * 1024 * 1024
+    #: How S3 downloads are served: "proxy" (through chatd, with Range) or "redirect"
+    #: (302 to a presigned URL that expires after s3_presign_ttl seconds).
+    s3_download: str = "proxy"
+    s3_presign_ttl: float = 300.0
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -254,6 +289,7 @@ class Config:
     auth: AuthConfig = field(default_factory=AuthConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
+    media: MediaConfig = field(default_factory=MediaConfig)
 
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.server.listen)
@@ -447,9 +483,39 @@ def validate(config: Config) -> Config:
         raise ConfigError("limits.history_page_default: must not exceed limits.history_page_max")
     _validate_cluster(config.cluster)
     _validate_replication(config.replication, len(config.cluster.shards))
+    _validate_media(config.media)
     if config.server.max_request_bytes < config.limits.max_message_bytes:
         raise ConfigError("server.max_request_bytes: must be at least limits.max_message_bytes")
     return config
+
+
+def _validate_media(media: MediaConfig) -> None:
+    for key, number in (("media.max_upload_bytes", media.max_upload_bytes),
+                        ("media.quota_bytes", media.quota_bytes),
+                        ("media.unreferenced_ttl", media.unreferenced_ttl),
+                        ("media.gc_interval", media.gc_interval),
+                        ("media.max_image_pixels", media.max_image_pixels),
+                        ("media.max_link_ttl", media.max_link_ttl),
+                        ("media.s3_presign_ttl", media.s3_presign_ttl)):
+        if number <= 0:
+            raise ConfigError(f"{key}: must be greater than 0, got {number}")
+    # S3 wants every part but the last to be at least 5 MiB.
+    if media.s3_multipart_threshold < 5 * 1024 * 1024:
+        raise ConfigError("media.s3_multipart_threshold: must be at least 5242880 (5 MiB, "
+                          f"S3's smallest part), got {media.s3_multipart_threshold}")
+    choices = (("media.thumbnail_format", media.thumbnail_format, ("webp", "jpeg")),
+               ("media.backend", media.backend, ("local", "s3")),
+               ("media.s3_download", media.s3_download, ("proxy", "redirect")))
+    for key, value, allowed in choices:
+        if value not in allowed:
+            raise ConfigError(f"{key}: expected one of {', '.join(allowed)}, got {value!r}")
+    if media.backend == "s3":
+        for key, value in (("media.s3_endpoint", media.s3_endpoint),
+                           ("media.s3_bucket", media.s3_bucket),
+                           ("media.s3_access_key", media.s3_access_key),
+                           ("media.s3_secret_key", media.s3_secret_key)):
+            if not value:
+                raise ConfigError(f"{key}: required with media.backend = \"s3\"")
 
 
 def _validate_cluster(cluster: ClusterConfig) -> None:

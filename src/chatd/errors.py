@@ -98,3 +98,40 @@ class StorageFailure(ChatdError):
 
     status = 503
     code = "storage_failure"
+
+
+class LengthRequired(ChatdError):
+    status = 411
+    code = "length_required"
+
+
+class UnsupportedMediaType(ChatdError):
+    """An upload whose declared type contradicts its content."""
+
+    status = 415
+    code = "unsupported_media_type"
+
+
+class RangeNotSatisfiable(ChatdError):
+    """416: carries the blob's size, for `Content-Range: bytes */N`."""
+
+    status = 416
+    code = "range_not_satisfiable"
+
+    def __init__(self, message: str, size: int) -> None:
+        super().__init__(message)
+        self.size = size
+
+
+class Quarantined(ChatdError):
+    """Content an operator made unavailable (quarantined media)."""
+
+    status = 451
+    code = "quarantined"
+
+
+class InsufficientStorage(ChatdError):
+    """A user's media quota is used up."""
+
+    status = 507
+    code = "quota_exceeded"

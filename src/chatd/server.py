@@ -35,6 +35,7 @@ from chatd.transport.tls import mesh_tls_contexts
 from chatd.web.app import create_app
 from chatd.web.front import FrontServer
 from chatd.web.hypercorn_adapter import HttpServer, require_supported_hypercorn
+from chatd.web.media_downloads import MediaDownloads
 from chatd.web.sockets import LiveSockets
 from chatd.web.tls import ServerCertificate
 
@@ -83,7 +84,8 @@ def _mesh(config: Config, services: Services) -> Mesh | None:
     me = cluster.this_shard
     assert me.mesh is not None  # validate() insists on it in a cluster
     handler = PeerHandler(owner_api=services.owner_api, home_api=services.home_api,
-                          delivery=services.delivery, coordinator=services.coordinator)
+                          delivery=services.delivery, coordinator=services.coordinator,
+                          media=services.media)
     server_ssl, client_ssl = (mesh_tls_contexts(cluster.tls_certfile, cluster.tls_keyfile,
                                                 cluster.tls_cafile)
                               if cluster.mesh_tls else (None, None))
@@ -137,6 +139,7 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
     certificate = (ServerCertificate(server.certfile, server.keyfile)
                    if server.certfile or server.keyfile else None)
     store = Store.open(config.storage.data_dir, sync=config.storage.sync)
+    services: Services | None = None
     try:
         ring = HashRing(config.cluster.names, config.cluster.vnodes)
         claim_ring(store, ring.signature(), config.cluster.shard, shards=ring.shards)
@@ -147,7 +150,8 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
                           send_timeout=server.send_timeout)
         front = FrontServer(http, LiveSockets(services), host=host, port=port,
                             backlog=server.backlog, graceful_timeout=server.graceful_timeout,
-                            send_timeout=server.send_timeout, certificate=certificate)
+                            send_timeout=server.send_timeout, certificate=certificate,
+                            media=MediaDownloads(services, send_timeout=server.send_timeout))
         # Everything built so far (the imported frameworks, the app) lives as long as the
         # process: keep it out of the cyclic collector's full passes, which otherwise
         # scan it again and again as messages allocate.
@@ -172,6 +176,7 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
                 web.start_soon(_run_until, shutdown, services.messaging.run_hint_writer)
                 web.start_soon(_run_until, shutdown, partial(
                     services.coordinator.run, settle_after=2 * config.cluster.request_timeout))
+                web.start_soon(_run_until, shutdown, services.media.run_collector)
                 url = await web.start(front.run, shutdown)
                 log.info("serving %s (shard %s, data %s)", url, config.cluster.shard,
                          config.storage.data_dir)
@@ -184,4 +189,7 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
             decider_scope.cancel()
         log.info("stopped cleanly")
     finally:
+        with trio.CancelScope(shield=True):
+            if services is not None:
+                await services.media.blobs.aclose()
         store.close()

@@ -107,3 +107,13 @@ def test_results_round_trip() -> None:
                 (ops.conversation_to_wire(conv), 2)]
         else:
             assert back == result, method
+
+
+def test_a_send_from_a_peer_without_attachments_is_taken() -> None:
+    send = ops.Send(1, 2, 3, "c", "text/plain", "hi",
+                    [{"media_id": 9, "kind": "image", "thumbnails": [96]}])
+    assert ops.Send.from_wire(send.to_wire()) == send
+    older = {key: value for key, value in send.to_wire().items() if key != "attachments"}
+    assert ops.Send.from_wire(older).attachments == []
+    with pytest.raises(ops.WireError):
+        ops.Send.from_wire({**send.to_wire(), "attachments": [1, 2]})

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from chatd.domain.media import BlobRecord, MediaRecord, MediaRef, Thumbnail
 from chatd.domain.models import (
     Conversation,
     Device,
@@ -23,6 +24,26 @@ def message(conv: int, seq: int, body: str | bytes = "hi") -> Message:
     return Message(seq * 1000, conv, seq, 7, 8, f"c{seq}", "text/plain", body, seq * 10)
 
 
+def test_messages_with_attachments_round_trip(tmp_path: Path) -> None:
+    attachment = {"media_id": 9, "kind": "image", "content_type": "image/png", "size": 10,
+                  "sha256": "ab" * 32, "filename": "p.png", "width": 4, "height": 3,
+                  "thumbnails": [96]}
+    plain = message(5, 1)
+    carrying = Message(2000, 5, 2, 7, 8, "c2", "text/plain", "see", 20, (attachment,))
+    store = Store.open(str(tmp_path))
+    try:
+        batch = Batch()
+        batch.put(records.MESSAGES, (5, 1), plain)
+        batch.put(records.MESSAGES, (5, 2), carrying)
+        store.write(batch)
+        assert store.get(records.MESSAGES, (5, 1)) == plain
+        assert store.get(records.MESSAGES, (5, 2)) == carrying
+        # Without attachments a message is stored as before they existed.
+        assert len(records.unpack(records.MESSAGES.pack(plain))) == 7
+    finally:
+        store.close()
+
+
 def test_every_family_round_trips_and_survives_reopen(tmp_path: Path) -> None:
     rows: list[tuple[records.Family, object, object]] = [  # type: ignore[type-arg]
         (records.USERS, 1, User(1, "alice", "Alice", b"hash", 100, "hi", True)),
@@ -38,6 +59,15 @@ def test_every_family_round_trips_and_survives_reopen(tmp_path: Path) -> None:
         (records.CURSORS, (2, 5), 1),
         (records.LAST_SEEN, 1, 12345),
         (records.META, "ring", {"signature": "abc", "shard": "a", "shards": ["a", "b"]}),
+        (records.MEDIA, 9, MediaRecord(9, 1, "ab" * 32, 10, "image/png", "p.png", 5, 4, 3, (
+            Thumbnail(96, "cd" * 32, "image/webp", 96, 96, 70).to_record(),), True, 2)),
+        (records.BLOBS, "ab" * 32, BlobRecord("ab" * 32, 10, 3)),
+        (records.MEDIA_UNREFERENCED, (5, 9), None),
+        (records.DEAD_BLOBS, "ef" * 32, None),
+        (records.QUARANTINE, "ef" * 32, {"at": 1, "reason": "x"}),
+        (records.MEDIA_USAGE, 1, 10),
+        (records.MEDIA_REFS, (5, 9), MediaRef(3, [1, 2])),
+        (records.MEDIA_CONVERSATIONS, (9, 5), True),
     ]
     assert {family.name for family, _, _ in rows} == {f.name for f in records.FAMILIES}
     store = Store.open(str(tmp_path))

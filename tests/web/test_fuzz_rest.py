@@ -68,6 +68,7 @@ from chatd.server import RunningServer
 from chatd.web import models
 from chatd.web.schema import compile_pattern
 from tests.helpers import PASSWORD, ErrorLog, error_log, fresh_handle, new_account
+from tests.media_files import png
 
 FIXED_SEED = 7_2026
 #: Examples per operation, per generation mode, per variant, per seed.
@@ -86,7 +87,8 @@ CONTRACT_TIMEOUT = 120.0
 #: (not_a_member) or is the caller (use_leave, when removing). docs/api.md lists them.
 #: Schemathesis's positive_data_acceptance expects any valid request to succeed unless
 #: it is 401/403/404/409/429; these 400s, and only these, are accepted as well.
-STATE_DEPENDENT = frozenset({"not_a_group", "seq_out_of_range", "not_a_member", "use_leave"})
+STATE_DEPENDENT = frozenset({"not_a_group", "seq_out_of_range", "not_a_member", "use_leave",
+                             "not_an_image"})
 
 NASTY_STRINGS = ("\ud800", "\udfff", "a\ud800b", "\udc00\ud800", "\x00", "\u202e\ufeff",
                  "x" * 70_000, "")
@@ -352,8 +354,11 @@ async def test_no_request_gets_a_server_error(server: RunningServer) -> None:
         for n in range(3):
             assert (await user.send(direct, f"m{n}")).status_code == 201
             assert (await user.send(group, f"g{n}")).status_code == 201
+        uploaded = await http.post("/media/upload", content=png(), headers={
+            **user.headers, "Content-Type": "image/png"})
+        assert uploaded.status_code == 201
         real = {"conversation_id": group, "direct": direct, "user_id": peer.user_id,
-                "seq": "2", "device_id": "own",
+                "seq": "2", "device_id": "own", "media_id": uploaded.json()["media_id"],
                 "/messages/{conversation_id}/{seq}/status:conversation_id": direct,
                 "/messages/{conversation_id}:conversation_id": direct,
                 "/conversations/{conversation_id}/read:conversation_id": direct,
@@ -437,6 +442,12 @@ def name_strategy(name_format: str) -> st.SearchStrategy[str]:
 _FIELD_FORMATS = {"display_name": models.DISPLAY_NAME, "name": models.GROUP_NAME,
                   "status": models.STATUS, "device_name": models.DEVICE_NAME}
 _FORMAT_VIOLATION = re.compile(r"violates `format` at /properties/(\w+)")
+
+
+def _unknown_transfer_coding(case: schemathesis.Case) -> bool:
+    codings = [value for name, value in (case.headers or {}).items()
+               if name.lower() == "transfer-encoding"]
+    return any(value.strip().lower() != "chunked" for value in codings)
 
 
 def _valid_name_after_all(failure: Any, case: schemathesis.Case) -> bool:
@@ -561,6 +572,12 @@ def contract_schema(spec: dict[str, Any], url: str, run_seed: int, *, token: str
         if isinstance(failure, AcceptedNegativeData) and _valid_name_after_all(failure, case):
             contract.accepted["name format"] = contract.accepted.get("name format", 0) + 1
             return False
+        if response.status_code == 501 and _unknown_transfer_coding(case):
+            # Generated headers can include a Transfer-Encoding no server implements: RFC
+            # 9112 (section 6.1) answers it 501, which h11 does before the app sees it.
+            contract.accepted["transfer coding"] = contract.accepted.get(
+                "transfer coding", 0) + 1
+            return False
         return True
 
     return schema
@@ -576,7 +593,9 @@ async def test_the_server_keeps_its_published_contract(server: RunningServer) ->
         spec = (await http.get("/openapi.json")).json()
         user, other = await new_account(http, fresh_handle("contract")), await new_account(http)
         await user.group("contract", other)
-    assert formats_in(spec) == set(NAME_FORMATS), "a name format needs a strategy here"
+    # ("binary", an upload's body, is OpenAPI's own and Schemathesis knows it.)
+    assert formats_in(spec) - {"binary"} == set(NAME_FORMATS), \
+        "a name format needs a strategy here"
     for name_format in NAME_FORMATS:
         schemathesis.openapi.format(name_format, name_strategy(name_format))
     session = requests.Session()

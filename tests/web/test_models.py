@@ -27,12 +27,22 @@ from chatd.domain.models import Message, User
 from chatd.errors import BadRequest
 from chatd.protocol import frames
 from chatd.web import models, render
-from chatd.web.schema import Id, IdList, Integer, Kind, Limits, Model, String, compile_pattern
+from chatd.web.schema import (
+    Id,
+    IdList,
+    Integer,
+    Kind,
+    Limits,
+    ListOf,
+    Model,
+    String,
+    compile_pattern,
+)
 
 LIMITS = Limits(min_password_length=8, history_page_max=200)
 REQUEST_MODELS = [models.Register, models.Login, models.ProfileChange, models.OpenDirect,
                   models.MarkRead, models.CreateGroup, models.RenameGroup, models.UserIds,
-                  models.SendMessage]
+                  models.SendMessage, models.LinkRequest, models.Quarantine]
 NAMES = {models.DISPLAY_NAME: (rules.MAX_DISPLAY_NAME, False),
          models.GROUP_NAME: (rules.MAX_GROUP_NAME, False),
          models.STATUS: (rules.MAX_STATUS_TEXT, True),
@@ -51,7 +61,8 @@ json_values = st.recursive(json_scalars, lambda inner: st.one_of(
 
 
 def validator(model: type[Model]) -> Any:
-    schemas = {"Id": models.ID.definition(), model.__name__: model.schema(LIMITS)}
+    schemas = {"Id": models.ID.definition(), model.__name__: model.schema(LIMITS),
+               "AttachmentRef": models.AttachmentRef.schema(LIMITS)}
     return jsonschema_rs.validator_for({"components": {"schemas": schemas},
                                         "$ref": f"#/components/schemas/{model.__name__}"})
 
@@ -63,6 +74,9 @@ def near_valid(kind: Kind) -> st.SearchStrategy[Any]:
             ["0", str(MAX_ID), str(MAX_ID + 1), "0" * 18 + "1", "0" * 19 + "1", "12\n", "-1"])
     if isinstance(kind, IdList):
         return st.lists(near_valid(kind.id), max_size=3)
+    if isinstance(kind, ListOf):
+        return st.lists(st.one_of(objects(kind.model), json_values), max_size=3) | st.lists(
+            st.just({"media_id": "1"}), min_size=kind.max_items, max_size=kind.max_items + 1)
     if isinstance(kind, Integer):
         return st.one_of(st.integers(-3, 3), st.sampled_from([2.0, -1.0, 1.5, 2**64]))
     if isinstance(kind, String) and kind.pattern is not None:

@@ -51,7 +51,7 @@ async def test_every_private_route_needs_a_token(server: RunningServer,
                                                  http: httpx.AsyncClient) -> None:
     for method, path in sorted(app_routes(server) - PUBLIC_ROUTES):
         url = path.replace("{conversation_id}", "1").replace("{user_id}", "1") \
-            .replace("{device_id}", "1").replace("{seq}", "1")
+            .replace("{device_id}", "1").replace("{seq}", "1").replace("{media_id}", "1")
         response = await http.request(method, url, json={})
         expected = 404 if path == "/metrics" else 401  # metrics are off without a token
         assert response.status_code == expected, (method, path, response.text)

@@ -26,6 +26,8 @@ class User:
     #: Privacy: when off, others are not told when this user has read their messages,
     #: and (as in WhatsApp) this user is not told when others read theirs.
     read_receipts: bool = True
+    #: The media id of the profile photo (0: none).
+    photo_media_id: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,9 @@ class Message:
     content_type: str
     body: Body
     ts: int
+    #: Media carried by the message: one map per attachment (`domain/media.py`,
+    #: `attachment_record`), in the order the sender gave them.
+    attachments: tuple[dict[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +151,8 @@ class Conversation:
     watermarks: dict[int, Watermark] = field(default_factory=dict)
     #: The owner's index of recent senders (set once the owner holds the conversation).
     recent: RecentSenders | None = None
+    #: A group's photo (media id; 0: none).
+    photo_media_id: int = 0
     #: The seq of the newest entry the owner has *written*, which may be ahead of
     #: `head_seq`, the newest it has *acknowledged* (durable here and on the replica):
     #: appends number from this one, everything a client sees stops at `head_seq`.

@@ -23,6 +23,7 @@ import msgpack
 
 from chatd.domain import rules
 from chatd.domain.ids import parse_id
+from chatd.domain.media import Attaching
 from chatd.domain.models import Message, User
 from chatd.errors import BadRequest, ChatdError
 from chatd.protocol import edge
@@ -51,6 +52,8 @@ class SendFrame:
     client_msg_id: str
     content_type: str
     body: str | bytes
+    #: The attachments (`[{"media_id": "…", "thumbnail_media_id": "…"}]` on the wire).
+    attachments: tuple[Attaching, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +152,27 @@ def _body(frame: dict[str, Any], content_type: str, codec: Codec, req: str) -> s
                      "(or raw bytes over msgpack)", req)
 
 
+#: Attachments one message may carry (as POST /messages/send).
+MAX_ATTACHMENTS = 16
+
+
+def _attachments(frame: dict[str, Any], req: str) -> tuple[Attaching, ...]:
+    items = frame.get("attachments")
+    if items is None:
+        return ()
+    if not isinstance(items, list) or len(items) > MAX_ATTACHMENTS:
+        raise FrameError("invalid_field", f"attachments: a list of at most {MAX_ATTACHMENTS} "
+                         "objects with a media_id", req)
+    ids = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            raise FrameError("invalid_field", f"attachments[{index}]: an object", req)
+        thumbnail = _id(item, "thumbnail_media_id", req) \
+            if item.get("thumbnail_media_id") is not None else 0
+        ids.append(Attaching(_id(item, "media_id", req), thumbnail))
+    return tuple(ids)
+
+
 def decode_client_frame(data: str | bytes, codec: Codec) -> ClientFrame:
     frame = _unpack(data, codec)
     if not isinstance(frame, dict):
@@ -165,7 +189,8 @@ def decode_client_frame(data: str | bytes, codec: Codec) -> ClientFrame:
             content_type = rules.check_content_type(_field(frame, "content_type", str, req))
             return SendFrame(req, _id(frame, "conversation_id", req),
                              rules.check_client_msg_id(_field(frame, "client_msg_id", str, req)),
-                             content_type, _body(frame, content_type, codec, req))
+                             content_type, _body(frame, content_type, codec, req),
+                             _attachments(frame, req))
         if kind == "ack":
             return AckFrame(_id(frame, "conversation_id", req), _seq(frame, req), req)
         if kind == "read":
@@ -199,9 +224,14 @@ def _with_req(frame: dict[str, Any], req: str | None) -> dict[str, Any]:
 
 
 def send_request(req: str, conversation_id: int | str, client_msg_id: str, body: str | bytes,
-                 content_type: str = "text/plain") -> dict[str, Any]:
-    return {"type": "send", "req": req, "conversation_id": str(conversation_id),
-            "client_msg_id": client_msg_id, "content_type": content_type, "body": body}
+                 content_type: str = "text/plain",
+                 attachments: list[dict[str, str]] | None = None) -> dict[str, Any]:
+    """`attachments`: `[{"media_id": …, "thumbnail_media_id": …}]` (the latter optional)."""
+    frame: dict[str, Any] = {"type": "send", "req": req, "conversation_id": str(conversation_id),
+             "client_msg_id": client_msg_id, "content_type": content_type, "body": body}
+    if attachments:
+        frame["attachments"] = attachments
+    return frame
 
 
 def ack_request(conversation_id: int | str, seq: int, req: str | None = None,
@@ -322,7 +352,7 @@ def encode_messages(frames: list[OutFrame], codec: Codec, max_bytes: int) -> lis
 
 
 def message_payload(message: Message) -> dict[str, Any]:
-    return {
+    payload = {
         "message_id": str(message.message_id),
         "conversation_id": str(message.conversation_id),
         "seq": message.seq,
@@ -332,6 +362,17 @@ def message_payload(message: Message) -> dict[str, Any]:
         "body": message.body,
         "ts": message.ts,
     }
+    if message.attachments:
+        payload["attachments"] = [attachment_payload(item) for item in message.attachments]
+    return payload
+
+
+def attachment_payload(attachment: dict[str, Any]) -> dict[str, Any]:
+    """An attachment as clients see it: the stored record with its id as a string."""
+    payload = {**attachment, "media_id": str(attachment["media_id"])}
+    if attachment.get("thumbnail_media_id"):
+        payload["thumbnail_media_id"] = str(attachment["thumbnail_media_id"])
+    return payload
 
 
 def message_frame(message: Message) -> OutFrame:
@@ -365,8 +406,11 @@ def typing_frame(conversation_id: int, user_id: int) -> OutFrame:
 
 
 def public_profile(user: User) -> dict[str, Any]:
-    return {"user_id": str(user.user_id), "handle": user.handle,
-            "display_name": user.display_name, "status": user.status_text}
+    profile = {"user_id": str(user.user_id), "handle": user.handle,
+               "display_name": user.display_name, "status": user.status_text}
+    if user.photo_media_id:
+        profile["photo_media_id"] = str(user.photo_media_id)
+    return profile
 
 
 def profile_frame(user: dict[str, Any]) -> OutFrame:

@@ -15,7 +15,7 @@ trusts the user id a peer names exactly as it trusts its own web layer's.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
 from chatd.domain.models import (
@@ -69,7 +69,12 @@ def _check_type(method: str, name: str, annotation: Any, value: Any) -> None:
     expected: tuple[type, ...] = {
         "int": (int,), "str": (str,), "bool": (bool,), "list[int]": (list,),
         "Body": (str, bytes, dict), "dict[int, int]": (dict,),
+        "list[dict[str, Any]]": (list,),
     }.get(str(annotation), (object,))
+    if str(annotation) == "list[dict[str, Any]]":
+        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
+            raise WireError(f"{method}: field {name} must be a list of maps")
+        return
     if not isinstance(value, expected) or (int in expected and isinstance(value, bool)):
         raise WireError(f"{method}: field {name} has the wrong type")
     if isinstance(value, list) and not all(
@@ -89,6 +94,16 @@ class Send(OwnerCommand):
     client_msg_id: str
     content_type: str
     body: Body
+    #: The attachments' records as the media's shards gave them (`MediaService.attach`,
+    #: `domain.media.attachment_record`).
+    attachments: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_wire(cls, body: Any) -> Send:
+        # A peer from before attachments existed sends none (a rolling upgrade).
+        if isinstance(body, dict) and "attachments" not in body:
+            body = {**body, "attachments": []}
+        return cls(**cls.checked_fields(body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +182,16 @@ class Rename(OwnerCommand):
     METHOD: ClassVar[str] = "owner.rename"
     actor_id: int
     name: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetGroupPhoto(OwnerCommand):
+    """An admin sets (or, with 0, removes) a group's photo. Answer: (the conversation,
+    the media id it showed before: the caller uncounts it)."""
+
+    METHOD: ClassVar[str] = "owner.set_group_photo"
+    actor_id: int
+    media_id: int
 
 
 # -- queries (read the owner's state; no commit) ------------------------------------------
@@ -263,7 +288,8 @@ class ConversationsOf(OwnerCommand):
 COMMANDS: dict[str, type[OwnerCommand]] = {
     command.METHOD: command for command in (
         Send, MarkRead, Acknowledge, OpenDirect, CreateGroup, AddMembers, RemoveMembers,
-        Promote, Leave, Rename, View, History, Status, Typing, ReadLog, ConversationsOf)
+        Promote, Leave, Rename, SetGroupPhoto, View, History, Status, Typing, ReadLog,
+        ConversationsOf)
 }
 
 
@@ -292,7 +318,7 @@ def conversation_to_wire(conv: Conversation) -> dict[str, Any]:
     return {
         "id": conv.conversation_id, "kind": conv.kind, "name": conv.name,
         "created_by": conv.created_by, "created_at": conv.created_at,
-        "head_seq": conv.head_seq, "last_ts": conv.last_ts,
+        "head_seq": conv.head_seq, "last_ts": conv.last_ts, "photo": conv.photo_media_id,
         "members": [[user_id, member.role, member.joined_seq]
                     for user_id, member in conv.members.items()],
         "watermarks": [[user_id, mark.delivered_seq, mark.read_seq]
@@ -302,7 +328,8 @@ def conversation_to_wire(conv: Conversation) -> dict[str, Any]:
 
 def conversation_from_wire(data: Any) -> Conversation:
     conv = Conversation(data["id"], data["kind"], data["name"], data["created_by"],
-                        data["created_at"], data["head_seq"], data["last_ts"])
+                        data["created_at"], data["head_seq"], data["last_ts"],
+                        photo_media_id=int(data.get("photo") or 0))
     conv.members = {user_id: Member(role, joined) for user_id, role, joined in data["members"]}
     conv.watermarks = {user_id: Watermark(delivered, read)
                        for user_id, delivered, read in data["watermarks"]}
@@ -310,13 +337,19 @@ def conversation_from_wire(data: Any) -> Conversation:
 
 
 def message_to_wire(message: Message) -> list[Any]:
-    return [message.message_id, message.conversation_id, message.seq, message.sender_id,
+    wire = [message.message_id, message.conversation_id, message.seq, message.sender_id,
             message.sender_device, message.client_msg_id, message.content_type,
             message.body, message.ts]
+    if message.attachments:
+        wire.append(list(message.attachments))
+    return wire
 
 
 def message_from_wire(data: Any) -> Message:
-    return Message(*data)
+    message = Message(*data[:9])
+    if len(data) > 9:
+        object.__setattr__(message, "attachments", tuple(data[9]))
+    return message
 
 
 #: How each method's answer crosses the wire: (to_wire, from_wire).
@@ -328,6 +361,9 @@ RESULTS: dict[str, tuple[Any, Any]] = {
     **{method: (conversation_to_wire, conversation_from_wire) for method in (
         CreateGroup.METHOD, AddMembers.METHOD, RemoveMembers.METHOD, Promote.METHOD,
         Rename.METHOD, View.METHOD)},
+    SetGroupPhoto.METHOD: (
+        lambda result: [conversation_to_wire(result[0]), result[1]],
+        lambda data: (conversation_from_wire(data[0]), int(data[1]))),
     OpenDirect.METHOD: (
         lambda created: [conversation_to_wire(created.conversation), created.created],
         lambda data: Created(conversation_from_wire(data[0]), bool(data[1]))),

@@ -277,7 +277,10 @@ class AccountService:
 
     async def update_profile(self, session: Session, *, display_name: str | None,
                              status_text: str | None, hide_last_seen: bool | None = None,
-                             read_receipts: bool | None = None) -> User:
+                             read_receipts: bool | None = None,
+                             photo_media_id: int | None = None) -> User:
+        """`photo_media_id`: the new photo's media id, 0 to remove it (the media service
+        checked and counted it: routes_accounts.py)."""
         if display_name is not None:
             display_name = rules.clean_text(display_name, "display_name",
                                             max_length=rules.MAX_DISPLAY_NAME)
@@ -292,7 +295,9 @@ class AccountService:
                 display_name=user.display_name if display_name is None else display_name,
                 status_text=user.status_text if status_text is None else status_text,
                 hide_last_seen=user.hide_last_seen if hide_last_seen is None else hide_last_seen,
-                read_receipts=user.read_receipts if read_receipts is None else read_receipts)
+                read_receipts=user.read_receipts if read_receipts is None else read_receipts,
+                photo_media_id=user.photo_media_id if photo_media_id is None
+                else photo_media_id)
             batch.put(records.USERS, updated.user_id, updated)
             self._pending_users[updated.user_id] = updated
             batch.after_commit.append(lambda: self._settle(updated))

@@ -6,6 +6,8 @@ and pass what each part needs.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +27,7 @@ from chatd.services.conversations import ConversationService
 from chatd.services.delivery import Delivery
 from chatd.services.live import Hub
 from chatd.services.log import ConversationLog
+from chatd.services.media import MediaService
 from chatd.services.messaging import MessagingService
 from chatd.services.owner import ConversationOwner
 from chatd.services.owner_api import OwnerApi
@@ -33,8 +36,9 @@ from chatd.services.presence import Presence
 from chatd.services.receipts import Receipts
 from chatd.services.routing import Router
 from chatd.services.users import HomeApi, Users, token_prefix_for
-from chatd.storage import GroupCommitter, Store
+from chatd.storage import GroupCommitter, Store, claim_secret
 from chatd.storage.backup import Backups
+from chatd.storage.blobs import BlobStore, LocalBlobStore, Staging
 from chatd.storage.snapshot import MediaFolder
 
 
@@ -62,9 +66,36 @@ class Services:
     coordinator: Coordinator
     shipper: Shipper
     backups: Backups
+    media: MediaService
 
 
-def build_services(config: Config, store: Store, *, clock: Clock | None = None) -> Services:
+def media_link_secret(config: Config, store: Store) -> bytes:
+    """The key signed media links are made with. In a cluster every shard must verify
+    the others' links, so it derives from the cluster secret; one shard keeps a random
+    one in its database."""
+    cluster_secret = config.cluster.secret_bytes()
+    if cluster_secret:
+        return hmac.new(cluster_secret, b"chatd media links", hashlib.sha256).digest()
+    return claim_secret(store, "media_link_secret")
+
+
+def build_blob_store(config: Config) -> BlobStore:
+    media = config.media
+    if media.backend == "s3":
+        from chatd.storage.s3 import S3BlobStore, S3Settings
+
+        # Keys carry the shard name: each shard counts references to its own blobs, so
+        # two shards never delete each other's copy of the same bytes.
+        return S3BlobStore(S3Settings(
+            endpoint=media.s3_endpoint, bucket=media.s3_bucket, region=media.s3_region,
+            access_key=media.s3_access_key, secret_key=media.s3_secret_key,
+            multipart_threshold=media.s3_multipart_threshold,
+            prefix=f"{config.cluster.shard}/"))
+    return LocalBlobStore(Path(config.storage.data_dir) / "media")
+
+
+def build_services(config: Config, store: Store, *, clock: Clock | None = None,
+                   blobs: BlobStore | None = None) -> Services:
     clock = clock or SystemClock()
     numbers = {spec.name: spec.number for spec in config.cluster.shards}
     shard_number = config.cluster.this_shard.number
@@ -107,6 +138,15 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None) 
     home_api = HomeApi(accounts=accounts, cursors_of=messaging.cursors_of,
                        hint_cursor=messaging.hint_cursor)
     presence = Presence(delivery=delivery, messaging=messaging)
+    media = MediaService(store=store, commands=commands,
+                         blobs=blobs or build_blob_store(config),
+                         staging=Staging(Path(config.storage.data_dir) / "media" / "staging"),
+                         config=config.media, clock=clock,
+                         link_secret=media_link_secret(config, store), router=router,
+                         shard_number=shard_number)
+    committer.on_reload_needed(media.forget_pending)
+    owner_api.media = media
+    messaging.media = media
     coordinator, shipper = _replication(config, store, placement, committer, commands, owner)
     owner_api.serves = coordinator.serves
     data_dir = Path(config.storage.data_dir)
@@ -118,7 +158,7 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None) 
                       now_ms=clock.now_ms)
     return Services(config, store, committer, router, owner, owner_api, log, accounts, users,
                     home_api, conversations, messaging, hub, delivery, presence, receipts,
-                    clock, coordinator, shipper, backups)
+                    clock, coordinator, shipper, backups, media)
 
 
 def _replication(config: Config, store: Store, placement: Placement, committer: GroupCommitter,

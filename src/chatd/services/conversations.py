@@ -70,6 +70,14 @@ class ConversationService:
     async def leave(self, session: Session, conversation_id: int) -> None:
         await self._router.ask(ops.Leave(conversation_id, session.user_id))
 
+    async def set_photo(self, session: Session, conversation_id: int,
+                        media_id: int) -> tuple[Conversation, int]:
+        """Set (0: remove) a group's photo; returns the conversation and the media id it
+        showed before."""
+        result: tuple[Conversation, int] = await self._router.ask(
+            ops.SetGroupPhoto(conversation_id, session.user_id, media_id))
+        return result
+
     async def rename(self, session: Session, conversation_id: int, name: str) -> Conversation:
         name = rules.clean_text(name, "name", max_length=rules.MAX_GROUP_NAME)
         conv: Conversation = await self._router.ask(

@@ -16,11 +16,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
 
 import trio
 
 from chatd.config import LimitsConfig
 from chatd.domain import rules
+from chatd.domain.media import Attaching
 from chatd.domain.models import Conversation, HistoryPage, SendResult, Session, Watermark
 from chatd.domain.ratelimit import KeyedRateLimiter
 from chatd.errors import BadRequest, ChatdError, PayloadTooLarge
@@ -31,6 +33,9 @@ from chatd.services.owner import ConversationOwner
 from chatd.services.owner_api import PAGE_BYTES, TYPING_BURST, TYPING_PER_SECOND, OwnerApi
 from chatd.services.routing import Router
 from chatd.storage import Batch, Store, records
+
+if TYPE_CHECKING:
+    from chatd.services.media import MediaService
 
 #: Whether each of some users shares read receipts (their profile setting, from homes).
 ReadReceiptSettings = Callable[[list[int]], Awaitable[dict[int, bool]]]
@@ -59,6 +64,8 @@ class MessagingService:
         # Typing notices from this shard's clients, as the owner limits them.
         self._typing_limit = KeyedRateLimiter(per_second=TYPING_PER_SECOND,
                                               burst=TYPING_BURST)
+        #: Resolves attachments (services/media.py); set by the wiring.
+        self.media: MediaService | None = None
 
     async def member_view(self, session: Session, conversation_id: int) -> Conversation:
         """The conversation, if the caller is a member; 404 alike whether it does not
@@ -68,14 +75,28 @@ class MessagingService:
         return conv
 
     async def send(self, session: Session, *, conversation_id: int, client_msg_id: str,
-                   content_type: str, body: str | bytes) -> SendResult:
+                   content_type: str, body: str | bytes,
+                   attachments: tuple[Attaching, ...] = ()) -> SendResult:
+        records = await self.attach(session, conversation_id, attachments)
         pending = self.start_send(session, conversation_id=conversation_id,
                                   client_msg_id=client_msg_id, content_type=content_type,
-                                  body=body)
+                                  body=body, attachments=records)
         return await pending.wait()
 
+    async def attach(self, session: Session, conversation_id: int,
+                     media_ids: tuple[Attaching, ...]) -> list[dict[str, Any]]:
+        """Before a send that carries media: each media's shard checks the sender may send
+        it and counts the reference (services/media.py); the records go into the message."""
+        if not media_ids:
+            return []
+        if self.media is None:
+            raise BadRequest("attachments: this server stores no media")
+        return await self.media.attach(session.user_id, conversation_id, list(media_ids))
+
     def start_send(self, session: Session, *, conversation_id: int, client_msg_id: str,
-                   content_type: str, body: str | bytes) -> Pending[SendResult]:
+                   content_type: str, body: str | bytes,
+                   attachments: list[dict[str, Any]] | None = None) -> Pending[SendResult]:
+        """`attachments`: the records `attach` gave."""
         """Check and route a send now; sends started one after another keep their order.
         Await the result for the answer, which comes once the message is durable."""
         client_msg_id = rules.check_client_msg_id(client_msg_id)
@@ -89,7 +110,7 @@ class MessagingService:
                 code="body_too_large")
         return self._router.submit(ops.Send(conversation_id, session.user_id,
                                             session.device_id, client_msg_id, content_type,
-                                            body))
+                                            body, list(attachments or ())))
 
     async def history(self, session: Session, conversation_id: int, *, after: int | None,
                       before: int | None, limit: int | None) -> HistoryPage:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable
 from functools import partial
+from typing import Any
 
 from chatd.domain import groups
 from chatd.domain.ids import SnowflakeGenerator
@@ -212,14 +213,16 @@ class ConversationOwner:
             self._unlanded[conversation_id] = (conv, count - 1)
 
     def append(self, batch: Batch, conv: Conversation, *, sender_id: int, sender_device: int,
-               content_type: str, body: Body, client_msg_id: str = "") -> Message:
+               content_type: str, body: Body, client_msg_id: str = "",
+               attachments: tuple[dict[str, Any], ...] = ()) -> Message:
         """Give the next seq to a message and add it to the batch. The sender's watermarks
         move to it: you have read what you wrote and everything before it."""
         self.changing(batch, conv)
         seq = conv.written_seq + 1
         conversation_id = conv.conversation_id
         message = Message(self._ids.next_id(), conversation_id, seq, sender_id,
-                          sender_device, client_msg_id, content_type, body, self._clock.now_ms())
+                          sender_device, client_msg_id, content_type, body, self._clock.now_ms(),
+                          attachments)
         batch.put(records.MESSAGES, (conversation_id, seq), message)
         conv.written_seq = seq
         if content_type != SYSTEM_CONTENT_TYPE and conv.recent is not None:

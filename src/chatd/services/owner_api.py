@@ -13,7 +13,7 @@ shard a client is connected to checks nothing about conversations it does not ow
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 
@@ -38,6 +38,9 @@ from chatd.services.log import ConversationLog
 from chatd.services.owner import ConversationOwner
 from chatd.services.receipts import Receipts
 from chatd.storage import Batch, records
+
+if TYPE_CHECKING:
+    from chatd.services.media import MediaService
 
 #: Where an owner hands ephemeral frames (typing) for users: (user ids, frame).
 EphemeralSink = Callable[[list[int], frames.OutFrame], None]
@@ -64,6 +67,8 @@ class OwnerApi:
         #: Whether this shard acts as a conversation's owner now (replication moves
         #: ranges between shards); every command and query is checked against it.
         self.serves: Callable[[int], bool] = lambda _conversation_id: True
+        #: Records the references of messages that carry media (services/media.py).
+        self.media: MediaService | None = None
 
     def run(self, command: ops.OwnerCommand) -> Any:
         """Run any command or query: a `Pending` for commands, a value for queries."""
@@ -229,11 +234,17 @@ class OwnerApi:
                                                  command.client_msg_id)
             if previous is not None:
                 return previous
+            attachments = tuple(command.attachments)
             message = self._owner.append(batch, conv, sender_id=sender_id,
                                          sender_device=command.sender_device,
                                          content_type=command.content_type,
                                          body=command.body,
-                                         client_msg_id=command.client_msg_id)
+                                         client_msg_id=command.client_msg_id,
+                                         attachments=attachments)
+            if attachments and self.media is not None:
+                # Who may download them: who can read this message (services/media.py).
+                self.media.record_audience(batch, conversation_id, message.seq,
+                                           tuple(conv.members), attachments)
             return SendResult(message.message_id, conversation_id, message.seq, message.ts)
 
         return self._commands.enqueue(apply, conversation_id=command.conversation_id)
@@ -424,6 +435,23 @@ class OwnerApi:
         return self._commands.enqueue(apply, conversation_id=command.conversation_id)
 
 
+    def set_group_photo(self, command: ops.SetGroupPhoto) -> Pending[tuple[Conversation, int]]:
+        """The media service counted the new photo already (services/media.py)."""
+
+        def apply(batch: Batch) -> tuple[Conversation, int]:
+            conv = self._owner.get(command.conversation_id)
+            groups.plan_rename(conv, command.actor_id)  # the same rule: a group's admins
+            previous = conv.photo_media_id
+            if command.media_id != previous:
+                conv.photo_media_id = command.media_id
+                batch.put(records.CONVERSATIONS, conv.conversation_id, conv)
+                self._owner.append_system(batch, conv, command.actor_id, "photo_changed",
+                                          media_id=str(command.media_id or ""))
+            return conv, previous
+
+        return self._commands.enqueue(apply, conversation_id=command.conversation_id)
+
+
 #: Typing notices: a burst of 3, then one every 2 s per (user, conversation).
 TYPING_BURST = 3
 TYPING_PER_SECOND = 0.5
@@ -453,7 +481,8 @@ _HANDLERS: dict[type[ops.OwnerCommand], str] = {
     ops.Send: "send", ops.MarkRead: "mark_read", ops.Acknowledge: "acknowledge",
     ops.OpenDirect: "open_direct", ops.CreateGroup: "create_group",
     ops.AddMembers: "add_members", ops.RemoveMembers: "remove_members",
-    ops.Promote: "promote", ops.Leave: "leave", ops.Rename: "rename", ops.View: "view",
+    ops.Promote: "promote", ops.Leave: "leave", ops.Rename: "rename",
+    ops.SetGroupPhoto: "set_group_photo", ops.View: "view",
     ops.History: "history", ops.Status: "status", ops.Typing: "typing",
     ops.ReadLog: "read_log", ops.ConversationsOf: "conversations_of",
 }

@@ -9,6 +9,8 @@
     replica.*, placement.*
                        replication: records shipped by owners, placement gossip
                        (chatd/replication/coordinator.py)
+    media.*            media of this shard, and audiences of conversations it owns
+                       (services/media.py)
 
 Requests are handled in the order they arrive on a link, synchronously up to the point
 where a command is queued, so commands one peer forwards reach the committer in the
@@ -27,6 +29,7 @@ from chatd.protocol import owner as ops
 from chatd.replication.coordinator import Coordinator
 from chatd.services import delivery as fanout
 from chatd.services.delivery import Delivery
+from chatd.services.media import MediaService
 from chatd.services.owner_api import OwnerApi
 from chatd.services.users import HomeApi
 
@@ -35,11 +38,12 @@ log = logging.getLogger(__name__)
 
 class PeerHandler:
     def __init__(self, *, owner_api: OwnerApi, home_api: HomeApi, delivery: Delivery,
-                 coordinator: Coordinator) -> None:
+                 coordinator: Coordinator, media: MediaService | None = None) -> None:
         self._owner_api = owner_api
         self._home_api = home_api
         self._delivery = delivery
         self._coordinator = coordinator
+        self._media_requests = media.requests if media is not None else {}
 
     def handle_request(self, peer: str, method: str, body: Any) -> Any:
         command_type = ops.COMMANDS.get(method)
@@ -50,6 +54,9 @@ class PeerHandler:
         home = self._home_api.requests.get(method)
         if home is not None:
             return home(_map(body))
+        media = self._media_requests.get(method)
+        if media is not None:
+            return media(_map(body))
         if method == fanout.ONLINE:
             return self._delivery.online_from_peer(body)
         if method == fanout.ELSEWHERE:

@@ -172,16 +172,18 @@ class Users:
 
     async def update_profile(self, session: Session, *, display_name: str | None,
                              status_text: str | None, hide_last_seen: bool | None = None,
-                             read_receipts: bool | None = None) -> User:
+                             read_receipts: bool | None = None,
+                             photo_media_id: int | None = None) -> User:
         home = self._router.home_of_user(session.user_id)
         if self._is_local(home):
             return await self._accounts.update_profile(
                 session, display_name=display_name, status_text=status_text,
-                hide_last_seen=hide_last_seen, read_receipts=read_receipts)
+                hide_last_seen=hide_last_seen, read_receipts=read_receipts,
+                photo_media_id=photo_media_id)
         return user_from_wire(await self._ask(home, "home.update_profile", {
             "user_id": session.user_id, "display_name": display_name,
             "status_text": status_text, "hide_last_seen": hide_last_seen,
-            "read_receipts": read_receipts}))
+            "read_receipts": read_receipts, "photo_media_id": photo_media_id}))
 
     def record_last_seen(self, user_id: int, ts: int) -> None:
         """Best effort, not awaited (presence may be lost)."""
@@ -212,13 +214,13 @@ def user_to_wire(user: User) -> dict[str, Any]:
     return {"user_id": user.user_id, "handle": user.handle,
             "display_name": user.display_name, "created_at": user.created_at,
             "status_text": user.status_text, "hide_last_seen": user.hide_last_seen,
-            "read_receipts": user.read_receipts}
+            "read_receipts": user.read_receipts, "photo_media_id": user.photo_media_id}
 
 
 def user_from_wire(data: Any) -> User:
     return User(data["user_id"], data["handle"], data["display_name"], b"",
                 data["created_at"], data["status_text"], bool(data["hide_last_seen"]),
-                bool(data["read_receipts"]))
+                bool(data["read_receipts"]), int(data.get("photo_media_id") or 0))
 
 
 def device_to_wire(device: Device) -> list[Any]:
@@ -331,7 +333,8 @@ class HomeApi:
             self._session(body), display_name=_optional(body, "display_name", str),
             status_text=_optional(body, "status_text", str),
             hide_last_seen=_optional(body, "hide_last_seen", bool),
-            read_receipts=_optional(body, "read_receipts", bool))
+            read_receipts=_optional(body, "read_receipts", bool),
+            photo_media_id=_optional(body, "photo_media_id", int))
         return user_to_wire(user)
 
     def _cursors(self, body: dict[str, Any]) -> Any:

@@ -7,8 +7,8 @@ synced batches through the `GroupCommitter`.
 
 from chatd.storage import records
 from chatd.storage.group_commit import Command, CommitStatistics, GroupCommitter
-from chatd.storage.meta import claim_ring
+from chatd.storage.meta import claim_ring, claim_secret
 from chatd.storage.store import Batch, Store
 
 __all__ = ["Batch", "Command", "CommitStatistics", "GroupCommitter", "Store", "claim_ring",
-           "records"]
+           "claim_secret", "records"]

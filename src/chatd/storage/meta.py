@@ -8,6 +8,7 @@ records the ring's signature and the shard's name, and every later start compare
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Sequence
 
 from chatd.storage import records
@@ -59,3 +60,18 @@ def _describe(shards: object, signature: str) -> str:
     if isinstance(shards, list | tuple) and shards:
         return f"shards {', '.join(map(str, shards))}; signature {signature}"
     return f"signature {signature}"
+
+
+def claim_secret(store: Store, name: str) -> bytes:
+    """A random 32-byte secret kept in the database under `name` (made on first use), so
+    what it signed stays valid across restarts (signed media links). Call it at startup,
+    before anything else writes: it writes directly, like `claim_ring`."""
+    recorded = store.get(records.META, name)
+    if isinstance(recorded, bytes) and len(recorded) == 32:
+        return recorded
+    secret = secrets.token_bytes(32)
+    batch = Batch()
+    batch.durable = True
+    batch.put(records.META, name, secret)
+    store.write(batch)
+    return secret

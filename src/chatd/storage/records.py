@@ -9,11 +9,11 @@ added unpacks with that field's default, so adding a field at the end needs no m
 | family | key | value |
 |---|---|---|
 | users | user_id | handle, display_name, password_hash, created_at, status_text, |
-| | | hide_last_seen, read_receipts |
+| | | hide_last_seen, read_receipts, photo_media_id |
 | handles | normalised handle (UTF-8) | user_id (8 bytes) |
 | devices | user_id, device_id | name, created_at, token_hash |
 | tokens | sha256(token) | user_id, device_id, expires_at |
-| conversations | conversation_id | kind, name, created_by, created_at |
+| conversations | conversation_id | kind, name, created_by, created_at, photo_media_id |
 | members | conversation_id, user_id | role, joined_seq |
 | user_conversations | user_id, conversation_id | (empty: an index) |
 | messages | conversation_id, seq | message_id, sender_id, sender_device, client_msg_id, |
@@ -23,6 +23,15 @@ added unpacks with that field's default, so adding a field at the end needs no m
 | cursors | device_id, conversation_id | seq acked by that device (8 bytes) |
 | last_seen | user_id | ms when the user's last socket closed (8 bytes) |
 | meta | a name (UTF-8), e.g. "ring" | msgpack of any shape (`storage/meta.py`) |
+| media | media_id | uploader_id, sha256, size, content_type, filename, created_at, |
+| | | width, height, thumbnails, own_ref, message_refs |
+| blobs | sha256 (hex, ASCII) | size, refs |
+| media_unreferenced | created_at, media_id | (empty: uploads no message carries yet) |
+| dead_blobs | sha256 (hex, ASCII) | (empty: blobs whose count reached 0, for the GC) |
+| quarantine | sha256 (hex, ASCII) | {at, reason} |
+| media_usage | user_id | bytes of uploads the user holds (8 bytes) |
+| media_refs | conversation_id, media_id | first_seq, audience (the conversation's owner) |
+| media_conversations | media_id, conversation_id | True (an index: where a media is referenced) |
 
 Ids and seqs in keys are fixed-width big-endian, so byte order is numeric order and a scan
 of `conversation_id | seq` yields a log in seq order.
@@ -38,6 +47,7 @@ from typing import Any, Generic, TypeVar
 
 import msgpack
 
+from chatd.domain.media import BlobRecord, MediaRecord, MediaRef
 from chatd.domain.models import (
     Conversation,
     Device,
@@ -184,7 +194,7 @@ def _read_empty(_key: Any, _data: bytes) -> None:
 USERS: Family[int, User] = Family(
     "users", u64, read_u64, *_fields(User, "handle", "display_name", "password_hash",
                                      "created_at", "status_text", "hide_last_seen", "read_receipts",
-                                     key=("user_id",)))
+                                     "photo_media_id", key=("user_id",)))
 HANDLES: Family[str, int] = Family(
     "handles", str.encode, bytes.decode, _u64_value, _read_u64_value)
 DEVICES: Family[tuple[int, int], Device] = Family(
@@ -194,7 +204,8 @@ TOKENS: Family[bytes, TokenRecord] = Family(
     "tokens", _same, _same, *_fields(TokenRecord, "user_id", "device_id", "expires_at"))
 CONVERSATIONS: Family[int, Conversation] = Family(
     "conversations", u64, read_u64, *_fields(Conversation, "kind", "name", "created_by",
-                                             "created_at", key=("conversation_id",)),
+                                             "created_at", "photo_media_id",
+                                             key=("conversation_id",)),
     conversation_at=0)
 MEMBERS: Family[tuple[int, int], Member] = Family(
     "members", _pair_key, read_pair, *_fields(Member, "role", "joined_seq"), conversation_at=0)
@@ -202,11 +213,30 @@ MEMBERS: Family[tuple[int, int], Member] = Family(
 #: conversation, so a replica that takes over can answer for the range too.
 USER_CONVERSATIONS: Family[tuple[int, int], None] = Family(
     "user_conversations", _pair_key, read_pair, _empty, _read_empty, conversation_at=8)
+_pack_plain_message, _unpack_message = _fields(
+    Message, "message_id", "sender_id", "sender_device", "client_msg_id", "content_type",
+    "body", "ts", "attachments", key=("conversation_id", "seq"))
+_MESSAGE_FIELDS = operator.attrgetter("message_id", "sender_id", "sender_device",
+                                      "client_msg_id", "content_type", "body", "ts")
+
+
+def _pack_message(message: Message) -> bytes:
+    # A message without attachments is stored as before they existed (one field fewer):
+    # the common case costs nothing, and old records need no migration.
+    if not message.attachments:
+        return pack(_MESSAGE_FIELDS(message))
+    return _pack_plain_message(message)
+
+
+def _read_message(key: tuple[int, int], data: bytes) -> Message:
+    message = _unpack_message(key, data)
+    if message.attachments:  # msgpack gives a list; the model holds a tuple
+        object.__setattr__(message, "attachments", tuple(message.attachments))
+    return message
+
+
 MESSAGES: Family[tuple[int, int], Message] = Family(
-    "messages", _pair_key, read_pair,
-    *_fields(Message, "message_id", "sender_id", "sender_device", "client_msg_id",
-             "content_type", "body", "ts", key=("conversation_id", "seq")),
-    conversation_at=0)
+    "messages", _pair_key, read_pair, _pack_message, _read_message, conversation_at=0)
 DEDUP: Family[tuple[int, int, str], SendResult] = Family(
     "dedup", _dedup_key, _read_dedup_key,
     *_fields(SendResult, "seq", "message_id", "ts", key=("conversation_id", None, None)),
@@ -224,10 +254,61 @@ META: Family[str, Any] = Family("meta", str.encode, bytes.decode, pack, _read_an
 #: conversation id: what replication ships and copies.
 CONVERSATION_FAMILIES: dict[str, int] = {}
 
+# -- media (services/media.py) -------------------------------------------------------------
+
+
+def _ascii(value: str) -> bytes:
+    return value.encode("ascii")
+
+
+def _read_ascii(data: bytes) -> str:
+    return bytes(data).decode("ascii")
+
+
+def _read_media(key: int, data: bytes) -> MediaRecord:
+    record = _unpack_media(key, data)
+    if isinstance(record.thumbnails, list):
+        object.__setattr__(record, "thumbnails", tuple(record.thumbnails))
+    return record
+
+
+_pack_media, _unpack_media = _fields(
+    MediaRecord, "uploader_id", "sha256", "size", "content_type", "filename", "created_at",
+    "width", "height", "thumbnails", "own_ref", "message_refs", "photo_refs",
+    key=("media_id",))
+MEDIA: Family[int, MediaRecord] = Family("media", u64, read_u64, _pack_media, _read_media)
+BLOBS: Family[str, BlobRecord] = Family(
+    "blobs", _ascii, _read_ascii, *_fields(BlobRecord, "size", "refs", key=("sha256",)))
+MEDIA_UNREFERENCED: Family[tuple[int, int], None] = Family(
+    "media_unreferenced", _pair_key, read_pair, _empty, _read_empty)
+DEAD_BLOBS: Family[str, None] = Family("dead_blobs", _ascii, _read_ascii, _empty, _read_empty)
+QUARANTINE: Family[str, Any] = Family("quarantine", _ascii, _read_ascii, pack, _read_any)
+MEDIA_USAGE: Family[int, int] = Family("media_usage", u64, read_u64, _u64_value,
+                                       _read_u64_value)
+#: Keyed by conversation first: replication finds a conversation's records by that prefix.
+MEDIA_REFS: Family[tuple[int, int], MediaRef] = Family(
+    "media_refs", _pair_key, read_pair, *_fields(MediaRef, "first_seq", "audience"),
+    conversation_at=0)
+
+
+
+def _present(_value: bool) -> bytes:
+    return b"\x01"
+
+
+def _read_present(_key: Any, _data: bytes) -> bool:
+    return True
+
+
+#: True for every row: a read tells a row that exists from one that does not.
+MEDIA_CONVERSATIONS: Family[tuple[int, int], bool] = Family(
+    "media_conversations", _pair_key, read_pair, _present, _read_present)
+
 #: Every family, in the order the database creates them.
 FAMILIES: tuple[Family[Any, Any], ...] = (
     USERS, HANDLES, DEVICES, TOKENS, CONVERSATIONS, MEMBERS, USER_CONVERSATIONS, MESSAGES,
-    DEDUP, WATERMARKS, CURSORS, LAST_SEEN, META)
+    DEDUP, WATERMARKS, CURSORS, LAST_SEEN, META, MEDIA, BLOBS, MEDIA_UNREFERENCED,
+    DEAD_BLOBS, QUARANTINE, MEDIA_USAGE, MEDIA_REFS, MEDIA_CONVERSATIONS)
 CONVERSATION_FAMILIES.update(
     (family.name, family.conversation_at) for family in FAMILIES
     if family.conversation_at is not None)

@@ -27,6 +27,7 @@ from quart.typing import ResponseReturnValue
 from quart_trio import QuartTrio
 from werkzeug.routing import BaseConverter
 
+from chatd.config import Config
 from chatd.errors import BadRequest
 from chatd.protocol import edge
 from chatd.services.users import Users
@@ -47,6 +48,9 @@ class Access(enum.Enum):
     USER = "user"
     #: The operator's `server.admin_token`.
     ADMIN = "admin"
+    #: A user's bearer token, or a signed link's query parameters instead (media
+    #: downloads, for <img> and curl): the handler checks whichever was given.
+    USER_OR_LINK = "user_or_link"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +80,17 @@ class Operation:
     #: Error statuses the operation may answer (always `models.ErrorReply`).
     errors: frozenset[int]
     description: str = ""
+    #: A body that is not JSON (an upload): the media types it may have, read by the
+    #: handler itself as a stream (web/streamed_body.py).
+    raw_body: tuple[str, ...] = ()
     parameters: tuple[str, ...] = field(init=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "parameters", tuple(_PARAMETER.findall(self.path)))
+
+    @property
+    def streams_body(self) -> bool:
+        return bool(self.raw_body)
 
     @property
     def label(self) -> str:
@@ -101,7 +112,7 @@ class Api:
     def route(self, method: str, path: str, *, summary: str, description: str = "",
               access: Access = Access.USER, response: Content = None, status: int = 200,
               also: Mapping[int, Content] | None = None, body: type[Model] | None = None,
-              query: type[Model] | None = None,
+              query: type[Model] | None = None, raw_body: tuple[str, ...] = (),
               errors: tuple[int, ...] = ()) -> Callable[[Handler], Handler]:
         """Declare an operation; `status` is its usual success, `also` any other success
         statuses (201 for "created" beside 200)."""
@@ -109,7 +120,7 @@ class Api:
         def declare(handler: Handler) -> Handler:
             operation = Operation(
                 method, path, summary, handler, access, {status: response, **(also or {})},
-                body, query, frozenset(errors), description)
+                body, query, frozenset(errors), description, raw_body)
             for name in operation.parameters:
                 if name not in models.PATH_PARAMETERS:
                     raise ValueError(f"{operation.label}: no kind for path parameter {name}")
@@ -122,15 +133,16 @@ class Api:
         """Every error status the operation may answer: the ones its inputs and access
         imply, and the ones it declares."""
         implied = set(operation.errors)
-        if operation.body or operation.query or operation.parameters:
+        if operation.body or operation.raw_body or operation.query or operation.parameters:
             implied.add(400)  # a malformed body, field, parameter or query
         if operation.access is not Access.PUBLIC:
             implied.add(401)
         if operation.parameters:
             implied.add(404)  # the id names nothing (you can see)
-        if operation.body:
+        if operation.body or operation.raw_body:
             implied |= {408, 413}  # the body was too slow or too large
-        if operation.access is Access.USER or operation.body:
+        if operation.access in (Access.USER, Access.USER_OR_LINK) or operation.body \
+                or operation.raw_body:
             implied.add(503)  # storage, an owner shard or the server going down
         return sorted(implied)
 
@@ -176,6 +188,13 @@ class Api:
 
         view.__name__ = operation.handler.__name__
         return view
+
+
+def configured_limits(config: Config) -> Limits:
+    """The bounds of the models that come from this server's configuration."""
+    return Limits(min_password_length=config.auth.min_password_length,
+                  history_page_max=config.limits.history_page_max,
+                  max_link_ttl=int(config.media.max_link_ttl))
 
 
 def _respond(operation: Operation, reply: Reply) -> ResponseReturnValue:

@@ -19,18 +19,19 @@ from quart.typing import ResponseTypes
 from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
-from chatd.errors import ChatdError, RateLimited, Unauthorized
+from chatd.errors import ChatdError, RangeNotSatisfiable, RateLimited, Unauthorized
 from chatd.services.context import Services
 from chatd.web import (
     routes_accounts,
     routes_backup,
     routes_conversations,
+    routes_media,
     routes_messages,
     routes_ops,
     routes_replication,
 )
-from chatd.web.api import Api
-from chatd.web.schema import Limits
+from chatd.web.api import Api, configured_limits
+from chatd.web.streamed_body import ClientGone, StreamedBodies
 
 log = logging.getLogger(__name__)
 
@@ -141,8 +142,11 @@ def create_app(services: Services) -> QuartTrio:
     app = QuartTrio("chatd")
     app.config["MAX_CONTENT_LENGTH"] = services.config.server.max_request_bytes
     app.config["BODY_TIMEOUT"] = BODY_TIMEOUT
-    app.asgi_app = DrainRequestBody(  # type: ignore[method-assign]
-        app.asgi_app, services.config.server.max_request_bytes)
+    # Uploads bypass quart's buffering (web/streamed_body.py); outside the drain, which
+    # so never waits for a body nobody reads.
+    app.asgi_app = StreamedBodies(  # type: ignore[method-assign]
+        DrainRequestBody(app.asgi_app, services.config.server.max_request_bytes),
+        routes_media.STREAMED_PATHS)
     # Keep JSON keys in the order the renderer builds them.
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.url_map.strict_slashes = False
@@ -154,6 +158,8 @@ def create_app(services: Services) -> QuartTrio:
             response.headers["WWW-Authenticate"] = 'Bearer realm="chatd"'
         if isinstance(error, RateLimited):
             response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
+        if isinstance(error, RangeNotSatisfiable):
+            response.headers["Content-Range"] = f"bytes */{error.size}"
         return response
 
     too_large = f"the request body is larger than {services.config.server.max_request_bytes} bytes"
@@ -178,6 +184,11 @@ def create_app(services: Services) -> QuartTrio:
             response.headers["Allow"] = error.get_response().headers["Allow"]
         return response
 
+    @app.errorhandler(ClientGone)
+    async def client_gone(error: ClientGone) -> ResponseTypes:
+        # Nobody is there to read it; the answer only ends the request.
+        return await app.make_response(error_response(400, "client_gone", str(error)))
+
     @app.errorhandler(Exception)
     async def unexpected_error(error: Exception) -> ResponseTypes:
         log.error("unhandled error", exc_info=error)
@@ -185,14 +196,14 @@ def create_app(services: Services) -> QuartTrio:
             error_response(500, "internal", "an internal error occurred; it has been logged"))
 
     config = services.config
-    api = Api(services.users, admin_token=config.server.admin_token, limits=Limits(
-        min_password_length=config.auth.min_password_length,
-        history_page_max=config.limits.history_page_max))
+    api = Api(services.users, admin_token=config.server.admin_token,
+              limits=configured_limits(config))
     routes_ops.register(api, services)
     routes_accounts.register(api, services)
     routes_conversations.register(api, services)
     routes_messages.register(api, services)
     routes_replication.register(api, services)
     routes_backup.register(api, services)
+    routes_media.register(api, services)
     api.install(app)
     return app

@@ -34,6 +34,7 @@ import trio
 
 from chatd.protocol.handshake import path_of
 from chatd.web.hypercorn_adapter import HttpServer
+from chatd.web.media_downloads import MediaDownloads, is_media_download
 from chatd.web.sockets import HANDSHAKE_TIMEOUT, LiveSockets
 from chatd.web.tls import ServerCertificate
 
@@ -93,9 +94,12 @@ def _routes_to_live_stream(request_line: bytes) -> bool:
 class FrontServer:
     def __init__(self, http: HttpServer, sockets: LiveSockets, *, host: str, port: int,
                  backlog: int, graceful_timeout: float, send_timeout: float,
-                 certificate: ServerCertificate | None = None) -> None:
+                 certificate: ServerCertificate | None = None,
+                 media: MediaDownloads | None = None) -> None:
         self._http = http
         self._sockets = sockets
+        #: GET/HEAD of /media/… served directly (web/media_downloads.py).
+        self._media = media
         self._host = host
         self._port = port
         self._backlog = backlog
@@ -140,6 +144,8 @@ class FrontServer:
                                 task_status.started(f"{scheme}://{shown}:{port}")
                                 await shutdown.wait()
                                 accepting.cancel_scope.cancel()
+                            if self._media is not None:
+                                self._media.begin_shutdown()
                             await self._http.begin_shutdown()
                             connections.cancel_scope.deadline = (
                                 trio.current_time() + self._graceful_timeout)
@@ -177,9 +183,15 @@ class FrontServer:
             received = await self._read_request_line(sock)
             if received is None:
                 return
-            if _routes_to_live_stream(received.split(b"\r\n", 1)[0]):
+            request_line = received.split(b"\r\n", 1)[0]
+            if _routes_to_live_stream(request_line):
                 await self._sockets.serve(sock, received)
                 return
+            if self._media is not None and is_media_download(request_line):
+                rest = await self._media.serve(sock, received)
+                if rest is None:
+                    return
+                received = rest  # another route next: hypercorn's from here
             stream = PrefixedStream(trio.SocketStream(trio.socket.from_stdlib_socket(sock)),
                                     received)
             await self._http.serve_connection(stream, sock)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import sys
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 from chatd.domain import rules
@@ -32,6 +32,7 @@ from chatd.web.schema import (
     Integer,
     Json,
     Limit,
+    ListOf,
     Model,
     String,
 )
@@ -131,6 +132,7 @@ PATH_PARAMETERS = {
     "user_id": ID,
     "device_id": ID,
     "seq": Integer(minimum=0, maximum=MAX_19_DIGITS),
+    "media_id": ID,
 }
 
 # -- request bodies and queries ------------------------------------------------------------
@@ -167,6 +169,8 @@ class ProfileChange(Model):
         description="presence shows offline without a time")] = None
     read_receipts: Annotated[bool | None, Boolean(
         description="off: others are not told when you read, nor you when they do")] = None
+    photo_media_id: Annotated[int | None, ID] = None
+    remove_photo: Annotated[bool | None, Boolean(description="true: no photo")] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,12 +196,29 @@ class CreateGroup(Model):
 
 @dataclass(frozen=True, slots=True)
 class RenameGroup(Model):
-    name: Annotated[str, GROUP_NAME]
+    description = "a new name, a photo (an uploaded image), or both"
+
+    name: Annotated[str | None, GROUP_NAME] = None
+    photo_media_id: Annotated[int | None, ID] = None
+    remove_photo: Annotated[bool | None, Boolean(description="true: no photo")] = None
 
 
 @dataclass(frozen=True, slots=True)
 class UserIds(Model):
     user_ids: Annotated[list[int], USER_IDS]
+
+
+#: Attachments one message may carry (services/media.py MAX_ATTACHMENTS).
+MAX_ATTACHMENTS = 16
+
+
+@dataclass(frozen=True, slots=True)
+class AttachmentRef(Model):
+    """An uploaded media to carry in a message (POST /media/upload gave its id)."""
+
+    media_id: Annotated[int, ID]
+    #: A media of your own shown as its thumbnail (for video, documents, opaque media).
+    thumbnail_media_id: Annotated[int | None, ID] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,6 +230,8 @@ class SendMessage(Model):
     client_msg_id: Annotated[str, CLIENT_MSG_ID]
     content_type: Annotated[str, CONTENT_TYPE]
     body: Annotated[str, MESSAGE_BODY]
+    attachments: Annotated[list[AttachmentRef] | None,
+                           ListOf(AttachmentRef, max_items=MAX_ATTACHMENTS)] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,6 +283,14 @@ class PublicUser(Model):
     handle: str
     display_name: str
     status: str
+    #: Left out when the user has no photo (GET /media/{id}/thumbnail?size=96 shows it).
+    photo_media_id: Annotated[int | None, ID] = field(default=None, kw_only=True)
+
+    def to_json(self) -> dict[str, Any]:
+        data = Model.to_json(self)
+        if self.photo_media_id is None:
+            del data["photo_media_id"]
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -314,11 +345,44 @@ class Conversation(Model):
     unread: Annotated[int, Integer(minimum=0)]
     receipts: Receipts
     members: list[Member]
+    #: A group's photo; left out when it has none.
+    photo_media_id: Annotated[int | None, ID] = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = Model.to_json(self)
+        if self.photo_media_id is None:
+            del data["photo_media_id"]
+        return data
 
 
 @dataclass(frozen=True, slots=True)
 class Conversations(Model):
     conversations: list[Conversation]
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment(Model):
+    """A media a message carries, as the server recorded it when the message was sent."""
+
+    media_id: Annotated[int, ID]
+    kind: Annotated[str, Choice(("image", "video", "audio", "file"))]
+    content_type: str
+    size: Annotated[int, Integer(minimum=0)]
+    sha256: str
+    filename: str
+    #: Pixels as displayed (EXIF orientation applied); 0 when not an image.
+    width: Annotated[int, Integer(minimum=0)]
+    height: Annotated[int, Integer(minimum=0)]
+    #: Sizes served by GET /media/{media_id}/thumbnail?size=
+    thumbnails: Annotated[list[int], Json({"type": "array", "items": {"type": "integer"}})]
+    #: The sender's own thumbnail, a media of its own; left out when none was sent.
+    thumbnail_media_id: Annotated[int | None, ID] = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = Model.to_json(self)
+        if self.thumbnail_media_id is None:
+            del data["thumbnail_media_id"]
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +398,14 @@ class Message(Model):
                        "chatd/system entries (docs/api.md)",
         "anyOf": [{"type": "string"}, {"type": "object"}]})]
     ts: Annotated[int, MS]
+    #: Left out when the message carries none.
+    attachments: list[Attachment] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = Model.to_json(self)
+        if not self.attachments:
+            del data["attachments"]
+        return data
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,3 +435,68 @@ class MessageStatus(Model):
     conversation_id: Annotated[int, ID]
     seq: Annotated[int, SEQ]
     members: list[MemberStatus]
+
+
+# -- media -------------------------------------------------------------------------------------
+
+_SHA256 = String(pattern="^[0-9a-f]{64}$", description="hex")
+
+
+@dataclass(frozen=True, slots=True)
+class ThumbnailInfo(Model):
+    size: Annotated[int, Integer(minimum=0)]
+    content_type: str
+    width: Annotated[int, Integer(minimum=0)]
+    height: Annotated[int, Integer(minimum=0)]
+
+
+@dataclass(frozen=True, slots=True)
+class Uploaded(Model):
+    media_id: Annotated[int, ID]
+    url: str
+    sha256: str
+    size: Annotated[int, Integer(minimum=0)]
+    content_type: str
+    filename: str
+    width: Annotated[int, Integer(minimum=0)]
+    height: Annotated[int, Integer(minimum=0)]
+    thumbnails: list[ThumbnailInfo]
+
+
+@dataclass(frozen=True, slots=True)
+class Usage(Model):
+    used_bytes: Annotated[int, Integer(minimum=0)]
+    quota_bytes: Annotated[int, Integer(minimum=0)]
+
+
+@dataclass(frozen=True, slots=True)
+class LinkRequest(Model):
+    ttl_s: Annotated[int, Integer(minimum=1, maximum=Limit.MAX_LINK_TTL,
+                                  description="seconds the link works (media.max_link_ttl)")]
+
+
+@dataclass(frozen=True, slots=True)
+class Link(Model):
+    url: str
+    expires_at: Annotated[int, MS]
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine(Model):
+    sha256: Annotated[str, _SHA256]
+    reason: Annotated[str, String(max_length=500)] = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DownloadQuery(Model):
+    """The signed-link parameters (POST /media/{media_id}/link makes them)."""
+
+    u: Annotated[str | None, String(max_length=20)] = None
+    e: Annotated[str | None, String(max_length=20)] = None
+    sig: Annotated[str | None, String(max_length=64)] = None
+
+
+@dataclass(frozen=True, slots=True)
+class ThumbnailQuery(DownloadQuery):
+    size: Annotated[int, Integer(minimum=0, maximum=10_000,
+                                 description="96, 320 or 640")] = 320

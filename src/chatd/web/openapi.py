@@ -19,12 +19,19 @@ _ERRORS = {
     400: "the request is malformed or breaks a rule (malformed_json, missing_field, "
          "invalid_field, bad_request, or a rule of the operation such as seq_out_of_range)",
     401: "no token, or one that is revoked, expired or not the one needed",
-    403: "only a group's admins may do that (not_an_admin)",
+    403: "not allowed: only a group's admins may do that (not_an_admin), the media is "
+         "not yours to send or delete (media_forbidden, not_uploader), or a signed link "
+         "is invalid or expired (invalid_link)",
     404: "no such user, device, conversation or message that you can see",
     408: "the request body did not arrive in time",
     409: "it conflicts with what exists (handle_taken, too_many_devices, group_full, "
          "direct_id_clash) or with what is under way (backup_running)",
-    413: "the request or the message body is too large",
+    411: "an upload without a Content-Length (length_required)",
+    413: "the request or the message body is too large (media: media_too_large)",
+    415: "the upload's declared Content-Type contradicts its content",
+    416: "the range asks for no byte of the media (Content-Range: bytes */size)",
+    451: "the operator made this content unavailable (quarantined)",
+    507: "the upload would take you past your media quota (quota_exceeded)",
     429: "too many attempts from this address; retry after Retry-After seconds",
     503: "the server cannot serve it now (storage_failure, owner_unreachable, "
          "shutting_down, backup_failed); retry",
@@ -40,6 +47,13 @@ def _ref(model: type[Model]) -> Schema:
     return {"$ref": f"#/components/schemas/{model.__name__}"}
 
 
+def _raw_body_schema(media_type: str) -> Schema:
+    if media_type == "multipart/form-data":
+        return {"type": "object", "required": ["file"],
+                "properties": {"file": {"type": "string", "format": "binary"}}}
+    return {"type": "string", "format": "binary"}
+
+
 def _json(schema: Schema) -> dict[str, Any]:
     return {"application/json": {"schema": schema}}
 
@@ -53,6 +67,9 @@ def _operation(api: Api, operation: Operation) -> dict[str, Any]:
         result["security"] = []
     elif operation.access is Access.ADMIN:
         result["security"] = [{"admin": []}]
+    elif operation.access is Access.USER_OR_LINK:
+        # The token, or nothing in headers: a signed link's u, e and sig in the query.
+        result["security"] = [{"bearer": []}, {}]
     parameters = [{"name": name, "in": "path", "required": True,
                    "schema": models.PATH_PARAMETERS[name].schema(api.limits)}
                   for name in operation.parameters]
@@ -62,6 +79,10 @@ def _operation(api: Api, operation: Operation) -> dict[str, Any]:
         result["parameters"] = parameters
     if operation.body:
         result["requestBody"] = {"required": True, "content": _json(_ref(operation.body))}
+    elif operation.raw_body:
+        result["requestBody"] = {"required": True, "content": {
+            media_type: {"schema": _raw_body_schema(media_type)}
+            for media_type in operation.raw_body}}
     responses: dict[str, Any] = {}
     for status, content in sorted(operation.success.items()):
         answer: dict[str, Any] = {"description": HTTPStatus(status).phrase}

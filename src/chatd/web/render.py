@@ -6,10 +6,11 @@ from __future__ import annotations
 
 import base64
 import enum
-from typing import TypeAlias
+from typing import Any, TypeAlias
 
 from quart import Response
 
+from chatd.domain.media import MediaRecord
 from chatd.domain.models import (
     Conversation,
     Device,
@@ -40,12 +41,14 @@ Reply: TypeAlias = Model | tuple[Model, int] | NoContent | Response
 
 
 def public_user(user: User) -> models.PublicUser:
-    return models.PublicUser(user.user_id, user.handle, user.display_name, user.status_text)
+    return models.PublicUser(user.user_id, user.handle, user.display_name, user.status_text,
+                             photo_media_id=user.photo_media_id or None)
 
 
 def own_user(user: User) -> models.OwnUser:
     return models.OwnUser(user.user_id, user.handle, user.display_name, user.status_text,
-                          user.created_at, user.hide_last_seen, user.read_receipts)
+                          user.created_at, user.hide_last_seen, user.read_receipts,
+                          photo_media_id=user.photo_media_id or None)
 
 
 def login(result: LoginResult) -> models.LoginResult:
@@ -64,7 +67,15 @@ def message(entry: Message) -> models.Message:
     return models.Message(
         entry.message_id, entry.conversation_id, entry.seq, entry.sender_id,
         entry.client_msg_id, entry.content_type,
-        base64.b64encode(body).decode() if isinstance(body, bytes) else body, entry.ts)
+        base64.b64encode(body).decode() if isinstance(body, bytes) else body, entry.ts,
+        [attachment(item) for item in entry.attachments] or None)
+
+
+def attachment(item: dict[str, Any]) -> models.Attachment:
+    return models.Attachment(item["media_id"], item["kind"], item["content_type"],
+                             item["size"], item["sha256"], item["filename"], item["width"],
+                             item["height"], list(item["thumbnails"]),
+                             item.get("thumbnail_media_id") or None)
 
 
 def history(page: HistoryPage) -> models.History:
@@ -84,7 +95,8 @@ def conversation(conv: Conversation, viewer_id: int) -> models.Conversation:
         conv.conversation_id, conv.kind, conv.name, conv.created_by, conv.created_at,
         conv.head_seq, conv.last_ts, conv.unread(viewer_id),
         receipts(conv.watermark(viewer_id)),
-        [models.Member(user_id, member.role) for user_id, member in conv.members.items()])
+        [models.Member(user_id, member.role) for user_id, member in conv.members.items()],
+        conv.photo_media_id or None)
 
 
 def conversations(convs: list[Conversation], viewer_id: int) -> models.Conversations:
@@ -95,3 +107,10 @@ def message_status(conversation_id: int, seq: int,
                    status: list[tuple[int, bool, bool | None]]) -> models.MessageStatus:
     return models.MessageStatus(conversation_id, seq, [
         models.MemberStatus(user_id, delivered, read) for user_id, delivered, read in status])
+
+
+def uploaded(blob_url: str, record: MediaRecord) -> models.Uploaded:
+    return models.Uploaded(record.media_id, blob_url, record.sha256, record.size,
+                    record.content_type, record.filename, record.width, record.height,
+                    [models.ThumbnailInfo(thumb.size, thumb.content_type, thumb.width, thumb.height)
+                     for thumb in record.thumbs])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from chatd.domain.models import Session
+import trio
+
+from chatd.domain.models import Conversation, Session
 from chatd.services.context import Services
 from chatd.web import models, render
 from chatd.web.api import Api
@@ -75,8 +77,34 @@ def register(api: Api, services: Services) -> None:
         await conversations.leave(session, conversation_id)
         return NO_CONTENT
 
-    @api.route("PATCH", "/groups/{conversation_id}", summary="Rename a group (admins)",
+    @api.route("PATCH", "/groups/{conversation_id}",
+               summary="Rename a group and/or set its photo (admins)",
                body=models.RenameGroup, response=models.Conversation, errors=_GROUP_ERRORS)
     async def rename(session: Session, conversation_id: int, body: models.RenameGroup) -> Reply:
-        conv = await conversations.rename(session, conversation_id, body.name)
+        photo = 0 if body.remove_photo else body.photo_media_id
+        if body.name is None and photo is None:  # nothing to change (as PATCH /me)
+            conv = await messaging.member_view(session, conversation_id)
+        if body.name is not None:
+            conv = await conversations.rename(session, conversation_id, body.name)
+        if photo is not None:
+            conv = await _set_group_photo(session, conversation_id, photo)
         return render.conversation(conv, session.user_id)
+
+    async def _set_group_photo(session: Session, conversation_id: int,
+                               photo: int) -> Conversation:
+        media = services.media
+        if photo:
+            await media.pin_photo(photo, session.user_id)  # counted before it is shown
+        try:
+            conv, previous = await conversations.set_photo(session, conversation_id, photo)
+        except BaseException:
+            if photo:
+                with trio.CancelScope(shield=True):
+                    await media.unpin_photo(photo)
+            raise
+        if previous != photo:
+            if previous:
+                await media.unpin_photo(previous)
+        elif photo:
+            await media.unpin_photo(photo)  # it was the photo already: counted once
+        return conv

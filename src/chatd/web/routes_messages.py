@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 
 from chatd.domain import rules
+from chatd.domain.media import Attaching
 from chatd.domain.models import Session
 from chatd.services.context import Services
 from chatd.web import models, render
@@ -18,14 +19,16 @@ def register(api: Api, services: Services) -> None:
     @api.route("POST", "/messages/send",
                summary="Append a message; answered once durable. Idempotent per client_msg_id.",
                body=models.SendMessage, status=201, response=models.SendResult,
-               errors=(404,))
+               errors=(403, 404))
     async def send(session: Session, body: models.SendMessage) -> Reply:
         text = rules.is_text_content(body.content_type)
         # The model checked the base64 (with its padding) already.
         payload = body.body if text else base64.b64decode(body.body)
         result = await messaging.send(
             session, conversation_id=body.conversation_id, client_msg_id=body.client_msg_id,
-            content_type=body.content_type, body=payload)
+            content_type=body.content_type, body=payload,
+            attachments=tuple(Attaching(item.media_id, item.thumbnail_media_id or 0)
+                              for item in body.attachments or ()))
         return render.send_result(result), 201
 
     @api.route("GET", "/messages/{conversation_id}/{seq}/status",

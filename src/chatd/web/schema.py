@@ -47,6 +47,7 @@ class Limit(enum.Enum):
 
     MIN_PASSWORD_LENGTH = "min_password_length"
     HISTORY_PAGE_MAX = "history_page_max"
+    MAX_LINK_TTL = "max_link_ttl"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +56,7 @@ class Limits:
 
     min_password_length: int = 8
     history_page_max: int = 200
+    max_link_ttl: int = 604_800
 
     def resolve(self, bound: int | Limit | None) -> int | None:
         if isinstance(bound, Limit):
@@ -331,17 +333,35 @@ class Nested(Kind):
 
 @dataclass(frozen=True, slots=True)
 class ListOf(Kind):
-    """A list of models (output)."""
+    """A list of models (output; input too, with `max_items`)."""
 
     model: type[Model]
+    #: For input: the most items taken (0: output only, no bound published).
+    max_items: int = 0
 
     plain: ClassVar[bool] = False
 
+    def parse(self, value: object, name: str, limits: Limits) -> list[Any]:
+        if not isinstance(value, list):
+            raise _type_error(name, "a list of objects", value)
+        if self.max_items and len(value) > self.max_items:
+            raise BadRequest(f"{name}: at most {self.max_items} items", code="invalid_field")
+        parsed = []
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise _type_error(f"{name}[{index}]", "an object", item)
+            parsed.append(self.model.parse(item, limits))
+        return parsed
+
     def dump(self, value: Any) -> list[dict[str, Any]]:
-        return [item.to_json() for item in value]
+        return [] if value is None else [item.to_json() for item in value]
 
     def schema(self, limits: Limits) -> Schema:
-        return {"type": "array", "items": {"$ref": f"#/components/schemas/{self.model.__name__}"}}
+        schema: Schema = {"type": "array",
+                          "items": {"$ref": f"#/components/schemas/{self.model.__name__}"}}
+        if self.max_items:
+            schema["maxItems"] = self.max_items
+        return schema
 
 
 @dataclass(frozen=True, slots=True)

@@ -617,10 +617,14 @@ class LiveSockets:
         session = conn.session
         if isinstance(frame, frames.SendFrame):
             await self._wait_for_room(conn)
+            # Awaited here, in the reader: this socket's next frame waits for it, so
+            # pipelined sends keep their order.
+            attached = await messaging.attach(session, frame.conversation_id,
+                                              frame.attachments)
             pending = messaging.start_send(
                 session, conversation_id=frame.conversation_id,
                 client_msg_id=frame.client_msg_id, content_type=frame.content_type,
-                body=frame.body)
+                body=frame.body, attachments=attached)
             conn.inflight += 1
             pending.add_done_callback(partial(_answer_send, conn, frame.req))
         elif isinstance(frame, frames.AckFrame):
