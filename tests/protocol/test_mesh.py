@@ -150,7 +150,8 @@ def test_we_refuse_to_send_what_the_peer_would_refuse() -> None:
     assert a.post("m", "ok") and a.state is State.OPEN
 
 
-@pytest.mark.parametrize(("payload", "reason"), [
+#: Ill-formed frames and why each is refused (ids by position: some payloads are random).
+ILL_FORMED = [
     (b"\xc1", "not valid msgpack"),
     (b"\x81\xa1k", "not valid msgpack"),  # truncated
     (b"\x92\x01\x02", "must be a msgpack map"),
@@ -174,7 +175,11 @@ def test_we_refuse_to_send_what_the_peer_would_refuse() -> None:
     (msgpack.packb({"kind": "POST", "method": "m" * 200, "body": 1}), "at most 128"),
     (dialer().data_to_send()[4:], "HELLO frame in state OPEN"),
     (msgpack.packb({"kind": "PROOF", "mac": b"x" * 32}), "PROOF frame in state OPEN"),
-])
+]
+
+
+@pytest.mark.parametrize(("payload", "reason"), ILL_FORMED,
+                         ids=[f"{n}-{reason}" for n, (_, reason) in enumerate(ILL_FORMED)])
 def test_ill_formed_frames_close_the_link(payload: bytes, reason: str) -> None:
     _, b = open_pair()
     frame = len(payload).to_bytes(4, "big") + payload

@@ -74,7 +74,8 @@ def test_the_client_role_masks_and_a_real_server_reads_it() -> None:
         client.receive_data(ws.encode_frame(ws.OP_TEXT, b"x", mask=True))
 
 
-@pytest.mark.parametrize(("wire", "close_code"), [
+#: Violations and their close codes (ids by position: masked frames are random).
+VIOLATIONS = [
     (ws.encode_frame(ws.OP_TEXT, b"unmasked"), ws.CLOSE_PROTOCOL_ERROR),
     (ws.encode_frame(ws.OP_TEXT, b"\xff\xfe", mask=True), ws.CLOSE_INVALID_DATA),
     (ws.encode_frame(0x3, b"", mask=True), ws.CLOSE_PROTOCOL_ERROR),  # reserved opcode
@@ -89,7 +90,11 @@ def test_the_client_role_masks_and_a_real_server_reads_it() -> None:
     # Endless empty continuations cost time without adding size.
     (bytes([0x01, 0x80]) + b"\0\0\0\0" + (bytes([0x00, 0x80]) + b"\0\0\0\0") * 200,
      ws.CLOSE_POLICY_VIOLATION),
-])
+]
+
+
+@pytest.mark.parametrize(("wire", "close_code"), VIOLATIONS,
+                         ids=[f"{n}-{code}" for n, (_, code) in enumerate(VIOLATIONS)])
 def test_protocol_violations_name_their_close_code(wire: bytes, close_code: int) -> None:
     with pytest.raises(ws.ProtocolError) as caught:
         server(100).receive_data(wire)
