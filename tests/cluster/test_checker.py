@@ -15,6 +15,7 @@ conversations unavailable until it is back but must still lose nothing acknowled
 
 from __future__ import annotations
 
+import os
 import random
 from typing import Any
 
@@ -199,7 +200,8 @@ async def test_conversations_take_sends_again_after_their_owner_dies(
     if checker_replication is not None and checker_replication.get("auto_failover"):
         failover_after = float(checker_replication["failover_after"])
     availability = await measure_availability(
-        cluster, scene, random.Random(f"{seed}:availability"), kills=3,
+        cluster, scene, random.Random(f"{seed}:availability"),
+        kills=int(os.environ.get("CHATD_CHECKER_KILLS", "3")),
         restart_after=0.0 if failover_after is None else failover_after + 4.0,
         placement=cluster.placement)
     print(f"\navailability (seed {seed}): {availability.describe()}")
