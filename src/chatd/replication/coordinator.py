@@ -84,6 +84,8 @@ class Coordinator:
         #: When each peer was last seen down (from the start: peers not yet linked).
         self._down_since: dict[str, float] = {}
         self.decider: Decider = LocalDecider(self)
+        #: A conversation's range (the ring's hash of its id, cached: asked per command).
+        self.range_of: Callable[[int], str] = placement.range_of
         self.peers: Peers | None = None
         #: Set once this shard has learnt the current epochs (from etcd or a peer), or
         #: found nobody to learn them from: until then it serves no range it owns.
@@ -169,7 +171,7 @@ class Coordinator:
         knows the current epochs, and its replica has had a whole copy at this epoch."""
         if not self.settled.is_set():
             return False
-        range_ = self.placement.range_of(conversation_id)
+        range_ = self.range_of(conversation_id)
         return self.placement.state(range_).owner == self.shard \
             and range_ not in self._arriving and self._shipper.ready(range_)
 

@@ -188,6 +188,7 @@ def _replication(config: Config, store: Store, placement: Placement, committer: 
                               shipper=shipper, replica=replica, forget_range=forget_range,
                               request_timeout=config.cluster.request_timeout,
                               replica_grace=config.replication.failover_after)
+    coordinator.range_of = ranges.range_of
     replication = config.replication
     if placement.replicated:
         committer.set_gate(shipper)
