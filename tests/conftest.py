@@ -48,3 +48,12 @@ async def server(start_server: ServerFactory) -> RunningServer:
 async def http(server: RunningServer) -> AsyncIterator[httpx.AsyncClient]:
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as client:
         yield client
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Here, not in tests/cluster/conftest.py: pytest reads options only from the
+    # conftest files it loads before parsing the command line (the top one always).
+    parser.addoption("--checker-seed", type=int, default=None,
+                     help="seed of the fault-injection checker run "
+                          "(tests/cluster/test_checker.py; default: CHATD_CHECKER_SEED, "
+                          "else a random one, printed)")

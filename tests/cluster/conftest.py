@@ -33,12 +33,6 @@ from tests.etcd import EtcdServer
 KNOWN_TRACEBACKS: set[str] = set()
 
 
-def pytest_addoption(parser: pytest.Parser) -> None:
-    parser.addoption("--checker-seed", type=int, default=None,
-                     help="seed of the fault-injection checker run (default: "
-                          "CHATD_CHECKER_SEED, else a random one, printed)")
-
-
 @pytest.fixture
 async def cluster(nursery: trio.Nursery, tmp_path: Path,
                   request: pytest.FixtureRequest) -> AsyncIterator[Cluster]:
