@@ -253,6 +253,9 @@ class MediaConfig:
     max_upload_bytes: int = 100 * 1024 * 1024
     #: Bytes of uploads one user may hold at once; past it, 507 quota_exceeded.
     quota_bytes: int = 10 * 1024 * 1024 * 1024
+    #: Uploads one user may have in progress at once; more get 429. Staged bytes (on the
+    #: data disk, before the quota is checked) are bounded by this x max_upload_bytes.
+    max_concurrent_uploads: int = 4
     #: Seconds an upload no message references is kept before the GC deletes it.
     unreferenced_ttl: float = 24 * 3600.0
     #: Seconds between GC passes.
@@ -491,6 +494,7 @@ def validate(config: Config) -> Config:
 
 def _validate_media(media: MediaConfig) -> None:
     for key, number in (("media.max_upload_bytes", media.max_upload_bytes),
+                        ("media.max_concurrent_uploads", media.max_concurrent_uploads),
                         ("media.quota_bytes", media.quota_bytes),
                         ("media.unreferenced_ttl", media.unreferenced_ttl),
                         ("media.gc_interval", media.gc_interval),

@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import AsyncIterator
+from functools import partial
 
 import httpx
+import pytest
+import trio
+import trio.testing
 
+from chatd.errors import RateLimited
 from chatd.storage import records
 from chatd.storage.blobs import LocalBlobStore
 from tests.conftest import ServerFactory
@@ -121,3 +126,48 @@ async def test_files_of_a_refused_upload_are_collected(start_server: ServerFacto
     assert blobs.path_of(sha256).exists()  # put in place before the commit refused it
     report = await media.collect_garbage()
     assert report.blobs_deleted == 1 and not blobs.path_of(sha256).exists()
+
+
+async def test_a_user_has_at_most_max_concurrent_uploads_in_progress(
+        start_server: ServerFactory) -> None:
+    """Each upload in progress stages bytes on the data disk before the quota can see its
+    size: one user's uploads at once are capped, and a slot comes back when one ends."""
+    server = await start_server(media={"max_concurrent_uploads": 2})
+    media = server.services.media
+    release = trio.Event()
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b"x" * 1000
+        await release.wait()
+
+    def describe() -> tuple[str, str | None]:
+        return "application/octet-stream", None
+
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        alice, bob = await new_account(http), await new_account(http)
+    async with trio.open_nursery() as nursery:
+        for _ in range(2):
+            nursery.start_soon(partial(media.upload, int(alice.user_id), chunks=slow_body(),
+                                       describe=describe))
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(5), pytest.raises(RateLimited) as refused:
+            await media.upload(int(alice.user_id), chunks=slow_body(), describe=describe)
+        assert refused.value.retry_after > 0
+        # Another user is not affected.
+        done = trio.Event()
+
+        async def bobs() -> None:
+            async def body() -> AsyncIterator[bytes]:
+                yield b"y" * 10
+            await media.upload(int(bob.user_id), chunks=body(), describe=describe)
+            done.set()
+
+        nursery.start_soon(bobs)
+        with trio.fail_after(10):
+            await done.wait()
+        release.set()
+    # Both finished: alice may upload again.
+    async def body() -> AsyncIterator[bytes]:
+        yield b"z" * 10
+    record = await media.upload(int(alice.user_id), chunks=body(), describe=describe)
+    assert record.size == 10

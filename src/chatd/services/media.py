@@ -51,6 +51,7 @@ from chatd.errors import (
     NotFound,
     PayloadTooLarge,
     Quarantined,
+    RateLimited,
     Unavailable,
 )
 from chatd.services import thumbnails
@@ -167,6 +168,8 @@ class MediaService:
         }
         # Thumbnails and sniffing are CPU work in threads: a few at once.
         self._cpu = trio.CapacityLimiter(2)
+        #: Uploads in progress, by user (`media.max_concurrent_uploads`).
+        self._uploading: dict[int, int] = {}
 
     @property
     def config(self) -> MediaConfig:
@@ -205,6 +208,22 @@ class MediaService:
         put the blobs in place and commit the record. The body is never held in memory.
         `describe()` gives the declared content type and filename once the body is in (a
         multipart body names them inside it)."""
+        in_progress = self._uploading.get(user_id, 0)
+        if in_progress >= self._config.max_concurrent_uploads:
+            # Each upload in progress may stage up to max_upload_bytes on the data disk
+            # before its size meets the quota: this keeps one user's share bounded.
+            raise RateLimited(f"{in_progress} uploads of yours are in progress; finish one "
+                              "first", retry_after=1.0)
+        self._uploading[user_id] = in_progress + 1
+        try:
+            return await self._upload(user_id, chunks=chunks, describe=describe)
+        finally:
+            self._uploading[user_id] -= 1
+            if not self._uploading[user_id]:
+                del self._uploading[user_id]
+
+    async def _upload(self, user_id: int, *, chunks: AsyncIterator[bytes],
+                      describe: Callable[[], tuple[str, str | None]]) -> MediaRecord:
         staged = await self._staging.write(self._limited(chunks))
         placed: list[str] = []
         thumbs: list[tuple[Thumbnail, Path]] = []
