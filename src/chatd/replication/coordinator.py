@@ -429,6 +429,8 @@ class Coordinator:
                          settle_after)
                 self.settled.set()
         await self.settled.wait()
+        if not self.placement.replicated:
+            return  # every range stays with its natural owner: nothing to recover
         start = trio.current_time()
         for shard in self.placement.ring.shards:
             if shard != self.shard and shard not in self._alive():

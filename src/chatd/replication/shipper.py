@@ -95,6 +95,7 @@ class Shipper:
         self.peers: Peers | None = None
         self._out: dict[str, _Outbound] = {}
         self._closing = False
+        self._someone_waits = trio.Event()
 
     # -- CommitGate ---------------------------------------------------------------------------
 
@@ -252,6 +253,13 @@ class Shipper:
         Returns after `close()` once no batch waits."""
         task_status.started()
         while not (self._closing and not any(out.waiting for out in self._out.values())):
+            if not any(out.waiting for out in self._out.values()):
+                # Nothing to time out: sleep until a batch waits (no wake-ups when idle,
+                # nor ever on a shard without replication).
+                self._someone_waits = trio.Event()
+                with trio.move_on_after(1.0):  # and look at _closing now and then
+                    await self._someone_waits.wait()
+                continue
             await trio.sleep(0.05)
             now = trio.current_time()
             for out in list(self._out.values()):
@@ -341,6 +349,7 @@ class Shipper:
     def _wait_for_stream(self, out: _Outbound) -> Pending[bool]:
         pending: Pending[bool] = Pending()
         out.waiting.append((trio.current_time() + self._timeout, pending))
+        self._someone_waits.set()
         return pending
 
     def _release_waiting(self, out: _Outbound, *, ok: bool) -> None:

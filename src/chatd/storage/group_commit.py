@@ -130,6 +130,9 @@ class GroupCommitter:
         self._riders: list[Callable[[Batch], None]] = []
         self._gate: CommitGate | None = None
         self._awaiting: deque[_Written] = deque()
+        #: Some written batch's replication was answered since the last look: the
+        #: waiting batches are scanned then, not on every batch written.
+        self._shipped = False
         self._batches = 0
         self._committed = 0
         self._refused = 0
@@ -318,6 +321,7 @@ class GroupCommitter:
                 # wrote while they wait for their replicas: reload once they are done.
                 self._awaiting.append(_Written(Batch(), [], [], [], Pending.done(frozenset()),
                                                doubtful=True))
+                self._shipped = True
             elif doubtful:
                 self._reload_state()
             return
@@ -334,7 +338,11 @@ class GroupCommitter:
                            [ranges[index] for index in waiting], kept_spans,
                            shipped or Pending.done(frozenset()), doubtful)
         self._awaiting.append(written)
-        written.shipped.add_done_callback(lambda _: self._work.set())
+        written.shipped.add_done_callback(self._answered)
+
+    def _answered(self, _shipped: Pending[frozenset[str]]) -> None:
+        self._shipped = True
+        self._work.set()
 
     def _finish_replicated(self) -> bool:
         """Finish the written batches whose replication is settled: each range's in the
@@ -342,16 +350,22 @@ class GroupCommitter:
         other ranges (a blocked range holds up only itself). A batch that left state in
         doubt waits for every batch before it (state is reloaded when it finishes).
         Whether any was finished."""
+        if not self._shipped:
+            return False  # nothing was answered since the last look
+        self._shipped = False
         finished = False
         waiting: set[str] = set()
+        # Set once a batch stays behind that left state in doubt: none after it finishes.
+        doubt_behind = False
         kept: deque[_Written] = deque()
         for written in self._awaiting:
             ranges = {name for name in written.ranges if name is not None}
-            ready = written.shipped.finished and not ranges & waiting \
-                and not (written.doubtful and kept) and not any(w.doubtful for w in kept)
+            ready = written.shipped.finished and not ranges & waiting and not doubt_behind \
+                and not (written.doubtful and kept)
             if not ready:
                 kept.append(written)
                 waiting |= ranges
+                doubt_behind = doubt_behind or written.doubtful
                 continue
             failed = written.shipped.result if written.shipped.error is None else None
             if failed is None:  # the gate itself failed: treat every range as failed
