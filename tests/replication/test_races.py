@@ -23,7 +23,7 @@ import trio.testing
 from chatd.config import Address, ShardSpec
 from chatd.domain.models import Member, Message, SendResult
 from chatd.domain.ring import HashRing
-from chatd.errors import Conflict, Unavailable
+from chatd.errors import BadRequest, Conflict, Unavailable
 from chatd.pending import Pending
 from chatd.protocol import owner as ops
 from chatd.replication import protocol
@@ -455,3 +455,32 @@ async def test_a_blocked_range_does_not_delay_another_ranges_sends(node_a: Node)
         await blocked.wait()
     print(f"a send to range c took {took:.3f}s behind range a's blocked batch")
     assert took < 0.1, took
+
+
+# -- a peer's malformed placement messages ------------------------------------------------------
+
+
+@pytest.mark.parametrize("body", [
+    "not a map", {"range": "a"}, {"range": "a", "owner": "b", "replica": None, "epoch": 0},
+    {"range": "a", "owner": 7, "replica": None, "epoch": 2},
+])
+async def test_a_malformed_claim_is_refused_and_changes_nothing(node_b: Node, body: Any) -> None:
+    before = node_b.services.coordinator.placement.states()
+    with pytest.raises(BadRequest):
+        node_b.services.coordinator.handle_request("c", protocol.PLACEMENT_CLAIM, body)
+    assert node_b.services.coordinator.placement.states() == before
+
+
+async def test_a_claim_for_an_older_or_rival_state_is_refused_with_what_is_known(
+        node_b: Node) -> None:
+    coordinator = node_b.services.coordinator
+    ok = coordinator.handle_request("c", protocol.PLACEMENT_CLAIM,
+                                    {"range": "a", "owner": "c", "replica": "b", "epoch": 2})
+    assert ok == {"ok": True} and coordinator.placement.state("a").owner == "c"
+    rival = coordinator.handle_request("a", protocol.PLACEMENT_CLAIM,
+                                       {"range": "a", "owner": "a", "replica": "b", "epoch": 2})
+    assert rival["refused"] == "stale_epoch" and rival["state"]["owner"] == "c"
+    # Gossip of a malformed placement is dropped, not adopted.
+    coordinator.handle_post("a", protocol.PLACEMENT_PUT, {"states": [{"range": "a"}]})
+    coordinator.handle_post("a", protocol.PLACEMENT_PUT, "x")
+    assert coordinator.placement.state("a") == RangeState("a", "c", "b", 2)
