@@ -284,6 +284,16 @@ class MediaConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Message requests and contacts (docs/privacy.md)."""
+
+    #: A direct chat opened by someone who is not yet a contact is a message request the
+    #: recipient accepts or declines. False: every direct chat is accepted when opened (a
+    #: team server where everyone may talk freely); blocks and settings still apply.
+    message_requests: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -293,6 +303,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.server.listen)

@@ -28,6 +28,7 @@ from chatd.domain.models import (
     SendResult,
     Watermark,
 )
+from chatd.domain.privacy import DirectState
 
 C = TypeVar("C", bound="OwnerCommand")
 
@@ -285,11 +286,75 @@ class ConversationsOf(OwnerCommand):
         return cls(**{**checked, "cursors": {conversation: seq for conversation, seq in pairs}})
 
 
+# -- privacy: message requests, blocks, group invites (docs/privacy.md) -------------------
+
+@dataclass(frozen=True, slots=True)
+class AnswerRequest(OwnerCommand):
+    """A message request's recipient accepts or declines it (`answer`). Answer: the
+    conversation."""
+
+    METHOD: ClassVar[str] = "owner.answer_request"
+    user_id: int
+    answer: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetBlock(OwnerCommand):
+    """`user_id` blocks (or unblocks) `peer_id` on their direct chat's record, which is
+    written even when there is no chat yet. Answer: nothing."""
+
+    METHOD: ClassVar[str] = "owner.set_block"
+    user_id: int
+    peer_id: int
+    blocked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DirectStatus(OwnerCommand):
+    """The state of the pair's direct chat (whether they are contacts, who blocks whom).
+    Answer: [status, requested_by, blocked_by]; status "none" when there is no chat."""
+
+    METHOD: ClassVar[str] = "owner.direct_status"
+    user_id: int
+    peer_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Invite(OwnerCommand):
+    """An admin invites users a group may not take directly (their `groups_add`).
+    Answer: the ids invited (not members already)."""
+
+    METHOD: ClassVar[str] = "owner.invite"
+    actor_id: int
+    user_ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerInvite(OwnerCommand):
+    """The invitee accepts (joins, with an `invite_accepted` entry) or declines. Answer:
+    the conversation when accepted, else nothing."""
+
+    METHOD: ClassVar[str] = "owner.answer_invite"
+    user_id: int
+    accept: bool
+
+
+#: Asked of every shard (conversation_id 0), as ConversationsOf.
+@dataclass(frozen=True, slots=True)
+class InvitesOf(OwnerCommand):
+    """The invites to groups owned here that `user_id` has not answered. Answer:
+    [[conversation_id, group name, invited_by, created_at], ...]."""
+
+    METHOD: ClassVar[str] = "owner.invites_of"
+    user_id: int
+
+
 COMMANDS: dict[str, type[OwnerCommand]] = {
     command.METHOD: command for command in (
         Send, MarkRead, Acknowledge, OpenDirect, CreateGroup, AddMembers, RemoveMembers,
         Promote, Leave, Rename, SetGroupPhoto, View, History, Status, Typing, ReadLog,
-        ConversationsOf)
+        ConversationsOf, AnswerRequest, SetBlock, DirectStatus, Invite, AnswerInvite,
+        InvitesOf)
 }
 
 
@@ -314,8 +379,9 @@ def watermark_from_wire(data: Any) -> Watermark:
 
 
 def conversation_to_wire(conv: Conversation) -> dict[str, Any]:
-    """A snapshot of the conversation (its members in join order, their watermarks)."""
-    return {
+    """A snapshot of the conversation (its members in join order, their watermarks; a
+    direct chat's request and block state)."""
+    wire: dict[str, Any] = {
         "id": conv.conversation_id, "kind": conv.kind, "name": conv.name,
         "created_by": conv.created_by, "created_at": conv.created_at,
         "head_seq": conv.head_seq, "last_ts": conv.last_ts, "photo": conv.photo_media_id,
@@ -324,6 +390,10 @@ def conversation_to_wire(conv: Conversation) -> dict[str, Any]:
         "watermarks": [[user_id, mark.delivered_seq, mark.read_seq]
                        for user_id, mark in conv.watermarks.items()],
     }
+    if conv.direct is not None:
+        state = conv.direct
+        wire["direct"] = [state.requested_by, state.status, list(state.blocked_by)]
+    return wire
 
 
 def conversation_from_wire(data: Any) -> Conversation:
@@ -333,6 +403,11 @@ def conversation_from_wire(data: Any) -> Conversation:
     conv.members = {user_id: Member(role, joined) for user_id, role, joined in data["members"]}
     conv.watermarks = {user_id: Watermark(delivered, read)
                        for user_id, delivered, read in data["watermarks"]}
+    direct = data.get("direct")
+    if direct is not None:
+        requested_by, status, blocked_by = direct
+        conv.direct = DirectState(conv.conversation_id, int(requested_by), str(status),
+                                  [int(user) for user in blocked_by])
     return conv
 
 
@@ -381,4 +456,13 @@ RESULTS: dict[str, tuple[Any, Any]] = {
                       page[1]],
         lambda data: ([(conversation_from_wire(conv), start) for conv, start in data[0]],
                       data[1])),
+    AnswerRequest.METHOD: (conversation_to_wire, conversation_from_wire),
+    SetBlock.METHOD: (lambda _: None, lambda _: None),
+    DirectStatus.METHOD: (list, list),
+    Invite.METHOD: (list, list),
+    AnswerInvite.METHOD: (
+        lambda conv: None if conv is None else conversation_to_wire(conv),
+        lambda data: None if data is None else conversation_from_wire(data)),
+    InvitesOf.METHOD: (lambda rows: [list(row) for row in rows],
+                       lambda data: [tuple(row) for row in data]),
 }

@@ -21,10 +21,13 @@ from chatd.replication.range_records import RangeRecords
 from chatd.replication.replica import Replica
 from chatd.replication.shipper import Shipper
 from chatd.services.accounts import AccountService
+from chatd.services.blocks import BlockList
 from chatd.services.clock import Clock, SystemClock
 from chatd.services.commands import Commands
 from chatd.services.conversations import ConversationService
 from chatd.services.delivery import Delivery
+from chatd.services.direct_requests import DirectRequests
+from chatd.services.invites import GroupInvites
 from chatd.services.live import Hub
 from chatd.services.log import ConversationLog
 from chatd.services.media import MediaService
@@ -33,6 +36,7 @@ from chatd.services.owner import ConversationOwner
 from chatd.services.owner_api import OwnerApi
 from chatd.services.passwords import PasswordHasher
 from chatd.services.presence import Presence
+from chatd.services.privacy import PrivacyService
 from chatd.services.receipts import Receipts
 from chatd.services.routing import Router
 from chatd.services.users import HomeApi, Users, token_prefix_for
@@ -67,6 +71,11 @@ class Services:
     shipper: Shipper
     backups: Backups
     media: MediaService
+    #: Privacy (docs/privacy.md): the client's side; the owner's side of requests and
+    #: blocks of direct chats (its listeners are the abuse signals); block lists here.
+    privacy: PrivacyService
+    requests: DirectRequests
+    blocks: BlockList
 
 
 def media_link_secret(config: Config, store: Store) -> bytes:
@@ -126,8 +135,22 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
                          limits=config.limits, now_ms=clock.now_ms,
                          publish_ephemeral=delivery.publish_ephemeral)
     router.attach(owner_api.run, None)
+    requests = DirectRequests(store=store, owner=owner, commands=commands,
+                              enabled=config.privacy.message_requests,
+                              publish=delivery.publish_privacy)
+    owner_api.requests = requests
+    receipts.flows = requests.receipts_flow
+    committer.on_reload_needed(requests.forget_all)
+    invites = GroupInvites(store=store, owner=owner, commands=commands, limits=config.limits,
+                           now_ms=clock.now_ms, add_member=owner_api.add_member,
+                           publish=delivery.publish)
+    owner_api.invites = invites
+    committer.on_reload_needed(invites.forget_all)
+    blocks = BlockList(store=store, commands=commands, clock=clock, accounts=accounts)
+    committer.on_reload_needed(blocks.forget_pending)
+    privacy = PrivacyService(router=router, users=users, blocks=blocks, owner_api=owner_api)
     conversations = ConversationService(router=router, accounts=users, ids=ids,
-                                        limits=config.limits)
+                                        limits=config.limits, privacy=privacy)
     messaging = MessagingService(store=store, router=router, owner=owner,
                                  owner_api=owner_api, commands=commands,
                                  read_receipt_settings=users.read_receipt_settings,
@@ -137,7 +160,8 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     accounts.on_device_revoked(messaging.forget_device)
     home_api = HomeApi(accounts=accounts, cursors_of=messaging.cursors_of,
                        hint_cursor=messaging.hint_cursor)
-    presence = Presence(delivery=delivery, messaging=messaging)
+    home_api.requests.update(blocks.requests)
+    presence = Presence(delivery=delivery, messaging=messaging, privacy=privacy)
     media = MediaService(store=store, commands=commands,
                          blobs=blobs or build_blob_store(config),
                          staging=Staging(Path(config.storage.data_dir) / "media" / "staging"),
@@ -147,7 +171,8 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     committer.on_reload_needed(media.forget_pending)
     owner_api.media = media
     messaging.media = media
-    coordinator, shipper = _replication(config, store, placement, committer, commands, owner)
+    coordinator, shipper = _replication(config, store, placement, committer, commands, owner,
+                                        requests)
     owner_api.serves = coordinator.serves
     data_dir = Path(config.storage.data_dir)
     # The scratch space is inside the data directory, on its filesystem, so that the
@@ -158,11 +183,12 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
                       now_ms=clock.now_ms)
     return Services(config, store, committer, router, owner, owner_api, log, accounts, users,
                     home_api, conversations, messaging, hub, delivery, presence, receipts,
-                    clock, coordinator, shipper, backups, media)
+                    clock, coordinator, shipper, backups, media, privacy, requests, blocks)
 
 
 def _replication(config: Config, store: Store, placement: Placement, committer: GroupCommitter,
-                 commands: Commands, owner: ConversationOwner) -> tuple[Coordinator, Shipper]:
+                 commands: Commands, owner: ConversationOwner,
+                 requests: DirectRequests) -> tuple[Coordinator, Shipper]:
     shard = config.cluster.shard
     ranges = RangeRecords(store, placement.ring)
     coordinator: Coordinator | None = None
@@ -173,6 +199,7 @@ def _replication(config: Config, store: Store, placement: Placement, committer: 
 
     def forget_range(range_: str) -> None:
         owner.forget_where(lambda conversation_id: ranges.range_of(conversation_id) == range_)
+        requests.forget_where(lambda conversation_id: ranges.range_of(conversation_id) == range_)
 
     def recover(_range: str) -> None:
         if coordinator is not None:

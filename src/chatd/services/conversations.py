@@ -9,6 +9,8 @@ named exist (on their home shards), and a group's name.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from chatd.config import LimitsConfig
 from chatd.domain import rules
 from chatd.domain.ids import SnowflakeGenerator, direct_conversation_id
@@ -18,11 +20,16 @@ from chatd.protocol import owner as ops
 from chatd.services.routing import Router
 from chatd.services.users import Users
 
+if TYPE_CHECKING:
+    from chatd.services.privacy import PrivacyService
+
 
 class ConversationService:
     def __init__(self, *, router: Router, accounts: Users, ids: SnowflakeGenerator,
-                 limits: LimitsConfig) -> None:
+                 limits: LimitsConfig, privacy: PrivacyService | None = None) -> None:
         self._router = router
+        #: Who may be added directly, who is invited instead (their `groups_add`).
+        self._privacy = privacy
         self._accounts = accounts
         self._ids = ids
         self._limits = limits
@@ -44,15 +51,28 @@ class ConversationService:
             raise Conflict(f"a group holds at most {self._limits.max_group_members} members",
                            code="group_full")
         await self._accounts.require_users_exist(others)
+        others, invited = await self._split(session, others)
         conv: Conversation = await self._router.ask(
             ops.CreateGroup(self._ids.next_id(), session.user_id, name, others))
+        if invited:
+            await self._router.ask(ops.Invite(conv.conversation_id, session.user_id, invited))
         return conv
+
+    async def _split(self, session: Session, user_ids: list[int]) -> tuple[list[int], list[int]]:
+        """Who is added, who is invited (docs/privacy.md); without privacy, all added."""
+        if self._privacy is None or not user_ids:
+            return list(user_ids), []
+        return await self._privacy.split_adds(session.user_id, user_ids)
 
     async def add_members(self, session: Session, conversation_id: int,
                           user_ids: list[int]) -> Conversation:
         await self._accounts.require_users_exist(user_ids)
+        added, invited = await self._split(session, user_ids)
+        # Run even with nobody to add: the owner checks the caller is an admin first.
         conv: Conversation = await self._router.ask(
-            ops.AddMembers(conversation_id, session.user_id, list(user_ids)))
+            ops.AddMembers(conversation_id, session.user_id, added))
+        if invited:
+            await self._router.ask(ops.Invite(conversation_id, session.user_id, invited))
         return conv
 
     async def remove_members(self, session: Session, conversation_id: int,

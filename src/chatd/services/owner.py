@@ -106,6 +106,8 @@ class ConversationOwner:
         # what is on disk is acknowledged.
         conv.written_seq = conv.head_seq
         conv.last_ts = last_ts or conv.created_at
+        if conv.kind == "direct":  # its request and block state (services/direct_requests.py)
+            conv.direct = self._store.get(records.DIRECT_STATES, conversation_id)
         return conv
 
     def conversation_ids_of(self, user_id: int) -> list[int]:

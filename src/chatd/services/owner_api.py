@@ -40,6 +40,8 @@ from chatd.services.receipts import Receipts
 from chatd.storage import Batch, records
 
 if TYPE_CHECKING:
+    from chatd.services.direct_requests import DirectRequests
+    from chatd.services.invites import GroupInvites
     from chatd.services.media import MediaService
 
 #: Where an owner hands ephemeral frames (typing) for users: (user ids, frame).
@@ -69,10 +71,14 @@ class OwnerApi:
         self.serves: Callable[[int], bool] = lambda _conversation_id: True
         #: Records the references of messages that carry media (services/media.py).
         self.media: MediaService | None = None
+        #: Message requests and blocks of direct chats, and group invites (set by the
+        #: wiring: services/direct_requests.py, services/invites.py).
+        self.requests: DirectRequests | None = None
+        self.invites: GroupInvites | None = None
 
     def run(self, command: ops.OwnerCommand) -> Any:
         """Run any command or query: a `Pending` for commands, a value for queries."""
-        if not isinstance(command, ops.ConversationsOf) \
+        if not isinstance(command, ops.ConversationsOf | ops.InvitesOf) \
                 and not self.serves(command.conversation_id):
             raise Unavailable("this shard does not serve that conversation now (its range "
                               "is moving between shards); retry shortly", code="not_owner")
@@ -133,8 +139,12 @@ class OwnerApi:
         if not max(1, conv.members[query.user_id].joined_seq) <= seq <= conv.head_seq:
             raise NotFound(f"no message with seq {seq} in this conversation that you can "
                            "read", code="unknown_message")
+        # Until a request is accepted (and across a block) the other side's receipts are
+        # not shown, here either.
+        shown = self.requests is None or self.requests.receipts_flow(conv)
         return [(user_id, conv.watermark(user_id).delivered_seq,
                  conv.watermark(user_id).read_seq)
+                if shown or user_id == query.user_id else (user_id, 0, 0)
                 for user_id, member in conv.members.items() if member.joined_seq <= seq]
 
     def typing(self, query: ops.Typing) -> bool:
@@ -143,6 +153,8 @@ class OwnerApi:
         key = f"{query.user_id}:{query.conversation_id}"
         if self._typing_limit.try_acquire(key, trio.current_time()) > 0:
             return False
+        if self.requests is not None and not self.requests.relays_typing(conv, query.user_id):
+            return True  # dropped as if relayed: typing is presence
         others = [user_id for user_id in conv.members if user_id != query.user_id]
         self._publish_ephemeral(others,
                                 frames.typing_frame(query.conversation_id, query.user_id))
@@ -224,7 +236,10 @@ class OwnerApi:
     def send(self, command: ops.Send) -> Pending[SendResult]:
         conversation_id = command.conversation_id
         sender_id = command.sender_id
-        self.member_view(conversation_id, sender_id)
+        requests = self.requests
+        conv = self.member_view(conversation_id, sender_id)
+        if requests is not None:
+            requests.check_send(conv, sender_id)
 
         def apply(batch: Batch) -> SendResult:
             conv = self._owner.get(conversation_id)
@@ -234,6 +249,8 @@ class OwnerApi:
                                                  command.client_msg_id)
             if previous is not None:
                 return previous
+            if requests is not None:
+                requests.check_send(conv, sender_id)
             attachments = tuple(command.attachments)
             message = self._owner.append(batch, conv, sender_id=sender_id,
                                          sender_device=command.sender_device,
@@ -245,6 +262,8 @@ class OwnerApi:
                 # Who may download them: who can read this message (services/media.py).
                 self.media.record_audience(batch, conversation_id, message.seq,
                                            tuple(conv.members), attachments)
+            if requests is not None:
+                requests.appended(batch, conv, message)
             return SendResult(message.message_id, conversation_id, message.seq, message.ts)
 
         return self._commands.enqueue(apply, conversation_id=command.conversation_id)
@@ -306,11 +325,16 @@ class OwnerApi:
         if existing is not None:
             return Pending.done(Created(self._check_direct(existing, command.user_id),
                                         created=False))
+        requests = self.requests
+        if requests is not None:
+            requests.check_open(conversation_id, command.user_id)
 
         def apply(batch: Batch) -> Created:
             conv = self._owner.find(conversation_id)
             if conv is not None:  # created by a command queued before this one
                 return Created(self._check_direct(conv, command.user_id), created=False)
+            if requests is not None:  # a block may have been queued since
+                requests.check_open(conversation_id, command.user_id)
             now = self._now_ms()
             conv = Conversation(conversation_id, "direct", "", command.user_id, now,
                                 last_ts=now)
@@ -319,6 +343,8 @@ class OwnerApi:
                 self._add_member(batch, conv, user_id, Member("member", joined_seq=0))
             self._owner.remember(conv)
             self._owner.changing(batch, conv)
+            if requests is not None:
+                requests.opened(batch, conv, command.user_id, command.peer_id)
             return Created(conv, created=True)
 
         return self._commands.enqueue(apply, conversation_id=command.conversation_id)
@@ -452,6 +478,42 @@ class OwnerApi:
         return self._commands.enqueue(apply, conversation_id=command.conversation_id)
 
 
+    # -- privacy (services/direct_requests.py, services/invites.py) ---------------------------
+
+    def _requests(self) -> DirectRequests:
+        if self.requests is None:
+            raise Unavailable("message requests are not wired on this shard")
+        return self.requests
+
+    def _invites(self) -> GroupInvites:
+        if self.invites is None:
+            raise Unavailable("group invites are not wired on this shard")
+        return self.invites
+
+    def answer_request(self, command: ops.AnswerRequest) -> Pending[Conversation]:
+        return self._requests().answer(command)
+
+    def set_block(self, command: ops.SetBlock) -> Pending[None]:
+        return self._requests().set_block(command)
+
+    def direct_status(self, query: ops.DirectStatus) -> list[Any]:
+        return self._requests().status(query)
+
+    def invite(self, command: ops.Invite) -> Pending[list[int]]:
+        return self._invites().invite(command)
+
+    def answer_invite(self, command: ops.AnswerInvite) -> Pending[Conversation | None]:
+        return self._invites().answer(command)
+
+    def invites_of(self, query: ops.InvitesOf) -> list[tuple[int, str, int, int]]:
+        return self._invites().invites_of(query, self.serves)
+
+    def add_member(self, batch: Batch, conv: Conversation, user_id: int,
+                   member: Member) -> None:
+        """For services/invites.py: a member's rows, as every add writes them."""
+        self._add_member(batch, conv, user_id, member)
+
+
 #: Typing notices: a burst of 3, then one every 2 s per (user, conversation).
 TYPING_BURST = 3
 TYPING_PER_SECOND = 0.5
@@ -485,4 +547,7 @@ _HANDLERS: dict[type[ops.OwnerCommand], str] = {
     ops.SetGroupPhoto: "set_group_photo", ops.View: "view",
     ops.History: "history", ops.Status: "status", ops.Typing: "typing",
     ops.ReadLog: "read_log", ops.ConversationsOf: "conversations_of",
+    ops.AnswerRequest: "answer_request", ops.SetBlock: "set_block",
+    ops.DirectStatus: "direct_status", ops.Invite: "invite",
+    ops.AnswerInvite: "answer_invite", ops.InvitesOf: "invites_of",
 }

@@ -9,7 +9,8 @@ added unpacks with that field's default, so adding a field at the end needs no m
 | family | key | value |
 |---|---|---|
 | users | user_id | handle, display_name, password_hash, created_at, status_text, |
-| | | hide_last_seen, read_receipts, photo_media_id |
+| | | hide_last_seen, read_receipts, photo_media_id, last_seen_visibility, |
+| | | profile_visibility, groups_add |
 | handles | normalised handle (UTF-8) | user_id (8 bytes) |
 | devices | user_id, device_id | name, created_at, token_hash |
 | tokens | sha256(token) | user_id, device_id, expires_at |
@@ -32,6 +33,10 @@ added unpacks with that field's default, so adding a field at the end needs no m
 | media_usage | user_id | bytes of uploads the user holds (8 bytes) |
 | media_refs | conversation_id, media_id | first_seq, audience (the conversation's owner) |
 | media_conversations | media_id, conversation_id | True (an index: where a media is referenced) |
+| direct_states | conversation_id | requested_by, status, blocked_by (the direct chat's owner) |
+| blocks | user_id, blocked user_id | ms when blocked (the blocker's home) |
+| invites | conversation_id, user_id | invited_by, created_at (the group's owner) |
+| user_invites | user_id, conversation_id | (empty: the owner's index of a user's invites) |
 
 Ids and seqs in keys are fixed-width big-endian, so byte order is numeric order and a scan
 of `conversation_id | seq` yields a log in seq order.
@@ -58,6 +63,7 @@ from chatd.domain.models import (
     User,
     Watermark,
 )
+from chatd.domain.privacy import DirectState, GroupInvite
 from chatd.storage.errors import UnstorableValue
 
 K = TypeVar("K")
@@ -194,7 +200,8 @@ def _read_empty(_key: Any, _data: bytes) -> None:
 USERS: Family[int, User] = Family(
     "users", u64, read_u64, *_fields(User, "handle", "display_name", "password_hash",
                                      "created_at", "status_text", "hide_last_seen", "read_receipts",
-                                     "photo_media_id", key=("user_id",)))
+                                     "photo_media_id", "last_seen_visibility",
+                                     "profile_visibility", "groups_add", key=("user_id",)))
 HANDLES: Family[str, int] = Family(
     "handles", str.encode, bytes.decode, _u64_value, _read_u64_value)
 DEVICES: Family[tuple[int, int], Device] = Family(
@@ -304,11 +311,38 @@ def _read_present(_key: Any, _data: bytes) -> bool:
 MEDIA_CONVERSATIONS: Family[tuple[int, int], bool] = Family(
     "media_conversations", _pair_key, read_pair, _present, _read_present)
 
+# -- privacy (services/direct_requests.py, services/blocks.py, services/invites.py) -------
+
+def _read_direct_state(key: int, data: bytes) -> DirectState:
+    state = _unpack_direct_state(key, data)
+    state.blocked_by = list(state.blocked_by)
+    return state
+
+
+_pack_direct_state, _unpack_direct_state = _fields(
+    DirectState, "requested_by", "status", "blocked_by", key=("conversation_id",))
+#: Keyed by the direct conversation's id: on its owner, replicated with it; it may exist
+#: before the conversation does (a block of someone never talked to).
+DIRECT_STATES: Family[int, DirectState] = Family(
+    "direct_states", u64, read_u64, _pack_direct_state, _read_direct_state,
+    conversation_at=0)
+#: On the blocker's home (not replicated, like the rest of an account).
+BLOCKS: Family[tuple[int, int], int] = Family(
+    "blocks", _pair_key, read_pair, _u64_value, _read_u64_value)
+INVITES: Family[tuple[int, int], GroupInvite] = Family(
+    "invites", _pair_key, read_pair,
+    *_fields(GroupInvite, "invited_by", "created_at", key=("conversation_id", "user_id")),
+    conversation_at=0)
+#: The owner's index of a user's invites (as user_conversations): goes with the group.
+USER_INVITES: Family[tuple[int, int], None] = Family(
+    "user_invites", _pair_key, read_pair, _empty, _read_empty, conversation_at=8)
+
 #: Every family, in the order the database creates them.
 FAMILIES: tuple[Family[Any, Any], ...] = (
     USERS, HANDLES, DEVICES, TOKENS, CONVERSATIONS, MEMBERS, USER_CONVERSATIONS, MESSAGES,
     DEDUP, WATERMARKS, CURSORS, LAST_SEEN, META, MEDIA, BLOBS, MEDIA_UNREFERENCED,
-    DEAD_BLOBS, QUARANTINE, MEDIA_USAGE, MEDIA_REFS, MEDIA_CONVERSATIONS)
+    DEAD_BLOBS, QUARANTINE, MEDIA_USAGE, MEDIA_REFS, MEDIA_CONVERSATIONS,
+    DIRECT_STATES, BLOCKS, INVITES, USER_INVITES)
 CONVERSATION_FAMILIES.update(
     (family.name, family.conversation_at) for family in FAMILIES
     if family.conversation_at is not None)

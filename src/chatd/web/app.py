@@ -28,6 +28,7 @@ from chatd.web import (
     routes_media,
     routes_messages,
     routes_ops,
+    routes_privacy,
     routes_replication,
 )
 from chatd.web.api import Api, configured_limits
@@ -205,5 +206,6 @@ def create_app(services: Services) -> QuartTrio:
     routes_replication.register(api, services)
     routes_backup.register(api, services)
     routes_media.register(api, services)
+    routes_privacy.register(api, services)
     api.install(app)
     return app

@@ -173,6 +173,33 @@ class ProfileChange(Model):
     remove_photo: Annotated[bool | None, Boolean(description="true: no photo")] = None
 
 
+#: Who sees last seen, or status text and photo (docs/privacy.md).
+VISIBILITY = String(pattern=r"^(?:everyone|contacts|nobody)$",
+                    rule="one of everyone, contacts, nobody",
+                    description="everyone, contacts (accepted direct chats) or nobody")
+GROUPS_ADD = String(pattern=r"^(?:everyone|contacts)$", rule="one of everyone, contacts",
+                    description="who may add you to a group; the others send an invite")
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyChange(Model):
+    description = "fields left out (or null) stay as they are"
+    closed = True
+
+    last_seen: Annotated[str | None, VISIBILITY] = None
+    profile: Annotated[str | None, VISIBILITY] = None
+    groups_add: Annotated[str | None, GROUPS_ADD] = None
+    read_receipts: Annotated[bool | None, Boolean(
+        description="off: others are not told when you read, nor you when they do")] = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationsQuery(Model):
+    requests: Annotated[int | None, Integer(
+        minimum=0, maximum=1, description="1: the message requests you received and have "
+                                          "not answered, instead of your conversations")] = None
+
+
 @dataclass(frozen=True, slots=True)
 class FindUser(Model):
     handle: Annotated[str, HANDLE]
@@ -285,12 +312,49 @@ class PublicUser(Model):
     status: str
     #: Left out when the user has no photo (GET /media/{id}/thumbnail?size=96 shows it).
     photo_media_id: Annotated[int | None, ID] = field(default=None, kw_only=True)
+    #: When their last connection closed; left out unless their `last_seen` setting
+    #: shows it to you (docs/privacy.md).
+    last_seen: Annotated[int | None, MS] = field(default=None, kw_only=True)
 
     def to_json(self) -> dict[str, Any]:
         data = Model.to_json(self)
         if self.photo_media_id is None:
             del data["photo_media_id"]
+        if self.last_seen is None:
+            del data["last_seen"]
         return data
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacySettings(Model):
+    last_seen: Annotated[str, Choice(("everyone", "contacts", "nobody"))]
+    profile: Annotated[str, Choice(("everyone", "contacts", "nobody"))]
+    groups_add: Annotated[str, Choice(("everyone", "contacts"))]
+    read_receipts: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Block(Model):
+    user_id: Annotated[int, ID]
+    blocked_at: Annotated[int, MS]
+
+
+@dataclass(frozen=True, slots=True)
+class Blocks(Model):
+    blocks: list[Block]
+
+
+@dataclass(frozen=True, slots=True)
+class Invite(Model):
+    conversation_id: Annotated[int, ID]
+    name: str
+    invited_by: Annotated[int, ID]
+    created_at: Annotated[int, MS]
+
+
+@dataclass(frozen=True, slots=True)
+class Invites(Model):
+    invites: list[Invite]
 
 
 @dataclass(frozen=True, slots=True)
@@ -347,11 +411,17 @@ class Conversation(Model):
     members: list[Member]
     #: A group's photo; left out when it has none.
     photo_media_id: Annotated[int | None, ID] = None
+    #: A direct chat that is a message request, as you see it: "received" (yours to
+    #: accept or decline), "sent" (not accepted yet); left out once accepted.
+    request: Annotated[str | None, Choice(("received", "sent"))] = None
+    #: True when you block the other person of this direct chat; left out otherwise.
+    blocked: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = Model.to_json(self)
-        if self.photo_media_id is None:
-            del data["photo_media_id"]
+        for name in ("photo_media_id", "request", "blocked"):
+            if data[name] is None:
+                del data[name]
         return data
 
 

@@ -27,10 +27,21 @@ def register(api: Api, services: Services) -> None:
         return render.conversation(opened.conversation, session.user_id), (
             201 if opened.created else 200)
 
-    @api.route("GET", "/conversations", summary="Your conversations, most recent first",
-               response=models.Conversations)
-    async def list_conversations(session: Session) -> Reply:
-        return render.conversations(await messaging.conversations_of(session), session.user_id)
+    @api.route("GET", "/conversations", summary="Your conversations, most recent first "
+               "(?requests=1: the message requests you received)",
+               query=models.ConversationsQuery, response=models.Conversations)
+    async def list_conversations(session: Session, query: models.ConversationsQuery) -> Reply:
+        user_id = session.user_id
+        convs = await messaging.conversations_of(session)
+        # A request is listed apart until answered; a declined one is hidden from its
+        # recipient (docs/privacy.md).
+        requests = [conv for conv in convs
+                    if conv.direct is not None and conv.direct.is_request_for(user_id)]
+        if query.requests:
+            return render.conversations(requests, user_id)
+        return render.conversations(
+            [conv for conv in convs if conv not in requests
+             and not (conv.direct is not None and conv.direct.hidden_from(user_id))], user_id)
 
     @api.route("GET", "/conversations/{conversation_id}", summary="One conversation",
                response=models.Conversation)
