@@ -420,7 +420,7 @@ class Conversation(Model):
     def to_json(self) -> dict[str, Any]:
         data = Model.to_json(self)
         for name in ("photo_media_id", "request", "blocked"):
-            if data[name] is None:
+            if getattr(self, name) is None:  # (an id's dump of None is no None)
                 del data[name]
         return data
 
