@@ -123,7 +123,9 @@ class ChatClient:
 
     async def accept_request(self, conversation_id: str) -> dict[str, Any]:
         """Accept a message request (docs/privacy.md)."""
-        return await self.request("POST", f"/conversations/{conversation_id}/accept")
+        result: dict[str, Any] = await self.request(
+            "POST", f"/conversations/{conversation_id}/accept")
+        return result
 
     async def create_group(self, name: str, members: list[str]) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("POST", "/groups/create",
