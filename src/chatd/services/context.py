@@ -20,9 +20,12 @@ from chatd.replication.placement import Placement, RangeState
 from chatd.replication.range_records import RangeRecords
 from chatd.replication.replica import Replica
 from chatd.replication.shipper import Shipper
+from chatd.services.abuse import AbuseHome
+from chatd.services.abuse_signals import AbuseSignals
 from chatd.services.accounts import AccountService
 from chatd.services.clock import Clock, SystemClock
 from chatd.services.commands import Commands
+from chatd.services.content_filters import load_content_filter
 from chatd.services.conversations import ConversationService
 from chatd.services.delivery import Delivery
 from chatd.services.live import Hub
@@ -34,6 +37,7 @@ from chatd.services.owner_api import OwnerApi
 from chatd.services.passwords import PasswordHasher
 from chatd.services.presence import Presence
 from chatd.services.receipts import Receipts
+from chatd.services.reports import ReportService
 from chatd.services.routing import Router
 from chatd.services.users import HomeApi, Users, token_prefix_for
 from chatd.storage import GroupCommitter, Store, claim_secret
@@ -67,6 +71,10 @@ class Services:
     shipper: Shipper
     backups: Backups
     media: MediaService
+    #: Reports and abuse detection: the home's side, signals from anywhere, reports.
+    abuse_home: AbuseHome
+    abuse: AbuseSignals
+    reports: ReportService
 
 
 def media_link_secret(config: Config, store: Store) -> bytes:
@@ -126,17 +134,25 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
                          limits=config.limits, now_ms=clock.now_ms,
                          publish_ephemeral=delivery.publish_ephemeral)
     router.attach(owner_api.run, None)
+    abuse_home = AbuseHome(store=store, commands=commands, accounts=accounts, ids=ids,
+                           clock=clock, config=config.abuse)
+    committer.on_reload_needed(abuse_home.forget_pending)
+    abuse = AbuseSignals(router=router, home=abuse_home, config=config.abuse)
+    reports = ReportService(router=router, home=abuse_home, config=config.abuse)
     conversations = ConversationService(router=router, accounts=users, ids=ids,
-                                        limits=config.limits)
+                                        limits=config.limits, abuse=abuse)
     messaging = MessagingService(store=store, router=router, owner=owner,
                                  owner_api=owner_api, commands=commands,
                                  read_receipt_settings=users.read_receipt_settings,
                                  limits=config.limits)
+    messaging.content_filter = load_content_filter(config.abuse)
     owner.on_hint = messaging.wake_hint_writer
     committer.ride_along(messaging.drain_hints_into)
     accounts.on_device_revoked(messaging.forget_device)
     home_api = HomeApi(accounts=accounts, cursors_of=messaging.cursors_of,
                        hint_cursor=messaging.hint_cursor)
+    home_api.requests.update(abuse_home.requests)
+    home_api.posts.update(abuse_home.posts)
     presence = Presence(delivery=delivery, messaging=messaging)
     media = MediaService(store=store, commands=commands,
                          blobs=blobs or build_blob_store(config),
@@ -158,7 +174,7 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
                       now_ms=clock.now_ms)
     return Services(config, store, committer, router, owner, owner_api, log, accounts, users,
                     home_api, conversations, messaging, hub, delivery, presence, receipts,
-                    clock, coordinator, shipper, backups, media)
+                    clock, coordinator, shipper, backups, media, abuse_home, abuse, reports)
 
 
 def _replication(config: Config, store: Store, placement: Placement, committer: GroupCommitter,

@@ -13,25 +13,38 @@ from chatd.config import LimitsConfig
 from chatd.domain import rules
 from chatd.domain.ids import SnowflakeGenerator, direct_conversation_id
 from chatd.domain.models import Conversation, Created, Session
-from chatd.errors import Conflict
+from chatd.errors import Conflict, NotFound
 from chatd.protocol import owner as ops
+from chatd.services.abuse_signals import AbuseSignals
 from chatd.services.routing import Router
 from chatd.services.users import Users
 
 
 class ConversationService:
     def __init__(self, *, router: Router, accounts: Users, ids: SnowflakeGenerator,
-                 limits: LimitsConfig) -> None:
+                 limits: LimitsConfig, abuse: AbuseSignals | None = None) -> None:
         self._router = router
         self._accounts = accounts
         self._ids = ids
         self._limits = limits
+        #: Asked before anything new is started: a limited account may only reply.
+        self._abuse = abuse
 
     async def open_direct(self, session: Session, peer_id: int) -> Created:
         """The one conversation between the caller and `peer_id` (the caller alone, for a
         note to self), created on first use."""
         await self._accounts.require_users_exist([peer_id])
         conversation_id = direct_conversation_id(session.user_id, peer_id)
+        if self._abuse is not None and peer_id != session.user_id:
+            limitation = await self._abuse.limitation(session.user_id)
+            if limitation is not None:
+                # A limited account may still reply: a chat it already has opens as before.
+                try:
+                    existing: Conversation = await self._router.ask(
+                        ops.View(conversation_id, session.user_id))
+                except NotFound:
+                    raise self._abuse.refusal(limitation) from None
+                return Created(existing, created=False)
         created: Created = await self._router.ask(
             ops.OpenDirect(conversation_id, session.user_id, peer_id))
         return created
@@ -44,6 +57,8 @@ class ConversationService:
             raise Conflict(f"a group holds at most {self._limits.max_group_members} members",
                            code="group_full")
         await self._accounts.require_users_exist(others)
+        if self._abuse is not None:
+            await self._abuse.require_may_initiate(session.user_id)
         conv: Conversation = await self._router.ask(
             ops.CreateGroup(self._ids.next_id(), session.user_id, name, others))
         return conv
@@ -51,6 +66,8 @@ class ConversationService:
     async def add_members(self, session: Session, conversation_id: int,
                           user_ids: list[int]) -> Conversation:
         await self._accounts.require_users_exist(user_ids)
+        if self._abuse is not None:
+            await self._abuse.require_may_initiate(session.user_id)
         conv: Conversation = await self._router.ask(
             ops.AddMembers(conversation_id, session.user_id, list(user_ids)))
         return conv

@@ -32,6 +32,13 @@ added unpacks with that field's default, so adding a field at the end needs no m
 | media_usage | user_id | bytes of uploads the user holds (8 bytes) |
 | media_refs | conversation_id, media_id | first_seq, audience (the conversation's owner) |
 | media_conversations | media_id, conversation_id | True (an index: where a media is referenced) |
+| abuse | user_id | opened, accepted, declined, blocked, reporters, limited_at, limited_by, |
+| | | limit_reason, cleared_at, note (on the user's home) |
+| abuse_queue | user_id | (empty: accounts limited or scoring for review, on their home) |
+| reports | status (0 open, 1 resolved), report_id | reported_id, reporter_id, conversation_id, |
+| | | seq, reason, note, evidence, created_at, message_id, content_type, |
+| | | message_text, status, resolved_at, action, resolution_note |
+| report_dedup | reported_id, reporter_id, conversation_id, seq | report_id (8 bytes) |
 
 Ids and seqs in keys are fixed-width big-endian, so byte order is numeric order and a scan
 of `conversation_id | seq` yields a log in seq order.
@@ -47,6 +54,7 @@ from typing import Any, Generic, TypeVar
 
 import msgpack
 
+from chatd.domain.abuse import AbuseRecord
 from chatd.domain.media import BlobRecord, MediaRecord, MediaRef
 from chatd.domain.models import (
     Conversation,
@@ -58,6 +66,7 @@ from chatd.domain.models import (
     User,
     Watermark,
 )
+from chatd.domain.reports import Report
 from chatd.storage.errors import UnstorableValue
 
 K = TypeVar("K")
@@ -304,11 +313,50 @@ def _read_present(_key: Any, _data: bytes) -> bool:
 MEDIA_CONVERSATIONS: Family[tuple[int, int], bool] = Family(
     "media_conversations", _pair_key, read_pair, _present, _read_present)
 
+# -- reports and abuse detection (services/abuse.py), on the reported user's home ------------
+
+
+def _read_abuse(key: int, data: bytes) -> AbuseRecord:
+    record = _unpack_abuse(key, data)
+    # msgpack gives lists (and a map): the model holds a tuple.
+    object.__setattr__(record, "opened", tuple(record.opened))
+    return record
+
+
+_pack_abuse, _unpack_abuse = _fields(
+    AbuseRecord, "opened", "accepted", "declined", "blocked", "reporters", "limited_at",
+    "limited_by", "limit_reason", "cleared_at", "note", key=("user_id",))
+ABUSE: Family[int, AbuseRecord] = Family("abuse", u64, read_u64, _pack_abuse, _read_abuse)
+#: The admin queue's index: a row per account limited or scoring for review.
+ABUSE_QUEUE: Family[int, None] = Family("abuse_queue", u64, read_u64, _empty, _read_empty)
+#: Keyed by status first, so the open ones are one scan; resolving moves the record.
+REPORTS: Family[tuple[int, int], Report] = Family(
+    "reports", _pair_key, read_pair, *_fields(
+        Report, "reported_id", "reporter_id", "conversation_id", "seq", "reason", "note",
+        "evidence", "created_at", "message_id", "content_type", "message_text", "status",
+        "resolved_at", "action", "resolution_note", key=(None, "report_id")))
+_U64_QUAD = struct.Struct(">QQQQ")
+
+
+def _quad_key(key: tuple[int, int, int, int]) -> bytes:
+    return _U64_QUAD.pack(*key)
+
+
+def _read_quad_key(data: bytes) -> tuple[int, int, int, int]:
+    a, b, c, d = _U64_QUAD.unpack_from(data)
+    return a, b, c, d
+
+
+#: (reported, reporter, conversation, seq) -> the report: a repeated report is the same one.
+REPORT_DEDUP: Family[tuple[int, int, int, int], int] = Family(
+    "report_dedup", _quad_key, _read_quad_key, _u64_value, _read_u64_value)
+
 #: Every family, in the order the database creates them.
 FAMILIES: tuple[Family[Any, Any], ...] = (
     USERS, HANDLES, DEVICES, TOKENS, CONVERSATIONS, MEMBERS, USER_CONVERSATIONS, MESSAGES,
     DEDUP, WATERMARKS, CURSORS, LAST_SEEN, META, MEDIA, BLOBS, MEDIA_UNREFERENCED,
-    DEAD_BLOBS, QUARANTINE, MEDIA_USAGE, MEDIA_REFS, MEDIA_CONVERSATIONS)
+    DEAD_BLOBS, QUARANTINE, MEDIA_USAGE, MEDIA_REFS, MEDIA_CONVERSATIONS,
+    ABUSE, ABUSE_QUEUE, REPORTS, REPORT_DEDUP)
 CONVERSATION_FAMILIES.update(
     (family.name, family.conversation_at) for family in FAMILIES
     if family.conversation_at is not None)

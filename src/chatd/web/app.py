@@ -27,8 +27,10 @@ from chatd.web import (
     routes_conversations,
     routes_media,
     routes_messages,
+    routes_moderation,
     routes_ops,
     routes_replication,
+    routes_reports,
 )
 from chatd.web.api import Api, configured_limits
 from chatd.web.streamed_body import ClientGone, StreamedBodies
@@ -205,5 +207,7 @@ def create_app(services: Services) -> QuartTrio:
     routes_replication.register(api, services)
     routes_backup.register(api, services)
     routes_media.register(api, services)
+    routes_reports.register(api, services)
+    routes_moderation.register(api, services)
     api.install(app)
     return app
