@@ -26,7 +26,7 @@ def check(text: str) -> bool:
     "https://good.example@evil.example/login",
     "evil.example.",
     "(evil.example)",
-    "ｅｖｉｌ．ｅｘａｍｐｌｅ",  # full-width letters and dot
+    "\uff45\uff56\uff49\uff4c\uff0e\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45",  # full-width
     "evil。example",  # ideographic full stop
     "https://%65vil.example/",  # percent-escaped
     "https://bücher.example/",

@@ -88,7 +88,7 @@ class ReportService:
             reported = message.sender_id
             if given.user_id is not None and given.user_id != reported:
                 raise BadRequest("user_id: that user did not send the message reported",
-                                 code="invalid_field")
+                                 code="not_the_sender")
             message_id, content_type = message.message_id, message.content_type
             if rules.is_text_content(content_type) and isinstance(message.body, str):
                 text = message.body
