@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from chatd.domain.abuse import AbuseRecord
 from chatd.domain.media import BlobRecord, MediaRecord, MediaRef, Thumbnail
 from chatd.domain.models import (
     Conversation,
@@ -15,6 +16,7 @@ from chatd.domain.models import (
     User,
     Watermark,
 )
+from chatd.domain.reports import Report
 from chatd.storage import Batch, Store, records
 from chatd.storage.errors import UnstorableValue
 from chatd.storage.records import pair, u64
@@ -68,6 +70,11 @@ def test_every_family_round_trips_and_survives_reopen(tmp_path: Path) -> None:
         (records.MEDIA_USAGE, 1, 10),
         (records.MEDIA_REFS, (5, 9), MediaRef(3, [1, 2])),
         (records.MEDIA_CONVERSATIONS, (9, 5), True),
+        (records.ABUSE, 1, AbuseRecord(1, (5, 6), 1, 2, 3, {7: 2}, 9, "score", "why", 4, "n")),
+        (records.ABUSE_QUEUE, 1, None),
+        (records.REPORTS, (0, 9), Report(9, 1, 7, 5, 1, "spam", "note", "evidence", 100,
+                                         1000, "text/plain", "hi")),
+        (records.REPORT_DEDUP, (1, 7, 5, 1), 9),
     ]
     assert {family.name for family, _, _ in rows} == {f.name for f in records.FAMILIES}
     store = Store.open(str(tmp_path))
