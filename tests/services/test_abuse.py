@@ -4,6 +4,8 @@ lifting, and reports' repeats."""
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import trio
 import trio.testing
@@ -11,8 +13,9 @@ import trio.testing
 from chatd.config import AbuseConfig, ConfigError
 from chatd.domain.content_filter import UrlDomainBlocklist
 from chatd.domain.reports import Report
-from chatd.errors import Conflict, Forbidden, NotFound
+from chatd.errors import BadRequest, Conflict, Forbidden, NotFound
 from chatd.services.content_filters import load_content_filter
+from chatd.services.peering import PeerHandler
 from tests.services.conftest import Shard
 
 
@@ -104,3 +107,32 @@ def test_the_content_filter_is_chosen_by_config() -> None:
                 "chatd.domain.content_filter:Verdict"):
         with pytest.raises(ConfigError, match=r"abuse\.content_filter"):
             load_content_filter(AbuseConfig(content_filter=bad))
+
+
+async def test_a_peers_signal_post_counts_and_a_malformed_one_is_dropped(shard: Shard) -> None:
+    services = shard.services
+    peer = PeerHandler(coordinator=services.coordinator, owner_api=services.owner_api,
+                       home_api=services.home_api, delivery=services.delivery)
+    user = (await shard.user()).user_id
+    peer.handle_post("b", "home.abuse_signal", {"user_id": user, "signal": "request_declined",
+                                                "reporter_id": 0})
+    for bad in ({"user_id": user, "signal": "waved", "reporter_id": 0},
+                {"user_id": str(user), "signal": "request_declined", "reporter_id": 0},
+                {"user_id": user, "signal": "request_declined"},
+                ["not", "a", "map"]):
+        peer.handle_post("b", "home.abuse_signal", bad)
+    await landed()
+    assert services.abuse_home.account(user).record.declined == 1
+    # Requests that do not fit are refused, and file nothing.
+    for method, body in (("home.report", {"report": {"reported_id": user}}),
+                         ("home.report", {"report": "x"}),
+                         ("home.reports", {"status": "open", "after": -1, "limit": 5}),
+                         ("home.abuse_limit", {"user_id": user})):
+        with pytest.raises(BadRequest):
+            await _maybe_await(peer.handle_request("b", method, body))
+    assert services.abuse_home.list_reports("open", 0, 10) == ([], False)
+    assert not services.abuse_home.account(user).record.limited
+
+
+async def _maybe_await(value: object) -> object:
+    return await value if inspect.isawaitable(value) else value
