@@ -113,7 +113,7 @@ CLIENT_MSG_ID = String(
 CONTENT_TYPE = String(
     pattern=r"^[a-z0-9][a-z0-9.+-]{0,62}/[a-z0-9][a-z0-9.+-]{0,62}$",
     rule="must look like 'type/subtype' in lower case, e.g. 'text/plain'",
-    reserved=(rules.SYSTEM_CONTENT_TYPE,), reserved_rule="is reserved for the server",
+    reserved=rules.RESERVED_CONTENT_TYPES, reserved_rule="is reserved for the server",
     description="type/subtype; text/* bodies are text, every other type's are base64")
 #: CONTENT_TYPE narrowed to text/* (whose bodies are text).
 TEXT_CONTENT_TYPE = String(pattern=r"^text/[a-z0-9][a-z0-9.+-]{0,62}$")
