@@ -194,3 +194,22 @@ async def test_retention_tombstones_what_is_older_than_it(
     assert not any(b"ancient-history" in raw for raw in raws)
     assert any(b"recent-news" in raw for raw in raws)
     await trio.testing.wait_all_tasks_blocked()
+
+
+async def test_the_timer_and_hidden_rows_survive_a_restart(shard: Shard) -> None:
+    alice, bob = await shard.user(), await shard.user()
+    group = await shard.services.conversations.create_group(alice, "G", [bob.user_id])
+    conversation_id = group.conversation_id
+    await shard.services.conversations.set_disappearing(alice, conversation_id, 604_800, True)
+    seq = await send(shard, bob, conversation_id, "hide me", "h1")
+    await shard.services.messaging.delete_message(alice, conversation_id, seq,
+                                                  for_everyone=False)
+    services = await shard.reopen()
+    conv = services.owner.get(conversation_id)
+    assert (conv.disappearing_s, conv.anyone_sets_timer) == (604_800, True)
+    page = await services.messaging.history(alice, conversation_id, after=0, before=None,
+                                            limit=50)
+    assert seq not in {message.seq for message in page.messages}
+    later = await send(shard, bob, conversation_id, "later", "h2")
+    entry = services.log.entry(conversation_id, later)
+    assert entry is not None and entry.expires_at == entry.ts + 604_800_000

@@ -209,8 +209,8 @@ TOKENS: Family[bytes, TokenRecord] = Family(
     "tokens", _same, _same, *_fields(TokenRecord, "user_id", "device_id", "expires_at"))
 CONVERSATIONS: Family[int, Conversation] = Family(
     "conversations", u64, read_u64, *_fields(Conversation, "kind", "name", "created_by",
-                                             "created_at", "photo_media_id",
-                                             key=("conversation_id",)),
+                                             "created_at", "photo_media_id", "disappearing_s",
+                                             "anyone_sets_timer", key=("conversation_id",)),
     conversation_at=0)
 MEMBERS: Family[tuple[int, int], Member] = Family(
     "members", _pair_key, read_pair, *_fields(Member, "role", "joined_seq"), conversation_at=0)
@@ -235,7 +235,7 @@ def _pack_message(message: Message) -> bytes:
 
 def _read_message(key: tuple[int, int], data: bytes) -> Message:
     message = _unpack_message(key, data)
-    if message.attachments:  # msgpack gives a list; the model holds a tuple
+    if isinstance(message.attachments, list):  # msgpack gives a list; the model: a tuple
         object.__setattr__(message, "attachments", tuple(message.attachments))
     return message
 
