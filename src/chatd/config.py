@@ -55,6 +55,11 @@ class StorageConfig:
     max_batch: int = 1024
     #: Conversations whose state (head seq, members) an owner keeps in memory.
     conversation_cache: int = 100_000
+    #: Deleted bytes leave the disk: at most this often (seconds), when something was
+    #: deleted or overwritten by a deletion, every memtable is flushed (so the write-ahead
+    #: log that held them is dropped) and the changed key ranges are compacted
+    #: (storage/purge.py, docs/privacy.md).
+    purge_interval: float = 60.0
 
 
 class Address(NamedTuple):
@@ -228,6 +233,15 @@ class LimitsConfig:
     max_group_members: int = 1024
     history_page_default: int = 50
     history_page_max: int = 200
+    #: Seconds after sending during which a sender may delete a message for everyone
+    #: (group admins may at any time).
+    delete_window_s: int = 172_800
+    #: Server-wide retention: messages older than this many days become tombstones
+    #: (0: off, keep forever). Reads hide them at once; the sweeper writes the tombstones.
+    retention_days: float = 0.0
+    #: Seconds between passes of the sweeper (expired and retained messages, media
+    #: references of deleted ones) on each conversation owner.
+    sweep_interval: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -522,10 +536,22 @@ def validate(config: Config) -> Config:
     _validate_cluster(config.cluster)
     _validate_replication(config.replication, len(config.cluster.shards))
     _validate_media(config.media)
+    _validate_deletion(config)
     _validate_abuse(config.abuse)
     if config.server.max_request_bytes < config.limits.max_message_bytes:
         raise ConfigError("server.max_request_bytes: must be at least limits.max_message_bytes")
     return config
+
+
+def _validate_deletion(config: Config) -> None:
+    for key, number in (("limits.sweep_interval", config.limits.sweep_interval),
+                        ("storage.purge_interval", config.storage.purge_interval)):
+        if number <= 0:
+            raise ConfigError(f"{key}: must be greater than 0, got {number}")
+    for key, number in (("limits.delete_window_s", config.limits.delete_window_s),
+                        ("limits.retention_days", config.limits.retention_days)):
+        if number < 0:
+            raise ConfigError(f"{key}: must not be negative, got {number}")
 
 
 def _validate_media(media: MediaConfig) -> None:

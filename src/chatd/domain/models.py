@@ -71,6 +71,9 @@ class Message:
     #: Media carried by the message: one map per attachment (`domain/media.py`,
     #: `attachment_record`), in the order the sender gave them.
     attachments: tuple[dict[str, Any], ...] = ()
+    #: When a disappearing message expires (ms; 0: never). From then on every read shows
+    #: its tombstone, and the owner's sweeper writes that tombstone (services/deletion.py).
+    expires_at: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +160,11 @@ class Conversation:
     #: `head_seq`, the newest it has *acknowledged* (durable here and on the replica):
     #: appends number from this one, everything a client sees stops at `head_seq`.
     written_seq: int = 0
+    #: Disappearing messages: entries appended after it was set expire this many seconds
+    #: after they were sent (0: off).
+    disappearing_s: int = 0
+    #: A group's choice: every member may change the timer, not only its admins.
+    anyone_sets_timer: bool = False
 
     def is_member(self, user_id: int) -> bool:
         return user_id in self.members

@@ -27,6 +27,7 @@ from chatd.services.clock import Clock, SystemClock
 from chatd.services.commands import Commands
 from chatd.services.content_filters import load_content_filter
 from chatd.services.conversations import ConversationService
+from chatd.services.deletion import Deletions
 from chatd.services.delivery import Delivery
 from chatd.services.live import Hub
 from chatd.services.log import ConversationLog
@@ -39,10 +40,12 @@ from chatd.services.presence import Presence
 from chatd.services.receipts import Receipts
 from chatd.services.reports import ReportService
 from chatd.services.routing import Router
+from chatd.services.sweeper import Sweeper
 from chatd.services.users import HomeApi, Users, token_prefix_for
 from chatd.storage import GroupCommitter, Store, claim_secret
 from chatd.storage.backup import Backups
 from chatd.storage.blobs import BlobStore, LocalBlobStore, Staging
+from chatd.storage.purge import Purger
 from chatd.storage.snapshot import MediaFolder
 
 
@@ -71,6 +74,11 @@ class Services:
     shipper: Shipper
     backups: Backups
     media: MediaService
+    #: Deletion, disappearing messages, erasure (services/deletion.py), the sweeper that
+    #: expires and retires messages, and the purge of deleted bytes from the disk.
+    deletions: Deletions
+    sweeper: Sweeper
+    purger: Purger
     #: Reports and abuse detection: the home's side, signals from anywhere, reports.
     abuse_home: AbuseHome
     abuse: AbuseSignals
@@ -172,9 +180,19 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     backups = Backups(store=store, workspace=data_dir / "backup-tmp",
                       media=MediaFolder(data_dir / "media"), chatd_version=__version__,
                       now_ms=clock.now_ms)
+    deletions = Deletions(store=store, owner=owner, commands=commands, limits=config.limits,
+                          clock=clock, publish=delivery.publish)
+    deletions.media = media
+    owner_api.deletions = deletions
+    sweeper = Sweeper(store=store, deletions=deletions, commands=commands,
+                      limits=config.limits, clock=clock)
+    sweeper.serves = coordinator.serves
+    sweeper.media = media
+    purger = Purger(store, interval=config.storage.purge_interval)
     return Services(config, store, committer, router, owner, owner_api, log, accounts, users,
                     home_api, conversations, messaging, hub, delivery, presence, receipts,
-                    clock, coordinator, shipper, backups, media, abuse_home, abuse, reports)
+                    clock, coordinator, shipper, backups, media, deletions, sweeper, purger,
+                    abuse_home, abuse, reports)
 
 
 def _replication(config: Config, store: Store, placement: Placement, committer: GroupCommitter,

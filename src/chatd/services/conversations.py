@@ -95,6 +95,17 @@ class ConversationService:
             ops.SetGroupPhoto(conversation_id, session.user_id, media_id))
         return result
 
+    async def set_disappearing(self, session: Session, conversation_id: int,
+                               disappearing_s: int | None,
+                               anyone_sets_timer: bool | None) -> Conversation:
+        """Set the disappearing-messages timer and/or (groups) who may change it; None
+        leaves either as it is."""
+        conv: Conversation = await self._router.ask(ops.SetDisappearing(
+            conversation_id, session.user_id,
+            -1 if disappearing_s is None else disappearing_s,
+            -1 if anyone_sets_timer is None else int(anyone_sets_timer)))
+        return conv
+
     async def rename(self, session: Session, conversation_id: int, name: str) -> Conversation:
         name = rules.clean_text(name, "name", max_length=rules.MAX_GROUP_NAME)
         conv: Conversation = await self._router.ask(

@@ -137,6 +137,15 @@ class MessagingService:
             -1 if before is None else before, limit or 0, max_bytes))
         return page
 
+    async def delete_message(self, session: Session, conversation_id: int, seq: int, *,
+                             for_everyone: bool) -> None:
+        """Delete an entry for everyone, or hide it from the caller (services/deletion.py,
+        on the owner)."""
+        if seq < 0:
+            raise BadRequest("seq: must not be negative", code="invalid_field")
+        await self._router.ask(ops.DeleteMessage(conversation_id, session.user_id, seq,
+                                                 for_everyone))
+
     async def delivery_starts(self, session: Session,
                               cursors: dict[int, int]) -> list[tuple[Conversation, int]]:
         """The caller's conversations with where this device's delivery starts in each,

@@ -13,11 +13,12 @@ added unpacks with that field's default, so adding a field at the end needs no m
 | handles | normalised handle (UTF-8) | user_id (8 bytes) |
 | devices | user_id, device_id | name, created_at, token_hash |
 | tokens | sha256(token) | user_id, device_id, expires_at |
-| conversations | conversation_id | kind, name, created_by, created_at, photo_media_id |
+| conversations | conversation_id | kind, name, created_by, created_at, photo_media_id, |
+| | | disappearing_s, anyone_sets_timer |
 | members | conversation_id, user_id | role, joined_seq |
 | user_conversations | user_id, conversation_id | (empty: an index) |
 | messages | conversation_id, seq | message_id, sender_id, sender_device, client_msg_id, |
-| | | content_type, body, ts |
+| | | content_type, body, ts, attachments, expires_at |
 | dedup | conversation_id, sender_id, client_msg_id | seq, message_id, ts |
 | watermarks | conversation_id, user_id | delivered_seq, read_seq |
 | cursors | device_id, conversation_id | seq acked by that device (8 bytes) |
@@ -32,6 +33,10 @@ added unpacks with that field's default, so adding a field at the end needs no m
 | media_usage | user_id | bytes of uploads the user holds (8 bytes) |
 | media_refs | conversation_id, media_id | first_seq, audience (the conversation's owner) |
 | media_conversations | media_id, conversation_id | True (an index: where a media is referenced) |
+| hidden | conversation_id, user_id, seq | (empty: "delete for me", the entries a user hid) |
+| expiries | expires_at, conversation_id, seq | (empty: disappearing messages, for the sweeper) |
+| media_releases | conversation_id, media_id | {conversation, senders}: references a deleted |
+| | | message held, to drop on the media's shard (services/deletion.py) |
 | abuse | user_id | opened, accepted, declined, blocked, reporters, limited_at, limited_by, |
 | | | limit_reason, cleared_at, note (on the user's home) |
 | abuse_queue | user_id | (empty: accounts limited or scoring for review, on their home) |
@@ -213,8 +218,8 @@ TOKENS: Family[bytes, TokenRecord] = Family(
     "tokens", _same, _same, *_fields(TokenRecord, "user_id", "device_id", "expires_at"))
 CONVERSATIONS: Family[int, Conversation] = Family(
     "conversations", u64, read_u64, *_fields(Conversation, "kind", "name", "created_by",
-                                             "created_at", "photo_media_id",
-                                             key=("conversation_id",)),
+                                             "created_at", "photo_media_id", "disappearing_s",
+                                             "anyone_sets_timer", key=("conversation_id",)),
     conversation_at=0)
 MEMBERS: Family[tuple[int, int], Member] = Family(
     "members", _pair_key, read_pair, *_fields(Member, "role", "joined_seq"), conversation_at=0)
@@ -224,7 +229,7 @@ USER_CONVERSATIONS: Family[tuple[int, int], None] = Family(
     "user_conversations", _pair_key, read_pair, _empty, _read_empty, conversation_at=8)
 _pack_plain_message, _unpack_message = _fields(
     Message, "message_id", "sender_id", "sender_device", "client_msg_id", "content_type",
-    "body", "ts", "attachments", key=("conversation_id", "seq"))
+    "body", "ts", "attachments", "expires_at", key=("conversation_id", "seq"))
 _MESSAGE_FIELDS = operator.attrgetter("message_id", "sender_id", "sender_device",
                                       "client_msg_id", "content_type", "body", "ts")
 
@@ -232,14 +237,14 @@ _MESSAGE_FIELDS = operator.attrgetter("message_id", "sender_id", "sender_device"
 def _pack_message(message: Message) -> bytes:
     # A message without attachments is stored as before they existed (one field fewer):
     # the common case costs nothing, and old records need no migration.
-    if not message.attachments:
+    if not message.attachments and not message.expires_at:
         return pack(_MESSAGE_FIELDS(message))
     return _pack_plain_message(message)
 
 
 def _read_message(key: tuple[int, int], data: bytes) -> Message:
     message = _unpack_message(key, data)
-    if message.attachments:  # msgpack gives a list; the model holds a tuple
+    if isinstance(message.attachments, list):  # msgpack gives a list; the model: a tuple
         object.__setattr__(message, "attachments", tuple(message.attachments))
     return message
 
@@ -296,7 +301,7 @@ MEDIA_USAGE: Family[int, int] = Family("media_usage", u64, read_u64, _u64_value,
                                        _read_u64_value)
 #: Keyed by conversation first: replication finds a conversation's records by that prefix.
 MEDIA_REFS: Family[tuple[int, int], MediaRef] = Family(
-    "media_refs", _pair_key, read_pair, *_fields(MediaRef, "first_seq", "audience"),
+    "media_refs", _pair_key, read_pair, *_fields(MediaRef, "first_seq", "audience", "carriers"),
     conversation_at=0)
 
 
@@ -312,6 +317,37 @@ def _read_present(_key: Any, _data: bytes) -> bool:
 #: True for every row: a read tells a row that exists from one that does not.
 MEDIA_CONVERSATIONS: Family[tuple[int, int], bool] = Family(
     "media_conversations", _pair_key, read_pair, _present, _read_present)
+
+# -- deletion, disappearing messages, retention (services/deletion.py) -----------------------
+
+_U64_TRIPLE = struct.Struct(">QQQ")
+
+
+def _triple_key(key: tuple[int, int, int]) -> bytes:
+    return _U64_TRIPLE.pack(*key)
+
+
+def _read_triple(data: bytes) -> tuple[int, int, int]:
+    first, second, third = _U64_TRIPLE.unpack_from(data)
+    return first, second, third
+
+
+def triple(first: int, second: int, third: int) -> bytes:
+    return _U64_TRIPLE.pack(first, second, third)
+
+
+#: "Delete for me": (conversation, user, seq) of each entry a user hid from themselves.
+HIDDEN: Family[tuple[int, int, int], None] = Family(
+    "hidden", _triple_key, _read_triple, _empty, _read_empty, conversation_at=0)
+#: Disappearing messages by when they expire, for the owner's sweeper; the conversation
+#: id is at byte 8, so the rows replicate with their conversation.
+EXPIRIES: Family[tuple[int, int, int], None] = Family(
+    "expiries", _triple_key, _read_triple, _empty, _read_empty, conversation_at=8)
+#: References of deleted messages still to be dropped on the media's shard:
+#: {"conversation": drop the conversation's reference, "senders": [user ids whose own
+#: upload reference goes too]}.
+MEDIA_RELEASES: Family[tuple[int, int], Any] = Family(
+    "media_releases", _pair_key, read_pair, pack, _read_any, conversation_at=0)
 
 # -- reports and abuse detection (services/abuse.py), on the reported user's home ------------
 
@@ -355,8 +391,8 @@ REPORT_DEDUP: Family[tuple[int, int, int, int], int] = Family(
 FAMILIES: tuple[Family[Any, Any], ...] = (
     USERS, HANDLES, DEVICES, TOKENS, CONVERSATIONS, MEMBERS, USER_CONVERSATIONS, MESSAGES,
     DEDUP, WATERMARKS, CURSORS, LAST_SEEN, META, MEDIA, BLOBS, MEDIA_UNREFERENCED,
-    DEAD_BLOBS, QUARANTINE, MEDIA_USAGE, MEDIA_REFS, MEDIA_CONVERSATIONS,
-    ABUSE, ABUSE_QUEUE, REPORTS, REPORT_DEDUP)
+    DEAD_BLOBS, QUARANTINE, MEDIA_USAGE, MEDIA_REFS, MEDIA_CONVERSATIONS, HIDDEN, EXPIRIES,
+    MEDIA_RELEASES, ABUSE, ABUSE_QUEUE, REPORTS, REPORT_DEDUP)
 CONVERSATION_FAMILIES.update(
     (family.name, family.conversation_at) for family in FAMILIES
     if family.conversation_at is not None)

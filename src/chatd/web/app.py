@@ -24,6 +24,7 @@ from chatd.services.context import Services
 from chatd.web import (
     routes_accounts,
     routes_backup,
+    routes_compact,
     routes_conversations,
     routes_media,
     routes_messages,
@@ -206,6 +207,7 @@ def create_app(services: Services) -> QuartTrio:
     routes_messages.register(api, services)
     routes_replication.register(api, services)
     routes_backup.register(api, services)
+    routes_compact.register(api, services)
     routes_media.register(api, services)
     routes_reports.register(api, services)
     routes_moderation.register(api, services)

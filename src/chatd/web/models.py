@@ -113,7 +113,7 @@ CLIENT_MSG_ID = String(
 CONTENT_TYPE = String(
     pattern=r"^[a-z0-9][a-z0-9.+-]{0,62}/[a-z0-9][a-z0-9.+-]{0,62}$",
     rule="must look like 'type/subtype' in lower case, e.g. 'text/plain'",
-    reserved=(rules.SYSTEM_CONTENT_TYPE,), reserved_rule="is reserved for the server",
+    reserved=rules.RESERVED_CONTENT_TYPES, reserved_rule="is reserved for the server",
     description="type/subtype; text/* bodies are text, every other type's are base64")
 #: CONTENT_TYPE narrowed to text/* (whose bodies are text).
 TEXT_CONTENT_TYPE = String(pattern=r"^text/[a-z0-9][a-z0-9.+-]{0,62}$")
@@ -202,6 +202,29 @@ class RenameGroup(Model):
     name: Annotated[str | None, GROUP_NAME] = None
     photo_media_id: Annotated[int | None, ID] = None
     remove_photo: Annotated[bool | None, Boolean(description="true: no photo")] = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteMessage(Model):
+    """`{"for": "everyone"}`: a tombstone replaces the message for every member (its
+    sender within limits.delete_window_s, a group admin at any time); `{"for": "me"}`:
+    hidden from your own history and sync only."""
+
+    for_: Annotated[str, String(pattern="^(?:everyone|me)$", rule="'everyone' or 'me'",
+                                description="whose history loses the message")]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationChange(Model):
+    description = "fields left out (or null) stay as they are"
+    closed = True
+
+    disappearing_s: Annotated[int | None, Integer(
+        minimum=0, maximum=7_776_000, code="invalid_field",
+        description="disappearing messages: messages sent from now on expire this many "
+                    "seconds after sending; one of 0 (off), 86400, 604800, 7776000")] = None
+    anyone_sets_timer: Annotated[bool | None, Boolean(
+        description="groups, admins only: every member may change the timer")] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -348,6 +371,10 @@ class Conversation(Model):
     members: list[Member]
     #: A group's photo; left out when it has none.
     photo_media_id: Annotated[int | None, ID] = None
+    #: Disappearing messages: seconds after which new messages expire (0: off).
+    disappearing_s: Annotated[int, Integer(minimum=0)] = 0
+    #: Whether every member may change the timer (a group's choice; direct: always).
+    anyone_sets_timer: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = Model.to_json(self)
@@ -401,11 +428,15 @@ class Message(Model):
     ts: Annotated[int, MS]
     #: Left out when the message carries none.
     attachments: list[Attachment] | None = None
+    #: When a disappearing message expires (ms); left out when it does not.
+    expires_at: Annotated[int | None, MS] = None
 
     def to_json(self) -> dict[str, Any]:
         data = Model.to_json(self)
         if not self.attachments:
             del data["attachments"]
+        if self.expires_at is None:
+            del data["expires_at"]
         return data
 
 
