@@ -84,6 +84,9 @@ class Message:
     #: Media carried by the message: one map per attachment (`domain/media.py`,
     #: `attachment_record`), in the order the sender gave them.
     attachments: tuple[dict[str, Any], ...] = ()
+    #: When a disappearing message expires (ms; 0: never). From then on every read shows
+    #: its tombstone, and the owner's sweeper writes that tombstone (services/deletion.py).
+    expires_at: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,6 +176,11 @@ class Conversation:
     #: A direct conversation's request and block state (its owner keeps it current;
     #: None: no record, which is an accepted chat from before requests existed).
     direct: DirectState | None = None
+    #: Disappearing messages: entries appended after it was set expire this many seconds
+    #: after they were sent (0: off).
+    disappearing_s: int = 0
+    #: A group's choice: every member may change the timer, not only its admins.
+    anyone_sets_timer: bool = False
 
     def is_member(self, user_id: int) -> bool:
         return user_id in self.members

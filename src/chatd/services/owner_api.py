@@ -40,6 +40,7 @@ from chatd.services.receipts import Receipts
 from chatd.storage import Batch, records
 
 if TYPE_CHECKING:
+    from chatd.services.deletion import Deletions
     from chatd.services.direct_requests import DirectRequests
     from chatd.services.invites import GroupInvites
     from chatd.services.media import MediaService
@@ -75,6 +76,9 @@ class OwnerApi:
         #: wiring: services/direct_requests.py, services/invites.py).
         self.requests: DirectRequests | None = None
         self.invites: GroupInvites | None = None
+        #: Deletion, disappearing messages, erasure; what reads show of them
+        #: (services/deletion.py; set by the wiring).
+        self.deletions: Deletions | None = None
 
     def run(self, command: ops.OwnerCommand) -> Any:
         """Run any command or query: a `Pending` for commands, a value for queries."""
@@ -114,7 +118,24 @@ class OwnerApi:
         # Entries written but not yet acknowledged (on their way to the replica) are on
         # this disk already; nobody may see them before their sender is answered.
         before = conv.head_seq + 1 if before is None else min(before, conv.head_seq + 1)
-        if before is not None and before <= floor + 1:
+        while True:
+            page = self._history_page(query, floor, before, limit, newest_first)
+            if self.deletions is None:
+                return page
+            shown = self.deletions.shown(query.conversation_id, query.user_id, page.messages)
+            if shown or not page.has_more:
+                return HistoryPage(shown, page.has_more)
+            # Every entry of the page was hidden by this user ("delete for me"): an
+            # empty page that says there is more would leave the client nowhere to page
+            # from, so read on.
+            if newest_first:
+                before = page.messages[0].seq
+            else:
+                floor = page.messages[-1].seq
+
+    def _history_page(self, query: ops.History, floor: int, before: int, limit: int,
+                      newest_first: bool) -> HistoryPage:
+        if before <= floor + 1:
             return HistoryPage([], has_more=False)
         # One extra row tells whether there is more without a second scan.
         rows = self._log.read(query.conversation_id, after=floor, before=before,
@@ -170,6 +191,20 @@ class OwnerApi:
         # asks from: a cursor from an earlier membership, or one a client made up, must
         # not open the history from before they joined.
         after = max(query.after, conv.members[query.user_id].joined_seq - 1)
+        while True:
+            rows, head = self._read_log_page(query, conv, after)
+            if self.deletions is None:
+                return rows, head
+            shown = self.deletions.shown(query.conversation_id, query.user_id, rows)
+            if shown or not rows or head == rows[-1].seq:
+                # (Nothing shown of a complete read: its head tells the session to move
+                # past what this user hid.)
+                return shown, head
+            after = rows[-1].seq  # all hidden, and more to read: the session must not
+            # take an empty answer below the head for "nothing more"
+
+    def _read_log_page(self, query: ops.ReadLog, conv: Conversation,
+                       after: int) -> tuple[list[Message], int]:
         rows = self._log.read(query.conversation_id, after=after, before=conv.head_seq + 1,
                               limit=query.limit, newest_first=False)
         complete = len(rows) < query.limit
@@ -512,6 +547,19 @@ class OwnerApi:
                    member: Member) -> None:
         """For services/invites.py: a member's rows, as every add writes them."""
         self._add_member(batch, conv, user_id, member)
+    # -- deletion, disappearing messages, erasure (services/deletion.py) --------------------
+
+    def delete_message(self, command: ops.DeleteMessage) -> Pending[None]:
+        assert self.deletions is not None
+        return self.deletions.delete_message(command)
+
+    def set_disappearing(self, command: ops.SetDisappearing) -> Pending[Conversation]:
+        assert self.deletions is not None
+        return self.deletions.set_disappearing(command)
+
+    def erase_member(self, command: ops.EraseMember) -> Pending[None]:
+        assert self.deletions is not None
+        return self.deletions.erase_member(command)
 
 
 #: Typing notices: a burst of 3, then one every 2 s per (user, conversation).
@@ -550,4 +598,6 @@ _HANDLERS: dict[type[ops.OwnerCommand], str] = {
     ops.AnswerRequest: "answer_request", ops.SetBlock: "set_block",
     ops.DirectStatus: "direct_status", ops.Invite: "invite",
     ops.AnswerInvite: "answer_invite", ops.InvitesOf: "invites_of",
+    ops.DeleteMessage: "delete_message", ops.SetDisappearing: "set_disappearing",
+    ops.EraseMember: "erase_member",
 }

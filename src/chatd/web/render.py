@@ -73,7 +73,7 @@ def message(entry: Message) -> models.Message:
         entry.message_id, entry.conversation_id, entry.seq, entry.sender_id,
         entry.client_msg_id, entry.content_type,
         base64.b64encode(body).decode() if isinstance(body, bytes) else body, entry.ts,
-        [attachment(item) for item in entry.attachments] or None)
+        [attachment(item) for item in entry.attachments] or None, entry.expires_at or None)
 
 
 def attachment(item: dict[str, Any]) -> models.Attachment:
@@ -101,7 +101,8 @@ def conversation(conv: Conversation, viewer_id: int) -> models.Conversation:
         conv.head_seq, conv.last_ts, conv.unread(viewer_id),
         receipts(conv.watermark(viewer_id)),
         [models.Member(user_id, member.role) for user_id, member in conv.members.items()],
-        conv.photo_media_id or None, *_request(conv, viewer_id))
+        conv.photo_media_id or None, *_request(conv, viewer_id), conv.disappearing_s,
+        conv.kind == "direct" or conv.anyone_sets_timer)
 
 
 def _request(conv: Conversation, viewer_id: int) -> tuple[str | None, bool | None]:

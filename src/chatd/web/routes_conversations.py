@@ -49,6 +49,24 @@ def register(api: Api, services: Services) -> None:
         conv = await messaging.member_view(session, conversation_id)
         return render.conversation(conv, session.user_id)
 
+    @api.route("PATCH", "/conversations/{conversation_id}",
+               summary="Set disappearing messages (and, in a group, who may change them)",
+               description=(
+                   "disappearing_s: either member of a direct conversation; a group's "
+                   "admins, or every member when anyone_sets_timer is on (which only "
+                   "admins change). Each change is a system entry (disappearing_set, "
+                   "timer_permission_set); messages sent after it carry expires_at."),
+               body=models.ConversationChange, response=models.Conversation,
+               errors=_GROUP_ERRORS)
+    async def change_conversation(session: Session, conversation_id: int,
+                                  body: models.ConversationChange) -> Reply:
+        if body.disappearing_s is None and body.anyone_sets_timer is None:
+            conv = await messaging.member_view(session, conversation_id)
+        else:
+            conv = await conversations.set_disappearing(
+                session, conversation_id, body.disappearing_s, body.anyone_sets_timer)
+        return render.conversation(conv, session.user_id)
+
     @api.route("POST", "/conversations/{conversation_id}/read",
                summary="Move your read watermark", body=models.MarkRead,
                response=models.Receipts)
