@@ -16,6 +16,7 @@ from chatd.domain.models import (
     User,
     Watermark,
 )
+from chatd.domain.privacy import DirectState, GroupInvite
 from chatd.domain.reports import Report
 from chatd.storage import Batch, Store, records
 from chatd.storage.errors import UnstorableValue
@@ -48,7 +49,8 @@ def test_messages_with_attachments_round_trip(tmp_path: Path) -> None:
 
 def test_every_family_round_trips_and_survives_reopen(tmp_path: Path) -> None:
     rows: list[tuple[records.Family, object, object]] = [  # type: ignore[type-arg]
-        (records.USERS, 1, User(1, "alice", "Alice", b"hash", 100, "hi", True)),
+        (records.USERS, 1, User(1, "alice", "Alice", b"hash", 100, "hi", True, True, 0,
+                                 "contacts", "nobody", "contacts")),
         (records.HANDLES, "alice", 1),
         (records.DEVICES, (1, 2), Device(1, 2, "phone", 101, b"t" * 32)),
         (records.TOKENS, b"t" * 32, TokenRecord(1, 2, 999)),
@@ -79,6 +81,10 @@ def test_every_family_round_trips_and_survives_reopen(tmp_path: Path) -> None:
         (records.REPORTS, (0, 9), Report(9, 1, 7, 5, 1, "spam", "note", "evidence", 100,
                                          1000, "text/plain", "hi")),
         (records.REPORT_DEDUP, (1, 7, 5, 1), 9),
+        (records.DIRECT_STATES, 5, DirectState(5, 1, "pending", [2])),
+        (records.BLOCKS, (1, 2), 777),
+        (records.INVITES, (5, 2), GroupInvite(5, 2, 1, 888)),
+        (records.USER_INVITES, (2, 5), None),
     ]
     assert {family.name for family, _, _ in rows} == {f.name for f in records.FAMILIES}
     store = Store.open(str(tmp_path))
