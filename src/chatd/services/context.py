@@ -31,10 +31,12 @@ from chatd.services.conversations import ConversationService
 from chatd.services.deletion import Deletions
 from chatd.services.delivery import Delivery
 from chatd.services.direct_requests import DirectRequests
+from chatd.services.forwarding import Forwarding
 from chatd.services.invites import GroupInvites
 from chatd.services.live import Hub
 from chatd.services.log import ConversationLog
 from chatd.services.media import MediaService
+from chatd.services.mentions import MentionResolver
 from chatd.services.messaging import MessagingService
 from chatd.services.owner import ConversationOwner
 from chatd.services.owner_api import OwnerApi
@@ -92,6 +94,8 @@ class Services:
     abuse_home: AbuseHome
     abuse: AbuseSignals
     reports: ReportService
+    #: Forwarding messages between conversations (replies and mentions ride on sends).
+    forwarding: Forwarding
 
 
 def media_link_secret(config: Config, store: Store) -> bytes:
@@ -181,6 +185,8 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
                                  read_receipt_settings=users.read_receipt_settings,
                                  limits=config.limits)
     messaging.content_filter = load_content_filter(config.abuse)
+    messaging.mentions = MentionResolver(find_by_handle=users.find_by_handle)
+    forwarding = Forwarding(router=router, messaging=messaging)
     owner.on_hint = messaging.wake_hint_writer
     committer.ride_along(messaging.drain_hints_into)
     accounts.on_device_revoked(messaging.forget_device)
@@ -221,7 +227,7 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     return Services(config, store, committer, router, owner, owner_api, log, accounts, users,
                     home_api, conversations, messaging, hub, delivery, presence, receipts,
                     clock, coordinator, shipper, backups, media, privacy, requests, blocks,
-                    deletions, sweeper, purger, abuse_home, abuse, reports)
+                    deletions, sweeper, purger, abuse_home, abuse, reports, forwarding)
 
 
 def _replication(config: Config, store: Store, placement: Placement, committer: GroupCommitter,

@@ -10,6 +10,7 @@ from typing import Any, TypeAlias
 
 from quart import Response
 
+from chatd.domain import replies
 from chatd.domain.media import MediaRecord
 from chatd.domain.models import (
     Conversation,
@@ -21,6 +22,7 @@ from chatd.domain.models import (
     Watermark,
 )
 from chatd.services.accounts import LoginResult
+from chatd.services.forwarding import ForwardOutcome
 from chatd.web import models
 from chatd.web.schema import Model
 
@@ -73,7 +75,31 @@ def message(entry: Message) -> models.Message:
         entry.message_id, entry.conversation_id, entry.seq, entry.sender_id,
         entry.client_msg_id, entry.content_type,
         base64.b64encode(body).decode() if isinstance(body, bytes) else body, entry.ts,
-        [attachment(item) for item in entry.attachments] or None, entry.expires_at or None)
+        [attachment(item) for item in entry.attachments] or None, entry.expires_at or None,
+        entry.reply_to or None, quote(entry.quote), list(entry.mentions) or None,
+        bool(entry.forwarded) or None, replies.is_forwarded_many(entry.forwarded) or None)
+
+
+def quote(data: dict[str, Any] | None) -> models.Quote | None:
+    """The quote the owner made (domain/replies.py quote_of) as the response model."""
+    if data is None:
+        return None
+    return models.Quote(int(data["sender_id"]), data["content_type"], data.get("text"),
+                        data.get("deleted"))
+
+
+def forwarded(outcomes: list[ForwardOutcome]) -> models.Forwarded:
+    results = []
+    for outcome in outcomes:
+        if outcome.result is not None:
+            sent = outcome.result
+            results.append(models.ForwardResult(outcome.conversation_id, sent.message_id,
+                                                sent.seq, sent.ts))
+        else:
+            assert outcome.error is not None
+            results.append(models.ForwardResult(outcome.conversation_id, error=models.ErrorDetail(
+                outcome.error.code, outcome.error.message)))
+    return models.Forwarded(results)
 
 
 def attachment(item: dict[str, Any]) -> models.Attachment:
