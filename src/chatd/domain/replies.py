@@ -108,7 +108,7 @@ def check_forward_targets(source: Message, targets: list[int]) -> list[int]:
     distinct = list(dict.fromkeys(targets))
     if not 1 <= len(distinct) <= MAX_FORWARD_TARGETS:
         raise BadRequest(f"to: 1 to {MAX_FORWARD_TARGETS} conversations",
-                         code="too_many_targets" if distinct else "invalid_field")
+                         code="invalid_field")
     if is_forwarded_many(source.forwarded) and len(distinct) > 1:
         raise BadRequest("this message was forwarded many times: forward it to one "
                          "conversation at a time", code="forward_limited")

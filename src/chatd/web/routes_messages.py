@@ -35,14 +35,14 @@ def register(api: Api, services: Services) -> None:
     @api.route("POST", "/messages/forward",
                summary="Copy a message you can read into conversations you are in",
                description=(
-                   "Up to 5 targets (400 too_many_targets past that; one at a time, 400 "
+                   "Up to 5 targets (400 invalid_field past that; one at a time, 400 "
                    "forward_limited, for a message forwarded many times). The source must "
                    "be readable by you (404 unknown_message otherwise, as for a deleted "
                    "one; 409 not_forwardable for the server's own entries). Each copy is "
                    "a send into its target, answered per target in the order given: a "
-                   "`seq` or an `error` (a target you are not in: not_found). Copies keep "
-                   "the content type, body and attachments (by reference) and carry "
-                   "`forwarded: true`, `forwarded_many: true` from the fifth hop."),
+                   "`seq` or an `error` (a target you are not in: unknown_conversation). "
+                   "Copies keep the content type, body and attachments (by reference) and "
+                   "carry `forwarded: true`, `forwarded_many: true` from the fifth hop."),
                body=models.Forward, response=models.Forwarded, errors=(404, 409))
     async def forward(session: Session, body: models.Forward) -> Reply:
         outcomes = await services.forwarding.forward(
