@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: Most reports or queue entries one page (and one mesh answer) carries.
 MAX_PAGE = 200
+#: About the most bytes of reports one page carries (a mesh frame holds 1 MiB).
+REPORT_PAGE_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,7 +150,17 @@ class AbuseHome:
         rows = self._store.scan(records.REPORTS, records.u64(code),
                                 after=records.pair(code, after) if after else None,
                                 limit=limit + 1)
-        return [report for _, report in rows[:limit]], len(rows) > limit
+        found = [report for _, report in rows[:limit]]
+        # A page crosses the mesh: it must fit a frame, and reports carry up to 64 KiB of
+        # evidence and as much of the message each. Cut short (one at least), the list
+        # pages on from the last one given.
+        size = 0
+        for kept, report in enumerate(found):
+            size += len(report.evidence) * 4 + len(report.message_text) * 4 \
+                + len(report.note) * 4 + 512
+            if size > REPORT_PAGE_BYTES and kept:
+                return found[:kept], True
+        return found, len(rows) > limit
 
     async def resolve(self, report_id: int, action: str, note: str) -> Report:
         check_action(action, note)
