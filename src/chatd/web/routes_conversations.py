@@ -21,7 +21,7 @@ def register(api: Api, services: Services) -> None:
     @api.route("POST", "/conversations/direct",
                summary="Open (or get) the 1:1 conversation with a user; 201 when created",
                body=models.OpenDirect, response=models.Conversation,
-               also={201: models.Conversation}, errors=(404, 409))
+               also={201: models.Conversation}, errors=(403, 404, 409))
     async def open_direct(session: Session, body: models.OpenDirect) -> Reply:
         opened = await conversations.open_direct(session, body.user_id)
         return render.conversation(opened.conversation, session.user_id), (
@@ -75,7 +75,7 @@ def register(api: Api, services: Services) -> None:
 
     @api.route("POST", "/groups/create", summary="Create a group; you are its admin",
                body=models.CreateGroup, status=201, response=models.Conversation,
-               errors=(404, 409))
+               errors=(403, 404, 409))
     async def create_group(session: Session, body: models.CreateGroup) -> Reply:
         conv = await conversations.create_group(session, body.name, body.members)
         return render.conversation(conv, session.user_id), 201
