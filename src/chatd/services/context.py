@@ -13,6 +13,7 @@ from pathlib import Path
 
 from chatd import __version__
 from chatd.config import Config
+from chatd.domain.addresses import TrustedProxies
 from chatd.domain.ids import SnowflakeGenerator
 from chatd.domain.ring import HashRing
 from chatd.replication.coordinator import Coordinator
@@ -33,6 +34,7 @@ from chatd.services.owner import ConversationOwner
 from chatd.services.owner_api import OwnerApi
 from chatd.services.passwords import PasswordHasher
 from chatd.services.presence import Presence
+from chatd.services.ratelimits import RateLimits
 from chatd.services.receipts import Receipts
 from chatd.services.routing import Router
 from chatd.services.users import HomeApi, Users, token_prefix_for
@@ -67,6 +69,10 @@ class Services:
     shipper: Shipper
     backups: Backups
     media: MediaService
+    #: The named rate-limit buckets ([ratelimits]); routes call `ratelimits.take(...)`.
+    ratelimits: RateLimits
+    #: server.trusted_proxies: whose X-Forwarded-For names the client (web/client_address.py).
+    proxies: TrustedProxies
 
 
 def media_link_secret(config: Config, store: Store) -> bytes:
@@ -105,15 +111,18 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     ids = SnowflakeGenerator(shard_number, clock.now_ms)
     log = ConversationLog(store)
     owner = ConversationOwner(store=store, log=log, ids=ids, clock=clock,
-                              cache_size=config.storage.conversation_cache)
+                              cache_size=config.storage.conversation_cache,
+                              cache_bytes=config.storage.conversation_cache_bytes)
     hasher = PasswordHasher(opslimit=config.auth.argon2_opslimit,
                             memlimit_bytes=config.auth.argon2_memlimit_kib * 1024,
                             concurrency=config.auth.hash_concurrency)
     committer = GroupCommitter(store, max_batch=config.storage.max_batch)
     commands = Commands(committer)
+    ratelimits = RateLimits(config.ratelimits)
     accounts = AccountService(store=store, commands=commands,
                               token_prefix=token_prefix_for(shard_number), ids=ids,
-                              clock=clock, hasher=hasher, config=config.auth)
+                              clock=clock, hasher=hasher, config=config.auth,
+                              ratelimits=ratelimits)
     users = Users(router=router, accounts=accounts, numbers=numbers)
     committer.on_reload_needed(owner.forget_all)
     committer.on_reload_needed(accounts.forget_pending)
@@ -127,11 +136,11 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
                          publish_ephemeral=delivery.publish_ephemeral)
     router.attach(owner_api.run, None)
     conversations = ConversationService(router=router, accounts=users, ids=ids,
-                                        limits=config.limits)
+                                        limits=config.limits, ratelimits=ratelimits)
     messaging = MessagingService(store=store, router=router, owner=owner,
                                  owner_api=owner_api, commands=commands,
                                  read_receipt_settings=users.read_receipt_settings,
-                                 limits=config.limits)
+                                 limits=config.limits, ratelimits=ratelimits)
     owner.on_hint = messaging.wake_hint_writer
     committer.ride_along(messaging.drain_hints_into)
     accounts.on_device_revoked(messaging.forget_device)
@@ -149,6 +158,7 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     messaging.media = media
     coordinator, shipper = _replication(config, store, placement, committer, commands, owner)
     owner_api.serves = coordinator.serves
+    owner.groups.serves = coordinator.serves
     data_dir = Path(config.storage.data_dir)
     # The scratch space is inside the data directory, on its filesystem, so that the
     # checkpoint is hard links. The media seam: everything under <data>/media, until a
@@ -158,7 +168,8 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
                       now_ms=clock.now_ms)
     return Services(config, store, committer, router, owner, owner_api, log, accounts, users,
                     home_api, conversations, messaging, hub, delivery, presence, receipts,
-                    clock, coordinator, shipper, backups, media)
+                    clock, coordinator, shipper, backups, media, ratelimits,
+                    TrustedProxies(config.server.trusted_proxies))
 
 
 def _replication(config: Config, store: Store, placement: Placement, committer: GroupCommitter,
