@@ -24,6 +24,7 @@ from tests.helpers import (
 )
 from tests.rawws import RawWebSocket
 
+ADMIN = "admin-token-for-metrics"
 #: Every bucket off, so a test turns on only the one it is about.
 OFF = {name: "off" for name in (
     "messages_per_account", "messages_per_address", "message_bytes_per_account",
@@ -36,7 +37,8 @@ OFF = {name: "off" for name in (
 async def limited(start_server: ServerFactory, *, trusted: Sequence[str] = (),
                   **buckets: str) -> RunningServer:
     return await start_server(ratelimits={**OFF, **FAST_AUTH_RATELIMITS, **buckets},
-                              server={"trusted_proxies": tuple(trusted)})
+                              server={"trusted_proxies": tuple(trusted),
+                                      "admin_token": ADMIN})
 
 
 @asynccontextmanager
@@ -83,6 +85,9 @@ async def test_messages_per_account(start_server: ServerFactory) -> None:
         # Nothing refused was written.
         history = (await bob.get(f"/messages/{with_bob}")).json()
         assert len(history["messages"]) == 4
+        metrics = await http.get("/metrics", headers={"Authorization": f"Bearer {ADMIN}"})
+        assert 'chatd_ratelimited_total{bucket="messages"} 2\n' in metrics.text
+        assert 'chatd_ratelimited_total{bucket="login"} 0\n' in metrics.text
 
 
 async def test_message_bytes_count_bytes_not_messages(start_server: ServerFactory) -> None:
