@@ -37,6 +37,12 @@ FAST_AUTH_ENV = {
 #: The same, for a config built in code.
 FAST_AUTH_RATELIMITS = {"login_per_account": "off", "login_per_address": "off",
                         "register_per_address": "off"}
+#: Sends at machine rates (hundreds back to back from one account): for tests of delivery
+#: and back-pressure, which are not about limits (`start_server(ratelimits=...)`).
+UNLIMITED_SENDS = {"messages_per_account": "off", "messages_per_address": "off",
+                   "message_bytes_per_account": "off", "message_bytes_per_address": "off"}
+UNLIMITED_SENDS_ENV = {f"CHATD_RATELIMITS_{key.upper()}": value
+                       for key, value in UNLIMITED_SENDS.items()}
 
 
 def make_config(data_dir: Path, **sections: Mapping[str, Any]) -> Config:
