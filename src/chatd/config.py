@@ -66,6 +66,11 @@ class StorageConfig:
     #: its members, watermarks and recent senders): a few huge groups cannot fill memory
     #: while the count stays low.
     conversation_cache_bytes: int = 256 * 1024 * 1024
+    #: Deleted bytes leave the disk: at most this often (seconds), when something was
+    #: deleted or overwritten by a deletion, every memtable is flushed (so the write-ahead
+    #: log that held them is dropped) and the changed key ranges are compacted
+    #: (storage/purge.py, docs/privacy.md).
+    purge_interval: float = 60.0
 
 
 class Address(NamedTuple):
@@ -239,6 +244,15 @@ class LimitsConfig:
     max_groups_per_user: int = 500
     history_page_default: int = 50
     history_page_max: int = 200
+    #: Seconds after sending during which a sender may delete a message for everyone
+    #: (group admins may at any time).
+    delete_window_s: int = 172_800
+    #: Server-wide retention: messages older than this many days become tombstones
+    #: (0: off, keep forever). Reads hide them at once; the sweeper writes the tombstones.
+    retention_days: float = 0.0
+    #: Seconds between passes of the sweeper (expired and retained messages, media
+    #: references of deleted ones) on each conversation owner.
+    sweep_interval: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -373,6 +387,50 @@ class MediaConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Message requests and contacts (docs/privacy.md)."""
+
+    #: A direct chat opened by someone who is not yet a contact is a message request the
+    #: recipient accepts or declines. False: every direct chat is accepted when opened (a
+    #: team server where everyone may talk freely); blocks and settings still apply.
+    message_requests: bool = True
+
+
+@dataclass(frozen=True)
+class AbuseConfig:
+    """Reports, abuse detection and the content filter (docs/privacy.md, "Reports and
+    abuse detection", states the scoring rule these constants enter)."""
+
+    #: Accounts younger than this many days weigh their message requests more.
+    young_account_days: float = 7.0
+    #: Requests opened within this many hours count toward the score...
+    request_window_hours: float = 24.0
+    #: ... past the first `free_requests`, each scoring 1 point (x young_request_weight
+    #: for a young account).
+    free_requests: int = 10
+    young_request_weight: int = 3
+    #: Declines and blocks count once this many of the user's requests were answered;
+    #: then a 100% decline-or-block rate scores `answer_points` (proportionally less).
+    min_answered: int = 10
+    answer_points: int = 60
+    #: Points per distinct person whose report against the user is not dismissed.
+    report_points: int = 15
+    #: At this score an account shows in the admin queue (GET /admin/abuse) ...
+    review_score: int = 25
+    #: ... and at this one it is limited to replying in conversations it already has.
+    limit_score: int = 50
+    #: How a limited user may appeal; shown in the 403 account_limited message.
+    appeal: str = "contact the operator of this server"
+    #: Largest `evidence` a report may carry, in bytes of UTF-8 (413 past it).
+    max_evidence_bytes: int = 65_536
+    #: A content filter for text/* bodies: "package.module:Class", called with this
+    #: section. Empty: UrlDomainBlocklist when blocked_domains lists any, else none.
+    content_filter: str = ""
+    #: Domains whose URLs (and subdomains') text messages may not carry.
+    blocked_domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -383,6 +441,8 @@ class Config:
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
     ratelimits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    abuse: AbuseConfig = field(default_factory=AbuseConfig)
 
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.server.listen)
@@ -582,6 +642,8 @@ def validate(config: Config) -> Config:
     _validate_media(config.media)
     _validate_ratelimits(config.ratelimits)
     _validate_trusted_proxies(config.server.trusted_proxies)
+    _validate_deletion(config)
+    _validate_abuse(config.abuse)
     if config.server.max_request_bytes < config.limits.max_message_bytes:
         raise ConfigError("server.max_request_bytes: must be at least limits.max_message_bytes")
     return config
@@ -602,6 +664,17 @@ def _validate_trusted_proxies(proxies: tuple[str, ...]) -> None:
         except ValueError:
             raise ConfigError(f"server.trusted_proxies: {entry!r} is not an IP address or a "
                               "CIDR block (e.g. \"10.0.0.1\", \"10.0.0.0/8\", \"::1\")") from None
+
+
+def _validate_deletion(config: Config) -> None:
+    for key, number in (("limits.sweep_interval", config.limits.sweep_interval),
+                        ("storage.purge_interval", config.storage.purge_interval)):
+        if number <= 0:
+            raise ConfigError(f"{key}: must be greater than 0, got {number}")
+    for key, number in (("limits.delete_window_s", config.limits.delete_window_s),
+                        ("limits.retention_days", config.limits.retention_days)):
+        if number < 0:
+            raise ConfigError(f"{key}: must not be negative, got {number}")
 
 
 def _validate_media(media: MediaConfig) -> None:
@@ -632,6 +705,29 @@ def _validate_media(media: MediaConfig) -> None:
                            ("media.s3_secret_key", media.s3_secret_key)):
             if not value:
                 raise ConfigError(f"{key}: required with media.backend = \"s3\"")
+
+
+def _validate_abuse(abuse: AbuseConfig) -> None:
+    for key, number in (("abuse.young_account_days", abuse.young_account_days),
+                        ("abuse.request_window_hours", abuse.request_window_hours),
+                        ("abuse.young_request_weight", abuse.young_request_weight),
+                        ("abuse.min_answered", abuse.min_answered),
+                        ("abuse.limit_score", abuse.limit_score),
+                        ("abuse.max_evidence_bytes", abuse.max_evidence_bytes)):
+        if number <= 0:
+            raise ConfigError(f"{key}: must be greater than 0, got {number}")
+    for key, count in (("abuse.free_requests", abuse.free_requests),
+                       ("abuse.answer_points", abuse.answer_points),
+                       ("abuse.report_points", abuse.report_points),
+                       ("abuse.review_score", abuse.review_score)):
+        if count < 0:
+            raise ConfigError(f"{key}: must not be negative, got {count}")
+    if abuse.review_score > abuse.limit_score:
+        raise ConfigError("abuse.review_score: must not exceed abuse.limit_score")
+    if abuse.content_filter and not re.fullmatch(
+            r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", abuse.content_filter):
+        raise ConfigError(f"abuse.content_filter: expected \"package.module:Class\", got "
+                          f"{abuse.content_filter!r}")
 
 
 def _validate_cluster(cluster: ClusterConfig) -> None:

@@ -188,6 +188,31 @@ async def test_media_bytes(start_server: ServerFactory) -> None:
         assert (await upload(60 * 1024, bob)).status_code == 201
 
 
+async def test_reports(start_server: ServerFactory) -> None:
+    server = await limited(start_server, reports_per_account="2/1d",
+                           reports_per_address="3/1d", trusted=["127.0.0.1"])
+    async with client(server) as http:
+        alice, bob, carol = [await new_account(http) for _ in range(3)]
+        conversation = await bob.group("g", alice, carol)
+        for n in range(3):  # seqs 2, 3 and 4
+            assert (await send(bob, conversation, f"spam {n}")).status_code == 201
+
+        async def report(who: Account, seq: int, address: str) -> httpx.Response:
+            return await http.post("/reports", json={
+                "conversation_id": conversation, "seq": seq, "reason": "spam"},
+                headers={**who.headers, **xff(address)})
+
+        home, cafe = "198.51.100.1", "198.51.100.2"
+        assert (await report(alice, 2, home)).status_code == 201
+        assert (await report(alice, 3, home)).status_code == 201
+        # Alice's two a day are spent, wherever she reports from.
+        assert_limited(await report(alice, 4, cafe), "reports", about=43200)
+        # The home address has one left (alice's refusal at the cafe spent none of it).
+        assert (await report(carol, 2, home)).status_code == 201
+        assert_limited(await report(carol, 3, home), "reports", about=28800)
+        assert (await report(carol, 3, cafe)).status_code == 201
+
+
 async def test_login_per_account_whether_the_handle_exists_or_not(
         start_server: ServerFactory) -> None:
     server = await limited(start_server, login_per_account="2/1h", login_per_address="off")
@@ -398,3 +423,31 @@ async def test_register_and_login_follow_the_trusted_proxy(start_server: ServerF
             response = await http.post("/register", headers=xff(address), json={
                 "handle": fresh_handle(), "password": PASSWORD, "display_name": "x"})
             assert response.status_code == (429 if n == 2 else 201), response.text
+
+
+# -- the groups cap -------------------------------------------------------------------------------
+
+async def test_groups_cap_on_create_add_and_invite(start_server: ServerFactory) -> None:
+    server = await start_server(limits={"max_groups_per_user": 2})
+    async with client(server) as http:
+        alice, bob, carol = [await new_account(http) for _ in range(3)]
+        await alice.group("one", bob)
+        await alice.group("two", bob)
+        response = await alice.post("/groups/create", {"name": "three", "members": []})
+        assert_error(response, 409, "too_many_groups")
+        # Carol's group: bob is at the cap, so adding him is refused, and nothing changes.
+        group = await carol.group("carol's")
+        response = await carol.post(f"/groups/{group}/add", {"user_ids": [bob.user_id]})
+        assert_error(response, 409, "too_many_groups")
+        members = (await carol.get(f"/conversations/{group}")).json()["members"]
+        assert [m["user_id"] for m in members] == [carol.user_id]
+        # An invite (bob takes groups from contacts only) cannot take him past it either.
+        response = await bob.patch("/me/privacy", {"groups_add": "contacts"})
+        assert response.status_code == 200, response.text
+        response = await carol.post(f"/groups/{group}/add", {"user_ids": [bob.user_id]})
+        assert response.status_code == 200, response.text
+        assert_error(await bob.post(f"/groups/{group}/invite/accept"), 409, "too_many_groups")
+        one = (await bob.get("/conversations")).json()["conversations"][0]["conversation_id"]
+        assert (await bob.post(f"/groups/{one}/leave")).status_code in (200, 204)
+        response = await bob.post(f"/groups/{group}/invite/accept")
+        assert response.status_code == 200, response.text

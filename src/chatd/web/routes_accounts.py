@@ -83,7 +83,9 @@ def register(api: Api, services: Services) -> None:
     @api.route("GET", "/users/{user_id}", summary="A public profile",
                response=models.PublicUser)
     async def get_user(session: Session, user_id: int) -> Reply:
-        return render.public_user(await accounts.get_user(user_id))
+        # Status text, photo and last seen as the user's privacy settings allow.
+        return render.public_user(*await services.privacy.profile_for(
+            session.user_id, await accounts.get_user(user_id)))
 
     @api.route("GET", "/users", summary="Find a user by exact handle", query=models.FindUser,
                response=models.PublicUser, errors=(404, 429))
@@ -91,4 +93,5 @@ def register(api: Api, services: Services) -> None:
         # Charged found or not: probing which handles exist is what it limits.
         services.ratelimits.take("handle_lookup", account=session.user_id,
                                  address=client_address())
-        return render.public_user(await accounts.find_by_handle(query.handle))
+        return render.public_user(*await services.privacy.profile_for(
+            session.user_id, await accounts.find_by_handle(query.handle)))
