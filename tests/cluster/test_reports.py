@@ -9,9 +9,10 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 
 from chatd.client import ApiError
-from tests.cluster.harness import ADMIN_TOKEN, Cluster, home_of_user
+from tests.cluster.harness import ADMIN_TOKEN, Cluster, home_of_user, owner_of
 
 AS_ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -114,3 +115,28 @@ async def test_a_home_that_does_not_answer_is_named_in_the_lists(cluster: Cluste
         (503, "home_unreachable"), (503, "owner_unreachable"))
     await cluster.proxy.start()
     await cluster.wait_links()
+
+
+async def test_request_signals_reach_the_senders_home_from_every_owner(
+        cluster: Cluster) -> None:
+    """Requests opened in direct chats owned by all three shards are counted at the
+    sender's home (a): the owners post their signals over the mesh."""
+    spammer = await cluster.person(home="a")
+    as_spammer = await cluster.client("a", spammer)
+    owners = set()
+    # A young account's 19 requests: (19 - 10) x 3 = 27, past review_score (25).
+    for index in range(19):
+        stranger = await cluster.person(home="bc"[index % 2])
+        chat = (await as_spammer.open_direct(stranger.user_id))["conversation_id"]
+        owners.add(owner_of(chat))
+        await as_spammer.send(chat, "buy now")
+    assert owners == {"a", "b", "c"}
+    shown: dict[str, Any] = {}
+    for _ in range(500):
+        queue = await admin(cluster, "b", "GET", "/admin/abuse")
+        shown = {entry["user_id"]: entry for entry in queue["accounts"]}.get(
+            spammer.user_id, {})
+        if shown.get("requests_opened") == 19:
+            break
+        await trio.sleep(0.02)
+    assert (shown["requests_opened"], shown["score"], shown["limited"]) == (19, 27, False)

@@ -52,14 +52,14 @@ def note(server: RunningServer, account: Account, signal: Signal, times: int) ->
 async def test_signals_limit_an_account_to_replying_until_an_admin_lifts_it(
         moderated: RunningServer, http: httpx.AsyncClient) -> None:
     spammer, friend, stranger, other = [await new_account(http) for _ in range(4)]
-    chat = await spammer.direct_with(friend)
+    chat = await friend.direct_with(spammer)  # (accepting scores the requester)
     group = await spammer.group("Mine", friend)
 
     # A young account opening 26 requests: (26 - 10) x 3 = 48, for review, not limited.
     note(moderated, spammer, "request_opened", 26)
     shown = await in_queue(http, spammer)
     assert (shown["score"], shown["limited"], shown["requests_opened"]) == (48, False, 26)
-    assert (await spammer.direct_with(stranger))  # still free to start conversations
+    assert (await spammer.direct_with(stranger, accept=False))  # still free to start conversations
     # Ten answers, all declines or blocks: + 60, and the account is limited.
     note(moderated, spammer, "request_declined", 6)
     note(moderated, spammer, "request_blocked", 4)
@@ -170,3 +170,39 @@ async def test_an_admin_limits_and_unlimits_by_hand_and_through_a_report(
                  "unknown_user")
     assert_error(await http.post(f"/admin/users/{bob.user_id}/limit",
                                  json={"note": "x" * 1001}, headers=AS_ADMIN), 400)
+
+
+async def test_real_requests_and_their_declines_drive_the_senders_score(
+        start_server: ServerFactory) -> None:
+    """The privacy flow's signals reach the scorer: requests opened (first messages to
+    strangers) and declined by their recipients, with no hand-fed signal."""
+    server = await start_server(server={"admin_token": ADMIN}, abuse={
+        "free_requests": 2, "young_request_weight": 1, "min_answered": 2,
+        "answer_points": 40, "review_score": 1, "limit_score": 40})
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        spammer, *strangers = [await new_account(http) for _ in range(4)]
+        for stranger in strangers:
+            chat = await spammer.direct_with(stranger, accept=False)
+            assert (await spammer.send(chat, "buy now")).status_code == 201
+        # Three requests, two of them free: score 1, in the queue, not limited.
+        with trio.fail_after(10):
+            while ((shown := (await queue(http)).get(spammer.user_id)) is None  # noqa: ASYNC110
+                   or shown["requests_opened"] < 3):
+                await trio.sleep(0.02)
+        assert (shown["score"], shown["limited"]) == (1, False)
+        # Two of the three decline: 2 answered, all declines, + 40: limited.
+        for stranger in strangers[:2]:
+            chat = await stranger.direct_with(spammer, accept=False)
+            declined = await stranger.post(f"/conversations/{chat}/decline")
+            assert declined.status_code == 200, declined.text
+        with trio.fail_after(10):
+            while not (shown := await in_queue(http, spammer))["limited"]:  # noqa: ASYNC110
+                await trio.sleep(0.02)
+        assert shown["requests_declined"] == 2
+        fresh = await new_account(http)
+        assert_error(await spammer.post("/conversations/direct", {"user_id": fresh.user_id}),
+                     403, "account_limited")
+        # A reply from the third accepts: counted, and the spammer may answer there.
+        last = await strangers[2].direct_with(spammer, accept=False)
+        assert (await strangers[2].send(last, "who is this?")).status_code == 201
+        assert (await spammer.send(last, "sorry")).status_code == 201

@@ -178,6 +178,9 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
                            clock=clock, config=config.abuse)
     committer.on_reload_needed(abuse_home.forget_pending)
     abuse = AbuseSignals(router=router, home=abuse_home, config=config.abuse)
+    # Requests opened and how their recipients answered feed the sender's abuse score.
+    requests.on_request_opened(abuse.request_opened)
+    requests.on_request_answered(abuse.request_answered)
     reports = ReportService(router=router, home=abuse_home, config=config.abuse)
     reports.rate_limit = ratelimits.take
     conversations = ConversationService(router=router, accounts=users, ids=ids,
