@@ -20,9 +20,8 @@ import trio
 from chatd.config import AbuseConfig
 from chatd.domain import rules
 from chatd.domain.models import Conversation, HistoryPage, Session
-from chatd.domain.ratelimit import KeyedRateLimiter
 from chatd.domain.reports import STATUSES, Report, check_action, check_evidence, check_reason
-from chatd.errors import BadRequest, ChatdError, NotFound, RateLimited
+from chatd.errors import BadRequest, ChatdError, NotFound
 from chatd.protocol import owner as ops
 from chatd.services.abuse import (
     MAX_PAGE,
@@ -37,11 +36,6 @@ from chatd.services.owner_api import PAGE_BYTES
 from chatd.services.routing import Router
 
 T = TypeVar("T")
-
-#: POST /reports per account (and five times that per address): a reporter files a few
-#: at a time, each kept with up to abuse.max_evidence_bytes of evidence.
-REPORTS_PER_MINUTE = 10
-REPORTS_BURST = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,19 +62,9 @@ class ReportService:
         self._router = router
         self._home = home
         self._config = config
-        #: Reports are rate limited per account and address (the `reports` bucket); it
-        #: raises 429 past the limit. Replaceable by the wiring.
-        self.rate_limit: Callable[..., object] | None = self._take
-        self._per_account = KeyedRateLimiter(REPORTS_PER_MINUTE / 60.0, REPORTS_BURST)
-        self._per_address = KeyedRateLimiter(REPORTS_PER_MINUTE * 5 / 60.0,
-                                             REPORTS_BURST * 5)
-
-    def _take(self, bucket: str, *, account: int, address: str) -> None:
-        now = trio.current_time()
-        wait = max(self._per_account.try_acquire(f"{bucket}:{account}", now),
-                   self._per_address.try_acquire(f"{bucket}:{address}", now))
-        if wait > 0:
-            raise RateLimited(f"too many reports; retry in {wait:.0f} s", retry_after=wait)
+        #: Reports are rate limited per account and address: RateLimits.take (the
+        #: `reports` bucket), set by the wiring; it raises 429 past the limit.
+        self.rate_limit: Callable[..., object] | None = None
 
     async def report(self, session: Session, given: ReportInput, *,
                      address: str = "") -> tuple[Report, bool]:
