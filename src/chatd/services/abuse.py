@@ -135,9 +135,10 @@ class AbuseHome:
             batch.put(records.REPORT_DEDUP, key, report.report_id)
             self._pending_dedup[key] = report.report_id
             batch.after_commit.append(partial(self._settle_dedup, key, report.report_id))
-            record = abuse.note_signal(self._record(report.reported_id), "reported", now,
-                                       self._config, reporter_id=report.reporter_id)
-            self._write(batch, record, now, evaluate=True)
+            if abuse.report_scores(report.seq):
+                record = abuse.note_signal(self._record(report.reported_id), "reported",
+                                           now, self._config, reporter_id=report.reporter_id)
+                self._write(batch, record, now, evaluate=True)
             return report, True
 
         return await self._commands.submit(apply)
@@ -178,7 +179,7 @@ class AbuseHome:
             batch.delete(records.REPORTS, (status_code("open"), report_id))
             self._put_report(batch, resolved)
             record = self._record(report.reported_id)
-            if action == "dismiss":
+            if action == "dismiss" and abuse.report_scores(report.seq):
                 record = abuse.drop_report(record, report.reporter_id, report.created_at)
             elif action == "limit":
                 record = abuse.limited_by_admin(
