@@ -53,16 +53,18 @@ class Forwarding:
         return replies.forwardable(page.messages[0] if page.messages else None, seq)
 
     async def forward(self, session: Session, *, conversation_id: int, seq: int,
-                      targets: list[int], client_msg_id: str | None) -> list[ForwardOutcome]:
+                      targets: list[int], client_msg_id: str | None,
+                      address: str | None = None) -> list[ForwardOutcome]:
+        """`address`: the client's, for the rate limits each copy is charged to."""
         source = await self.source(session, conversation_id, seq)
         targets = replies.check_forward_targets(source, targets)
         client_msg_id = rules.check_client_msg_id(
             client_msg_id or f"fwd-{secrets.token_urlsafe(12)}")
-        return [await self._copy(session, source, target, client_msg_id)
+        return [await self._copy(session, source, target, client_msg_id, address)
                 for target in targets]
 
     async def _copy(self, session: Session, source: Message, target: int,
-                    client_msg_id: str) -> ForwardOutcome:
+                    client_msg_id: str, address: str | None) -> ForwardOutcome:
         try:
             attached = []
             if source.attachments:
@@ -77,7 +79,7 @@ class Forwarding:
             result = await self._messaging.start_send(
                 session, conversation_id=target, client_msg_id=client_msg_id,
                 content_type=source.content_type, body=body, attachments=attached,
-                forwarded=source.forwarded + 1).wait()
+                forwarded=source.forwarded + 1, address=address).wait()
         except ChatdError as exc:
             return ForwardOutcome(target, error=exc)
         return ForwardOutcome(target, result=result)
