@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import os
+import pty
+import select
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -201,6 +204,62 @@ async def test_reply_and_forward_from_the_terminal(server: RunningServer) -> Non
             await chat.expect(b"! unknown_message")
             await chat.type(f"/open {group['conversation_id']}\n/history 5\n")
             await chat.expect(b"alice_r: (forwarded) where shall we eat?")
+
+
+def _type_on_a_terminal(url: str, handle: str, lines: list[bytes]) -> bytes:
+    """Run `chatd chat` on a pseudo-terminal, type `lines` (a pause after each), and
+    return everything it wrote (blocking: run it in a thread)."""
+    controller, terminal_end = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "chatd", "chat", "--url", url, "--handle", handle,
+         "--register"], stdin=terminal_end, stdout=terminal_end, stderr=terminal_end,
+        env={**os.environ, "CHATD_PASSWORD": PASSWORD}, close_fds=True)
+    os.close(terminal_end)
+    output = b""
+
+    def read_until(needle: bytes, within: float = 15.0) -> None:
+        nonlocal output
+        deadline = time.monotonic() + within
+        while needle not in output and time.monotonic() < deadline:
+            if select.select([controller], [], [], 0.1)[0]:
+                try:
+                    output += os.read(controller, 4096)
+                except OSError:
+                    return
+
+    try:
+        read_until(b"logged in as")
+        for line in lines:
+            os.write(controller, line)
+            read_until(b"now talking in" if line.startswith(b"/to") else b"\x00", 1.0)
+        os.write(controller, b"/quit\n")
+        process.wait(10)
+        read_until(b"\x00", 0.5)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+        os.close(controller)
+    return output
+
+
+async def test_tab_completes_the_handles_of_members_on_a_terminal(server: RunningServer,
+                                                                  ) -> None:
+    async with ChatClient(server.url) as bob:
+        await bob.register("bobby_tab", PASSWORD, "Bob")
+        await bob.login("bobby_tab", PASSWORD)
+        output = await trio.to_thread.run_sync(
+            _type_on_a_terminal, server.url, "alice_tab",
+            [b"/to bobby_tab\n", b"see @bob\t", b" now\n"])
+        assert b"now talking in @bobby_tab" in output, output
+        async with bob.connect() as live:
+            with trio.fail_after(10):
+                while (event := await live.next_event())["type"] != "message":
+                    pass
+        # Completed to the member's handle, and so resolved to them as a mention.
+        assert event["message"]["body"] == "see @bobby_tab now"
+        assert bob.credentials is not None
+        assert event["message"]["mentions"] == [bob.credentials.user_id]
 
 
 def test_send_file_takes_the_rest_of_the_line() -> None:
