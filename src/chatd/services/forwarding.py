@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from chatd.domain import deletion, replies, rules
 from chatd.domain.media import Attaching
-from chatd.domain.models import Conversation, HistoryPage, Message, SendResult, Session
+from chatd.domain.models import HistoryPage, Message, SendResult, Session
 from chatd.errors import ChatdError
 from chatd.protocol import owner as ops
 from chatd.services.messaging import MessagingService
@@ -70,7 +70,7 @@ class Forwarding:
             if source.attachments:
                 # Membership first: media.attach counts the target's reference, which a
                 # copy refused later by its owner would leave behind for nothing.
-                _: Conversation = await self._router.ask(ops.View(target, session.user_id))
+                await self._router.ask(ops.View(target, session.user_id))
                 attached = await self._messaging.attach(session, target, tuple(
                     Attaching(int(item["media_id"]), int(item.get("thumbnail_media_id") or 0))
                     for item in source.attachments))
