@@ -130,6 +130,7 @@ class Store:
         # prefixes (None: the whole family). Filled by every write, the owner's and the
         # replica's alike, so both purge the same bytes.
         self._to_purge: dict[str, set[bytes] | None] = {}
+        self._owed_before_start()
 
     @classmethod
     def open(cls, path: str, *, sync: bool = True) -> Store:
@@ -145,9 +146,7 @@ class Store:
         options.set_wal_size_limit_mb(0)
         families = {family.name: Options(raw_mode=True) for family in records.FAMILIES}
         db = Rdict(path, options, column_families=families)
-        store = cls(db, sync)
-        store._owed_before_start()
-        return store
+        return cls(db, sync)
 
     @classmethod
     def open_read_only(cls, path: str) -> Store:
