@@ -284,6 +284,21 @@ class MediaConfig:
 
 
 @dataclass(frozen=True)
+class GdprConfig:
+    """Exports and erasure of a user's data (services/gdpr.py, docs/privacy.md)."""
+
+    #: Seconds a finished export is kept before it is deleted (it is personal data too).
+    export_ttl: float = 24 * 3600.0
+    #: The user's own messages an export holds at most (the newest are left out past it,
+    #: and the export says so).
+    export_max_messages: int = 100_000
+    #: Bytes of uploaded files an export holds at most (the rest are listed, not copied).
+    export_max_media_bytes: int = 1024 * 1024 * 1024
+    #: Seconds between passes that delete expired exports and finish interrupted erasures.
+    sweep_interval: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -293,6 +308,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
+    gdpr: GdprConfig = field(default_factory=GdprConfig)
 
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.server.listen)
@@ -487,9 +503,19 @@ def validate(config: Config) -> Config:
     _validate_cluster(config.cluster)
     _validate_replication(config.replication, len(config.cluster.shards))
     _validate_media(config.media)
+    _validate_gdpr(config.gdpr)
     if config.server.max_request_bytes < config.limits.max_message_bytes:
         raise ConfigError("server.max_request_bytes: must be at least limits.max_message_bytes")
     return config
+
+
+def _validate_gdpr(gdpr: GdprConfig) -> None:
+    for key, number in (("gdpr.export_ttl", gdpr.export_ttl),
+                        ("gdpr.export_max_messages", gdpr.export_max_messages),
+                        ("gdpr.export_max_media_bytes", gdpr.export_max_media_bytes),
+                        ("gdpr.sweep_interval", gdpr.sweep_interval)):
+        if number <= 0:
+            raise ConfigError(f"{key}: must be greater than 0, got {number}")
 
 
 def _validate_media(media: MediaConfig) -> None:

@@ -20,11 +20,14 @@ from chatd.replication.placement import Placement, RangeState
 from chatd.replication.range_records import RangeRecords
 from chatd.replication.replica import Replica
 from chatd.replication.shipper import Shipper
+from chatd.services.account_admin import AccountAdmin
 from chatd.services.accounts import AccountService
 from chatd.services.clock import Clock, SystemClock
 from chatd.services.commands import Commands
 from chatd.services.conversations import ConversationService
 from chatd.services.delivery import Delivery
+from chatd.services.exports import ExportStore
+from chatd.services.gdpr import Gdpr
 from chatd.services.live import Hub
 from chatd.services.log import ConversationLog
 from chatd.services.media import MediaService
@@ -67,6 +70,10 @@ class Services:
     shipper: Shipper
     backups: Backups
     media: MediaService
+    #: The operator's side of accounts, on their home (services/account_admin.py).
+    account_admin: AccountAdmin
+    #: Exports and erasure of a user's data, across shards (services/gdpr.py).
+    gdpr: Gdpr
 
 
 def media_link_secret(config: Config, store: Store) -> bytes:
@@ -156,9 +163,17 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     backups = Backups(store=store, workspace=data_dir / "backup-tmp",
                       media=MediaFolder(data_dir / "media"), chatd_version=__version__,
                       now_ms=clock.now_ms)
+    account_admin = AccountAdmin(store=store, commands=commands, accounts=accounts,
+                                 clock=clock)
+    exports = ExportStore(store=store, commands=commands, directory=data_dir / "exports",
+                          clock=clock, shard_number=shard_number,
+                          ttl_s=config.gdpr.export_ttl)
+    gdpr = Gdpr(router=router, admin=account_admin, owner_api=owner_api, media=media,
+                exports=exports, config=config.gdpr, limits=config.limits,
+                now_ms=clock.now_ms)
     return Services(config, store, committer, router, owner, owner_api, log, accounts, users,
                     home_api, conversations, messaging, hub, delivery, presence, receipts,
-                    clock, coordinator, shipper, backups, media)
+                    clock, coordinator, shipper, backups, media, account_admin, gdpr)
 
 
 def _replication(config: Config, store: Store, placement: Placement, committer: GroupCommitter,

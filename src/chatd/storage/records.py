@@ -32,6 +32,8 @@ added unpacks with that field's default, so adding a field at the end needs no m
 | media_usage | user_id | bytes of uploads the user holds (8 bytes) |
 | media_refs | conversation_id, media_id | first_seq, audience (the conversation's owner) |
 | media_conversations | media_id, conversation_id | True (an index: where a media is referenced) |
+| account_state | user_id | {deactivated_at, erasing_since, erased_at, photo}: on the home |
+| exports | export_id (ASCII) | {user_id, created_at, ready, size}: a data export's file |
 
 Ids and seqs in keys are fixed-width big-endian, so byte order is numeric order and a scan
 of `conversation_id | seq` yields a log in seq order.
@@ -304,11 +306,22 @@ def _read_present(_key: Any, _data: bytes) -> bool:
 MEDIA_CONVERSATIONS: Family[tuple[int, int], bool] = Family(
     "media_conversations", _pair_key, read_pair, _present, _read_present)
 
+# -- export and erase (services/gdpr.py) -----------------------------------------------------
+
+#: What an operator or an erasure did to an account (services/account_admin.py), on the
+#: user's home: a msgpack map, so a flag added later needs no migration. No row: an
+#: ordinary account.
+ACCOUNT_STATE: Family[int, Any] = Family("account_state", u64, read_u64, pack, _read_any)
+#: Data exports made on this shard (services/exports.py), by their unguessable id; the
+#: zip itself is a file under <data>/exports.
+EXPORTS: Family[str, Any] = Family("exports", _ascii, _read_ascii, pack, _read_any)
+
 #: Every family, in the order the database creates them.
 FAMILIES: tuple[Family[Any, Any], ...] = (
     USERS, HANDLES, DEVICES, TOKENS, CONVERSATIONS, MEMBERS, USER_CONVERSATIONS, MESSAGES,
     DEDUP, WATERMARKS, CURSORS, LAST_SEEN, META, MEDIA, BLOBS, MEDIA_UNREFERENCED,
-    DEAD_BLOBS, QUARANTINE, MEDIA_USAGE, MEDIA_REFS, MEDIA_CONVERSATIONS)
+    DEAD_BLOBS, QUARANTINE, MEDIA_USAGE, MEDIA_REFS, MEDIA_CONVERSATIONS,
+    ACCOUNT_STATE, EXPORTS)
 CONVERSATION_FAMILIES.update(
     (family.name, family.conversation_at) for family in FAMILIES
     if family.conversation_at is not None)

@@ -23,8 +23,10 @@ from chatd.errors import ChatdError, RangeNotSatisfiable, RateLimited, Unauthori
 from chatd.services.context import Services
 from chatd.web import (
     routes_accounts,
+    routes_admin_users,
     routes_backup,
     routes_conversations,
+    routes_gdpr,
     routes_media,
     routes_messages,
     routes_ops,
@@ -205,5 +207,7 @@ def create_app(services: Services) -> QuartTrio:
     routes_replication.register(api, services)
     routes_backup.register(api, services)
     routes_media.register(api, services)
+    routes_gdpr.register(api, services)
+    routes_admin_users.register(api, services)
     api.install(app)
     return app
