@@ -87,10 +87,17 @@ class Account:
             "body": text,
         })
 
-    async def direct_with(self, other: Account) -> str:
+    async def direct_with(self, other: Account, *, accept: bool = True) -> str:
+        """The pair's direct chat; `other` accepts the message request it opens (unless
+        `accept` is false), so they are contacts (docs/privacy.md): tests of anything but
+        requests expect contact-level receipts and presence."""
         response = await self.post("/conversations/direct", {"user_id": other.user_id})
         assert response.status_code in (200, 201), response.text
         conversation_id: str = response.json()["conversation_id"]
+        if accept and other.user_id != self.user_id \
+                and response.json().get("request") == "sent":
+            accepted = await other.post(f"/conversations/{conversation_id}/accept")
+            assert accepted.status_code == 200, accepted.text
         return conversation_id
 
     async def group(self, name: str, *members: Account) -> str:

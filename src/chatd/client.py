@@ -121,6 +121,12 @@ class ChatClient:
                                                     {"user_id": user_id})
         return result
 
+    async def accept_request(self, conversation_id: str) -> dict[str, Any]:
+        """Accept a message request (docs/privacy.md)."""
+        result: dict[str, Any] = await self.request(
+            "POST", f"/conversations/{conversation_id}/accept")
+        return result
+
     async def create_group(self, name: str, members: list[str]) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("POST", "/groups/create",
                                                     {"name": name, "members": members})

@@ -55,6 +55,11 @@ class StorageConfig:
     max_batch: int = 1024
     #: Conversations whose state (head seq, members) an owner keeps in memory.
     conversation_cache: int = 100_000
+    #: Deleted bytes leave the disk: at most this often (seconds), when something was
+    #: deleted or overwritten by a deletion, every memtable is flushed (so the write-ahead
+    #: log that held them is dropped) and the changed key ranges are compacted
+    #: (storage/purge.py, docs/privacy.md).
+    purge_interval: float = 60.0
 
 
 class Address(NamedTuple):
@@ -228,6 +233,15 @@ class LimitsConfig:
     max_group_members: int = 1024
     history_page_default: int = 50
     history_page_max: int = 200
+    #: Seconds after sending during which a sender may delete a message for everyone
+    #: (group admins may at any time).
+    delete_window_s: int = 172_800
+    #: Server-wide retention: messages older than this many days become tombstones
+    #: (0: off, keep forever). Reads hide them at once; the sweeper writes the tombstones.
+    retention_days: float = 0.0
+    #: Seconds between passes of the sweeper (expired and retained messages, media
+    #: references of deleted ones) on each conversation owner.
+    sweep_interval: float = 5.0
 
 
 @dataclass(frozen=True)
@@ -284,6 +298,50 @@ class MediaConfig:
 
 
 @dataclass(frozen=True)
+class PrivacyConfig:
+    """Message requests and contacts (docs/privacy.md)."""
+
+    #: A direct chat opened by someone who is not yet a contact is a message request the
+    #: recipient accepts or declines. False: every direct chat is accepted when opened (a
+    #: team server where everyone may talk freely); blocks and settings still apply.
+    message_requests: bool = True
+
+
+@dataclass(frozen=True)
+class AbuseConfig:
+    """Reports, abuse detection and the content filter (docs/privacy.md, "Reports and
+    abuse detection", states the scoring rule these constants enter)."""
+
+    #: Accounts younger than this many days weigh their message requests more.
+    young_account_days: float = 7.0
+    #: Requests opened within this many hours count toward the score...
+    request_window_hours: float = 24.0
+    #: ... past the first `free_requests`, each scoring 1 point (x young_request_weight
+    #: for a young account).
+    free_requests: int = 10
+    young_request_weight: int = 3
+    #: Declines and blocks count once this many of the user's requests were answered;
+    #: then a 100% decline-or-block rate scores `answer_points` (proportionally less).
+    min_answered: int = 10
+    answer_points: int = 60
+    #: Points per distinct person whose report against the user is not dismissed.
+    report_points: int = 15
+    #: At this score an account shows in the admin queue (GET /admin/abuse) ...
+    review_score: int = 25
+    #: ... and at this one it is limited to replying in conversations it already has.
+    limit_score: int = 50
+    #: How a limited user may appeal; shown in the 403 account_limited message.
+    appeal: str = "contact the operator of this server"
+    #: Largest `evidence` a report may carry, in bytes of UTF-8 (413 past it).
+    max_evidence_bytes: int = 65_536
+    #: A content filter for text/* bodies: "package.module:Class", called with this
+    #: section. Empty: UrlDomainBlocklist when blocked_domains lists any, else none.
+    content_filter: str = ""
+    #: Domains whose URLs (and subdomains') text messages may not carry.
+    blocked_domains: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class GdprConfig:
     """Exports and erasure of a user's data (services/gdpr.py, docs/privacy.md)."""
 
@@ -308,6 +366,8 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    abuse: AbuseConfig = field(default_factory=AbuseConfig)
     gdpr: GdprConfig = field(default_factory=GdprConfig)
 
     def listen_address(self) -> tuple[str, int]:
@@ -503,10 +563,23 @@ def validate(config: Config) -> Config:
     _validate_cluster(config.cluster)
     _validate_replication(config.replication, len(config.cluster.shards))
     _validate_media(config.media)
+    _validate_deletion(config)
+    _validate_abuse(config.abuse)
     _validate_gdpr(config.gdpr)
     if config.server.max_request_bytes < config.limits.max_message_bytes:
         raise ConfigError("server.max_request_bytes: must be at least limits.max_message_bytes")
     return config
+
+
+def _validate_deletion(config: Config) -> None:
+    for key, number in (("limits.sweep_interval", config.limits.sweep_interval),
+                        ("storage.purge_interval", config.storage.purge_interval)):
+        if number <= 0:
+            raise ConfigError(f"{key}: must be greater than 0, got {number}")
+    for key, number in (("limits.delete_window_s", config.limits.delete_window_s),
+                        ("limits.retention_days", config.limits.retention_days)):
+        if number < 0:
+            raise ConfigError(f"{key}: must not be negative, got {number}")
 
 
 def _validate_gdpr(gdpr: GdprConfig) -> None:
@@ -546,6 +619,29 @@ def _validate_media(media: MediaConfig) -> None:
                            ("media.s3_secret_key", media.s3_secret_key)):
             if not value:
                 raise ConfigError(f"{key}: required with media.backend = \"s3\"")
+
+
+def _validate_abuse(abuse: AbuseConfig) -> None:
+    for key, number in (("abuse.young_account_days", abuse.young_account_days),
+                        ("abuse.request_window_hours", abuse.request_window_hours),
+                        ("abuse.young_request_weight", abuse.young_request_weight),
+                        ("abuse.min_answered", abuse.min_answered),
+                        ("abuse.limit_score", abuse.limit_score),
+                        ("abuse.max_evidence_bytes", abuse.max_evidence_bytes)):
+        if number <= 0:
+            raise ConfigError(f"{key}: must be greater than 0, got {number}")
+    for key, count in (("abuse.free_requests", abuse.free_requests),
+                       ("abuse.answer_points", abuse.answer_points),
+                       ("abuse.report_points", abuse.report_points),
+                       ("abuse.review_score", abuse.review_score)):
+        if count < 0:
+            raise ConfigError(f"{key}: must not be negative, got {count}")
+    if abuse.review_score > abuse.limit_score:
+        raise ConfigError("abuse.review_score: must not exceed abuse.limit_score")
+    if abuse.content_filter and not re.fullmatch(
+            r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", abuse.content_filter):
+        raise ConfigError(f"abuse.content_filter: expected \"package.module:Class\", got "
+                          f"{abuse.content_filter!r}")
 
 
 def _validate_cluster(cluster: ClusterConfig) -> None:

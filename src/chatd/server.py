@@ -180,6 +180,8 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
                 web.start_soon(_run_until, shutdown, partial(
                     services.coordinator.run, settle_after=2 * config.cluster.request_timeout))
                 web.start_soon(_run_until, shutdown, services.media.run_collector)
+                web.start_soon(_run_until, shutdown, services.sweeper.run)
+                web.start_soon(_run_until, shutdown, services.purger.run)
                 web.start_soon(_run_until, shutdown, services.gdpr.run)
                 url = await web.start(front.run, shutdown)
                 log.info("serving %s (shard %s, data %s)", url, config.cluster.shard,

@@ -106,6 +106,8 @@ async def test_presence_and_typing_reach_contacts_connected_to_other_shards(
     alice, bob = await cluster.person(home="a"), await cluster.person(home="c")
     conversation = (await (await cluster.client("b", alice)).open_direct(bob.user_id))[
         "conversation_id"]
+    # Contacts (docs/privacy.md): Bob accepts the request, through c.
+    await (await cluster.client("c", bob)).accept_request(conversation)
     async with (await cluster.client("b", bob)).connect() as bob_live:
         # Answered once Bob's session is set up, including asking who of his contacts
         # is online (nobody yet): from now on he hears of Alice only as she moves.
@@ -135,7 +137,9 @@ async def test_presence_is_the_users_not_a_shards(cluster: Cluster) -> None:
     """Alice with sockets on two shards comes online once and goes offline once: closing
     the one on a while she is still on b tells Bob nothing."""
     alice, bob = await cluster.person(home="a"), await cluster.person(home="c")
-    await (await cluster.client("c", alice)).open_direct(bob.user_id)
+    conversation = (await (await cluster.client("c", alice)).open_direct(bob.user_id))[
+        "conversation_id"]
+    await (await cluster.client("c", bob)).accept_request(conversation)  # contacts
     async with (await cluster.client("c", bob)).connect() as bob_live:
         await bob_live.ping()
         async with (await cluster.client("b", alice)).connect() as on_b:

@@ -45,6 +45,8 @@ async def test_watermarks_move_forward_only_and_refuse_bad_seqs(shard: Shard) ->
     alice, bob = await shard.user(), await shard.user()
     messaging = shard.services.messaging
     conv = (await shard.services.conversations.open_direct(alice, bob.user_id)).conversation
+    # Contacts (docs/privacy.md): a request's recipient's receipts are not shown.
+    await shard.services.privacy.answer_request(bob, conv.conversation_id, "accept")
     for n in range(3):
         await messaging.send(alice, conversation_id=conv.conversation_id,
                              client_msg_id=f"m{n}", content_type="text/plain", body="x")

@@ -84,11 +84,12 @@ CONTRACT_TIMEOUT = 120.0
 #: Codes of 400s that a schema-valid request may get because of the state it meets, which
 #: no request schema can state: the conversation is direct, not a group (not_a_group);
 #: the seq is past its head (seq_out_of_range); the user named is not a member
-#: (not_a_member) or is the caller (use_leave, when removing). docs/api.md lists them.
+#: (not_a_member) or is the caller (use_leave, when removing; cannot_report_yourself), or
+#: did not send the message reported (not_the_sender). docs/api.md lists them.
 #: Schemathesis's positive_data_acceptance expects any valid request to succeed unless
 #: it is 401/403/404/409/429; these 400s, and only these, are accepted as well.
 STATE_DEPENDENT = frozenset({"not_a_group", "seq_out_of_range", "not_a_member", "use_leave",
-                             "not_an_image"})
+                             "not_an_image", "cannot_report_yourself", "not_the_sender"})
 
 NASTY_STRINGS = ("\ud800", "\udfff", "a\ud800b", "\udc00\ud800", "\x00", "\u202e\ufeff",
                  "x" * 70_000, "")

@@ -10,6 +10,7 @@ from chatd.server import RunningServer
 from chatd.storage import records
 from tests.helpers import PASSWORD, Account, assert_error, fresh_handle, new_account
 from tests.media_files import jpeg_with_exif, pdf, png
+from tests.web.test_ws import direct
 
 
 async def upload(account: Account, data: bytes, content_type: str) -> str:
@@ -64,7 +65,7 @@ async def test_a_profile_event_carries_the_photo(server: RunningServer) -> None:
             await client.register(handle, PASSWORD, handle)
             await client.login(handle, PASSWORD)
         assert alice.credentials is not None and bob.credentials is not None
-        await alice.open_direct(bob.credentials.user_id)
+        await direct(alice, bob)  # contacts: profile events flow (docs/privacy.md)
         media = await alice.upload(png(), "image/png")
         async with bob.connect() as live:
             await alice.request("PATCH", "/me", {"photo_media_id": media["media_id"]})

@@ -11,7 +11,7 @@ from chatd.protocol import frames
 from chatd.protocol import websocket as ws
 from chatd.server import RunningServer
 from tests.helpers import PASSWORD
-from tests.web.test_ws import messages, nothing_more, uid, user
+from tests.web.test_ws import direct, messages, nothing_more, uid, user
 
 
 async def receipts(live: LiveConnection, wait: float = 0.3) -> list[dict[str, Any]]:
@@ -66,7 +66,7 @@ async def test_in_a_group_only_the_senders_learn_and_on_every_device(
 
 async def test_a_burst_of_acks_is_one_receipt(server: RunningServer) -> None:
     async with user(server) as alice, user(server) as bob:
-        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        conv = (await direct(alice, bob))["conversation_id"]
         async with alice.connect() as a, bob.connect() as b:
             for n in range(50):
                 await a.send(conv, f"m{n}")
@@ -110,7 +110,7 @@ async def test_read_receipts_off_hides_reads_both_ways(server: RunningServer) ->
 
 async def test_direct_chats_tell_the_other_side(server: RunningServer) -> None:
     async with user(server) as alice, user(server) as bob:
-        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        conv = (await direct(alice, bob))["conversation_id"]
         async with alice.connect() as a, bob.connect() as b:
             sent = await a.send(conv, "hi")
             await messages(b, 1)
@@ -140,7 +140,7 @@ async def test_an_ack_tells_only_the_sender_of_what_it_covers(server: RunningSer
 async def test_two_connections_of_one_device_cannot_move_its_cursor_back(
         server: RunningServer) -> None:
     async with user(server) as alice, user(server) as bob:
-        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        conv = (await direct(alice, bob))["conversation_id"]
         for n in range(5):
             await alice.send(conv, f"m{n}")
         async with bob.connect() as first, bob.connect() as second:

@@ -62,11 +62,20 @@ def uid(client: ChatClient) -> str:
     return client.credentials.user_id
 
 
+async def direct(alice: ChatClient, bob: ChatClient) -> dict[str, Any]:
+    """Alice's direct chat with Bob, its message request accepted by Bob: they are
+    contacts, so receipts and presence flow (docs/privacy.md)."""
+    conv = await alice.open_direct(uid(bob))
+    if conv.get("request") == "sent":
+        conv = await bob.accept_request(conv["conversation_id"])
+    return conv
+
+
 @pytest.mark.parametrize("codec", ["json", "msgpack"])
 async def test_live_direct_delivery_to_every_device(server: RunningServer, codec: str) -> None:
     handle = fresh_handle()
     async with user(server, handle) as alice, user(server) as bob:
-        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        conv = (await direct(alice, bob))["conversation_id"]
         async with alice.connect(codec) as a, bob.connect(codec) as b, \
                 user(server, handle, device="tablet") as alice_tablet, \
                 alice_tablet.connect(codec) as a2:  # type: ignore[arg-type]
@@ -128,7 +137,7 @@ async def test_group_fanout_in_order_under_concurrent_senders(server: RunningSer
 async def test_offline_catch_up_then_live_without_gap_or_duplicate(
         server: RunningServer) -> None:
     async with user(server) as alice, user(server) as bob:
-        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        conv = (await direct(alice, bob))["conversation_id"]
         async with bob.connect() as b:
             await alice.send(conv, "m1")
             [m1] = await messages(b, 1)
@@ -154,7 +163,7 @@ async def test_offline_catch_up_then_live_without_gap_or_duplicate(
 async def test_a_new_device_gets_what_came_after_it_and_sync_overrides(
         server: RunningServer) -> None:
     async with user(server) as alice, user(server) as bob:
-        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        conv = (await direct(alice, bob))["conversation_id"]
         await alice.send(conv, "before the device")
         await bob.login((await bob.request("GET", "/me"))["handle"], PASSWORD, "new phone")
         await alice.send(conv, "after the device")
@@ -169,7 +178,7 @@ async def test_a_new_device_gets_what_came_after_it_and_sync_overrides(
 
 async def test_receipts_reach_the_sender(server: RunningServer) -> None:
     async with user(server) as alice, user(server) as bob:
-        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        conv = (await direct(alice, bob))["conversation_id"]
         async with alice.connect() as a, bob.connect() as b:
             sent = await a.send(conv, "did you get this?")
             [m] = await messages(b, 1)
@@ -189,7 +198,7 @@ async def test_receipts_reach_the_sender(server: RunningServer) -> None:
 
 async def test_presence_and_typing_reach_peers_not_strangers(server: RunningServer) -> None:
     async with user(server) as alice, user(server) as bob, user(server) as stranger:
-        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        conv = (await direct(alice, bob))["conversation_id"]
         async with alice.connect() as a, stranger.connect() as s:
             async with bob.connect() as b:
                 online = await next_of(a, "presence")
@@ -219,8 +228,8 @@ async def test_presence_and_typing_reach_peers_not_strangers(server: RunningServ
 async def test_bad_frames_get_error_frames_and_the_connection_survives(
         server: RunningServer) -> None:
     async with user(server) as alice, user(server) as bob, user(server) as carol:
-        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
-        foreign = (await bob.open_direct(uid(carol)))["conversation_id"]
+        conv = (await direct(alice, bob))["conversation_id"]
+        foreign = (await direct(bob, carol))["conversation_id"]
         async with alice.connect() as a, bob.connect() as b:
             bad: list[Any] = [
                 "{not json", "[]", '{"type": "launch"}', '{"no": "type"}',
@@ -282,7 +291,7 @@ async def test_a_revoked_device_is_disconnected(server: RunningServer) -> None:
 async def test_abrupt_disconnect_mid_send_loses_nothing_acknowledged(
         server: RunningServer) -> None:
     async with user(server) as alice, user(server) as bob:
-        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        conv = (await direct(alice, bob))["conversation_id"]
         ws_url = server.url.replace("http", "ws", 1) + f"/ws?token={alice.token}"
         socket = await ClientSocket.connect(ws_url, subprotocols=["chatd.json"])
         for n in range(50):
@@ -317,7 +326,7 @@ async def flooded_stalled_reader(running: RunningServer, sender: ChatClient,
                                  reader: ChatClient) -> AsyncIterator[tuple[Any, str]]:
     """`reader` holds a socket that reads nothing (a `ClientSocket` reads only when asked)
     while `sender` writes 400 messages of ~16 KB to it."""
-    conv = (await sender.open_direct(uid(reader)))["conversation_id"]
+    conv = (await direct(sender, reader))["conversation_id"]
     ws_url = running.url.replace("http", "ws", 1) + f"/ws?token={reader.token}"
     stalled = await ClientSocket.connect(ws_url, subprotocols=["chatd.json"])
     try:
@@ -357,7 +366,7 @@ async def test_a_client_that_reads_nothing_is_aborted_and_pins_nothing(
 async def test_json_and_msgpack_devices_of_one_user_see_the_same_events(
         server: RunningServer) -> None:
     async with user(server) as alice, user(server) as bob:
-        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        conv = (await direct(alice, bob))["conversation_id"]
         async with ChatClient(server.url) as bob_phone:
             await bob_phone.login((await bob.request("GET", "/me"))["handle"], PASSWORD, "phone")
             async with bob.connect("json") as laptop, bob_phone.connect("msgpack") as phone, \
@@ -376,7 +385,7 @@ async def test_json_and_msgpack_devices_of_one_user_see_the_same_events(
 
 async def test_typing_is_rate_limited(server: RunningServer) -> None:
     async with user(server) as alice, user(server) as bob:
-        conv = (await alice.open_direct(uid(bob)))["conversation_id"]
+        conv = (await direct(alice, bob))["conversation_id"]
         async with alice.connect() as a, bob.connect() as b:
             for _ in range(6):
                 await a.typing(conv)

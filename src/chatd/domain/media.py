@@ -261,6 +261,10 @@ class MediaRef:
 
     first_seq: int
     audience: list[int] = field(default_factory=list)
+    #: How many of the conversation's messages carry it: the conversation's reference on
+    #: the media's shard is dropped when the last one is deleted or expires. A record
+    #: from before deletion existed reads as 1.
+    carriers: int = 1
 
 
 @dataclass(frozen=True, slots=True)

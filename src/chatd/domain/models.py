@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import bisect
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
+
+if TYPE_CHECKING:
+    from chatd.domain.privacy import DirectState
 
 ConversationKind = Literal["direct", "group"]
 Role = Literal["admin", "member"]
@@ -28,6 +31,16 @@ class User:
     read_receipts: bool = True
     #: The media id of the profile photo (0: none).
     photo_media_id: int = 0
+    #: Privacy (domain/privacy.py): who sees last seen, and status text and photo
+    #: (everyone / contacts / nobody); who may add them to groups (everyone / contacts).
+    last_seen_visibility: str = "everyone"
+    profile_visibility: str = "everyone"
+    groups_add: str = "everyone"
+
+    @property
+    def last_seen_setting(self) -> str:
+        """`hide_last_seen` (PATCH /me) predates the setting and means "nobody"."""
+        return "nobody" if self.hide_last_seen else self.last_seen_visibility
 
 
 @dataclass(frozen=True, slots=True)
@@ -71,6 +84,9 @@ class Message:
     #: Media carried by the message: one map per attachment (`domain/media.py`,
     #: `attachment_record`), in the order the sender gave them.
     attachments: tuple[dict[str, Any], ...] = ()
+    #: When a disappearing message expires (ms; 0: never). From then on every read shows
+    #: its tombstone, and the owner's sweeper writes that tombstone (services/deletion.py).
+    expires_at: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +173,14 @@ class Conversation:
     #: `head_seq`, the newest it has *acknowledged* (durable here and on the replica):
     #: appends number from this one, everything a client sees stops at `head_seq`.
     written_seq: int = 0
+    #: A direct conversation's request and block state (its owner keeps it current;
+    #: None: no record, which is an accepted chat from before requests existed).
+    direct: DirectState | None = None
+    #: Disappearing messages: entries appended after it was set expire this many seconds
+    #: after they were sent (0: off).
+    disappearing_s: int = 0
+    #: A group's choice: every member may change the timer, not only its admins.
+    anyone_sets_timer: bool = False
 
     def is_member(self, user_id: int) -> bool:
         return user_id in self.members

@@ -24,6 +24,11 @@ MAX_DEVICE_NAME = 64
 
 #: Content types the server itself writes (membership changes and the like).
 SYSTEM_CONTENT_TYPE = "chatd/system"
+#: What a deleted (or expired, or erased) message becomes: a tombstone at its seq, with
+#: no body and no attachments (services/deletion.py).
+DELETED_CONTENT_TYPE = "chatd/deleted"
+#: Content types only the server writes.
+RESERVED_CONTENT_TYPES = (SYSTEM_CONTENT_TYPE, DELETED_CONTENT_TYPE)
 
 
 def normalize_handle(raw: str) -> str:
@@ -99,8 +104,8 @@ def check_content_type(raw: str) -> str:
     content_type = raw.strip().lower()
     if not _CONTENT_TYPE.fullmatch(content_type):
         raise BadRequest("content_type: must look like 'type/subtype', e.g. 'text/plain'")
-    if content_type == SYSTEM_CONTENT_TYPE:
-        raise BadRequest(f"content_type: {SYSTEM_CONTENT_TYPE} is reserved for the server")
+    if content_type in RESERVED_CONTENT_TYPES:
+        raise BadRequest(f"content_type: {content_type} is reserved for the server")
     return content_type
 
 

@@ -364,6 +364,8 @@ def message_payload(message: Message) -> dict[str, Any]:
     }
     if message.attachments:
         payload["attachments"] = [attachment_payload(item) for item in message.attachments]
+    if message.expires_at:
+        payload["expires_at"] = message.expires_at
     return payload
 
 
@@ -377,6 +379,18 @@ def attachment_payload(attachment: dict[str, Any]) -> dict[str, Any]:
 
 def message_frame(message: Message) -> OutFrame:
     return OutFrame({"type": "message", "message": message_payload(message)})
+
+
+def message_deleted_frame(conversation_id: int, seq: int, deleted_by: int) -> OutFrame:
+    """The entry at `seq` was deleted for everyone (its tombstone is in history now)."""
+    return OutFrame({"type": "message_deleted", "conversation_id": str(conversation_id),
+                     "seq": seq, "deleted_by": str(deleted_by)})
+
+
+def message_hidden_frame(conversation_id: int, seq: int) -> OutFrame:
+    """To the user's own devices: they deleted the entry at `seq` for themselves."""
+    return OutFrame({"type": "message_hidden", "conversation_id": str(conversation_id),
+                     "seq": seq})
 
 
 def sent_frame(req: str, message_id: int, conversation_id: int, seq: int, ts: int) -> OutFrame:

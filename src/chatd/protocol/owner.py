@@ -28,6 +28,7 @@ from chatd.domain.models import (
     SendResult,
     Watermark,
 )
+from chatd.domain.privacy import DirectState
 
 C = TypeVar("C", bound="OwnerCommand")
 
@@ -194,6 +195,40 @@ class SetGroupPhoto(OwnerCommand):
     media_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class DeleteMessage(OwnerCommand):
+    """Delete the entry at `seq`: for everyone (a tombstone replaces it, a
+    `message_deleted` system entry tells the members) or only for `actor_id` (hidden
+    from their reads). Answer: nothing."""
+
+    METHOD: ClassVar[str] = "owner.delete_message"
+    actor_id: int
+    seq: int
+    for_everyone: bool
+
+
+@dataclass(frozen=True, slots=True)
+class SetDisappearing(OwnerCommand):
+    """Set the disappearing-messages timer (seconds; -1: unchanged) and, in a group,
+    whether every member may change it (1, 0; -1: unchanged). Answer: the conversation."""
+
+    METHOD: ClassVar[str] = "owner.set_disappearing"
+    actor_id: int
+    disappearing_s: int
+    anyone_sets_timer: int
+
+
+@dataclass(frozen=True, slots=True)
+class EraseMember(OwnerCommand):
+    """Erase a user from a conversation (their account is being erased): every message
+    they sent becomes a tombstone, then they are removed with a `member_erased` system
+    entry (in a direct conversation too). Runs in several batches on a long log.
+    Idempotent. Answer: nothing."""
+
+    METHOD: ClassVar[str] = "owner.erase_member"
+    user_id: int
+
+
 # -- queries (read the owner's state; no commit) ------------------------------------------
 
 @dataclass(frozen=True, slots=True)
@@ -285,11 +320,75 @@ class ConversationsOf(OwnerCommand):
         return cls(**{**checked, "cursors": {conversation: seq for conversation, seq in pairs}})
 
 
+# -- privacy: message requests, blocks, group invites (docs/privacy.md) -------------------
+
+@dataclass(frozen=True, slots=True)
+class AnswerRequest(OwnerCommand):
+    """A message request's recipient accepts or declines it (`answer`). Answer: the
+    conversation."""
+
+    METHOD: ClassVar[str] = "owner.answer_request"
+    user_id: int
+    answer: str
+
+
+@dataclass(frozen=True, slots=True)
+class SetBlock(OwnerCommand):
+    """`user_id` blocks (or unblocks) `peer_id` on their direct chat's record, which is
+    written even when there is no chat yet. Answer: nothing."""
+
+    METHOD: ClassVar[str] = "owner.set_block"
+    user_id: int
+    peer_id: int
+    blocked: bool
+
+
+@dataclass(frozen=True, slots=True)
+class DirectStatus(OwnerCommand):
+    """The state of the pair's direct chat (whether they are contacts, who blocks whom).
+    Answer: [status, requested_by, blocked_by]; status "none" when there is no chat."""
+
+    METHOD: ClassVar[str] = "owner.direct_status"
+    user_id: int
+    peer_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class Invite(OwnerCommand):
+    """An admin invites users a group may not take directly (their `groups_add`).
+    Answer: the ids invited (not members already)."""
+
+    METHOD: ClassVar[str] = "owner.invite"
+    actor_id: int
+    user_ids: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerInvite(OwnerCommand):
+    """The invitee accepts (joins, with an `invite_accepted` entry) or declines. Answer:
+    the conversation when accepted, else nothing."""
+
+    METHOD: ClassVar[str] = "owner.answer_invite"
+    user_id: int
+    accept: bool
+
+
+#: Asked of every shard (conversation_id 0), as ConversationsOf.
+@dataclass(frozen=True, slots=True)
+class InvitesOf(OwnerCommand):
+    """The invites to groups owned here that `user_id` has not answered. Answer:
+    [[conversation_id, group name, invited_by, created_at], ...]."""
+
+    METHOD: ClassVar[str] = "owner.invites_of"
+    user_id: int
+
+
 COMMANDS: dict[str, type[OwnerCommand]] = {
     command.METHOD: command for command in (
         Send, MarkRead, Acknowledge, OpenDirect, CreateGroup, AddMembers, RemoveMembers,
         Promote, Leave, Rename, SetGroupPhoto, View, History, Status, Typing, ReadLog,
-        ConversationsOf)
+        ConversationsOf, AnswerRequest, SetBlock, DirectStatus, Invite, AnswerInvite,
+        InvitesOf, DeleteMessage, SetDisappearing, EraseMember)
 }
 
 
@@ -314,25 +413,38 @@ def watermark_from_wire(data: Any) -> Watermark:
 
 
 def conversation_to_wire(conv: Conversation) -> dict[str, Any]:
-    """A snapshot of the conversation (its members in join order, their watermarks)."""
-    return {
+    """A snapshot of the conversation (its members in join order, their watermarks; a
+    direct chat's request and block state)."""
+    wire: dict[str, Any] = {
         "id": conv.conversation_id, "kind": conv.kind, "name": conv.name,
         "created_by": conv.created_by, "created_at": conv.created_at,
         "head_seq": conv.head_seq, "last_ts": conv.last_ts, "photo": conv.photo_media_id,
+        "disappearing_s": conv.disappearing_s, "anyone_sets_timer": conv.anyone_sets_timer,
         "members": [[user_id, member.role, member.joined_seq]
                     for user_id, member in conv.members.items()],
         "watermarks": [[user_id, mark.delivered_seq, mark.read_seq]
                        for user_id, mark in conv.watermarks.items()],
     }
+    if conv.direct is not None:
+        state = conv.direct
+        wire["direct"] = [state.requested_by, state.status, list(state.blocked_by)]
+    return wire
 
 
 def conversation_from_wire(data: Any) -> Conversation:
     conv = Conversation(data["id"], data["kind"], data["name"], data["created_by"],
                         data["created_at"], data["head_seq"], data["last_ts"],
-                        photo_media_id=int(data.get("photo") or 0))
+                        photo_media_id=int(data.get("photo") or 0),
+                        disappearing_s=int(data.get("disappearing_s") or 0),
+                        anyone_sets_timer=bool(data.get("anyone_sets_timer")))
     conv.members = {user_id: Member(role, joined) for user_id, role, joined in data["members"]}
     conv.watermarks = {user_id: Watermark(delivered, read)
                        for user_id, delivered, read in data["watermarks"]}
+    direct = data.get("direct")
+    if direct is not None:
+        requested_by, status, blocked_by = direct
+        conv.direct = DirectState(conv.conversation_id, int(requested_by), str(status),
+                                  [int(user) for user in blocked_by])
     return conv
 
 
@@ -340,8 +452,10 @@ def message_to_wire(message: Message) -> list[Any]:
     wire = [message.message_id, message.conversation_id, message.seq, message.sender_id,
             message.sender_device, message.client_msg_id, message.content_type,
             message.body, message.ts]
-    if message.attachments:
+    if message.attachments or message.expires_at:
         wire.append(list(message.attachments))
+    if message.expires_at:
+        wire.append(message.expires_at)
     return wire
 
 
@@ -349,6 +463,8 @@ def message_from_wire(data: Any) -> Message:
     message = Message(*data[:9])
     if len(data) > 9:
         object.__setattr__(message, "attachments", tuple(data[9]))
+    if len(data) > 10:
+        object.__setattr__(message, "expires_at", int(data[10]))
     return message
 
 
@@ -358,9 +474,11 @@ RESULTS: dict[str, tuple[Any, Any]] = {
     MarkRead.METHOD: (watermark_to_wire, watermark_from_wire),
     Acknowledge.METHOD: (lambda _: None, lambda _: None),
     Leave.METHOD: (lambda _: None, lambda _: None),
+    DeleteMessage.METHOD: (lambda _: None, lambda _: None),
+    EraseMember.METHOD: (lambda _: None, lambda _: None),
     **{method: (conversation_to_wire, conversation_from_wire) for method in (
         CreateGroup.METHOD, AddMembers.METHOD, RemoveMembers.METHOD, Promote.METHOD,
-        Rename.METHOD, View.METHOD)},
+        Rename.METHOD, View.METHOD, SetDisappearing.METHOD)},
     SetGroupPhoto.METHOD: (
         lambda result: [conversation_to_wire(result[0]), result[1]],
         lambda data: (conversation_from_wire(data[0]), int(data[1]))),
@@ -381,4 +499,13 @@ RESULTS: dict[str, tuple[Any, Any]] = {
                       page[1]],
         lambda data: ([(conversation_from_wire(conv), start) for conv, start in data[0]],
                       data[1])),
+    AnswerRequest.METHOD: (conversation_to_wire, conversation_from_wire),
+    SetBlock.METHOD: (lambda _: None, lambda _: None),
+    DirectStatus.METHOD: (list, list),
+    Invite.METHOD: (list, list),
+    AnswerInvite.METHOD: (
+        lambda conv: None if conv is None else conversation_to_wire(conv),
+        lambda data: None if data is None else conversation_from_wire(data)),
+    InvitesOf.METHOD: (lambda rows: [list(row) for row in rows],
+                       lambda data: [tuple(row) for row in data]),
 }

@@ -23,7 +23,7 @@ from functools import partial
 import trio
 
 from chatd.config import AuthConfig
-from chatd.domain import rules
+from chatd.domain import privacy, rules
 from chatd.domain.ids import SnowflakeGenerator
 from chatd.domain.models import Device, Session, TokenRecord, User
 from chatd.domain.ratelimit import KeyedRateLimiter
@@ -317,9 +317,14 @@ class AccountService:
     async def update_profile(self, session: Session, *, display_name: str | None,
                              status_text: str | None, hide_last_seen: bool | None = None,
                              read_receipts: bool | None = None,
-                             photo_media_id: int | None = None) -> User:
+                             photo_media_id: int | None = None,
+                             last_seen: str | None = None, profile: str | None = None,
+                             groups_add: str | None = None) -> User:
         """`photo_media_id`: the new photo's media id, 0 to remove it (the media service
-        checked and counted it: routes_accounts.py)."""
+        checked and counted it: routes_accounts.py). `last_seen`, `profile` and
+        `groups_add` are the privacy settings (domain/privacy.py); `hide_last_seen`
+        predates them: true is last_seen "nobody", false lifts "nobody" to "everyone"."""
+        privacy.check_settings(last_seen=last_seen, profile=profile, groups_add=groups_add)
         if display_name is not None:
             display_name = rules.clean_text(display_name, "display_name",
                                             max_length=rules.MAX_DISPLAY_NAME)
@@ -329,11 +334,13 @@ class AccountService:
 
         def apply(batch: Batch) -> User:
             user = self.get_user(session.user_id)
+            user = privacy.with_settings(user, hide_last_seen=hide_last_seen,
+                                         last_seen=last_seen, profile=profile,
+                                         groups_add=groups_add)
             updated = dataclasses.replace(
                 user,
                 display_name=user.display_name if display_name is None else display_name,
                 status_text=user.status_text if status_text is None else status_text,
-                hide_last_seen=user.hide_last_seen if hide_last_seen is None else hide_last_seen,
                 read_receipts=user.read_receipts if read_receipts is None else read_receipts,
                 photo_media_id=user.photo_media_id if photo_media_id is None
                 else photo_media_id)

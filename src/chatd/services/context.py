@@ -20,14 +20,21 @@ from chatd.replication.placement import Placement, RangeState
 from chatd.replication.range_records import RangeRecords
 from chatd.replication.replica import Replica
 from chatd.replication.shipper import Shipper
+from chatd.services.abuse import AbuseHome
+from chatd.services.abuse_signals import AbuseSignals
 from chatd.services.account_admin import AccountAdmin
 from chatd.services.accounts import AccountService
+from chatd.services.blocks import BlockList
 from chatd.services.clock import Clock, SystemClock
 from chatd.services.commands import Commands
+from chatd.services.content_filters import load_content_filter
 from chatd.services.conversations import ConversationService
+from chatd.services.deletion import Deletions
 from chatd.services.delivery import Delivery
+from chatd.services.direct_requests import DirectRequests
 from chatd.services.exports import ExportStore
 from chatd.services.gdpr import Gdpr
+from chatd.services.invites import GroupInvites
 from chatd.services.live import Hub
 from chatd.services.log import ConversationLog
 from chatd.services.media import MediaService
@@ -36,12 +43,16 @@ from chatd.services.owner import ConversationOwner
 from chatd.services.owner_api import OwnerApi
 from chatd.services.passwords import PasswordHasher
 from chatd.services.presence import Presence
+from chatd.services.privacy import PrivacyService
 from chatd.services.receipts import Receipts
+from chatd.services.reports import ReportService
 from chatd.services.routing import Router
+from chatd.services.sweeper import Sweeper
 from chatd.services.users import HomeApi, Users, token_prefix_for
 from chatd.storage import GroupCommitter, Store, claim_secret
 from chatd.storage.backup import Backups
 from chatd.storage.blobs import BlobStore, LocalBlobStore, Staging
+from chatd.storage.purge import Purger
 from chatd.storage.snapshot import MediaFolder
 
 
@@ -70,6 +81,20 @@ class Services:
     shipper: Shipper
     backups: Backups
     media: MediaService
+    #: Privacy (docs/privacy.md): the client's side; the owner's side of requests and
+    #: blocks of direct chats (its listeners are the abuse signals); block lists here.
+    privacy: PrivacyService
+    requests: DirectRequests
+    blocks: BlockList
+    #: Deletion, disappearing messages, erasure (services/deletion.py), the sweeper that
+    #: expires and retires messages, and the purge of deleted bytes from the disk.
+    deletions: Deletions
+    sweeper: Sweeper
+    purger: Purger
+    #: Reports and abuse detection: the home's side, signals from anywhere, reports.
+    abuse_home: AbuseHome
+    abuse: AbuseSignals
+    reports: ReportService
     #: The operator's side of accounts, on their home (services/account_admin.py).
     account_admin: AccountAdmin
     #: Exports and erasure of a user's data, across shards (services/gdpr.py).
@@ -133,18 +158,45 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
                          limits=config.limits, now_ms=clock.now_ms,
                          publish_ephemeral=delivery.publish_ephemeral)
     router.attach(owner_api.run, None)
+    requests = DirectRequests(store=store, owner=owner, commands=commands,
+                              enabled=config.privacy.message_requests,
+                              publish=delivery.publish_privacy)
+    owner_api.requests = requests
+    receipts.flows = requests.receipts_flow
+    committer.on_reload_needed(requests.forget_all)
+    invites = GroupInvites(store=store, owner=owner, commands=commands, limits=config.limits,
+                           now_ms=clock.now_ms, add_member=owner_api.add_member,
+                           publish=delivery.publish)
+    owner_api.invites = invites
+    committer.on_reload_needed(invites.forget_all)
+    blocks = BlockList(store=store, commands=commands, clock=clock, accounts=accounts)
+    committer.on_reload_needed(blocks.forget_pending)
+    privacy = PrivacyService(router=router, users=users, blocks=blocks, owner_api=owner_api)
+    abuse_home = AbuseHome(store=store, commands=commands, accounts=accounts, ids=ids,
+                           clock=clock, config=config.abuse)
+    committer.on_reload_needed(abuse_home.forget_pending)
+    abuse = AbuseSignals(router=router, home=abuse_home, config=config.abuse)
+    # Requests opened and how their recipients answered feed the sender's abuse score.
+    requests.on_request_opened(abuse.request_opened)
+    requests.on_request_answered(abuse.request_answered)
+    reports = ReportService(router=router, home=abuse_home, config=config.abuse)
     conversations = ConversationService(router=router, accounts=users, ids=ids,
-                                        limits=config.limits)
+                                        limits=config.limits, abuse=abuse,
+                                        privacy=privacy)
     messaging = MessagingService(store=store, router=router, owner=owner,
                                  owner_api=owner_api, commands=commands,
                                  read_receipt_settings=users.read_receipt_settings,
                                  limits=config.limits)
+    messaging.content_filter = load_content_filter(config.abuse)
     owner.on_hint = messaging.wake_hint_writer
     committer.ride_along(messaging.drain_hints_into)
     accounts.on_device_revoked(messaging.forget_device)
     home_api = HomeApi(accounts=accounts, cursors_of=messaging.cursors_of,
                        hint_cursor=messaging.hint_cursor)
-    presence = Presence(delivery=delivery, messaging=messaging)
+    home_api.requests.update(blocks.requests)
+    home_api.requests.update(abuse_home.requests)
+    home_api.posts.update(abuse_home.posts)
+    presence = Presence(delivery=delivery, messaging=messaging, privacy=privacy)
     media = MediaService(store=store, commands=commands,
                          blobs=blobs or build_blob_store(config),
                          staging=Staging(Path(config.storage.data_dir) / "media" / "staging"),
@@ -154,7 +206,8 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     committer.on_reload_needed(media.forget_pending)
     owner_api.media = media
     messaging.media = media
-    coordinator, shipper = _replication(config, store, placement, committer, commands, owner)
+    coordinator, shipper = _replication(config, store, placement, committer, commands, owner,
+                                        requests)
     owner_api.serves = coordinator.serves
     data_dir = Path(config.storage.data_dir)
     # The scratch space is inside the data directory, on its filesystem, so that the
@@ -163,6 +216,15 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     backups = Backups(store=store, workspace=data_dir / "backup-tmp",
                       media=MediaFolder(data_dir / "media"), chatd_version=__version__,
                       now_ms=clock.now_ms)
+    deletions = Deletions(store=store, owner=owner, commands=commands, limits=config.limits,
+                          clock=clock, publish=delivery.publish)
+    deletions.media = media
+    owner_api.deletions = deletions
+    sweeper = Sweeper(store=store, deletions=deletions, commands=commands,
+                      limits=config.limits, clock=clock)
+    sweeper.serves = coordinator.serves
+    sweeper.media = media
+    purger = Purger(store, interval=config.storage.purge_interval)
     account_admin = AccountAdmin(store=store, commands=commands, accounts=accounts,
                                  clock=clock)
     exports = ExportStore(store=store, commands=commands, directory=data_dir / "exports",
@@ -173,11 +235,14 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
                 now_ms=clock.now_ms)
     return Services(config, store, committer, router, owner, owner_api, log, accounts, users,
                     home_api, conversations, messaging, hub, delivery, presence, receipts,
-                    clock, coordinator, shipper, backups, media, account_admin, gdpr)
+                    clock, coordinator, shipper, backups, media, privacy, requests, blocks,
+                    deletions, sweeper, purger, abuse_home, abuse, reports,
+                    account_admin, gdpr)
 
 
 def _replication(config: Config, store: Store, placement: Placement, committer: GroupCommitter,
-                 commands: Commands, owner: ConversationOwner) -> tuple[Coordinator, Shipper]:
+                 commands: Commands, owner: ConversationOwner,
+                 requests: DirectRequests) -> tuple[Coordinator, Shipper]:
     shard = config.cluster.shard
     ranges = RangeRecords(store, placement.ring)
     coordinator: Coordinator | None = None
@@ -188,6 +253,7 @@ def _replication(config: Config, store: Store, placement: Placement, committer: 
 
     def forget_range(range_: str) -> None:
         owner.forget_where(lambda conversation_id: ranges.range_of(conversation_id) == range_)
+        requests.forget_where(lambda conversation_id: ranges.range_of(conversation_id) == range_)
 
     def recover(_range: str) -> None:
         if coordinator is not None:

@@ -9,29 +9,50 @@ named exist (on their home shards), and a group's name.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from chatd.config import LimitsConfig
 from chatd.domain import rules
 from chatd.domain.ids import SnowflakeGenerator, direct_conversation_id
 from chatd.domain.models import Conversation, Created, Session
-from chatd.errors import Conflict
+from chatd.errors import Conflict, NotFound
 from chatd.protocol import owner as ops
+from chatd.services.abuse_signals import AbuseSignals
 from chatd.services.routing import Router
 from chatd.services.users import Users
+
+if TYPE_CHECKING:
+    from chatd.services.privacy import PrivacyService
 
 
 class ConversationService:
     def __init__(self, *, router: Router, accounts: Users, ids: SnowflakeGenerator,
-                 limits: LimitsConfig) -> None:
+                 limits: LimitsConfig, abuse: AbuseSignals | None = None,
+                 privacy: PrivacyService | None = None) -> None:
         self._router = router
+        #: Who may be added directly, who is invited instead (their `groups_add`).
+        self._privacy = privacy
         self._accounts = accounts
         self._ids = ids
         self._limits = limits
+        #: Asked before anything new is started: a limited account may only reply.
+        self._abuse = abuse
 
     async def open_direct(self, session: Session, peer_id: int) -> Created:
         """The one conversation between the caller and `peer_id` (the caller alone, for a
         note to self), created on first use."""
         await self._accounts.require_users_exist([peer_id])
         conversation_id = direct_conversation_id(session.user_id, peer_id)
+        if self._abuse is not None and peer_id != session.user_id:
+            limitation = await self._abuse.limitation(session.user_id)
+            if limitation is not None:
+                # A limited account may still reply: a chat it already has opens as before.
+                try:
+                    existing: Conversation = await self._router.ask(
+                        ops.View(conversation_id, session.user_id))
+                except NotFound:
+                    raise self._abuse.refusal(limitation) from None
+                return Created(existing, created=False)
         created: Created = await self._router.ask(
             ops.OpenDirect(conversation_id, session.user_id, peer_id))
         return created
@@ -44,15 +65,32 @@ class ConversationService:
             raise Conflict(f"a group holds at most {self._limits.max_group_members} members",
                            code="group_full")
         await self._accounts.require_users_exist(others)
+        if self._abuse is not None:
+            await self._abuse.require_may_initiate(session.user_id)
+        others, invited = await self._split(session, others)
         conv: Conversation = await self._router.ask(
             ops.CreateGroup(self._ids.next_id(), session.user_id, name, others))
+        if invited:
+            await self._router.ask(ops.Invite(conv.conversation_id, session.user_id, invited))
         return conv
+
+    async def _split(self, session: Session, user_ids: list[int]) -> tuple[list[int], list[int]]:
+        """Who is added, who is invited (docs/privacy.md); without privacy, all added."""
+        if self._privacy is None or not user_ids:
+            return list(user_ids), []
+        return await self._privacy.split_adds(session.user_id, user_ids)
 
     async def add_members(self, session: Session, conversation_id: int,
                           user_ids: list[int]) -> Conversation:
         await self._accounts.require_users_exist(user_ids)
+        if self._abuse is not None:
+            await self._abuse.require_may_initiate(session.user_id)
+        added, invited = await self._split(session, user_ids)
+        # Run even with nobody to add: the owner checks the caller is an admin first.
         conv: Conversation = await self._router.ask(
-            ops.AddMembers(conversation_id, session.user_id, list(user_ids)))
+            ops.AddMembers(conversation_id, session.user_id, added))
+        if invited:
+            await self._router.ask(ops.Invite(conversation_id, session.user_id, invited))
         return conv
 
     async def remove_members(self, session: Session, conversation_id: int,
@@ -77,6 +115,17 @@ class ConversationService:
         result: tuple[Conversation, int] = await self._router.ask(
             ops.SetGroupPhoto(conversation_id, session.user_id, media_id))
         return result
+
+    async def set_disappearing(self, session: Session, conversation_id: int,
+                               disappearing_s: int | None,
+                               anyone_sets_timer: bool | None) -> Conversation:
+        """Set the disappearing-messages timer and/or (groups) who may change it; None
+        leaves either as it is."""
+        conv: Conversation = await self._router.ask(ops.SetDisappearing(
+            conversation_id, session.user_id,
+            -1 if disappearing_s is None else disappearing_s,
+            -1 if anyone_sets_timer is None else int(anyone_sets_timer)))
+        return conv
 
     async def rename(self, session: Session, conversation_id: int, name: str) -> Conversation:
         name = rules.clean_text(name, "name", max_length=rules.MAX_GROUP_NAME)

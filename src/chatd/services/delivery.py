@@ -37,6 +37,9 @@ RECEIPT = "receipt"      # data: [conversation, reader, delivered, read or None,
 PROFILE = "profile"      # data: [frame payload, user, shows_reads, hides_last_seen]
 CLOSE_DEVICE = "close_device"  # data: [user, device]: it was logged out
 RECHECK = "recheck"      # data: a shard: deliveries from it may have been lost
+#: data: [user, change, peer]: "contact" (the pair accepted a request), "block" (user
+#: blocked peer): the sessions' presence audiences follow (services/live.py).
+PRIVACY = "privacy"
 
 #: Mesh methods (posts).
 DELIVER = "deliver"           # to a home: route to wherever the users are connected
@@ -87,12 +90,23 @@ class Delivery:
         self._send(RECEIPT, data, _same, user_ids)
 
     def publish_profile(self, user_ids: Iterable[int], frame: OutFrame, user_id: int,
-                        shows_reads: bool, hides_last_seen: bool) -> None:
-        data = [frame.payload, user_id, shows_reads, hides_last_seen]
+                        shows_reads: bool, hides_last_seen: bool,
+                        last_seen: str | None = None) -> None:
+        data: list[Any] = [frame.payload, user_id, shows_reads, hides_last_seen]
+        if last_seen is not None:
+            data.append(last_seen)
         if self._router.peers is None:
             self._hand_over(PROFILE, data, list(user_ids))
             return
         self._send(PROFILE, data, _same, user_ids)
+
+    def publish_privacy(self, user_ids: Iterable[int], data: list[Any]) -> None:
+        """A change to who are contacts (services/direct_requests.py) for the pair's
+        sessions."""
+        if self._router.peers is None:
+            self._hand_over(PRIVACY, data, list(user_ids))
+            return
+        self._send(PRIVACY, data, _same, user_ids)
 
     def close_device(self, user_id: int, device_id: int) -> None:
         """A revoked device's sockets are closed (4001), wherever they are."""
@@ -159,9 +173,13 @@ class Delivery:
             self._hub.deliver_receipt(users, conversation_id, reader, delivered, read,
                                       bool(moved))
         elif kind == PROFILE:
-            payload, user_id, shows_reads, hides_last_seen = data
-            self._hub.profile_changed(user_id, bool(shows_reads), bool(hides_last_seen))
+            payload, user_id, shows_reads, hides_last_seen, *rest = data
+            self._hub.profile_changed(user_id, bool(shows_reads), bool(hides_last_seen),
+                                      str(rest[0]) if rest else None)
             self._hub.deliver(users, OutFrame(payload))
+        elif kind == PRIVACY:
+            user, change, peer = data
+            self._hub.privacy_changed(users, int(user), str(change), int(peer))
         elif kind == RECHECK:
             if not isinstance(data, str):
                 raise ValueError("a recheck names a shard")

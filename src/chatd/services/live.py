@@ -70,9 +70,12 @@ class LiveSession:
         "acked",
         "contacts",
         "device_id",
+        "direct_contacts",
         "fetch_batch",
         "fetch_bytes",
+        "hidden",
         "hides_last_seen",
+        "last_seen_setting",
         "on_ready",
         "opened_id",
         "shows_reads",
@@ -112,6 +115,12 @@ class LiveSession:
         #: changes): whether they see read receipts, and hide their last-seen time.
         self.shows_reads = True
         self.hides_last_seen = False
+        #: Privacy (domain/privacy.py `Audience`), as of connecting and kept current by
+        #: accepts and blocks: the user's contacts (accepted direct chats), whose
+        #: presence they may not be shown, and who sees their last seen.
+        self.direct_contacts: set[int] = set()
+        self.hidden: set[int] = set()
+        self.last_seen_setting = "everyone"
 
     # -- fed by the hub and the web layer (sync, never blocks) ----------------------------
 
@@ -399,8 +408,29 @@ class Hub:
                                                               delivered_seq, None)
                     session.push(delivered_only)
 
-    def profile_changed(self, user_id: int, shows_reads: bool, hides_last_seen: bool) -> None:
+    def profile_changed(self, user_id: int, shows_reads: bool, hides_last_seen: bool,
+                        last_seen: str | None = None) -> None:
         """Keep the user's own sessions' settings current."""
         for session in self._sessions.get(user_id, ()):
             session.shows_reads = shows_reads
             session.hides_last_seen = hides_last_seen
+            session.last_seen_setting = "nobody" if hides_last_seen else (
+                last_seen or session.last_seen_setting)
+
+    def privacy_changed(self, user_ids: Iterable[int], user: int, change: str,
+                        peer: int) -> None:
+        """A pair became contacts ("contact"), or `user` blocked `peer` ("block"): their
+        sessions' presence audiences follow at once. (An unblock takes effect at the
+        next connection: whether they still share a conversation is not known here.)"""
+        for user_id in user_ids:
+            other = peer if user_id == user else user
+            for session in self._sessions.get(user_id, ()):
+                if change == "contact":
+                    session.contacts.add(other)
+                    session.direct_contacts.add(other)
+                    session.hidden.discard(other)
+                elif change == "block":
+                    session.contacts.discard(other)
+                    session.direct_contacts.discard(other)
+                    if user_id == peer:
+                        session.hidden.add(other)

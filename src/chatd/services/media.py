@@ -165,6 +165,7 @@ class MediaService:
             "media.attach": self._attach_request, "media.open": self._open_request,
             "media.read": self._read_request, "media.audience": self._audience_request,
             "media.photo": self._photo_request, "media.delete": self._delete_request,
+            "media.release": self._release_request,
         }
         # Thumbnails and sniffing are CPU work in threads: a few at once.
         self._cpu = trio.CapacityLimiter(2)
@@ -581,8 +582,109 @@ class MediaService:
             if ref is None:
                 ref = MediaRef(seq, sorted(audience))
             else:
-                ref = MediaRef(min(ref.first_seq, seq), sorted(set(ref.audience) | set(audience)))
+                ref = MediaRef(min(ref.first_seq, seq), sorted(set(ref.audience) | set(audience)),
+                               ref.carriers + 1)
             self._overlay.put(batch, records.MEDIA_REFS, key, ref)
+
+    # -- references of deleted messages (services/deletion.py) ---------------------------------
+
+    def release_message_refs(self, batch: Batch, conversation_id: int, sender_id: int,
+                             attachments: tuple[dict[str, Any], ...]) -> None:
+        """The owner's side of a message that carried media and is deleted (or expired,
+        or erased), in the tombstone's batch: one carrier fewer; the last one takes the
+        conversation's audience (nobody may fetch the media through it any more) and
+        queues the drop of the conversation's reference on the media's shard
+        (`media_releases`, conversation-keyed so a replica that takes over finishes it).
+        The sender's own upload reference goes too: they took the message back."""
+        for media_id in _carried(attachments):
+            key = (conversation_id, media_id)
+            ref: MediaRef | None = self._overlay.get(records.MEDIA_REFS, key)
+            last = ref is None or ref.carriers <= 1
+            if ref is not None:
+                if last:
+                    self._overlay.delete(batch, records.MEDIA_REFS, key)
+                else:
+                    self._overlay.put(batch, records.MEDIA_REFS, key,
+                                      replace(ref, carriers=ref.carriers - 1))
+            pending = self._overlay.get(records.MEDIA_RELEASES, key) or {
+                "conversation": False, "senders": []}
+            senders = sorted({*pending["senders"], sender_id})
+            self._overlay.put(batch, records.MEDIA_RELEASES, key, {
+                "conversation": bool(pending["conversation"] or last), "senders": senders})
+
+    async def release_pending(self, serves: Callable[[int], bool]) -> int:
+        """Drop, on each media's shard, the references deleted messages held (the owner's
+        queue, for the conversations this shard serves); how many were done. One that
+        cannot be done now (its shard is unreachable) stays queued for the next pass."""
+        done = 0
+        after: bytes | None = None
+        while True:
+            rows = self._store.scan(records.MEDIA_RELEASES, b"", after=after, limit=GC_BATCH)
+            if not rows:
+                return done
+            after = records.pair(*rows[-1][0])
+            finished = []
+            for (conversation_id, media_id), release in rows:
+                if not serves(conversation_id):
+                    continue
+                try:
+                    await self._release(media_id, conversation_id, release)
+                except ChatdError as exc:
+                    log.info("media %d: its references stay until its shard answers (%s)",
+                             media_id, exc)
+                    continue
+                finished.append(((conversation_id, media_id), release))
+            if finished:
+                await self._commands.submit(partial(self._released, finished))
+                done += len(finished)
+            if len(rows) < GC_BATCH:
+                return done
+
+    def _released(self, finished: list[tuple[tuple[int, int], Any]], batch: Batch) -> None:
+        for key, release in finished:
+            # Unless a deletion queued another release of it meanwhile.
+            if self._overlay.get(records.MEDIA_RELEASES, key) == release:
+                self._overlay.delete(batch, records.MEDIA_RELEASES, key)
+
+    async def _release(self, media_id: int, conversation_id: int, release: Any) -> None:
+        drop = bool(release.get("conversation"))
+        senders = [int(sender) for sender in release.get("senders", ())]
+        if self._here(media_id):
+            await self.release_here(media_id, conversation_id, drop, senders)
+        else:
+            await self._ask(self.shard_of(media_id), "media.release", {
+                "media_id": media_id, "conversation_id": conversation_id, "drop": drop,
+                "senders": senders})
+
+    async def release_here(self, media_id: int, conversation_id: int, drop_conversation: bool,
+                           senders: list[int]) -> None:
+        """On the media's shard: the conversation no longer carries the media (when
+        `drop_conversation`), and the upload's own reference goes if its uploader is
+        among `senders`. Idempotent: a repeat finds nothing left to drop. A media no
+        reference holds any more is dropped, and its blob goes at the next GC pass."""
+
+        def apply(batch: Batch) -> None:
+            media = self.find(media_id)
+            if media is None:
+                return
+            changed = media
+            key = (media_id, conversation_id)
+            if drop_conversation and self._overlay.get(records.MEDIA_CONVERSATIONS, key):
+                self._overlay.delete(batch, records.MEDIA_CONVERSATIONS, key)
+                changed = replace(changed, message_refs=max(0, changed.message_refs - 1))
+            if changed.own_ref and changed.uploader_id in senders:
+                used = self._overlay.get(records.MEDIA_USAGE, changed.uploader_id) or 0
+                self._overlay.put(batch, records.MEDIA_USAGE, changed.uploader_id,
+                                  max(0, used - changed.size))
+                changed = replace(changed, own_ref=False)
+            if changed is media:
+                return
+            if changed.referenced:
+                self._overlay.put(batch, records.MEDIA, media_id, changed)
+            else:
+                self._drop(batch, changed)
+
+        await self._commands.submit(apply)
 
     # -- profile and group photos --------------------------------------------------------------
 
@@ -836,12 +938,30 @@ class MediaService:
             await self.unpin_photo(media_id)
         return None
 
+    async def _release_request(self, body: dict[str, Any]) -> Any:
+        media_id = _int(body, "media_id")
+        senders = body.get("senders")
+        if not isinstance(senders, list) or not all(_is_int(item) for item in senders):
+            raise BadRequest("senders: a list of ids", code="malformed_command")
+        if not self._here(media_id):
+            raise unknown_media(media_id)
+        await self.release_here(media_id, _int(body, "conversation_id"),
+                                body.get("drop") is True, [int(item) for item in senders])
+        return None
+
     async def _delete_request(self, body: dict[str, Any]) -> Any:
         media_id = _int(body, "media_id")
         if not self._here(media_id):
             raise unknown_media(media_id)
         await self.delete(media_id, _int(body, "user_id"))
         return None
+
+
+def _carried(attachments: tuple[dict[str, Any], ...]) -> list[int]:
+    """The media a message's attachments reference (their own thumbnails included)."""
+    return list(dict.fromkeys([int(item["media_id"]) for item in attachments] + [
+        int(item["thumbnail_media_id"]) for item in attachments
+        if item.get("thumbnail_media_id")]))
 
 
 def _is_int(value: Any) -> bool:

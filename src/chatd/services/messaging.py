@@ -22,10 +22,11 @@ import trio
 
 from chatd.config import LimitsConfig
 from chatd.domain import rules
+from chatd.domain.content_filter import ContentFilter
 from chatd.domain.media import Attaching
 from chatd.domain.models import Conversation, HistoryPage, SendResult, Session, Watermark
 from chatd.domain.ratelimit import KeyedRateLimiter
-from chatd.errors import BadRequest, ChatdError, PayloadTooLarge
+from chatd.errors import BadRequest, ChatdError, Forbidden, PayloadTooLarge
 from chatd.pending import Pending
 from chatd.protocol import owner as ops
 from chatd.services.commands import Commands
@@ -66,6 +67,9 @@ class MessagingService:
                                               burst=TYPING_BURST)
         #: Resolves attachments (services/media.py); set by the wiring.
         self.media: MediaService | None = None
+        #: Sees text/* bodies before they are routed (domain/content_filter.py); None
+        #: (the default) costs a send nothing.
+        self.content_filter: ContentFilter | None = None
 
     async def member_view(self, session: Session, conversation_id: int) -> Conversation:
         """The conversation, if the caller is a member; 404 alike whether it does not
@@ -108,6 +112,12 @@ class MessagingService:
             raise PayloadTooLarge(
                 f"body is {size} bytes; the limit is {self._limits.max_message_bytes}",
                 code="body_too_large")
+        if self.content_filter is not None and isinstance(body, str):
+            verdict = self.content_filter.check(conversation_id, session.user_id,
+                                                content_type, body)
+            if not verdict.allowed:
+                raise Forbidden(f"this message was not sent: {verdict.reason}",
+                                code="content_blocked")
         return self._router.submit(ops.Send(conversation_id, session.user_id,
                                             session.device_id, client_msg_id, content_type,
                                             body, list(attachments or ())))
@@ -126,6 +136,15 @@ class MessagingService:
             conversation_id, session.user_id, -1 if after is None else after,
             -1 if before is None else before, limit or 0, max_bytes))
         return page
+
+    async def delete_message(self, session: Session, conversation_id: int, seq: int, *,
+                             for_everyone: bool) -> None:
+        """Delete an entry for everyone, or hide it from the caller (services/deletion.py,
+        on the owner)."""
+        if seq < 0:
+            raise BadRequest("seq: must not be negative", code="invalid_field")
+        await self._router.ask(ops.DeleteMessage(conversation_id, session.user_id, seq,
+                                                 for_everyone))
 
     async def delivery_starts(self, session: Session,
                               cursors: dict[int, int]) -> list[tuple[Conversation, int]]:

@@ -59,6 +59,10 @@ class ConversationOwner:
         self._hinted: dict[int, dict[int, Watermark]] = {}
         # The batch each conversation was last changed in (until it lands).
         self._changing_in: dict[int, Batch] = {}
+        # Log entries written by batches that have not landed, by (conversation, seq):
+        # a deletion reads the entry as the commands before it left it (a message sent,
+        # or deleted, earlier in the same batch is not in the store yet).
+        self._unwritten: dict[tuple[int, int], Message] = {}
         #: Called when an ack leaves a hinted watermark (the hint writer wakes for it).
         self.on_hint: Callable[[], None] = lambda: None
 
@@ -71,6 +75,7 @@ class ConversationOwner:
         self._unlanded.clear()
         self._changing_in.clear()
         self._in_flight.clear()
+        self._unwritten.clear()
 
     def find(self, conversation_id: int) -> Conversation | None:
         conv = self._cache.get(conversation_id)
@@ -106,6 +111,8 @@ class ConversationOwner:
         # what is on disk is acknowledged.
         conv.written_seq = conv.head_seq
         conv.last_ts = last_ts or conv.created_at
+        if conv.kind == "direct":  # its request and block state (services/direct_requests.py)
+            conv.direct = self._store.get(records.DIRECT_STATES, conversation_id)
         return conv
 
     def conversation_ids_of(self, user_id: int) -> list[int]:
@@ -175,6 +182,8 @@ class ConversationOwner:
                 del held[conversation_id]
         for key in [key for key in self._in_flight if belongs(key[0])]:
             del self._in_flight[key]
+        for entry in [entry for entry in self._unwritten if belongs(entry[0])]:
+            del self._unwritten[entry]
 
     def remember(self, conv: Conversation) -> None:
         if conv.recent is None:
@@ -220,10 +229,17 @@ class ConversationOwner:
         self.changing(batch, conv)
         seq = conv.written_seq + 1
         conversation_id = conv.conversation_id
+        now = self._clock.now_ms()
+        # Disappearing messages: what members write expires; the log's own entries
+        # (membership, the timer's changes) stay.
+        expires_at = now + conv.disappearing_s * 1000 \
+            if conv.disappearing_s and content_type != SYSTEM_CONTENT_TYPE else 0
         message = Message(self._ids.next_id(), conversation_id, seq, sender_id,
-                          sender_device, client_msg_id, content_type, body, self._clock.now_ms(),
-                          attachments)
-        batch.put(records.MESSAGES, (conversation_id, seq), message)
+                          sender_device, client_msg_id, content_type, body, now,
+                          attachments, expires_at)
+        self.put_message(batch, message)
+        if expires_at:
+            batch.put(records.EXPIRIES, (expires_at, conversation_id, seq), None)
         conv.written_seq = seq
         if content_type != SYSTEM_CONTENT_TYPE and conv.recent is not None:
             conv.recent.add(seq, sender_id)
@@ -255,6 +271,37 @@ class ConversationOwner:
             self._in_flight.pop(key, None)
         for listener in self._listeners:
             listener(message, recipients)
+
+    def put_message(self, batch: Batch, message: Message) -> None:
+        """Write a log entry (new, or a tombstone over one), readable through `entry`
+        at once, by the commands after this one."""
+        key = (message.conversation_id, message.seq)
+        batch.put(records.MESSAGES, key, message)
+        self._unwritten[key] = message
+        batch.after_commit.append(partial(self._written, key, message))
+
+    def _written(self, key: tuple[int, int], message: Message) -> None:
+        if self._unwritten.get(key) is message:
+            del self._unwritten[key]
+
+    def entry(self, conversation_id: int, seq: int) -> Message | None:
+        """The log entry at `seq` as the commands so far left it (landed or not)."""
+        unwritten = self._unwritten.get((conversation_id, seq))
+        return unwritten if unwritten is not None else self._log.entry(conversation_id, seq)
+
+    def entries(self, conv: Conversation, *, after: int, limit: int) -> list[Message]:
+        """Up to `limit` entries after `after` as the commands so far left them: the
+        store's, with the writes of batches not landed laid over them."""
+        conversation_id = conv.conversation_id
+        end = min(conv.written_seq, after + limit)
+        stored = {message.seq: message for message in self._log.read(
+            conversation_id, after=after, before=end + 1, limit=limit, newest_first=False)}
+        found = []
+        for seq in range(after + 1, end + 1):
+            message = self._unwritten.get((conversation_id, seq)) or stored.get(seq)
+            if message is not None:
+                found.append(message)
+        return found
 
     def append_system(self, batch: Batch, conv: Conversation, actor_id: int,
                       event: str, **details: object) -> Message:

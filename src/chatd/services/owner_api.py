@@ -40,6 +40,9 @@ from chatd.services.receipts import Receipts
 from chatd.storage import Batch, records
 
 if TYPE_CHECKING:
+    from chatd.services.deletion import Deletions
+    from chatd.services.direct_requests import DirectRequests
+    from chatd.services.invites import GroupInvites
     from chatd.services.media import MediaService
 
 #: Where an owner hands ephemeral frames (typing) for users: (user ids, frame).
@@ -69,10 +72,17 @@ class OwnerApi:
         self.serves: Callable[[int], bool] = lambda _conversation_id: True
         #: Records the references of messages that carry media (services/media.py).
         self.media: MediaService | None = None
+        #: Message requests and blocks of direct chats, and group invites (set by the
+        #: wiring: services/direct_requests.py, services/invites.py).
+        self.requests: DirectRequests | None = None
+        self.invites: GroupInvites | None = None
+        #: Deletion, disappearing messages, erasure; what reads show of them
+        #: (services/deletion.py; set by the wiring).
+        self.deletions: Deletions | None = None
 
     def run(self, command: ops.OwnerCommand) -> Any:
         """Run any command or query: a `Pending` for commands, a value for queries."""
-        if not isinstance(command, ops.ConversationsOf) \
+        if not isinstance(command, ops.ConversationsOf | ops.InvitesOf) \
                 and not self.serves(command.conversation_id):
             raise Unavailable("this shard does not serve that conversation now (its range "
                               "is moving between shards); retry shortly", code="not_owner")
@@ -108,7 +118,24 @@ class OwnerApi:
         # Entries written but not yet acknowledged (on their way to the replica) are on
         # this disk already; nobody may see them before their sender is answered.
         before = conv.head_seq + 1 if before is None else min(before, conv.head_seq + 1)
-        if before is not None and before <= floor + 1:
+        while True:
+            page = self._history_page(query, floor, before, limit, newest_first)
+            if self.deletions is None:
+                return page
+            shown = self.deletions.shown(query.conversation_id, query.user_id, page.messages)
+            if shown or not page.has_more:
+                return HistoryPage(shown, page.has_more)
+            # Every entry of the page was hidden by this user ("delete for me"): an
+            # empty page that says there is more would leave the client nowhere to page
+            # from, so read on.
+            if newest_first:
+                before = page.messages[0].seq
+            else:
+                floor = page.messages[-1].seq
+
+    def _history_page(self, query: ops.History, floor: int, before: int, limit: int,
+                      newest_first: bool) -> HistoryPage:
+        if before <= floor + 1:
             return HistoryPage([], has_more=False)
         # One extra row tells whether there is more without a second scan.
         rows = self._log.read(query.conversation_id, after=floor, before=before,
@@ -133,8 +160,12 @@ class OwnerApi:
         if not max(1, conv.members[query.user_id].joined_seq) <= seq <= conv.head_seq:
             raise NotFound(f"no message with seq {seq} in this conversation that you can "
                            "read", code="unknown_message")
+        # Until a request is accepted (and across a block) the other side's receipts are
+        # not shown, here either.
+        shown = self.requests is None or self.requests.receipts_flow(conv)
         return [(user_id, conv.watermark(user_id).delivered_seq,
                  conv.watermark(user_id).read_seq)
+                if shown or user_id == query.user_id else (user_id, 0, 0)
                 for user_id, member in conv.members.items() if member.joined_seq <= seq]
 
     def typing(self, query: ops.Typing) -> bool:
@@ -143,6 +174,8 @@ class OwnerApi:
         key = f"{query.user_id}:{query.conversation_id}"
         if self._typing_limit.try_acquire(key, trio.current_time()) > 0:
             return False
+        if self.requests is not None and not self.requests.relays_typing(conv, query.user_id):
+            return True  # dropped as if relayed: typing is presence
         others = [user_id for user_id in conv.members if user_id != query.user_id]
         self._publish_ephemeral(others,
                                 frames.typing_frame(query.conversation_id, query.user_id))
@@ -158,6 +191,20 @@ class OwnerApi:
         # asks from: a cursor from an earlier membership, or one a client made up, must
         # not open the history from before they joined.
         after = max(query.after, conv.members[query.user_id].joined_seq - 1)
+        while True:
+            rows, head = self._read_log_page(query, conv, after)
+            if self.deletions is None:
+                return rows, head
+            shown = self.deletions.shown(query.conversation_id, query.user_id, rows)
+            if shown or not rows or head == rows[-1].seq:
+                # (Nothing shown of a complete read: its head tells the session to move
+                # past what this user hid.)
+                return shown, head
+            after = rows[-1].seq  # all hidden, and more to read: the session must not
+            # take an empty answer below the head for "nothing more"
+
+    def _read_log_page(self, query: ops.ReadLog, conv: Conversation,
+                       after: int) -> tuple[list[Message], int]:
         rows = self._log.read(query.conversation_id, after=after, before=conv.head_seq + 1,
                               limit=query.limit, newest_first=False)
         complete = len(rows) < query.limit
@@ -224,7 +271,10 @@ class OwnerApi:
     def send(self, command: ops.Send) -> Pending[SendResult]:
         conversation_id = command.conversation_id
         sender_id = command.sender_id
-        self.member_view(conversation_id, sender_id)
+        requests = self.requests
+        conv = self.member_view(conversation_id, sender_id)
+        if requests is not None:
+            requests.check_send(conv, sender_id)
 
         def apply(batch: Batch) -> SendResult:
             conv = self._owner.get(conversation_id)
@@ -234,6 +284,8 @@ class OwnerApi:
                                                  command.client_msg_id)
             if previous is not None:
                 return previous
+            if requests is not None:
+                requests.check_send(conv, sender_id)
             attachments = tuple(command.attachments)
             message = self._owner.append(batch, conv, sender_id=sender_id,
                                          sender_device=command.sender_device,
@@ -245,6 +297,8 @@ class OwnerApi:
                 # Who may download them: who can read this message (services/media.py).
                 self.media.record_audience(batch, conversation_id, message.seq,
                                            tuple(conv.members), attachments)
+            if requests is not None:
+                requests.appended(batch, conv, message)
             return SendResult(message.message_id, conversation_id, message.seq, message.ts)
 
         return self._commands.enqueue(apply, conversation_id=command.conversation_id)
@@ -306,11 +360,16 @@ class OwnerApi:
         if existing is not None:
             return Pending.done(Created(self._check_direct(existing, command.user_id),
                                         created=False))
+        requests = self.requests
+        if requests is not None:
+            requests.check_open(conversation_id, command.user_id)
 
         def apply(batch: Batch) -> Created:
             conv = self._owner.find(conversation_id)
             if conv is not None:  # created by a command queued before this one
                 return Created(self._check_direct(conv, command.user_id), created=False)
+            if requests is not None:  # a block may have been queued since
+                requests.check_open(conversation_id, command.user_id)
             now = self._now_ms()
             conv = Conversation(conversation_id, "direct", "", command.user_id, now,
                                 last_ts=now)
@@ -319,6 +378,8 @@ class OwnerApi:
                 self._add_member(batch, conv, user_id, Member("member", joined_seq=0))
             self._owner.remember(conv)
             self._owner.changing(batch, conv)
+            if requests is not None:
+                requests.opened(batch, conv, command.user_id, command.peer_id)
             return Created(conv, created=True)
 
         return self._commands.enqueue(apply, conversation_id=command.conversation_id)
@@ -452,6 +513,55 @@ class OwnerApi:
         return self._commands.enqueue(apply, conversation_id=command.conversation_id)
 
 
+    # -- privacy (services/direct_requests.py, services/invites.py) ---------------------------
+
+    def _requests(self) -> DirectRequests:
+        if self.requests is None:
+            raise Unavailable("message requests are not wired on this shard")
+        return self.requests
+
+    def _invites(self) -> GroupInvites:
+        if self.invites is None:
+            raise Unavailable("group invites are not wired on this shard")
+        return self.invites
+
+    def answer_request(self, command: ops.AnswerRequest) -> Pending[Conversation]:
+        return self._requests().answer(command)
+
+    def set_block(self, command: ops.SetBlock) -> Pending[None]:
+        return self._requests().set_block(command)
+
+    def direct_status(self, query: ops.DirectStatus) -> list[Any]:
+        return self._requests().status(query)
+
+    def invite(self, command: ops.Invite) -> Pending[list[int]]:
+        return self._invites().invite(command)
+
+    def answer_invite(self, command: ops.AnswerInvite) -> Pending[Conversation | None]:
+        return self._invites().answer(command)
+
+    def invites_of(self, query: ops.InvitesOf) -> list[tuple[int, str, int, int]]:
+        return self._invites().invites_of(query, self.serves)
+
+    def add_member(self, batch: Batch, conv: Conversation, user_id: int,
+                   member: Member) -> None:
+        """For services/invites.py: a member's rows, as every add writes them."""
+        self._add_member(batch, conv, user_id, member)
+    # -- deletion, disappearing messages, erasure (services/deletion.py) --------------------
+
+    def delete_message(self, command: ops.DeleteMessage) -> Pending[None]:
+        assert self.deletions is not None
+        return self.deletions.delete_message(command)
+
+    def set_disappearing(self, command: ops.SetDisappearing) -> Pending[Conversation]:
+        assert self.deletions is not None
+        return self.deletions.set_disappearing(command)
+
+    def erase_member(self, command: ops.EraseMember) -> Pending[None]:
+        assert self.deletions is not None
+        return self.deletions.erase_member(command)
+
+
 #: Typing notices: a burst of 3, then one every 2 s per (user, conversation).
 TYPING_BURST = 3
 TYPING_PER_SECOND = 0.5
@@ -485,4 +595,9 @@ _HANDLERS: dict[type[ops.OwnerCommand], str] = {
     ops.SetGroupPhoto: "set_group_photo", ops.View: "view",
     ops.History: "history", ops.Status: "status", ops.Typing: "typing",
     ops.ReadLog: "read_log", ops.ConversationsOf: "conversations_of",
+    ops.AnswerRequest: "answer_request", ops.SetBlock: "set_block",
+    ops.DirectStatus: "direct_status", ops.Invite: "invite",
+    ops.AnswerInvite: "answer_invite", ops.InvitesOf: "invites_of",
+    ops.DeleteMessage: "delete_message", ops.SetDisappearing: "set_disappearing",
+    ops.EraseMember: "erase_member",
 }

@@ -33,6 +33,9 @@ class Receipts:
                             tuple[Conversation, Watermark, Watermark, bool]] = {}
         self._on_pending: Callable[[], None] = lambda: None
         self.sent = 0
+        #: Whether a conversation's receipts may be sent at all: not across a message
+        #: request nobody accepted, nor a block (services/direct_requests.py).
+        self.flows: Callable[[Conversation], bool] = lambda _conv: True
 
     def on_pending(self, wake: Callable[[], None]) -> None:
         """Call `wake` when a receipt is waiting for `flush` (the transport flushes)."""
@@ -59,8 +62,8 @@ class Receipts:
 
     def _send(self, conv: Conversation, reader: int, before: Watermark,
               after: Watermark, reads_shown: bool) -> None:
-        if not conv.is_member(reader):
-            return  # left meanwhile
+        if not conv.is_member(reader) or not self.flows(conv):
+            return  # left meanwhile, or a request not accepted (or a block)
         delivered = (before.delivered_seq + 1, after.delivered_seq)
         read = (before.read_seq + 1, after.read_seq) if reads_shown else (1, 0)
         delivery_moved = delivered[0] <= delivered[1]

@@ -15,6 +15,7 @@ receiving side, at the end of this module.
 from __future__ import annotations
 
 import contextlib
+import inspect
 from collections.abc import Callable
 from typing import Any
 
@@ -173,17 +174,31 @@ class Users:
     async def update_profile(self, session: Session, *, display_name: str | None,
                              status_text: str | None, hide_last_seen: bool | None = None,
                              read_receipts: bool | None = None,
-                             photo_media_id: int | None = None) -> User:
+                             photo_media_id: int | None = None,
+                             last_seen: str | None = None, profile: str | None = None,
+                             groups_add: str | None = None) -> User:
         home = self._router.home_of_user(session.user_id)
         if self._is_local(home):
             return await self._accounts.update_profile(
                 session, display_name=display_name, status_text=status_text,
                 hide_last_seen=hide_last_seen, read_receipts=read_receipts,
-                photo_media_id=photo_media_id)
+                photo_media_id=photo_media_id, last_seen=last_seen, profile=profile,
+                groups_add=groups_add)
         return user_from_wire(await self._ask(home, "home.update_profile", {
             "user_id": session.user_id, "display_name": display_name,
             "status_text": status_text, "hide_last_seen": hide_last_seen,
-            "read_receipts": read_receipts, "photo_media_id": photo_media_id}))
+            "read_receipts": read_receipts, "photo_media_id": photo_media_id,
+            "last_seen": last_seen, "profile": profile, "groups_add": groups_add}))
+
+    async def ask_home(self, user_id: int, method: str, body: dict[str, Any],
+                       local: Callable[[dict[str, Any]], Any]) -> Any:
+        """A `home.*` request for the user's home: `local` (the handler of that
+        request here) when it is this shard, else over the mesh."""
+        home = self._router.home_of_user(user_id)
+        if self._is_local(home):
+            result = local(body)
+            return await result if inspect.isawaitable(result) else result
+        return await self._ask(home, method, body)
 
     def record_last_seen(self, user_id: int, ts: int) -> None:
         """Best effort, not awaited (presence may be lost)."""
@@ -214,13 +229,18 @@ def user_to_wire(user: User) -> dict[str, Any]:
     return {"user_id": user.user_id, "handle": user.handle,
             "display_name": user.display_name, "created_at": user.created_at,
             "status_text": user.status_text, "hide_last_seen": user.hide_last_seen,
-            "read_receipts": user.read_receipts, "photo_media_id": user.photo_media_id}
+            "read_receipts": user.read_receipts, "photo_media_id": user.photo_media_id,
+            "last_seen": user.last_seen_visibility, "profile": user.profile_visibility,
+            "groups_add": user.groups_add}
 
 
 def user_from_wire(data: Any) -> User:
     return User(data["user_id"], data["handle"], data["display_name"], b"",
                 data["created_at"], data["status_text"], bool(data["hide_last_seen"]),
-                bool(data["read_receipts"]), int(data.get("photo_media_id") or 0))
+                bool(data["read_receipts"]), int(data.get("photo_media_id") or 0),
+                str(data.get("last_seen") or "everyone"),
+                str(data.get("profile") or "everyone"),
+                str(data.get("groups_add") or "everyone"))
 
 
 def device_to_wire(device: Device) -> list[Any]:
@@ -334,7 +354,10 @@ class HomeApi:
             status_text=_optional(body, "status_text", str),
             hide_last_seen=_optional(body, "hide_last_seen", bool),
             read_receipts=_optional(body, "read_receipts", bool),
-            photo_media_id=_optional(body, "photo_media_id", int))
+            photo_media_id=_optional(body, "photo_media_id", int),
+            last_seen=_optional(body, "last_seen", str),
+            profile=_optional(body, "profile", str),
+            groups_add=_optional(body, "groups_add", str))
         return user_to_wire(user)
 
     def _cursors(self, body: dict[str, Any]) -> Any:

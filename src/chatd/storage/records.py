@@ -9,15 +9,17 @@ added unpacks with that field's default, so adding a field at the end needs no m
 | family | key | value |
 |---|---|---|
 | users | user_id | handle, display_name, password_hash, created_at, status_text, |
-| | | hide_last_seen, read_receipts, photo_media_id |
+| | | hide_last_seen, read_receipts, photo_media_id, last_seen_visibility, |
+| | | profile_visibility, groups_add |
 | handles | normalised handle (UTF-8) | user_id (8 bytes) |
 | devices | user_id, device_id | name, created_at, token_hash |
 | tokens | sha256(token) | user_id, device_id, expires_at |
-| conversations | conversation_id | kind, name, created_by, created_at, photo_media_id |
+| conversations | conversation_id | kind, name, created_by, created_at, photo_media_id, |
+| | | disappearing_s, anyone_sets_timer |
 | members | conversation_id, user_id | role, joined_seq |
 | user_conversations | user_id, conversation_id | (empty: an index) |
 | messages | conversation_id, seq | message_id, sender_id, sender_device, client_msg_id, |
-| | | content_type, body, ts |
+| | | content_type, body, ts, attachments, expires_at |
 | dedup | conversation_id, sender_id, client_msg_id | seq, message_id, ts |
 | watermarks | conversation_id, user_id | delivered_seq, read_seq |
 | cursors | device_id, conversation_id | seq acked by that device (8 bytes) |
@@ -32,6 +34,21 @@ added unpacks with that field's default, so adding a field at the end needs no m
 | media_usage | user_id | bytes of uploads the user holds (8 bytes) |
 | media_refs | conversation_id, media_id | first_seq, audience (the conversation's owner) |
 | media_conversations | media_id, conversation_id | True (an index: where a media is referenced) |
+| direct_states | conversation_id | requested_by, status, blocked_by (the direct chat's owner) |
+| blocks | user_id, blocked user_id | ms when blocked (the blocker's home) |
+| invites | conversation_id, user_id | invited_by, created_at (the group's owner) |
+| user_invites | user_id, conversation_id | (empty: the owner's index of a user's invites) |
+| hidden | conversation_id, user_id, seq | (empty: "delete for me", the entries a user hid) |
+| expiries | expires_at, conversation_id, seq | (empty: disappearing messages, for the sweeper) |
+| media_releases | conversation_id, media_id | {conversation, senders}: references a deleted |
+| | | message held, to drop on the media's shard (services/deletion.py) |
+| abuse | user_id | opened, accepted, declined, blocked, reporters, limited_at, limited_by, |
+| | | limit_reason, cleared_at, note (on the user's home) |
+| abuse_queue | user_id | (empty: accounts limited or scoring for review, on their home) |
+| reports | status (0 open, 1 resolved), report_id | reported_id, reporter_id, conversation_id, |
+| | | seq, reason, note, evidence, created_at, message_id, content_type, |
+| | | message_text, status, resolved_at, action, resolution_note |
+| report_dedup | reported_id, reporter_id, conversation_id, seq | report_id (8 bytes) |
 | account_state | user_id | {deactivated_at, erasing_since, erased_at, photo}: on the home |
 | exports | export_id (ASCII) | {user_id, created_at, ready, size}: a data export's file |
 
@@ -49,6 +66,7 @@ from typing import Any, Generic, TypeVar
 
 import msgpack
 
+from chatd.domain.abuse import AbuseRecord
 from chatd.domain.media import BlobRecord, MediaRecord, MediaRef
 from chatd.domain.models import (
     Conversation,
@@ -60,6 +78,8 @@ from chatd.domain.models import (
     User,
     Watermark,
 )
+from chatd.domain.privacy import DirectState, GroupInvite
+from chatd.domain.reports import Report
 from chatd.storage.errors import UnstorableValue
 
 K = TypeVar("K")
@@ -196,7 +216,8 @@ def _read_empty(_key: Any, _data: bytes) -> None:
 USERS: Family[int, User] = Family(
     "users", u64, read_u64, *_fields(User, "handle", "display_name", "password_hash",
                                      "created_at", "status_text", "hide_last_seen", "read_receipts",
-                                     "photo_media_id", key=("user_id",)))
+                                     "photo_media_id", "last_seen_visibility",
+                                     "profile_visibility", "groups_add", key=("user_id",)))
 HANDLES: Family[str, int] = Family(
     "handles", str.encode, bytes.decode, _u64_value, _read_u64_value)
 DEVICES: Family[tuple[int, int], Device] = Family(
@@ -206,8 +227,8 @@ TOKENS: Family[bytes, TokenRecord] = Family(
     "tokens", _same, _same, *_fields(TokenRecord, "user_id", "device_id", "expires_at"))
 CONVERSATIONS: Family[int, Conversation] = Family(
     "conversations", u64, read_u64, *_fields(Conversation, "kind", "name", "created_by",
-                                             "created_at", "photo_media_id",
-                                             key=("conversation_id",)),
+                                             "created_at", "photo_media_id", "disappearing_s",
+                                             "anyone_sets_timer", key=("conversation_id",)),
     conversation_at=0)
 MEMBERS: Family[tuple[int, int], Member] = Family(
     "members", _pair_key, read_pair, *_fields(Member, "role", "joined_seq"), conversation_at=0)
@@ -217,7 +238,7 @@ USER_CONVERSATIONS: Family[tuple[int, int], None] = Family(
     "user_conversations", _pair_key, read_pair, _empty, _read_empty, conversation_at=8)
 _pack_plain_message, _unpack_message = _fields(
     Message, "message_id", "sender_id", "sender_device", "client_msg_id", "content_type",
-    "body", "ts", "attachments", key=("conversation_id", "seq"))
+    "body", "ts", "attachments", "expires_at", key=("conversation_id", "seq"))
 _MESSAGE_FIELDS = operator.attrgetter("message_id", "sender_id", "sender_device",
                                       "client_msg_id", "content_type", "body", "ts")
 
@@ -225,14 +246,14 @@ _MESSAGE_FIELDS = operator.attrgetter("message_id", "sender_id", "sender_device"
 def _pack_message(message: Message) -> bytes:
     # A message without attachments is stored as before they existed (one field fewer):
     # the common case costs nothing, and old records need no migration.
-    if not message.attachments:
+    if not message.attachments and not message.expires_at:
         return pack(_MESSAGE_FIELDS(message))
     return _pack_plain_message(message)
 
 
 def _read_message(key: tuple[int, int], data: bytes) -> Message:
     message = _unpack_message(key, data)
-    if message.attachments:  # msgpack gives a list; the model holds a tuple
+    if isinstance(message.attachments, list):  # msgpack gives a list; the model: a tuple
         object.__setattr__(message, "attachments", tuple(message.attachments))
     return message
 
@@ -289,7 +310,7 @@ MEDIA_USAGE: Family[int, int] = Family("media_usage", u64, read_u64, _u64_value,
                                        _read_u64_value)
 #: Keyed by conversation first: replication finds a conversation's records by that prefix.
 MEDIA_REFS: Family[tuple[int, int], MediaRef] = Family(
-    "media_refs", _pair_key, read_pair, *_fields(MediaRef, "first_seq", "audience"),
+    "media_refs", _pair_key, read_pair, *_fields(MediaRef, "first_seq", "audience", "carriers"),
     conversation_at=0)
 
 
@@ -306,6 +327,100 @@ def _read_present(_key: Any, _data: bytes) -> bool:
 MEDIA_CONVERSATIONS: Family[tuple[int, int], bool] = Family(
     "media_conversations", _pair_key, read_pair, _present, _read_present)
 
+# -- privacy (services/direct_requests.py, services/blocks.py, services/invites.py) -------
+
+def _read_direct_state(key: int, data: bytes) -> DirectState:
+    state = _unpack_direct_state(key, data)
+    state.blocked_by = list(state.blocked_by)
+    return state
+
+
+_pack_direct_state, _unpack_direct_state = _fields(
+    DirectState, "requested_by", "status", "blocked_by", key=("conversation_id",))
+#: Keyed by the direct conversation's id: on its owner, replicated with it; it may exist
+#: before the conversation does (a block of someone never talked to).
+DIRECT_STATES: Family[int, DirectState] = Family(
+    "direct_states", u64, read_u64, _pack_direct_state, _read_direct_state,
+    conversation_at=0)
+#: On the blocker's home (not replicated, like the rest of an account).
+BLOCKS: Family[tuple[int, int], int] = Family(
+    "blocks", _pair_key, read_pair, _u64_value, _read_u64_value)
+INVITES: Family[tuple[int, int], GroupInvite] = Family(
+    "invites", _pair_key, read_pair,
+    *_fields(GroupInvite, "invited_by", "created_at", key=("conversation_id", "user_id")),
+    conversation_at=0)
+#: The owner's index of a user's invites (as user_conversations): goes with the group.
+USER_INVITES: Family[tuple[int, int], None] = Family(
+    "user_invites", _pair_key, read_pair, _empty, _read_empty, conversation_at=8)
+
+# -- deletion, disappearing messages, retention (services/deletion.py) -----------------------
+
+_U64_TRIPLE = struct.Struct(">QQQ")
+
+
+def _triple_key(key: tuple[int, int, int]) -> bytes:
+    return _U64_TRIPLE.pack(*key)
+
+
+def _read_triple(data: bytes) -> tuple[int, int, int]:
+    first, second, third = _U64_TRIPLE.unpack_from(data)
+    return first, second, third
+
+
+def triple(first: int, second: int, third: int) -> bytes:
+    return _U64_TRIPLE.pack(first, second, third)
+
+
+#: "Delete for me": (conversation, user, seq) of each entry a user hid from themselves.
+HIDDEN: Family[tuple[int, int, int], None] = Family(
+    "hidden", _triple_key, _read_triple, _empty, _read_empty, conversation_at=0)
+#: Disappearing messages by when they expire, for the owner's sweeper; the conversation
+#: id is at byte 8, so the rows replicate with their conversation.
+EXPIRIES: Family[tuple[int, int, int], None] = Family(
+    "expiries", _triple_key, _read_triple, _empty, _read_empty, conversation_at=8)
+#: References of deleted messages still to be dropped on the media's shard:
+#: {"conversation": drop the conversation's reference, "senders": [user ids whose own
+#: upload reference goes too]}.
+MEDIA_RELEASES: Family[tuple[int, int], Any] = Family(
+    "media_releases", _pair_key, read_pair, pack, _read_any, conversation_at=0)
+
+# -- reports and abuse detection (services/abuse.py), on the reported user's home ------------
+
+
+def _read_abuse(key: int, data: bytes) -> AbuseRecord:
+    record = _unpack_abuse(key, data)
+    # msgpack gives lists (and a map): the model holds a tuple.
+    object.__setattr__(record, "opened", tuple(record.opened))
+    return record
+
+
+_pack_abuse, _unpack_abuse = _fields(
+    AbuseRecord, "opened", "accepted", "declined", "blocked", "reporters", "limited_at",
+    "limited_by", "limit_reason", "cleared_at", "note", key=("user_id",))
+ABUSE: Family[int, AbuseRecord] = Family("abuse", u64, read_u64, _pack_abuse, _read_abuse)
+#: The admin queue's index: a row per account limited or scoring for review.
+ABUSE_QUEUE: Family[int, None] = Family("abuse_queue", u64, read_u64, _empty, _read_empty)
+#: Keyed by status first, so the open ones are one scan; resolving moves the record.
+REPORTS: Family[tuple[int, int], Report] = Family(
+    "reports", _pair_key, read_pair, *_fields(
+        Report, "reported_id", "reporter_id", "conversation_id", "seq", "reason", "note",
+        "evidence", "created_at", "message_id", "content_type", "message_text", "status",
+        "resolved_at", "action", "resolution_note", key=(None, "report_id")))
+_U64_QUAD = struct.Struct(">QQQQ")
+
+
+def _quad_key(key: tuple[int, int, int, int]) -> bytes:
+    return _U64_QUAD.pack(*key)
+
+
+def _read_quad_key(data: bytes) -> tuple[int, int, int, int]:
+    a, b, c, d = _U64_QUAD.unpack_from(data)
+    return a, b, c, d
+
+
+#: (reported, reporter, conversation, seq) -> the report: a repeated report is the same one.
+REPORT_DEDUP: Family[tuple[int, int, int, int], int] = Family(
+    "report_dedup", _quad_key, _read_quad_key, _u64_value, _read_u64_value)
 # -- export and erase (services/gdpr.py) -----------------------------------------------------
 
 #: What an operator or an erasure did to an account (services/account_admin.py), on the
@@ -321,6 +436,8 @@ FAMILIES: tuple[Family[Any, Any], ...] = (
     USERS, HANDLES, DEVICES, TOKENS, CONVERSATIONS, MEMBERS, USER_CONVERSATIONS, MESSAGES,
     DEDUP, WATERMARKS, CURSORS, LAST_SEEN, META, MEDIA, BLOBS, MEDIA_UNREFERENCED,
     DEAD_BLOBS, QUARANTINE, MEDIA_USAGE, MEDIA_REFS, MEDIA_CONVERSATIONS,
+    DIRECT_STATES, BLOCKS, INVITES, USER_INVITES, HIDDEN, EXPIRIES,
+    MEDIA_RELEASES, ABUSE, ABUSE_QUEUE, REPORTS, REPORT_DEDUP,
     ACCOUNT_STATE, EXPORTS)
 CONVERSATION_FAMILIES.update(
     (family.name, family.conversation_at) for family in FAMILIES

@@ -14,7 +14,16 @@ import os
 from collections.abc import Callable, Hashable
 from typing import Any, TypeVar
 
-from rocksdict import AccessType, Checkpoint, Options, Rdict, WriteBatch, WriteOptions
+from rocksdict import (
+    AccessType,
+    BottommostLevelCompaction,
+    Checkpoint,
+    CompactOptions,
+    Options,
+    Rdict,
+    WriteBatch,
+    WriteOptions,
+)
 
 from chatd.storage import records
 from chatd.storage.records import Family
@@ -24,6 +33,12 @@ V = TypeVar("V")
 
 #: One buffered write: (family name, key, packed value or None for a delete).
 Operation = tuple[str, bytes, bytes | None]
+
+#: Key prefixes (bytes) whose deleted records a purge compacts, per family: the first 8
+#: bytes of each deleted key (a conversation id, for conversation records).
+PURGE_PREFIX = 8
+#: Past this many prefixes in one family, the purge compacts the whole family.
+MAX_PURGE_PREFIXES = 4096
 
 
 class Batch:
@@ -81,6 +96,14 @@ class Batch:
             self._seen.popitem()
 
 
+def _successor(prefix: bytes) -> bytes | None:
+    """The first key after every key that starts with `prefix` (None: no end)."""
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes([stripped[-1] + 1])
+
+
 class Store:
     def __init__(self, db: Rdict, sync: bool) -> None:
         self._db = db
@@ -92,6 +115,10 @@ class Store:
         self._unsynced = WriteOptions()
         self._unsynced.sync = False
         self.sync = sync
+        # What deletes have left on disk since the last purge: family name -> key
+        # prefixes (None: the whole family). Filled by every write, the owner's and the
+        # replica's alike, so both purge the same bytes.
+        self._to_purge: dict[str, set[bytes] | None] = {}
 
     @classmethod
     def open(cls, path: str, *, sync: bool = True) -> Store:
@@ -99,6 +126,12 @@ class Store:
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         options.create_missing_column_families(True)
+        # Deleted bytes must leave the disk (storage/purge.py): a recycled WAL file would
+        # keep old records in its unused tail, and an archived one (TTL or size limit)
+        # would keep them whole. These are RocksDB's defaults; stated so they stay so.
+        options.set_recycle_log_file_num(0)
+        options.set_wal_ttl_seconds(0)
+        options.set_wal_size_limit_mb(0)
         families = {family.name: Options(raw_mode=True) for family in records.FAMILIES}
         db = Rdict(path, options, column_families=families)
         return cls(db, sync)
@@ -131,12 +164,71 @@ class Store:
             return
         handles = self._handles
         write_batch = WriteBatch(raw_mode=True)
+        deleted: list[tuple[str, bytes]] = []
         for family, key, value in batch.operations:
             if value is None:
                 write_batch.delete(key, handles[family])
+                deleted.append((family, key))
             else:
                 write_batch.put(key, value, handles[family])
         self._db.write(write_batch, self._write_options if batch.durable else self._unsynced)
+        for family, key in deleted:
+            self._note_deleted(family, key)
+
+    # -- purging deleted bytes ------------------------------------------------------------
+
+    def _note_deleted(self, family: str, key: bytes) -> None:
+        prefixes = self._to_purge.get(family, set())
+        if prefixes is None:
+            return
+        prefixes.add(bytes(key[:PURGE_PREFIX]))
+        self._to_purge[family] = None if len(prefixes) > MAX_PURGE_PREFIXES else prefixes
+
+    @property
+    def purge_wanted(self) -> bool:
+        """Whether something was deleted since the last purge."""
+        return bool(self._to_purge)
+
+    def take_purge(self) -> dict[str, set[bytes] | None]:
+        """What to purge (and forget it: a purge that fails is asked for again by the
+        caller with `want_purge`)."""
+        taken, self._to_purge = self._to_purge, {}
+        return taken
+
+    def want_purge(self, ranges: dict[str, set[bytes] | None]) -> None:
+        for family, prefixes in ranges.items():
+            if prefixes is None:
+                self._to_purge[family] = None
+            else:
+                for prefix in prefixes:
+                    self._note_deleted(family, prefix)
+
+    def purge(self, ranges: dict[str, set[bytes] | None]) -> None:
+        """Make deleted records leave the disk. RocksDB keeps a deleted (or overwritten)
+        value in the write-ahead log until every memtable that it covers is flushed, and
+        in table files until a compaction rewrites them without it. So: flush every
+        family (a WAL file is dropped only once all families' data in it is flushed),
+        then compact each deleted key range down to the bottommost level, forced, so the
+        files holding the old values are rewritten. Blocks for as long as RocksDB takes
+        (run it in a thread: storage/purge.py). Live iterators and checkpoints would keep
+        old versions; the store holds none between calls, and backups delete theirs."""
+        for family in self._families.values():
+            family.flush(wait=True)
+        options = CompactOptions()
+        options.set_bottommost_level_compaction(BottommostLevelCompaction.force())
+        options.set_exclusive_manual_compaction(False)
+        for name, prefixes in ranges.items():
+            view = self._families.get(name)
+            if view is None:
+                continue
+            if prefixes is None:
+                view.compact_range(None, None, options)
+                continue
+            for prefix in sorted(prefixes):
+                view.compact_range(prefix, _successor(prefix), options)
+        # The flush switched to a new WAL file; make sure the old ones are gone now,
+        # not at RocksDB's next periodic cleanup.
+        self._db.flush_wal(True)
 
     # -- snapshots ------------------------------------------------------------------------
 

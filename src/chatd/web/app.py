@@ -25,12 +25,16 @@ from chatd.web import (
     routes_accounts,
     routes_admin_users,
     routes_backup,
+    routes_compact,
     routes_conversations,
     routes_gdpr,
     routes_media,
     routes_messages,
+    routes_moderation,
     routes_ops,
+    routes_privacy,
     routes_replication,
+    routes_reports,
 )
 from chatd.web.api import Api, configured_limits
 from chatd.web.streamed_body import ClientGone, StreamedBodies
@@ -206,7 +210,11 @@ def create_app(services: Services) -> QuartTrio:
     routes_messages.register(api, services)
     routes_replication.register(api, services)
     routes_backup.register(api, services)
+    routes_compact.register(api, services)
     routes_media.register(api, services)
+    routes_privacy.register(api, services)
+    routes_reports.register(api, services)
+    routes_moderation.register(api, services)
     routes_gdpr.register(api, services)
     routes_admin_users.register(api, services)
     api.install(app)

@@ -21,7 +21,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from chatd.domain import rules
+from chatd.domain import reports, rules
 from chatd.domain.ids import MAX_ID
 from chatd.services.exports import EXPORT_ID_PATTERN
 from chatd.web.schema import (
@@ -114,7 +114,7 @@ CLIENT_MSG_ID = String(
 CONTENT_TYPE = String(
     pattern=r"^[a-z0-9][a-z0-9.+-]{0,62}/[a-z0-9][a-z0-9.+-]{0,62}$",
     rule="must look like 'type/subtype' in lower case, e.g. 'text/plain'",
-    reserved=(rules.SYSTEM_CONTENT_TYPE,), reserved_rule="is reserved for the server",
+    reserved=rules.RESERVED_CONTENT_TYPES, reserved_rule="is reserved for the server",
     description="type/subtype; text/* bodies are text, every other type's are base64")
 #: CONTENT_TYPE narrowed to text/* (whose bodies are text).
 TEXT_CONTENT_TYPE = String(pattern=r"^text/[a-z0-9][a-z0-9.+-]{0,62}$")
@@ -134,6 +134,7 @@ PATH_PARAMETERS = {
     "device_id": ID,
     "seq": Integer(minimum=0, maximum=MAX_19_DIGITS),
     "media_id": ID,
+    "report_id": ID,
     "export_id": String(pattern=EXPORT_ID_PATTERN, rule="an export id (35 hex digits)",
                         description="an export id, as POST /me/export answered it"),
 }
@@ -176,6 +177,33 @@ class ProfileChange(Model):
     remove_photo: Annotated[bool | None, Boolean(description="true: no photo")] = None
 
 
+#: Who sees last seen, or status text and photo (docs/privacy.md).
+VISIBILITY = String(pattern=r"^(?:everyone|contacts|nobody)$",
+                    rule="one of everyone, contacts, nobody",
+                    description="everyone, contacts (accepted direct chats) or nobody")
+GROUPS_ADD = String(pattern=r"^(?:everyone|contacts)$", rule="one of everyone, contacts",
+                    description="who may add you to a group; the others send an invite")
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacyChange(Model):
+    description = "fields left out (or null) stay as they are"
+    closed = True
+
+    last_seen: Annotated[str | None, VISIBILITY] = None
+    profile: Annotated[str | None, VISIBILITY] = None
+    groups_add: Annotated[str | None, GROUPS_ADD] = None
+    read_receipts: Annotated[bool | None, Boolean(
+        description="off: others are not told when you read, nor you when they do")] = None
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationsQuery(Model):
+    requests: Annotated[int | None, Integer(
+        minimum=0, maximum=1, description="1: the message requests you received and have "
+                                          "not answered, instead of your conversations")] = None
+
+
 @dataclass(frozen=True, slots=True)
 class FindUser(Model):
     handle: Annotated[str, HANDLE]
@@ -204,6 +232,29 @@ class RenameGroup(Model):
     name: Annotated[str | None, GROUP_NAME] = None
     photo_media_id: Annotated[int | None, ID] = None
     remove_photo: Annotated[bool | None, Boolean(description="true: no photo")] = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteMessage(Model):
+    """`{"for": "everyone"}`: a tombstone replaces the message for every member (its
+    sender within limits.delete_window_s, a group admin at any time); `{"for": "me"}`:
+    hidden from your own history and sync only."""
+
+    for_: Annotated[str, String(pattern="^(?:everyone|me)$", rule="'everyone' or 'me'",
+                                description="whose history loses the message")]
+
+
+@dataclass(frozen=True, slots=True)
+class ConversationChange(Model):
+    description = "fields left out (or null) stay as they are"
+    closed = True
+
+    disappearing_s: Annotated[int | None, Integer(
+        minimum=0, maximum=7_776_000, code="invalid_field",
+        description="disappearing messages: messages sent from now on expire this many "
+                    "seconds after sending; one of 0 (off), 86400, 604800, 7776000")] = None
+    anyone_sets_timer: Annotated[bool | None, Boolean(
+        description="groups, admins only: every member may change the timer")] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -288,12 +339,49 @@ class PublicUser(Model):
     status: str
     #: Left out when the user has no photo (GET /media/{id}/thumbnail?size=96 shows it).
     photo_media_id: Annotated[int | None, ID] = field(default=None, kw_only=True)
+    #: When their last connection closed; left out unless their `last_seen` setting
+    #: shows it to you (docs/privacy.md).
+    last_seen: Annotated[int | None, MS] = field(default=None, kw_only=True)
 
     def to_json(self) -> dict[str, Any]:
         data = Model.to_json(self)
         if self.photo_media_id is None:
             del data["photo_media_id"]
+        if self.last_seen is None:
+            del data["last_seen"]
         return data
+
+
+@dataclass(frozen=True, slots=True)
+class PrivacySettings(Model):
+    last_seen: Annotated[str, Choice(("everyone", "contacts", "nobody"))]
+    profile: Annotated[str, Choice(("everyone", "contacts", "nobody"))]
+    groups_add: Annotated[str, Choice(("everyone", "contacts"))]
+    read_receipts: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Block(Model):
+    user_id: Annotated[int, ID]
+    blocked_at: Annotated[int, MS]
+
+
+@dataclass(frozen=True, slots=True)
+class Blocks(Model):
+    blocks: list[Block]
+
+
+@dataclass(frozen=True, slots=True)
+class Invite(Model):
+    conversation_id: Annotated[int, ID]
+    name: str
+    invited_by: Annotated[int, ID]
+    created_at: Annotated[int, MS]
+
+
+@dataclass(frozen=True, slots=True)
+class Invites(Model):
+    invites: list[Invite]
 
 
 @dataclass(frozen=True, slots=True)
@@ -350,11 +438,21 @@ class Conversation(Model):
     members: list[Member]
     #: A group's photo; left out when it has none.
     photo_media_id: Annotated[int | None, ID] = None
+    #: A direct chat that is a message request, as you see it: "received" (yours to
+    #: accept or decline), "sent" (not accepted yet); left out once accepted.
+    request: Annotated[str | None, Choice(("received", "sent"))] = None
+    #: True when you block the other person of this direct chat; left out otherwise.
+    blocked: bool | None = None
+    #: Disappearing messages: seconds after which new messages expire (0: off).
+    disappearing_s: Annotated[int, Integer(minimum=0)] = 0
+    #: Whether every member may change the timer (a group's choice; direct: always).
+    anyone_sets_timer: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = Model.to_json(self)
-        if self.photo_media_id is None:
-            del data["photo_media_id"]
+        for name in ("photo_media_id", "request", "blocked"):
+            if getattr(self, name) is None:  # (an id's dump of None is no None)
+                del data[name]
         return data
 
 
@@ -403,11 +501,15 @@ class Message(Model):
     ts: Annotated[int, MS]
     #: Left out when the message carries none.
     attachments: list[Attachment] | None = None
+    #: When a disappearing message expires (ms); left out when it does not.
+    expires_at: Annotated[int | None, MS] = None
 
     def to_json(self) -> dict[str, Any]:
         data = Model.to_json(self)
         if not self.attachments:
             del data["attachments"]
+        if self.expires_at is None:
+            del data["expires_at"]
         return data
 
 
@@ -503,6 +605,156 @@ class DownloadQuery(Model):
 class ThumbnailQuery(DownloadQuery):
     size: Annotated[int, Integer(minimum=0, maximum=10_000,
                                  description="96, 320 or 640")] = 320
+
+
+# -- reports and abuse detection (web/routes_reports.py, web/routes_moderation.py) ------------
+
+_STRINGS = Json({"type": "array", "items": {"type": "string"}})
+
+
+def _without_none(data: dict[str, Any], value: object, name: str) -> dict[str, Any]:
+    if value is None:
+        del data[name]
+    return data
+
+REPORT_REASON = String(pattern=f"^(?:{'|'.join(reports.REASONS)})$",
+                       rule=f"must be one of {', '.join(reports.REASONS)}",
+                       code="invalid_field", description="why: " + ", ".join(reports.REASONS))
+REPORT_NOTE = String(max_length=reports.MAX_NOTE, code="invalid_field",
+                     description="the reporter's own words (needed with reason 'other')")
+ADMIN_NOTE = String(max_length=reports.MAX_ADMIN_NOTE, code="invalid_field",
+                    description="the admin's note, kept with the change")
+REPORTED_SEQ = Integer(minimum=1, maximum=MAX_19_DIGITS,
+                       description="the message reported; its sender is the user reported")
+PAGE_LIMIT = Integer(minimum=1, maximum=200, code="bad_request",
+                     description="items in the page (default 50)")
+
+
+@dataclass(frozen=True, slots=True)
+class FileReport(Model):
+    description = "a message (seq) or a member (user_id) of a conversation you are in"
+    constraints = (
+        Either("seq", "name a message (seq) or a member (user_id) to report",
+               (("seq", REPORTED_SEQ), ("user_id", ID)), code="missing_field"),
+        Either("note", "say what is wrong (note) when the reason is 'other'",
+               (("reason", String(pattern="^(?:spam|abuse|harassment|illegal)$")),
+                ("note", String(pattern=r"\S", max_length=reports.MAX_NOTE)))),
+    )
+
+    conversation_id: Annotated[int, ID]
+    reason: Annotated[str, REPORT_REASON]
+    seq: Annotated[int | None, REPORTED_SEQ] = None
+    user_id: Annotated[int | None, ID] = None
+    note: Annotated[str | None, REPORT_NOTE] = None
+    evidence: Annotated[str | None, String(
+        description="plaintext of what is reported, as your client shows it (the server "
+                    "cannot read end-to-end encrypted chats); stored as given; at most "
+                    "abuse.max_evidence_bytes bytes of UTF-8 (64 KiB; "
+                    "413 evidence_too_large)")] = None
+
+
+@dataclass(frozen=True, slots=True)
+class ReportFiled(Model):
+    report_id: Annotated[int, ID]
+
+
+@dataclass(frozen=True, slots=True)
+class Report(Model):
+    report_id: Annotated[int, ID]
+    reported_id: Annotated[int, ID]
+    reporter_id: Annotated[int, ID]
+    conversation_id: Annotated[int, ID]
+    #: 0: a member was reported without a message.
+    seq: Annotated[int, SEQ]
+    reason: Annotated[str, Choice(reports.REASONS)]
+    note: str
+    evidence: str
+    created_at: Annotated[int, MS]
+    #: The message as the server holds it ("" without one); its text only for text/*.
+    content_type: str
+    message_text: str
+    status: Annotated[str, Choice(reports.STATUSES)]
+    resolved_at: Annotated[int, Integer(minimum=0, description="ms; 0 while open")]
+    action: Annotated[str, String(description="the resolution: " + ", ".join(reports.ACTIONS)
+                                  + " (\"\" while open)")]
+    resolution_note: str
+    #: The message's id; left out when no message was reported.
+    message_id: Annotated[int | None, ID] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return _without_none(Model.to_json(self), self.message_id, "message_id")
+
+
+@dataclass(frozen=True, slots=True)
+class Reports(Model):
+    reports: list[Report]
+    #: Shards that did not answer: their reports are missing from this page.
+    unreachable: Annotated[list[str], _STRINGS]
+    #: Give it as ?after= for the next page; left out at the end.
+    next_after: Annotated[int | None, ID] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return _without_none(Model.to_json(self), self.next_after, "next_after")
+
+
+@dataclass(frozen=True, slots=True)
+class ReportsQuery(Model):
+    status: Annotated[str, String(pattern=f"^(?:{'|'.join(reports.STATUSES)})$",
+                                  rule="must be open or resolved")] = "open"
+    after: Annotated[int | None, ID] = None
+    limit: Annotated[int | None, PAGE_LIMIT] = None
+
+
+@dataclass(frozen=True, slots=True)
+class ResolveReport(Model):
+    action: Annotated[str, String(pattern=f"^(?:{'|'.join(reports.ACTIONS)})$",
+                                  rule="must be one of " + ", ".join(reports.ACTIONS),
+                                  code="invalid_field",
+                                  description="dismiss (unfounded: stops counting), uphold, "
+                                              "limit or unlimit the reported account")]
+    note: Annotated[str | None, ADMIN_NOTE] = None
+
+
+@dataclass(frozen=True, slots=True)
+class AbuseAccount(Model):
+    user_id: Annotated[int, ID]
+    handle: str
+    #: The score now (docs/privacy.md has the rule), and each term that scored.
+    score: Annotated[int, Integer(minimum=0)]
+    reasons: Annotated[list[str], _STRINGS]
+    limited: bool
+    limited_at: Annotated[int, Integer(minimum=0, description="ms; 0 when not limited")]
+    limited_by: Annotated[str, String(description="score, admin, or \"\"")]
+    limit_reason: str
+    requests_opened: Annotated[int, Integer(minimum=0)]
+    requests_accepted: Annotated[int, Integer(minimum=0)]
+    requests_declined: Annotated[int, Integer(minimum=0)]
+    requests_blocked: Annotated[int, Integer(minimum=0)]
+    reporters: Annotated[int, Integer(minimum=0)]
+    cleared_at: Annotated[int, Integer(minimum=0, description="ms of the last unlimit")]
+    note: str
+
+
+@dataclass(frozen=True, slots=True)
+class AbuseQueue(Model):
+    accounts: list[AbuseAccount]
+    unreachable: Annotated[list[str], _STRINGS]
+    #: Give it as ?after= for the next page; left out at the end.
+    next_after: Annotated[int | None, ID] = None
+
+    def to_json(self) -> dict[str, Any]:
+        return _without_none(Model.to_json(self), self.next_after, "next_after")
+
+
+@dataclass(frozen=True, slots=True)
+class PageQuery(Model):
+    after: Annotated[int | None, ID] = None
+    limit: Annotated[int | None, PAGE_LIMIT] = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminNote(Model):
+    note: Annotated[str | None, ADMIN_NOTE] = None
 
 
 # -- export and erase (GDPR), the operator's account routes -----------------------------------

@@ -40,9 +40,14 @@ NO_CONTENT = NoContent.NO_CONTENT
 Reply: TypeAlias = Model | tuple[Model, int] | NoContent | Response
 
 
-def public_user(user: User) -> models.PublicUser:
+def public_user(user: User, last_seen: int | None = None) -> models.PublicUser:
     return models.PublicUser(user.user_id, user.handle, user.display_name, user.status_text,
-                             photo_media_id=user.photo_media_id or None)
+                             photo_media_id=user.photo_media_id or None, last_seen=last_seen)
+
+
+def privacy_settings(user: User) -> models.PrivacySettings:
+    return models.PrivacySettings(user.last_seen_setting, user.profile_visibility,
+                                  user.groups_add, user.read_receipts)
 
 
 def own_user(user: User) -> models.OwnUser:
@@ -68,7 +73,7 @@ def message(entry: Message) -> models.Message:
         entry.message_id, entry.conversation_id, entry.seq, entry.sender_id,
         entry.client_msg_id, entry.content_type,
         base64.b64encode(body).decode() if isinstance(body, bytes) else body, entry.ts,
-        [attachment(item) for item in entry.attachments] or None)
+        [attachment(item) for item in entry.attachments] or None, entry.expires_at or None)
 
 
 def attachment(item: dict[str, Any]) -> models.Attachment:
@@ -96,7 +101,20 @@ def conversation(conv: Conversation, viewer_id: int) -> models.Conversation:
         conv.head_seq, conv.last_ts, conv.unread(viewer_id),
         receipts(conv.watermark(viewer_id)),
         [models.Member(user_id, member.role) for user_id, member in conv.members.items()],
-        conv.photo_media_id or None)
+        conv.photo_media_id or None, *_request(conv, viewer_id), conv.disappearing_s,
+        conv.kind == "direct" or conv.anyone_sets_timer)
+
+
+def _request(conv: Conversation, viewer_id: int) -> tuple[str | None, bool | None]:
+    """A direct chat's request and block state as `viewer_id` may see it (never whether
+    the other side blocks them)."""
+    state = conv.direct
+    if state is None:
+        return None, None
+    request = None
+    if state.status in ("pending", "declined"):
+        request = "sent" if state.requested_by == viewer_id else "received"
+    return request, True if viewer_id in state.blocked_by else None
 
 
 def conversations(convs: list[Conversation], viewer_id: int) -> models.Conversations:

@@ -82,9 +82,12 @@ def register(api: Api, services: Services) -> None:
     @api.route("GET", "/users/{user_id}", summary="A public profile",
                response=models.PublicUser)
     async def get_user(session: Session, user_id: int) -> Reply:
-        return render.public_user(await accounts.get_user(user_id))
+        # Status text, photo and last seen as the user's privacy settings allow.
+        return render.public_user(*await services.privacy.profile_for(
+            session.user_id, await accounts.get_user(user_id)))
 
     @api.route("GET", "/users", summary="Find a user by exact handle", query=models.FindUser,
                response=models.PublicUser, errors=(404,))
     async def find_user(session: Session, query: models.FindUser) -> Reply:
-        return render.public_user(await accounts.find_by_handle(query.handle))
+        return render.public_user(*await services.privacy.profile_for(
+            session.user_id, await accounts.find_by_handle(query.handle)))

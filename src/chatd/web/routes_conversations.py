@@ -27,15 +27,44 @@ def register(api: Api, services: Services) -> None:
         return render.conversation(opened.conversation, session.user_id), (
             201 if opened.created else 200)
 
-    @api.route("GET", "/conversations", summary="Your conversations, most recent first",
-               response=models.Conversations)
-    async def list_conversations(session: Session) -> Reply:
-        return render.conversations(await messaging.conversations_of(session), session.user_id)
+    @api.route("GET", "/conversations", summary="Your conversations, most recent first "
+               "(?requests=1: the message requests you received)",
+               query=models.ConversationsQuery, response=models.Conversations)
+    async def list_conversations(session: Session, query: models.ConversationsQuery) -> Reply:
+        user_id = session.user_id
+        convs = await messaging.conversations_of(session)
+        # A request is listed apart until answered; a declined one is hidden from its
+        # recipient (docs/privacy.md).
+        requests = [conv for conv in convs
+                    if conv.direct is not None and conv.direct.is_request_for(user_id)]
+        if query.requests:
+            return render.conversations(requests, user_id)
+        return render.conversations(
+            [conv for conv in convs if conv not in requests
+             and not (conv.direct is not None and conv.direct.hidden_from(user_id))], user_id)
 
     @api.route("GET", "/conversations/{conversation_id}", summary="One conversation",
                response=models.Conversation)
     async def get_conversation(session: Session, conversation_id: int) -> Reply:
         conv = await messaging.member_view(session, conversation_id)
+        return render.conversation(conv, session.user_id)
+
+    @api.route("PATCH", "/conversations/{conversation_id}",
+               summary="Set disappearing messages (and, in a group, who may change them)",
+               description=(
+                   "disappearing_s: either member of a direct conversation; a group's "
+                   "admins, or every member when anyone_sets_timer is on (which only "
+                   "admins change). Each change is a system entry (disappearing_set, "
+                   "timer_permission_set); messages sent after it carry expires_at."),
+               body=models.ConversationChange, response=models.Conversation,
+               errors=_GROUP_ERRORS)
+    async def change_conversation(session: Session, conversation_id: int,
+                                  body: models.ConversationChange) -> Reply:
+        if body.disappearing_s is None and body.anyone_sets_timer is None:
+            conv = await messaging.member_view(session, conversation_id)
+        else:
+            conv = await conversations.set_disappearing(
+                session, conversation_id, body.disappearing_s, body.anyone_sets_timer)
         return render.conversation(conv, session.user_id)
 
     @api.route("POST", "/conversations/{conversation_id}/read",

@@ -10,7 +10,7 @@ from chatd.domain.models import Session
 from chatd.services.context import Services
 from chatd.web import models, render
 from chatd.web.api import Api
-from chatd.web.render import Reply
+from chatd.web.render import NO_CONTENT, Reply
 
 
 def register(api: Api, services: Services) -> None:
@@ -37,6 +37,24 @@ def register(api: Api, services: Services) -> None:
     async def message_status(session: Session, conversation_id: int, seq: int) -> Reply:
         status = await messaging.message_status(session, conversation_id, seq)
         return render.message_status(conversation_id, seq, status)
+
+    @api.route("POST", "/messages/{conversation_id}/{seq}/delete",
+               summary="Delete a message for everyone (a tombstone stays at its seq) or "
+                       "for yourself",
+               description=(
+                   "`for: everyone`: its sender may within limits.delete_window_s of "
+                   "sending, a group admin at any time, anyone else gets 403 (not_sender, "
+                   "delete_window_passed). The body and attachments leave storage; members "
+                   "get a `message_deleted` frame and a `message_deleted` system entry. "
+                   "Entries the server wrote cannot be deleted (409 not_deletable); "
+                   "deleting a deleted message again changes nothing. `for: me`: hidden "
+                   "from your history and sync, on all your devices (`message_hidden`)."),
+               body=models.DeleteMessage, status=204, errors=(403, 404, 409))
+    async def delete_message(session: Session, conversation_id: int, seq: int,
+                             body: models.DeleteMessage) -> Reply:
+        await messaging.delete_message(session, conversation_id, seq,
+                                       for_everyone=body.for_ == "everyone")
+        return NO_CONTENT
 
     @api.route("GET", "/messages/{conversation_id}",
                summary="A page of history in ascending seq order", query=models.HistoryQuery,

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+import keyword
 import re
 import types
 import typing
@@ -415,6 +416,9 @@ class Field:
     #: `None` in JSON means "left out" (the field's type admits None).
     nullable: bool
     default: Any
+    #: The dataclass attribute: the JSON name, or it with a trailing "_" when the name is
+    #: a Python keyword ("for" is held as `for_`).
+    attribute: str = ""
 
 
 _INFERRED: dict[type, Kind] = {str: String(), int: Integer(), bool: Boolean()}
@@ -449,7 +453,7 @@ def _is_model(hint: Any) -> bool:
 
 #: Per model class, computed on first use (a class is complete only once defined).
 _FIELDS: dict[type[Model], tuple[Field, ...]] = {}
-_DUMPERS: dict[type[Model], tuple[tuple[str, Kind | None], ...]] = {}
+_DUMPERS: dict[type[Model], tuple[tuple[str, Kind | None, str], ...]] = {}
 
 
 def _fields(model: type[Model]) -> tuple[Field, ...]:
@@ -461,17 +465,19 @@ def _fields(model: type[Model]) -> tuple[Field, ...]:
     for spec in dataclasses.fields(model):  # type: ignore[arg-type]
         kind, nullable = _kind_of(hints[spec.name])
         has_default = spec.default is not dataclasses.MISSING
-        result.append(Field(spec.name, kind, not has_default, nullable,
-                            spec.default if has_default else None))
+        name = spec.name[:-1] if spec.name.endswith("_") and keyword.iskeyword(
+            spec.name[:-1]) else spec.name
+        result.append(Field(name, kind, not has_default, nullable,
+                            spec.default if has_default else None, spec.name))
     _FIELDS[model] = fields = tuple(result)
     return fields
 
 
-def _dumpers(model: type[Model]) -> tuple[tuple[str, Kind | None], ...]:
+def _dumpers(model: type[Model]) -> tuple[tuple[str, Kind | None, str], ...]:
     known = _DUMPERS.get(model)
     if known is None:
-        known = _DUMPERS[model] = tuple((field.name, None if field.kind.plain else field.kind)
-                                        for field in _fields(model))
+        known = _DUMPERS[model] = tuple((field.name, None if field.kind.plain else field.kind,
+                                         field.attribute) for field in _fields(model))
     return known
 
 
@@ -509,13 +515,13 @@ class Model:
                 if field.required:
                     raise BadRequest(f"{field.name}: this field is required",
                                      code="missing_field")
-                values[field.name] = field.default
+                values[field.attribute] = field.default
                 continue
             value = data[field.name]
             if value is None and field.nullable:
-                values[field.name] = field.default
+                values[field.attribute] = field.default
             else:
-                values[field.name] = field.kind.parse(value, field.name, limits)
+                values[field.attribute] = field.kind.parse(value, field.name, limits)
         for constraint in cls.constraints:
             constraint.check(data, limits)
         return cls(**values)
@@ -530,9 +536,9 @@ class Model:
                 if field.required:
                     raise BadRequest(f"{field.name}: give ?{field.name}= (required)",
                                      code="missing_field")
-                values[field.name] = field.default
+                values[field.attribute] = field.default
             else:
-                values[field.name] = field.kind.parse_text(raw, field.name, limits)
+                values[field.attribute] = field.kind.parse_text(raw, field.name, limits)
         return cls(**values)
 
     @classmethod
@@ -557,6 +563,7 @@ class Model:
                  "schema": field.kind.schema(limits)} for field in cls.fields()]
 
     def to_json(self) -> dict[str, Any]:
-        return {name: getattr(self, name) if kind is None else kind.dump(getattr(self, name))
-                for name, kind in _dumpers(type(self))}
+        return {name: getattr(self, attribute) if kind is None
+                else kind.dump(getattr(self, attribute))
+                for name, kind, attribute in _dumpers(type(self))}
 

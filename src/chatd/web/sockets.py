@@ -483,6 +483,7 @@ class LiveSockets:
             live.shows_reads = user.read_receipts
             live.hides_last_seen = user.hide_last_seen
             live.start(starts, cursors)
+            await services.presence.settle(live, [conv for conv, _ in starts], user)
             await services.presence.came_online(live, first=first)
             await self._read_loop(conn, rest)
         finally:
