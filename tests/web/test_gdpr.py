@@ -115,7 +115,9 @@ async def test_one_export_at_a_time_per_user(server: RunningServer,
     finally:
         await store.delete([record.export_id])
         store._making.discard(int(alice.user_id))  # the test played its maker
-    assert (await alice.post("/me/export")).status_code == 202
+    started = await alice.post("/me/export")
+    assert started.status_code == 202
+    assert (await ready_export(alice, started.json()["export_id"])).status_code == 200
 
 
 async def test_an_export_is_deleted_after_its_lifetime(start_server: ServerFactory) -> None:
@@ -160,8 +162,14 @@ async def test_after_erase_the_account_is_gone_and_its_handle_free(
     media = await uploaded(alice, png(), "image/png", "mine.png")
     export_id = (await alice.post("/me/export")).json()["export_id"]
     assert (await ready_export(alice, export_id)).status_code == 200
+    direct = await bob.direct_with(alice)
+    await alice.send(direct, "something to erase")
     response = await erase(alice)
-    assert response.status_code in (200, 202), response.text
+    assert response.status_code == 200 and response.json() == {"status": "erased"}
+    history = (await bob.get(f"/messages/{direct}")).json()["messages"]
+    assert [m["content_type"] for m in history if m["sender_id"] == alice.user_id][0] == \
+        "chatd/deleted"
+    assert history[-1]["body"]["event"] == "member_erased"
     # Every token is dead; logging in is refused as for a wrong password.
     for account in (alice, second):
         assert_error(await account.get("/me"), 401, "invalid_token")

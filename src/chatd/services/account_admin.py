@@ -187,6 +187,10 @@ class AccountAdmin:
             if user.handle and self._store.get(records.HANDLES, user.handle) == user_id:
                 batch.delete(records.HANDLES, user.handle)
             self._accounts.write_user(batch, tombstone(user))
+            # An overwrite is not a delete: ask the purge (storage/purge.py) to compact
+            # the old profile's versions off the disk as it does deleted records.
+            batch.after_commit.append(lambda: self._store.want_purge(
+                {records.USERS.name: {records.u64(user_id)}}))
             self._accounts.revoke_all_in(batch, user_id)
             batch.delete(records.LAST_SEEN, user_id)
             return state

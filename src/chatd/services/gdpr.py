@@ -207,11 +207,10 @@ class Gdpr:
         return "erased"
 
     async def _erase_member(self, conversation_id: int, user_id: int) -> None:
-        """The user's messages in the conversation become tombstones and they leave it,
-        on its owner (`EraseMember`)."""
-        # TODO(delete): ops.EraseMember lands with the `delete` part of issue 13.
-        raise Unavailable("erasing memberships needs the owner command EraseMember",
-                          code="not_implemented")
+        """The user's messages in the conversation become tombstones (bodies and
+        attachment references gone) and they leave it with a `member_erased` entry, on
+        its owner (`EraseMember`, services/deletion.py)."""
+        await self._router.ask(ops.EraseMember(conversation_id, user_id))
 
     async def _erase_local_request(self, body: dict[str, Any]) -> Any:
         user_id = int_field(body, "user_id")

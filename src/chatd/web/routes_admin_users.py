@@ -81,7 +81,7 @@ def register(api: Api, services: Services) -> None:
     @api.route("GET", "/admin/exports/{export_id}", summary="An export made on this shard: "
                "202 while it is being made, then the zip", access=Access.ADMIN,
                response=ZIP, also={202: models.ExportStatus})
-    async def get_export(export_id: str) -> Reply:
+    async def get_admin_export(export_id: str) -> Reply:
         return await export_reply(services, gdpr.exports.get(export_id, None))
 
 
