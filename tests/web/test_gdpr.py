@@ -167,7 +167,7 @@ async def test_after_erase_the_account_is_gone_and_its_handle_free(
     response = await erase(alice)
     assert response.status_code == 200 and response.json() == {"status": "erased"}
     history = (await bob.get(f"/messages/{direct}")).json()["messages"]
-    assert [m["content_type"] for m in history if m["sender_id"] == alice.user_id][0] == \
+    assert next(m["content_type"] for m in history if m["sender_id"] == alice.user_id) == \
         "chatd/deleted"
     assert history[-1]["body"]["event"] == "member_erased"
     # Every token is dead; logging in is refused as for a wrong password.
