@@ -431,6 +431,21 @@ class AbuseConfig:
 
 
 @dataclass(frozen=True)
+class GdprConfig:
+    """Exports and erasure of a user's data (services/gdpr.py, docs/privacy.md)."""
+
+    #: Seconds a finished export is kept before it is deleted (it is personal data too).
+    export_ttl: float = 24 * 3600.0
+    #: The user's own messages an export holds at most (the newest are left out past it,
+    #: and the export says so).
+    export_max_messages: int = 100_000
+    #: Bytes of uploaded files an export holds at most (the rest are listed, not copied).
+    export_max_media_bytes: int = 1024 * 1024 * 1024
+    #: Seconds between passes that delete expired exports and finish interrupted erasures.
+    sweep_interval: float = 60.0
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -443,6 +458,7 @@ class Config:
     ratelimits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     abuse: AbuseConfig = field(default_factory=AbuseConfig)
+    gdpr: GdprConfig = field(default_factory=GdprConfig)
 
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.server.listen)
@@ -644,6 +660,7 @@ def validate(config: Config) -> Config:
     _validate_trusted_proxies(config.server.trusted_proxies)
     _validate_deletion(config)
     _validate_abuse(config.abuse)
+    _validate_gdpr(config.gdpr)
     if config.server.max_request_bytes < config.limits.max_message_bytes:
         raise ConfigError("server.max_request_bytes: must be at least limits.max_message_bytes")
     return config
@@ -675,6 +692,15 @@ def _validate_deletion(config: Config) -> None:
                         ("limits.retention_days", config.limits.retention_days)):
         if number < 0:
             raise ConfigError(f"{key}: must not be negative, got {number}")
+
+
+def _validate_gdpr(gdpr: GdprConfig) -> None:
+    for key, number in (("gdpr.export_ttl", gdpr.export_ttl),
+                        ("gdpr.export_max_messages", gdpr.export_max_messages),
+                        ("gdpr.export_max_media_bytes", gdpr.export_max_media_bytes),
+                        ("gdpr.sweep_interval", gdpr.sweep_interval)):
+        if number <= 0:
+            raise ConfigError(f"{key}: must be greater than 0, got {number}")
 
 
 def _validate_media(media: MediaConfig) -> None:

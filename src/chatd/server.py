@@ -3,6 +3,7 @@
     serve()
     ├── committer.run       the only writer of RocksDB
     ├── accounts.run_pruner deletes expired devices and tokens, hourly
+    ├── gdpr.run            makes exports, deletes expired ones, finishes erasures
     └── FrontServer.run     one port: REST through hypercorn + quart-trio, /ws served
                             directly (web/front.py, web/sockets.py); TLS when
                             server.certfile is set (web/tls.py)
@@ -85,7 +86,9 @@ def _mesh(config: Config, services: Services) -> Mesh | None:
     assert me.mesh is not None  # validate() insists on it in a cluster
     handler = PeerHandler(owner_api=services.owner_api, home_api=services.home_api,
                           delivery=services.delivery, coordinator=services.coordinator,
-                          media=services.media)
+                          media=services.media,
+                          extra_requests={**services.account_admin.requests,
+                                          **services.gdpr.requests})
     server_ssl, client_ssl = (mesh_tls_contexts(cluster.tls_certfile, cluster.tls_keyfile,
                                                 cluster.tls_cafile)
                               if cluster.mesh_tls else (None, None))
@@ -179,6 +182,7 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
                 web.start_soon(_run_until, shutdown, services.media.run_collector)
                 web.start_soon(_run_until, shutdown, services.sweeper.run)
                 web.start_soon(_run_until, shutdown, services.purger.run)
+                web.start_soon(_run_until, shutdown, services.gdpr.run)
                 url = await web.start(front.run, shutdown)
                 log.info("serving %s (shard %s, data %s)", url, config.cluster.shard,
                          config.storage.data_dir)

@@ -21,6 +21,7 @@ from chatd.server import RunningServer
 from tests.conftest import ServerFactory
 from tests.helpers import Account, assert_error, login, new_account
 from tests.web.test_compact import ADMIN, compact, files_holding
+from tests.web.test_gdpr import document, exported
 
 
 @asynccontextmanager
@@ -288,3 +289,20 @@ async def test_catch_up_after_a_reconnect_delivers_replies_in_log_order(
         assert got[0]["quote"]["text"] == "first"
         assert got[1]["mentions"] == [bob.user_id]
         assert (got[2]["reply_to"], got[2]["quote"]["text"]) == (sent[0], "second")
+
+
+async def test_an_export_holds_what_the_user_replied_to_and_mentioned(
+        start_server: ServerFactory) -> None:
+    server = await start_server()
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        alice, bob = await new_account(http), await new_account(http)
+        conversation = await alice.direct_with(bob)
+        target = await sent_seq(alice, conversation, "alice's secret words")
+        reply = await sent_seq(bob, conversation, f"@{alice.handle} ok", reply_to=target)
+        archive = await exported(bob)
+        [mine] = [m for m in document(archive, "messages.json") if m["seq"] == reply]
+        assert (mine["reply_to"], mine["mentions"]) == (target, [alice.user_id])
+        # Not the quote: that is alice's text, not bob's data.
+        assert "quote" not in mine
+        assert b"alice's secret words" not in b"".join(
+            archive.read(name) for name in archive.namelist())

@@ -26,7 +26,7 @@ from chatd.config import AuthConfig
 from chatd.domain import privacy, rules
 from chatd.domain.ids import SnowflakeGenerator
 from chatd.domain.models import Device, Session, TokenRecord, User
-from chatd.errors import BadRequest, ChatdError, Conflict, NotFound, Unauthorized
+from chatd.errors import BadRequest, ChatdError, Conflict, Forbidden, NotFound, Unauthorized
 from chatd.services.clock import Clock
 from chatd.services.commands import Commands
 from chatd.services.passwords import PasswordHasher
@@ -80,6 +80,9 @@ class AccountService:
         self._unlanded_logins: dict[int, int] = {}
         self._profile_listeners: list[Callable[[User], None]] = []
         self._revocation_listeners: list[Callable[[int, int], None]] = []
+        #: Called with the user id of each login whose password matched, before a device
+        #: is made: raising refuses the login (services/account_admin.py: deactivated).
+        self.login_checks: list[Callable[[int], None]] = []
 
     def forget_pending(self) -> None:
         """After a failed batch write: pending changes never reached the disk."""
@@ -130,6 +133,8 @@ class AccountService:
         if user is None or not verified:
             # One answer for an unknown handle and a wrong password.
             raise Unauthorized("wrong handle or password", code="bad_credentials")
+        for check in self.login_checks:
+            check(user.user_id)
         token = self._token_prefix + base64.urlsafe_b64encode(secrets.token_bytes(32)).decode()
         token = token.rstrip("=")
         token_hash = hash_token(token)
@@ -249,6 +254,33 @@ class AccountService:
 
     async def logout(self, session: Session) -> None:
         await self.revoke_device(session, session.device_id)
+
+    def revoke_all_in(self, batch: Batch, user_id: int) -> int:
+        """Every device of the user, with its token and cursors, deleted in `batch`; their
+        sockets are closed once it lands (the revocation listeners). Returns how many."""
+        devices = self._devices_of(user_id)
+        for device in devices:
+            self._delete_device(batch, device)
+            for listener in self._revocation_listeners:
+                batch.after_commit.append(partial(listener, user_id, device.device_id))
+        return len(devices)
+
+    async def verify_password(self, user_id: int, password: str) -> None:
+        """403 `wrong_password` unless `password` is the user's (an argon2 verify, like a
+        login, and rate limited like one, per user). Not a 401: the caller's token is
+        good, and a client must not take this for a session that ended."""
+        # Each attempt costs a password hash, as a login does: the login bucket, per account.
+        self._ratelimits.take("login", account=f"user:{user_id}")
+        user = self._user(user_id)
+        hashed = user.password_hash if user is not None and user.password_hash else None
+        if not await self._hasher.verify(hashed, password) or hashed is None:
+            raise Forbidden("wrong password", code="wrong_password")
+
+    def write_user(self, batch: Batch, user: User) -> None:
+        """Replace the user's record in `batch` (reads see it at once, as a profile edit)."""
+        batch.put(records.USERS, user.user_id, user)
+        self._pending_users[user.user_id] = user
+        batch.after_commit.append(lambda: self._settle(user))
 
     # -- profiles -------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from chatd.replication.replica import Replica
 from chatd.replication.shipper import Shipper
 from chatd.services.abuse import AbuseHome
 from chatd.services.abuse_signals import AbuseSignals
+from chatd.services.account_admin import AccountAdmin
 from chatd.services.accounts import AccountService
 from chatd.services.blocks import BlockList
 from chatd.services.clock import Clock, SystemClock
@@ -32,7 +33,9 @@ from chatd.services.conversations import ConversationService
 from chatd.services.deletion import Deletions
 from chatd.services.delivery import Delivery
 from chatd.services.direct_requests import DirectRequests
+from chatd.services.exports import ExportStore
 from chatd.services.forwarding import Forwarding
+from chatd.services.gdpr import Gdpr
 from chatd.services.invites import GroupInvites
 from chatd.services.live import Hub
 from chatd.services.log import ConversationLog
@@ -100,6 +103,10 @@ class Services:
     ratelimits: RateLimits
     #: server.trusted_proxies: whose X-Forwarded-For names the client (web/client_address.py).
     proxies: TrustedProxies
+    #: The operator's side of accounts, on their home (services/account_admin.py).
+    account_admin: AccountAdmin
+    #: Exports and erasure of a user's data, across shards (services/gdpr.py).
+    gdpr: Gdpr
     #: Forwarding messages between conversations (replies and mentions ride on sends).
     forwarding: Forwarding
 
@@ -235,11 +242,20 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     sweeper.serves = coordinator.serves
     sweeper.media = media
     purger = Purger(store, interval=config.storage.purge_interval)
+    account_admin = AccountAdmin(store=store, commands=commands, accounts=accounts,
+                                 clock=clock)
+    exports = ExportStore(store=store, commands=commands, directory=data_dir / "exports",
+                          clock=clock, shard_number=shard_number,
+                          ttl_s=config.gdpr.export_ttl)
+    gdpr = Gdpr(router=router, admin=account_admin, owner_api=owner_api, media=media,
+                exports=exports, config=config.gdpr, limits=config.limits,
+                now_ms=clock.now_ms)
     return Services(config, store, committer, router, owner, owner_api, log, accounts, users,
                     home_api, conversations, messaging, hub, delivery, presence, receipts,
                     clock, coordinator, shipper, backups, media, privacy, requests, blocks,
                     deletions, sweeper, purger, abuse_home, abuse, reports, ratelimits,
-                    TrustedProxies(config.server.trusted_proxies), forwarding)
+                    TrustedProxies(config.server.trusted_proxies), account_admin, gdpr,
+                    forwarding)
 
 
 def _replication(config: Config, store: Store, placement: Placement, committer: GroupCommitter,

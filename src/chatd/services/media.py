@@ -406,6 +406,9 @@ class MediaService:
         self._check_quarantine(media.sha256)
         return media
 
+    def is_quarantined(self, sha256: str) -> bool:
+        return self._store.get(records.QUARANTINE, sha256) is not None
+
     def _check_quarantine(self, sha256: str) -> None:
         if self._store.get(records.QUARANTINE, sha256) is not None:
             raise Quarantined("this content was made unavailable by the operator",
@@ -764,6 +767,46 @@ class MediaService:
         self._count_blob(batch, media.sha256, media.size, -1)
         for thumb in media.thumbs:
             self._count_blob(batch, thumb.sha256, thumb.length, -1)
+
+    # -- export and erase (services/gdpr.py) ----------------------------------------------
+
+    async def uploads_of(self, user_id: int) -> list[MediaRecord]:
+        """The user's uploads on this shard that still exist (their own reference may be
+        gone: a message still carries them). Media has no index by uploader, so this is a
+        scan of this shard's media records, a page at a time (the loop serves between
+        pages): exports and erasures are rare, and an index would cost every upload."""
+        found: list[MediaRecord] = []
+        after: bytes | None = None
+        while page := self._store.scan(records.MEDIA, b"", after=after, limit=GC_BATCH * 4):
+            after = records.u64(page[-1][0])
+            found.extend(record for _, record in page if record.uploader_id == user_id)
+            await trio.lowlevel.checkpoint()
+        return found
+
+    async def erase_uploads(self, user_id: int) -> int:
+        """Drop every upload of the user on this shard, whatever still references it
+        (messages, photos): the record, where it was referenced, the user's usage; then
+        collect the blobs no other upload shares, so their files leave the disk now, not
+        at the next GC pass. Returns how many uploads were dropped. Idempotent."""
+        uploads = await self.uploads_of(user_id)
+
+        def apply(batch: Batch) -> int:
+            dropped = 0
+            for listed in uploads:
+                media = self.find(listed.media_id)
+                if media is None:
+                    continue
+                for key, _ in self._store.scan(records.MEDIA_CONVERSATIONS,
+                                               records.u64(media.media_id)):
+                    self._overlay.delete(batch, records.MEDIA_CONVERSATIONS, key)
+                self._drop(batch, media)
+                dropped += 1
+            self._overlay.delete(batch, records.MEDIA_USAGE, user_id)
+            return dropped
+
+        dropped: int = await self._commands.submit(apply)
+        await self.collect_garbage()
+        return dropped
 
     def usage(self, user_id: int) -> Usage:
         used = self._store.get(records.MEDIA_USAGE, user_id) or 0

@@ -11,6 +11,9 @@
                        (chatd/replication/coordinator.py)
     media.*            media of this shard, and audiences of conversations it owns
                        (services/media.py)
+    gdpr.*, home.admin_*, home.export_profile
+                       exports, erasure and the operator's account actions
+                       (services/gdpr.py, services/account_admin.py)
 
 Requests are handled in the order they arrive on a link, synchronously up to the point
 where a command is queued, so commands one peer forwards reach the committer in the
@@ -21,6 +24,7 @@ A body that does not fit its method is answered 400 and applied nowhere.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from chatd.errors import BadRequest, ChatdError, NotFound
@@ -38,12 +42,17 @@ log = logging.getLogger(__name__)
 
 class PeerHandler:
     def __init__(self, *, owner_api: OwnerApi, home_api: HomeApi, delivery: Delivery,
-                 coordinator: Coordinator, media: MediaService | None = None) -> None:
+                 coordinator: Coordinator, media: MediaService | None = None,
+                 extra_requests: Mapping[str, Callable[[dict[str, Any]], Any]] | None = None,
+                 ) -> None:
         self._owner_api = owner_api
         self._home_api = home_api
         self._delivery = delivery
         self._coordinator = coordinator
         self._media_requests = media.requests if media is not None else {}
+        #: Requests of services that declare their own (`gdpr.*`, `home.admin_*`:
+        #: services/gdpr.py, services/account_admin.py).
+        self._extra_requests = dict(extra_requests or {})
 
     def handle_request(self, peer: str, method: str, body: Any) -> Any:
         command_type = ops.COMMANDS.get(method)
@@ -57,6 +66,9 @@ class PeerHandler:
         media = self._media_requests.get(method)
         if media is not None:
             return media(_map(body))
+        extra = self._extra_requests.get(method)
+        if extra is not None:
+            return extra(_map(body))
         if method == fanout.ONLINE:
             return self._delivery.online_from_peer(body)
         if method == fanout.ELSEWHERE:

@@ -49,6 +49,8 @@ added unpacks with that field's default, so adding a field at the end needs no m
 | | | seq, reason, note, evidence, created_at, message_id, content_type, |
 | | | message_text, status, resolved_at, action, resolution_note |
 | report_dedup | reported_id, reporter_id, conversation_id, seq | report_id (8 bytes) |
+| account_state | user_id | {deactivated_at, erasing_since, erased_at, photo}: on the home |
+| exports | export_id (ASCII) | {user_id, created_at, ready, size}: a data export's file |
 
 Ids and seqs in keys are fixed-width big-endian, so byte order is numeric order and a scan
 of `conversation_id | seq` yields a log in seq order.
@@ -429,6 +431,15 @@ def _read_quad_key(data: bytes) -> tuple[int, int, int, int]:
 #: (reported, reporter, conversation, seq) -> the report: a repeated report is the same one.
 REPORT_DEDUP: Family[tuple[int, int, int, int], int] = Family(
     "report_dedup", _quad_key, _read_quad_key, _u64_value, _read_u64_value)
+# -- export and erase (services/gdpr.py) -----------------------------------------------------
+
+#: What an operator or an erasure did to an account (services/account_admin.py), on the
+#: user's home: a msgpack map, so a flag added later needs no migration. No row: an
+#: ordinary account.
+ACCOUNT_STATE: Family[int, Any] = Family("account_state", u64, read_u64, pack, _read_any)
+#: Data exports made on this shard (services/exports.py), by their unguessable id; the
+#: zip itself is a file under <data>/exports.
+EXPORTS: Family[str, Any] = Family("exports", _ascii, _read_ascii, pack, _read_any)
 
 #: Every family, in the order the database creates them.
 FAMILIES: tuple[Family[Any, Any], ...] = (
@@ -436,7 +447,8 @@ FAMILIES: tuple[Family[Any, Any], ...] = (
     DEDUP, WATERMARKS, CURSORS, LAST_SEEN, META, MEDIA, BLOBS, MEDIA_UNREFERENCED,
     DEAD_BLOBS, QUARANTINE, MEDIA_USAGE, MEDIA_REFS, MEDIA_CONVERSATIONS,
     DIRECT_STATES, BLOCKS, INVITES, USER_INVITES, HIDDEN, EXPIRIES,
-    MEDIA_RELEASES, ABUSE, ABUSE_QUEUE, REPORTS, REPORT_DEDUP)
+    MEDIA_RELEASES, ABUSE, ABUSE_QUEUE, REPORTS, REPORT_DEDUP,
+    ACCOUNT_STATE, EXPORTS)
 CONVERSATION_FAMILIES.update(
     (family.name, family.conversation_at) for family in FAMILIES
     if family.conversation_at is not None)

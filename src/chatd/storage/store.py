@@ -107,6 +107,17 @@ def _purge_mark(family: str, prefix: bytes) -> bytes:
     return f"{PURGE_MARK}{family}:{prefix.hex()}".encode()
 
 
+#: The scratch column family `Store._roll_manifest` makes and drops.
+_ROLL_FAMILY = "purge-manifest-roll"
+
+
+def _families_at(path: str) -> list[str]:
+    try:
+        return list(Rdict.list_cf(path))
+    except Exception:  # no database there yet
+        return []
+
+
 def _successor(prefix: bytes) -> bytes | None:
     """The first key after every key that starts with `prefix` (None: no end)."""
     stripped = prefix.rstrip(b"\xff")
@@ -130,6 +141,7 @@ class Store:
         # prefixes (None: the whole family). Filled by every write, the owner's and the
         # replica's alike, so both purge the same bytes.
         self._to_purge: dict[str, set[bytes] | None] = {}
+        self._owed_before_start()
 
     @classmethod
     def open(cls, path: str, *, sync: bool = True) -> Store:
@@ -143,11 +155,16 @@ class Store:
         options.set_recycle_log_file_num(0)
         options.set_wal_ttl_seconds(0)
         options.set_wal_size_limit_mb(0)
+        # A new MANIFEST at every change of the set of table files (see `_roll_manifest`).
+        options.set_max_manifest_file_size(0)
         families = {family.name: Options(raw_mode=True) for family in records.FAMILIES}
+        if _ROLL_FAMILY in _families_at(path):
+            # A purge stopped between making and dropping it: open it to drop it.
+            families[_ROLL_FAMILY] = Options(raw_mode=True)
         db = Rdict(path, options, column_families=families)
-        store = cls(db, sync)
-        store._owed_before_start()
-        return store
+        if _ROLL_FAMILY in families:
+            db.drop_column_family(_ROLL_FAMILY)
+        return cls(db, sync)
 
     @classmethod
     def open_read_only(cls, path: str) -> Store:
@@ -288,6 +305,20 @@ class Store:
         # The flush switched to a new WAL file; make sure the old ones are gone now,
         # not at RocksDB's next periodic cleanup.
         self._db.flush_wal(True)
+        self._roll_manifest()
+
+    def _roll_manifest(self) -> None:
+        """Start a new MANIFEST, so the old one, and the keys it holds, leave the disk.
+        The MANIFEST is the log of changes to the set of table files, and each entry
+        names a file's smallest and largest key: a deleted key that was one (a freed
+        handle, a user's whole key range) stays in that log after the compaction that
+        dropped it. With `max_manifest_file_size` 0 RocksDB writes a new MANIFEST, a
+        snapshot of the live files, at each change; the last change of a purge is a
+        compaction, whose snapshot is taken before it, so one more change is made here
+        (a scratch family made and dropped: nothing is written to any record)."""
+        scratch = self._db.create_column_family(_ROLL_FAMILY, Options(raw_mode=True))
+        del scratch  # the view holds a handle; a dropped family must have none left
+        self._db.drop_column_family(_ROLL_FAMILY)
 
     # -- snapshots ------------------------------------------------------------------------
 

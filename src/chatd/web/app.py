@@ -24,9 +24,11 @@ from chatd.errors import ChatdError, RangeNotSatisfiable, RateLimited, Unauthori
 from chatd.services.context import Services
 from chatd.web import (
     routes_accounts,
+    routes_admin_users,
     routes_backup,
     routes_compact,
     routes_conversations,
+    routes_gdpr,
     routes_media,
     routes_messages,
     routes_moderation,
@@ -215,5 +217,7 @@ def create_app(services: Services) -> QuartTrio:
     routes_privacy.register(api, services)
     routes_reports.register(api, services)
     routes_moderation.register(api, services)
+    routes_gdpr.register(api, services)
+    routes_admin_users.register(api, services)
     api.install(app)
     return app

@@ -23,6 +23,7 @@ from typing import Annotated, Any
 
 from chatd.domain import deletion, replies, reports, rules
 from chatd.domain.ids import MAX_ID
+from chatd.services.exports import EXPORT_ID_PATTERN
 from chatd.web.schema import (
     Boolean,
     Choice,
@@ -134,6 +135,8 @@ PATH_PARAMETERS = {
     "seq": Integer(minimum=0, maximum=MAX_19_DIGITS),
     "media_id": ID,
     "report_id": ID,
+    "export_id": String(pattern=EXPORT_ID_PATTERN, rule="an export id (35 hex digits)",
+                        description="an export id, as POST /me/export answered it"),
 }
 
 # -- request bodies and queries ------------------------------------------------------------
@@ -832,3 +835,76 @@ class PageQuery(Model):
 @dataclass(frozen=True, slots=True)
 class AdminNote(Model):
     note: Annotated[str | None, ADMIN_NOTE] = None
+
+
+# -- export and erase (GDPR), the operator's account routes -----------------------------------
+
+ACCOUNT_STATUS = Choice(("active", "deactivated", "erasing", "erased"))
+
+
+@dataclass(frozen=True, slots=True)
+class EraseAccount(Model):
+    password: Annotated[str, String(description="your password, checked as at login")]
+    erase: Annotated[bool, Boolean(description="must be true: erasing cannot be undone")]
+
+
+@dataclass(frozen=True, slots=True)
+class EraseResult(Model):
+    #: "erasing": steps are left for a shard that could not be reached now; they are
+    #: finished in the background (docs/privacy.md).
+    status: Annotated[str, Choice(("erased", "erasing"))]
+
+
+@dataclass(frozen=True, slots=True)
+class ExportStatus(Model):
+    export_id: str
+    status: Annotated[str, Choice(("pending",))]
+
+
+@dataclass(frozen=True, slots=True)
+class AdminUsersQuery(Model):
+    handle: Annotated[str | None, String(
+        max_length=32, description="only handles that start with this (any case)")] = None
+    after: Annotated[int | None, ID] = None
+    limit: Annotated[int | None, Integer(minimum=1, maximum=1000,
+                                         description="users in the page (default 100)")] = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminUser(Model):
+    user_id: Annotated[int, ID]
+    #: Empty once erased.
+    handle: str
+    display_name: str
+    status_text: str
+    created_at: Annotated[int, MS]
+    status: Annotated[str, ACCOUNT_STATUS]
+    #: ms, 0 when not.
+    deactivated_at: Annotated[int, MS]
+    erasing_since: Annotated[int, MS]
+    erased_at: Annotated[int, MS]
+
+
+@dataclass(frozen=True, slots=True)
+class AdminUsers(Model):
+    users: list[AdminUser]
+    #: Give as ?after= for the next page; null when there is none.
+    next_after: Annotated[int | None, ID] = None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminDevice(Model):
+    device_id: Annotated[int, ID]
+    name: str
+    created_at: Annotated[int, MS]
+
+
+@dataclass(frozen=True, slots=True)
+class AdminUserDetail(Model):
+    user: AdminUser
+    devices: list[AdminDevice]
+    conversations: Annotated[int, Integer(minimum=0)]
+    uploads: Annotated[int, Integer(minimum=0)]
+    upload_bytes: Annotated[int, Integer(minimum=0)]
+    #: Shards that could not be asked: the counts leave out what they hold.
+    unreachable: Annotated[list[str], Json({"type": "array", "items": {"type": "string"}})]

@@ -1,0 +1,189 @@
+"""POST /me/export, GET /me/export/{id} and DELETE /me on a real shard: the zip and each
+of its files, 202 then 200, another user's export, one at a time, the lifetime; erase
+with a wrong password, and what erase leaves (login refused, the handle free, tokens and
+sockets dead, uploads gone)."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from typing import Any
+
+import httpx
+import trio
+
+from chatd.server import RunningServer
+from tests.conftest import ServerFactory
+from tests.helpers import PASSWORD, Account, ManualClock, assert_error, login, new_account
+from tests.media_files import png
+from tests.web.test_media import uploaded
+
+
+async def ready_export(account: Account, export_id: str, *, admin: dict[str, str] | None = None
+                       ) -> httpx.Response:
+    """Poll until the export is ready; returns the 200 answer."""
+    path = f"/admin/exports/{export_id}" if admin else f"/me/export/{export_id}"
+    with trio.fail_after(20):
+        while True:
+            response = await (account.http.get(path, headers=admin) if admin
+                              else account.get(path))
+            if response.status_code != 202:
+                return response
+            assert response.json() == {"export_id": export_id, "status": "pending"}
+            await trio.sleep(0.05)
+
+
+async def exported(account: Account) -> zipfile.ZipFile:
+    started = await account.post("/me/export")
+    assert started.status_code == 202, started.text
+    export_id = started.json()["export_id"]
+    response = await ready_export(account, export_id)
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/zip"
+    assert "attachment" in response.headers["content-disposition"]
+    return zipfile.ZipFile(io.BytesIO(response.content))
+
+
+def document(archive: zipfile.ZipFile, name: str) -> Any:
+    return json.loads(archive.read(name))
+
+
+async def test_the_export_holds_each_file(http: httpx.AsyncClient) -> None:
+    alice, bob = await new_account(http), await new_account(http)
+    await alice.patch("/me", json={"status": "busy exporting", "read_receipts": False})
+    direct = await alice.direct_with(bob)
+    group = await alice.group("the group", bob)
+    await alice.send(direct, "hello bob")
+    await bob.send(direct, "bob's own words")
+    await alice.send(group, "hello group")
+    image = png()
+    media = await uploaded(alice, image, "image/png", "picture.png")
+    archive = await exported(alice)
+    names = set(archive.namelist())
+    assert {"export.json", "profile.json", "settings.json", "devices.json",
+            "conversations.json", "messages.json", "media.json"} <= names
+    profile = document(archive, "profile.json")
+    assert profile["handle"] == alice.handle and profile["status"] == "busy exporting"
+    assert profile["user_id"] == alice.user_id
+    assert document(archive, "settings.json")["read_receipts"] is False
+    devices = document(archive, "devices.json")
+    assert [device["device_id"] for device in devices] == [alice.device_id]
+    assert set(devices[0]) == {"device_id", "name", "created_at"}  # no token hash
+    conversations = {conv["conversation_id"]: conv
+                     for conv in document(archive, "conversations.json")}
+    assert set(conversations) == {direct, group}
+    assert conversations[group]["your_membership"]["role"] == "admin"
+    assert {member["user_id"] for member in conversations[group]["members"]} == {
+        alice.user_id, bob.user_id}
+    bodies = [message["body"] for message in document(archive, "messages.json")]
+    assert sorted(bodies) == ["hello bob", "hello group"]  # only her own
+    listed = document(archive, "media.json")
+    assert [item["media_id"] for item in listed] == [media["media_id"]]
+    assert archive.read(listed[0]["file"]) == image
+    about = document(archive, "export.json")
+    assert about["messages_truncated"] is False and about["user_id"] == alice.user_id
+    # Bob's export holds his message, not hers, and no media.
+    bob_archive = await exported(bob)
+    assert [m["body"] for m in document(bob_archive, "messages.json")] == ["bob's own words"]
+    assert document(bob_archive, "media.json") == []
+
+
+async def test_exports_are_their_owners_only(
+        server: RunningServer, http: httpx.AsyncClient) -> None:
+    alice, bob = await new_account(http), await new_account(http)
+    first = await alice.post("/me/export")
+    assert first.status_code == 202
+    export_id = first.json()["export_id"]
+    assert (await ready_export(alice, export_id)).status_code == 200
+    assert_error(await bob.get(f"/me/export/{export_id}"), 404, "unknown_export")
+    assert_error(await alice.get("/me/export/" + "0" * 35), 404, "unknown_export")
+    assert_error(await alice.get("/me/export/not-an-id"), 400)
+    assert_error(await http.get(f"/me/export/{export_id}"), 401)
+    # Nothing of the export is left in the scratch space.
+    exports = server.services.gdpr.exports.directory
+    assert sorted(path.name for path in exports.iterdir()) == [f"{export_id}.zip"]
+
+
+async def test_one_export_at_a_time_per_user(server: RunningServer,
+                                             http: httpx.AsyncClient) -> None:
+    alice = await new_account(http)
+    store = server.services.gdpr.exports
+    record = await store.begin(int(alice.user_id))  # an export being made
+    try:
+        assert_error(await alice.post("/me/export"), 409, "export_running")
+    finally:
+        await store.delete([record.export_id])
+        store._making.discard(int(alice.user_id))  # the test played its maker
+    started = await alice.post("/me/export")
+    assert started.status_code == 202
+    assert (await ready_export(alice, started.json()["export_id"])).status_code == 200
+
+
+async def test_an_export_is_deleted_after_its_lifetime(start_server: ServerFactory) -> None:
+    clock = ManualClock()
+    server = await start_server(clock=clock, gdpr={"export_ttl": 60.0})
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        alice = await new_account(http)
+        export_id = (await alice.post("/me/export")).json()["export_id"]
+        assert (await ready_export(alice, export_id)).status_code == 200
+        path = server.services.gdpr.exports.path(export_id)
+        assert path.exists()
+        clock.now += 61_000
+        assert_error(await alice.get(f"/me/export/{export_id}"), 404, "unknown_export")
+        await server.services.gdpr.sweep()
+        assert not path.exists()
+        assert server.services.gdpr.exports.find(export_id) is None
+
+
+async def test_erase_needs_the_password_and_erase_true(http: httpx.AsyncClient) -> None:
+    alice = await new_account(http)
+    response = await alice.http.request("DELETE", "/me", headers=alice.headers,
+                                        json={"password": "wrong password!", "erase": True})
+    assert_error(response, 403, "wrong_password")
+    response = await alice.http.request("DELETE", "/me", headers=alice.headers,
+                                        json={"password": PASSWORD, "erase": False})
+    assert_error(response, 400, "invalid_field")
+    response = await alice.http.request("DELETE", "/me", headers=alice.headers,
+                                        json={"password": PASSWORD})
+    assert_error(response, 400, "missing_field")
+    assert (await alice.get("/me")).status_code == 200  # nothing happened
+
+
+async def erase(account: Account) -> httpx.Response:
+    return await account.http.request("DELETE", "/me", headers=account.headers,
+                                      json={"password": PASSWORD, "erase": True})
+
+
+async def test_after_erase_the_account_is_gone_and_its_handle_free(
+        server: RunningServer, http: httpx.AsyncClient) -> None:
+    alice, bob = await new_account(http), await new_account(http)
+    second = await login(http, alice.handle, "second device")
+    media = await uploaded(alice, png(), "image/png", "mine.png")
+    export_id = (await alice.post("/me/export")).json()["export_id"]
+    assert (await ready_export(alice, export_id)).status_code == 200
+    direct = await bob.direct_with(alice)
+    await alice.send(direct, "something to erase")
+    response = await erase(alice)
+    assert response.status_code == 200 and response.json() == {"status": "erased"}
+    history = (await bob.get(f"/messages/{direct}")).json()["messages"]
+    assert next(m["content_type"] for m in history if m["sender_id"] == alice.user_id) == \
+        "chatd/deleted"
+    assert history[-1]["body"]["event"] == "member_erased"
+    # Every token is dead; logging in is refused as for a wrong password.
+    for account in (alice, second):
+        assert_error(await account.get("/me"), 401, "invalid_token")
+    assert_error(await http.post("/login", json={"handle": alice.handle, "password": PASSWORD}),
+                 401, "bad_credentials")
+    # The profile is a tombstone; the handle is free for someone else.
+    shown = (await bob.get(f"/users/{alice.user_id}")).json()
+    assert shown["display_name"] == "deleted account" and shown["handle"] == ""
+    assert_error(await bob.get("/users", params={"handle": alice.handle}), 404)
+    newcomer = await new_account(http, alice.handle)
+    assert newcomer.user_id != alice.user_id
+    # The upload and the export are gone, files included.
+    assert_error(await bob.get(f"/media/{media['media_id']}"), 404)
+    assert server.services.media.find(int(media["media_id"])) is None
+    assert not server.services.gdpr.exports.path(export_id).exists()
+    blob = server.services.media.blobs
+    assert not [sha for sha, _ in blob.files()]  # type: ignore[attr-defined]
