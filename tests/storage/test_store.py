@@ -86,6 +86,8 @@ def test_every_family_round_trips_and_survives_reopen(tmp_path: Path) -> None:
         (records.BLOCKS, (1, 2), 777),
         (records.INVITES, (5, 2), GroupInvite(5, 2, 1, 888)),
         (records.USER_INVITES, (2, 5), None),
+        (records.ACCOUNT_STATE, 1, {"deactivated": True, "erasing": False}),
+        (records.EXPORTS, "00a" + "ab" * 16, {"user_id": 1, "status": "ready"}),
     ]
     assert {family.name for family, _, _ in rows} == {f.name for f in records.FAMILIES}
     store = Store.open(str(tmp_path))
