@@ -5,6 +5,7 @@ catch-up in log order."""
 from __future__ import annotations
 
 import base64
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -16,8 +17,10 @@ import trio
 from chatd.client import ChatClient, LiveConnection
 from chatd.protocol import frames
 from chatd.server import RunningServer
+from chatd.storage import records
 from tests.conftest import ServerFactory
 from tests.helpers import Account, ManualClock, assert_error, login, new_account
+from tests.web.test_compact import ADMIN, compact, files_holding
 
 THUMBS, HEART = "👍", "❤️"
 
@@ -328,3 +331,79 @@ async def test_catch_up_delivers_reactions_and_edits_in_log_order(
             ("text/plain", "second"),
             ("chatd/reaction", {"target": second, "emoji": HEART, "notify": []})]
         assert [m["seq"] for m in caught] == list(range(first + 1, first + 5))
+
+
+async def test_delete_for_everyone_takes_reactions_and_edits_off_the_disk(
+        start_server: ServerFactory) -> None:
+    server = await start_server(server={"admin_token": ADMIN})
+    store = server.services.store
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        alice, bob = await new_account(http), await new_account(http)
+        direct = await alice.direct_with(bob)
+        marker = f"marker-{uuid.uuid4().hex}"
+        seq = (await alice.send(direct, f"original {marker}")).json()["seq"]
+        assert (await edit(alice, direct, seq, f"edited {marker}")).status_code == 200
+        assert (await edit(alice, direct, seq, f"again {marker}")).status_code == 200
+        assert (await react(bob, direct, seq, THUMBS)).status_code == 200
+        assert (await react(bob, direct, seq, HEART)).status_code == 200
+        assert (await react(alice, direct, seq, THUMBS)).status_code == 200
+        kept = (await alice.send(direct, "an innocent neighbour")).json()["seq"]
+        assert (await react(bob, direct, kept, THUMBS)).status_code == 200
+        conversation_id = int(direct)
+        assert len(store.scan(records.REACTIONS, records.pair(conversation_id, seq))) == 2
+        assert len(store.scan(records.EDITS, records.pair(conversation_id, seq))) == 2
+        await compact(http)
+        assert any(name.endswith(".sst") for name in files_holding(server, marker))
+
+        response = await alice.post(f"/messages/{direct}/{seq}/delete", {"for": "everyone"})
+        assert response.status_code == 204
+        for family in (records.REACTIONS, records.REACTION_ENTRIES, records.EDITS):
+            assert store.scan(family, records.pair(conversation_id, seq)) == []
+        shown = await history(bob, direct)
+        # The message, its edits and its reactions are tombstones now; the neighbour
+        # keeps its reaction.
+        targeting = [m for m in shown.values() if m["seq"] > seq and m["seq"] < kept]
+        assert targeting and all(m["content_type"] == "chatd/deleted" and m["body"] == ""
+                                 for m in targeting)
+        assert shown[seq]["content_type"] == "chatd/deleted" and "reactions" not in shown[seq]
+        assert shown[kept]["reactions"] == {THUMBS: {"count": 1, "me": True}}
+        assert (await bob.get(f"/messages/{direct}/{seq}/edits")).json() == {"edits": []}
+        await compact(http)
+        assert files_holding(server, marker) == []
+        assert files_holding(server, "an innocent neighbour")
+
+
+async def test_disappearing_reactions_and_edits_expire(start_server: ServerFactory) -> None:
+    clock = ManualClock()
+    server = await start_server(clock=clock, server={"admin_token": ADMIN})
+    store = server.services.store
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        alice, bob = await new_account(http), await new_account(http)
+        direct = await alice.direct_with(bob)
+        # Sent before the timer: the message itself stays; what is done to it expires.
+        seq = (await alice.send(direct, "stays")).json()["seq"]
+        response = await alice.patch(f"/conversations/{direct}", {"disappearing_s": 86_400})
+        assert response.status_code == 200
+        marker = f"marker-{uuid.uuid4().hex}"
+        assert (await edit(alice, direct, seq, f"edited {marker}")).status_code == 200
+        assert (await react(bob, direct, seq, THUMBS)).status_code == 200
+        shown = await history(bob, direct)
+        entries = [m for m in shown.values() if m["content_type"] in ("chatd/edit",
+                                                                       "chatd/reaction")]
+        assert len(entries) == 2 and all(m["expires_at"] for m in entries)
+        assert shown[seq]["body"] == f"edited {marker}"
+        assert shown[seq]["reactions"] == {THUMBS: {"count": 1, "me": True}}
+
+        clock.now += 86_400_000
+        # Due: reads show them gone before the sweep writes the tombstones ...
+        shown = await history(bob, direct)
+        assert shown[seq]["body"] == "stays" and "edited_at" not in shown[seq]
+        assert "reactions" not in shown[seq]
+        # ... and the sweep (run by compact) removes the aggregates and the text.
+        await compact(http)
+        conversation_id = int(direct)
+        for family in (records.REACTIONS, records.REACTION_ENTRIES, records.EDITS):
+            assert store.scan(family, records.pair(conversation_id, seq)) == []
+        assert files_holding(server, marker) == []
+        edits_now = (await bob.get(f"/messages/{direct}/{seq}/edits")).json()["edits"]
+        assert [entry["body"] for entry in edits_now] == ["stays"]
