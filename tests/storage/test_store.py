@@ -17,6 +17,7 @@ from chatd.domain.models import (
     Watermark,
 )
 from chatd.domain.privacy import DirectState, GroupInvite
+from chatd.domain.reactions import ReactionRow
 from chatd.domain.reports import Report
 from chatd.storage import Batch, Store, records
 from chatd.storage.errors import UnstorableValue
@@ -85,6 +86,11 @@ def test_every_family_round_trips_and_survives_reopen(tmp_path: Path) -> None:
         (records.BLOCKS, (1, 2), 777),
         (records.INVITES, (5, 2), GroupInvite(5, 2, 1, 888)),
         (records.USER_INVITES, (2, 5), None),
+        (records.REACTIONS, (5, 1, 2), ReactionRow("👍🏽", 4, 400, 86_400_400)),
+        (records.REACTION_ENTRIES, (5, 1, 4), None),
+        (records.EDITS, (5, 1, 6), None),
+        (records.PINS, (5, 1), 7),
+        (records.UNCOUNTED, (5, 4), 1),
     ]
     assert {family.name for family, _, _ in rows} == {f.name for f in records.FAMILIES}
     store = Store.open(str(tmp_path))

@@ -24,7 +24,7 @@ from chatd.domain.models import (
     SendResult,
     Watermark,
 )
-from chatd.domain.rules import SYSTEM_CONTENT_TYPE
+from chatd.domain.rules import ANNOTATION_CONTENT_TYPES, SYSTEM_CONTENT_TYPE
 from chatd.domain.unread import UncountedSeqs
 from chatd.services.clock import Clock
 from chatd.services.log import ConversationLog
@@ -161,7 +161,8 @@ class ConversationOwner:
             found.update(message.sender_id for message in self._log.read(
                 conv.conversation_id, after=older_low - 1, before=older_high + 1,
                 limit=MAX_RECEIPT_SCAN, newest_first=True)
-                if message.content_type != SYSTEM_CONTENT_TYPE)
+                if message.content_type != SYSTEM_CONTENT_TYPE
+                and message.content_type not in ANNOTATION_CONTENT_TYPES)
         return found
 
     def move_watermark_hint(self, conv: Conversation, user_id: int, mark: Watermark) -> None:
@@ -271,7 +272,8 @@ class ConversationOwner:
         if expires_at:
             batch.put(records.EXPIRIES, (expires_at, conversation_id, seq), None)
         conv.written_seq = seq
-        if content_type != SYSTEM_CONTENT_TYPE and conv.recent is not None:
+        if counted and content_type != SYSTEM_CONTENT_TYPE and conv.recent is not None:
+            # (A reaction, edit or pin is nobody's message to be told the receipts of.)
             conv.recent.add(seq, sender_id)
         if not counted:
             assert isinstance(conv.uncounted, UncountedSeqs)  # (remember() made it)
