@@ -16,6 +16,7 @@ import trio
 
 from chatd.client import ChatClient, LiveConnection
 from chatd.protocol import frames
+from chatd.protocol import owner as ops
 from chatd.server import RunningServer
 from chatd.storage import records
 from tests.conftest import ServerFactory
@@ -407,3 +408,31 @@ async def test_disappearing_reactions_and_edits_expire(start_server: ServerFacto
         assert files_holding(server, marker) == []
         edits_now = (await bob.get(f"/messages/{direct}/{seq}/edits")).json()["edits"]
         assert [entry["body"] for entry in edits_now] == ["stays"]
+
+
+async def test_erasing_a_member_takes_their_reactions_and_edits(
+        start_server: ServerFactory) -> None:
+    server = await start_server()
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        alice, bob, carol = [await new_account(http) for _ in range(3)]
+        group = await alice.group("Team", bob, carol)
+        alices = (await alice.send(group, "alice's")).json()["seq"]
+        bobs = (await bob.send(group, "bob's")).json()["seq"]
+        assert (await edit(bob, group, bobs, "bob's, edited")).status_code == 200
+        for account in (bob, carol):
+            assert (await react(account, group, alices, THUMBS)).status_code == 200
+        assert (await react(carol, group, bobs, HEART)).status_code == 200
+        assert (await alice.post(f"/conversations/{group}/pins/{bobs}")).status_code == 204
+
+        erase = ops.EraseMember(int(group), int(bob.user_id))
+        assert await server.services.router.ask(erase) is None
+        shown = await history(carol, group)
+        # Bob's reaction is gone from alice's message; his message, its edit, its
+        # reactions and its pin are gone.
+        assert shown[alices]["reactions"] == {THUMBS: {"count": 1, "me": True}}
+        assert shown[bobs]["content_type"] == "chatd/deleted" and "reactions" not in shown[bobs]
+        assert not [m for m in shown.values() if m["content_type"] == "chatd/edit"]
+        assert (await carol.get(f"/conversations/{group}")).json()["pins"] == []
+        store = server.services.store
+        assert store.scan(records.REACTIONS, records.pair(int(group), bobs)) == []
+        assert store.scan(records.EDITS, records.pair(int(group), bobs)) == []

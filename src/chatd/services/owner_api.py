@@ -632,6 +632,10 @@ def _within_bytes(rows: Iterable[Message], limit: int) -> int:
 
 def _body_size(message: Message) -> int:
     body = message.body
+    if isinstance(body, dict):
+        # An edit entry holds a whole new body (a page of them must still fit a frame).
+        inner = body.get("body")
+        return 256 + (len(inner) if isinstance(inner, str | bytes) else 0)
     return len(body) if isinstance(body, str | bytes) else 256
 
 
