@@ -18,7 +18,7 @@ import trio
 
 from bench.harness import Result
 from bench.worker import process_cpu_seconds
-from chatd.config import AuthConfig, Config, StorageConfig
+from chatd.config import AuthConfig, Config, RateLimitsConfig, StorageConfig
 from chatd.pending import Pending
 from chatd.services.context import build_services
 from chatd.storage import Store
@@ -29,8 +29,9 @@ PASSWORD = "bench password"
 async def appends(*, messages: int, conversations: int, sync: bool = True) -> Result:
     with tempfile.TemporaryDirectory(prefix="chatd-appends-") as directory:
         config = Config(storage=StorageConfig(data_dir=str(Path(directory) / "data"), sync=sync),
-                        auth=AuthConfig(argon2_opslimit=1, argon2_memlimit_kib=8,
-                                        attempts_burst=1_000_000))
+                        auth=AuthConfig(argon2_opslimit=1, argon2_memlimit_kib=8),
+                        # A measurement of appends, far beyond a person's rate.
+                        ratelimits=RateLimitsConfig.unlimited())
         store = Store.open(config.storage.data_dir, sync=sync)
         try:
             services = build_services(config, store)

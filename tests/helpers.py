@@ -20,24 +20,37 @@ from typing import Any
 import httpx
 import trio
 
-from chatd.config import AuthConfig, Config, ServerConfig, StorageConfig
+from chatd.config import AuthConfig, Config, RateLimitsConfig, ServerConfig, StorageConfig
 
 PASSWORD = "correct horse battery"
 
-#: Settings that make argon2id cheap and lift the login rate limit: tests register many
-#: users; the production defaults are tested on their own in tests/services.
+#: Settings that make argon2id cheap and lift the login and registration rate limits:
+#: tests register and log in many users from one address; the limits are tested on their
+#: own (tests/web/test_ratelimits.py).
 FAST_AUTH_ENV = {
     "CHATD_AUTH_ARGON2_OPSLIMIT": "1",
     "CHATD_AUTH_ARGON2_MEMLIMIT_KIB": "8",
-    "CHATD_AUTH_ATTEMPTS_BURST": "100000",
+    "CHATD_RATELIMITS_LOGIN_PER_ACCOUNT": "off",
+    "CHATD_RATELIMITS_LOGIN_PER_ADDRESS": "off",
+    "CHATD_RATELIMITS_REGISTER_PER_ADDRESS": "off",
 }
+#: The same, for a config built in code.
+FAST_AUTH_RATELIMITS = {"login_per_account": "off", "login_per_address": "off",
+                        "register_per_address": "off"}
+#: Sends at machine rates (hundreds back to back from one account): for tests of delivery
+#: and back-pressure, which are not about limits (`start_server(ratelimits=...)`).
+UNLIMITED_SENDS = {"messages_per_account": "off", "messages_per_address": "off",
+                   "message_bytes_per_account": "off", "message_bytes_per_address": "off"}
+UNLIMITED_SENDS_ENV = {f"CHATD_RATELIMITS_{key.upper()}": value
+                       for key, value in UNLIMITED_SENDS.items()}
 
 
 def make_config(data_dir: Path, **sections: Mapping[str, Any]) -> Config:
     config = Config(
         server=ServerConfig(listen="127.0.0.1:0", graceful_timeout=1.0),
         storage=StorageConfig(data_dir=str(data_dir)),
-        auth=AuthConfig(argon2_opslimit=1, argon2_memlimit_kib=8, attempts_burst=100_000),
+        auth=AuthConfig(argon2_opslimit=1, argon2_memlimit_kib=8),
+        ratelimits=RateLimitsConfig(**FAST_AUTH_RATELIMITS),
     )
     for name, values in sections.items():
         config = dataclasses.replace(

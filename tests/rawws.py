@@ -36,9 +36,11 @@ class RawWebSocket:
 
     @classmethod
     async def connect(cls, url: str, token: str | None = None, *, codec: str = "json",
-                      receive_buffer: int | None = None) -> RawWebSocket:
+                      receive_buffer: int | None = None,
+                      headers: dict[str, str] | None = None) -> RawWebSocket:
         """Open /ws; `receive_buffer` shrinks the socket's kernel buffer (set before
-        connecting, so the window is small from the start) to model a slow reader."""
+        connecting, so the window is small from the start) to model a slow reader;
+        `headers` go into the opening request."""
         parts = urlsplit(url)
         sock = trio.socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         if receive_buffer is not None:
@@ -46,7 +48,8 @@ class RawWebSocket:
         await sock.connect((parts.hostname, parts.port))
         target = "/ws" + (f"?token={token}" if token else "")
         await sock.send(handshake.opening_request(f"{parts.hostname}:{parts.port}", target,
-                                                  handshake.new_key(), [f"chatd.{codec}"]))
+                                                  handshake.new_key(), [f"chatd.{codec}"],
+                                                  headers))
         raw = cls(sock, codec)
         head = b""
         with trio.fail_after(5):

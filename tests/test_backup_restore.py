@@ -15,7 +15,7 @@ import pytest
 import trio
 
 from chatd.client import ChatClient
-from tests.helpers import PASSWORD, ServerProcess, fresh_handle
+from tests.helpers import PASSWORD, UNLIMITED_SENDS_ENV, ServerProcess, fresh_handle
 
 pytestmark = pytest.mark.slow
 
@@ -56,8 +56,10 @@ async def test_a_backup_under_load_restores_every_acknowledged_send(tmp_path: Pa
     data = tmp_path / "data"
     (data / "media" / "ab").mkdir(parents=True)
     (data / "media" / "ab" / "photo.jpg").write_bytes(b"\xff\xd8 a photo")
+    # Senders as fast as the server takes them: the load, not the rate limits, is tested.
     original = ServerProcess(data, tmp_path / "original.log",
-                             extra_env={"CHATD_SERVER_ADMIN_TOKEN": ADMIN})
+                             extra_env={"CHATD_SERVER_ADMIN_TOKEN": ADMIN,
+                                        **UNLIMITED_SENDS_ENV})
     restored_server: ServerProcess | None = None
     acked: dict[tuple[str, int], Ack] = {}
     try:

@@ -348,3 +348,69 @@ def test_the_compose_file_runs_each_shard_of_its_config_with_its_own_volume() ->
     with pytest.raises(ConfigError, match=r"cluster\.secret: 3 shards"):
         load(str(root / "conf" / "cluster-3-docker.toml"), environ={},
              overrides={"cluster": {"shard": "a"}})
+
+
+# -- [ratelimits], trusted proxies and caps ----------------------------------------------------
+
+def test_every_bucket_has_rules_per_account_and_address_that_parse() -> None:
+    from chatd.services.ratelimits import BUCKETS
+
+    rules = load(environ={}).ratelimits.rules()
+    assert set(rules) == set(BUCKETS)
+    for bucket, (per_account, per_address) in rules.items():
+        assert per_address is not None, bucket
+        assert (per_account is None) == (bucket == "register"), bucket
+
+
+def test_rate_rules_come_from_the_file_and_the_environment(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('[ratelimits]\nmessages_per_account = "30/1s burst 90"\n'
+                    'reports_per_address = "off"\n[server]\n'
+                    'trusted_proxies = ["10.0.0.0/8", "::1"]\n')
+    config = load(str(path), environ={"CHATD_RATELIMITS_GROUP_ADD_PER_ACCOUNT": "200/1m",
+                                      "CHATD_SERVER_TRUSTED_PROXIES": "192.0.2.1, 10.0.0.0/8"})
+    rules = config.ratelimits.rules()
+    messages, _ = rules["messages"]
+    assert messages is not None and (messages.per_second, messages.burst) == (30, 90)
+    assert rules["reports"][1] is None
+    group_add, _ = rules["group_add"]
+    assert group_add is not None and (group_add.amount, group_add.period) == (200, 60)
+    assert config.server.trusted_proxies == ("192.0.2.1", "10.0.0.0/8")
+
+
+@pytest.mark.parametrize("environ, message", [
+    ({"CHATD_RATELIMITS_MESSAGES_PER_ACCOUNT": "lots"},
+     'ratelimits.messages_per_account: expected "AMOUNT/PERIOD"'),
+    ({"CHATD_RATELIMITS_LOGIN_PER_ADDRESS": "10/1s burst 0"},
+     "ratelimits.login_per_address: the burst must be at least 1"),
+    ({"CHATD_RATELIMITS_MEDIA_BYTES_PER_ACCOUNT": "1GiB/0h"},
+     "ratelimits.media_bytes_per_account: the amount and the period"),
+    ({"CHATD_RATELIMITS_REGISTER_PER_ACCOUNT": "1/1s"},
+     "ratelimits.register_per_account: unknown setting"),
+    ({"CHATD_SERVER_TRUSTED_PROXIES": "10.0.0.0/8,proxy.example"},
+     "server.trusted_proxies: 'proxy.example' is not an IP address or a CIDR block"),
+    ({"CHATD_LIMITS_MAX_GROUPS_PER_USER": "0"}, "limits.max_groups_per_user: must be at least 1"),
+    ({"CHATD_STORAGE_CONVERSATION_CACHE_BYTES": "0"},
+     "storage.conversation_cache_bytes: must be at least 1"),
+    ({"CHATD_AUTH_ATTEMPTS_BURST": "10"},
+     "auth.attempts_burst: no longer a setting; replaced by ratelimits.login_per_address"),
+])
+def test_bad_limits_name_their_key(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(environ=environ)
+    assert message in str(caught.value)
+
+
+def test_the_retired_attempts_settings_say_what_replaced_them(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text("[auth]\nattempts_per_minute = 30.0\n")
+    with pytest.raises(ConfigError, match=r"auth\.attempts_per_minute: no longer a setting"):
+        load(str(path), environ={})
+
+
+def test_unlimited_turns_every_bucket_off() -> None:
+    from chatd.config import RateLimitsConfig
+
+    assert all(rules == (None, None) for rules in RateLimitsConfig.unlimited().rules().values())
+    config = load(environ=RateLimitsConfig.unlimited_env())
+    assert config.ratelimits == RateLimitsConfig.unlimited()

@@ -37,11 +37,14 @@ from chatd.wsclient import ClientSocket, WebSocketClosed
 class ApiError(Exception):
     """An error answer from the server (REST status, or a WS `error` frame)."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str,
+                 retry_after: float | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
+        #: Seconds to wait before retrying, when a rate limit refused it (429).
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -254,7 +257,9 @@ def _raise_for_error(response: httpx.Response) -> None:
         return
     try:
         error = response.json()["error"]
-        raise ApiError(response.status_code, error["code"], error["message"])
+        retry_after = response.headers.get("Retry-After", "")
+        raise ApiError(response.status_code, error["code"], error["message"],
+                       float(retry_after) if retry_after.isdigit() else None)
     except (ValueError, KeyError, TypeError):
         raise ApiError(response.status_code, "http_error", response.text) from None
 
@@ -311,7 +316,9 @@ class LiveConnection:
         except trio.EndOfChannel:
             raise ApiError(0, "closed", f"connection closed ({self.close_code})") from None
         if reply["type"] == "error":
-            raise ApiError(400, reply["code"], reply["message"])
+            retry_after = reply.get("retry_after")
+            raise ApiError(429 if retry_after is not None else 400, reply["code"],
+                           reply["message"], retry_after)
         return reply
 
     async def send_frame(self, frame: dict[str, Any]) -> None:

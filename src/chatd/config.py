@@ -8,6 +8,7 @@ so the CLI can print one line and exit 2.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import re
 import tomllib
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from chatd.domain.ids import MAX_SHARD
+from chatd.domain.ratelimit import Rate, parse_rate
 
 
 class ConfigError(Exception):
@@ -42,6 +44,11 @@ class ServerConfig:
     #: TLS (HTTPS and WSS on the same port). SIGHUP rereads them. Empty: plain HTTP.
     certfile: str = ""
     keyfile: str = ""
+    #: Addresses or CIDR blocks of reverse proxies in front of chatd. A client's address
+    #: (for per-address rate limits) is the TCP peer's, unless the peer is one of these:
+    #: then it is the right-most X-Forwarded-For entry that is not itself one of these.
+    #: Empty: X-Forwarded-For is never believed.
+    trusted_proxies: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,6 +62,10 @@ class StorageConfig:
     max_batch: int = 1024
     #: Conversations whose state (head seq, members) an owner keeps in memory.
     conversation_cache: int = 100_000
+    #: ... and the most memory they may take, in bytes (an estimate per conversation from
+    #: its members, watermarks and recent senders): a few huge groups cannot fill memory
+    #: while the count stays low.
+    conversation_cache_bytes: int = 256 * 1024 * 1024
     #: Deleted bytes leave the disk: at most this often (seconds), when something was
     #: deleted or overwritten by a deletion, every memtable is flushed (so the write-ahead
     #: log that held them is dropped) and the changed key ranges are compacted
@@ -221,9 +232,6 @@ class AuthConfig:
     argon2_memlimit_kib: int = 65_536
     #: Password hashes computed at once (each takes argon2_memlimit_kib of memory).
     hash_concurrency: int = 2
-    #: Logins and registrations allowed per client address: a burst, then a steady rate.
-    attempts_burst: int = 10
-    attempts_per_minute: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -231,6 +239,9 @@ class LimitsConfig:
     #: Largest message body, in bytes (after base64 decoding for binary content types).
     max_message_bytes: int = 65_536
     max_group_members: int = 1024
+    #: Groups one user may be in, counted on each owner shard (a group counts on the
+    #: shard that owns it): past it, creating or adding answers 409 too_many_groups.
+    max_groups_per_user: int = 500
     history_page_default: int = 50
     history_page_max: int = 200
     #: Seconds after sending during which a sender may delete a message for everyone
@@ -260,6 +271,84 @@ class WebSocketConfig:
     max_inflight_sends: int = 256
     #: Live connections one user may hold at once (all devices); more are closed (4029).
     max_connections_per_user: int = 32
+
+
+@dataclass(frozen=True)
+class RateLimitsConfig:
+    """Named token buckets (services/ratelimits.py; docs/privacy.md "Rate limits" gives
+    the reasoning behind each default). Each rule is "AMOUNT/PERIOD burst AMOUNT": on
+    average AMOUNT per PERIOD (s, m, h, d), and up to the burst at once (without one, a
+    period's worth); byte buckets take KiB, MiB and GiB; "off" is no limit. A bucket has
+    a rule per account and one per client address (server.trusted_proxies); a take must
+    pass both. Budgets are per shard: a client spreading over n shards gets up to n
+    times as much. A refusal is 429 with Retry-After, or a WebSocket `error` frame with
+    `retry_after`."""
+
+    #: Sends (REST and WebSocket), each message one.
+    messages_per_account: str = "60/1s burst 120"
+    messages_per_address: str = "600/1s burst 1200"
+    #: ... and their body bytes.
+    message_bytes_per_account: str = "1MiB/1s burst 8MiB"
+    message_bytes_per_address: str = "8MiB/1s burst 64MiB"
+    #: Direct conversations opened that did not exist before: the main spam signal.
+    new_conversations_per_account: str = "200/1d burst 50"
+    new_conversations_per_address: str = "2000/1d burst 500"
+    #: Groups created.
+    group_create_per_account: str = "100/1d burst 20"
+    group_create_per_address: str = "1000/1d burst 200"
+    #: Users put into groups (each one added, or named at creation, counts one).
+    group_add_per_account: str = "1000/1h burst 500"
+    group_add_per_address: str = "10000/1h burst 2000"
+    #: Users looked up by handle (GET /users?handle=).
+    handle_lookup_per_account: str = "100/15m"
+    handle_lookup_per_address: str = "1000/15m"
+    #: Bytes uploaded as media.
+    media_bytes_per_account: str = "4GiB/1h burst 2GiB"
+    media_bytes_per_address: str = "32GiB/1h burst 16GiB"
+    #: One-time keys claimed, one per user whose keys are claimed (for the key routes).
+    keys_claim_per_account: str = "1000/1h burst 500"
+    keys_claim_per_address: str = "10000/1h burst 2000"
+    #: To-device messages, one per target device (for the to-device route).
+    to_device_per_account: str = "2000/1m burst 4000"
+    to_device_per_address: str = "20000/1m burst 40000"
+    #: Reports of users or messages (for the report routes).
+    reports_per_account: str = "50/1d burst 10"
+    reports_per_address: str = "500/1d burst 100"
+    #: Login attempts, per account (the normalised handle, whether it exists or not)
+    #: and per address: each costs a password hash.
+    login_per_account: str = "20/1h burst 10"
+    login_per_address: str = "60/1m burst 200"
+    #: Registrations, per address (there is no account yet).
+    register_per_address: str = "100/1h burst 200"
+
+    @classmethod
+    def unlimited(cls) -> RateLimitsConfig:
+        """Every bucket off: for benchmarks and tests that are not about limits."""
+        return cls(**{item.name: "off" for item in dataclasses.fields(cls)})
+
+    @classmethod
+    def unlimited_env(cls) -> dict[str, str]:
+        """The same as CHATD_RATELIMITS_* environment variables (for a server process)."""
+        return {f"CHATD_RATELIMITS_{item.name.upper()}": "off"
+                for item in dataclasses.fields(cls)}
+
+    def rules(self) -> dict[str, tuple[Rate | None, Rate | None]]:
+        """bucket -> (per account, per address), parsed; a side not configured is None."""
+        found: dict[str, list[Rate | None]] = {}
+        for item in dataclasses.fields(self):
+            bucket, _, side = item.name.rpartition("_per_")
+            sides = found.setdefault(bucket, [None, None])
+            sides[0 if side == "account" else 1] = parse_rate(getattr(self, item.name))
+        return {bucket: (sides[0], sides[1]) for bucket, sides in found.items()}
+
+
+#: Settings that were replaced, with what replaced them (the message of their ConfigError).
+_RETIRED = {
+    "auth.attempts_burst": "ratelimits.login_per_address and ratelimits.register_per_address "
+                           '(e.g. "30/1m burst 10"; conf/chatd.toml)',
+    "auth.attempts_per_minute": "ratelimits.login_per_address and "
+                                'ratelimits.register_per_address (e.g. "30/1m burst 10")',
+}
 
 
 @dataclass(frozen=True)
@@ -354,6 +443,7 @@ class Config:
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     websocket: WebSocketConfig = field(default_factory=WebSocketConfig)
     media: MediaConfig = field(default_factory=MediaConfig)
+    ratelimits: RateLimitsConfig = field(default_factory=RateLimitsConfig)
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     abuse: AbuseConfig = field(default_factory=AbuseConfig)
 
@@ -478,6 +568,9 @@ def _merge(base: Config, layer: Mapping[str, Mapping[str, Any]], *, from_text: b
         changes = {}
         for key, value in values.items():
             dotted = f"{section_name}.{key}"
+            if dotted in _RETIRED:
+                raise ConfigError(f"{dotted}: no longer a setting; replaced by "
+                                  f"{_RETIRED[dotted]}")
             if key not in hints:
                 raise ConfigError(f"{dotted}: unknown setting")
             changes[key] = _coerce(dotted, hints[key], value, from_text=from_text,
@@ -512,6 +605,8 @@ def validate(config: Config) -> Config:
         "server.backlog": config.server.backlog,
         "storage.max_batch": config.storage.max_batch,
         "storage.conversation_cache": config.storage.conversation_cache,
+        "storage.conversation_cache_bytes": config.storage.conversation_cache_bytes,
+        "limits.max_groups_per_user": config.limits.max_groups_per_user,
         "cluster.vnodes": config.cluster.vnodes,
         "cluster.max_frame_bytes": config.cluster.max_frame_bytes,
         "cluster.missed_heartbeats": config.cluster.missed_heartbeats,
@@ -519,7 +614,6 @@ def validate(config: Config) -> Config:
         "auth.min_password_length": config.auth.min_password_length,
         "auth.argon2_opslimit": config.auth.argon2_opslimit,
         "auth.hash_concurrency": config.auth.hash_concurrency,
-        "auth.attempts_burst": config.auth.attempts_burst,
         "auth.max_devices": config.auth.max_devices,
         "limits.max_message_bytes": config.limits.max_message_bytes,
         "limits.max_group_members": config.limits.max_group_members,
@@ -535,7 +629,6 @@ def validate(config: Config) -> Config:
             raise ConfigError(f"{key}: must be at least 1, got {value}")
     for key, number in (("auth.token_ttl_days", config.auth.token_ttl_days),
                         ("auth.prune_interval", config.auth.prune_interval),
-                        ("auth.attempts_per_minute", config.auth.attempts_per_minute),
                         ("server.graceful_timeout", config.server.graceful_timeout),
                         ("server.send_timeout", config.server.send_timeout),
                         ("websocket.idle_timeout", config.websocket.idle_timeout),
@@ -550,11 +643,30 @@ def validate(config: Config) -> Config:
     _validate_cluster(config.cluster)
     _validate_replication(config.replication, len(config.cluster.shards))
     _validate_media(config.media)
+    _validate_ratelimits(config.ratelimits)
+    _validate_trusted_proxies(config.server.trusted_proxies)
     _validate_deletion(config)
     _validate_abuse(config.abuse)
     if config.server.max_request_bytes < config.limits.max_message_bytes:
         raise ConfigError("server.max_request_bytes: must be at least limits.max_message_bytes")
     return config
+
+
+def _validate_ratelimits(ratelimits: RateLimitsConfig) -> None:
+    for item in dataclasses.fields(ratelimits):
+        try:
+            parse_rate(getattr(ratelimits, item.name))
+        except ValueError as exc:
+            raise ConfigError(f"ratelimits.{item.name}: {exc}") from None
+
+
+def _validate_trusted_proxies(proxies: tuple[str, ...]) -> None:
+    for entry in proxies:
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(f"server.trusted_proxies: {entry!r} is not an IP address or a "
+                              "CIDR block (e.g. \"10.0.0.1\", \"10.0.0.0/8\", \"::1\")") from None
 
 
 def _validate_deletion(config: Config) -> None:

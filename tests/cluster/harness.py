@@ -39,12 +39,18 @@ import trio
 from chatd.client import ChatClient, LiveConnection
 from chatd.domain.ids import COUNTER_BITS, MAX_SHARD, direct_conversation_id
 from chatd.domain.ring import HashRing
-from tests.helpers import FAST_AUTH_ENV, PASSWORD, free_port
+from tests.helpers import FAST_AUTH_ENV, PASSWORD, UNLIMITED_SENDS_ENV, free_port
 
 NAMES = ("a", "b", "c")
 NUMBERS = {"a": 0, "b": 1, "c": 2}
 RING = HashRing(NAMES)
 SECRET = "cluster-tests-secret-0123456789abcdef"
+#: Cluster tests write at machine rates (a writer sending until its owner dies, 8 MB of
+#: sends to make a range worth copying) and create groups until one lands on a given
+#: shard: the send and group_create buckets are lifted; limits are tested in tests/web.
+CLUSTER_RATELIMITS_ENV = {**UNLIMITED_SENDS_ENV,
+                          "CHATD_RATELIMITS_GROUP_CREATE_PER_ACCOUNT": "off",
+                          "CHATD_RATELIMITS_GROUP_CREATE_PER_ADDRESS": "off"}
 HOST = "127.0.0.1"
 #: Heartbeats every 0.1 s; a peer silent for 30 of them (3 s) is down. Links cut by a
 #: kill or the proxy close at once; the silence rule is only for a stalled peer, and on
@@ -177,6 +183,7 @@ class Shard:
         env = {key: value for key, value in os.environ.items()
                if not key.startswith("CHATD_")}  # nothing from the outside changes settings
         env.update(FAST_AUTH_ENV)
+        env.update(CLUSTER_RATELIMITS_ENV)
         self.log_path.touch()
         self._log_start = self.log_path.stat().st_size
         with open(self.log_path, "ab") as log:

@@ -82,7 +82,8 @@ async def test_reports_and_limits_across_shards(cluster: Cluster) -> None:
     assert (await via_a.send(group, "replying is fine"))["seq"] > 0
     queue = await admin(cluster, "a", "GET", "/admin/abuse")
     [shown] = [account for account in queue["accounts"] if account["user_id"] == mallory.user_id]
-    assert (shown["limited"], shown["limited_by"], shown["reporters"]) == (True, "admin", 2)
+    # (carol's report names no message: it reaches the admins but scores nothing.)
+    assert (shown["limited"], shown["limited_by"], shown["reporters"]) == (True, "admin", 1)
     assert queue["unreachable"] == []
 
     # Lifted through a, on b; a limit set through c on alice's home, a.
@@ -140,3 +141,34 @@ async def test_request_signals_reach_the_senders_home_from_every_owner(
             break
         await trio.sleep(0.02)
     assert (shown["requests_opened"], shown["score"], shown["limited"]) == (19, 27, False)
+
+
+async def test_big_reports_cannot_hide_a_home_from_the_admin_list(cluster: Cluster) -> None:
+    """attack13: a home answered a page of reports whole, and 64 KiB of evidence (plus up
+    to 64 KiB of the server's copy of the message) per report passes the mesh's 1 MiB
+    frame in a page of a few: so a dozen big reports filed against people homed on a
+    shard made every other shard list it as `unreachable`, hiding every open report
+    kept there (say, those against the one who filed them) from moderators."""
+    victim = await cluster.person(home="b")
+    filed = []
+    for _ in range(2):  # (two reporters: one's burst of the `reports` bucket is 10)
+        mallory = await cluster.person(home="a")
+        as_mallory = await cluster.client("a", mallory)
+        chat = (await as_mallory.open_direct(victim.user_id))["conversation_id"]
+        as_victim = await cluster.client("b", victim)
+        for n in range(7):
+            seq = (await as_victim.send(chat, f"{n} " + "v" * 60_000))["seq"]
+            filed.append((await as_mallory.request("POST", "/reports", {
+                "conversation_id": chat, "seq": seq, "reason": "spam",
+                "evidence": "e" * 65_536}))["report_id"])
+    seen: list[str] = []
+    after = None
+    while True:
+        params = {"after": after} if after else {}
+        listed = await admin(cluster, "c", "GET", "/admin/reports", params=params)
+        assert listed["unreachable"] == []
+        seen += [report["report_id"] for report in listed["reports"]]
+        after = listed.get("next_after")
+        if after is None:
+            break
+    assert seen == sorted(filed, key=int)

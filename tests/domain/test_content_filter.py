@@ -70,3 +70,35 @@ def test_the_list_comes_from_the_config() -> None:
 def test_domains_are_normalised_alike() -> None:
     assert normalise_domain("BÜCHER.example.") == normalise_domain("xn--bcher-kva.example") \
         == "xn--bcher-kva.example"
+
+
+# -- attacks (attack13) ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", [
+    "https://ev\u00adil.example/",  # a soft hyphen: invisible, and IDNA maps it to nothing
+    "evil\u200b.example",  # a zero-width space before the dot
+    "e\u200dvil.example",  # a zero-width joiner
+    "\u2066evil.example\u2069",  # bidi isolates around it
+    "ev%C2%ADil.example",  # a percent-escaped soft hyphen
+    "_evil.example_",  # Markdown / chat-app italics: shown (and linked) as evil.example
+    "__evil.example__",  # bold
+    "see *evil.example*_now",
+])
+def test_invisible_and_formatting_characters_do_not_hide_a_blocked_name(text: str) -> None:
+    assert not check(text)
+
+
+@pytest.mark.parametrize("text", [
+    "a" * 65_536,  # no dot at all: the old pattern backtracked over every start
+    "a." * 32_768,  # one dotted name of 32,768 labels: every suffix was joined
+    "-" * 65_536,
+])
+def test_a_long_body_is_checked_in_linear_time(text: str) -> None:
+    """The filter runs synchronously on the event loop for every text body of up to
+    limits.max_message_bytes (64 KiB): a body crafted to backtrack stalled the whole
+    process for about a minute (16 KiB of one letter took 3.7 s)."""
+    import time
+    started = time.perf_counter()
+    assert check(text)
+    assert time.perf_counter() - started < 0.5

@@ -146,3 +146,20 @@ async def test_malformed_ops_are_refused_and_nothing_lands(backing: Backing,
                                                 "ops": [member_op(IN_A[0], 1), *ops]
                                                 if isinstance(ops, list) else ops})
     assert backing.members(IN_A[0]) == []
+
+
+async def test_a_record_a_copy_changes_is_owed_a_purge_here(backing: Backing) -> None:
+    """A message deleted while this replica was away arrives in the next copy as its
+    tombstone, overwriting the old record: the old bytes must be purged here too, as
+    the owner's delete-and-put makes them there; a record the copy leaves as it was
+    costs no purge."""
+    await copy(backing, [member_op(IN_A[0], 1), member_op(IN_A[1], 2)])
+    backing.store.take_purge()  # (the first copy's own bookkeeping)
+    changed = Batch()
+    changed.put(records.MEMBERS, (IN_A[0], 1), Member("admin", 0))
+    [(family, key, value)] = changed.operations
+    await copy(backing, [[family, key, value], member_op(IN_A[1], 2)])
+    owed = backing.store.take_purge()
+    assert set(owed) == {records.MEMBERS.name}
+    assert owed[records.MEMBERS.name] == {records.u64(IN_A[0])}
+    assert backing.store.get(records.MEMBERS, (IN_A[0], 1)) == Member("admin", 0)

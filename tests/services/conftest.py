@@ -8,6 +8,7 @@ import itertools
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import trio
@@ -27,9 +28,11 @@ class Shard:
     nursery: trio.Nursery
     services: Services = field(init=False)
     _stop: trio.CancelScope | None = None
+    #: Config sections over make_config's, as start_server takes them.
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     async def start(self) -> None:
-        config = make_config(self.data_dir)
+        config = make_config(self.data_dir, **self.sections)
         store = Store.open(config.storage.data_dir, sync=False)
         self.services = build_services(config, store)
         await self.nursery.start(self.services.committer.run)

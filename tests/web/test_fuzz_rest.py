@@ -82,16 +82,18 @@ REQUEST_TIMEOUT = 10.0
 REVOKING = {("POST", "/logout"), ("DELETE", "/devices/{device_id}")}
 #: The contract test: examples per operation and phase, per seed, and its time budget.
 CONTRACT_EXAMPLES = int(os.environ.get("CHATD_FUZZ_CONTRACT_EXAMPLES", "40"))
-CONTRACT_TIMEOUT = 120.0
+CONTRACT_TIMEOUT = 240.0
 #: Codes of 400s that a schema-valid request may get because of the state it meets, which
 #: no request schema can state: the conversation is direct, not a group (not_a_group);
 #: the seq is past its head (seq_out_of_range); the user named is not a member
 #: (not_a_member) or is the caller (use_leave, when removing; cannot_report_yourself), or
-#: did not send the message reported (not_the_sender). docs/api.md lists them.
+#: did not send the message reported (not_the_sender); blocking yourself
+#: (cannot_block_self). docs/api.md lists them.
 #: Schemathesis's positive_data_acceptance expects any valid request to succeed unless
 #: it is 401/403/404/409/429; these 400s, and only these, are accepted as well.
 STATE_DEPENDENT = frozenset({"not_a_group", "seq_out_of_range", "not_a_member", "use_leave",
-                             "not_an_image", "cannot_report_yourself", "not_the_sender"})
+                             "not_an_image", "cannot_report_yourself", "not_the_sender",
+                             "cannot_block_self"})
 
 NASTY_STRINGS = ("\ud800", "\udfff", "a\ud800b", "\udc00\ud800", "\x00", "\u202e\ufeff",
                  "x" * 70_000, "")

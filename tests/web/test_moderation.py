@@ -109,33 +109,51 @@ async def test_reports_from_four_people_limit_an_account_and_a_dismissal_counts_
         moderated: RunningServer, http: httpx.AsyncClient) -> None:
     troll = await new_account(http)
     reporters = [await new_account(http) for _ in range(5)]
-    report_ids = []
-    for reporter in reporters[:3]:
+
+    async def report(reporter: Account, reason: str) -> str:
         chat = await reporter.direct_with(troll)
-        response = await reporter.post("/reports", {"conversation_id": chat,
-                                                    "user_id": troll.user_id,
-                                                    "reason": "harassment"})
-        report_ids.append(response.json()["report_id"])
+        seq = (await troll.send(chat, "go away")).json()["seq"]
+        response = await reporter.post("/reports", {"conversation_id": chat, "seq": seq,
+                                                    "reason": reason})
+        assert response.status_code in (200, 201), response.text
+        report_id: str = response.json()["report_id"]
+        return report_id
+
+    report_ids = [await report(reporter, "harassment") for reporter in reporters[:3]]
     # One person reporting many times weighs as one.
-    chat = await reporters[0].direct_with(troll)
-    seq = (await troll.send(chat, "go away")).json()["seq"]
-    await reporters[0].post("/reports", {"conversation_id": chat, "seq": seq,
-                                         "reason": "abuse"})
+    await report(reporters[0], "abuse")
     shown = await in_queue(http, troll)
     assert (shown["score"], shown["reporters"], shown["limited"]) == (45, 3, False)
     # Dismissing one of them takes it out of the score.
     await http.post(f"/admin/reports/{report_ids[2]}/resolve", json={"action": "dismiss"},
                     headers=AS_ADMIN)
     assert (await in_queue(http, troll))["score"] == 30
-    # (The dismissed report's author repeating it gets it back, resolved: not counted.)
-    for reporter in reporters[2:]:
-        chat = await reporter.direct_with(troll)
-        await reporter.post("/reports", {"conversation_id": chat, "user_id": troll.user_id,
-                                         "reason": "spam"})
+    for reporter in reporters[3:]:
+        await report(reporter, "spam")
     shown = await in_queue(http, troll)
     assert (shown["score"], shown["limited"]) == (60, True)
     assert_error(await troll.post("/groups/create", {"name": "x", "members": []}), 403,
                  "account_limited")
+
+
+async def test_reports_naming_no_message_reach_the_admins_but_score_nothing(
+        moderated: RunningServer, http: httpx.AsyncClient) -> None:
+    """Throwaway accounts adding someone to a group and reporting them there, with no
+    message of theirs to point at, cannot limit them."""
+    victim = await new_account(http)
+    sybils = [await new_account(http) for _ in range(5)]
+    group = await sybils[0].group("Trap", victim, *sybils[1:])
+    for sybil in sybils:
+        response = await sybil.post("/reports", {"conversation_id": group,
+                                                 "user_id": victim.user_id,
+                                                 "reason": "harassment"})
+        assert response.status_code == 201, response.text
+    listed = await http.get("/admin/reports", headers=AS_ADMIN)
+    assert sum(report["reported_id"] == victim.user_id
+               for report in listed.json()["reports"]) == 5
+    assert victim.user_id not in await queue(http)
+    assert (await victim.post("/groups/create", {"name": "Mine", "members": []})
+            ).status_code == 201
 
 
 async def test_an_admin_limits_and_unlimits_by_hand_and_through_a_report(

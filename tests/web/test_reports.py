@@ -177,3 +177,21 @@ async def test_without_an_admin_token_there_are_no_moderation_routes(
     assert not [path for path in paths if path.startswith(("/admin/reports", "/admin/abuse",
                                                            "/admin/users"))]
     assert_error(await http.get("/admin/reports", headers=AS_ADMIN), 404, "not_found")
+
+
+async def test_reports_are_rate_limited(admin_http: httpx.AsyncClient) -> None:
+    """attack13: docs/api.md promises 429 for POST /reports, but no limiter was wired
+    (ReportService.rate_limit stayed None): one account could file a report per message
+    it can read, each keeping 64 KiB of evidence forever, as fast as it could send."""
+    alice, mallory = await new_account(admin_http), await new_account(admin_http)
+    chat = await alice.direct_with(mallory)
+    seqs = [(await alice.send(chat, f"hello {n}")).json()["seq"] for n in range(40)]
+    statuses = []
+    for seq in seqs:
+        response = await report(mallory, chat, seq=seq, evidence="x" * 65_536)
+        statuses.append(response.status_code)
+        if response.status_code == 429:
+            assert float(response.headers["Retry-After"]) > 0
+            break
+    assert statuses[0] == 201
+    assert statuses[-1] == 429, statuses

@@ -436,3 +436,24 @@ async def test_erasing_a_member_takes_their_reactions_and_edits(
         store = server.services.store
         assert store.scan(records.REACTIONS, records.pair(int(group), bobs)) == []
         assert store.scan(records.EDITS, records.pair(int(group), bobs)) == []
+
+
+async def test_reactions_edits_and_pins_take_from_the_messages_bucket(
+        start_server: ServerFactory) -> None:
+    server = await start_server(ratelimits={"messages_per_account": "5/1h burst 5"})
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        alice, bob = await new_account(http), await new_account(http)
+        direct = await alice.direct_with(bob)
+        seq = (await alice.send(direct, "hi")).json()["seq"]  # 1 of 5
+        assert (await react(alice, direct, seq, THUMBS)).status_code == 200
+        assert (await edit(alice, direct, seq, "hi!")).status_code == 200
+        assert (await alice.post(f"/conversations/{direct}/pins/{seq}")).status_code == 204
+        assert (await unreact(alice, direct, seq, THUMBS)).status_code == 204  # 5 of 5
+        refused = await react(alice, direct, seq, HEART)
+        assert_error(refused, 429, "rate_limited")
+        assert int(refused.headers["Retry-After"]) > 0
+        async with live(server, alice) as socket:
+            await socket.send_frame(frames.react_request(direct, seq, HEART, req="r1"))
+            error = await next_of(socket, "error")
+            assert (error["req"], error["code"]) == ("r1", "rate_limited")
+        assert (await react(bob, direct, seq, HEART)).status_code == 200  # bob's own bucket

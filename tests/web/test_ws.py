@@ -16,7 +16,7 @@ from chatd.protocol import frames
 from chatd.server import RunningServer
 from chatd.wsclient import ClientSocket, WebSocketClosed
 from tests.conftest import ServerFactory
-from tests.helpers import PASSWORD, fresh_handle
+from tests.helpers import PASSWORD, UNLIMITED_SENDS, fresh_handle
 
 
 @asynccontextmanager
@@ -135,7 +135,8 @@ async def test_group_fanout_in_order_under_concurrent_senders(server: RunningSer
 
 
 async def test_offline_catch_up_then_live_without_gap_or_duplicate(
-        server: RunningServer) -> None:
+        start_server: ServerFactory) -> None:
+    server = await start_server(ratelimits=UNLIMITED_SENDS)  # 350 sends back to back
     async with user(server) as alice, user(server) as bob:
         conv = (await direct(alice, bob))["conversation_id"]
         async with bob.connect() as b:
@@ -338,7 +339,7 @@ async def flooded_stalled_reader(running: RunningServer, sender: ChatClient,
 
 async def test_a_slow_consumer_is_cut_off_with_4008_and_catches_up_completely(
         start_server: ServerFactory) -> None:
-    running = await start_server(websocket={"max_queue": 8})
+    running = await start_server(websocket={"max_queue": 8}, ratelimits=UNLIMITED_SENDS)
     async with user(running) as alice, user(running) as bob:
         async with flooded_stalled_reader(running, alice, bob) as (slow, _):
             # Reading again lets the server finish its write and send the close frame.
@@ -354,7 +355,7 @@ async def test_a_slow_consumer_is_cut_off_with_4008_and_catches_up_completely(
 
 async def test_a_client_that_reads_nothing_is_aborted_and_pins_nothing(
         start_server: ServerFactory) -> None:
-    running = await start_server(server={"send_timeout": 0.5})
+    running = await start_server(server={"send_timeout": 0.5}, ratelimits=UNLIMITED_SENDS)
     async with user(running) as alice, user(running) as bob, \
             flooded_stalled_reader(running, alice, bob):
         with trio.fail_after(10):

@@ -16,6 +16,7 @@ The score (docs/privacy.md, "Reports and abuse detection", states the same rule)
     answers  = answer_points x (declined + blocked) / answered,
                only once answered = accepted + declined + blocked >= min_answered
     reports  = report_points x distinct reporters whose reports are not dismissed
+               (only reports that name a message the user sent: report_scores)
     score    = floor(requests + answers + reports)
 
 At `review_score` the account shows in the admin queue; at `limit_score` it is limited
@@ -116,6 +117,14 @@ def note_signal(record: AbuseRecord, signal: Signal, now: int, rules: ScoringRul
         reporters[reporter_id] = reporters.get(reporter_id, 0) + 1
         return dataclasses.replace(record, reporters=reporters)
     raise ValueError(f"unknown abuse signal {signal!r}")
+
+
+def report_scores(seq: int) -> bool:
+    """Only a report naming a message the user sent counts toward their score. One that
+    names only a member of a conversation is kept for the admins but scores nothing:
+    otherwise a few throwaway accounts could add anyone to a group and report them
+    there, and limit an account that never said a word to them."""
+    return seq > 0
 
 
 def drop_report(record: AbuseRecord, reporter_id: int, reported_at: int) -> AbuseRecord:

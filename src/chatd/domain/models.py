@@ -145,6 +145,9 @@ class RecentSenders:
             self.covers_from = self._seqs[drop - 1] + 1
             del self._seqs[:drop], self._senders[:drop]
 
+    def __len__(self) -> int:
+        return len(self._seqs)
+
     def senders(self, low: int, high: int) -> set[int]:
         """The senders of messages with low <= seq <= high, for low >= `covers_from`."""
         start = bisect.bisect_left(self._seqs, low)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -26,7 +27,7 @@ from chatd.domain.ids import parse_id
 from chatd.domain.media import Attaching
 from chatd.domain.models import Message, User
 from chatd.domain.reactions import check_emoji
-from chatd.errors import BadRequest, ChatdError
+from chatd.errors import BadRequest, ChatdError, RateLimited
 from chatd.protocol import edge
 
 Codec = Literal["json", "msgpack"]
@@ -472,4 +473,8 @@ def error_frame(code: str, message: str, req: str | None = None) -> OutFrame:
 
 
 def error_from(exc: ChatdError, req: str | None) -> OutFrame:
-    return error_frame(exc.code, exc.message, req)
+    frame = error_frame(exc.code, exc.message, req)
+    if isinstance(exc, RateLimited):
+        # Whole seconds, at least 1, as REST's Retry-After: retrying sooner is refused.
+        frame.payload["retry_after"] = max(1, math.ceil(exc.retry_after))
+    return frame

@@ -75,15 +75,21 @@ class RangeRecords:
                  upto: bytes | None, rows_per_read: int = 512) -> list[bytes]:
         """The keys of `family` this shard holds for the range with after < key <= upto
         (from the start when `after` is None, to the end when `upto` is None)."""
+        return [key for key, _ in self.own_rows(range_, family, after=after, upto=upto,
+                                                rows_per_read=rows_per_read)]
+
+    def own_rows(self, range_: str, family: str, *, after: bytes | None,
+                 upto: bytes | None, rows_per_read: int = 512) -> list[tuple[bytes, bytes]]:
+        """As `own_keys`, with each key's stored value."""
         offset = records.CONVERSATION_FAMILIES[family]
-        found: list[bytes] = []
+        found: list[tuple[bytes, bytes]] = []
         while True:
             rows = self._store.scan_raw(family, after=after, limit=rows_per_read)
-            for key, _ in rows:
+            for key, value in rows:
                 if upto is not None and key > upto:
                     return found
                 if len(key) >= offset + 8 and self.range_of(read_u64(key, offset)) == range_:
-                    found.append(key)
+                    found.append((key, value))
             if len(rows) < rows_per_read:
                 return found
             after = rows[-1][0]

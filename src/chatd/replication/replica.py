@@ -203,10 +203,17 @@ class Replica:
                 upto = max(key for _, key, _ in chunk)
             else:
                 continue
-            sent = {key for _, key, _ in chunk}
-            merged += [(family, key, None) for key in self._ranges.own_keys(
-                range_, family, after=stream.covered.get(family), upto=upto)
-                if key not in sent]
+            sent = {key: value for _, key, value in chunk}
+            held = self._ranges.own_rows(range_, family, after=stream.covered.get(family),
+                                         upto=upto)
+            merged += [(family, key, None) for key, _ in held if key not in sent]
+            # A record the copy changes (a message deleted while this shard was away
+            # arrives as its tombstone) is written as a delete and a put, as the owner
+            # wrote it: the delete is what makes the purge take the old bytes off this
+            # disk too (storage/store.py).
+            merged += [(family, key, None) for key, value in held
+                       if (copied := sent.get(key)) is not None
+                       and bytes(copied) != bytes(value)]
             merged += chunk
             if upto is not None:
                 stream.covered[family] = upto

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: Most reports or queue entries one page (and one mesh answer) carries.
 MAX_PAGE = 200
+#: About the most bytes of reports one page carries (a mesh frame holds 1 MiB).
+REPORT_PAGE_BYTES = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,9 +135,10 @@ class AbuseHome:
             batch.put(records.REPORT_DEDUP, key, report.report_id)
             self._pending_dedup[key] = report.report_id
             batch.after_commit.append(partial(self._settle_dedup, key, report.report_id))
-            record = abuse.note_signal(self._record(report.reported_id), "reported", now,
-                                       self._config, reporter_id=report.reporter_id)
-            self._write(batch, record, now, evaluate=True)
+            if abuse.report_scores(report.seq):
+                record = abuse.note_signal(self._record(report.reported_id), "reported",
+                                           now, self._config, reporter_id=report.reporter_id)
+                self._write(batch, record, now, evaluate=True)
             return report, True
 
         return await self._commands.submit(apply)
@@ -148,7 +151,17 @@ class AbuseHome:
         rows = self._store.scan(records.REPORTS, records.u64(code),
                                 after=records.pair(code, after) if after else None,
                                 limit=limit + 1)
-        return [report for _, report in rows[:limit]], len(rows) > limit
+        found = [report for _, report in rows[:limit]]
+        # A page crosses the mesh: it must fit a frame, and reports carry up to 64 KiB of
+        # evidence and as much of the message each. Cut short (one at least), the list
+        # pages on from the last one given.
+        size = 0
+        for kept, report in enumerate(found):
+            size += len(report.evidence) * 4 + len(report.message_text) * 4 \
+                + len(report.note) * 4 + 512
+            if size > REPORT_PAGE_BYTES and kept:
+                return found[:kept], True
+        return found, len(rows) > limit
 
     async def resolve(self, report_id: int, action: str, note: str) -> Report:
         check_action(action, note)
@@ -166,7 +179,7 @@ class AbuseHome:
             batch.delete(records.REPORTS, (status_code("open"), report_id))
             self._put_report(batch, resolved)
             record = self._record(report.reported_id)
-            if action == "dismiss":
+            if action == "dismiss" and abuse.report_scores(report.seq):
                 record = abuse.drop_report(record, report.reporter_id, report.created_at)
             elif action == "limit":
                 record = abuse.limited_by_admin(

@@ -26,11 +26,11 @@ from chatd.config import AuthConfig
 from chatd.domain import privacy, rules
 from chatd.domain.ids import SnowflakeGenerator
 from chatd.domain.models import Device, Session, TokenRecord, User
-from chatd.domain.ratelimit import KeyedRateLimiter
-from chatd.errors import BadRequest, ChatdError, Conflict, NotFound, RateLimited, Unauthorized
+from chatd.errors import BadRequest, ChatdError, Conflict, NotFound, Unauthorized
 from chatd.services.clock import Clock
 from chatd.services.commands import Commands
 from chatd.services.passwords import PasswordHasher
+from chatd.services.ratelimits import RateLimits
 from chatd.storage import Batch, Store, records
 
 log = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ class LoginResult:
 class AccountService:
     def __init__(self, *, store: Store, commands: Commands, token_prefix: str,
                  ids: SnowflakeGenerator, clock: Clock, hasher: PasswordHasher,
-                 config: AuthConfig) -> None:
+                 config: AuthConfig, ratelimits: RateLimits) -> None:
         self._store = store
         self._commands = commands
         #: Every token minted here starts with it: it names this shard, the user's home
@@ -66,8 +66,9 @@ class AccountService:
         self._clock = clock
         self._hasher = hasher
         self._config = config
-        self._attempts = KeyedRateLimiter(config.attempts_per_minute / 60.0,
-                                          config.attempts_burst)
+        # Checked here, at the handle's home, which sees every attempt at a handle
+        # whichever shard the client reached (and before a password hash is spent).
+        self._ratelimits = ratelimits
         # Handles being registered right now: a second registration of the same handle
         # is refused before it spends a password hash.
         self._registering: set[str] = set()
@@ -85,12 +86,6 @@ class AccountService:
         self._pending_users.clear()
         self._unlanded_logins.clear()
 
-    def _check_attempt(self, client: str) -> None:
-        wait = self._attempts.try_acquire(client, trio.current_time())
-        if wait > 0:
-            raise RateLimited(f"too many login or registration attempts; retry in {wait:.0f} s",
-                              retry_after=wait)
-
     # -- registration and login -----------------------------------------------------------
 
     async def register(self, *, handle: str, password: str, display_name: str,
@@ -99,7 +94,7 @@ class AccountService:
         rules.check_password(password, self._config.min_password_length)
         display_name = rules.clean_text(display_name, "display_name",
                                         max_length=rules.MAX_DISPLAY_NAME)
-        self._check_attempt(client)
+        self._ratelimits.take("register", address=client)
         if handle in self._registering or self._store.get(records.HANDLES, handle) is not None:
             raise Conflict("that handle is already taken", code="handle_taken")
         self._registering.add(handle)
@@ -123,11 +118,12 @@ class AccountService:
                     client: str) -> LoginResult:
         device_name = rules.clean_text(device_name or "unnamed device", "device_name",
                                        max_length=rules.MAX_DEVICE_NAME)
-        self._check_attempt(client)
         try:
             normalized: str | None = rules.normalize_handle(handle)
         except BadRequest:
             normalized = None
+        # Per handle whether it exists or not: a refusal must not tell which.
+        self._ratelimits.take("login", account=normalized, address=client)
         user_id = self._store.get(records.HANDLES, normalized) if normalized else None
         user = self._user(user_id) if user_id is not None else None
         verified = await self._hasher.verify(user.password_hash if user else None, password)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from chatd import __version__
 from chatd.config import Config
+from chatd.domain.addresses import TrustedProxies
 from chatd.domain.ids import SnowflakeGenerator
 from chatd.domain.ring import HashRing
 from chatd.replication.coordinator import Coordinator
@@ -44,6 +45,7 @@ from chatd.services.passwords import PasswordHasher
 from chatd.services.pins import Pins
 from chatd.services.presence import Presence
 from chatd.services.privacy import PrivacyService
+from chatd.services.ratelimits import RateLimits
 from chatd.services.reactions import Reactions
 from chatd.services.receipts import Receipts
 from chatd.services.reports import ReportService
@@ -97,6 +99,10 @@ class Services:
     abuse_home: AbuseHome
     abuse: AbuseSignals
     reports: ReportService
+    #: The named rate-limit buckets ([ratelimits]); routes call `ratelimits.take(...)`.
+    ratelimits: RateLimits
+    #: server.trusted_proxies: whose X-Forwarded-For names the client (web/client_address.py).
+    proxies: TrustedProxies
     #: Reactions, edits and pins: the client's side (the owner's is in owner_api).
     rich: RichMessaging
 
@@ -137,15 +143,18 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     ids = SnowflakeGenerator(shard_number, clock.now_ms)
     log = ConversationLog(store)
     owner = ConversationOwner(store=store, log=log, ids=ids, clock=clock,
-                              cache_size=config.storage.conversation_cache)
+                              cache_size=config.storage.conversation_cache,
+                              cache_bytes=config.storage.conversation_cache_bytes)
     hasher = PasswordHasher(opslimit=config.auth.argon2_opslimit,
                             memlimit_bytes=config.auth.argon2_memlimit_kib * 1024,
                             concurrency=config.auth.hash_concurrency)
     committer = GroupCommitter(store, max_batch=config.storage.max_batch)
     commands = Commands(committer)
+    ratelimits = RateLimits(config.ratelimits)
     accounts = AccountService(store=store, commands=commands,
                               token_prefix=token_prefix_for(shard_number), ids=ids,
-                              clock=clock, hasher=hasher, config=config.auth)
+                              clock=clock, hasher=hasher, config=config.auth,
+                              ratelimits=ratelimits)
     users = Users(router=router, accounts=accounts, numbers=numbers)
     committer.on_reload_needed(owner.forget_all)
     committer.on_reload_needed(accounts.forget_pending)
@@ -180,13 +189,14 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     requests.on_request_opened(abuse.request_opened)
     requests.on_request_answered(abuse.request_answered)
     reports = ReportService(router=router, home=abuse_home, config=config.abuse)
+    reports.rate_limit = ratelimits.take
     conversations = ConversationService(router=router, accounts=users, ids=ids,
                                         limits=config.limits, abuse=abuse,
-                                        privacy=privacy)
+                                        privacy=privacy, ratelimits=ratelimits)
     messaging = MessagingService(store=store, router=router, owner=owner,
                                  owner_api=owner_api, commands=commands,
                                  read_receipt_settings=users.read_receipt_settings,
-                                 limits=config.limits)
+                                 limits=config.limits, ratelimits=ratelimits)
     messaging.content_filter = load_content_filter(config.abuse)
     owner.on_hint = messaging.wake_hint_writer
     committer.ride_along(messaging.drain_hints_into)
@@ -211,6 +221,7 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     coordinator, shipper = _replication(config, store, placement, committer, commands, owner,
                                         requests, range_forgetters)
     owner_api.serves = coordinator.serves
+    owner.groups.serves = coordinator.serves
     data_dir = Path(config.storage.data_dir)
     # The scratch space is inside the data directory, on its filesystem, so that the
     # checkpoint is hard links. The media seam: everything under <data>/media, until a
@@ -228,19 +239,20 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     sweeper.media = media
     purger = Purger(store, interval=config.storage.purge_interval)
     rich = _rich_messages(config, store, router, owner, owner_api, commands, committer,
-                          clock, deletions, requests, range_forgetters)
+                          clock, deletions, requests, range_forgetters, ratelimits)
     rich.content_filter = messaging.content_filter
     return Services(config, store, committer, router, owner, owner_api, log, accounts, users,
                     home_api, conversations, messaging, hub, delivery, presence, receipts,
                     clock, coordinator, shipper, backups, media, privacy, requests, blocks,
-                    deletions, sweeper, purger, abuse_home, abuse, reports, rich)
+                    deletions, sweeper, purger, abuse_home, abuse, reports, ratelimits,
+                    TrustedProxies(config.server.trusted_proxies), rich)
 
 
 def _rich_messages(config: Config, store: Store, router: Router, owner: ConversationOwner,
                    owner_api: OwnerApi, commands: Commands, committer: GroupCommitter,
                    clock: Clock, deletions: Deletions, requests: DirectRequests,
                    range_forgetters: list[Callable[[Callable[[int], bool]], None]],
-                   ) -> RichMessaging:
+                   ratelimits: RateLimits) -> RichMessaging:
     """Reactions, edits and pins: the owner's side (commands, what history shows of
     them, what a deletion takes with them) and the client's."""
     reactions = Reactions(store=store, owner=owner, commands=commands, clock=clock,
@@ -255,7 +267,7 @@ def _rich_messages(config: Config, store: Store, router: Router, owner: Conversa
         committer.on_reload_needed(pending.forget_all)
         range_forgetters.append(pending.forget_where)
     owner_api.reactions, owner_api.edits, owner_api.pins = reactions, edits, pins
-    return RichMessaging(router=router, limits=config.limits)
+    return RichMessaging(router=router, limits=config.limits, ratelimits=ratelimits)
 
 
 def _replication(config: Config, store: Store, placement: Placement, committer: GroupCommitter,

@@ -202,6 +202,8 @@ class Deletions:
         if conv.is_member(user_id):
             self._owner.append_system(batch, conv, user_id, "member_erased",
                                       user_id=str(user_id))
+            if conv.kind == "group":
+                self._owner.groups.changed(user_id, -1)  # (limits.max_groups_per_user)
             del conv.members[user_id]
             conv.watermarks.pop(user_id, None)
             batch.delete(records.MEMBERS, (conv.conversation_id, user_id))

@@ -103,6 +103,13 @@ class GroupInvites:
             if invite is None or conv is None:
                 # As for a conversation one is not in: nothing is revealed.
                 raise groups.unknown_conversation(command.conversation_id)
+            if command.accept and not conv.is_member(command.user_id):
+                # Checked before anything changes: joining by invite is an add.
+                joined = self._owner.groups.of(command.user_id)
+                if joined >= self._limits.max_groups_per_user:
+                    raise Conflict(f"you are in {joined} groups on this server, the most one "
+                                   "may be in (limits.max_groups_per_user); leave one first",
+                                   code="too_many_groups")
             self._set(batch, key, None)
             if not command.accept:
                 return None

@@ -26,12 +26,13 @@ from chatd.domain.content_filter import ContentFilter
 from chatd.domain.media import Attaching
 from chatd.domain.models import Conversation, HistoryPage, SendResult, Session, Watermark
 from chatd.domain.ratelimit import KeyedRateLimiter
-from chatd.errors import BadRequest, ChatdError, Forbidden, PayloadTooLarge
+from chatd.errors import BadRequest, ChatdError, Forbidden, PayloadTooLarge, RateLimited
 from chatd.pending import Pending
 from chatd.protocol import owner as ops
 from chatd.services.commands import Commands
 from chatd.services.owner import ConversationOwner
 from chatd.services.owner_api import PAGE_BYTES, TYPING_BURST, TYPING_PER_SECOND, OwnerApi
+from chatd.services.ratelimits import RateLimits
 from chatd.services.routing import Router
 from chatd.storage import Batch, Store, records
 
@@ -49,7 +50,8 @@ def _nothing(batch: Batch) -> None:
 class MessagingService:
     def __init__(self, *, store: Store, router: Router, owner: ConversationOwner,
                  owner_api: OwnerApi, commands: Commands,
-                 read_receipt_settings: ReadReceiptSettings, limits: LimitsConfig) -> None:
+                 read_receipt_settings: ReadReceiptSettings, limits: LimitsConfig,
+                 ratelimits: RateLimits) -> None:
         self._store = store
         self._router = router
         self._owner = owner
@@ -57,6 +59,7 @@ class MessagingService:
         self._commands = commands
         self._read_settings = read_receipt_settings
         self._limits = limits
+        self._ratelimits = ratelimits
         # Acks' cursor rows not written yet (this is their device's home),
         # (device, conversation) -> seq.
         self._cursor_hints: dict[tuple[int, int], int] = {}
@@ -80,11 +83,12 @@ class MessagingService:
 
     async def send(self, session: Session, *, conversation_id: int, client_msg_id: str,
                    content_type: str, body: str | bytes,
-                   attachments: tuple[Attaching, ...] = ()) -> SendResult:
+                   attachments: tuple[Attaching, ...] = (),
+                   address: str | None = None) -> SendResult:
         records = await self.attach(session, conversation_id, attachments)
         pending = self.start_send(session, conversation_id=conversation_id,
                                   client_msg_id=client_msg_id, content_type=content_type,
-                                  body=body, attachments=records)
+                                  body=body, attachments=records, address=address)
         return await pending.wait()
 
     async def attach(self, session: Session, conversation_id: int,
@@ -99,10 +103,11 @@ class MessagingService:
 
     def start_send(self, session: Session, *, conversation_id: int, client_msg_id: str,
                    content_type: str, body: str | bytes,
-                   attachments: list[dict[str, Any]] | None = None) -> Pending[SendResult]:
-        """`attachments`: the records `attach` gave."""
+                   attachments: list[dict[str, Any]] | None = None,
+                   address: str | None = None) -> Pending[SendResult]:
         """Check and route a send now; sends started one after another keep their order.
-        Await the result for the answer, which comes once the message is durable."""
+        Await the result for the answer, which comes once the message is durable.
+        `attachments`: the records `attach` gave; `address`: the client's (rate limits)."""
         client_msg_id = rules.check_client_msg_id(client_msg_id)
         content_type = rules.check_content_type(content_type)
         if rules.is_text_content(content_type) != isinstance(body, str):
@@ -118,9 +123,20 @@ class MessagingService:
             if not verdict.allowed:
                 raise Forbidden(f"this message was not sent: {verdict.reason}",
                                 code="content_blocked")
+        self._take_send(session.user_id, address, size)
         return self._router.submit(ops.Send(conversation_id, session.user_id,
                                             session.device_id, client_msg_id, content_type,
                                             body, list(attachments or ())))
+
+    def _take_send(self, user_id: int, address: str | None, size: int) -> None:
+        """The `messages` and `message_bytes` buckets: both or neither are charged."""
+        self._ratelimits.take("messages", account=user_id, address=address)
+        try:
+            self._ratelimits.take("message_bytes", account=user_id, address=address,
+                                  cost=size)
+        except RateLimited:
+            self._ratelimits.refund("messages", account=user_id, address=address)
+            raise
 
     async def history(self, session: Session, conversation_id: int, *, after: int | None,
                       before: int | None, limit: int | None) -> HistoryPage:

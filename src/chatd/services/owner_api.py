@@ -372,11 +372,15 @@ class OwnerApi:
     # -- conversations and groups -------------------------------------------------------------
 
     def _add_member(self, batch: Batch, conv: Conversation, user_id: int, member: Member) -> None:
+        if conv.kind == "group" and user_id not in conv.members:
+            self._owner.groups.changed(user_id, +1)
         conv.members[user_id] = member
         batch.put(records.MEMBERS, (conv.conversation_id, user_id), member)
         batch.put(records.USER_CONVERSATIONS, (user_id, conv.conversation_id), None)
 
     def _drop_member(self, batch: Batch, conv: Conversation, user_id: int) -> None:
+        if conv.kind == "group":
+            self._owner.groups.changed(user_id, -1)
         del conv.members[user_id]
         conv.watermarks.pop(user_id, None)
         batch.delete(records.MEMBERS, (conv.conversation_id, user_id))
@@ -413,6 +417,22 @@ class OwnerApi:
 
         return self._commands.enqueue(apply, conversation_id=command.conversation_id)
 
+    def _check_groups_cap(self, actor_id: int, joining: list[int]) -> None:
+        """Refuse (before anything changes) when one of `joining` is in as many groups
+        owned here as limits.max_groups_per_user allows."""
+        cap = self._limits.max_groups_per_user
+        for user_id in joining:
+            count = self._owner.groups.of(user_id)
+            if count < cap:
+                continue
+            if user_id == actor_id:
+                raise Conflict(f"you are in {count} groups on this server, the most one may "
+                               "be in (limits.max_groups_per_user); leave one first",
+                               code="too_many_groups")
+            # How many groups someone else is in is theirs to know: not said.
+            raise Conflict(f"user {user_id} is in as many groups as one may be; they must "
+                           "leave one first", code="too_many_groups")
+
     @staticmethod
     def _check_direct(conv: Conversation, user_id: int) -> Conversation:
         # Direct ids are 63-bit hashes of the pair; a clash with another conversation is
@@ -433,6 +453,7 @@ class OwnerApi:
             raise Conflict("that group id is taken", code="conversation_exists")
 
         def apply(batch: Batch) -> Conversation:
+            self._check_groups_cap(creator, [creator, *others])
             now = self._now_ms()
             conv = Conversation(command.conversation_id, "group", name, creator, now,
                                 last_ts=now)
@@ -454,6 +475,7 @@ class OwnerApi:
             conv = self._owner.get(command.conversation_id)
             added = groups.plan_add(conv, command.actor_id, command.user_ids,
                                     self._limits.max_group_members)
+            self._check_groups_cap(command.actor_id, added)
             if added:
                 joined_seq = conv.written_seq + 1
                 for user_id in added:

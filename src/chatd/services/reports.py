@@ -165,9 +165,11 @@ class ReportService:
         found: list[T] = []
         more = False
         unreachable: list[str] = []
+        # The last id given by a shard that has more: past it, its items are missing.
+        cut: int | None = None
 
         async def ask(shard: str) -> None:
-            nonlocal more
+            nonlocal more, cut
             if self._router.is_local(shard):
                 items, shard_more = local()
             else:
@@ -180,11 +182,17 @@ class ReportService:
                     return
             found.extend(items)
             more = more or shard_more
+            if shard_more and items:
+                last = key(items[-1])
+                cut = last if cut is None else min(cut, last)
 
         async with trio.open_nursery() as nursery:
             for shard in self._router.shards:
                 nursery.start_soon(ask, shard)
         found.sort(key=key)
+        if cut is not None:
+            # (A shard may cut its page short of `limit`: its answer must fit a frame.)
+            found = [item for item in found if key(item) <= cut]
         limit = max(1, min(limit, MAX_PAGE))
         if len(found) > limit:
             more = True

@@ -41,6 +41,7 @@ class Purger:
             except BaseException:
                 self._store.want_purge(ranges)  # asked again at the next pass
                 raise
+            self._store.purged(ranges)  # no longer owed after a restart either
             self.purges += 1
 
     async def run(self) -> None:

@@ -39,6 +39,10 @@ Operation = tuple[str, bytes, bytes | None]
 PURGE_PREFIX = 8
 #: Past this many prefixes in one family, the purge compacts the whole family.
 MAX_PURGE_PREFIXES = 4096
+#: A purge owed is also a row of the meta family, `purge:<family>:<prefix, hex>`, put in
+#: the write that made it owed and deleted once a purge has done it: a shard killed (or
+#: stopped) before its next pass still owes it when it starts again.
+PURGE_MARK = "purge:"
 
 
 class Batch:
@@ -96,6 +100,13 @@ class Batch:
             self._seen.popitem()
 
 
+_PURGE_MARK_VALUE = records.META.pack(True)
+
+
+def _purge_mark(family: str, prefix: bytes) -> bytes:
+    return f"{PURGE_MARK}{family}:{prefix.hex()}".encode()
+
+
 def _successor(prefix: bytes) -> bytes | None:
     """The first key after every key that starts with `prefix` (None: no end)."""
     stripped = prefix.rstrip(b"\xff")
@@ -134,7 +145,9 @@ class Store:
         options.set_wal_size_limit_mb(0)
         families = {family.name: Options(raw_mode=True) for family in records.FAMILIES}
         db = Rdict(path, options, column_families=families)
-        return cls(db, sync)
+        store = cls(db, sync)
+        store._owed_before_start()
+        return store
 
     @classmethod
     def open_read_only(cls, path: str) -> Store:
@@ -171,11 +184,57 @@ class Store:
                 deleted.append((family, key))
             else:
                 write_batch.put(key, value, handles[family])
+        for mark in self._new_purge_marks(deleted):
+            write_batch.put(mark, _PURGE_MARK_VALUE, handles[records.META.name])
         self._db.write(write_batch, self._write_options if batch.durable else self._unsynced)
         for family, key in deleted:
             self._note_deleted(family, key)
 
     # -- purging deleted bytes ------------------------------------------------------------
+
+    def _new_purge_marks(self, deleted: list[tuple[str, bytes]]) -> set[bytes]:
+        """The meta rows that record, in the same write, the purges `deleted` makes owed
+        (those not owed already)."""
+        marks = set()
+        for family, key in deleted:
+            prefix = bytes(key[:PURGE_PREFIX])
+            owed = self._to_purge.get(family, set())
+            if owed is None or prefix not in owed:
+                marks.add(_purge_mark(family, prefix))
+        return marks
+
+    def _owed_before_start(self) -> None:
+        """What the last run of this database left to purge (its meta rows)."""
+        for raw, _ in self.scan_raw_prefix(records.META.name, PURGE_MARK.encode()):
+            _, family, prefix = raw.decode().split(":", 2)
+            if family in self._families:
+                self._note_deleted(family, bytes.fromhex(prefix))
+
+    def purged(self, ranges: dict[str, set[bytes] | None]) -> None:
+        """`ranges` were purged (`purge`): their meta rows go, but for those owed again
+        since. Not noted for a purge itself (that would owe one after every purge)."""
+        write_batch = WriteBatch(raw_mode=True)
+        meta = self._handles[records.META.name]
+        for family, prefixes in ranges.items():
+            owed = self._to_purge.get(family, set())
+            if owed is None:
+                continue
+            done = ({bytes.fromhex(raw.decode().split(":", 2)[2]) for raw, _ in
+                     self.scan_raw_prefix(records.META.name, f"{PURGE_MARK}{family}:".encode())}
+                    if prefixes is None else prefixes)
+            for prefix in done - owed:
+                write_batch.delete(_purge_mark(family, prefix), meta)
+        if len(write_batch):
+            self._db.write(write_batch, self._write_options)
+
+    def scan_raw_prefix(self, family_name: str, prefix: bytes) -> list[tuple[bytes, bytes]]:
+        iterator = self._families[family_name].iter()
+        iterator.seek(prefix)
+        found: list[tuple[bytes, bytes]] = []
+        while iterator.valid() and iterator.key().startswith(prefix):
+            found.append((iterator.key(), iterator.value()))
+            iterator.next()
+        return found
 
     def _note_deleted(self, family: str, key: bytes) -> None:
         prefixes = self._to_purge.get(family, set())

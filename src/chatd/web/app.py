@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import trio
@@ -162,7 +163,8 @@ def create_app(services: Services) -> QuartTrio:
         if isinstance(error, Unauthorized):
             response.headers["WWW-Authenticate"] = 'Bearer realm="chatd"'
         if isinstance(error, RateLimited):
-            response.headers["Retry-After"] = str(max(1, round(error.retry_after)))
+            # Rounded up: a client retrying after a rounded-down wait is refused again.
+            response.headers["Retry-After"] = str(max(1, math.ceil(error.retry_after)))
         if isinstance(error, RangeNotSatisfiable):
             response.headers["Content-Range"] = f"bytes */{error.size}"
         return response

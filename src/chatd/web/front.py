@@ -33,6 +33,7 @@ import socket
 import trio
 
 from chatd.protocol.handshake import path_of
+from chatd.web.client_address import socket_peer
 from chatd.web.hypercorn_adapter import HttpServer
 from chatd.web.media_downloads import MediaDownloads, is_media_download
 from chatd.web.sockets import HANDSHAKE_TIMEOUT, LiveSockets
@@ -244,15 +245,15 @@ class FrontServer:
         if waited.cancelled_caught or (alpn != "h2" and not received):
             return
         if alpn != "h2" and _routes_to_live_stream(received.split(b"\r\n", 1)[0]):
-            await self._bridge_live_stream(stream, received)
+            await self._bridge_live_stream(stream, received, socket_peer(sock))
             return
         await self._http.serve_connection(PrefixedStream(stream, received), sock, tls=True,
                                           alpn=alpn)
 
     async def _bridge_live_stream(self, stream: trio.SSLStream[trio.SocketStream],
-                                  received: bytes) -> None:
+                                  received: bytes, peer: str | None) -> None:
         """Serve /ws over TLS: the transport gets `inner`, the pumps join `outer` to the
-        TLS stream."""
+        TLS stream. `peer`: the client's TCP host (`inner`'s peer is the pair's end)."""
         inner, outer_sock = socket.socketpair()
         for end in (inner, outer_sock):
             end.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _BRIDGE_BUFFER)
@@ -265,7 +266,7 @@ class FrontServer:
                 pumps.start_soon(_pump_from_client, stream, outer)
                 pumps.start_soon(_pump_to_client, outer, stream, written)
                 try:
-                    await self._sockets.serve(inner, received)
+                    await self._sockets.serve(inner, received, peer)
                 finally:
                     trio.lowlevel.notify_closing(inner)
                     inner.close()

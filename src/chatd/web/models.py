@@ -21,7 +21,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from chatd.domain import reports, rules
+from chatd.domain import deletion, reports, rules
 from chatd.domain.ids import MAX_ID
 from chatd.domain.reactions import MAX_EMOJI_LENGTH
 from chatd.web.schema import (
@@ -256,6 +256,7 @@ class ConversationChange(Model):
 
     disappearing_s: Annotated[int | None, Integer(
         minimum=0, maximum=7_776_000, code="invalid_field",
+        choices=deletion.TIMERS,
         description="disappearing messages: messages sent from now on expire this many "
                     "seconds after sending; one of 0 (off), 86400, 604800, 7776000")] = None
     anyone_sets_timer: Annotated[bool | None, Boolean(

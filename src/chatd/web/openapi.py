@@ -32,7 +32,7 @@ _ERRORS = {
     416: "the range asks for no byte of the media (Content-Range: bytes */size)",
     451: "the operator made this content unavailable (quarantined)",
     507: "the upload would take you past your media quota (quota_exceeded)",
-    429: "too many attempts from this address; retry after Retry-After seconds",
+    429: "a rate limit (docs/privacy.md) refused it; retry after Retry-After seconds",
     503: "the server cannot serve it now (storage_failure, owner_unreachable, "
          "shutting_down, backup_failed); retry",
 }

@@ -9,6 +9,7 @@ from chatd.domain.models import Session
 from chatd.services.context import Services
 from chatd.web import models, render
 from chatd.web.api import Access, Api
+from chatd.web.client_address import client_address as address_of
 from chatd.web.render import NO_CONTENT, Reply
 
 
@@ -16,7 +17,7 @@ def register(api: Api, services: Services) -> None:
     accounts = services.users
 
     def client_address() -> str:
-        return request.remote_addr or "unknown"
+        return address_of(request, services.proxies)
 
     @api.route("POST", "/register", summary="Create an account", access=Access.PUBLIC,
                body=models.Register, status=201, response=models.OwnUser, errors=(409, 429))
@@ -87,7 +88,10 @@ def register(api: Api, services: Services) -> None:
             session.user_id, await accounts.get_user(user_id)))
 
     @api.route("GET", "/users", summary="Find a user by exact handle", query=models.FindUser,
-               response=models.PublicUser, errors=(404,))
+               response=models.PublicUser, errors=(404, 429))
     async def find_user(session: Session, query: models.FindUser) -> Reply:
+        # Charged found or not: probing which handles exist is what it limits.
+        services.ratelimits.take("handle_lookup", account=session.user_id,
+                                 address=client_address())
         return render.public_user(*await services.privacy.profile_for(
             session.user_id, await accounts.find_by_handle(query.handle)))

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import trio
+from quart import request
 
 from chatd.domain.models import Conversation, Session
 from chatd.services.context import Services
 from chatd.web import models, render
 from chatd.web.api import Api
+from chatd.web.client_address import client_address
 from chatd.web.render import NO_CONTENT, Reply
 
 #: What the group-changing routes may refuse: not an admin, no such member or group, full.
@@ -21,9 +23,10 @@ def register(api: Api, services: Services) -> None:
     @api.route("POST", "/conversations/direct",
                summary="Open (or get) the 1:1 conversation with a user; 201 when created",
                body=models.OpenDirect, response=models.Conversation,
-               also={201: models.Conversation}, errors=(404, 409))
+               also={201: models.Conversation}, errors=(403, 404, 409, 429))
     async def open_direct(session: Session, body: models.OpenDirect) -> Reply:
-        opened = await conversations.open_direct(session, body.user_id)
+        opened = await conversations.open_direct(
+            session, body.user_id, client_address(request, services.proxies))
         return render.conversation(opened.conversation, session.user_id), (
             201 if opened.created else 200)
 
@@ -75,16 +78,18 @@ def register(api: Api, services: Services) -> None:
 
     @api.route("POST", "/groups/create", summary="Create a group; you are its admin",
                body=models.CreateGroup, status=201, response=models.Conversation,
-               errors=(404, 409))
+               errors=(403, 404, 409, 429))
     async def create_group(session: Session, body: models.CreateGroup) -> Reply:
-        conv = await conversations.create_group(session, body.name, body.members)
+        conv = await conversations.create_group(session, body.name, body.members,
+                                                client_address(request, services.proxies))
         return render.conversation(conv, session.user_id), 201
 
     @api.route("POST", "/groups/{conversation_id}/add", summary="Add members (admins)",
-               body=models.UserIds, response=models.Conversation, errors=_GROUP_ERRORS)
+               body=models.UserIds, response=models.Conversation, errors=(*_GROUP_ERRORS, 429))
     async def add_members(session: Session, conversation_id: int,
                           body: models.UserIds) -> Reply:
-        conv = await conversations.add_members(session, conversation_id, body.user_ids)
+        conv = await conversations.add_members(session, conversation_id, body.user_ids,
+                                               client_address(request, services.proxies))
         return render.conversation(conv, session.user_id)
 
     @api.route("POST", "/groups/{conversation_id}/remove", summary="Remove members (admins)",

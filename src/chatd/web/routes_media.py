@@ -20,6 +20,7 @@ from chatd.storage.blobs import close_source
 from chatd.web import media_response, models
 from chatd.web.api import Access, Api, Media
 from chatd.web.auth import authenticate
+from chatd.web.client_address import client_address
 from chatd.web.render import NO_CONTENT, Reply, uploaded
 from chatd.web.streamed_body import body_of
 
@@ -97,7 +98,7 @@ def register(api: Api, services: Services) -> None:
                            "X-Filename is an optional label. application/octet-stream is "
                            "stored opaque (end-to-end encrypted media).",
                raw_body=_UPLOAD_TYPES, status=201, response=models.Uploaded,
-               errors=(411, 413, 415, 451, 507))
+               errors=(411, 413, 415, 429, 451, 507))
     async def upload(session: Session) -> Reply:
         declared = request.headers.get("Content-Type")
         if not declared:
@@ -110,6 +111,11 @@ def register(api: Api, services: Services) -> None:
         declared_length = int(length_header) if length_header and length_header.isdigit() \
             else None
         media.check_upload_start(session.user_id, declared_length)
+        # Charged from the declared length before a byte is read; a body of unknown
+        # length (chunked multipart) must find the bucket out of debt, and pays after.
+        address = client_address(request, services.proxies)
+        services.ratelimits.take("media_bytes", account=session.user_id, address=address,
+                                 cost=declared_length if declared_length is not None else 1)
         body = body_of(request, idle_timeout=UPLOAD_IDLE_TIMEOUT)
         found = {"content_type": declared,
                  "filename": _header_filename(request.headers.get("X-Filename", ""))}
@@ -120,6 +126,9 @@ def register(api: Api, services: Services) -> None:
         record = await media.upload(
             session.user_id, chunks=body,
             describe=lambda: (found["content_type"], found["filename"] or None))
+        if declared_length is None:
+            services.ratelimits.charge("media_bytes", account=session.user_id,
+                                       address=address, cost=record.size)
         return uploaded(url_of(record.media_id), record), 201
 
     @api.route("GET", "/media/usage", summary="Your media usage and quota", response=models.Usage)

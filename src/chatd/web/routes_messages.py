@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import base64
 
+from quart import request
+
 from chatd.domain import rules
 from chatd.domain.media import Attaching
 from chatd.domain.models import Session
 from chatd.services.context import Services
 from chatd.web import models, render
 from chatd.web.api import Api
+from chatd.web.client_address import client_address
 from chatd.web.render import NO_CONTENT, Reply
 
 
@@ -19,7 +22,7 @@ def register(api: Api, services: Services) -> None:
     @api.route("POST", "/messages/send",
                summary="Append a message; answered once durable. Idempotent per client_msg_id.",
                body=models.SendMessage, status=201, response=models.SendResult,
-               errors=(403, 404))
+               errors=(403, 404, 429))
     async def send(session: Session, body: models.SendMessage) -> Reply:
         text = rules.is_text_content(body.content_type)
         # The model checked the base64 (with its padding) already.
@@ -28,7 +31,8 @@ def register(api: Api, services: Services) -> None:
             session, conversation_id=body.conversation_id, client_msg_id=body.client_msg_id,
             content_type=body.content_type, body=payload,
             attachments=tuple(Attaching(item.media_id, item.thumbnail_media_id or 0)
-                              for item in body.attachments or ()))
+                              for item in body.attachments or ()),
+            address=client_address(request, services.proxies))
         return render.send_result(result), 201
 
     @api.route("GET", "/messages/{conversation_id}/{seq}/status",

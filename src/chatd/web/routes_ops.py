@@ -58,4 +58,5 @@ def register(api: Api, services: Services) -> None:
         if services.router.peers is not None:
             lines += services.router.peers.prometheus()
             lines += services.coordinator.prometheus()
+        lines += services.ratelimits.prometheus()
         return Response("\n".join(lines) + "\n", content_type=_PROMETHEUS)

@@ -9,6 +9,7 @@ from chatd.services.context import Services
 from chatd.services.reports import ReportInput
 from chatd.web import models
 from chatd.web.api import Api
+from chatd.web.client_address import client_address
 from chatd.web.render import Reply
 
 
@@ -30,5 +31,5 @@ def register(api: Api, services: Services) -> None:
     async def file_report(session: Session, body: models.FileReport) -> Reply:
         report, created = await reports.report(session, ReportInput(
             body.conversation_id, body.seq, body.user_id, body.reason, body.note or "",
-            body.evidence or ""), address=request.remote_addr or "unknown")
+            body.evidence or ""), address=client_address(request, services.proxies))
         return models.ReportFiled(report.report_id), 201 if created else 200

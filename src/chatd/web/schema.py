@@ -158,6 +158,8 @@ class Integer(Kind):
     maximum: int | Limit | None = None
     description: str = ""
     code: str = "invalid_field"
+    #: When given, the only values admitted (JSON Schema `enum`).
+    choices: tuple[int, ...] = ()
 
     def parse(self, value: object, name: str, limits: Limits) -> int:
         # JSON Schema counts 2.0 as an integer, and so does the server.
@@ -165,6 +167,9 @@ class Integer(Kind):
             value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise _type_error(name, "an integer", value)
+        if self.choices and value not in self.choices:
+            raise BadRequest(f"{name}: must be one of {', '.join(map(str, self.choices))}",
+                             code=self.code)
         low, high = limits.resolve(self.minimum), limits.resolve(self.maximum)
         if (low is not None and value < low) or (high is not None and value > high):
             if low is not None and high is not None:
@@ -184,6 +189,8 @@ class Integer(Kind):
 
     def schema(self, limits: Limits) -> Schema:
         schema: Schema = {"type": "integer"}
+        if self.choices:
+            schema["enum"] = list(self.choices)
         low, high = limits.resolve(self.minimum), limits.resolve(self.maximum)
         if low is not None:
             schema["minimum"] = low

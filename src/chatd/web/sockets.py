@@ -60,6 +60,7 @@ from chatd.services.context import Services
 from chatd.services.live import LiveSession, SessionClosed, SessionEnd
 from chatd.services.users import cursors_from_home
 from chatd.web.auth import parse_bearer
+from chatd.web.client_address import socket_peer
 
 log = logging.getLogger(__name__)
 
@@ -116,14 +117,16 @@ _HANDSHAKE_ERRORS: dict[HandshakeProblem, type[ChatdError]] = {
 class Connection:
     """One WebSocket connection: its socket, its protocol state and its `LiveSession`."""
 
-    __slots__ = ("acks", "codec", "drain_scope", "drained", "failed", "finished", "inflight",
-                 "last_active", "live", "opcode_binary", "room", "scope", "session", "sock",
-                 "sockets", "unsent", "ws")
+    __slots__ = ("acks", "address", "codec", "drain_scope", "drained", "failed", "finished",
+                 "inflight", "last_active", "live", "opcode_binary", "room", "scope", "session",
+                 "sock", "sockets", "unsent", "ws")
 
     def __init__(self, sockets: LiveSockets, sock: socket.socket, codec: Codec,
-                 session: Session, max_message: int) -> None:
+                 session: Session, max_message: int, address: str | None = None) -> None:
         self.sockets = sockets
         self.sock = sock
+        #: The client's address (server.trusted_proxies), for per-address rate limits.
+        self.address = address
         self.codec = codec
         self.opcode_binary = codec == "msgpack"
         self.session = session
@@ -374,16 +377,19 @@ class LiveSockets:
 
     # -- a connection ---------------------------------------------------------------------
 
-    async def serve(self, sock: socket.socket, received: bytes) -> None:
+    async def serve(self, sock: socket.socket, received: bytes, peer: str | None = None) -> None:
         """Serve one connection whose first bytes (`received`) asked for /ws; returns when
-        it is over. The caller closes the socket."""
+        it is over. The caller closes the socket. `peer`: the TCP peer's host, when `sock`
+        is not the TCP socket itself (TLS)."""
         try:
             handshake = await self._handshake(sock, received)
         except (OSError, trio.ClosedResourceError):
             return
         if handshake is None:
             return
-        token, codec, rest = handshake
+        token, codec, rest, forwarded = handshake
+        address = self._services.proxies.client_address(
+            peer if peer is not None else socket_peer(sock), [forwarded] if forwarded else [])
         session: Session | None = None
         close: tuple[int, str] | None = None
         try:
@@ -394,7 +400,7 @@ class LiveSockets:
         except ChatdError as exc:
             code = CLOSE_TRY_AGAIN_LATER if exc.status == 503 else CLOSE_UNAUTHORIZED
             close = (code, f"{exc.code}: {exc.message}"[:120])
-        conn = Connection(self, sock, codec, session or _NOBODY, self._max_message)
+        conn = Connection(self, sock, codec, session or _NOBODY, self._max_message, address)
         self._connections.add(conn)
         try:
             with trio.CancelScope() as conn.scope:
@@ -413,7 +419,7 @@ class LiveSockets:
             self._connections.discard(conn)
 
     async def _handshake(self, sock: socket.socket,
-                         received: bytes) -> tuple[str, Codec, bytes] | None:
+                         received: bytes) -> tuple[str, Codec, bytes, str] | None:
         buffer = received
         with trio.move_on_after(HANDSHAKE_TIMEOUT):
             try:
@@ -439,7 +445,8 @@ class LiveSockets:
             token = (query.get("token") or [""])[0] or \
                 parse_bearer(request.headers.get("authorization", "")) or ""
             await _send_all(sock, accept_response(request.key, chosen))
-            return token, codec, buffer[length:]
+            # Repeated X-Forwarded-For headers arrive joined with ", " (one list).
+            return token, codec, buffer[length:], request.headers.get("x-forwarded-for", "")
         return None  # too slow
 
     async def _run_session(self, conn: Connection, rest: bytes) -> None:
@@ -626,7 +633,7 @@ class LiveSockets:
             pending = messaging.start_send(
                 session, conversation_id=frame.conversation_id,
                 client_msg_id=frame.client_msg_id, content_type=frame.content_type,
-                body=frame.body, attachments=attached)
+                body=frame.body, attachments=attached, address=conn.address)
             conn.inflight += 1
             pending.add_done_callback(partial(_answer_send, conn, frame.req))
         elif isinstance(frame, frames.AckFrame):
@@ -650,7 +657,7 @@ class LiveSockets:
             await self._wait_for_room(conn)
             reacted = self._services.rich.start_react(
                 session, frame.conversation_id, frame.seq, frame.emoji,
-                remove=not frame.emoji)
+                remove=not frame.emoji, address=conn.address)
             conn.inflight += 1
             reacted.add_done_callback(partial(_answer_ok, conn, frame.req))
         elif isinstance(frame, frames.PingFrame):
