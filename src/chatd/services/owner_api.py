@@ -130,10 +130,13 @@ class OwnerApi:
         while True:
             page = self._history_page(query, floor, before, limit, newest_first)
             if self.deletions is None:
-                return self._annotated(conv, query.user_id, page)
+                return _within_bytes_annotated(self._annotated(conv, query.user_id, page),
+                                               query.max_bytes, newest_first)
             shown = self.deletions.shown(query.conversation_id, query.user_id, page.messages)
             if shown or not page.has_more:
-                return self._annotated(conv, query.user_id, HistoryPage(shown, page.has_more))
+                return _within_bytes_annotated(
+                    self._annotated(conv, query.user_id, HistoryPage(shown, page.has_more)),
+                    query.max_bytes, newest_first)
             # Every entry of the page was hidden by this user ("delete for me"): an
             # empty page that says there is more would leave the client nowhere to page
             # from, so read on.
@@ -650,6 +653,33 @@ def _within_bytes(rows: Iterable[Message], limit: int) -> int:
             break
         count += 1
     return count
+
+
+def _within_bytes_annotated(page: HistoryPage, max_bytes: int,
+                            newest_first: bool) -> HistoryPage:
+    """A page that crosses the mesh, cut again once its edited bodies are counted too
+    (a page of short messages each edited to a long one must still fit a frame)."""
+    if not max_bytes or not page.annotations:
+        return page
+    notes = page.annotations
+
+    def size(message: Message) -> int:
+        note = notes.get(message.seq)
+        edited = len(note.body) if note is not None and note.body is not None else 0
+        return _body_size(message) + edited
+
+    rows = page.messages
+    total = count = 0
+    for message in reversed(rows) if newest_first else rows:
+        total += size(message)
+        if count and total > max_bytes:
+            break
+        count += 1
+    if count == len(rows):
+        return page
+    kept = rows[len(rows) - count:] if newest_first else rows[:count]
+    seqs = {message.seq for message in kept}
+    return HistoryPage(kept, True, {seq: note for seq, note in notes.items() if seq in seqs})
 
 
 def _body_size(message: Message) -> int:
