@@ -457,3 +457,18 @@ async def test_reactions_edits_and_pins_take_from_the_messages_bucket(
             error = await next_of(socket, "error")
             assert (error["req"], error["code"]) == ("r1", "rate_limited")
         assert (await react(bob, direct, seq, HEART)).status_code == 200  # bob's own bucket
+
+
+async def test_a_block_stops_reactions_edits_as_it_stops_sends(
+        start_server: ServerFactory) -> None:
+    server = await start_server()
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        alice, bob = await new_account(http), await new_account(http)
+        direct = await alice.direct_with(bob)
+        seq = (await alice.send(direct, "hi")).json()["seq"]
+        bobs = (await bob.send(direct, "hello")).json()["seq"]
+        assert (await alice.post(f"/blocks/{bob.user_id}")).status_code in (200, 204)
+        assert_error(await react(bob, direct, seq, THUMBS), 403, "cannot_message")
+        assert_error(await edit(bob, direct, bobs, "hello?"), 403, "cannot_message")
+        assert_error(await react(alice, direct, bobs, THUMBS), 403, "you_blocked")
+        assert "reactions" not in (await history(alice, direct))[seq]
