@@ -262,6 +262,40 @@ async def test_tab_completes_the_handles_of_members_on_a_terminal(server: Runnin
         assert event["message"]["mentions"] == [bob.credentials.user_id]
 
 
+async def test_react_and_edit_from_the_terminal(server: RunningServer) -> None:
+    async with ChatClient(server.url) as bob, terminal(server, "alice_e") as chat:
+        await bob.register("bob_e", PASSWORD, "Bob")
+        await bob.login("bob_e", PASSWORD)
+        await chat.type("/to bob_e\nsee you at 8\n")
+        await chat.expect(b"now talking in @bob_e")
+        async with bob.connect() as live:
+            with trio.fail_after(10):
+                while (event := await live.next_event())["type"] != "message":
+                    pass
+            conversation = event["message"]["conversation_id"]
+            seq = event["message"]["seq"]
+            await bob.accept_request(conversation)
+            await chat.type(f"/edit {seq} see you at 9\n/react {seq} 👍\n")
+            await chat.type(f"/pin {seq}\n")
+            await bob.react(conversation, seq, "🎉")
+            await chat.expect(f"* bob_e reacted 🎉 to #{seq}".encode())
+            with trio.fail_after(10):
+                while True:
+                    page = await bob.history(conversation, after=0)
+                    [message] = [m for m in page["messages"] if m["seq"] == seq]
+                    conv = await bob.request("GET", f"/conversations/{conversation}")
+                    if message.get("edited_at") and len(message.get("reactions", {})) == 2 \
+                            and conv["pins"] == [seq]:
+                        break
+                    await trio.sleep(0.05)
+            assert message["body"] == "see you at 9"
+            await chat.type("/history 10\n")
+            await chat.expect(b"alice_e: see you at 9 (edited)\n    ")
+            await chat.expect("👍 1 (you)".encode())
+            await chat.type(f"/unreact {seq} 👍\n/edit {seq + 100} nope\n")
+            await chat.expect(b"! unknown_message")
+
+
 def test_send_file_takes_the_rest_of_the_line() -> None:
     assert parse_line("/send-file ~/My Photos/a b.jpg") == Command(
         "send-file", ("~/My Photos/a b.jpg",))

@@ -80,3 +80,35 @@ async def test_replies_mentions_and_forwards_through_the_client(server: RunningS
         with pytest.raises(ApiError) as caught:
             await alice.send(group, "re", reply_to=99)
         assert (caught.value.status, caught.value.code) == (404, "unknown_message")
+
+
+async def test_reactions_edits_and_pins_through_the_client(server: RunningServer) -> None:
+    async with ChatClient(server.url) as alice, ChatClient(server.url) as bob:
+        for client in (alice, bob):
+            handle = fresh_handle()
+            await client.register(handle, PASSWORD, handle)
+            await client.login(handle, PASSWORD)
+        assert bob.credentials is not None
+        group = (await alice.create_group("g", [bob.credentials.user_id]))["conversation_id"]
+        sent = await alice.send(group, "frist")
+        seq = sent["seq"]
+        summary = await bob.react(group, seq, "👍")
+        assert summary["reactions"] == {"👍": {"count": 1, "me": True}}
+        edited = await alice.edit(group, seq, "first")
+        assert edited["seq"] > seq and edited["edited_at"] > 0
+        assert [entry["body"] for entry in await alice.edits(group, seq)] == ["frist", "first"]
+        await alice.pin(group, seq)
+        assert (await alice.request("GET", f"/conversations/{group}"))["pins"] == [seq]
+        entries = {m["seq"]: m for m in (await bob.history(group, after=0))["messages"]}
+        assert entries[seq]["body"] == "first" and entries[seq]["edited_at"]
+        assert entries[seq]["reactions"] == {"👍": {"count": 1, "me": True}}
+        await bob.unreact(group, seq, "👍")
+        await alice.unpin(group, seq)
+        assert (await alice.request("GET", f"/conversations/{group}"))["pins"] == []
+        async with alice.connect() as live:
+            await live.react(group, seq, "🎉")
+        entries = {m["seq"]: m for m in (await bob.history(group, after=0))["messages"]}
+        assert entries[seq]["reactions"] == {"🎉": {"count": 1, "me": False}}
+        with pytest.raises(ApiError) as caught:
+            await bob.edit(group, seq, "not yours")
+        assert caught.value.status == 403

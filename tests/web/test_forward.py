@@ -151,3 +151,23 @@ async def test_hops_are_counted_and_many_slows_down(start_server: ServerFactory)
         assert_error(await forward(alice, last, seq, chain[:2]), 400, "forward_limited")
         [result] = await forwarded(alice, last, seq, [chain[0]])
         assert (await history(bob, chain[0]))[result["seq"]]["forwarded_many"] is True
+
+
+async def test_forward_copies_an_edited_message_as_it_reads_now(
+        start_server: ServerFactory) -> None:
+    server = await start_server()
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        alice, bob = await new_account(http), await new_account(http)
+        source = await alice.direct_with(bob)
+        target = await alice.group("elsewhere")
+        seq = (await alice.send(source, "draft")).json()["seq"]
+        edited = await alice.post(f"/messages/{source}/{seq}/edit", {"body": "final"})
+        assert edited.status_code == 200, edited.text
+        [copy] = await forwarded(alice, source, seq, [target])
+        message = (await history(alice, target))[copy["seq"]]
+        assert message["body"] == "final" and "edited_at" not in message
+        # Reactions, edits and pins are entries about messages, not messages.
+        reacted = await bob.post(f"/messages/{source}/{seq}/reactions", {"emoji": "👍"})
+        assert reacted.status_code == 200, reacted.text
+        for entry in (edited.json()["seq"], max(await history(alice, source))):
+            assert_error(await forward(alice, source, entry, [target]), 409, "not_forwardable")

@@ -306,3 +306,27 @@ async def test_an_export_holds_what_the_user_replied_to_and_mentioned(
         assert "quote" not in mine
         assert b"alice's secret words" not in b"".join(
             archive.read(name) for name in archive.namelist())
+
+
+async def test_a_quote_shows_the_latest_text_of_an_edited_message(
+        start_server: ServerFactory) -> None:
+    server = await start_server()
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        alice, bob = await new_account(http), await new_account(http)
+        conversation = await alice.direct_with(bob)
+        target = await sent_seq(alice, conversation, "meet at 8")
+        edited = await alice.post(f"/messages/{conversation}/{target}/edit",
+                                  {"body": "meet at 9"})
+        assert edited.status_code == 200, edited.text
+        async with live(server, alice) as connection:
+            reply = await sent_seq(bob, conversation, "ok", reply_to=target)
+            frame = await next_message(connection, reply)
+        assert frame["quote"]["text"] == "meet at 9"
+        assert (await history(alice, conversation))[reply]["quote"]["text"] == "meet at 9"
+        # A reaction or an edit entry can be answered, and quotes no text.
+        reacted = await bob.post(f"/messages/{conversation}/{target}/reactions",
+                                 {"emoji": "👍"})
+        assert reacted.status_code == 200, reacted.text
+        entry = max(await history(alice, conversation))
+        again = await sent_seq(alice, conversation, "?", reply_to=entry)
+        assert "text" not in (await history(bob, conversation))[again]["quote"]

@@ -92,12 +92,15 @@ def check_reply_to(reply_to: int) -> int:
 
 def forwardable(message: Message | None, seq: int) -> Message:
     """The source of a forward, as the caller reads it: a live message of a member's.
-    Deleted and expired ones are gone (404, as unknown); the log's own entries are not
-    messages anyone sent (409)."""
+    Deleted and expired ones are gone (404, as unknown); the log's own entries, and
+    reactions, edits and pins, are not messages anyone sent (409)."""
     if message is None or message.seq != seq or deletion.is_deleted(message):
         raise deletion.unknown_message(seq)
-    if message.content_type == rules.SYSTEM_CONTENT_TYPE:
-        raise Conflict("entries the server writes cannot be forwarded",
+    if message.content_type in rules.RESERVED_CONTENT_TYPES or not isinstance(
+            message.body, str | bytes):
+        # (Membership entries, and reactions, edits and pins: entries about messages.)
+        raise Conflict("only messages can be forwarded, not the entries the server "
+                       "writes or those about messages (reactions, edits, pins)",
                        code="not_forwardable")
     return message
 

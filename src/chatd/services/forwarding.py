@@ -1,9 +1,10 @@
 """Forwarding: copying a message the caller can read into conversations they are in.
 
 The source is read at its owner exactly as the caller's history shows it (a member, from
-their joining on, not hidden by them, not deleted or expired). Each copy is an ordinary
-send into its target, through the target's owner, so every rule of a send holds there
-(membership, message requests and blocks, the content filter, sizes). A copy keeps the
+their joining on, not hidden by them, not deleted or expired; its latest body if
+edited). Each copy is an ordinary send into its target, through the target's owner, so
+every rule of a send holds there (membership, message requests and blocks, the content
+filter, sizes). A copy keeps the
 content type and body, carries the attachments *by reference* (each media's shard counts
 the target conversation's reference and the target's owner records its audience, as for
 any send: services/media.py) and is one hop further from its original
@@ -18,7 +19,7 @@ conversation, so retrying a forward gives the same copies back rather than new o
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from chatd.domain import deletion, replies, rules
 from chatd.domain.media import Attaching
@@ -50,7 +51,10 @@ class Forwarding:
             raise deletion.unknown_message(seq)
         page: HistoryPage = await self._router.ask(ops.History(
             conversation_id, session.user_id, seq - 1, seq + 1, 1, 0))
-        return replies.forwardable(page.messages[0] if page.messages else None, seq)
+        source = replies.forwardable(page.messages[0] if page.messages else None, seq)
+        note = page.annotations.get(seq)
+        # An edited message is copied as it reads now (its latest body), as history shows it.
+        return source if note is None or note.body is None else replace(source, body=note.body)
 
     async def forward(self, session: Session, *, conversation_id: int, seq: int,
                       targets: list[int], client_msg_id: str | None,

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from chatd.config import LimitsConfig
-from chatd.domain import deletion, groups, replies, rules
+from chatd.domain import deletion, groups, replies, rules, targets
 from chatd.domain.models import (
     Conversation,
     Created,
@@ -30,6 +30,7 @@ from chatd.domain.models import (
     Watermark,
 )
 from chatd.domain.ratelimit import KeyedRateLimiter
+from chatd.domain.targets import Annotation
 from chatd.errors import BadRequest, Conflict, NotFound, Unavailable
 from chatd.pending import Pending
 from chatd.protocol import frames
@@ -43,8 +44,11 @@ from chatd.storage import Batch, records
 if TYPE_CHECKING:
     from chatd.services.deletion import Deletions
     from chatd.services.direct_requests import DirectRequests
+    from chatd.services.edits import Edits
     from chatd.services.invites import GroupInvites
     from chatd.services.media import MediaService
+    from chatd.services.pins import Pins
+    from chatd.services.reactions import Reactions, Summary
 
 #: Where an owner hands ephemeral frames (typing) for users: (user ids, frame).
 EphemeralSink = Callable[[list[int], frames.OutFrame], None]
@@ -80,6 +84,11 @@ class OwnerApi:
         #: Deletion, disappearing messages, erasure; what reads show of them
         #: (services/deletion.py; set by the wiring).
         self.deletions: Deletions | None = None
+        #: Reactions, edits and pins (services/reactions.py, edits.py, pins.py; set by
+        #: the wiring): their commands, and what history pages show of them.
+        self.reactions: Reactions | None = None
+        self.edits: Edits | None = None
+        self.pins: Pins | None = None
 
     def run(self, command: ops.OwnerCommand) -> Any:
         """Run any command or query: a `Pending` for commands, a value for queries."""
@@ -122,11 +131,16 @@ class OwnerApi:
         while True:
             page = self._history_page(query, floor, before, limit, newest_first)
             if self.deletions is None:
-                return HistoryPage(self._quoted(query.conversation_id, page.messages),
-                                   page.has_more)
+                return _within_bytes_annotated(
+                    self._annotated(conv, query.user_id, HistoryPage(
+                        self._quoted(conv, page.messages), page.has_more)),
+                    query.max_bytes, newest_first)
             shown = self.deletions.shown(query.conversation_id, query.user_id, page.messages)
             if shown or not page.has_more:
-                return HistoryPage(self._quoted(query.conversation_id, shown), page.has_more)
+                return _within_bytes_annotated(
+                    self._annotated(conv, query.user_id, HistoryPage(
+                        self._quoted(conv, shown), page.has_more)),
+                    query.max_bytes, newest_first)
             # Every entry of the page was hidden by this user ("delete for me"): an
             # empty page that says there is more would leave the client nowhere to page
             # from, so read on.
@@ -134,6 +148,26 @@ class OwnerApi:
                 before = page.messages[0].seq
             else:
                 floor = page.messages[-1].seq
+
+    def _annotated(self, conv: Conversation, user_id: int, page: HistoryPage) -> HistoryPage:
+        """The page with its messages' reactions and latest bodies: one range scan of
+        each aggregate over the page's seqs (domain/annotations.py)."""
+        if not page.messages or self.reactions is None or self.edits is None:
+            return page
+        low, high = page.messages[0].seq, page.messages[-1].seq
+        reactions = self.reactions.of_page(conv, user_id, low, high)
+        edits = self.edits.of_page(conv, low, high)
+        notes = {}
+        for message in page.messages:
+            seq = message.seq
+            if (seq in reactions or seq in edits) and targets.is_message(message):
+                edit = edits.get(seq)
+                body = edit.body.get("body") if edit is not None \
+                    and isinstance(edit.body, dict) else None
+                notes[seq] = Annotation(reactions.get(seq, {}),
+                                        body if isinstance(body, str | bytes) else None,
+                                        edit.ts if edit is not None else 0)
+        return HistoryPage(page.messages, page.has_more, notes) if notes else page
 
     def _history_page(self, query: ops.History, floor: int, before: int, limit: int,
                       newest_first: bool) -> HistoryPage:
@@ -196,12 +230,12 @@ class OwnerApi:
         while True:
             rows, head = self._read_log_page(query, conv, after)
             if self.deletions is None:
-                return self._quoted(query.conversation_id, rows), head
+                return self._quoted(conv, rows), head
             shown = self.deletions.shown(query.conversation_id, query.user_id, rows)
             if shown or not rows or head == rows[-1].seq:
                 # (Nothing shown of a complete read: its head tells the session to move
                 # past what this user hid.)
-                return self._quoted(query.conversation_id, shown), head
+                return self._quoted(conv, shown), head
             after = rows[-1].seq  # all hidden, and more to read: the session must not
             # take an empty answer below the head for "nothing more"
 
@@ -293,7 +327,8 @@ class OwnerApi:
             attachments = tuple(command.attachments)
             # Checked again in the batch: the target's state as the commands before this
             # one left it (deleted meanwhile: the live quote says so).
-            quote = replies.quote_of(self._reply_target(conv, sender_id, command.reply_to)) \
+            quote = replies.quote_of(self._latest(conv, self._reply_target(
+                conv, sender_id, command.reply_to))) \
                 if command.reply_to else None
             message = self._owner.append(
                 batch, conv, sender_id=sender_id, sender_device=command.sender_device,
@@ -327,9 +362,9 @@ class OwnerApi:
         return deletion.as_read(message, now, deletion.retention_cutoff(
             self._limits.retention_days, now))
 
-    def _quoted(self, conversation_id: int, rows: list[Message]) -> list[Message]:
+    def _quoted(self, conv: Conversation, rows: list[Message]) -> list[Message]:
         """`rows` with the quote of each reply made from its target as it reads now (a
-        point read per target not in the page itself)."""
+        point read per target not in the page itself, and a scan of its edits)."""
         if not any(message.reply_to for message in rows):
             return rows
         in_page = {message.seq: message for message in rows}
@@ -337,12 +372,23 @@ class OwnerApi:
         for message in rows:
             if message.reply_to:
                 target = in_page.get(message.reply_to) or self._log.entry(
-                    conversation_id, message.reply_to)
-                quote = replies.quote_of(self._as_read(target)) if target is not None \
-                    else None
+                    conv.conversation_id, message.reply_to)
+                quote = replies.quote_of(self._latest(conv, self._as_read(target))) \
+                    if target is not None else None
                 message = dataclasses.replace(message, quote=quote)
             result.append(message)
         return result
+
+    def _latest(self, conv: Conversation, target: Message) -> Message:
+        """The target with its latest body when it was edited (services/edits.py): a
+        quote shows what the message says now, as its history does."""
+        if self.edits is None or not targets.is_message(target):
+            return target
+        edit = self.edits.of_page(conv, target.seq, target.seq).get(target.seq)
+        body = edit.body.get("body") if edit is not None and isinstance(edit.body, dict) \
+            else None
+        return dataclasses.replace(target, body=body) if isinstance(body, str | bytes) \
+            else target
 
     def checked_seq(self, conversation_id: int, user_id: int, seq: int) -> Conversation:
         conv = self.member_view(conversation_id, user_id)
@@ -624,6 +670,25 @@ class OwnerApi:
         assert self.deletions is not None
         return self.deletions.erase_member(command)
 
+    # -- reactions, edits, pins (services/reactions.py, edits.py, pins.py) -------------------
+
+    def react(self, command: ops.React) -> Pending[Summary]:
+        assert self.reactions is not None
+        return self.reactions.react(command)
+
+    def edit(self, command: ops.Edit) -> Pending[tuple[int, int]]:
+        assert self.edits is not None
+        return self.edits.edit(command)
+
+    def edit_history(self, query: ops.EditHistory) -> list[tuple[int, object, int]]:
+        assert self.edits is not None
+        self.member_view(query.conversation_id, query.user_id)
+        return self.edits.history(query)
+
+    def pin(self, command: ops.Pin) -> Pending[None]:
+        assert self.pins is not None
+        return self.pins.pin(command)
+
 
 #: Typing notices: a burst of 3, then one every 2 s per (user, conversation).
 TYPING_BURST = 3
@@ -645,8 +710,39 @@ def _within_bytes(rows: Iterable[Message], limit: int) -> int:
     return count
 
 
+def _within_bytes_annotated(page: HistoryPage, max_bytes: int,
+                            newest_first: bool) -> HistoryPage:
+    """A page that crosses the mesh, cut again once its edited bodies are counted too
+    (a page of short messages each edited to a long one must still fit a frame)."""
+    if not max_bytes or not page.annotations:
+        return page
+    notes = page.annotations
+
+    def size(message: Message) -> int:
+        note = notes.get(message.seq)
+        edited = len(note.body) if note is not None and note.body is not None else 0
+        return _body_size(message) + edited
+
+    rows = page.messages
+    total = count = 0
+    for message in reversed(rows) if newest_first else rows:
+        total += size(message)
+        if count and total > max_bytes:
+            break
+        count += 1
+    if count == len(rows):
+        return page
+    kept = rows[len(rows) - count:] if newest_first else rows[:count]
+    seqs = {message.seq for message in kept}
+    return HistoryPage(kept, True, {seq: note for seq, note in notes.items() if seq in seqs})
+
+
 def _body_size(message: Message) -> int:
     body = message.body
+    if isinstance(body, dict):
+        # An edit entry holds a whole new body (a page of them must still fit a frame).
+        inner = body.get("body")
+        return 256 + (len(inner) if isinstance(inner, str | bytes) else 0)
     return len(body) if isinstance(body, str | bytes) else 256
 
 
@@ -662,5 +758,6 @@ _HANDLERS: dict[type[ops.OwnerCommand], str] = {
     ops.DirectStatus: "direct_status", ops.Invite: "invite",
     ops.AnswerInvite: "answer_invite", ops.InvitesOf: "invites_of",
     ops.DeleteMessage: "delete_message", ops.SetDisappearing: "set_disappearing",
-    ops.EraseMember: "erase_member",
+    ops.EraseMember: "erase_member", ops.React: "react", ops.Edit: "edit", ops.Pin: "pin",
+    ops.EditHistory: "edit_history",
 }
