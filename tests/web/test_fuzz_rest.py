@@ -365,7 +365,7 @@ async def test_no_request_gets_a_server_error(server: RunningServer) -> None:
         assert uploaded.status_code == 201
         real = {"conversation_id": group, "direct": direct, "user_id": peer.user_id,
                 "seq": "2", "device_id": "own", "media_id": uploaded.json()["media_id"],
-                "emoji": "👍",
+                "emoji": "👍", "export_id": "000" + "0" * 32,
                 "/messages/{conversation_id}/{seq}/status:conversation_id": direct,
                 "/messages/{conversation_id}:conversation_id": direct,
                 "/conversations/{conversation_id}/read:conversation_id": direct,
