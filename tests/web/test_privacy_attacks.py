@@ -36,3 +36,27 @@ async def test_a_blocked_user_cannot_write_into_the_chat_through_its_timer(
     assert_error(await carol.patch(f"/conversations/{request}", {"disappearing_s": 86400}),
                  403, "cannot_message")
     assert (await alice.get(f"/conversations/{request}")).json()["last_seq"] == head
+
+
+async def test_a_removed_member_cannot_come_back_through_an_old_invite(
+        http: httpx.AsyncClient) -> None:
+    """An invite outlived its invitee's joining by another path (an add once their
+    setting allowed it): removed by the admins, they came back by accepting it."""
+    alice, mallory = await new_account(http), await new_account(http)
+    await mallory.patch("/me/privacy", {"groups_add": "contacts"})
+    group = (await alice.post("/groups/create", {
+        "name": "board", "members": [mallory.user_id]})).json()["conversation_id"]
+    assert [i["conversation_id"] for i in (await mallory.get("/invites")).json()[
+        "invites"]] == [group]
+    # She lets anyone add her, and is added: the invite is answered by that.
+    await mallory.patch("/me/privacy", {"groups_add": "everyone"})
+    added = await alice.post(f"/groups/{group}/add", {"user_ids": [mallory.user_id]})
+    assert mallory.user_id in [m["user_id"] for m in added.json()["members"]]
+    assert (await mallory.get("/invites")).json() == {"invites": []}
+    # Removed, she stays out.
+    removed = await alice.post(f"/groups/{group}/remove", {"user_ids": [mallory.user_id]})
+    assert removed.status_code == 200, removed.text
+    assert_error(await mallory.post(f"/groups/{group}/invite/accept"), 404,
+                 "unknown_conversation")
+    members = (await alice.get(f"/conversations/{group}")).json()["members"]
+    assert mallory.user_id not in [m["user_id"] for m in members]

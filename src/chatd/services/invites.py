@@ -74,6 +74,13 @@ class GroupInvites:
 
         batch.after_commit.append(landed)
 
+    def joined(self, batch: Batch, conversation_id: int, user_id: int) -> None:
+        """The user joined the group (by any path): an invite they had is answered by
+        that. Left standing, it would let them back in after the admins removed them."""
+        key = (conversation_id, user_id)
+        if self._get(*key) is not None:
+            self._set(batch, key, None)
+
     def invite(self, command: ops.Invite) -> Pending[list[int]]:
         def apply(batch: Batch) -> list[int]:
             conv = self._owner.get(command.conversation_id)
