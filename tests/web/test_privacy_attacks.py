@@ -60,3 +60,20 @@ async def test_a_removed_member_cannot_come_back_through_an_old_invite(
                  "unknown_conversation")
     members = (await alice.get(f"/conversations/{group}")).json()["members"]
     assert mallory.user_id not in [m["user_id"] for m in members]
+
+
+async def test_adding_an_invited_user_again_does_not_notify_them_again(
+        server: RunningServer, http: httpx.AsyncClient) -> None:
+    """Each add of someone already invited pushed another `invite` frame to them: a
+    stranger could buzz a user who opted out of being added (groups_add contacts) as
+    fast as the group_add bucket allows, from one group."""
+    alice, bob = await new_account(http), await new_account(http)
+    await bob.patch("/me/privacy", {"groups_add": "contacts"})
+    group = (await alice.post("/groups/create", {"name": "spam", "members": []})
+             ).json()["conversation_id"]
+    async with live(server, bob) as b:
+        for _ in range(5):
+            added = await alice.post(f"/groups/{group}/add", {"user_ids": [bob.user_id]})
+            assert added.status_code == 200, added.text
+        assert len(await events_of(b, "invite")) == 1
+    assert len((await bob.get("/invites")).json()["invites"]) == 1

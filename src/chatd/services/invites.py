@@ -88,16 +88,18 @@ class GroupInvites:
             targets = groups.plan_add(conv, command.actor_id, command.user_ids,
                                       self._limits.max_group_members)
             invited = []
+            new = []  # told: an invite they already have is not announced again
             for user_id in targets:
                 key = (conv.conversation_id, user_id)
                 if self._get(*key) is None:
                     invite = GroupInvite(conv.conversation_id, user_id, command.actor_id,
                                          self._now_ms())
                     self._set(batch, key, invite)
+                    new.append(user_id)
                 invited.append(user_id)
-            if invited:
+            if new:
                 frame = invite_frame(conv, command.actor_id)
-                batch.after_commit.append(lambda: self._publish(invited, frame))
+                batch.after_commit.append(lambda: self._publish(new, frame))
             return invited
 
         return self._commands.enqueue(apply, conversation_id=command.conversation_id)
