@@ -17,6 +17,7 @@ from chatd.domain.models import (
     Watermark,
 )
 from chatd.domain.privacy import DirectState, GroupInvite
+from chatd.domain.reactions import ReactionRow
 from chatd.domain.reports import Report
 from chatd.storage import Batch, Store, records
 from chatd.storage.errors import UnstorableValue
@@ -87,6 +88,11 @@ def test_every_family_round_trips_and_survives_reopen(tmp_path: Path) -> None:
         (records.USER_INVITES, (2, 5), None),
         (records.ACCOUNT_STATE, 1, {"deactivated": True, "erasing": False}),
         (records.EXPORTS, "00a" + "ab" * 16, {"user_id": 1, "status": "ready"}),
+        (records.REACTIONS, (5, 1, 2), ReactionRow("👍🏽", 4, 400, 86_400_400)),
+        (records.REACTION_ENTRIES, (5, 1, 4), None),
+        (records.EDITS, (5, 1, 6), None),
+        (records.PINS, (5, 1), 7),
+        (records.UNCOUNTED, (5, 4), 1),
     ]
     assert {family.name for family, _, _ in rows} == {f.name for f in records.FAMILIES}
     store = Store.open(str(tmp_path))

@@ -26,6 +26,7 @@ from rocksdict import (
 )
 
 from chatd.storage import records
+from chatd.storage.errors import StoreInUse
 from chatd.storage.records import Family
 
 K = TypeVar("K")
@@ -161,7 +162,14 @@ class Store:
         if _ROLL_FAMILY in _families_at(path):
             # A purge stopped between making and dropping it: open it to drop it.
             families[_ROLL_FAMILY] = Options(raw_mode=True)
-        db = Rdict(path, options, column_families=families)
+        try:
+            db = Rdict(path, options, column_families=families)
+        except Exception as exc:
+            # rocksdict raises a bare Exception; RocksDB's message names the LOCK file
+            # ("While lock file: <path>/LOCK: Resource temporarily unavailable").
+            if "lock" in str(exc).lower():
+                raise StoreInUse(f"{path} is in use by another process ({exc})") from exc
+            raise
         if _ROLL_FAMILY in families:
             db.drop_column_family(_ROLL_FAMILY)
         return cls(db, sync)
