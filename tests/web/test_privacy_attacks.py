@@ -77,3 +77,28 @@ async def test_adding_an_invited_user_again_does_not_notify_them_again(
             assert added.status_code == 200, added.text
         assert len(await events_of(b, "invite")) == 1
     assert len((await bob.get("/invites")).json()["invites"]) == 1
+
+
+async def test_a_blocked_user_cannot_write_into_the_chat_through_pins(
+        server: RunningServer, http: httpx.AsyncClient) -> None:
+    """A pin or unpin is a `chatd/pin` entry delivered live into the other's chat: across
+    a block, or a declined request, it was a way to keep writing there."""
+    alice, bob = await new_account(http), await new_account(http)
+    conversation_id = await alice.direct_with(bob)
+    assert (await alice.send(conversation_id, "pin me")).status_code == 201
+    assert (await alice.post(f"/blocks/{bob.user_id}")).status_code == 204
+    async with live(server, alice) as a:
+        assert_error(await bob.post(f"/conversations/{conversation_id}/pins/1"), 403,
+                     "cannot_message")
+        assert_error(await bob.delete(f"/conversations/{conversation_id}/pins/1"), 403,
+                     "cannot_message")
+        # (Her own message comes back in the catch-up; nothing after it.)
+        assert [event["message"]["seq"] for event in await events_of(a, "message")] == [1]
+    assert (await alice.get(f"/conversations/{conversation_id}")).json()["last_seq"] == 1
+
+    carol = await new_account(http)
+    request = await open_request(carol, alice)
+    assert (await alice.post(f"/conversations/{request}/decline")).status_code == 200
+    assert_error(await carol.post(f"/conversations/{request}/pins/1"), 403,
+                 "cannot_message")
+    assert (await alice.get(f"/conversations/{request}")).json()["last_seq"] == 1
