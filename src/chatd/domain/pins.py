@@ -7,7 +7,7 @@ pinned (409 `not_pinnable`); unpinning a message that is not pinned changes noth
 
 from __future__ import annotations
 
-from chatd.domain import groups, targets
+from chatd.domain import groups, privacy, targets
 from chatd.domain.models import Conversation, Message
 from chatd.errors import Conflict, Forbidden
 
@@ -18,6 +18,10 @@ def plan_pin(conv: Conversation, actor_id: int, message: Message, pinned: bool, 
              now_ms: int, retention_cutoff_ms: int) -> bool:
     """Whether the pin changes (False: already so)."""
     groups.require_member(conv, actor_id)
+    if conv.kind == "direct":
+        # A pin is an entry in the other's chat: refused as a message would be (a block,
+        # a declined request), or it would be a way to keep writing.
+        privacy.check_send(conv.direct, actor_id)
     if conv.kind == "group" and not conv.is_admin(actor_id):
         raise Forbidden("only a group admin can pin or unpin messages", code="not_an_admin")
     if not pinned:

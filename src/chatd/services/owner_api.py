@@ -432,6 +432,8 @@ class OwnerApi:
     def _add_member(self, batch: Batch, conv: Conversation, user_id: int, member: Member) -> None:
         if conv.kind == "group" and user_id not in conv.members:
             self._owner.groups.changed(user_id, +1)
+            if self.invites is not None:
+                self.invites.joined(batch, conv.conversation_id, user_id)
         conv.members[user_id] = member
         batch.put(records.MEMBERS, (conv.conversation_id, user_id), member)
         batch.put(records.USER_CONVERSATIONS, (user_id, conv.conversation_id), None)
