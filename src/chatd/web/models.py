@@ -914,7 +914,8 @@ ACCOUNT_STATUS = Choice(("active", "deactivated", "erasing", "erased"))
 @dataclass(frozen=True, slots=True)
 class EraseAccount(Model):
     password: Annotated[str, String(description="your password, checked as at login")]
-    erase: Annotated[bool, Boolean(description="must be true: erasing cannot be undone")]
+    erase: Annotated[bool, Boolean(description="must be true: erasing cannot be undone",
+                                   only=True)]
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,7 +11,6 @@ import trio
 from quart import Response
 
 from chatd.domain.models import Session
-from chatd.errors import BadRequest
 from chatd.services.context import Services
 from chatd.services.exports import ExportRecord
 from chatd.web import models
@@ -52,10 +51,7 @@ def register(api: Api, services: Services) -> None:
                            "`erasing` when a shard could not be reached now (finished in "
                            "the background). A wrong password is 403 `wrong_password`.")
     async def erase_me(session: Session, body: models.EraseAccount) -> Reply:
-        if not body.erase:
-            raise BadRequest("erase: must be true to erase your account (this cannot be "
-                             "undone); to stop using it, log out of every device",
-                             code="invalid_field")
+        # (`erase` is true: the model admits nothing else.)
         status = await gdpr.erase(session.user_id, body.password)
         return models.EraseResult(status), 200 if status == "erased" else 202
 

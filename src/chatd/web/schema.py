@@ -202,14 +202,22 @@ class Integer(Kind):
 @dataclass(frozen=True, slots=True)
 class Boolean(Kind):
     description: str = ""
+    #: When set, the one value admitted (JSON Schema `const`): a confirmation.
+    only: bool | None = None
 
     def parse(self, value: object, name: str, limits: Limits) -> bool:
         if not isinstance(value, bool):
             raise _type_error(name, "true or false", value)
+        if self.only is not None and value is not self.only:
+            raise BadRequest(f"{name}: must be {str(self.only).lower()}",
+                             code="invalid_field")
         return value
 
     def schema(self, limits: Limits) -> Schema:
-        return _described({"type": "boolean"}, self.description)
+        schema: Schema = {"type": "boolean"}
+        if self.only is not None:
+            schema["const"] = self.only
+        return _described(schema, self.description)
 
 
 @dataclass(frozen=True, slots=True)
