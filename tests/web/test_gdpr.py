@@ -5,17 +5,31 @@ sockets dead, uploads gone)."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import logging
+import os
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
-from chatd.server import RunningServer
+from chatd.config import Config
+from chatd.server import RunningServer, serve
 from tests.conftest import ServerFactory
-from tests.helpers import PASSWORD, Account, ManualClock, assert_error, login, new_account
+from tests.helpers import (
+    PASSWORD,
+    Account,
+    ManualClock,
+    assert_error,
+    login,
+    make_config,
+    new_account,
+)
 from tests.media_files import png
 from tests.web.test_media import uploaded
 
@@ -187,3 +201,52 @@ async def test_after_erase_the_account_is_gone_and_its_handle_free(
     assert not server.services.gdpr.exports.path(export_id).exists()
     blob = server.services.media.blobs
     assert not [sha for sha, _ in blob.files()]  # type: ignore[attr-defined]
+
+
+async def test_a_shutdown_does_not_wait_for_an_export_being_written(
+        nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An export being written when the shard stops: the writer gives up at its next
+    chunk instead of finishing the zip (before, the stop waited for the whole write), and
+    after a restart nothing of it is left: no file, no record, 404."""
+    caplog.set_level(logging.INFO, logger="chatd.services.gdpr")
+    config = make_config(tmp_path / "data")
+    shutdown = trio.Event()
+    stopped = trio.Event()
+
+    async def run_until_stopped(task_status: trio.TaskStatus[RunningServer]) -> None:
+        await serve(config, shutdown=shutdown, task_status=task_status)
+        stopped.set()
+
+    running: RunningServer = await nursery.start(run_until_stopped)
+    exports = running.services.gdpr.exports.directory
+    async with httpx.AsyncClient(base_url=running.url, timeout=60) as http:
+        alice = await new_account(http)
+        # Random bytes do not compress: deflating 48 MiB keeps the writer busy for
+        # seconds, far longer than a stop may take.
+        await uploaded(alice, os.urandom(48 << 20), "application/octet-stream", "big.bin")
+        export_id = (await alice.post("/me/export")).json()["export_id"]
+        partial = exports / f"{export_id}.zip.tmp"
+        with trio.fail_after(30):
+            while not partial.exists():  # noqa: ASYNC110  # a file, not an event
+                await trio.sleep(0.01)
+    began = trio.current_time()
+    shutdown.set()
+    with trio.fail_after(10):
+        await stopped.wait()
+    took = trio.current_time() - began
+    assert took < 5.0, f"the shard took {took:.1f} s to stop"
+    assert f"export {export_id} stopped: the shard is stopping" in caplog.text
+    again: RunningServer = await nursery.start(partial_serve(config, trio.Event()))
+    async with httpx.AsyncClient(base_url=again.url, timeout=30) as http:
+        alice = await login(http, alice.handle)
+        assert_error(await alice.get(f"/me/export/{export_id}"), 404, "unknown_export")
+        assert again.services.gdpr.exports.find(export_id) is None
+        assert not [path.name for path in exports.iterdir()
+                    if path.name.startswith(export_id)]
+        # And the user can export again at once.
+        started = await alice.post("/me/export")
+        assert started.status_code == 202, started.text
+
+
+def partial_serve(config: Config, shutdown: trio.Event) -> Any:
+    return functools.partial(serve, config, shutdown=shutdown)

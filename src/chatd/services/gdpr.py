@@ -26,6 +26,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -41,7 +42,7 @@ from chatd.domain.models import Conversation, Device, Message, User
 from chatd.errors import BadRequest, ChatdError, Unavailable
 from chatd.protocol import owner as ops
 from chatd.services.account_admin import AccountAdmin, AccountState
-from chatd.services.exports import ExportRecord, ExportStore
+from chatd.services.exports import ExportRecord, ExportStopped, ExportStore
 from chatd.services.media import Blob, MediaService
 from chatd.services.owner_api import PAGE_BYTES, OwnerApi
 from chatd.services.routing import Router
@@ -68,13 +69,25 @@ class ExportContents:
     files: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def write_zip(contents: ExportContents, path: Path) -> None:
-    """The zip, written in the caller's thread (a worker thread: compression is CPU)."""
+#: Bytes of a media file copied into the zip between two looks at `stopping`.
+_COPY_CHUNK = 1 << 20
+
+
+def write_zip(contents: ExportContents, path: Path, stopping: threading.Event) -> None:
+    """The zip, written in the caller's thread (a worker thread: compression is CPU).
+    Gives up (ExportStopped) at the first look at `stopping` after it is set: between
+    files and between chunks of a file, so a shutdown waits for at most one chunk."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, document in contents.documents.items():
+            if stopping.is_set():
+                raise ExportStopped
             archive.writestr(name, json.dumps(document, indent=2, ensure_ascii=False))
         for source, name in contents.files:
-            archive.write(source, name)
+            with open(source, "rb") as reader, archive.open(name, "w") as writer:
+                while chunk := reader.read(_COPY_CHUNK):
+                    if stopping.is_set():
+                        raise ExportStopped
+                    writer.write(chunk)
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +151,11 @@ class Gdpr:
                     await self.sweep()
                     await trio.sleep(self._config.sweep_interval)
             finally:
+                # Cancelled: the shard is stopping. An export being written gives up at
+                # its next look (services/exports.py), so the nursery does not wait for
+                # a large zip to be finished.
                 self._nursery = None
+                self.exports.stopping.set()
 
     async def sweep(self) -> None:
         for user_id in self._admin.erasing():
@@ -301,7 +318,10 @@ class Gdpr:
         scratch = self.exports.scratch(record.export_id)
         try:
             contents = await self.gather(record.user_id, scratch)
-            await self.exports.finish(record, lambda path: write_zip(contents, path))
+            await self.exports.finish(
+                record, lambda path, stopping: write_zip(contents, path, stopping))
+        except ExportStopped:
+            log.info("export %s stopped: the shard is stopping", record.export_id)
         except ChatdError as exc:
             # The export is removed (ExportStore.finish or here); the user asks again.
             log.warning("export %s failed: %s", record.export_id, exc.message)
@@ -311,6 +331,9 @@ class Gdpr:
             log.exception("export %s failed", record.export_id)
             with trio.CancelScope(shield=True):
                 await self.exports.delete([record.export_id])
+        finally:
+            # Whatever happened, the user may ask for another export now.
+            self.exports.release(record.user_id)
 
     async def gather(self, user_id: int, scratch: Path) -> ExportContents:
         """Everything of the user's, from every shard, as the export's documents; their
