@@ -19,7 +19,9 @@ import pytest
 import trio
 
 from chatd.config import Config
+from chatd.domain.ids import direct_conversation_id
 from chatd.server import RunningServer, serve
+from chatd.storage import records
 from tests.conftest import ServerFactory
 from tests.helpers import (
     PASSWORD,
@@ -250,3 +252,95 @@ async def test_a_shutdown_does_not_wait_for_an_export_being_written(
 
 def partial_serve(config: Config, shutdown: trio.Event) -> Any:
     return functools.partial(serve, config, shutdown=shutdown)
+
+
+async def test_the_export_holds_blocks_reports_and_privacy_settings(
+        http: httpx.AsyncClient) -> None:
+    alice, bob, carol = [await new_account(http) for _ in range(3)]
+    group = await bob.group("reported here", alice)
+    changed = await alice.patch("/me/privacy", {"last_seen": "contacts", "profile": "nobody",
+                                                "groups_add": "contacts"})
+    assert changed.status_code == 200, changed.text
+    assert (await alice.post(f"/blocks/{carol.user_id}")).status_code == 204
+    seq = (await bob.send(group, "buy cheap pills")).json()["seq"]
+    filed = await alice.post("/reports", {"conversation_id": group, "seq": seq,
+                                          "reason": "other", "note": "alice's note",
+                                          "evidence": "alice's evidence"})
+    assert filed.status_code == 201, filed.text
+    # A report against alice is not hers to see: bob's words about her stay out.
+    alice_seq = (await alice.send(group, "hello")).json()["seq"]
+    against = await bob.post("/reports", {"conversation_id": group, "seq": alice_seq,
+                                          "reason": "spam", "evidence": "bob's evidence"})
+    assert against.status_code == 201, against.text
+
+    archive = await exported(alice)
+    privacy = document(archive, "settings.json")["privacy"]
+    assert privacy == {"last_seen": "contacts", "profile": "nobody",
+                       "groups_add": "contacts", "read_receipts": True}
+    blocks = document(archive, "blocks.json")
+    assert [block["user_id"] for block in blocks] == [carol.user_id]
+    assert isinstance(blocks[0]["blocked_at"], int) and blocks[0]["blocked_at"] > 0
+    reports = document(archive, "reports.json")
+    assert [(r["report_id"], r["reported_user_id"], r["seq"], r["reason"], r["note"],
+             r["evidence"], r["status"]) for r in reports] == [
+        (filed.json()["report_id"], bob.user_id, seq, "other", "alice's note",
+         "alice's evidence", "open")]
+    assert b"bob's evidence" not in b"".join(archive.read(name)
+                                             for name in archive.namelist())
+    assert document(archive, "export.json")["reports_truncated"] is False
+    # Carol blocks nobody and filed nothing.
+    carol_archive = await exported(carol)
+    assert document(carol_archive, "blocks.json") == []
+    assert document(carol_archive, "reports.json") == []
+
+
+async def test_erase_drops_blocks_invites_reports_and_abuse_records(
+        server: RunningServer, http: httpx.AsyncClient) -> None:
+    alice, bob, carol, dave = [await new_account(http) for _ in range(4)]
+    me = int(alice.user_id)
+    store = server.services.store
+    # Alice blocks carol (a row at her home, a flag on their direct chat's owner).
+    assert (await alice.post(f"/blocks/{carol.user_id}")).status_code == 204
+    group = await bob.group("the group", alice)
+    # An invite to alice, pending: she only takes adds from contacts.
+    await alice.patch("/me/privacy", {"groups_add": "contacts"})
+    invited = await dave.group("dave's group", alice)
+    assert [i["conversation_id"] for i in (await alice.get("/invites")).json()["invites"]] \
+        == [invited]
+    # A report alice filed (its note and evidence are her words) and one against her.
+    bob_seq = (await bob.send(group, "spam spam")).json()["seq"]
+    filed = await alice.post("/reports", {"conversation_id": group, "seq": bob_seq,
+                                          "reason": "other", "note": "her note",
+                                          "evidence": "her evidence"})
+    assert filed.status_code == 201, filed.text
+    alice_seq = (await alice.send(group, "her words")).json()["seq"]
+    against = await bob.post("/reports", {"conversation_id": group, "seq": alice_seq,
+                                          "reason": "spam"})
+    assert against.status_code == 201, against.text
+    assert store.get(records.ABUSE, me) is not None  # the report against her counted
+    blocks_before = store.scan(records.BLOCKS, records.u64(me))
+    assert blocks_before
+
+    assert (await erase(alice)).json() == {"status": "erased"}
+
+    # Her block list and its flag are gone: carol may write to the erased account's
+    # direct chat as to any other (nobody reads it), and no row names her as blocker.
+    assert store.scan(records.BLOCKS, records.u64(me)) == []
+    state = store.get(records.DIRECT_STATES,
+                      direct_conversation_id(me, int(carol.user_id)))
+    assert state is None or me not in state.blocked_by
+    # The invite was declined: nothing of it left on the group's owner.
+    assert store.get(records.INVITES, (int(invited), me)) is None
+    assert store.scan(records.USER_INVITES, records.u64(me)) == []
+    # The report she filed stays for the moderators, without her words.
+    kept = [report for _, report in store.scan(records.REPORTS, b"")
+            if report.reporter_id == me]
+    assert [(r.report_id, r.note, r.evidence, r.message_text) for r in kept] == [
+        (int(filed.json()["report_id"]), "", "", "spam spam")]
+    # Reports against her (their copies of her text), her counters and queue row: gone.
+    assert [r for _, r in store.scan(records.REPORTS, b"") if r.reported_id == me] == []
+    assert store.scan(records.REPORT_DEDUP, records.u64(me)) == []
+    assert store.get(records.ABUSE, me) is None
+    assert store.get(records.ABUSE_QUEUE, me) is None
+    assert store.get(records.LAST_SEEN, me) is None
+    assert store.scan(records.DEVICES, records.u64(me)) == []
