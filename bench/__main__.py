@@ -6,6 +6,8 @@ Scenarios:
   idle     authenticated idle WebSocket connections: RSS per connection, connections/s
   catchup  a device offline while messages arrive reconnects and catches up
   burst    senders keep a window of sends in flight: the maximum sustained rate
+  reactions  server CPU per reaction vs per plain message at the same rate into a group
+           (50 members, 1,000/s by default), and their ratio
   sweep    `direct` or `group` (--shape) over increasing offered rates, with a plot
   appends  the durable append path alone, in this process (no network)
   wakeup   server CPU of a round trip after 0/2/10 ms idle, chatd and a bare echo
@@ -45,7 +47,7 @@ from bench.serverproc import BenchServer
 from bench.wakeup import wakeup
 
 SCENARIOS = ["direct", "group", "idle", "catchup", "burst", "sweep", "appends", "wakeup",
-             "sends", "media", "all"]
+             "reactions", "sends", "media", "all"]
 #: The server's settings for benchmarks: idle sockets are not reaped while held; media
 #: takes the 1 GiB transfer.
 SERVER_ENV = {"CHATD_WEBSOCKET_IDLE_TIMEOUT": "3600",
@@ -128,6 +130,9 @@ def _runners(args: argparse.Namespace, own_server: BenchServer | None
                  placement=args.placement or "cross", **direct_shape)
     group = one(harness.group, rate=_pick(args, "rate", 20.0, 20.0), seconds=seconds,
                 **group_shape)
+    reactions = one(harness.reactions, rate=_pick(args, "rate", 1000.0, 50.0),
+                    seconds=seconds, members=_pick(args, "members", 50, 10),
+                    senders=_pick(args, "senders", 10, 2), workers=workers, ack=ack)
     idle = one(harness.idle, connections=_pick(args, "connections", 10_000, 200),
                workers=workers)
     catchup = one(harness.catchup, messages=_pick(args, "messages", 10_000, 300))
@@ -169,7 +174,7 @@ def _runners(args: argparse.Namespace, own_server: BenchServer | None
                  ranged_reads=_pick(args, "messages", 5000, 200))
     return {"direct": direct, "group": group, "idle": idle, "catchup": catchup,
             "burst": burst, "sweep": sweep, "appends": appends_, "wakeup": wakeup_,
-            "sends": sends, "media": media_}
+            "sends": sends, "media": media_, "reactions": reactions}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -422,6 +422,49 @@ async def group(target: Target, *, members: int, senders: int, rate: float, seco
                              "seconds": seconds, "ack": ack}, figures)
 
 
+async def reactions(target: Target, *, members: int, senders: int, rate: float,
+                    seconds: float, workers: int, ack: bool = True) -> Result:
+    """Server CPU per reaction against a plain message's, at the same rate into a group
+    of the same size: two phases, each in a group of its own with one message in it (a
+    reaction is a log entry fanned out to every member, as a message is)."""
+    figures = {}
+    for phase in ("message", "reaction"):
+        accounts = await provision(target, members, "r" + phase[0])
+        conv = await create_group(target, accounts)
+        async with ChatClient(target.url, token=accounts[0].token) as client:
+            base = (await client.send(conv, "react to me"))["seq"]
+        per_sender = max(1, int(rate * seconds / senders))
+        interval = senders / rate
+        total = per_sender * senders
+        specs = []
+        for n, account in enumerate(accounts):
+            # Every socket also catches up the group's creation and the base message.
+            spec: dict[str, Any] = {"token": account.token,
+                                    "expect": 2 + total - (per_sender if n < senders else 0)}
+            if n < senders:
+                spec |= {"conv": conv, "sends": per_sender, "interval": interval,
+                         "offset": interval * n / senders}
+                if phase == "reaction":
+                    spec["react_to"] = base
+            specs.append(spec)
+        measured = run_live_phase(target, specs, workers=workers,
+                                  expected=(total + 2) * members - total, offered=total,
+                                  extra={"ack": ack}, sent_is_delivery=True)
+        for name, value in measured.items():
+            if not name.startswith("_"):
+                figures[f"{phase}_{name}"] = value
+        figures.setdefault("_warnings", []).extend(measured.get("_warnings", []))
+    message_cpu = figures.get("message_server_cpu_us_per_message")
+    reaction_cpu = figures.get("reaction_server_cpu_us_per_message")
+    if message_cpu and reaction_cpu:
+        figures["reaction_to_message_cpu"] = reaction_cpu / message_cpu
+    figures["lost"] = figures.get("message_lost", 0) + figures.get("reaction_lost", 0)
+    figures["duplicated"] = figures.get("message_duplicated", 0) \
+        + figures.get("reaction_duplicated", 0)
+    return _result("reactions", {"members": members, "senders": senders, "rate": rate,
+                                 "seconds": seconds, "ack": ack}, figures)
+
+
 async def burst(target: Target, *, pairs: int, seconds: float, window: int,
                 workers: int, ack: bool = True, placement: str = "any") -> Result:
     """Open loop at the server's pace: each sender keeps `window` sends in flight."""

@@ -74,7 +74,18 @@ def _label(key: str) -> str:
         who, gap = key.split("_us_gap_")
         name = "chatd ping" if who == "chatd_ping" else "bare echo"
         return f"{name}, {gap} idle (µs CPU)"
+    if key == "reaction_to_message_cpu":
+        return "CPU, reaction / message"
+    for phase in ("message", "reaction"):
+        if key.startswith(f"{phase}_"):
+            return f"{phase}s: {_LABELS[key.removeprefix(phase + '_')]}"
     return _LABELS[key]
+
+
+#: The reactions scenario's figures (its two phases, and their ratio).
+_PHASED = [f"{phase}_{name}" for phase in ("message", "reaction") for name in (
+    "sent", "deliveries", "server_cpu_us_per_message", "server_cpu_us_per_delivery")] + [
+    "reaction_to_message_cpu"]
 
 
 def print_result(result: Result) -> None:
@@ -82,7 +93,8 @@ def print_result(result: Result) -> None:
                        for k, v in result.params.items())
     print(f"\n{result.scenario} ({params})")
     shown = [key for key in _LABELS if key in result.figures] + [
-        key for key in result.figures if "_us_gap_" in key]
+        key for key in result.figures if "_us_gap_" in key] + [
+        key for key in _PHASED if key in result.figures]
     for key in shown:
         print(f"  {_label(key):<32} {_format(result.figures[key])}")
     for warning in result.warnings:

@@ -32,7 +32,11 @@ import trio
 from hdrh.histogram import HdrHistogram
 
 from bench.wsclient import BenchSocket
-from chatd.protocol.frames import ack_request, send_request
+from chatd.protocol.frames import ack_request, react_request, send_request
+
+#: A reacting socket alternates between these, so that every frame changes its reaction
+#: (and so is a log entry).
+REACTIONS = ("👍", "❤️")
 
 #: Latencies are recorded in µs, from 1 µs to 60 s, with 3 significant digits.
 HISTOGRAM_RANGE = (1, 60_000_000, 3)
@@ -149,7 +153,7 @@ async def run_live(plan: dict[str, Any], sockets: list[tuple[BenchSocket, dict[s
                         check_done()
                 elif kind == "receipt":
                     stats.receipts += 1
-                elif kind == "sent":
+                elif kind == "sent" or (kind == "ok" and frame.get("req", "").startswith("s")):
                     stats.sent += 1
                     if room is not None:
                         room.release()
@@ -173,6 +177,10 @@ async def run_live(plan: dict[str, Any], sockets: list[tuple[BenchSocket, dict[s
             if trio.current_time() - scheduled > 0.01:
                 stats.late_sends += 1
             stamp = now_us() - int((trio.current_time() - scheduled) * 1e6)
+            if "react_to" in spec:  # a reaction (answered `ok`) instead of a message
+                await sock.send(react_request(conv, spec["react_to"], REACTIONS[n % 2],
+                                              req=f"s{n}"))
+                continue
             await sock.send(send_request(f"s{n}", conv, f"{spec['token'][-12:]}-{n}",
                                          f"T{stamp} {PAD}"))
 

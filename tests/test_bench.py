@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 SCENARIOS = {"direct", "group", "idle", "catchup", "burst", "sweep:direct", "appends",
-             "wakeup"}
+             "wakeup", "reactions"}
 
 
 def test_quick_run_of_every_scenario_loses_and_duplicates_nothing(tmp_path: Path) -> None:
@@ -40,6 +40,8 @@ def test_quick_run_of_every_scenario_loses_and_duplicates_nothing(tmp_path: Path
         if result["scenario"] in ("direct", "group", "burst", "sweep:direct"):
             assert result["deliveries"] > 0 and result["p99_ms"] > 0, result
             assert result["server_cpu_us_per_delivery"] > 0, result
+    [reactions] = [r for r in results if r["scenario"] == "reactions"]
+    assert reactions["reaction_sent"] > 0 and reactions["reaction_to_message_cpu"] > 0
     [idle] = [r for r in results if r["scenario"] == "idle"]
     assert idle["connected"] == idle["connections"] and idle["rss_per_connection_kb"] > 0
     [catchup] = [r for r in results if r["scenario"] == "catchup"]

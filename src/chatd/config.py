@@ -247,6 +247,9 @@ class LimitsConfig:
     #: Seconds after sending during which a sender may delete a message for everyone
     #: (group admins may at any time).
     delete_window_s: int = 172_800
+    #: Seconds after sending during which a sender may edit a message (POST
+    #: /messages/{conversation_id}/{seq}/edit).
+    edit_window_s: int = 900
     #: Server-wide retention: messages older than this many days become tombstones
     #: (0: off, keep forever). Reads hide them at once; the sweeper writes the tombstones.
     retention_days: float = 0.0
@@ -689,6 +692,7 @@ def _validate_deletion(config: Config) -> None:
         if number <= 0:
             raise ConfigError(f"{key}: must be greater than 0, got {number}")
     for key, number in (("limits.delete_window_s", config.limits.delete_window_s),
+                        ("limits.edit_window_s", config.limits.edit_window_s),
                         ("limits.retention_days", config.limits.retention_days)):
         if number < 0:
             raise ConfigError(f"{key}: must not be negative, got {number}")

@@ -17,6 +17,8 @@ from chatd.domain.models import (
     SendResult,
     Watermark,
 )
+from chatd.domain.targets import Annotation
+from chatd.domain.unread import UncountedSeqs
 from chatd.protocol import owner as ops
 from chatd.protocol.mesh import Post, decode_frame, encode_frame
 
@@ -38,6 +40,12 @@ COMMANDS: list[ops.OwnerCommand] = [
     ops.Typing(7, 1),
     ops.ReadLog(7, 1, 0, 200, 1 << 18),
     ops.ConversationsOf(0, 1, 9, 0, {7: 3}),
+    ops.React(7, 1, 2, 3, "👍", False),
+    ops.React(7, 1, 2, 3, "", True),
+    ops.Edit(7, 1, 2, 3, "new text"),
+    ops.Edit(7, 1, 2, 3, b"\x01ciphertext"),
+    ops.Pin(7, 1, 2, 3, True),
+    ops.EditHistory(7, 1, 3),
 ]
 
 
@@ -107,6 +115,41 @@ def test_results_round_trip() -> None:
                 (ops.conversation_to_wire(conv), 2)]
         else:
             assert back == result, method
+
+
+def test_reactions_edits_and_pins_survive_the_wire() -> None:
+    message = Message(11, 7, 3, 1, 2, "c1", "text/plain", "hi", 200)
+    page = HistoryPage([message], False, {3: Annotation({"👍": (2, True), "❤️": (1, False)},
+                                                        "hi, edited", 250)})
+    cases: list[tuple[str, Any]] = [
+        (ops.History.METHOD, page),
+        (ops.History.METHOD, HistoryPage([message], True, {3: Annotation(body=b"\x02",
+                                                                         edited_at=9)})),
+        (ops.React.METHOD, {"👍": (2, True)}),
+        (ops.React.METHOD, {}),
+        (ops.Edit.METHOD, (12, 300)),
+        (ops.Pin.METHOD, None),
+        (ops.EditHistory.METHOD, [(3, "hi", 200), (12, "hi, edited", 300)]),
+    ]
+    for method, result in cases:
+        to_wire, from_wire = ops.RESULTS[method]
+        assert from_wire(over_the_wire(to_wire(result))) == result, method
+    # A page from a peer that knows no annotations (two elements) reads as none.
+    assert ops.history_from_wire([[ops.message_to_wire(message)], True]) == HistoryPage(
+        [message], True)
+
+
+def test_a_conversation_snapshot_carries_pins_and_unread_skips() -> None:
+    conv = _conversation()  # member 2 has read up to 1, member 1 up to 3 (the head)
+    conv.pins = [2, 3]
+    conv.uncounted = UncountedSeqs([(2, 1)], complete=True, older=lambda seq: 0)
+    assert conv.unread(2) == 1  # seqs 2 and 3 are after its read mark; 2 is uncounted
+    back = ops.conversation_from_wire(over_the_wire(ops.conversation_to_wire(conv)))
+    assert back.pins == [2, 3]
+    assert (back.unread(1), back.unread(2)) == (0, 1)
+    plain = ops.conversation_from_wire(over_the_wire(ops.conversation_to_wire(
+        _conversation())))
+    assert plain.pins == [] and plain.uncounted is None and plain.unread(2) == 2
 
 
 def test_a_send_from_a_peer_without_attachments_is_taken() -> None:

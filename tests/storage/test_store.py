@@ -17,8 +17,10 @@ from chatd.domain.models import (
     Watermark,
 )
 from chatd.domain.privacy import DirectState, GroupInvite
+from chatd.domain.reactions import ReactionRow
 from chatd.domain.reports import Report
 from chatd.storage import Batch, Store, records
+from chatd.storage import store as store_module
 from chatd.storage.errors import UnstorableValue
 from chatd.storage.records import pair, u64
 
@@ -87,6 +89,11 @@ def test_every_family_round_trips_and_survives_reopen(tmp_path: Path) -> None:
         (records.USER_INVITES, (2, 5), None),
         (records.ACCOUNT_STATE, 1, {"deactivated": True, "erasing": False}),
         (records.EXPORTS, "00a" + "ab" * 16, {"user_id": 1, "status": "ready"}),
+        (records.REACTIONS, (5, 1, 2), ReactionRow("👍🏽", 4, 400, 86_400_400)),
+        (records.REACTION_ENTRIES, (5, 1, 4), None),
+        (records.EDITS, (5, 1, 6), None),
+        (records.PINS, (5, 1), 7),
+        (records.UNCOUNTED, (5, 4), 1),
     ]
     assert {family.name for family, _, _ in rows} == {f.name for f in records.FAMILIES}
     store = Store.open(str(tmp_path))
@@ -215,6 +222,35 @@ def test_purge_removes_deleted_values_from_every_file(tmp_path: Path) -> None:
         store.purge(store.take_purge())
         assert files_holding() == []
         assert store.get(records.MESSAGES, (6, 1)) is not None
+    finally:
+        store.close()
+
+
+def test_deletions_in_many_conversations_are_purged_as_one_span(tmp_path: Path) -> None:
+    """Past a few conversations a family is compacted as one span, first to last: every
+    deleted value in it leaves the disk, the records between them stay."""
+    conversations = range(10, 10 + 3 * (store_module.SEPARATE_PURGE_RANGES + 3), 3)
+    store = Store.open(str(tmp_path))
+    try:
+        batch = Batch()
+        for conversation in conversations:
+            batch.put(records.MESSAGES, (conversation, 1),
+                      message(conversation, 1, f"gone-{conversation}-7d1e".encode()))
+            batch.put(records.MESSAGES, (conversation + 1, 1),
+                      message(conversation + 1, 1, b"stays"))
+        store.write(batch)
+        store.purge({})
+        batch = Batch()
+        for conversation in conversations:
+            batch.delete(records.MESSAGES, (conversation, 1))
+        store.write(batch)
+        owed = store.take_purge()
+        assert len(owed[records.MESSAGES.name] or ()) > store_module.SEPARATE_PURGE_RANGES
+        store.purge(owed)
+        held = b"".join(path.read_bytes() for path in tmp_path.rglob("*") if path.is_file())
+        assert b"-7d1e" not in held
+        assert all(store.get(records.MESSAGES, (conversation + 1, 1)) is not None
+                   for conversation in conversations)
     finally:
         store.close()
 

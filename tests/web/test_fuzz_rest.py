@@ -48,6 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+import emoji
 import httpx
 import hypothesis
 import requests
@@ -63,6 +64,7 @@ from schemathesis.engine import events, from_schema
 from schemathesis.openapi.checks import RejectedPositiveData
 
 from chatd.domain import rules
+from chatd.domain.reactions import MAX_EMOJI_LENGTH, check_emoji
 from chatd.errors import BadRequest
 from chatd.server import RunningServer
 from chatd.web import models
@@ -362,6 +364,7 @@ async def test_no_request_gets_a_server_error(server: RunningServer) -> None:
         assert uploaded.status_code == 201
         real = {"conversation_id": group, "direct": direct, "user_id": peer.user_id,
                 "seq": "2", "device_id": "own", "media_id": uploaded.json()["media_id"],
+                "emoji": "👍",
                 "/messages/{conversation_id}/{seq}/status:conversation_id": direct,
                 "/messages/{conversation_id}:conversation_id": direct,
                 "/conversations/{conversation_id}/read:conversation_id": direct,
@@ -424,6 +427,11 @@ _NAME_PIECES = st.sampled_from(["\U0001f468\u200d\U0001f469\u200d\U0001f467",
 _PADDING = st.sampled_from(["", " ", "  ", "\t", "\u3000", "\n"])
 
 
+#: Emoji the server takes (`chatd.emoji`): a sample of Unicode's list as the library has it.
+EMOJI_STRATEGY = st.sampled_from(sorted(
+    text for text in emoji.EMOJI_DATA if len(text) <= MAX_EMOJI_LENGTH))
+
+
 def name_strategy(name_format: str) -> st.SearchStrategy[str]:
     kind, max_length, blank = NAME_FORMATS[name_format]
     pattern = compile_pattern(kind.pattern or "")
@@ -460,6 +468,13 @@ def _valid_name_after_all(failure: Any, case: schemathesis.Case) -> bool:
     rule (domain/rules.py, which the format names) decides."""
     found = _FORMAT_VIOLATION.search(str(failure.message))
     body = case.body if isinstance(case.body, dict) else {}
+    if found is not None and found.group(1) == "emoji":
+        # (The same for an emoji: `chatd.emoji` is the emoji library's data.)
+        value = body.get("emoji")
+        try:
+            return isinstance(value, str) and bool(check_emoji(value))
+        except BadRequest:
+            return False
     if found is None or found.group(1) not in _FIELD_FORMATS:
         return False
     value = body.get(found.group(1))
@@ -597,10 +612,11 @@ async def test_the_server_keeps_its_published_contract(server: RunningServer) ->
         user, other = await new_account(http, fresh_handle("contract")), await new_account(http)
         await user.group("contract", other)
     # ("binary", an upload's body, is OpenAPI's own and Schemathesis knows it.)
-    assert formats_in(spec) - {"binary"} == set(NAME_FORMATS), \
+    assert formats_in(spec) - {"binary"} == {*NAME_FORMATS, "chatd.emoji"}, \
         "a name format needs a strategy here"
     for name_format in NAME_FORMATS:
         schemathesis.openapi.format(name_format, name_strategy(name_format))
+    schemathesis.openapi.format("chatd.emoji", EMOJI_STRATEGY)
     session = requests.Session()
     throwaway_tokens: list[str] = []
 

@@ -172,6 +172,27 @@ async def test_handle_lookup_found_or_not(start_server: ServerFactory) -> None:
         assert (await bob.get("/users", params={"handle": alice.handle})).status_code == 200
 
 
+async def test_naming_users_who_do_not_exist_costs_a_lookup(
+        start_server: ServerFactory) -> None:
+    """User ids carry their creation time: walking them through any route that names a
+    user is a lookup, charged per miss (found users cost nothing)."""
+    server = await limited(start_server, handle_lookup_per_account="4/15m")
+    async with client(server) as http:
+        alice, bob = await new_account(http), await new_account(http)
+        missing = str(int(bob.user_id) + 1)
+        probes = [lambda: alice.get(f"/users/{missing}"),
+                  lambda: alice.post(f"/blocks/{missing}"),
+                  lambda: alice.post("/conversations/direct", {"user_id": missing}),
+                  lambda: alice.post("/groups/create", {"name": "g", "members": [missing]})]
+        for probe in probes:
+            assert_error(await probe(), 404, "unknown_user")
+        for probe in probes:
+            assert_limited(await probe(), "handle_lookup", about=225)
+        # Those who exist are found as before, and another account is not charged.
+        assert (await alice.get(f"/users/{bob.user_id}")).status_code == 200
+        assert_error(await bob.get(f"/users/{missing}"), 404, "unknown_user")
+
+
 async def test_media_bytes(start_server: ServerFactory) -> None:
     server = await limited(start_server, media_bytes_per_account="100KiB/1h")
     async with client(server) as http:

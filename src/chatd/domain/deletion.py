@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from chatd.domain import groups
+from chatd.domain import privacy as privacy_rules
 from chatd.domain.models import Conversation, Message
 from chatd.domain.rules import DELETED_CONTENT_TYPE, SYSTEM_CONTENT_TYPE
 from chatd.errors import BadRequest, Conflict, Forbidden, NotFound
@@ -101,6 +102,9 @@ def plan_set_timer(conv: Conversation, actor: int, disappearing_s: int | None,
         if anyone_sets_timer is not None:
             raise BadRequest("anyone_sets_timer: only groups have it (either member of a "
                              "direct conversation sets its timer)", code="not_a_group")
+        # A change is an entry in the other's chat: refused as a message would be
+        # (a block, a declined request), or it would be a way to keep writing.
+        privacy_rules.check_send(conv.direct, actor)
         return
     if anyone_sets_timer is not None and not conv.is_admin(actor):
         raise Forbidden("only a group admin can do this", code="not_an_admin")

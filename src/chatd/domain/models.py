@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from chatd.domain.privacy import DirectState
+    from chatd.domain.targets import Annotation
+    from chatd.domain.unread import SnapshotSkips, UncountedSeqs
 
 ConversationKind = Literal["direct", "group"]
 Role = Literal["admin", "member"]
@@ -184,6 +186,11 @@ class Conversation:
     disappearing_s: int = 0
     #: A group's choice: every member may change the timer, not only its admins.
     anyone_sets_timer: bool = False
+    #: The seqs of the pinned messages, in the order they were pinned (services/pins.py).
+    pins: list[int] = field(default_factory=list)
+    #: The log entries unread counts skip (reactions, edits, pins; domain/unread.py): the
+    #: owner's index, or what a snapshot from the owner says. None: none known.
+    uncounted: UncountedSeqs | SnapshotSkips | None = None
 
     def is_member(self, user_id: int) -> bool:
         return user_id in self.members
@@ -196,7 +203,10 @@ class Conversation:
         return self.watermarks.get(user_id, _NO_RECEIPTS)
 
     def unread(self, user_id: int) -> int:
-        return max(0, self.head_seq - self.watermark(user_id).read_seq)
+        read_seq = self.watermark(user_id).read_seq
+        skipped = self.uncounted.between(read_seq, self.head_seq) \
+            if self.uncounted is not None else 0
+        return max(0, self.head_seq - read_seq - skipped)
 
 
 _NO_RECEIPTS = Watermark()
@@ -215,3 +225,5 @@ class HistoryPage:
     messages: list[Message]
     #: True when more messages lie beyond the page in the direction it was read.
     has_more: bool
+    #: Reactions and edits of the page's messages, by seq (domain/annotations.py).
+    annotations: dict[int, Annotation] = field(default_factory=dict)

@@ -27,8 +27,14 @@ SYSTEM_CONTENT_TYPE = "chatd/system"
 #: What a deleted (or expired, or erased) message becomes: a tombstone at its seq, with
 #: no body and no attachments (services/deletion.py).
 DELETED_CONTENT_TYPE = "chatd/deleted"
+#: Entries that change another entry (docs/api.md, "Reactions, edits and pins"): the
+#: server writes them for their own routes; their bodies name the `target` seq.
+REACTION_CONTENT_TYPE = "chatd/reaction"
+EDIT_CONTENT_TYPE = "chatd/edit"
+PIN_CONTENT_TYPE = "chatd/pin"
+ANNOTATION_CONTENT_TYPES = (REACTION_CONTENT_TYPE, EDIT_CONTENT_TYPE, PIN_CONTENT_TYPE)
 #: Content types only the server writes.
-RESERVED_CONTENT_TYPES = (SYSTEM_CONTENT_TYPE, DELETED_CONTENT_TYPE)
+RESERVED_CONTENT_TYPES = (SYSTEM_CONTENT_TYPE, DELETED_CONTENT_TYPE, *ANNOTATION_CONTENT_TYPES)
 
 
 def normalize_handle(raw: str) -> str:

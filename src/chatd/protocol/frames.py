@@ -26,6 +26,7 @@ from chatd.domain import rules
 from chatd.domain.ids import parse_id
 from chatd.domain.media import Attaching
 from chatd.domain.models import Message, User
+from chatd.domain.reactions import check_emoji
 from chatd.errors import BadRequest, ChatdError, RateLimited
 from chatd.protocol import edge
 
@@ -90,7 +91,18 @@ class SyncFrame:
     req: str | None = None
 
 
-ClientFrame = SendFrame | AckFrame | ReadFrame | TypingFrame | PingFrame | SyncFrame
+@dataclass(frozen=True, slots=True)
+class ReactFrame:
+    """Set your reaction to a message; "" removes it."""
+
+    conversation_id: int
+    seq: int
+    emoji: str
+    req: str | None = None
+
+
+ClientFrame = (SendFrame | AckFrame | ReadFrame | TypingFrame | PingFrame | SyncFrame
+               | ReactFrame)
 
 
 def _unpack(data: str | bytes, codec: Codec) -> Any:
@@ -200,6 +212,12 @@ def decode_client_frame(data: str | bytes, codec: Codec) -> ClientFrame:
             return TypingFrame(_id(frame, "conversation_id", req), req)
         if kind == "ping":
             return PingFrame(req)
+        if kind == "react":
+            emoji: str = _field(frame, "emoji", str, req)
+            if emoji:
+                check_emoji(emoji)
+            return ReactFrame(_id(frame, "conversation_id", req), _seq(frame, req), emoji,
+                              req)
         if kind == "sync":
             cursors = _field(frame, "cursors", dict, req)
             if len(cursors) > MAX_SYNC_CURSORS:
@@ -248,6 +266,13 @@ def read_request(conversation_id: int | str, seq: int, req: str | None = None,
 
 def typing_request(conversation_id: int | str, req: str | None = None) -> dict[str, Any]:
     return _with_req({"type": "typing", "conversation_id": str(conversation_id)}, req)
+
+
+def react_request(conversation_id: int | str, seq: int, emoji: str,
+                  req: str | None = None) -> dict[str, Any]:
+    """Set your reaction to the message at `seq` ("" removes it)."""
+    return _with_req({"type": "react", "conversation_id": str(conversation_id), "seq": seq,
+                      "emoji": emoji}, req)
 
 
 def ping_request(req: str | None = None) -> dict[str, Any]:

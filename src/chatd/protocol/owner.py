@@ -29,6 +29,8 @@ from chatd.domain.models import (
     Watermark,
 )
 from chatd.domain.privacy import DirectState
+from chatd.domain.targets import Annotation
+from chatd.domain.unread import SnapshotSkips
 
 C = TypeVar("C", bound="OwnerCommand")
 
@@ -229,7 +231,56 @@ class EraseMember(OwnerCommand):
     user_id: int
 
 
+@dataclass(frozen=True, slots=True)
+class React(OwnerCommand):
+    """Set `user_id`'s reaction to the message at `seq` (one per user and message; a new
+    one replaces the old), or with `remove` take it away (only if it is `emoji`, any
+    with ""), appending a `chatd/reaction` entry when it changes. Answer: the message's
+    reactions, [[emoji, count, whether the user reacted with it], ...]."""
+
+    METHOD: ClassVar[str] = "owner.react"
+    user_id: int
+    device_id: int
+    seq: int
+    emoji: str
+    remove: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Edit(OwnerCommand):
+    """The sender replaces the body of the message at `seq` within the edit window,
+    appending a `chatd/edit` entry. Answer: [seq of the edit entry, its ts]."""
+
+    METHOD: ClassVar[str] = "owner.edit"
+    user_id: int
+    device_id: int
+    seq: int
+    body: Body
+
+
+@dataclass(frozen=True, slots=True)
+class Pin(OwnerCommand):
+    """Pin (or unpin) the message at `seq`, appending a `chatd/pin` entry when that
+    changes anything. Answer: nothing."""
+
+    METHOD: ClassVar[str] = "owner.pin"
+    actor_id: int
+    device_id: int
+    seq: int
+    pinned: bool
+
+
 # -- queries (read the owner's state; no commit) ------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class EditHistory(OwnerCommand):
+    """The bodies a message has had, oldest first, the original first. Answer:
+    [[seq, body, ts], ...] (the original's seq, then each edit entry's)."""
+
+    METHOD: ClassVar[str] = "owner.edit_history"
+    user_id: int
+    seq: int
 
 @dataclass(frozen=True, slots=True)
 class View(OwnerCommand):
@@ -388,7 +439,8 @@ COMMANDS: dict[str, type[OwnerCommand]] = {
         Send, MarkRead, Acknowledge, OpenDirect, CreateGroup, AddMembers, RemoveMembers,
         Promote, Leave, Rename, SetGroupPhoto, View, History, Status, Typing, ReadLog,
         ConversationsOf, AnswerRequest, SetBlock, DirectStatus, Invite, AnswerInvite,
-        InvitesOf, DeleteMessage, SetDisappearing, EraseMember)
+        InvitesOf, DeleteMessage, SetDisappearing, EraseMember, React, Edit, Pin,
+        EditHistory)
 }
 
 
@@ -428,6 +480,19 @@ def conversation_to_wire(conv: Conversation) -> dict[str, Any]:
     if conv.direct is not None:
         state = conv.direct
         wire["direct"] = [state.requested_by, state.status, list(state.blocked_by)]
+    if conv.pins:
+        wire["pins"] = list(conv.pins)
+    if conv.uncounted is not None:
+        # Unread counts skip reactions, edits and pins: how many lie above each member's
+        # read mark, as of this snapshot's head (domain/unread.py).
+        skips: dict[int, int] = {}
+        for user_id in conv.members:
+            read_seq = conv.watermark(user_id).read_seq
+            if read_seq not in skips:
+                skips[read_seq] = conv.uncounted.between(read_seq, conv.head_seq)
+        above = [[read_seq, count] for read_seq, count in skips.items() if count]
+        if above:
+            wire["skips"] = above
     return wire
 
 
@@ -445,6 +510,11 @@ def conversation_from_wire(data: Any) -> Conversation:
         requested_by, status, blocked_by = direct
         conv.direct = DirectState(conv.conversation_id, int(requested_by), str(status),
                                   [int(user) for user in blocked_by])
+    conv.pins = [int(seq) for seq in data.get("pins") or ()]
+    skips = data.get("skips")
+    if skips:
+        conv.uncounted = SnapshotSkips({int(read_seq): int(count)
+                                        for read_seq, count in skips})
     return conv
 
 
@@ -468,6 +538,30 @@ def message_from_wire(data: Any) -> Message:
     return message
 
 
+def history_to_wire(page: HistoryPage) -> list[Any]:
+    wire: list[Any] = [[message_to_wire(m) for m in page.messages], page.has_more]
+    if page.annotations:
+        wire.append([[seq, reactions_to_wire(note.reactions), note.body, note.edited_at]
+                     for seq, note in page.annotations.items()])
+    return wire
+
+
+def history_from_wire(data: Any) -> HistoryPage:
+    # (A third element only when the page has reactions or edits: a peer from before
+    # them sends two.)
+    notes = {int(seq): Annotation(reactions_from_wire(reactions), body, int(edited_at))
+             for seq, reactions, body, edited_at in (data[2] if len(data) > 2 else ())}
+    return HistoryPage([message_from_wire(m) for m in data[0]], bool(data[1]), notes)
+
+
+def reactions_to_wire(summary: dict[str, tuple[int, bool]]) -> list[list[Any]]:
+    return [[emoji, count, mine] for emoji, (count, mine) in summary.items()]
+
+
+def reactions_from_wire(data: Any) -> dict[str, tuple[int, bool]]:
+    return {str(emoji): (int(count), bool(mine)) for emoji, count, mine in data}
+
+
 #: How each method's answer crosses the wire: (to_wire, from_wire).
 RESULTS: dict[str, tuple[Any, Any]] = {
     Send.METHOD: (send_result_to_wire, send_result_from_wire),
@@ -485,9 +579,7 @@ RESULTS: dict[str, tuple[Any, Any]] = {
     OpenDirect.METHOD: (
         lambda created: [conversation_to_wire(created.conversation), created.created],
         lambda data: Created(conversation_from_wire(data[0]), bool(data[1]))),
-    History.METHOD: (
-        lambda page: [[message_to_wire(m) for m in page.messages], page.has_more],
-        lambda data: HistoryPage([message_from_wire(m) for m in data[0]], bool(data[1]))),
+    History.METHOD: (history_to_wire, history_from_wire),
     Status.METHOD: (lambda rows: [list(row) for row in rows],
                     lambda data: [tuple(row) for row in data]),
     Typing.METHOD: (bool, bool),
@@ -508,4 +600,9 @@ RESULTS: dict[str, tuple[Any, Any]] = {
         lambda data: None if data is None else conversation_from_wire(data)),
     InvitesOf.METHOD: (lambda rows: [list(row) for row in rows],
                        lambda data: [tuple(row) for row in data]),
+    React.METHOD: (reactions_to_wire, reactions_from_wire),
+    Edit.METHOD: (list, lambda data: (int(data[0]), int(data[1]))),
+    Pin.METHOD: (lambda _: None, lambda _: None),
+    EditHistory.METHOD: (lambda rows: [list(row) for row in rows],
+                         lambda data: [(int(seq), body, int(ts)) for seq, body, ts in data]),
 }

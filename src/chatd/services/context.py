@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ from chatd.services.conversations import ConversationService
 from chatd.services.deletion import Deletions
 from chatd.services.delivery import Delivery
 from chatd.services.direct_requests import DirectRequests
+from chatd.services.edits import Edits
 from chatd.services.exports import ExportStore
 from chatd.services.gdpr import Gdpr
 from chatd.services.invites import GroupInvites
@@ -43,11 +45,14 @@ from chatd.services.messaging import MessagingService
 from chatd.services.owner import ConversationOwner
 from chatd.services.owner_api import OwnerApi
 from chatd.services.passwords import PasswordHasher
+from chatd.services.pins import Pins
 from chatd.services.presence import Presence
 from chatd.services.privacy import PrivacyService
 from chatd.services.ratelimits import RateLimits
+from chatd.services.reactions import Reactions
 from chatd.services.receipts import Receipts
 from chatd.services.reports import ReportService
+from chatd.services.rich_messaging import RichMessaging
 from chatd.services.routing import Router
 from chatd.services.sweeper import Sweeper
 from chatd.services.users import HomeApi, Users, token_prefix_for
@@ -105,6 +110,8 @@ class Services:
     account_admin: AccountAdmin
     #: Exports and erasure of a user's data, across shards (services/gdpr.py).
     gdpr: Gdpr
+    #: Reactions, edits and pins: the client's side (the owner's is in owner_api).
+    rich: RichMessaging
 
 
 def media_link_secret(config: Config, store: Store) -> bytes:
@@ -216,8 +223,10 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     committer.on_reload_needed(media.forget_pending)
     owner_api.media = media
     messaging.media = media
+    # What else drops its state of a range this shard takes over or gives up.
+    range_forgetters: list[Callable[[Callable[[int], bool]], None]] = []
     coordinator, shipper = _replication(config, store, placement, committer, commands, owner,
-                                        requests)
+                                        requests, range_forgetters)
     owner_api.serves = coordinator.serves
     owner.groups.serves = coordinator.serves
     data_dir = Path(config.storage.data_dir)
@@ -245,16 +254,43 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
                 exports=exports, blocks=blocks, abuse=abuse_home,
                 config=config.gdpr, limits=config.limits,
                 now_ms=clock.now_ms)
+    rich = _rich_messages(config, store, router, owner, owner_api, commands, committer,
+                          clock, deletions, requests, range_forgetters, ratelimits)
+    rich.content_filter = messaging.content_filter
     return Services(config, store, committer, router, owner, owner_api, log, accounts, users,
                     home_api, conversations, messaging, hub, delivery, presence, receipts,
                     clock, coordinator, shipper, backups, media, privacy, requests, blocks,
                     deletions, sweeper, purger, abuse_home, abuse, reports, ratelimits,
-                    TrustedProxies(config.server.trusted_proxies), account_admin, gdpr)
+                    TrustedProxies(config.server.trusted_proxies), account_admin, gdpr,
+                    rich)
+
+
+def _rich_messages(config: Config, store: Store, router: Router, owner: ConversationOwner,
+                   owner_api: OwnerApi, commands: Commands, committer: GroupCommitter,
+                   clock: Clock, deletions: Deletions, requests: DirectRequests,
+                   range_forgetters: list[Callable[[Callable[[int], bool]], None]],
+                   ratelimits: RateLimits) -> RichMessaging:
+    """Reactions, edits and pins: the owner's side (commands, what history shows of
+    them, what a deletion takes with them) and the client's."""
+    reactions = Reactions(store=store, owner=owner, commands=commands, clock=clock,
+                          deletions=deletions)
+    edits = Edits(store=store, owner=owner, commands=commands, limits=config.limits,
+                  clock=clock, deletions=deletions)
+    pins = Pins(owner=owner, commands=commands, clock=clock, deletions=deletions)
+    reactions.requests = edits.requests = requests
+    for part in (reactions, edits, pins):
+        deletions.on_tombstone.append(part.tombstoned)
+    for pending in (reactions, edits):
+        committer.on_reload_needed(pending.forget_all)
+        range_forgetters.append(pending.forget_where)
+    owner_api.reactions, owner_api.edits, owner_api.pins = reactions, edits, pins
+    return RichMessaging(router=router, limits=config.limits, ratelimits=ratelimits)
 
 
 def _replication(config: Config, store: Store, placement: Placement, committer: GroupCommitter,
-                 commands: Commands, owner: ConversationOwner,
-                 requests: DirectRequests) -> tuple[Coordinator, Shipper]:
+                 commands: Commands, owner: ConversationOwner, requests: DirectRequests,
+                 range_forgetters: list[Callable[[Callable[[int], bool]], None]],
+                 ) -> tuple[Coordinator, Shipper]:
     shard = config.cluster.shard
     ranges = RangeRecords(store, placement.ring)
     coordinator: Coordinator | None = None
@@ -266,6 +302,8 @@ def _replication(config: Config, store: Store, placement: Placement, committer: 
     def forget_range(range_: str) -> None:
         owner.forget_where(lambda conversation_id: ranges.range_of(conversation_id) == range_)
         requests.forget_where(lambda conversation_id: ranges.range_of(conversation_id) == range_)
+        for forget in range_forgetters:
+            forget(lambda conversation_id: ranges.range_of(conversation_id) == range_)
 
     def recover(_range: str) -> None:
         if coordinator is not None:

@@ -54,6 +54,9 @@ class Deletions:
         self._publish = publish
         #: Drops the references of deleted messages' media (set by the wiring).
         self.media: MediaService | None = None
+        #: Called for every entry tombstoned, in its batch: what points at a message
+        #: (reactions, edits, pins) goes with it (services/reactions.py, edits.py, pins.py).
+        self.on_tombstone: list[Callable[[Batch, Conversation, Message], None]] = []
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -117,6 +120,8 @@ class Deletions:
         if message.attachments and self.media is not None:
             self.media.release_message_refs(batch, message.conversation_id,
                                             message.sender_id, message.attachments)
+        for hook in self.on_tombstone:
+            hook(batch, conv, message)
 
     # -- disappearing messages -----------------------------------------------------------
 

@@ -74,6 +74,13 @@ class GroupInvites:
 
         batch.after_commit.append(landed)
 
+    def joined(self, batch: Batch, conversation_id: int, user_id: int) -> None:
+        """The user joined the group (by any path): an invite they had is answered by
+        that. Left standing, it would let them back in after the admins removed them."""
+        key = (conversation_id, user_id)
+        if self._get(*key) is not None:
+            self._set(batch, key, None)
+
     def invite(self, command: ops.Invite) -> Pending[list[int]]:
         def apply(batch: Batch) -> list[int]:
             conv = self._owner.get(command.conversation_id)
@@ -81,16 +88,18 @@ class GroupInvites:
             targets = groups.plan_add(conv, command.actor_id, command.user_ids,
                                       self._limits.max_group_members)
             invited = []
+            new = []  # told: an invite they already have is not announced again
             for user_id in targets:
                 key = (conv.conversation_id, user_id)
                 if self._get(*key) is None:
                     invite = GroupInvite(conv.conversation_id, user_id, command.actor_id,
                                          self._now_ms())
                     self._set(batch, key, invite)
+                    new.append(user_id)
                 invited.append(user_id)
-            if invited:
+            if new:
                 frame = invite_frame(conv, command.actor_id)
-                batch.after_commit.append(lambda: self._publish(invited, frame))
+                batch.after_commit.append(lambda: self._publish(new, frame))
             return invited
 
         return self._commands.enqueue(apply, conversation_id=command.conversation_id)

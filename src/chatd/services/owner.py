@@ -24,11 +24,17 @@ from chatd.domain.models import (
     SendResult,
     Watermark,
 )
-from chatd.domain.rules import SYSTEM_CONTENT_TYPE
+from chatd.domain.rules import ANNOTATION_CONTENT_TYPES, SYSTEM_CONTENT_TYPE
+from chatd.domain.unread import UncountedSeqs
 from chatd.services.clock import Clock
 from chatd.services.group_counts import GroupCounts
 from chatd.services.log import ConversationLog
 from chatd.storage import Batch, Store, records
+from chatd.storage.records import MAX_U64
+
+#: The newest uncounted entries (reactions, edits, pins) the owner keeps in memory per
+#: conversation, for unread counts (domain/unread.py).
+UNCOUNTED_KEPT = 1024
 
 #: The most log entries read to address one receipt to the senders of older messages.
 MAX_RECEIPT_SCAN = 2_000
@@ -142,7 +148,27 @@ class ConversationOwner:
         conv.last_ts = last_ts or conv.created_at
         if conv.kind == "direct":  # its request and block state (services/direct_requests.py)
             conv.direct = self._store.get(records.DIRECT_STATES, conversation_id)
+        # Pinned messages in the order they were pinned (services/pins.py).
+        conv.pins = [target for _, (_, target) in sorted(
+            (pinned_by, key) for key, pinned_by in self._store.scan(records.PINS, prefix))]
         return conv
+
+    def _uncounted_index(self, conversation_id: int) -> UncountedSeqs:
+        newest = self._store.range(records.UNCOUNTED, records.pair(conversation_id, 0),
+                                   records.pair(conversation_id, MAX_U64),
+                                   limit=UNCOUNTED_KEPT, newest_first=True)
+        return UncountedSeqs([(seq, ordinal) for (_, seq), ordinal in newest],
+                             complete=len(newest) < UNCOUNTED_KEPT,
+                             older=partial(self._ordinal_at, conversation_id),
+                             limit=UNCOUNTED_KEPT)
+
+    def _ordinal_at(self, conversation_id: int, seq: int) -> int:
+        """How many uncounted entries the log has up to `seq`, from the store (a read
+        mark older than the ones kept in memory)."""
+        last = self._store.range(records.UNCOUNTED, records.pair(conversation_id, 0),
+                                 records.pair(conversation_id, seq + 1), limit=1,
+                                 newest_first=True)
+        return last[0][1] if last else 0
 
     def conversation_ids_of(self, user_id: int) -> list[int]:
         """The conversations `user_id` is in (from the index the membership rows keep)."""
@@ -164,7 +190,8 @@ class ConversationOwner:
             found.update(message.sender_id for message in self._log.read(
                 conv.conversation_id, after=older_low - 1, before=older_high + 1,
                 limit=MAX_RECEIPT_SCAN, newest_first=True)
-                if message.content_type != SYSTEM_CONTENT_TYPE)
+                if message.content_type != SYSTEM_CONTENT_TYPE
+                and message.content_type not in ANNOTATION_CONTENT_TYPES)
         return found
 
     def move_watermark_hint(self, conv: Conversation, user_id: int, mark: Watermark) -> None:
@@ -220,6 +247,8 @@ class ConversationOwner:
     def remember(self, conv: Conversation) -> None:
         if conv.recent is None:
             conv.recent = RecentSenders(covers_from=conv.written_seq + 1)
+        if not isinstance(conv.uncounted, UncountedSeqs):
+            conv.uncounted = self._uncounted_index(conv.conversation_id)
         self._cache[conv.conversation_id] = conv
         self._cache.move_to_end(conv.conversation_id)
         self._measure(conv)
@@ -273,9 +302,11 @@ class ConversationOwner:
 
     def append(self, batch: Batch, conv: Conversation, *, sender_id: int, sender_device: int,
                content_type: str, body: Body, client_msg_id: str = "",
-               attachments: tuple[dict[str, Any], ...] = ()) -> Message:
+               attachments: tuple[dict[str, Any], ...] = (), counted: bool = True) -> Message:
         """Give the next seq to a message and add it to the batch. The sender's watermarks
-        move to it: you have read what you wrote and everything before it."""
+        move to it: you have read what you wrote and everything before it. An entry that
+        is not `counted` (a reaction, edit or pin) is skipped by unread counts and moves
+        no watermark: reacting to an old message says nothing of having read the rest."""
         self.changing(batch, conv)
         seq = conv.written_seq + 1
         conversation_id = conv.conversation_id
@@ -291,9 +322,13 @@ class ConversationOwner:
         if expires_at:
             batch.put(records.EXPIRIES, (expires_at, conversation_id, seq), None)
         conv.written_seq = seq
-        if content_type != SYSTEM_CONTENT_TYPE and conv.recent is not None:
+        if counted and content_type != SYSTEM_CONTENT_TYPE and conv.recent is not None:
+            # (A reaction, edit or pin is nobody's message to be told the receipts of.)
             conv.recent.add(seq, sender_id)
-        if sender_id in conv.members:
+        if not counted:
+            assert isinstance(conv.uncounted, UncountedSeqs)  # (remember() made it)
+            batch.put(records.UNCOUNTED, (conversation_id, seq), conv.uncounted.add(seq))
+        elif sender_id in conv.members:
             # You have read what you wrote and everything before it: the newest seq is
             # above any watermark, so this is the sender's new mark outright. It is
             # written once per batch, at its final value (before_write).

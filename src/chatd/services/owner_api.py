@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from chatd.config import LimitsConfig
-from chatd.domain import groups, rules
+from chatd.domain import groups, rules, targets
 from chatd.domain.models import (
     Conversation,
     Created,
@@ -29,6 +29,7 @@ from chatd.domain.models import (
     Watermark,
 )
 from chatd.domain.ratelimit import KeyedRateLimiter
+from chatd.domain.targets import Annotation
 from chatd.errors import BadRequest, Conflict, NotFound, Unavailable
 from chatd.pending import Pending
 from chatd.protocol import frames
@@ -42,8 +43,11 @@ from chatd.storage import Batch, records
 if TYPE_CHECKING:
     from chatd.services.deletion import Deletions
     from chatd.services.direct_requests import DirectRequests
+    from chatd.services.edits import Edits
     from chatd.services.invites import GroupInvites
     from chatd.services.media import MediaService
+    from chatd.services.pins import Pins
+    from chatd.services.reactions import Reactions, Summary
 
 #: Where an owner hands ephemeral frames (typing) for users: (user ids, frame).
 EphemeralSink = Callable[[list[int], frames.OutFrame], None]
@@ -79,6 +83,11 @@ class OwnerApi:
         #: Deletion, disappearing messages, erasure; what reads show of them
         #: (services/deletion.py; set by the wiring).
         self.deletions: Deletions | None = None
+        #: Reactions, edits and pins (services/reactions.py, edits.py, pins.py; set by
+        #: the wiring): their commands, and what history pages show of them.
+        self.reactions: Reactions | None = None
+        self.edits: Edits | None = None
+        self.pins: Pins | None = None
 
     def run(self, command: ops.OwnerCommand) -> Any:
         """Run any command or query: a `Pending` for commands, a value for queries."""
@@ -121,10 +130,13 @@ class OwnerApi:
         while True:
             page = self._history_page(query, floor, before, limit, newest_first)
             if self.deletions is None:
-                return page
+                return _within_bytes_annotated(self._annotated(conv, query.user_id, page),
+                                               query.max_bytes, newest_first)
             shown = self.deletions.shown(query.conversation_id, query.user_id, page.messages)
             if shown or not page.has_more:
-                return HistoryPage(shown, page.has_more)
+                return _within_bytes_annotated(
+                    self._annotated(conv, query.user_id, HistoryPage(shown, page.has_more)),
+                    query.max_bytes, newest_first)
             # Every entry of the page was hidden by this user ("delete for me"): an
             # empty page that says there is more would leave the client nowhere to page
             # from, so read on.
@@ -132,6 +144,26 @@ class OwnerApi:
                 before = page.messages[0].seq
             else:
                 floor = page.messages[-1].seq
+
+    def _annotated(self, conv: Conversation, user_id: int, page: HistoryPage) -> HistoryPage:
+        """The page with its messages' reactions and latest bodies: one range scan of
+        each aggregate over the page's seqs (domain/annotations.py)."""
+        if not page.messages or self.reactions is None or self.edits is None:
+            return page
+        low, high = page.messages[0].seq, page.messages[-1].seq
+        reactions = self.reactions.of_page(conv, user_id, low, high)
+        edits = self.edits.of_page(conv, low, high)
+        notes = {}
+        for message in page.messages:
+            seq = message.seq
+            if (seq in reactions or seq in edits) and targets.is_message(message):
+                edit = edits.get(seq)
+                body = edit.body.get("body") if edit is not None \
+                    and isinstance(edit.body, dict) else None
+                notes[seq] = Annotation(reactions.get(seq, {}),
+                                        body if isinstance(body, str | bytes) else None,
+                                        edit.ts if edit is not None else 0)
+        return HistoryPage(page.messages, page.has_more, notes) if notes else page
 
     def _history_page(self, query: ops.History, floor: int, before: int, limit: int,
                       newest_first: bool) -> HistoryPage:
@@ -345,6 +377,8 @@ class OwnerApi:
     def _add_member(self, batch: Batch, conv: Conversation, user_id: int, member: Member) -> None:
         if conv.kind == "group" and user_id not in conv.members:
             self._owner.groups.changed(user_id, +1)
+            if self.invites is not None:
+                self.invites.joined(batch, conv.conversation_id, user_id)
         conv.members[user_id] = member
         batch.put(records.MEMBERS, (conv.conversation_id, user_id), member)
         batch.put(records.USER_CONVERSATIONS, (user_id, conv.conversation_id), None)
@@ -583,6 +617,25 @@ class OwnerApi:
         assert self.deletions is not None
         return self.deletions.erase_member(command)
 
+    # -- reactions, edits, pins (services/reactions.py, edits.py, pins.py) -------------------
+
+    def react(self, command: ops.React) -> Pending[Summary]:
+        assert self.reactions is not None
+        return self.reactions.react(command)
+
+    def edit(self, command: ops.Edit) -> Pending[tuple[int, int]]:
+        assert self.edits is not None
+        return self.edits.edit(command)
+
+    def edit_history(self, query: ops.EditHistory) -> list[tuple[int, object, int]]:
+        assert self.edits is not None
+        self.member_view(query.conversation_id, query.user_id)
+        return self.edits.history(query)
+
+    def pin(self, command: ops.Pin) -> Pending[None]:
+        assert self.pins is not None
+        return self.pins.pin(command)
+
 
 #: Typing notices: a burst of 3, then one every 2 s per (user, conversation).
 TYPING_BURST = 3
@@ -604,8 +657,39 @@ def _within_bytes(rows: Iterable[Message], limit: int) -> int:
     return count
 
 
+def _within_bytes_annotated(page: HistoryPage, max_bytes: int,
+                            newest_first: bool) -> HistoryPage:
+    """A page that crosses the mesh, cut again once its edited bodies are counted too
+    (a page of short messages each edited to a long one must still fit a frame)."""
+    if not max_bytes or not page.annotations:
+        return page
+    notes = page.annotations
+
+    def size(message: Message) -> int:
+        note = notes.get(message.seq)
+        edited = len(note.body) if note is not None and note.body is not None else 0
+        return _body_size(message) + edited
+
+    rows = page.messages
+    total = count = 0
+    for message in reversed(rows) if newest_first else rows:
+        total += size(message)
+        if count and total > max_bytes:
+            break
+        count += 1
+    if count == len(rows):
+        return page
+    kept = rows[len(rows) - count:] if newest_first else rows[:count]
+    seqs = {message.seq for message in kept}
+    return HistoryPage(kept, True, {seq: note for seq, note in notes.items() if seq in seqs})
+
+
 def _body_size(message: Message) -> int:
     body = message.body
+    if isinstance(body, dict):
+        # An edit entry holds a whole new body (a page of them must still fit a frame).
+        inner = body.get("body")
+        return 256 + (len(inner) if isinstance(inner, str | bytes) else 0)
     return len(body) if isinstance(body, str | bytes) else 256
 
 
@@ -621,5 +705,6 @@ _HANDLERS: dict[type[ops.OwnerCommand], str] = {
     ops.DirectStatus: "direct_status", ops.Invite: "invite",
     ops.AnswerInvite: "answer_invite", ops.InvitesOf: "invites_of",
     ops.DeleteMessage: "delete_message", ops.SetDisappearing: "set_disappearing",
-    ops.EraseMember: "erase_member",
+    ops.EraseMember: "erase_member", ops.React: "react", ops.Edit: "edit", ops.Pin: "pin",
+    ops.EditHistory: "edit_history",
 }

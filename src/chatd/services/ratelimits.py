@@ -10,14 +10,15 @@ shard limits what reaches it (docs/privacy.md, "Rate limits").
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import trio
 
 from chatd.config import RateLimitsConfig
 from chatd.domain.addresses import rate_key
 from chatd.domain.ratelimit import BucketLimiter, Rate
-from chatd.errors import RateLimited
+from chatd.errors import NotFound, RateLimited
 
 #: The buckets' names, as routes use them (every one is configured in RateLimitsConfig).
 BUCKETS = ("messages", "message_bytes", "new_conversations", "group_create", "group_add",
@@ -57,6 +58,20 @@ class RateLimits:
                               f"retry in {math.ceil(wait)} s", retry_after=wait)
         for _side, limiter_, key in charged:
             limiter_.take(key, cost, now)
+
+    @contextmanager
+    def charging_unknown_users(self, *, account: int, address: str | None) -> Iterator[None]:
+        """Naming a user who does not exist (GET /users/{id}, a block, a new chat or a
+        group's members) costs a `handle_lookup` token, as looking up a handle does:
+        user ids carry their creation time, so without it walking ids would list the
+        server's users (and their handles, often phone numbers) for free. Past the
+        limit, the 404 becomes the 429. Finding someone who exists costs nothing."""
+        try:
+            yield
+        except NotFound as exc:
+            if exc.code == "unknown_user":
+                self.take("handle_lookup", account=account, address=address)
+            raise
 
     def charge(self, bucket: str, *, account: int | str | None = None,
                address: str | None = None, cost: float) -> None:

@@ -30,6 +30,11 @@ class ShuttingDown(StorageError):
     """The committer takes no more commands."""
 
 
+class StoreInUse(StorageError):
+    """The database is open in another process (RocksDB's LOCK file is held): a running
+    shard, or a `chatd admin --data-dir` command on it."""
+
+
 class RingMismatch(ConfigError):
     """The data directory was made under another ring or for another shard
     (`meta.claim_ring`). A ConfigError: the CLI prints it as an invalid setting and

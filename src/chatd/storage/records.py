@@ -42,6 +42,14 @@ added unpacks with that field's default, so adding a field at the end needs no m
 | expiries | expires_at, conversation_id, seq | (empty: disappearing messages, for the sweeper) |
 | media_releases | conversation_id, media_id | {conversation, senders}: references a deleted |
 | | | message held, to drop on the media's shard (services/deletion.py) |
+| reactions | conversation_id, target seq, user_id | emoji, seq, ts, expires_at (the |
+| | | user's current reaction and the entry that set it) |
+| reaction_entries | conversation_id, target seq, entry seq | (empty: every reaction entry |
+| | | of a message, tombstoned with it) |
+| edits | conversation_id, target seq, edit seq | (empty: a message's edit entries) |
+| pins | conversation_id, target seq | seq of the entry that pinned it (8 bytes) |
+| uncounted | conversation_id, seq | ordinal among the entries unread counts skip |
+| | | (8 bytes; domain/unread.py) |
 | abuse | user_id | opened, accepted, declined, blocked, reporters, limited_at, limited_by, |
 | | | limit_reason, cleared_at, note (on the user's home) |
 | abuse_queue | user_id | (empty: accounts limited or scoring for review, on their home) |
@@ -79,6 +87,7 @@ from chatd.domain.models import (
     Watermark,
 )
 from chatd.domain.privacy import DirectState, GroupInvite
+from chatd.domain.reactions import ReactionRow
 from chatd.domain.reports import Report
 from chatd.storage.errors import UnstorableValue
 
@@ -384,6 +393,22 @@ EXPIRIES: Family[tuple[int, int, int], None] = Family(
 MEDIA_RELEASES: Family[tuple[int, int], Any] = Family(
     "media_releases", _pair_key, read_pair, pack, _read_any, conversation_at=0)
 
+# -- reactions, edits, pins, unread (services/reactions.py, edits.py, pins.py) ---------------
+# Keyed by conversation first, so they replicate with the log; by target next, so one
+# range scan gives a history page's aggregates.
+
+REACTIONS: Family[tuple[int, int, int], ReactionRow] = Family(
+    "reactions", _triple_key, _read_triple,
+    *_fields(ReactionRow, "emoji", "seq", "ts", "expires_at"), conversation_at=0)
+REACTION_ENTRIES: Family[tuple[int, int, int], None] = Family(
+    "reaction_entries", _triple_key, _read_triple, _empty, _read_empty, conversation_at=0)
+EDITS: Family[tuple[int, int, int], None] = Family(
+    "edits", _triple_key, _read_triple, _empty, _read_empty, conversation_at=0)
+PINS: Family[tuple[int, int], int] = Family(
+    "pins", _pair_key, read_pair, _u64_value, _read_u64_value, conversation_at=0)
+UNCOUNTED: Family[tuple[int, int], int] = Family(
+    "uncounted", _pair_key, read_pair, _u64_value, _read_u64_value, conversation_at=0)
+
 # -- reports and abuse detection (services/abuse.py), on the reported user's home ------------
 
 
@@ -437,8 +462,8 @@ FAMILIES: tuple[Family[Any, Any], ...] = (
     DEDUP, WATERMARKS, CURSORS, LAST_SEEN, META, MEDIA, BLOBS, MEDIA_UNREFERENCED,
     DEAD_BLOBS, QUARANTINE, MEDIA_USAGE, MEDIA_REFS, MEDIA_CONVERSATIONS,
     DIRECT_STATES, BLOCKS, INVITES, USER_INVITES, HIDDEN, EXPIRIES,
-    MEDIA_RELEASES, ABUSE, ABUSE_QUEUE, REPORTS, REPORT_DEDUP,
-    ACCOUNT_STATE, EXPORTS)
+    MEDIA_RELEASES, ABUSE, ABUSE_QUEUE, REPORTS, REPORT_DEDUP, REACTIONS, REACTION_ENTRIES,
+    EDITS, PINS, UNCOUNTED, ACCOUNT_STATE, EXPORTS)
 CONVERSATION_FAMILIES.update(
     (family.name, family.conversation_at) for family in FAMILIES
     if family.conversation_at is not None)

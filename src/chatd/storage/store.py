@@ -26,6 +26,7 @@ from rocksdict import (
 )
 
 from chatd.storage import records
+from chatd.storage.errors import StoreInUse
 from chatd.storage.records import Family
 
 K = TypeVar("K")
@@ -39,6 +40,8 @@ Operation = tuple[str, bytes, bytes | None]
 PURGE_PREFIX = 8
 #: Past this many prefixes in one family, the purge compacts the whole family.
 MAX_PURGE_PREFIXES = 4096
+#: Up to this many prefixes of a family are compacted one by one; more, as one span.
+SEPARATE_PURGE_RANGES = 4
 #: A purge owed is also a row of the meta family, `purge:<family>:<prefix, hex>`, put in
 #: the write that made it owed and deleted once a purge has done it: a shard killed (or
 #: stopped) before its next pass still owes it when it starts again.
@@ -161,7 +164,14 @@ class Store:
         if _ROLL_FAMILY in _families_at(path):
             # A purge stopped between making and dropping it: open it to drop it.
             families[_ROLL_FAMILY] = Options(raw_mode=True)
-        db = Rdict(path, options, column_families=families)
+        try:
+            db = Rdict(path, options, column_families=families)
+        except Exception as exc:
+            # rocksdict raises a bare Exception; RocksDB's message names the LOCK file
+            # ("While lock file: <path>/LOCK: Resource temporarily unavailable").
+            if "lock" in str(exc).lower():
+                raise StoreInUse(f"{path} is in use by another process ({exc})") from exc
+            raise
         if _ROLL_FAMILY in families:
             db.drop_column_family(_ROLL_FAMILY)
         return cls(db, sync)
@@ -300,8 +310,16 @@ class Store:
             if prefixes is None:
                 view.compact_range(None, None, options)
                 continue
-            for prefix in sorted(prefixes):
-                view.compact_range(prefix, _successor(prefix), options)
+            ordered = sorted(prefixes)
+            if len(ordered) <= SEPARATE_PURGE_RANGES:
+                for prefix in ordered:
+                    view.compact_range(prefix, _successor(prefix), options)
+            else:
+                # One span from the first to the last: a forced bottommost compaction
+                # rewrites every table file its range touches, so many small ranges in
+                # one file rewrite that file many times (measured: 100 conversations
+                # in a 1M-message family, 43 s one by one, under 1 s as one span).
+                view.compact_range(ordered[0], _successor(ordered[-1]), options)
         # The flush switched to a new WAL file; make sure the old ones are gone now,
         # not at RocksDB's next periodic cleanup.
         self._db.flush_wal(True)

@@ -36,6 +36,7 @@ from chatd.web import (
     routes_privacy,
     routes_replication,
     routes_reports,
+    routes_rich,
 )
 from chatd.web.api import Api, configured_limits
 from chatd.web.streamed_body import ClientGone, StreamedBodies
@@ -210,6 +211,7 @@ def create_app(services: Services) -> QuartTrio:
     routes_accounts.register(api, services)
     routes_conversations.register(api, services)
     routes_messages.register(api, services)
+    routes_rich.register(api, services)
     routes_replication.register(api, services)
     routes_backup.register(api, services)
     routes_compact.register(api, services)

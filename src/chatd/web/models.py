@@ -23,6 +23,7 @@ from typing import Annotated, Any
 
 from chatd.domain import deletion, reports, rules
 from chatd.domain.ids import MAX_ID
+from chatd.domain.reactions import MAX_EMOJI_LENGTH
 from chatd.services.exports import EXPORT_ID_PATTERN
 from chatd.web.schema import (
     Boolean,
@@ -123,6 +124,12 @@ BASE64 = String(pattern=r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9
 MESSAGE_BODY = String(description="the text for text/* content types, base64 (with padding) "
                                   "of the bytes for every other type")
 USER_IDS = IdList(ID, min_items=1, max_items=MAX_IDS_PER_REQUEST)
+#: One emoji (domain/reactions.py; the `chatd.emoji` format of docs/api.md): the pattern
+#: only bounds it, the emoji library's data decides.
+EMOJI = String(min_length=1, max_length=MAX_EMOJI_LENGTH, format="chatd.emoji",
+               code="invalid_emoji",
+               description="exactly one emoji: one grapheme cluster (a skin tone or "
+                           "zero-width-joiner sequence is one emoji)")
 SHARD_NAME = String(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$",
                     rule="a shard name of the cluster",
                     description="a shard's name; a range is named after its natural owner")
@@ -137,6 +144,7 @@ PATH_PARAMETERS = {
     "report_id": ID,
     "export_id": String(pattern=EXPORT_ID_PATTERN, rule="an export id (35 hex digits)",
                         description="an export id, as POST /me/export answered it"),
+    "emoji": EMOJI,
 }
 
 # -- request bodies and queries ------------------------------------------------------------
@@ -287,6 +295,21 @@ class SendMessage(Model):
     body: Annotated[str, MESSAGE_BODY]
     attachments: Annotated[list[AttachmentRef] | None,
                            ListOf(AttachmentRef, max_items=MAX_ATTACHMENTS)] = None
+
+
+@dataclass(frozen=True, slots=True)
+class React(Model):
+    """Your reaction to a message: it replaces the one you had."""
+
+    emoji: Annotated[str, EMOJI]
+
+
+@dataclass(frozen=True, slots=True)
+class EditMessage(Model):
+    """The new body: text for a text/* message, base64 (with padding) of the new bytes for
+    an opaque one (an end-to-end encrypted text's new ciphertext)."""
+
+    body: Annotated[str, MESSAGE_BODY]
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +471,10 @@ class Conversation(Model):
     disappearing_s: Annotated[int, Integer(minimum=0)] = 0
     #: Whether every member may change the timer (a group's choice; direct: always).
     anyone_sets_timer: bool = False
+    #: The pinned messages' seqs, in the order they were pinned (at most 3).
+    pins: Annotated[list[int], Json({"type": "array", "items": {"type": "integer",
+                                                                 "minimum": 0}})] = \
+        field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         data = Model.to_json(self)
@@ -487,6 +514,12 @@ class Attachment(Model):
         return data
 
 
+#: A message's reactions: emoji -> how many reacted with it and whether you did.
+REACTIONS = Json({"type": "object", "additionalProperties": {
+    "type": "object", "required": ["count", "me"],
+    "properties": {"count": {"type": "integer", "minimum": 1}, "me": {"type": "boolean"}}}})
+
+
 @dataclass(frozen=True, slots=True)
 class Message(Model):
     message_id: Annotated[int, ID]
@@ -504,13 +537,20 @@ class Message(Model):
     attachments: list[Attachment] | None = None
     #: When a disappearing message expires (ms); left out when it does not.
     expires_at: Annotated[int | None, MS] = None
+    #: History only: emoji -> {"count", "me"}; left out when it has none.
+    reactions: Annotated[dict[str, Any] | None, REACTIONS] = None
+    #: History only: when it was last edited (ms; `body` is then the latest); left out
+    #: when never edited.
+    edited_at: Annotated[int | None, MS] = None
 
     def to_json(self) -> dict[str, Any]:
         data = Model.to_json(self)
-        if not self.attachments:
-            del data["attachments"]
-        if self.expires_at is None:
-            del data["expires_at"]
+        for name in ("attachments", "reactions"):
+            if not getattr(self, name):
+                del data[name]
+        for name in ("expires_at", "edited_at"):
+            if getattr(self, name) is None:
+                del data[name]
         return data
 
 
@@ -518,6 +558,37 @@ class Message(Model):
 class History(Model):
     messages: list[Message]
     has_more: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ReactionSummary(Model):
+    conversation_id: Annotated[int, ID]
+    seq: Annotated[int, SEQ]
+    #: emoji -> {"count", "me"} ({} when nobody reacts any more).
+    reactions: Annotated[dict[str, Any], REACTIONS]
+
+
+@dataclass(frozen=True, slots=True)
+class Edited(Model):
+    #: The seq of the `chatd/edit` entry.
+    seq: Annotated[int, SEQ]
+    edited_at: Annotated[int, MS]
+
+
+@dataclass(frozen=True, slots=True)
+class EditEntry(Model):
+    #: The original's seq for the first, each edit entry's after it.
+    seq: Annotated[int, SEQ]
+    body: Annotated[str, MESSAGE_BODY]
+    ts: Annotated[int, MS]
+
+
+@dataclass(frozen=True, slots=True)
+class EditHistory(Model):
+    """Every body a message has had, oldest first (the original first); empty for a
+    message deleted since."""
+
+    edits: list[EditEntry]
 
 
 @dataclass(frozen=True, slots=True)

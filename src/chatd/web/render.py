@@ -12,6 +12,7 @@ from quart import Response
 
 from chatd.domain.media import MediaRecord
 from chatd.domain.models import (
+    Body,
     Conversation,
     Device,
     HistoryPage,
@@ -20,6 +21,7 @@ from chatd.domain.models import (
     User,
     Watermark,
 )
+from chatd.domain.targets import Annotation
 from chatd.services.accounts import LoginResult
 from chatd.web import models
 from chatd.web.schema import Model
@@ -67,13 +69,43 @@ def devices(entries: list[Device], current_device_id: int) -> models.Devices:
                            for entry in entries])
 
 
-def message(entry: Message) -> models.Message:
-    body = entry.body
+def message(entry: Message, note: Annotation | None = None) -> models.Message:
+    """`note`: what history adds (reactions; the latest body and when it was edited)."""
+    body = entry.body if note is None or note.body is None else note.body
     return models.Message(
         entry.message_id, entry.conversation_id, entry.seq, entry.sender_id,
-        entry.client_msg_id, entry.content_type,
-        base64.b64encode(body).decode() if isinstance(body, bytes) else body, entry.ts,
-        [attachment(item) for item in entry.attachments] or None, entry.expires_at or None)
+        entry.client_msg_id, entry.content_type, _json_body(body), entry.ts,
+        [attachment(item) for item in entry.attachments] or None, entry.expires_at or None,
+        reactions(note.reactions) if note is not None and note.reactions else None,
+        note.edited_at or None if note is not None else None)
+
+
+def _json_body(body: Body) -> str | dict[str, Any]:
+    """Bytes as base64, also inside an entry's map (an edit of an opaque message)."""
+    if isinstance(body, bytes):
+        return base64.b64encode(body).decode()
+    if isinstance(body, dict) and isinstance(body.get("body"), bytes):
+        return {**body, "body": base64.b64encode(body["body"]).decode()}
+    return body
+
+
+def reactions(summary: dict[str, tuple[int, bool]]) -> dict[str, Any]:
+    return {emoji: {"count": count, "me": mine} for emoji, (count, mine) in summary.items()}
+
+
+def reaction_summary(conversation_id: int, seq: int,
+                     summary: dict[str, tuple[int, bool]]) -> models.ReactionSummary:
+    return models.ReactionSummary(conversation_id, seq, reactions(summary))
+
+
+def edited(seq: int, ts: int) -> models.Edited:
+    return models.Edited(seq, ts)
+
+
+def edit_history(rows: list[tuple[int, object, int]]) -> models.EditHistory:
+    return models.EditHistory([
+        models.EditEntry(seq, base64.b64encode(body).decode() if isinstance(body, bytes)
+                         else str(body), ts) for seq, body, ts in rows])
 
 
 def attachment(item: dict[str, Any]) -> models.Attachment:
@@ -84,7 +116,9 @@ def attachment(item: dict[str, Any]) -> models.Attachment:
 
 
 def history(page: HistoryPage) -> models.History:
-    return models.History([message(entry) for entry in page.messages], page.has_more)
+    notes = page.annotations
+    return models.History([message(entry, notes.get(entry.seq)) for entry in page.messages],
+                          page.has_more)
 
 
 def send_result(result: SendResult) -> models.SendResult:
@@ -102,7 +136,14 @@ def conversation(conv: Conversation, viewer_id: int) -> models.Conversation:
         receipts(conv.watermark(viewer_id)),
         [models.Member(user_id, member.role) for user_id, member in conv.members.items()],
         conv.photo_media_id or None, *_request(conv, viewer_id), conv.disappearing_s,
-        conv.kind == "direct" or conv.anyone_sets_timer)
+        conv.kind == "direct" or conv.anyone_sets_timer, _pins(conv, viewer_id))
+
+
+def _pins(conv: Conversation, viewer_id: int) -> list[int]:
+    """The pins the viewer can read (not those of messages from before they joined)."""
+    member = conv.members.get(viewer_id)
+    floor = member.joined_seq if member is not None else 0
+    return [seq for seq in conv.pins if seq >= floor]
 
 
 def _request(conv: Conversation, viewer_id: int) -> tuple[str | None, bool | None]:

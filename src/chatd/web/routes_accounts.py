@@ -81,11 +81,13 @@ def register(api: Api, services: Services) -> None:
         return render.own_user(user)
 
     @api.route("GET", "/users/{user_id}", summary="A public profile",
-               response=models.PublicUser)
+               response=models.PublicUser, errors=(429,))
     async def get_user(session: Session, user_id: int) -> Reply:
+        with services.ratelimits.charging_unknown_users(account=session.user_id,
+                                                        address=client_address()):
+            user = await accounts.get_user(user_id)
         # Status text, photo and last seen as the user's privacy settings allow.
-        return render.public_user(*await services.privacy.profile_for(
-            session.user_id, await accounts.get_user(user_id)))
+        return render.public_user(*await services.privacy.profile_for(session.user_id, user))
 
     @api.route("GET", "/users", summary="Find a user by exact handle", query=models.FindUser,
                response=models.PublicUser, errors=(404, 429))

@@ -25,8 +25,10 @@ def register(api: Api, services: Services) -> None:
                body=models.OpenDirect, response=models.Conversation,
                also={201: models.Conversation}, errors=(403, 404, 409, 429))
     async def open_direct(session: Session, body: models.OpenDirect) -> Reply:
-        opened = await conversations.open_direct(
-            session, body.user_id, client_address(request, services.proxies))
+        address = client_address(request, services.proxies)
+        with services.ratelimits.charging_unknown_users(account=session.user_id,
+                                                        address=address):
+            opened = await conversations.open_direct(session, body.user_id, address)
         return render.conversation(opened.conversation, session.user_id), (
             201 if opened.created else 200)
 
@@ -80,16 +82,22 @@ def register(api: Api, services: Services) -> None:
                body=models.CreateGroup, status=201, response=models.Conversation,
                errors=(403, 404, 409, 429))
     async def create_group(session: Session, body: models.CreateGroup) -> Reply:
-        conv = await conversations.create_group(session, body.name, body.members,
-                                                client_address(request, services.proxies))
+        address = client_address(request, services.proxies)
+        with services.ratelimits.charging_unknown_users(account=session.user_id,
+                                                        address=address):
+            conv = await conversations.create_group(session, body.name, body.members,
+                                                    address)
         return render.conversation(conv, session.user_id), 201
 
     @api.route("POST", "/groups/{conversation_id}/add", summary="Add members (admins)",
                body=models.UserIds, response=models.Conversation, errors=(*_GROUP_ERRORS, 429))
     async def add_members(session: Session, conversation_id: int,
                           body: models.UserIds) -> Reply:
-        conv = await conversations.add_members(session, conversation_id, body.user_ids,
-                                               client_address(request, services.proxies))
+        address = client_address(request, services.proxies)
+        with services.ratelimits.charging_unknown_users(account=session.user_id,
+                                                        address=address):
+            conv = await conversations.add_members(session, conversation_id, body.user_ids,
+                                                   address)
         return render.conversation(conv, session.user_id)
 
     @api.route("POST", "/groups/{conversation_id}/remove", summary="Remove members (admins)",

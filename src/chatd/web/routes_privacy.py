@@ -3,15 +3,24 @@ and group invites (/invites, /groups/{id}/invite/accept|decline). docs/privacy.m
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
+from quart import request
+
 from chatd.domain.models import Session
 from chatd.services.context import Services
 from chatd.web import models, render
 from chatd.web.api import Api
+from chatd.web.client_address import client_address
 from chatd.web.render import NO_CONTENT, Reply
 
 
 def register(api: Api, services: Services) -> None:
     privacy = services.privacy
+
+    def probes(session: Session) -> AbstractContextManager[None]:
+        return services.ratelimits.charging_unknown_users(
+            account=session.user_id, address=client_address(request, services.proxies))
 
     @api.route("GET", "/me/privacy", summary="Your privacy settings",
                response=models.PrivacySettings)
@@ -37,15 +46,17 @@ def register(api: Api, services: Services) -> None:
 
     @api.route("POST", "/blocks/{user_id}",
                summary="Block a user: no direct messages, group adds, presence or profile "
-                       "changes from you to them", status=204, errors=(404,))
+                       "changes from you to them", status=204, errors=(404, 429))
     async def block(session: Session, user_id: int) -> Reply:
-        await privacy.block(session, user_id)
+        with probes(session):
+            await privacy.block(session, user_id)
         return NO_CONTENT
 
     @api.route("DELETE", "/blocks/{user_id}", summary="Unblock a user", status=204,
-               errors=(404,))
+               errors=(404, 429))
     async def unblock(session: Session, user_id: int) -> Reply:
-        await privacy.block(session, user_id, blocked=False)
+        with probes(session):
+            await privacy.block(session, user_id, blocked=False)
         return NO_CONTENT
 
     @api.route("POST", "/conversations/{conversation_id}/accept",

@@ -26,12 +26,13 @@ import contextlib
 import logging
 import socket
 from functools import partial
+from typing import Any
 from urllib.parse import parse_qs
 
 import trio
 
 from chatd.domain.ids import first_id_at
-from chatd.domain.models import SendResult, Session, Watermark
+from chatd.domain.models import SendResult, Session
 from chatd.errors import (
     BadRequest,
     ChatdError,
@@ -652,6 +653,13 @@ class LiveSockets:
             await messaging.typing(session, frame.conversation_id)
             if frame.req is not None:
                 live.push(frames.ok_frame(frame.req))
+        elif isinstance(frame, frames.ReactFrame):
+            await self._wait_for_room(conn)
+            reacted = self._services.rich.start_react(
+                session, frame.conversation_id, frame.seq, frame.emoji,
+                remove=not frame.emoji, address=conn.address)
+            conn.inflight += 1
+            reacted.add_done_callback(partial(_answer_ok, conn, frame.req))
         elif isinstance(frame, frames.PingFrame):
             live.push(frames.pong_frame(frame.req))
         elif isinstance(frame, frames.SyncFrame):
@@ -682,7 +690,7 @@ def _answer_send(conn: Connection, req: str, pending: Pending[SendResult]) -> No
                                 result.seq, result.ts))
 
 
-def _answer_ok(conn: Connection, req: str | None, pending: Pending[Watermark]) -> None:
+def _answer_ok(conn: Connection, req: str | None, pending: Pending[Any]) -> None:
     _release(conn)
     if pending.error is not None:
         conn.push(frames.error_from(_as_chatd_error(pending.error), req))
