@@ -80,10 +80,13 @@ class ExportContents:
 _COPY_CHUNK = 1 << 20
 
 
-def write_zip(contents: ExportContents, path: Path, stopping: threading.Event) -> None:
+def write_zip(contents: ExportContents, path: Path,
+              stopping: threading.Event | None = None) -> None:
     """The zip, written in the caller's thread (a worker thread: compression is CPU).
     Gives up (ExportStopped) at the first look at `stopping` after it is set: between
-    files and between chunks of a file, so a shutdown waits for at most one chunk."""
+    files and between chunks of a file, so a shutdown waits for at most one chunk.
+    (`chatd admin` writes one offline, with nothing to stop it: no event.)"""
+    stopping = stopping or threading.Event()
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, document in contents.documents.items():
             if stopping.is_set():
