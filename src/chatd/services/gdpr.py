@@ -11,7 +11,13 @@ Where each part is (docs/privacy.md, "Export and erase"):
   erasure of their part of each (`EraseMember`);
 - every shard as a media shard: the uploads it took from the user (`gdpr.media_of`),
   dropped with their files on erasure (`gdpr.erase_local`, which also deletes the
-  user's exports kept there).
+  user's exports kept there and empties the note and evidence of the reports they filed
+  there);
+- every shard as the home of reported users: the reports the user filed
+  (`home.reports_filed`, paged: reports are kept by the reported user's home, with no
+  index by reporter); the user's own home: their block list (each block's flag is on
+  the pair's direct chat owner) and their abuse records and the reports against them
+  (`home.abuse_erase`); every owner: invites to the user (declined on erasure).
 
 An export is made by the shard that was asked (its id names that shard) in a background
 task: gathered here, async, from wherever the parts are, then written as a zip in a
