@@ -27,9 +27,20 @@ HELP = """commands:
   /open ID               make conversation ID current
   /history [N]           the last N messages of the current conversation (default 20)
   /send-file PATH        upload the file at PATH and send it to the current conversation
+  /reply N TEXT          answer message #N of the current conversation
+  /react N EMOJI         react to message #N (/unreact N EMOJI takes it back)
+  /edit N TEXT           replace the text of your message #N
+  /forward N ID...       copy message #N into conversations ID... (up to 5)
+  /pin N, /unpin N       pin or unpin message #N
   /help                  this text
   /quit                  leave
-anything else is sent to the current conversation"""
+anything else is sent to the current conversation; @handle mentions a member (Tab
+completes the handles of the current conversation's members, on a terminal)"""
+
+#: Commands of the form `/name N ...`: a message's seq and what the command needs after it
+#: (the usage line names it; "" for nothing).
+_ON_MESSAGE = {"reply": "TEXT", "react": "EMOJI", "unreact": "EMOJI", "edit": "TEXT",
+               "forward": "ID...", "pin": "", "unpin": ""}
 
 
 @dataclass(frozen=True)
@@ -49,6 +60,8 @@ def parse_line(line: str) -> Command:
         return Command("send-file", (path,)) if path else Command(
             "error", ("usage: /send-file PATH",))
     name, *args = text[1:].split()
+    if name in _ON_MESSAGE:
+        return _message_command(name, text)
     if name in ("to", "open") and len(args) != 1:
         return Command("error", (f"usage: /{name} {'HANDLE' if name == 'to' else 'ID'}",))
     if name == "group" and len(args) < 2:
@@ -58,6 +71,32 @@ def parse_line(line: str) -> Command:
     if name not in ("to", "open", "group", "list", "history", "help", "quit"):
         return Command("error", (f"unknown command /{name}; try /help",))
     return Command(name, tuple(args))
+
+
+def _message_command(name: str, text: str) -> Command:
+    """`/reply 5 some text` -> Command("reply", ("5", "some text")): the seq, then the
+    rest of the line as typed (a reply or an edit keeps its spaces)."""
+    wants = _ON_MESSAGE[name]
+    usage = Command("error", (f"usage: /{name} N{' ' + wants if wants else ''}",))
+    parts = text.split(maxsplit=2)
+    if len(parts) < 2 or not parts[1].isdigit() or int(parts[1]) < 1:
+        return usage
+    rest = parts[2].strip() if len(parts) > 2 else ""
+    if bool(rest) != bool(wants):
+        return usage
+    if name == "forward":
+        return Command(name, (parts[1], *rest.split()))
+    return Command(name, (parts[1], rest) if wants else (parts[1],))
+
+
+def complete_mention(line: str, handles: list[str]) -> list[str]:
+    """Tab completion of `@handle`: the known handles that complete the line's last word,
+    when it starts with '@' (each as the whole word, '@' included)."""
+    word = line.rsplit(maxsplit=1)[-1] if line and not line[-1].isspace() else ""
+    if not word.startswith("@"):
+        return []
+    typed = word[1:].lower()
+    return sorted(f"@{handle}" for handle in set(handles) if handle.startswith(typed))
 
 
 @dataclass
@@ -74,19 +113,73 @@ class Names:
         return self.conversations.get(conversation_id, conversation_id)
 
 
-def format_message(message: dict[str, Any], names: Names) -> str:
+#: Log entries of reactions, edits and pins (issue 18): how each reads, from its body
+#: ({"target": seq, ...}).
+_ABOUT_MESSAGES = {"chatd/reaction": "reacted", "chatd/edit": "edited",
+                   "chatd/pin": "pinned"}
+
+
+def format_message(message: dict[str, Any], names: Names, me: str = "") -> str:
+    """One message as the terminal shows it: `[where] #seq who: text`, whether it was
+    forwarded or edited, and below it what it replies to, its attachments and reactions.
+    Mentions are in the text as typed (`@handle`); one of `me` is marked."""
     where = names.conversation(message["conversation_id"])
     who = names.user(message["sender_id"])
-    if message["content_type"] == "chatd/system":
-        body = message["body"]
-        return f"[{where}] * {who}: {body.get('event', '?')} {' '.join(body.get('user_ids', []))}"
-    if message["content_type"].startswith("text/"):
-        line = f"[{where}] {who}: {message['body']}"
-    else:
-        line = f"[{where}] {who}: <{message['content_type']}, {len(message['body'])} bytes>"
+    head = f"[{where}] #{message['seq']}"
+    content_type = message["content_type"]
+    body = message["body"]
+    if content_type == "chatd/system":
+        return f"{head} * {who}: {body.get('event', '?')} {' '.join(body.get('user_ids', []))}"
+    if content_type in _ABOUT_MESSAGES and isinstance(body, dict):
+        return f"{head} * {who} {_about_message(content_type, body)}"
+    if content_type == "chatd/deleted":
+        return f"{head} {who}: (deleted)"
+    text = body if content_type.startswith("text/") \
+        else f"<{content_type}, {len(body)} bytes>"
+    if message.get("forwarded"):
+        text = ("(forwarded many times) " if message.get("forwarded_many")
+                else "(forwarded) ") + text
+    if message.get("edited_at"):
+        text += " (edited)"
+    if me and me in message.get("mentions", ()):
+        text += "  ← mentions you"
+    line = f"{head} {who}: {text}"
+    if message.get("reply_to"):
+        line += "\n    ↳ " + format_quote(message["reply_to"], message.get("quote"), names)
     for attachment in message.get("attachments", ()):
         line += "\n    " + format_attachment(attachment)
+    if message.get("reactions"):
+        line += "\n    " + format_reactions(message["reactions"])
     return line
+
+
+def _about_message(content_type: str, body: dict[str, Any]) -> str:
+    target = f"#{body.get('target', '?')}"
+    if content_type == "chatd/reaction":
+        emoji = body.get("emoji") or ""
+        return f"reacted {emoji} to {target}" if emoji else f"took back a reaction to {target}"
+    if content_type == "chatd/edit":
+        return f"edited {target}: {body.get('body', '')}"
+    return f"{'unpinned' if body.get('pinned') is False else 'pinned'} {target}"
+
+
+def format_quote(seq: int, quote: dict[str, Any] | None, names: Names) -> str:
+    """`replying to #3 alice: "the start of it"`."""
+    if quote is None:
+        return f"replying to #{seq}"
+    who = names.user(quote["sender_id"])
+    if quote.get("deleted"):
+        return f"replying to #{seq} {who}: (deleted)"
+    if "text" in quote:
+        return f'replying to #{seq} {who}: "{quote["text"]}"'
+    return f"replying to #{seq} {who}: <{quote['content_type']}>"
+
+
+def format_reactions(reactions: dict[str, Any]) -> str:
+    """`👍 2 (you)  ❤️ 1`."""
+    return "  ".join(f"{emoji} {summary.get('count', 0)}" + (" (you)" if summary.get("me")
+                                                              else "")
+                     for emoji, summary in reactions.items())
 
 
 def format_attachment(attachment: dict[str, Any]) -> str:
@@ -100,10 +193,10 @@ def format_attachment(attachment: dict[str, Any]) -> str:
     return f"📎 {attachment['filename']} ({', '.join(details)}) media {attachment['media_id']}"
 
 
-def format_event(event: dict[str, Any], names: Names) -> str | None:
+def format_event(event: dict[str, Any], names: Names, me: str = "") -> str | None:
     kind = event.get("type")
     if kind == "message":
-        return format_message(event["message"], names)
+        return format_message(event["message"], names, me)
     if kind == "typing":
         return f"[{names.conversation(event['conversation_id'])}] " \
                f"{names.user(event['user_id'])} is typing…"
@@ -122,6 +215,12 @@ class Terminal:
         self.out = out
         self.names = Names()
         self.current: str | None = None
+        #: The handles of the current conversation's members (for @ completion).
+        self.member_handles: list[str] = []
+
+    @property
+    def me(self) -> str:
+        return self.client.credentials.user_id if self.client.credentials else ""
 
     def say(self, text: str) -> None:
         print(text, file=self.out, flush=True)
@@ -148,12 +247,14 @@ class Terminal:
             if event.get("type") == "message":
                 message = event["message"]
                 await self.learn_user(message["sender_id"])
+                if message.get("quote"):
+                    await self.learn_user(message["quote"]["sender_id"])
                 if message["conversation_id"] not in self.names.conversations:
                     conv = await self.client.request(
                         "GET", f"/conversations/{message['conversation_id']}")
                     await self.learn_conversation(conv)
                 await self.live.ack(message["conversation_id"], message["seq"])
-            line = format_event(event, self.names)
+            line = format_event(event, self.names, self.me)
             if line:
                 self.say(line)
         self.say(f"* disconnected ({self.live.close_code}: {self.live.close_reason})")
@@ -190,7 +291,9 @@ class Terminal:
                 page = await self.client.history(self.current, limit=min(max(count, 1), 200))
                 for message in page["messages"]:
                     await self.learn_user(message["sender_id"])
-                    self.say(format_message(message, self.names))
+                    if message.get("quote"):
+                        await self.learn_user(message["quote"]["sender_id"])
+                    self.say(format_message(message, self.names, self.me))
         elif command.name == "send-file":
             raw = command.args[0]
             if raw.startswith("~/"):  # (expanduser would do, but may read the passwd db)
@@ -201,7 +304,35 @@ class Terminal:
                 self.say("no current conversation: /to HANDLE or /open ID first")
             else:
                 await self.live.send(self.current, command.args[0])
+        elif command.name in _ON_MESSAGE:
+            if self.current is None:
+                self.say("no current conversation: /to HANDLE or /open ID first")
+            else:
+                await self.on_message(command.name, self.current, int(command.args[0]),
+                                      command.args[1:])
         return True
+
+    async def on_message(self, name: str, conversation_id: str, seq: int,
+                         args: tuple[str, ...]) -> None:
+        """The commands about message #seq of the current conversation."""
+        if name == "reply":
+            await self.live.send(conversation_id, args[0], reply_to=seq)
+        elif name == "react":
+            await self.client.react(conversation_id, seq, args[0])
+        elif name == "unreact":
+            await self.client.unreact(conversation_id, seq, args[0])
+        elif name == "edit":
+            await self.client.edit(conversation_id, seq, args[0])
+        elif name == "forward":
+            for result in await self.client.forward(conversation_id, seq, list(args)):
+                where = self.names.conversation(result["conversation_id"])
+                self.say(f"* forwarded to {where} as #{result['seq']}" if "seq" in result
+                         else f"! {where}: {result['error']['code']}: "
+                              f"{result['error']['message']}")
+        elif name == "pin":
+            await self.client.pin(conversation_id, seq)
+        elif name == "unpin":
+            await self.client.unpin(conversation_id, seq)
 
     async def send_file(self, path: Path) -> None:
         if self.current is None:
@@ -223,6 +354,46 @@ class Terminal:
         await self.learn_conversation(conv)
         self.current = conv["conversation_id"]
         self.say(f"* now talking in {self.names.conversation(self.current)}")
+        # Handles for @ completion: those of the first members (a profile read each).
+        members = [member["user_id"] for member in conv.get("members", ())][:MAX_COMPLETED]
+        for user_id in members:
+            await self.learn_user(user_id)
+        self.member_handles = [self.names.user(user_id) for user_id in members
+                               if user_id != self.me]
+
+    def completer(self, text: str, state: int) -> str | None:
+        """For `readline`: the state-th completion of the word being typed."""
+        import readline  # (only on a terminal; see read_lines)
+
+        line = readline.get_line_buffer()[:readline.get_endidx()]
+        options = complete_mention(line, self.member_handles)
+        return options[state] if state < len(options) else None
+
+
+#: The most members whose handles a conversation's @ completion knows.
+MAX_COMPLETED = 200
+
+
+def line_reader(terminal: Terminal) -> Any:
+    """How lines are read: with `input()` and Tab completion of @handles on a terminal
+    (where `readline` exists), else plain `readline()` (pipes, tests)."""
+    if not sys.stdin.isatty():
+        return sys.stdin.readline
+    try:
+        import readline
+    except ImportError:  # (not on every platform)
+        return sys.stdin.readline
+    readline.set_completer(terminal.completer)
+    readline.set_completer_delims(" \t\n")
+    readline.parse_and_bind("tab: complete")
+
+    def read() -> str:
+        try:
+            return input() + "\n"
+        except EOFError:
+            return ""
+
+    return read
 
 
 async def run_chat(url: str, handle: str, password: str, register: bool) -> int:
@@ -242,8 +413,9 @@ async def run_chat(url: str, handle: str, password: str, register: bool) -> int:
             terminal = Terminal(client, live, sys.stdout)
             terminal.say(f"* logged in as {handle}; /help lists the commands")
             nursery.start_soon(terminal.receive)
+            read_line = line_reader(terminal)
             while True:
-                line = await trio.to_thread.run_sync(sys.stdin.readline, abandon_on_cancel=True)
+                line = await trio.to_thread.run_sync(read_line, abandon_on_cancel=True)
                 if not line:  # end of input
                     break
                 try:

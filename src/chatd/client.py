@@ -142,15 +142,74 @@ class ChatClient:
 
     async def send(self, conversation_id: str, text: str, *,
                    client_msg_id: str | None = None,
-                   attachments: list[str | tuple[str, str]] | None = None) -> dict[str, Any]:
+                   attachments: list[str | tuple[str, str]] | None = None,
+                   reply_to: int = 0, mentions: list[str] | None = None) -> dict[str, Any]:
         """Send a text message, with the media ids of `attachments` (from `upload`); an
-        attachment may be (media id, id of a thumbnail you uploaded for it)."""
+        attachment may be (media id, id of a thumbnail you uploaded for it). `reply_to`:
+        the seq it answers; `mentions`: user ids mentioned explicitly (a text's @handles
+        are resolved by the server)."""
         message: dict[str, Any] = {
             "conversation_id": conversation_id, "client_msg_id": client_msg_id
             or new_client_msg_id(), "content_type": "text/plain", "body": text}
         if attachments:
             message["attachments"] = attachment_list(attachments)
+        if reply_to:
+            message["reply_to"] = reply_to
+        if mentions:
+            message["mentions"] = mentions
         result: dict[str, Any] = await self.request("POST", "/messages/send", message)
+        return result
+
+    async def forward(self, conversation_id: str, seq: int, to: list[str], *,
+                      client_msg_id: str | None = None) -> list[dict[str, Any]]:
+        """Copy a message into up to 5 conversations: one result per target, in order
+        (`seq`, `message_id`, `ts` of its copy, or an `error`)."""
+        body: dict[str, Any] = {"from": {"conversation_id": conversation_id, "seq": seq},
+                                "to": to}
+        if client_msg_id:
+            body["client_msg_id"] = client_msg_id
+        result: list[dict[str, Any]] = (await self.request(
+            "POST", "/messages/forward", body))["results"]
+        return result
+
+    # -- reactions, edits, pins (issue 18) ------------------------------------------------
+
+    async def react(self, conversation_id: str, seq: int, emoji: str) -> dict[str, Any]:
+        """React to a message; the answer is its reaction summary."""
+        result: dict[str, Any] = await self.request(
+            "POST", f"/messages/{conversation_id}/{seq}/reactions", {"emoji": emoji})
+        return result
+
+    async def unreact(self, conversation_id: str, seq: int, emoji: str) -> None:
+        await self.request("DELETE", f"/messages/{conversation_id}/{seq}/reactions/"
+                           + quote(emoji, safe=""))
+
+    async def edit(self, conversation_id: str, seq: int, body: str) -> dict[str, Any]:
+        """Replace a message's text; the answer is {seq, edited_at}."""
+        result: dict[str, Any] = await self.request(
+            "POST", f"/messages/{conversation_id}/{seq}/edit", {"body": body})
+        return result
+
+    async def edits(self, conversation_id: str, seq: int) -> list[dict[str, Any]]:
+        """A message's earlier versions: [{seq, body, ts}, ...]."""
+        result: list[dict[str, Any]] = (await self.request(
+            "GET", f"/messages/{conversation_id}/{seq}/edits"))["edits"]
+        return result
+
+    async def pin(self, conversation_id: str, seq: int) -> None:
+        await self.request("POST", f"/conversations/{conversation_id}/pins/{seq}")
+
+    async def unpin(self, conversation_id: str, seq: int) -> None:
+        await self.request("DELETE", f"/conversations/{conversation_id}/pins/{seq}")
+
+    async def members(self, conversation_id: str) -> list[dict[str, Any]]:
+        """A conversation's members ({user_id, role}); their handles come from `user`."""
+        result: list[dict[str, Any]] = (await self.request(
+            "GET", f"/conversations/{conversation_id}"))["members"]
+        return result
+
+    async def user(self, user_id: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self.request("GET", f"/users/{user_id}")
         return result
 
     # -- media ------------------------------------------------------------------------------
@@ -328,14 +387,21 @@ class LiveConnection:
     async def send(self, conversation_id: str, body: str | bytes, *,
                    content_type: str = "text/plain",
                    client_msg_id: str | None = None,
-                   attachments: list[str | tuple[str, str]] | None = None) -> dict[str, Any]:
-        """Send a message (with `attachments`, as `ChatClient.send` takes them); returns
-        the `sent` frame once the message is durable."""
+                   attachments: list[str | tuple[str, str]] | None = None,
+                   reply_to: int = 0, mentions: list[str] | None = None) -> dict[str, Any]:
+        """Send a message (with `attachments`, `reply_to` and `mentions` as
+        `ChatClient.send` takes them); returns the `sent` frame once it is durable."""
         if isinstance(body, bytes) and self.codec == "json":
             body = base64.b64encode(body).decode()
         return await self._call(frames.send_request(
             f"r{next(_ids)}", conversation_id, client_msg_id or new_client_msg_id(), body,
-            content_type, attachment_list(attachments) if attachments else None))
+            content_type, attachment_list(attachments) if attachments else None,
+            reply_to, list(mentions or ())))
+
+    async def react(self, conversation_id: str, seq: int, emoji: str) -> None:
+        """React to a message ("" removes your reaction); answered `ok`."""
+        await self._call({"type": "react", "conversation_id": conversation_id, "seq": seq,
+                          "emoji": emoji})
 
     async def ack(self, conversation_id: str, seq: int) -> None:
         await self._call(frames.ack_request(conversation_id, seq))

@@ -62,3 +62,34 @@ def test_errors_keep_the_request_id() -> None:
         decode_client_frame('{"type": "read", "req": "r9", "conversation_id": "x", "seq": 1}',
                             "json")
     assert error.value.req == "r9"
+
+
+def test_a_send_frame_carries_reply_to_and_mentions() -> None:
+    frame = frames.send_request("r1", 9, "c1", "hi @bob", reply_to=4, mentions=[7, "8"])
+    assert (frame["reply_to"], frame["mentions"]) == (4, ["7", "8"])
+    for codec in ("json", "msgpack"):
+        parsed = decode_client_frame(frames.encode_request(frame, codec), codec)
+        assert isinstance(parsed, frames.SendFrame)
+        assert (parsed.reply_to, parsed.mentions) == (4, (7, 8))
+    plain = frames.send_request("r2", 9, "c2", "hi")
+    assert "reply_to" not in plain and "mentions" not in plain
+    parsed = decode_client_frame(json.dumps({**plain, "reply_to": None}), "json")
+    assert isinstance(parsed, frames.SendFrame) and (parsed.reply_to, parsed.mentions) == (0, ())
+    for field, bad in (("reply_to", -1), ("reply_to", "4"), ("reply_to", True),
+                       ("reply_to", 1.5), ("mentions", "7"), ("mentions", ["x"]),
+                       ("mentions", [7] * 51), ("mentions", {"7": 1})):
+        with pytest.raises(FrameError) as caught:
+            decode_client_frame(json.dumps({**plain, field: bad}), "json")
+        assert (caught.value.code, caught.value.req) == ("invalid_field", "r2"), (field, bad)
+
+
+def test_a_message_payload_shows_replies_mentions_and_forwards() -> None:
+    quote = {"sender_id": "3", "content_type": "text/plain", "text": "hi"}
+    message = Message(1, 2, 5, 7, 8, "c", "text/plain", "re", 99, reply_to=4,
+                      mentions=(3,), forwarded=5, quote=quote)
+    payload = frames.message_payload(message)
+    assert (payload["reply_to"], payload["quote"], payload["mentions"]) == (4, quote, ["3"])
+    assert payload["forwarded"] is True and payload["forwarded_many"] is True
+    once = frames.message_payload(Message(1, 2, 5, 7, 8, "c", "text/plain", "x", 99,
+                                          forwarded=1))
+    assert once["forwarded"] is True and "forwarded_many" not in once

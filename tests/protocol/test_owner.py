@@ -25,6 +25,7 @@ from chatd.protocol.mesh import Post, decode_frame, encode_frame
 COMMANDS: list[ops.OwnerCommand] = [
     ops.Send(7, 1, 2, "c1", "text/plain", "hi"),
     ops.Send(7, 1, 2, "c2", "application/octet-stream", b"\x00\xff"),
+    ops.Send(7, 1, 2, "c3", "text/plain", "re", [], 4, [5, 6], 2),
     ops.MarkRead(7, 1, 3, True),
     ops.Acknowledge(7, 1, 3, False),
     ops.OpenDirect(7, 1, 2),
@@ -160,3 +161,33 @@ def test_a_send_from_a_peer_without_attachments_is_taken() -> None:
     assert ops.Send.from_wire(older).attachments == []
     with pytest.raises(ops.WireError):
         ops.Send.from_wire({**send.to_wire(), "attachments": [1, 2]})
+
+
+def test_a_send_from_a_peer_without_replies_mentions_or_forwards_is_taken() -> None:
+    rich = ops.Send(1, 2, 3, "c", "text/plain", "hi", [], 4, [5], 1)
+    assert ops.Send.from_wire(over_the_wire(rich.to_wire())) == rich
+    plain = ops.Send(1, 2, 3, "c", "text/plain", "hi")
+    # Unused, they stay off the wire: an owner from before them takes a plain send.
+    assert set(plain.to_wire()) == {"conversation_id", "sender_id", "sender_device",
+                                    "client_msg_id", "content_type", "body", "attachments"}
+    assert ops.Send.from_wire(plain.to_wire()) == plain
+    for field, bad in (("reply_to", "4"), ("mentions", [True]), ("mentions", "5"),
+                       ("forwarded", None)):
+        with pytest.raises(ops.WireError):
+            ops.Send.from_wire({**rich.to_wire(), field: bad})
+
+
+def test_replies_mentions_and_forwards_of_messages_cross_the_wire() -> None:
+    quote = {"sender_id": "1", "content_type": "text/plain", "text": "hi"}
+    rich = Message(12, 7, 4, 2, 3, "c2", "text/plain", "re", 201, reply_to=3,
+                   mentions=(1, 5), forwarded=2, quote=quote)
+    expiring = Message(13, 7, 5, 2, 3, "c3", "text/plain", "x", 202, expires_at=900,
+                       reply_to=4)
+    for message in (rich, expiring):
+        assert ops.message_from_wire(over_the_wire(ops.message_to_wire(message))) == message
+    # A peer from before them reads the first eleven fields and the rest as unused.
+    wire = over_the_wire(ops.message_to_wire(rich))
+    assert len(wire) == 12
+    older = Message(*wire[:9])
+    assert (older.reply_to, older.mentions, older.quote) == (0, (), None)
+    assert len(ops.message_to_wire(Message(11, 7, 3, 1, 2, "c1", "text/plain", "hi", 200))) == 9

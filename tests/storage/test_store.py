@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -195,6 +196,29 @@ def test_an_expiring_message_round_trips(tmp_path: Path) -> None:
         batch.put(records.MESSAGES, (5, 3), expiring)
         store.write(batch)
         assert store.get(records.MESSAGES, (5, 3)) == expiring
+    finally:
+        store.close()
+
+
+def test_replies_mentions_and_forwards_are_stored_only_when_used(tmp_path: Path) -> None:
+    rich = Message(4000, 5, 4, 7, 8, "c4", "text/plain", "re", 30, reply_to=3,
+                   mentions=(9, 10), forwarded=1,
+                   quote={"sender_id": "7", "content_type": "text/plain", "text": "x"})
+    store = Store.open(str(tmp_path))
+    try:
+        batch = Batch()
+        batch.put(records.MESSAGES, (5, 4), rich)
+        store.write(batch)
+        back = store.get(records.MESSAGES, (5, 4))
+        assert back is not None
+        # The quote is made at each read, never stored (domain/replies.py).
+        assert back.quote is None and replace(back, quote=rich.quote) == rich
+        assert isinstance(back.mentions, tuple)
+        assert len(records.unpack(records.MESSAGES.pack(rich))) == 12
+        # A plain message, or one with only attachments, is stored as before.
+        assert len(records.unpack(records.MESSAGES.pack(message(5, 1)))) == 7
+        assert len(records.unpack(records.MESSAGES.pack(replace(
+            rich, reply_to=0, mentions=(), forwarded=0, expires_at=99)))) == 9
     finally:
         store.close()
 

@@ -88,12 +88,13 @@ CONTRACT_TIMEOUT = 240.0
 #: the seq is past its head (seq_out_of_range); the user named is not a member
 #: (not_a_member) or is the caller (use_leave, when removing; cannot_report_yourself), or
 #: did not send the message reported (not_the_sender); blocking yourself
-#: (cannot_block_self). docs/api.md lists them.
+#: (cannot_block_self); the message forwarded was forwarded many times already
+#: (forward_limited). docs/api.md lists them.
 #: Schemathesis's positive_data_acceptance expects any valid request to succeed unless
 #: it is 401/403/404/409/429; these 400s, and only these, are accepted as well.
 STATE_DEPENDENT = frozenset({"not_a_group", "seq_out_of_range", "not_a_member", "use_leave",
                              "not_an_image", "cannot_report_yourself", "not_the_sender",
-                             "cannot_block_self"})
+                             "cannot_block_self", "forward_limited"})
 
 NASTY_STRINGS = ("\ud800", "\udfff", "a\ud800b", "\udc00\ud800", "\x00", "\u202e\ufeff",
                  "x" * 70_000, "")
@@ -364,7 +365,7 @@ async def test_no_request_gets_a_server_error(server: RunningServer) -> None:
         assert uploaded.status_code == 201
         real = {"conversation_id": group, "direct": direct, "user_id": peer.user_id,
                 "seq": "2", "device_id": "own", "media_id": uploaded.json()["media_id"],
-                "emoji": "👍",
+                "emoji": "👍", "export_id": "000" + "0" * 32,
                 "/messages/{conversation_id}/{seq}/status:conversation_id": direct,
                 "/messages/{conversation_id}:conversation_id": direct,
                 "/conversations/{conversation_id}/read:conversation_id": direct,

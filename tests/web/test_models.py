@@ -234,5 +234,12 @@ def test_responses_are_the_frames_payloads() -> None:
     for body in ("hi", {"event": "renamed", "name": "x", "actor_id": "7"}):
         message = Message(1, 2, 3, 7, 8, "c-1", "text/plain", body, 99)
         assert render.message(message).to_json() == frames.message_payload(message)
+    quote = {"sender_id": "7", "content_type": "text/plain", "text": "hi"}
+    for rich in (Message(1, 2, 3, 7, 8, "c-1", "text/plain", "re", 99, reply_to=2,
+                         quote=quote, mentions=(9, 10), forwarded=6),
+                 Message(1, 2, 3, 7, 8, "c-1", "text/plain", "re", 99, reply_to=2,
+                         quote={"sender_id": "7", "content_type": "chatd/deleted",
+                                "deleted": True}, forwarded=1)):
+        assert render.message(rich).to_json() == frames.message_payload(rich)
     binary = Message(1, 2, 3, 7, 8, "c-1", "application/x-olm", b"\x00\xff", 99)
     assert render.message(binary).to_json()["body"] == "AP8="

@@ -25,9 +25,10 @@ DAY_MS = 86_400_000
 
 
 def tombstone_of(message: Message) -> Message:
-    """What a deleted entry becomes: no body, no attachments, nothing expiring."""
+    """What a deleted entry becomes: no body, no attachments, nothing expiring, and
+    nothing of what it replied to, mentioned or was forwarded from."""
     return replace(message, content_type=DELETED_CONTENT_TYPE, body="", attachments=(),
-                   expires_at=0)
+                   expires_at=0, reply_to=0, mentions=(), forwarded=0, quote=None)
 
 
 def is_deleted(message: Message) -> bool:

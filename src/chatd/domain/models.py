@@ -89,6 +89,16 @@ class Message:
     #: When a disappearing message expires (ms; 0: never). From then on every read shows
     #: its tombstone, and the owner's sweeper writes that tombstone (services/deletion.py).
     expires_at: int = 0
+    #: The seq of the entry this one replies to (0: not a reply; domain/replies.py).
+    reply_to: int = 0
+    #: The members it mentions (resolved at send time; where a notifier finds them).
+    mentions: tuple[int, ...] = ()
+    #: How many forwards away from its original this copy is (0: not forwarded).
+    forwarded: int = 0
+    #: The quote of `reply_to` as a read shows it: made by the owner at each read (and
+    #: for the live frame at send time), never stored, so a later delete of the target
+    #: shows here at once and leaves no copy of its text on disk (domain/replies.py).
+    quote: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

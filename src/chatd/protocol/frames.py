@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 import msgpack
 
-from chatd.domain import rules
+from chatd.domain import replies, rules
 from chatd.domain.ids import parse_id
 from chatd.domain.media import Attaching
 from chatd.domain.models import Message, User
@@ -56,6 +56,10 @@ class SendFrame:
     body: str | bytes
     #: The attachments (`[{"media_id": "…", "thumbnail_media_id": "…"}]` on the wire).
     attachments: tuple[Attaching, ...] = ()
+    #: The seq this replies to (0: not a reply).
+    reply_to: int = 0
+    #: Users mentioned explicitly (ids; the text's @handles are resolved as well).
+    mentions: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -186,6 +190,25 @@ def _attachments(frame: dict[str, Any], req: str) -> tuple[Attaching, ...]:
     return tuple(ids)
 
 
+def _reply_to(frame: dict[str, Any], req: str) -> int:
+    if frame.get("reply_to") is None:
+        return 0
+    value = frame["reply_to"]
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise FrameError("invalid_field", "reply_to: a seq (a non-negative integer)", req)
+    return value
+
+
+def _mentions(frame: dict[str, Any], req: str) -> tuple[int, ...]:
+    items = frame.get("mentions")
+    if items is None:
+        return ()
+    if not isinstance(items, list) or len(items) > replies.MAX_MENTIONS:
+        raise FrameError("invalid_field", f"mentions: a list of at most {replies.MAX_MENTIONS} "
+                         "user ids", req)
+    return tuple(_id({"m": item}, "m", req) for item in items)
+
+
 def decode_client_frame(data: str | bytes, codec: Codec) -> ClientFrame:
     frame = _unpack(data, codec)
     if not isinstance(frame, dict):
@@ -203,7 +226,8 @@ def decode_client_frame(data: str | bytes, codec: Codec) -> ClientFrame:
             return SendFrame(req, _id(frame, "conversation_id", req),
                              rules.check_client_msg_id(_field(frame, "client_msg_id", str, req)),
                              content_type, _body(frame, content_type, codec, req),
-                             _attachments(frame, req))
+                             _attachments(frame, req), _reply_to(frame, req),
+                             _mentions(frame, req))
         if kind == "ack":
             return AckFrame(_id(frame, "conversation_id", req), _seq(frame, req), req)
         if kind == "read":
@@ -244,12 +268,18 @@ def _with_req(frame: dict[str, Any], req: str | None) -> dict[str, Any]:
 
 def send_request(req: str, conversation_id: int | str, client_msg_id: str, body: str | bytes,
                  content_type: str = "text/plain",
-                 attachments: list[dict[str, str]] | None = None) -> dict[str, Any]:
-    """`attachments`: `[{"media_id": …, "thumbnail_media_id": …}]` (the latter optional)."""
+                 attachments: list[dict[str, str]] | None = None, reply_to: int = 0,
+                 mentions: list[int | str] | None = None) -> dict[str, Any]:
+    """`attachments`: `[{"media_id": …, "thumbnail_media_id": …}]` (the latter optional);
+    `reply_to`: the seq replied to; `mentions`: user ids mentioned explicitly."""
     frame: dict[str, Any] = {"type": "send", "req": req, "conversation_id": str(conversation_id),
              "client_msg_id": client_msg_id, "content_type": content_type, "body": body}
     if attachments:
         frame["attachments"] = attachments
+    if reply_to:
+        frame["reply_to"] = reply_to
+    if mentions:
+        frame["mentions"] = [str(user_id) for user_id in mentions]
     return frame
 
 
@@ -392,6 +422,25 @@ def message_payload(message: Message) -> dict[str, Any]:
         payload["attachments"] = [attachment_payload(item) for item in message.attachments]
     if message.expires_at:
         payload["expires_at"] = message.expires_at
+    if message.reply_to or message.mentions or message.forwarded:
+        payload.update(rich_payload(message))
+    return payload
+
+
+def rich_payload(message: Message) -> dict[str, Any]:
+    """Replies, mentions and forwards as clients see them (domain/replies.py); only the
+    fields in use."""
+    payload: dict[str, Any] = {}
+    if message.reply_to:
+        payload["reply_to"] = message.reply_to
+        if message.quote is not None:
+            payload["quote"] = message.quote
+    if message.mentions:
+        payload["mentions"] = [str(user_id) for user_id in message.mentions]
+    if message.forwarded:
+        payload["forwarded"] = True
+        if replies.is_forwarded_many(message.forwarded):
+            payload["forwarded_many"] = True
     return payload
 
 

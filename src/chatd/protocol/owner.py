@@ -100,12 +100,33 @@ class Send(OwnerCommand):
     #: The attachments' records as the media's shards gave them (`MediaService.attach`,
     #: `domain.media.attachment_record`).
     attachments: list[dict[str, Any]] = field(default_factory=list)
+    #: The seq this message replies to (0: none); the owner checks the sender may read it.
+    reply_to: int = 0
+    #: Who it mentions: ids the client named and those its text's @handles resolved to
+    #: (on the sender's shard); the owner keeps the members among them.
+    mentions: list[int] = field(default_factory=list)
+    #: A forwarded copy's hop count (0: not a forward; services/forwarding.py).
+    forwarded: int = 0
+
+    #: Fields a peer from before them leaves out, with the value that means "unused".
+    _OPTIONAL: ClassVar[dict[str, Any]] = {
+        "attachments": [], "reply_to": 0, "mentions": [], "forwarded": 0}
+
+    def to_wire(self) -> dict[str, Any]:
+        # Unused optional fields stay off the wire, so an owner from before them still
+        # takes a plain send (a rolling upgrade).
+        wire = OwnerCommand.to_wire(self)
+        for name in ("reply_to", "mentions", "forwarded"):
+            if not wire[name]:
+                del wire[name]
+        return wire
 
     @classmethod
     def from_wire(cls, body: Any) -> Send:
-        # A peer from before attachments existed sends none (a rolling upgrade).
-        if isinstance(body, dict) and "attachments" not in body:
-            body = {**body, "attachments": []}
+        # A peer from before attachments (or replies, mentions, forwards) existed sends
+        # none (a rolling upgrade).
+        if isinstance(body, dict):
+            body = {**cls._OPTIONAL, **body}
         return cls(**cls.checked_fields(body))
 
 
@@ -522,11 +543,29 @@ def message_to_wire(message: Message) -> list[Any]:
     wire = [message.message_id, message.conversation_id, message.seq, message.sender_id,
             message.sender_device, message.client_msg_id, message.content_type,
             message.body, message.ts]
-    if message.attachments or message.expires_at:
+    rich = _rich_to_wire(message)
+    if message.attachments or message.expires_at or rich:
         wire.append(list(message.attachments))
-    if message.expires_at:
+    if message.expires_at or rich:
         wire.append(message.expires_at)
+    if rich:
+        # A map at the end: a peer from before it reads the first eleven fields only.
+        wire.append(rich)
     return wire
+
+
+def _rich_to_wire(message: Message) -> dict[str, Any]:
+    """Replies, mentions, forwards (issue 18): only the fields in use."""
+    rich: dict[str, Any] = {}
+    if message.reply_to:
+        rich["reply_to"] = message.reply_to
+        if message.quote is not None:
+            rich["quote"] = message.quote
+    if message.mentions:
+        rich["mentions"] = list(message.mentions)
+    if message.forwarded:
+        rich["forwarded"] = message.forwarded
+    return rich
 
 
 def message_from_wire(data: Any) -> Message:
@@ -535,6 +574,12 @@ def message_from_wire(data: Any) -> Message:
         object.__setattr__(message, "attachments", tuple(data[9]))
     if len(data) > 10:
         object.__setattr__(message, "expires_at", int(data[10]))
+    if len(data) > 11 and isinstance(data[11], dict):
+        rich = data[11]
+        object.__setattr__(message, "reply_to", int(rich.get("reply_to", 0)))
+        object.__setattr__(message, "quote", rich.get("quote"))
+        object.__setattr__(message, "mentions", tuple(rich.get("mentions", ())))
+        object.__setattr__(message, "forwarded", int(rich.get("forwarded", 0)))
     return message
 
 

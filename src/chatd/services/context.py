@@ -36,11 +36,13 @@ from chatd.services.delivery import Delivery
 from chatd.services.direct_requests import DirectRequests
 from chatd.services.edits import Edits
 from chatd.services.exports import ExportStore
+from chatd.services.forwarding import Forwarding
 from chatd.services.gdpr import Gdpr
 from chatd.services.invites import GroupInvites
 from chatd.services.live import Hub
 from chatd.services.log import ConversationLog
 from chatd.services.media import MediaService
+from chatd.services.mentions import MentionResolver
 from chatd.services.messaging import MessagingService
 from chatd.services.owner import ConversationOwner
 from chatd.services.owner_api import OwnerApi
@@ -112,6 +114,8 @@ class Services:
     gdpr: Gdpr
     #: Reactions, edits and pins: the client's side (the owner's is in owner_api).
     rich: RichMessaging
+    #: Forwarding messages between conversations (replies and mentions ride on sends).
+    forwarding: Forwarding
 
 
 def media_link_secret(config: Config, store: Store) -> bytes:
@@ -205,6 +209,8 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
                                  read_receipt_settings=users.read_receipt_settings,
                                  limits=config.limits, ratelimits=ratelimits)
     messaging.content_filter = load_content_filter(config.abuse)
+    messaging.mentions = MentionResolver(find_by_handle=users.find_by_handle)
+    forwarding = Forwarding(router=router, messaging=messaging)
     owner.on_hint = messaging.wake_hint_writer
     committer.ride_along(messaging.drain_hints_into)
     accounts.on_device_revoked(messaging.forget_device)
@@ -262,7 +268,7 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
                     clock, coordinator, shipper, backups, media, privacy, requests, blocks,
                     deletions, sweeper, purger, abuse_home, abuse, reports, ratelimits,
                     TrustedProxies(config.server.trusted_proxies), account_admin, gdpr,
-                    rich)
+                    rich, forwarding)
 
 
 def _rich_messages(config: Config, store: Store, router: Router, owner: ConversationOwner,

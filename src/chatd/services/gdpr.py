@@ -48,6 +48,7 @@ from chatd.domain.media import MediaRecord
 from chatd.domain.models import Conversation, Device, Message, User
 from chatd.domain.reports import Report
 from chatd.errors import BadRequest, ChatdError, Unavailable
+from chatd.protocol import frames
 from chatd.protocol import owner as ops
 from chatd.services.abuse import AbuseHome, report_from_wire
 from chatd.services.account_admin import AccountAdmin, AccountState
@@ -541,5 +542,9 @@ def _message_to_json(message: Message) -> dict[str, Any]:
             "attachments": [{"media_id": str(item["media_id"]),
                              "filename": item.get("filename", ""),
                              "content_type": item.get("content_type", ""),
-                             "size": item.get("size", 0)} for item in message.attachments]}
+                             "size": item.get("size", 0)} for item in message.attachments],
+            # What it replied to, mentioned, whether it was forwarded: the user's own
+            # doing. Not the quote, which is someone else's text.
+            **{name: value for name, value in frames.rich_payload(message).items()
+               if name != "quote"}}
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from chatd.config import LimitsConfig
-from chatd.domain import rules
+from chatd.domain import replies, rules
 from chatd.domain.content_filter import ContentFilter
 from chatd.domain.media import Attaching
 from chatd.domain.models import Conversation, HistoryPage, SendResult, Session, Watermark
@@ -38,6 +38,7 @@ from chatd.storage import Batch, Store, records
 
 if TYPE_CHECKING:
     from chatd.services.media import MediaService
+    from chatd.services.mentions import MentionResolver
 
 #: Whether each of some users shares read receipts (their profile setting, from homes).
 ReadReceiptSettings = Callable[[list[int]], Awaitable[dict[int, bool]]]
@@ -73,6 +74,8 @@ class MessagingService:
         #: Sees text/* bodies before they are routed (domain/content_filter.py); None
         #: (the default) costs a send nothing.
         self.content_filter: ContentFilter | None = None
+        #: Resolves a text's @handles to ids (services/mentions.py); set by the wiring.
+        self.mentions: MentionResolver | None = None
 
     async def member_view(self, session: Session, conversation_id: int) -> Conversation:
         """The conversation, if the caller is a member; 404 alike whether it does not
@@ -83,13 +86,24 @@ class MessagingService:
 
     async def send(self, session: Session, *, conversation_id: int, client_msg_id: str,
                    content_type: str, body: str | bytes,
-                   attachments: tuple[Attaching, ...] = (),
+                   attachments: tuple[Attaching, ...] = (), reply_to: int = 0,
+                   mentions: list[int] | None = None,
                    address: str | None = None) -> SendResult:
         records = await self.attach(session, conversation_id, attachments)
+        mentioned = await self.resolve_mentions(content_type, body, mentions or [])
         pending = self.start_send(session, conversation_id=conversation_id,
                                   client_msg_id=client_msg_id, content_type=content_type,
-                                  body=body, attachments=records, address=address)
+                                  body=body, attachments=records, reply_to=reply_to,
+                                  mentions=mentioned, address=address)
         return await pending.wait()
+
+    async def resolve_mentions(self, content_type: str, body: str | bytes,
+                               explicit: list[int]) -> list[int]:
+        """Before a send: the ids it mentions, explicit and by @handle (services/mentions.py);
+        the owner keeps the members among them."""
+        if self.mentions is None:
+            return replies.check_mention_ids(explicit)
+        return await self.mentions.resolve(content_type, body, explicit)
 
     async def attach(self, session: Session, conversation_id: int,
                      media_ids: tuple[Attaching, ...]) -> list[dict[str, Any]]:
@@ -103,11 +117,15 @@ class MessagingService:
 
     def start_send(self, session: Session, *, conversation_id: int, client_msg_id: str,
                    content_type: str, body: str | bytes,
-                   attachments: list[dict[str, Any]] | None = None,
+                   attachments: list[dict[str, Any]] | None = None, reply_to: int = 0,
+                   mentions: list[int] | None = None, forwarded: int = 0,
                    address: str | None = None) -> Pending[SendResult]:
         """Check and route a send now; sends started one after another keep their order.
         Await the result for the answer, which comes once the message is durable.
-        `attachments`: the records `attach` gave; `address`: the client's (rate limits)."""
+        `attachments`: the records `attach` gave; `mentions`: the ids `resolve_mentions`
+        gave; `forwarded`: a forwarded copy's hop count (services/forwarding.py);
+        `address`: the client's (rate limits)."""
+        replies.check_reply_to(reply_to)
         client_msg_id = rules.check_client_msg_id(client_msg_id)
         content_type = rules.check_content_type(content_type)
         if rules.is_text_content(content_type) != isinstance(body, str):
@@ -126,7 +144,8 @@ class MessagingService:
         self._take_send(session.user_id, address, size)
         return self._router.submit(ops.Send(conversation_id, session.user_id,
                                             session.device_id, client_msg_id, content_type,
-                                            body, list(attachments or ())))
+                                            body, list(attachments or ()), reply_to,
+                                            list(mentions or ()), forwarded))
 
     def _take_send(self, user_id: int, address: str | None, size: int) -> None:
         """The `messages` and `message_bytes` buckets: both or neither are charged."""

@@ -302,7 +302,9 @@ class ConversationOwner:
 
     def append(self, batch: Batch, conv: Conversation, *, sender_id: int, sender_device: int,
                content_type: str, body: Body, client_msg_id: str = "",
-               attachments: tuple[dict[str, Any], ...] = (), counted: bool = True) -> Message:
+               attachments: tuple[dict[str, Any], ...] = (), reply_to: int = 0,
+               mentions: tuple[int, ...] = (), forwarded: int = 0,
+               quote: dict[str, Any] | None = None, counted: bool = True) -> Message:
         """Give the next seq to a message and add it to the batch. The sender's watermarks
         move to it: you have read what you wrote and everything before it. An entry that
         is not `counted` (a reaction, edit or pin) is skipped by unread counts and moves
@@ -317,7 +319,7 @@ class ConversationOwner:
             if conv.disappearing_s and content_type != SYSTEM_CONTENT_TYPE else 0
         message = Message(self._ids.next_id(), conversation_id, seq, sender_id,
                           sender_device, client_msg_id, content_type, body, now,
-                          attachments, expires_at)
+                          attachments, expires_at, reply_to, mentions, forwarded, quote)
         self.put_message(batch, message)
         if expires_at:
             batch.put(records.EXPIRIES, (expires_at, conversation_id, seq), None)

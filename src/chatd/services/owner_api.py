@@ -12,13 +12,14 @@ shard a client is connected to checks nothing about conversations it does not ow
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import trio
 
 from chatd.config import LimitsConfig
-from chatd.domain import groups, rules, targets
+from chatd.domain import deletion, groups, replies, rules, targets
 from chatd.domain.models import (
     Conversation,
     Created,
@@ -130,12 +131,15 @@ class OwnerApi:
         while True:
             page = self._history_page(query, floor, before, limit, newest_first)
             if self.deletions is None:
-                return _within_bytes_annotated(self._annotated(conv, query.user_id, page),
-                                               query.max_bytes, newest_first)
+                return _within_bytes_annotated(
+                    self._annotated(conv, query.user_id, HistoryPage(
+                        self._quoted(conv, page.messages), page.has_more)),
+                    query.max_bytes, newest_first)
             shown = self.deletions.shown(query.conversation_id, query.user_id, page.messages)
             if shown or not page.has_more:
                 return _within_bytes_annotated(
-                    self._annotated(conv, query.user_id, HistoryPage(shown, page.has_more)),
+                    self._annotated(conv, query.user_id, HistoryPage(
+                        self._quoted(conv, shown), page.has_more)),
                     query.max_bytes, newest_first)
             # Every entry of the page was hidden by this user ("delete for me"): an
             # empty page that says there is more would leave the client nowhere to page
@@ -226,12 +230,12 @@ class OwnerApi:
         while True:
             rows, head = self._read_log_page(query, conv, after)
             if self.deletions is None:
-                return rows, head
+                return self._quoted(conv, rows), head
             shown = self.deletions.shown(query.conversation_id, query.user_id, rows)
             if shown or not rows or head == rows[-1].seq:
                 # (Nothing shown of a complete read: its head tells the session to move
                 # past what this user hid.)
-                return shown, head
+                return self._quoted(conv, shown), head
             after = rows[-1].seq  # all hidden, and more to read: the session must not
             # take an empty answer below the head for "nothing more"
 
@@ -307,6 +311,8 @@ class OwnerApi:
         conv = self.member_view(conversation_id, sender_id)
         if requests is not None:
             requests.check_send(conv, sender_id)
+        if command.reply_to:
+            self._reply_target(conv, sender_id, command.reply_to)
 
         def apply(batch: Batch) -> SendResult:
             conv = self._owner.get(conversation_id)
@@ -319,12 +325,17 @@ class OwnerApi:
             if requests is not None:
                 requests.check_send(conv, sender_id)
             attachments = tuple(command.attachments)
-            message = self._owner.append(batch, conv, sender_id=sender_id,
-                                         sender_device=command.sender_device,
-                                         content_type=command.content_type,
-                                         body=command.body,
-                                         client_msg_id=command.client_msg_id,
-                                         attachments=attachments)
+            # Checked again in the batch: the target's state as the commands before this
+            # one left it (deleted meanwhile: the live quote says so).
+            quote = replies.quote_of(self._latest(conv, self._reply_target(
+                conv, sender_id, command.reply_to))) \
+                if command.reply_to else None
+            message = self._owner.append(
+                batch, conv, sender_id=sender_id, sender_device=command.sender_device,
+                content_type=command.content_type, body=command.body,
+                client_msg_id=command.client_msg_id, attachments=attachments,
+                reply_to=command.reply_to, forwarded=command.forwarded, quote=quote,
+                mentions=replies.kept_mentions(conv, sender_id, command.mentions))
             if attachments and self.media is not None:
                 # Who may download them: who can read this message (services/media.py).
                 self.media.record_audience(batch, conversation_id, message.seq,
@@ -334,6 +345,50 @@ class OwnerApi:
             return SendResult(message.message_id, conversation_id, message.seq, message.ts)
 
         return self._commands.enqueue(apply, conversation_id=command.conversation_id)
+
+    # -- replies (domain/replies.py) -----------------------------------------------------------
+
+    def _reply_target(self, conv: Conversation, sender_id: int, seq: int) -> Message:
+        """The entry a reply answers, as reads show it now: 404 unless the sender can
+        read it (from their joining on, acknowledged)."""
+        if seq < 0:
+            raise BadRequest("reply_to: must not be negative", code="invalid_field")
+        target = deletion.readable_entry(conv, sender_id, seq,
+                                         self._owner.entry(conv.conversation_id, seq))
+        return self._as_read(target)
+
+    def _as_read(self, message: Message) -> Message:
+        now = self._now_ms()
+        return deletion.as_read(message, now, deletion.retention_cutoff(
+            self._limits.retention_days, now))
+
+    def _quoted(self, conv: Conversation, rows: list[Message]) -> list[Message]:
+        """`rows` with the quote of each reply made from its target as it reads now (a
+        point read per target not in the page itself, and a scan of its edits)."""
+        if not any(message.reply_to for message in rows):
+            return rows
+        in_page = {message.seq: message for message in rows}
+        result = []
+        for message in rows:
+            if message.reply_to:
+                target = in_page.get(message.reply_to) or self._log.entry(
+                    conv.conversation_id, message.reply_to)
+                quote = replies.quote_of(self._latest(conv, self._as_read(target))) \
+                    if target is not None else None
+                message = dataclasses.replace(message, quote=quote)
+            result.append(message)
+        return result
+
+    def _latest(self, conv: Conversation, target: Message) -> Message:
+        """The target with its latest body when it was edited (services/edits.py): a
+        quote shows what the message says now, as its history does."""
+        if self.edits is None or not targets.is_message(target):
+            return target
+        edit = self.edits.of_page(conv, target.seq, target.seq).get(target.seq)
+        body = edit.body.get("body") if edit is not None and isinstance(edit.body, dict) \
+            else None
+        return dataclasses.replace(target, body=body) if isinstance(body, str | bytes) \
+            else target
 
     def checked_seq(self, conversation_id: int, user_id: int, seq: int) -> Conversation:
         conv = self.member_view(conversation_id, user_id)

@@ -19,7 +19,7 @@ added unpacks with that field's default, so adding a field at the end needs no m
 | members | conversation_id, user_id | role, joined_seq |
 | user_conversations | user_id, conversation_id | (empty: an index) |
 | messages | conversation_id, seq | message_id, sender_id, sender_device, client_msg_id, |
-| | | content_type, body, ts, attachments, expires_at |
+| | | content_type, body, ts, attachments, expires_at, reply_to, mentions, forwarded |
 | dedup | conversation_id, sender_id, client_msg_id | seq, message_id, ts |
 | watermarks | conversation_id, user_id | delivered_seq, read_seq |
 | cursors | device_id, conversation_id | seq acked by that device (8 bytes) |
@@ -245,9 +245,13 @@ MEMBERS: Family[tuple[int, int], Member] = Family(
 #: conversation, so a replica that takes over can answer for the range too.
 USER_CONVERSATIONS: Family[tuple[int, int], None] = Family(
     "user_conversations", _pair_key, read_pair, _empty, _read_empty, conversation_at=8)
-_pack_plain_message, _unpack_message = _fields(
+_pack_full_message, _unpack_message = _fields(
     Message, "message_id", "sender_id", "sender_device", "client_msg_id", "content_type",
-    "body", "ts", "attachments", "expires_at", key=("conversation_id", "seq"))
+    "body", "ts", "attachments", "expires_at", "reply_to", "mentions", "forwarded",
+    key=("conversation_id", "seq"))
+_pack_media_message, _ = _fields(
+    Message, "message_id", "sender_id", "sender_device", "client_msg_id", "content_type",
+    "body", "ts", "attachments", "expires_at")
 _MESSAGE_FIELDS = operator.attrgetter("message_id", "sender_id", "sender_device",
                                       "client_msg_id", "content_type", "body", "ts")
 
@@ -255,15 +259,21 @@ _MESSAGE_FIELDS = operator.attrgetter("message_id", "sender_id", "sender_device"
 def _pack_message(message: Message) -> bytes:
     # A message without attachments is stored as before they existed (one field fewer):
     # the common case costs nothing, and old records need no migration.
+    # Replies, mentions and forwards (issue 18) add three fields, again only when used;
+    # the quote a reply shows is made at read time and never stored (domain/replies.py).
+    if message.reply_to or message.mentions or message.forwarded:
+        return _pack_full_message(message)
     if not message.attachments and not message.expires_at:
         return pack(_MESSAGE_FIELDS(message))
-    return _pack_plain_message(message)
+    return _pack_media_message(message)
 
 
 def _read_message(key: tuple[int, int], data: bytes) -> Message:
     message = _unpack_message(key, data)
     if isinstance(message.attachments, list):  # msgpack gives a list; the model: a tuple
         object.__setattr__(message, "attachments", tuple(message.attachments))
+    if isinstance(message.mentions, list):
+        object.__setattr__(message, "mentions", tuple(message.mentions))
     return message
 
 

@@ -21,7 +21,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from chatd.domain import deletion, reports, rules
+from chatd.domain import deletion, replies, reports, rules
 from chatd.domain.ids import MAX_ID
 from chatd.domain.reactions import MAX_EMOJI_LENGTH
 from chatd.services.exports import EXPORT_ID_PATTERN
@@ -284,6 +284,12 @@ class AttachmentRef(Model):
     thumbnail_media_id: Annotated[int | None, ID] = None
 
 
+REPLY_TO = Integer(minimum=0, maximum=MAX_19_DIGITS, code="invalid_field",
+                   description="the seq of the message this replies to (you must be able "
+                               "to read it)")
+MENTIONS = IdList(ID, min_items=0, max_items=replies.MAX_MENTIONS)
+
+
 @dataclass(frozen=True, slots=True)
 class SendMessage(Model):
     constraints = (Either("body", "bodies of content types other than text/* must be base64",
@@ -295,6 +301,27 @@ class SendMessage(Model):
     body: Annotated[str, MESSAGE_BODY]
     attachments: Annotated[list[AttachmentRef] | None,
                            ListOf(AttachmentRef, max_items=MAX_ATTACHMENTS)] = None
+    reply_to: Annotated[int | None, REPLY_TO] = None
+    mentions: Annotated[list[int] | None, MENTIONS] = None
+
+
+@dataclass(frozen=True, slots=True)
+class MessageRef(Model):
+    """A message: its conversation and seq."""
+
+    conversation_id: Annotated[int, ID]
+    seq: Annotated[int, Integer(minimum=1, maximum=MAX_19_DIGITS, code="invalid_field")]
+
+
+@dataclass(frozen=True, slots=True)
+class Forward(Model):
+    description = ("copy a message you can read into up to 5 conversations you are in "
+                   "(one at a time for a message forwarded many times)")
+
+    from_: MessageRef
+    to: Annotated[list[int], IdList(ID, min_items=1, max_items=replies.MAX_FORWARD_TARGETS)]
+    #: Each copy's client_msg_id (one is made when left out): a retry gives the same copies.
+    client_msg_id: Annotated[str | None, CLIENT_MSG_ID] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -542,16 +569,66 @@ class Message(Model):
     #: History only: when it was last edited (ms; `body` is then the latest); left out
     #: when never edited.
     edited_at: Annotated[int | None, MS] = None
+    #: Replies, mentions, forwards (domain/replies.py); each left out when unused.
+    reply_to: Annotated[int | None, SEQ] = None
+    quote: Quote | None = None
+    mentions: Annotated[list[int] | None, MENTIONS] = None
+    forwarded: bool | None = None
+    forwarded_many: bool | None = None
 
     def to_json(self) -> dict[str, Any]:
         data = Model.to_json(self)
-        for name in ("attachments", "reactions"):
+        for name in ("attachments", "reactions", "reply_to", "quote", "mentions",
+                     "forwarded", "forwarded_many"):
             if not getattr(self, name):
                 del data[name]
         for name in ("expires_at", "edited_at"):
             if getattr(self, name) is None:
                 del data[name]
         return data
+
+
+@dataclass(frozen=True, slots=True)
+class Quote(Model):
+    """What a reply shows of the message it answers, as it reads now (made by the
+    server at each read, never stored)."""
+
+    sender_id: Annotated[int, ID]
+    content_type: str
+    #: The first 100 characters of a text body; left out for other bodies.
+    text: str | None = None
+    #: The message was deleted (or expired) since; left out otherwise.
+    deleted: bool | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = Model.to_json(self)
+        for name in ("text", "deleted"):
+            if getattr(self, name) is None:
+                del data[name]
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class ForwardResult(Model):
+    """One target of a forward: its copy (seq, message_id, ts) or why there is none."""
+
+    conversation_id: Annotated[int, ID]
+    message_id: Annotated[int | None, ID] = None
+    seq: Annotated[int | None, SEQ] = None
+    ts: Annotated[int | None, MS] = None
+    error: ErrorDetail | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data = Model.to_json(self)
+        for name in ("message_id", "seq", "ts", "error"):
+            if getattr(self, name) is None:
+                del data[name]
+        return data
+
+
+@dataclass(frozen=True, slots=True)
+class Forwarded(Model):
+    results: list[ForwardResult]
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,6 +10,7 @@ from typing import Any, TypeAlias
 
 from quart import Response
 
+from chatd.domain import replies
 from chatd.domain.media import MediaRecord
 from chatd.domain.models import (
     Body,
@@ -23,6 +24,7 @@ from chatd.domain.models import (
 )
 from chatd.domain.targets import Annotation
 from chatd.services.accounts import LoginResult
+from chatd.services.forwarding import ForwardOutcome
 from chatd.web import models
 from chatd.web.schema import Model
 
@@ -77,7 +79,31 @@ def message(entry: Message, note: Annotation | None = None) -> models.Message:
         entry.client_msg_id, entry.content_type, _json_body(body), entry.ts,
         [attachment(item) for item in entry.attachments] or None, entry.expires_at or None,
         reactions(note.reactions) if note is not None and note.reactions else None,
-        note.edited_at or None if note is not None else None)
+        note.edited_at or None if note is not None else None,
+        entry.reply_to or None, quote(entry.quote), list(entry.mentions) or None,
+        bool(entry.forwarded) or None, replies.is_forwarded_many(entry.forwarded) or None)
+
+
+def quote(data: dict[str, Any] | None) -> models.Quote | None:
+    """The quote the owner made (domain/replies.py quote_of) as the response model."""
+    if data is None:
+        return None
+    return models.Quote(int(data["sender_id"]), data["content_type"], data.get("text"),
+                        data.get("deleted"))
+
+
+def forwarded(outcomes: list[ForwardOutcome]) -> models.Forwarded:
+    results = []
+    for outcome in outcomes:
+        if outcome.result is not None:
+            sent = outcome.result
+            results.append(models.ForwardResult(outcome.conversation_id, sent.message_id,
+                                                sent.seq, sent.ts))
+        else:
+            assert outcome.error is not None
+            results.append(models.ForwardResult(outcome.conversation_id, error=models.ErrorDetail(
+                outcome.error.code, outcome.error.message)))
+    return models.Forwarded(results)
 
 
 def _json_body(body: Body) -> str | dict[str, Any]:

@@ -32,8 +32,30 @@ def register(api: Api, services: Services) -> None:
             content_type=body.content_type, body=payload,
             attachments=tuple(Attaching(item.media_id, item.thumbnail_media_id or 0)
                               for item in body.attachments or ()),
+            reply_to=body.reply_to or 0, mentions=body.mentions,
             address=client_address(request, services.proxies))
         return render.send_result(result), 201
+
+    @api.route("POST", "/messages/forward",
+               summary="Copy a message you can read into conversations you are in",
+               description=(
+                   "Up to 5 targets (400 invalid_field past that; one at a time, 400 "
+                   "forward_limited, for a message forwarded many times). The source must "
+                   "be readable by you (404 unknown_message otherwise, as for a deleted "
+                   "one; 409 not_forwardable for the server's own entries and for "
+                   "reactions, edits and pins). An edited message is copied as it reads "
+                   "now. Each copy is "
+                   "a send into its target, answered per target in the order given: a "
+                   "`seq` or an `error` (a target you are not in: unknown_conversation). "
+                   "Copies keep the content type, body and attachments (by reference) and "
+                   "carry `forwarded: true`, `forwarded_many: true` from the fifth hop."),
+               body=models.Forward, response=models.Forwarded, errors=(404, 409))
+    async def forward(session: Session, body: models.Forward) -> Reply:
+        outcomes = await services.forwarding.forward(
+            session, conversation_id=body.from_.conversation_id, seq=body.from_.seq,
+            targets=body.to, client_msg_id=body.client_msg_id,
+            address=client_address(request, services.proxies))
+        return render.forwarded(outcomes)
 
     @api.route("GET", "/messages/{conversation_id}/{seq}/status",
                summary="Delivered and read, per member, for one message (from the watermarks)",

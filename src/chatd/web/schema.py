@@ -293,7 +293,7 @@ class IdList(Kind):
                 for index, item in enumerate(value)]
 
     def dump(self, value: Any) -> list[str]:
-        return [str(item) for item in value]
+        return [] if value is None else [str(item) for item in value]
 
     def schema(self, limits: Limits) -> Schema:
         schema: Schema = {"type": "array", "items": self.id.schema(limits),
@@ -325,13 +325,20 @@ class Json(Kind):
 
 @dataclass(frozen=True, slots=True)
 class Nested(Kind):
-    """A model inside a model (output)."""
+    """A model inside a model (output; input too)."""
 
     model: type[Model]
 
     plain: ClassVar[bool] = False
 
-    def dump(self, value: Any) -> dict[str, Any]:
+    def parse(self, value: object, name: str, limits: Limits) -> Any:
+        if not isinstance(value, dict):
+            raise _type_error(name, "an object", value)
+        return self.model.parse(value, limits)
+
+    def dump(self, value: Any) -> dict[str, Any] | None:
+        if value is None:  # a nullable field left out (its model's to_json drops it)
+            return None
         model: Model = value
         return model.to_json()
 

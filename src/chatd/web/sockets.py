@@ -630,10 +630,13 @@ class LiveSockets:
             # pipelined sends keep their order.
             attached = await messaging.attach(session, frame.conversation_id,
                                               frame.attachments)
+            mentioned = await messaging.resolve_mentions(frame.content_type, frame.body,
+                                                         list(frame.mentions))
             pending = messaging.start_send(
                 session, conversation_id=frame.conversation_id,
                 client_msg_id=frame.client_msg_id, content_type=frame.content_type,
-                body=frame.body, attachments=attached, address=conn.address)
+                body=frame.body, attachments=attached, reply_to=frame.reply_to,
+                mentions=mentioned, address=conn.address)
             conn.inflight += 1
             pending.add_done_callback(partial(_answer_send, conn, frame.req))
         elif isinstance(frame, frames.AckFrame):
