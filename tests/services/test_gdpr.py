@@ -1,8 +1,10 @@
 """The erasure proven by a scan of the disk (issue 13's "done when"): a user with a unique
-marker in their handle, display name, status, message bodies (a direct chat and a group)
-and an uploaded file attached to a message is exported (the zip holds the marker), then
-erased, then the shard is compacted, and no file under the data directory holds the
-marker any more. The same scan before the erasure finds it, so the scan can fail."""
+marker in their handle, display name, status, message bodies (a direct chat and a
+group), an uploaded file attached to a message, the note and evidence of a report they
+filed and the server's copy of their text in a report against them is exported (the zip
+holds the marker), compacted into table files, then erased, then the shard is compacted
+again, and no file under the data directory holds the marker any more. The same scan
+before the erasure finds it, so the scan can fail."""
 
 from __future__ import annotations
 
@@ -49,7 +51,9 @@ async def test_after_erase_and_compaction_no_file_holds_the_marker(
         direct = await alice.direct_with(bob)
         group = await alice.group("plain group", bob, carol)
         await bob.send(direct, "hello alice")
-        assert (await alice.send(direct, f"direct {marker}")).status_code == 201
+        sent_direct = await alice.send(direct, f"direct {marker}")
+        assert sent_direct.status_code == 201
+        direct_seq = sent_direct.json()["seq"]
         assert (await alice.send(group, f"group {marker}")).status_code == 201
         media = await uploaded(alice, f"file body {marker}\n".encode() * 50, "text/plain",
                                f"{marker}.txt")
@@ -58,16 +62,31 @@ async def test_after_erase_and_compaction_no_file_holds_the_marker(
             "content_type": "text/plain", "body": "see attached",
             "attachments": [{"media_id": media["media_id"]}]})
         assert sent.status_code == 201, sent.text
-        await bob.send(group, "thanks")
+        thanks = (await bob.send(group, "thanks")).json()["seq"]
+        # A report alice filed: its note and evidence are her words. (A block has no
+        # note: a `blocks` row holds only when it was made; she blocks carol anyway.)
+        filed = await alice.post("/reports", {
+            "conversation_id": group, "seq": thanks, "reason": "other",
+            "note": f"note {marker}", "evidence": f"evidence {marker}"})
+        assert filed.status_code == 201, filed.text
+        assert (await alice.post(f"/blocks/{carol.user_id}")).status_code == 204
+        # A report against her: the server copies her message's text into it.
+        against = await bob.post("/reports", {"conversation_id": direct, "seq": direct_seq,
+                                              "reason": "spam"})
+        assert against.status_code == 201, against.text
 
         # The export holds the marker (in the files it made of the data).
         export_id = (await alice.post("/me/export")).json()["export_id"]
         zipped = await ready_export(alice, export_id)
         archive = zipfile.ZipFile(io.BytesIO(zipped.content))
         holding = {name for name in archive.namelist() if marker.encode() in archive.read(name)}
-        assert {"profile.json", "messages.json", "media.json"} <= holding
+        assert {"profile.json", "messages.json", "media.json", "reports.json"} <= holding
         assert any(name.startswith("media/") for name in holding)
 
+        # Into table files first (the purge flushes every memtable): an erasure must
+        # take the marker out of SST files too, not only out of the WAL and memtables,
+        # where an overwrite alone replaces it.
+        assert (await http.post("/admin/compact", headers=AS_ADMIN)).status_code == 204
         # The scan can fail: before the erasure it finds the marker.
         scanned_before, before = files_holding(data, marker.encode())
         assert before, "the scan found nothing before the erasure: it proves nothing"

@@ -280,3 +280,21 @@ async def test_a_range_that_failed_refuses_its_commands_and_holds_their_callback
     [callback] = gate.held["r1"]
     callback()
     assert published == ["kept", "lost"]
+
+
+async def test_a_cancelled_committer_fails_what_it_did_not_run(store: Store) -> None:
+    """Cancelled rather than closed (a task tree torn down), the committer tells every
+    command it never ran that it will not: their waiters (`submit` waits shielded) get
+    ShuttingDown instead of waiting for ever, and no command is taken after."""
+    committer = GroupCommitter(store)
+    with trio.fail_after(5):
+        async with trio.open_nursery() as nursery:
+            await nursery.start(committer.run)
+            # The committer is parked; cancelling aborts its wait at once, so the command
+            # queued after it is never run.
+            nursery.cancel_scope.cancel()
+            command = committer.enqueue(put_user(1))
+    assert command.finished and isinstance(command.error, ShuttingDown)
+    assert store.get(records.USERS, 1) is None
+    with pytest.raises(ShuttingDown):
+        committer.enqueue(put_user(2))

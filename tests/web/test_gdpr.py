@@ -5,17 +5,33 @@ sockets dead, uploads gone)."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
+import logging
+import os
 import zipfile
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
-from chatd.server import RunningServer
+from chatd.config import Config
+from chatd.domain.ids import direct_conversation_id
+from chatd.server import RunningServer, serve
+from chatd.storage import records
 from tests.conftest import ServerFactory
-from tests.helpers import PASSWORD, Account, ManualClock, assert_error, login, new_account
+from tests.helpers import (
+    PASSWORD,
+    Account,
+    ManualClock,
+    assert_error,
+    login,
+    make_config,
+    new_account,
+)
 from tests.media_files import png
 from tests.web.test_media import uploaded
 
@@ -187,3 +203,144 @@ async def test_after_erase_the_account_is_gone_and_its_handle_free(
     assert not server.services.gdpr.exports.path(export_id).exists()
     blob = server.services.media.blobs
     assert not [sha for sha, _ in blob.files()]  # type: ignore[attr-defined]
+
+
+async def test_a_shutdown_does_not_wait_for_an_export_being_written(
+        nursery: trio.Nursery, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """An export being written when the shard stops: the writer gives up at its next
+    chunk instead of finishing the zip (before, the stop waited for the whole write), and
+    after a restart nothing of it is left: no file, no record, 404."""
+    caplog.set_level(logging.INFO, logger="chatd.services.gdpr")
+    config = make_config(tmp_path / "data")
+    shutdown = trio.Event()
+    stopped = trio.Event()
+
+    async def run_until_stopped(task_status: trio.TaskStatus[RunningServer]) -> None:
+        await serve(config, shutdown=shutdown, task_status=task_status)
+        stopped.set()
+
+    running: RunningServer = await nursery.start(run_until_stopped)
+    exports = running.services.gdpr.exports.directory
+    async with httpx.AsyncClient(base_url=running.url, timeout=60) as http:
+        alice = await new_account(http)
+        # Random bytes do not compress: deflating 48 MiB keeps the writer busy for
+        # seconds, far longer than a stop may take.
+        await uploaded(alice, os.urandom(48 << 20), "application/octet-stream", "big.bin")
+        export_id = (await alice.post("/me/export")).json()["export_id"]
+        partial = exports / f"{export_id}.zip.tmp"
+        with trio.fail_after(30):
+            while not partial.exists():  # noqa: ASYNC110  # a file, not an event
+                await trio.sleep(0.01)
+    began = trio.current_time()
+    shutdown.set()
+    with trio.fail_after(10):
+        await stopped.wait()
+    took = trio.current_time() - began
+    assert took < 5.0, f"the shard took {took:.1f} s to stop"
+    assert f"export {export_id} stopped: the shard is stopping" in caplog.text
+    again: RunningServer = await nursery.start(partial_serve(config, trio.Event()))
+    async with httpx.AsyncClient(base_url=again.url, timeout=30) as http:
+        alice = await login(http, alice.handle)
+        assert_error(await alice.get(f"/me/export/{export_id}"), 404, "unknown_export")
+        assert again.services.gdpr.exports.find(export_id) is None
+        assert not [path.name for path in exports.iterdir()
+                    if path.name.startswith(export_id)]
+        # And the user can export again at once.
+        started = await alice.post("/me/export")
+        assert started.status_code == 202, started.text
+
+
+def partial_serve(config: Config, shutdown: trio.Event) -> Any:
+    return functools.partial(serve, config, shutdown=shutdown)
+
+
+async def test_the_export_holds_blocks_reports_and_privacy_settings(
+        http: httpx.AsyncClient) -> None:
+    alice, bob, carol = [await new_account(http) for _ in range(3)]
+    group = await bob.group("reported here", alice)
+    changed = await alice.patch("/me/privacy", {"last_seen": "contacts", "profile": "nobody",
+                                                "groups_add": "contacts"})
+    assert changed.status_code == 200, changed.text
+    assert (await alice.post(f"/blocks/{carol.user_id}")).status_code == 204
+    seq = (await bob.send(group, "buy cheap pills")).json()["seq"]
+    filed = await alice.post("/reports", {"conversation_id": group, "seq": seq,
+                                          "reason": "other", "note": "alice's note",
+                                          "evidence": "alice's evidence"})
+    assert filed.status_code == 201, filed.text
+    # A report against alice is not hers to see: bob's words about her stay out.
+    alice_seq = (await alice.send(group, "hello")).json()["seq"]
+    against = await bob.post("/reports", {"conversation_id": group, "seq": alice_seq,
+                                          "reason": "spam", "evidence": "bob's evidence"})
+    assert against.status_code == 201, against.text
+
+    archive = await exported(alice)
+    privacy = document(archive, "settings.json")["privacy"]
+    assert privacy == {"last_seen": "contacts", "profile": "nobody",
+                       "groups_add": "contacts", "read_receipts": True}
+    blocks = document(archive, "blocks.json")
+    assert [block["user_id"] for block in blocks] == [carol.user_id]
+    assert isinstance(blocks[0]["blocked_at"], int) and blocks[0]["blocked_at"] > 0
+    reports = document(archive, "reports.json")
+    assert [(r["report_id"], r["reported_user_id"], r["seq"], r["reason"], r["note"],
+             r["evidence"], r["status"]) for r in reports] == [
+        (filed.json()["report_id"], bob.user_id, seq, "other", "alice's note",
+         "alice's evidence", "open")]
+    assert b"bob's evidence" not in b"".join(archive.read(name)
+                                             for name in archive.namelist())
+    assert document(archive, "export.json")["reports_truncated"] is False
+    # Carol blocks nobody and filed nothing.
+    carol_archive = await exported(carol)
+    assert document(carol_archive, "blocks.json") == []
+    assert document(carol_archive, "reports.json") == []
+
+
+async def test_erase_drops_blocks_invites_reports_and_abuse_records(
+        server: RunningServer, http: httpx.AsyncClient) -> None:
+    alice, bob, carol, dave = [await new_account(http) for _ in range(4)]
+    me = int(alice.user_id)
+    store = server.services.store
+    # Alice blocks carol (a row at her home, a flag on their direct chat's owner).
+    assert (await alice.post(f"/blocks/{carol.user_id}")).status_code == 204
+    group = await bob.group("the group", alice)
+    # An invite to alice, pending: she only takes adds from contacts.
+    await alice.patch("/me/privacy", {"groups_add": "contacts"})
+    invited = await dave.group("dave's group", alice)
+    assert [i["conversation_id"] for i in (await alice.get("/invites")).json()["invites"]] \
+        == [invited]
+    # A report alice filed (its note and evidence are her words) and one against her.
+    bob_seq = (await bob.send(group, "spam spam")).json()["seq"]
+    filed = await alice.post("/reports", {"conversation_id": group, "seq": bob_seq,
+                                          "reason": "other", "note": "her note",
+                                          "evidence": "her evidence"})
+    assert filed.status_code == 201, filed.text
+    alice_seq = (await alice.send(group, "her words")).json()["seq"]
+    against = await bob.post("/reports", {"conversation_id": group, "seq": alice_seq,
+                                          "reason": "spam"})
+    assert against.status_code == 201, against.text
+    assert store.get(records.ABUSE, me) is not None  # the report against her counted
+    blocks_before = store.scan(records.BLOCKS, records.u64(me))
+    assert blocks_before
+
+    assert (await erase(alice)).json() == {"status": "erased"}
+
+    # Her block list and its flag are gone: carol may write to the erased account's
+    # direct chat as to any other (nobody reads it), and no row names her as blocker.
+    assert store.scan(records.BLOCKS, records.u64(me)) == []
+    state = store.get(records.DIRECT_STATES,
+                      direct_conversation_id(me, int(carol.user_id)))
+    assert state is None or me not in state.blocked_by
+    # The invite was declined: nothing of it left on the group's owner.
+    assert store.get(records.INVITES, (int(invited), me)) is None
+    assert store.scan(records.USER_INVITES, records.u64(me)) == []
+    # The report she filed stays for the moderators, without her words.
+    kept = [report for _, report in store.scan(records.REPORTS, b"")
+            if report.reporter_id == me]
+    assert [(r.report_id, r.note, r.evidence, r.message_text) for r in kept] == [
+        (int(filed.json()["report_id"]), "", "", "spam spam")]
+    # Reports against her (their copies of her text), her counters and queue row: gone.
+    assert [r for _, r in store.scan(records.REPORTS, b"") if r.reported_id == me] == []
+    assert store.scan(records.REPORT_DEDUP, records.u64(me)) == []
+    assert store.get(records.ABUSE, me) is None
+    assert store.get(records.ABUSE_QUEUE, me) is None
+    assert store.get(records.LAST_SEEN, me) is None
+    assert store.scan(records.DEVICES, records.u64(me)) == []

@@ -40,6 +40,10 @@ log = logging.getLogger(__name__)
 MAX_PAGE = 200
 #: About the most bytes of reports one page carries (a mesh frame holds 1 MiB).
 REPORT_PAGE_BYTES = 256 * 1024
+#: Reports one `reports_filed` call looks at (there is no index by reporter).
+FILED_SCAN = 20_000
+#: Records one erasure batch deletes at most.
+ERASE_STEP = 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +85,9 @@ class AbuseHome:
             "home.report_resolve": self._resolve_wire, "home.abuse_queue": self._queue_wire,
             "home.abuse_limit": self._limit_wire, "home.abuse_unlimit": self._unlimit_wire,
             "home.abuse_state": self._state_wire,
+            "home.reports_filed": self._reports_filed_wire,
+            "home.reports_strip_filed": self._strip_filed_wire,
+            "home.abuse_erase": self._erase_user_wire,
         }
         self.posts: dict[str, Callable[[dict[str, Any]], None]] = {
             "home.abuse_signal": self._signal_wire,
@@ -235,6 +242,101 @@ class AbuseHome:
         await self._commands.submit(apply)
         return self.account(user_id)
 
+    # -- export and erasure (services/gdpr.py) ----------------------------------------------
+
+    def reports_filed(self, reporter_id: int, after: tuple[int, int] | None
+                      ) -> tuple[list[Report], tuple[int, int] | None]:
+        """Reports kept here that `reporter_id` filed (against users homed here), from
+        the key after `after`; and the key to go on after (None: the end). Reports are
+        kept by the reported user, so there is no index by reporter: one call scans at
+        most FILED_SCAN reports and answers at most about REPORT_PAGE_BYTES, and the
+        caller pages on."""
+        found: list[Report] = []
+        size = scanned = 0
+        cursor = records.pair(*after) if after is not None else None
+        while scanned < FILED_SCAN:
+            rows = self._store.scan(records.REPORTS, b"", after=cursor, limit=1000)
+            if not rows:
+                return found, None
+            for key, report in rows:
+                scanned += 1
+                cursor = records.pair(*key)
+                if report.reporter_id == reporter_id:
+                    found.append(report)
+                    size += (len(report.evidence) + len(report.message_text)
+                             + len(report.note)) * 4 + 512
+                    if size > REPORT_PAGE_BYTES:
+                        return found, key
+        return found, records.read_pair(cursor) if cursor else None
+
+    async def strip_filed(self, reporter_id: int) -> int:
+        """The words of a reporter being erased leave the reports they filed here: the
+        note and the evidence are emptied. The report stays for the moderators (the
+        reason, the reported message's server copy, the reported user's score), its
+        reporter an id whose profile reads "deleted account". Returns how many changed."""
+        changed = 0
+        after: tuple[int, int] | None = None
+        while True:
+            found, after = self.reports_filed(reporter_id, after)
+            stripped = [dataclasses.replace(report, note="", evidence="")
+                        for report in found if report.note or report.evidence]
+            if stripped:
+                def apply(batch: Batch, stripped: list[Report] = stripped) -> None:
+                    for report in stripped:
+                        # As it is now (a moderator may have resolved it meanwhile).
+                        current = self._report(report.report_id)
+                        if current is not None:
+                            self._put_report(batch, dataclasses.replace(
+                                current, note="", evidence=""))
+                    # An overwrite is not a delete: the purge (storage/purge.py) must
+                    # compact the old versions, with their words, off the disk too.
+                    keys = {records.pair(status_code(report.status), report.report_id)
+                            for report in stripped}
+                    batch.after_commit.append(
+                        lambda: self._store.want_purge({records.REPORTS.name: keys}))
+
+                await self._commands.submit(apply)
+                changed += len(stripped)
+            if after is None:
+                return changed
+
+    async def erase_user(self, user_id: int) -> int:
+        """Everything kept here about a user homed here who is being erased: their
+        counters and limit, their row in the admin queue, the reports against them (which
+        hold copies of their messages' text) and those reports' dedup rows. The account
+        cannot act any more, so there is nothing left to moderate. Returns how many
+        reports went; idempotent."""
+        removed = 0
+        while True:
+            against: list[tuple[int, int]] = []
+            cursor: bytes | None = None
+            while len(against) < ERASE_STEP:
+                rows = self._store.scan(records.REPORTS, b"", after=cursor, limit=1000)
+                if not rows:
+                    break
+                against.extend(key for key, report in rows if report.reported_id == user_id)
+                cursor = records.pair(*rows[-1][0])
+            against = against[:ERASE_STEP]
+            dedup = [key for key, _ in self._store.scan(
+                records.REPORT_DEDUP, records.u64(user_id), limit=ERASE_STEP)]
+
+            def apply(batch: Batch, against: list[tuple[int, int]] = against,
+                      dedup: list[tuple[int, int, int, int]] = dedup) -> None:
+                for key in against:
+                    batch.delete(records.REPORTS, key)
+                    self._pending_reports.pop(key[1], None)
+                for dedup_key in dedup:
+                    batch.delete(records.REPORT_DEDUP, dedup_key)
+                    self._pending_dedup.pop(dedup_key, None)
+                batch.delete(records.ABUSE, user_id)
+                batch.delete(records.ABUSE_QUEUE, user_id)
+                self._pending.pop(user_id, None)
+
+            await self._commands.submit(apply)
+            removed += len(against)
+            if len(against) < ERASE_STEP and len(dedup) < ERASE_STEP:
+                return removed
+
     # -- records ----------------------------------------------------------------------------
 
     def _record(self, user_id: int) -> AbuseRecord:
@@ -309,6 +411,23 @@ class AbuseHome:
 
     async def _unlimit_wire(self, body: dict[str, Any]) -> Any:
         return state_to_wire(await self.unlimit(_int(body, "user_id"), _text(body, "note")))
+
+    def _reports_filed_wire(self, body: dict[str, Any]) -> Any:
+        after = body.get("after")
+        if after is not None and not (isinstance(after, list) and len(after) == 2 and all(
+                isinstance(part, int) and not isinstance(part, bool) and part >= 0
+                for part in after)):
+            raise BadRequest("after: expected [status, report_id] or nil")
+        found, next_after = self.reports_filed(
+            _int(body, "user_id"), (after[0], after[1]) if after is not None else None)
+        return {"reports": [report_to_wire(report) for report in found],
+                "after": list(next_after) if next_after is not None else None}
+
+    async def _strip_filed_wire(self, body: dict[str, Any]) -> Any:
+        return await self.strip_filed(_int(body, "user_id"))
+
+    async def _erase_user_wire(self, body: dict[str, Any]) -> Any:
+        return await self.erase_user(_int(body, "user_id"))
 
     def _state_wire(self, body: dict[str, Any]) -> Any:
         limitation = self.limitation(_int(body, "user_id"))

@@ -247,10 +247,17 @@ class AccountAdmin:
                         "photo_media_id": str(user.photo_media_id) if user.photo_media_id
                         else None},
             "settings": {"hide_last_seen": user.hide_last_seen,
-                         "read_receipts": user.read_receipts},
+                         "read_receipts": user.read_receipts,
+                         # The privacy settings (PATCH /me/privacy).
+                         "privacy": {"last_seen": user.last_seen_setting,
+                                     "profile": user.profile_visibility,
+                                     "groups_add": user.groups_add,
+                                     "read_receipts": user.read_receipts}},
             "devices": [{"device_id": str(device.device_id), "name": device.name,
                          "created_at": device.created_at} for device in devices],
             "last_seen": self._store.get(records.LAST_SEEN, user_id),
+            "blocks": [{"user_id": str(blocked), "blocked_at": at} for (_, blocked), at
+                       in self._store.scan(records.BLOCKS, records.u64(user_id))],
         }
 
 

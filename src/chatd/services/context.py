@@ -257,7 +257,8 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
                           clock=clock, shard_number=shard_number,
                           ttl_s=config.gdpr.export_ttl)
     gdpr = Gdpr(router=router, admin=account_admin, owner_api=owner_api, media=media,
-                exports=exports, config=config.gdpr, limits=config.limits,
+                exports=exports, blocks=blocks, abuse=abuse_home,
+                config=config.gdpr, limits=config.limits,
                 now_ms=clock.now_ms)
     rich = _rich_messages(config, store, router, owner, owner_api, commands, committer,
                           clock, deletions, requests, range_forgetters, ratelimits)

@@ -9,14 +9,19 @@ be guessed, and it is only ever served to its user (or the operator). One export
 at a time per user (409 `export_running`).
 
 Exports being made when the process stopped are removed at startup (`remove_leftovers`):
-the task making them is gone.
+the task making them is gone. A shutdown does not wait for an export being written: the
+writer (a worker thread) checks `stopping` between files and between chunks of a file,
+and gives up (`ExportStopped`); its partial files are removed then, or at the next start
+if the process died first.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,10 +29,12 @@ from typing import Any
 
 import trio
 
-from chatd.errors import Conflict, NotFound
+from chatd.errors import ChatdError, Conflict, NotFound
 from chatd.services.clock import Clock
 from chatd.services.commands import Commands
 from chatd.storage import Batch, Store, records
+
+log = logging.getLogger(__name__)
 
 #: An export id: the shard's number in 3 hex digits, then 32 hex digits (128 bits).
 EXPORT_ID_PATTERN = r"^[0-9a-f]{35}$"
@@ -51,6 +58,10 @@ class ExportRecord:
                 "size": self.size}
 
 
+class ExportStopped(Exception):
+    """The writer gave up: the shard is stopping."""
+
+
 def unknown_export(export_id: str) -> NotFound:
     return NotFound(f"no export {export_id} that you can see (exports are kept for a "
                     "limited time)", code="unknown_export")
@@ -67,6 +78,8 @@ class ExportStore:
         self._ttl_ms = int(ttl_s * 1000)
         #: Users with an export being made now (one at a time each).
         self._making: set[int] = set()
+        #: Set when the shard stops: writers (in worker threads) stop at their next check.
+        self.stopping = threading.Event()
 
     def path(self, export_id: str) -> Path:
         return self.directory / f"{export_id}.zip"
@@ -116,10 +129,16 @@ class ExportStore:
             raise
         return record
 
-    async def finish(self, record: ExportRecord, write: Callable[[Path], None]) -> None:
-        """Write the zip with `write(path)` in a worker thread (zip compression must not
-        stall the loop), under a temporary name, renamed into place once complete; then
-        mark the export ready. On failure the export is removed."""
+    def release(self, user_id: int) -> None:
+        """The user's export is no longer being made (finished, failed or stopped)."""
+        self._making.discard(user_id)
+
+    async def finish(self, record: ExportRecord,
+                     write: Callable[[Path, threading.Event], None]) -> None:
+        """Write the zip with `write(path, stopping)` in a worker thread (zip compression
+        must not stall the loop), under a temporary name, renamed into place once
+        complete; then mark the export ready. On failure the export is removed; `write`
+        raises ExportStopped once `stopping` is set."""
         try:
             await trio.to_thread.run_sync(self._write, record.export_id, write)
             size = self.path(record.export_id).stat().st_size
@@ -131,9 +150,8 @@ class ExportStore:
                 await self.delete([record.export_id])
             raise
         finally:
-            self._making.discard(record.user_id)
-            await trio.to_thread.run_sync(
-                partial_rmtree, self.scratch(record.export_id))
+            self.release(record.user_id)
+        await trio.to_thread.run_sync(partial_rmtree, self.scratch(record.export_id))
 
     def _put_if_present(self, batch: Batch, record: ExportRecord) -> None:
         # An erasure may have deleted the export while it was being written.
@@ -141,16 +159,18 @@ class ExportStore:
             raise unknown_export(record.export_id)
         batch.put(records.EXPORTS, record.export_id, record.to_record())
 
-    def _write(self, export_id: str, write: Callable[[Path], None]) -> None:
+    def _write(self, export_id: str, write: Callable[[Path, threading.Event], None]) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
         temporary = self.directory / f"{export_id}.zip.tmp"
-        write(temporary)
+        write(temporary, self.stopping)
         with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(temporary, self.path(export_id))
 
     async def delete(self, export_ids: list[str]) -> None:
-        """The exports' records, then their files."""
+        """The exports' records, then their files. When the records cannot be written
+        (the shard is stopping) the files go anyway; the records of unfinished exports,
+        and of finished ones whose file is gone, are dropped at the next start."""
         if not export_ids:
             return
 
@@ -158,11 +178,16 @@ class ExportStore:
             for export_id in export_ids:
                 batch.delete(records.EXPORTS, export_id)
 
-        await self._commands.submit(apply)
+        try:
+            await self._commands.submit(apply)
+        except ChatdError as exc:
+            log.warning("export records left for the next start: %s", exc.message)
         for export_id in export_ids:
             for path in (self.path(export_id), self.directory / f"{export_id}.zip.tmp"):
                 path.unlink(missing_ok=True)
-            await trio.to_thread.run_sync(partial_rmtree, self.scratch(export_id))
+            # Synchronous: this also runs while the shard stops (a worker thread could
+            # not be awaited then); a scratch directory is a handful of files.
+            partial_rmtree(self.scratch(export_id))
 
     async def delete_of(self, user_id: int) -> int:
         exports = [record.export_id for record in self.of_user(user_id)]
@@ -181,7 +206,7 @@ class ExportStore:
         """At startup: exports that were being made when the process stopped, and files
         no record names (a crash between the file and its record)."""
         unfinished = [export_id for export_id, data in self._store.scan(records.EXPORTS, b"")
-                      if not data.get("ready")]
+                      if not data.get("ready") or not self.path(export_id).exists()]
         await self.delete(unfinished)
         if not self.directory.is_dir():
             return

@@ -11,7 +11,13 @@ Where each part is (docs/privacy.md, "Export and erase"):
   erasure of their part of each (`EraseMember`);
 - every shard as a media shard: the uploads it took from the user (`gdpr.media_of`),
   dropped with their files on erasure (`gdpr.erase_local`, which also deletes the
-  user's exports kept there).
+  user's exports kept there and empties the note and evidence of the reports they filed
+  there);
+- every shard as the home of reported users: the reports the user filed
+  (`home.reports_filed`, paged: reports are kept by the reported user's home, with no
+  index by reporter); the user's own home: their block list (each block's flag is on
+  the pair's direct chat owner) and their abuse records and the reports against them
+  (`home.abuse_erase`); every owner: invites to the user (declined on erasure).
 
 An export is made by the shard that was asked (its id names that shard) in a background
 task: gathered here, async, from wherever the parts are, then written as a zip in a
@@ -26,6 +32,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -36,13 +43,17 @@ import trio
 
 from chatd.config import GdprConfig, LimitsConfig
 from chatd.domain import rules
+from chatd.domain.ids import direct_conversation_id
 from chatd.domain.media import MediaRecord
 from chatd.domain.models import Conversation, Device, Message, User
+from chatd.domain.reports import Report
 from chatd.errors import BadRequest, ChatdError, Unavailable
 from chatd.protocol import frames
 from chatd.protocol import owner as ops
+from chatd.services.abuse import AbuseHome, report_from_wire
 from chatd.services.account_admin import AccountAdmin, AccountState
-from chatd.services.exports import ExportRecord, ExportStore
+from chatd.services.blocks import BlockList
+from chatd.services.exports import ExportRecord, ExportStopped, ExportStore
 from chatd.services.media import Blob, MediaService
 from chatd.services.owner_api import PAGE_BYTES, OwnerApi
 from chatd.services.routing import Router
@@ -57,7 +68,10 @@ ERASE_WAIT = 20.0
 ERASE_FORWARD_TIMEOUT = ERASE_WAIT + 10.0
 #: The files of an export, in the order the zip holds them.
 EXPORT_FILES = ("export.json", "profile.json", "settings.json", "devices.json",
-                "conversations.json", "messages.json", "media.json")
+                "conversations.json", "messages.json", "media.json", "blocks.json",
+                "reports.json")
+#: Reports one export lists at most (those the user filed, gathered from every shard).
+EXPORT_MAX_REPORTS = 10_000
 
 
 @dataclass
@@ -69,13 +83,28 @@ class ExportContents:
     files: list[tuple[Path, str]] = field(default_factory=list)
 
 
-def write_zip(contents: ExportContents, path: Path) -> None:
-    """The zip, written in the caller's thread (a worker thread: compression is CPU)."""
+#: Bytes of a media file copied into the zip between two looks at `stopping`.
+_COPY_CHUNK = 1 << 20
+
+
+def write_zip(contents: ExportContents, path: Path,
+              stopping: threading.Event | None = None) -> None:
+    """The zip, written in the caller's thread (a worker thread: compression is CPU).
+    Gives up (ExportStopped) at the first look at `stopping` after it is set: between
+    files and between chunks of a file, so a shutdown waits for at most one chunk.
+    (`chatd admin` writes one offline, with nothing to stop it: no event.)"""
+    stopping = stopping or threading.Event()
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for name, document in contents.documents.items():
+            if stopping.is_set():
+                raise ExportStopped
             archive.writestr(name, json.dumps(document, indent=2, ensure_ascii=False))
         for source, name in contents.files:
-            archive.write(source, name)
+            with open(source, "rb") as reader, archive.open(name, "w") as writer:
+                while chunk := reader.read(_COPY_CHUNK):
+                    if stopping.is_set():
+                        raise ExportStopped
+                    writer.write(chunk)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,10 +123,12 @@ class AccountView:
 
 class Gdpr:
     def __init__(self, *, router: Router, admin: AccountAdmin, owner_api: OwnerApi,
-                 media: MediaService, exports: ExportStore, config: GdprConfig,
-                 limits: LimitsConfig, now_ms: Callable[[], int]) -> None:
+                 media: MediaService, exports: ExportStore, blocks: BlockList,
+                 abuse: AbuseHome, config: GdprConfig, limits: LimitsConfig,
+                 now_ms: Callable[[], int]) -> None:
         self._router = router
         self._admin = admin
+        self._abuse = abuse
         self._owner_api = owner_api
         self._media = media
         self.exports = exports
@@ -111,7 +142,10 @@ class Gdpr:
             "gdpr.media_of": self._media_of_request,
             "gdpr.erase_local": self._erase_local_request,
         }
-        self._handlers = {**admin.requests, **self.requests}
+        # The home's block lists and abuse records are reached through their own
+        # `home.*` requests (services/blocks.py, services/abuse.py).
+        self._handlers = {**blocks.requests, **abuse.requests, **admin.requests,
+                          **self.requests}
         #: Users whose erasure is being finished now (by a request or the sweeper).
         self._finishing: set[int] = set()
         self._nursery: trio.Nursery | None = None
@@ -139,7 +173,11 @@ class Gdpr:
                     await self.sweep()
                     await trio.sleep(self._config.sweep_interval)
             finally:
+                # Cancelled: the shard is stopping. An export being written gives up at
+                # its next look (services/exports.py), so the nursery does not wait for
+                # a large zip to be finished.
                 self._nursery = None
+                self.exports.stopping.set()
 
     async def sweep(self) -> None:
         for user_id in self._admin.erasing():
@@ -192,12 +230,18 @@ class Gdpr:
                 await self._media.unpin_photo(photo)
                 await self._admin.photo_released(user_id)
             # Uploads (and exports) first: their bytes are what a user most expects gone,
-            # and dropping them needs nothing of the conversations.
+            # and dropping them needs nothing of the conversations. Each shard also
+            # empties the notes and evidence of the reports the user filed there.
             for shard in self._router.shards:
                 await self._call(shard, "gdpr.erase_local", {"user_id": user_id},
                                  what="media")
+            await self._drop_blocks(user_id)
+            await self._decline_invites(user_id)
             for conversation in await self._conversations(user_id, strict=True):
                 await self._erase_member(conversation.conversation_id, user_id)
+            # Last of the home's records: the counters, the limit and the reports
+            # against the user (copies of their messages' text).
+            await self._at_home(user_id, "home.abuse_erase")
             await self._admin.finish_erase(user_id)
         except ChatdError as exc:
             log.warning("the erasure of user %d goes on later: %s", user_id, exc.message)
@@ -213,11 +257,51 @@ class Gdpr:
         its owner (`EraseMember`, services/deletion.py)."""
         await self._router.ask(ops.EraseMember(conversation_id, user_id))
 
+    async def _drop_blocks(self, user_id: int) -> None:
+        """The user's blocks go: an erased account can message nobody, so they protect
+        nothing any more. The flag on each direct chat's owner first, then the row at
+        home, so an interrupted erasure finds the rows still to do."""
+        for peer_id, _ in await self._at_home(user_id, "home.blocks"):
+            await self._router.ask(ops.SetBlock(direct_conversation_id(user_id, peer_id),
+                                                user_id, peer_id, False))
+            await self._at_home(user_id, "home.unblock", peer_id=peer_id)
+
+    async def _decline_invites(self, user_id: int) -> None:
+        """Invites to the user are declined on each group's owner (the invite and its
+        index row go); invites the user sent stay with the invitee, naming an id."""
+        for shard in self._router.shards:
+            query = ops.InvitesOf(0, user_id)
+            if self._router.is_local(shard):
+                invites = self._owner_api.invites_of(query)
+            else:
+                invites = await self._router.remote(shard, query).wait()
+            for conversation_id, *_ in invites:
+                await self._router.ask(ops.AnswerInvite(int(conversation_id), user_id,
+                                                        False))
+
     async def _erase_local_request(self, body: dict[str, Any]) -> Any:
         user_id = int_field(body, "user_id")
         uploads = await self._media.erase_uploads(user_id)
         exports = await self.exports.delete_of(user_id)
-        return {"uploads": uploads, "exports": exports}
+        reports = await self._abuse.strip_filed(user_id)
+        return {"uploads": uploads, "exports": exports, "reports_stripped": reports}
+
+    async def _reports_filed(self, user_id: int) -> tuple[list[Report], bool]:
+        """The reports the user filed, from every shard (each keeps those against the
+        users homed there), at most EXPORT_MAX_REPORTS (then True: cut short)."""
+        found: list[Report] = []
+        for shard in self._router.shards:
+            after: list[int] | None = None
+            while True:
+                answer = await self._call(shard, "home.reports_filed",
+                                          {"user_id": user_id, "after": after})
+                found.extend(report_from_wire(item) for item in answer["reports"])
+                if len(found) >= EXPORT_MAX_REPORTS:
+                    return found[:EXPORT_MAX_REPORTS], True
+                after = answer["after"]
+                if after is None:
+                    break
+        return found, False
 
     # -- what is where -----------------------------------------------------------------------
 
@@ -302,7 +386,10 @@ class Gdpr:
         scratch = self.exports.scratch(record.export_id)
         try:
             contents = await self.gather(record.user_id, scratch)
-            await self.exports.finish(record, lambda path: write_zip(contents, path))
+            await self.exports.finish(
+                record, lambda path, stopping: write_zip(contents, path, stopping))
+        except ExportStopped:
+            log.info("export %s stopped: the shard is stopping", record.export_id)
         except ChatdError as exc:
             # The export is removed (ExportStore.finish or here); the user asks again.
             log.warning("export %s failed: %s", record.export_id, exc.message)
@@ -312,6 +399,9 @@ class Gdpr:
             log.exception("export %s failed", record.export_id)
             with trio.CancelScope(shield=True):
                 await self.exports.delete([record.export_id])
+        finally:
+            # Whatever happened, the user may ask for another export now.
+            self.exports.release(record.user_id)
 
     async def gather(self, user_id: int, scratch: Path) -> ExportContents:
         """Everything of the user's, from every shard, as the export's documents; their
@@ -322,6 +412,7 @@ class Gdpr:
         conversations = await self._conversations(user_id, strict=True)
         messages, truncated = await self._messages(user_id, conversations)
         uploads, copied, skipped = await self._copy_uploads(user_id, scratch, contents)
+        reports, reports_truncated = await self._reports_filed(user_id)
         contents.documents = {
             "export.json": {
                 "user_id": str(user_id), "made_at": self._now_ms(),
@@ -331,13 +422,19 @@ class Gdpr:
                 "max_messages": self._config.export_max_messages,
                 "media_files_copied": copied, "media_files_left_out": skipped,
                 "max_media_bytes": self._config.export_max_media_bytes,
+                "reports_truncated": reports_truncated,
                 "about": "Everything chatd holds about this account. Ids are decimal "
                          "strings; times are ms since the Unix epoch. messages.json holds "
                          "the messages you sent (bodies as sent: text, or base64 for other "
-                         "content types); media/ holds the files you uploaded.",
+                         "content types); media/ holds the files you uploaded; "
+                         "blocks.json whom you block; reports.json the reports you "
+                         "filed (reports about you are not included: they hold other "
+                         "people's words and identities).",
             },
             "profile.json": home["profile"],
             "settings.json": {**home["settings"], "last_seen": home["last_seen"]},
+            "blocks.json": home["blocks"],
+            "reports.json": [_report_to_json(report) for report in reports],
             "devices.json": home["devices"],
             "conversations.json": [_conversation_to_json(conv, user_id)
                                    for conv in conversations],
@@ -401,6 +498,17 @@ class Gdpr:
                 skipped += 1
             listed.append({**upload, "file": name})
         return listed, copied, skipped
+
+
+def _report_to_json(report: Report) -> dict[str, Any]:
+    """A report the user filed, as they filed it, with where it stands. The copy of the
+    reported message's text is left out (the reported person's words, which the user saw
+    in the conversation), as is the moderators' note."""
+    return {"report_id": str(report.report_id), "reported_user_id": str(report.reported_id),
+            "conversation_id": str(report.conversation_id), "seq": report.seq or None,
+            "reason": report.reason, "note": report.note, "evidence": report.evidence,
+            "created_at": report.created_at, "status": report.status,
+            "resolved_at": report.resolved_at or None, "action": report.action or None}
 
 
 def _safe_name(filename: str) -> str:

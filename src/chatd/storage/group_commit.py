@@ -204,6 +204,12 @@ class GroupCommitter:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """The committer task. Returns after `close()` once every queued command is done."""
         task_status.started()
+        try:
+            await self._run()
+        finally:
+            self._fail_unfinished()
+
+    async def _run(self) -> None:
         while True:
             # (Batches wait for replicas at most the request deadline: a shipment is
             # answered or failed by then.)
@@ -227,6 +233,21 @@ class GroupCommitter:
             self._tell_batch_listeners()
             # Let producers woken by this batch queue their next commands.
             await trio.lowlevel.checkpoint()
+
+    def _fail_unfinished(self) -> None:
+        """After `run` ended. A graceful end (`close()`) leaves nothing; a cancelled one
+        (the shard's task tree torn down without closing) would leave the waiters of
+        queued and unreplicated commands waiting for ever, some of them shielded (a
+        cleanup that must land if it can): they are told now that it will not."""
+        self._closing = True
+        unfinished = list(self._queue)
+        self._queue.clear()
+        for written in self._awaiting:
+            unfinished.extend(written.taken)
+        self._awaiting.clear()
+        for pending in unfinished:
+            if not pending.finished:
+                pending.set_error(ShuttingDown("the committer stopped"))
 
     def _tell_batch_listeners(self) -> None:
         for listener in self._batch_listeners:

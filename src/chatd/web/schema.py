@@ -585,7 +585,8 @@ class Model:
                  "schema": field.kind.schema(limits)} for field in cls.fields()]
 
     def to_json(self) -> dict[str, Any]:
-        return {name: getattr(self, attribute) if kind is None
-                else kind.dump(getattr(self, attribute))
-                for name, kind, attribute in _dumpers(type(self))}
+        # None is JSON null whatever the kind (an optional id is not the string "None").
+        return {name: value if kind is None or value is None else kind.dump(value)
+                for name, kind, attribute in _dumpers(type(self))
+                for value in (getattr(self, attribute),)}
 
