@@ -26,12 +26,14 @@ from chatd.domain import abuse
 from chatd.domain.abuse import AbuseRecord, Score, Signal
 from chatd.domain.ids import SnowflakeGenerator
 from chatd.domain.reports import Report, check_action, status_code
-from chatd.errors import BadRequest, ChatdError, Conflict, NotFound
+from chatd.errors import BadRequest, Conflict, NotFound
 from chatd.pending import Pending
 from chatd.services.accounts import AccountService
 from chatd.services.clock import Clock
 from chatd.services.commands import Commands
-from chatd.services.routing import PEER_FAILURES, Router, unreachable
+from chatd.services.peer_bodies import int_field
+from chatd.services.peer_bodies import text_field as _text
+from chatd.services.routing import Router
 from chatd.storage import Batch, Store, records
 
 log = logging.getLogger(__name__)
@@ -490,27 +492,10 @@ def state_from_wire(data: Any) -> AccountState:
 
 
 def _int(body: dict[str, Any], name: str) -> int:
-    value = body.get(name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise BadRequest(f"{name}: expected a whole number")
-    return value
+    return int_field(body, name, minimum=0)
 
-
-def _text(body: dict[str, Any], name: str) -> str:
-    value = body.get(name)
-    if not isinstance(value, str):
-        raise BadRequest(f"{name}: expected a string")
-    return value
 
 
 async def ask_home(router: Router, shard: str, method: str, body: dict[str, Any]) -> Any:
     """A `home.*` request to `shard`; 503 home_unreachable when it does not answer."""
-    peers = router.peers
-    if peers is None or not peers.is_up(shard):
-        raise unreachable(shard, "home")
-    try:
-        return await peers.start_request(shard, method, body).wait()
-    except ChatdError as exc:
-        if exc.code in PEER_FAILURES:
-            raise unreachable(shard, "home") from None
-        raise
+    return await router.ask_peer(shard, method, body, what="home")

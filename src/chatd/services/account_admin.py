@@ -26,7 +26,7 @@ from chatd.errors import Forbidden, NotFound, Unauthorized
 from chatd.services.accounts import AccountService
 from chatd.services.clock import Clock
 from chatd.services.commands import Commands
-from chatd.services.shard_calls import int_field
+from chatd.services.peer_bodies import int_field
 from chatd.services.users import device_to_wire, user_to_wire
 from chatd.storage import Batch, Store, records
 

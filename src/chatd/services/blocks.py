@@ -20,10 +20,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from chatd.errors import BadRequest
 from chatd.services.accounts import AccountService
 from chatd.services.clock import Clock
 from chatd.services.commands import Commands
+from chatd.services.peer_bodies import ids_field as _ids
+from chatd.services.peer_bodies import int_field as _id
 from chatd.storage import Batch, Store, records
 
 #: Users whose block lists are kept in memory (cleared past this).
@@ -111,17 +112,3 @@ class BlockList:
         last_seen: int | None = self._store.get(records.LAST_SEEN, _id(body, "user_id"))
         return last_seen
 
-
-def _id(body: dict[str, Any], name: str) -> int:
-    value = body.get(name)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise BadRequest(f"{name}: expected an id")
-    return value
-
-
-def _ids(body: dict[str, Any], name: str) -> list[int]:
-    value = body.get(name)
-    if not isinstance(value, list) or not all(
-            isinstance(item, int) and not isinstance(item, bool) for item in value):
-        raise BadRequest(f"{name}: expected a list of ids")
-    return value

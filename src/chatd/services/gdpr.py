@@ -56,8 +56,9 @@ from chatd.services.blocks import BlockList
 from chatd.services.exports import ExportRecord, ExportStopped, ExportStore
 from chatd.services.media import Blob, MediaService
 from chatd.services.owner_api import PAGE_BYTES, OwnerApi
+from chatd.services.peer_bodies import int_field
 from chatd.services.routing import Router
-from chatd.services.shard_calls import call, int_field
+from chatd.services.shard_calls import call
 from chatd.services.users import device_from_wire, user_from_wire
 
 log = logging.getLogger(__name__)

@@ -57,7 +57,8 @@ from chatd.errors import (
 from chatd.services import thumbnails
 from chatd.services.clock import Clock
 from chatd.services.commands import Commands
-from chatd.services.routing import PEER_FAILURES, Router, unreachable
+from chatd.services.peer_bodies import int_field as _int
+from chatd.services.routing import Router, unreachable
 from chatd.storage import Batch, Store, records
 from chatd.storage.blobs import (
     BlobStore,
@@ -347,15 +348,7 @@ class MediaService:
         return self._router.is_local(self.shard_of(media_id))
 
     async def _ask(self, shard: str, method: str, body: dict[str, Any]) -> Any:
-        peers = self._router.peers
-        if peers is None or not peers.is_up(shard):
-            raise unreachable(shard, "media")
-        try:
-            return await peers.start_request(shard, method, body).wait()
-        except ChatdError as exc:
-            if exc.code in PEER_FAILURES:
-                raise unreachable(shard, "media") from None
-            raise
+        return await self._router.ask_peer(shard, method, body, what="media")
 
     # -- access ---------------------------------------------------------------------------
 
@@ -966,10 +959,3 @@ def _carried(attachments: tuple[dict[str, Any], ...]) -> list[int]:
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _int(body: dict[str, Any], key: str) -> int:
-    value = body.get(key)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise BadRequest(f"{key}: an integer", code="malformed_command")
-    return value

@@ -125,6 +125,20 @@ class Router:
         elif self.peers is not None:
             self.peers.post(shard, command.METHOD, command.to_wire())
 
+    async def ask_peer(self, shard: str, method: str, body: Any, *, what: str,
+                       timeout: float | None = None) -> Any:  # noqa: ASYNC109  # the request's deadline, sent to the peer
+        """A mesh request to `shard` (a user's home, a media's shard, …): its answer, or
+        503 `<what>_unreachable` when the peer is down or does not answer in time."""
+        peers = self.peers
+        if peers is None or not peers.is_up(shard):
+            raise unreachable(shard, what)
+        try:
+            return await peers.start_request(shard, method, body, timeout=timeout).wait()
+        except ChatdError as exc:
+            if exc.code in PEER_FAILURES:
+                raise unreachable(shard, what) from None
+            raise
+
     def remote(self, shard: str, command: ops.OwnerCommand) -> Pending[Any]:
         """Run `command` on `shard` over the mesh, whoever owns the conversation (used
         to ask every shard, `ConversationsOf`)."""

@@ -13,8 +13,7 @@ import inspect
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from chatd.errors import BadRequest, ChatdError
-from chatd.services.routing import PEER_FAILURES, Router, unreachable
+from chatd.services.routing import Router
 
 Handler = Callable[[dict[str, Any]], Any]
 
@@ -29,19 +28,4 @@ async def call(router: Router, handlers: Mapping[str, Handler], shard: str, meth
         if inspect.isawaitable(result):
             result = await result
         return result
-    peers = router.peers
-    if peers is None or not peers.is_up(shard):
-        raise unreachable(shard, what)
-    try:
-        return await peers.start_request(shard, method, body, timeout=timeout).wait()
-    except ChatdError as exc:
-        if exc.code in PEER_FAILURES:
-            raise unreachable(shard, what) from None
-        raise
-
-
-def int_field(body: dict[str, Any], name: str) -> int:
-    value = body.get(name)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise BadRequest(f"{name}: expected an integer", code="malformed_command")
-    return value
+    return await router.ask_peer(shard, method, body, what=what, timeout=timeout)

@@ -25,7 +25,11 @@ from chatd.domain import rules
 from chatd.domain.models import Device, Session, User
 from chatd.errors import BadRequest, ChatdError
 from chatd.services.accounts import TOKEN_PREFIX, AccountService, LoginResult
-from chatd.services.routing import PEER_FAILURES, Router, unreachable
+from chatd.services.peer_bodies import ids_field as _ids
+from chatd.services.peer_bodies import int_field as _int
+from chatd.services.peer_bodies import optional_field as _optional
+from chatd.services.peer_bodies import text_field as _str
+from chatd.services.routing import Router
 
 #: Seconds a forwarded registration or login may take at the home: a password hash waits
 #: its turn there (auth.hash_concurrency), and giving up early would leave an account or
@@ -76,15 +80,7 @@ class Users:
 
     async def _ask(self, shard: str, method: str, body: dict[str, Any], *,
                    timeout: float | None = None) -> Any:  # noqa: ASYNC109  # the request's deadline, sent to the peer
-        peers = self._router.peers
-        if peers is None or not peers.is_up(shard):
-            raise unreachable(shard, "home")
-        try:
-            return await peers.start_request(shard, method, body, timeout=timeout).wait()
-        except ChatdError as exc:
-            if exc.code in PEER_FAILURES:
-                raise unreachable(shard, "home") from None
-            raise
+        return await self._router.ask_peer(shard, method, body, what="home", timeout=timeout)
 
     # -- registration, login, tokens ----------------------------------------------------------
 
@@ -252,33 +248,8 @@ def device_from_wire(data: Any) -> Device:
     return Device(user_id, device_id, name, created_at, b"")
 
 
-def _int(body: dict[str, Any], name: str) -> int:
-    value = body.get(name)
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise BadRequest(f"{name}: expected an id")
-    return value
 
 
-def _str(body: dict[str, Any], name: str) -> str:
-    value = body.get(name)
-    if not isinstance(value, str):
-        raise BadRequest(f"{name}: expected a string")
-    return value
-
-
-def _optional(body: dict[str, Any], name: str, kind: type) -> Any:
-    value = body.get(name)
-    if value is not None and not isinstance(value, kind):
-        raise BadRequest(f"{name}: wrong type")
-    return value
-
-
-def _ids(body: dict[str, Any], name: str) -> list[int]:
-    value = body.get(name)
-    if not isinstance(value, list) or not all(
-            isinstance(item, int) and not isinstance(item, bool) for item in value):
-        raise BadRequest(f"{name}: expected a list of ids")
-    return value
 
 
 class HomeApi:
