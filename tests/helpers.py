@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import trio
 
+from chatd.client import ChatClient, LiveConnection
 from chatd.config import AuthConfig, Config, RateLimitsConfig, ServerConfig, StorageConfig
 
 PASSWORD = "correct horse battery"
@@ -228,3 +229,20 @@ class ManualClock:
 
     def now_ms(self) -> int:
         return self.now
+
+
+@asynccontextmanager
+async def live(url: str, account: Account) -> AsyncIterator[LiveConnection]:
+    """`account`'s WebSocket to the server at `url`, through the Python client."""
+    async with ChatClient(url, token=account.token) as client, \
+            client.connect() as connection:
+        yield connection
+
+
+async def next_of(connection: LiveConnection, kind: str) -> dict[str, Any]:
+    """The next event of type `kind` (others are skipped), within 5 s."""
+    with trio.fail_after(5):
+        while True:
+            event: dict[str, Any] = await connection.next_event()
+            if event["type"] == kind:
+                return event

@@ -4,37 +4,19 @@ WebSocket): who may, what members see live and in history, what storage keeps.""
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
 import trio
 
-from chatd.client import ChatClient, LiveConnection
 from chatd.domain.rules import DELETED_CONTENT_TYPE
 from chatd.protocol import owner as ops
 from chatd.server import RunningServer
 from chatd.storage import records
 from tests.conftest import ServerFactory
-from tests.helpers import Account, ManualClock, assert_error, login, new_account
+from tests.helpers import Account, ManualClock, assert_error, live, login, new_account, next_of
 
 WINDOW_S = 172_800
-
-
-@asynccontextmanager
-async def live(server: RunningServer, account: Account) -> AsyncIterator[LiveConnection]:
-    async with ChatClient(server.url, token=account.token) as client, \
-            client.connect() as connection:
-        yield connection
-
-
-async def next_of(connection: LiveConnection, kind: str) -> dict[str, Any]:
-    with trio.fail_after(5):
-        while True:
-            event = await connection.next_event()
-            if event["type"] == kind:
-                return event
 
 
 async def history(account: Account, conversation_id: str) -> dict[int, dict[str, Any]]:
@@ -79,7 +61,7 @@ async def test_the_sender_deletes_for_everyone_within_the_window(
         assert store.get(records.MEDIA_REFS, (conversation_id, media_id)) is not None
         assert (await bob.http.get(media["url"], headers=bob.headers)).status_code == 200
 
-        async with live(server, bob) as bobs_socket:
+        async with live(server.url, bob) as bobs_socket:
             assert (await delete(alice, conversation, seq)).status_code == 204
             seen: dict[str, dict[str, Any]] = {}
             with trio.fail_after(5):
@@ -148,8 +130,8 @@ async def test_delete_for_me_hides_it_on_my_devices_only(start_server: ServerFac
         conversation = await alice.direct_with(bob)
         hidden = (await bob.send(conversation, "hide me")).json()["seq"]
         kept = (await bob.send(conversation, "keep me")).json()["seq"]
-        async with live(server, alice) as phone, live(server, alice_tablet) as tablet, \
-                live(server, bob) as bobs:
+        async with live(server.url, alice) as phone, live(server.url, alice_tablet) as tablet, \
+                live(server.url, bob) as bobs:
             assert (await delete(alice, conversation, hidden, "me")).status_code == 204
             for socket in (phone, tablet):
                 event = await next_of(socket, "message_hidden")

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 
 import httpx
@@ -17,18 +15,10 @@ import trio
 from chatd.client import ChatClient, LiveConnection
 from chatd.domain.rules import DELETED_CONTENT_TYPE
 from chatd.protocol import frames
-from chatd.server import RunningServer
 from tests.conftest import ServerFactory
-from tests.helpers import Account, assert_error, login, new_account
+from tests.helpers import Account, assert_error, live, login, new_account
 from tests.web.test_compact import ADMIN, compact, files_holding
 from tests.web.test_gdpr import document, exported
-
-
-@asynccontextmanager
-async def live(server: RunningServer, account: Account) -> AsyncIterator[LiveConnection]:
-    async with ChatClient(server.url, token=account.token) as client, \
-            client.connect() as connection:
-        yield connection
 
 
 async def next_message(connection: LiveConnection, seq: int = 0) -> dict[str, Any]:
@@ -71,7 +61,7 @@ async def test_a_reply_carries_a_short_quote_live_and_in_history(
         conversation = await alice.direct_with(bob)
         long_text = "é" + "x" * 98 + "yz-tail"  # 106 characters, 107 bytes of UTF-8
         target = await sent_seq(alice, conversation, long_text)
-        async with live(server, alice) as connection:
+        async with live(server.url, alice) as connection:
             reply = await sent_seq(bob, conversation, "agreed", reply_to=target)
             frame = await next_message(connection, reply)
         quote = {"sender_id": alice.user_id, "content_type": "text/plain",
@@ -132,7 +122,7 @@ async def test_a_reply_needs_a_message_the_sender_can_read(start_server: ServerF
         # Nothing refused was written: seqs stay dense.
         assert sorted(await history(alice, group)) == list(range(1, plain + 1))
 
-        async with live(server, carol) as connection:
+        async with live(server.url, carol) as connection:
             await connection.send_frame(frames.send_request("r1", group, "w1", "re",
                                                             reply_to=early))
             await connection.send_frame({**frames.send_request("r2", group, "w2", "re"),
@@ -195,7 +185,7 @@ async def test_mentions_are_resolved_against_the_members(start_server: ServerFac
         text = (f"hi @{bob.handle.upper()}, thanks @{carol.handle}. and @{dave.handle} "
                 f"and @nobody_{uuid.uuid4().hex[:8]} and @{alice.handle} and "
                 f"mail@{bob.handle} and @{bob.handle} again")
-        async with live(server, bob) as connection:
+        async with live(server.url, bob) as connection:
             seq = await sent_seq(alice, group, text)
             frame = await next_message(connection, seq)
         # Members only (not dave, who is not in the group; not the sender), in order,
@@ -214,7 +204,7 @@ async def test_mentions_are_resolved_against_the_members(start_server: ServerFac
         assert (await history(bob, group))[response.json()["seq"]]["mentions"] == [
             carol.user_id]
         # Explicit and parsed together, over WebSocket.
-        async with live(server, alice) as connection:
+        async with live(server.url, alice) as connection:
             sent = await connection.send(group, f"@{carol.handle} see this",
                                          mentions=[bob.user_id])
         assert (await history(bob, group))[sent["seq"]]["mentions"] == [
@@ -234,7 +224,7 @@ async def test_mentions_are_bounded_and_checked(start_server: ServerFactory) -> 
                      "invalid_field")
         assert_error(await send(alice, conversation, "x", mentions=["nope"]), 400)
         assert_error(await send(alice, conversation, "x", mentions=bob.user_id), 400)
-        async with live(server, alice) as connection:
+        async with live(server.url, alice) as connection:
             await connection.send_frame({**frames.send_request("r1", conversation, "w1",
                                                                "x"), "mentions": too_many})
             with trio.fail_after(5):
@@ -276,14 +266,14 @@ async def test_catch_up_after_a_reconnect_delivers_replies_in_log_order(
         conversation = await alice.direct_with(bob)
         bob_phone = await login(http, bob.handle, "phone")
         first = await sent_seq(alice, conversation, "first")
-        async with live(server, bob_phone) as connection:
+        async with live(server.url, bob_phone) as connection:
             seen = await next_message(connection)
             assert seen["seq"] == first
             await connection.ack(conversation, first)
         sent = [await sent_seq(alice, conversation, "second", reply_to=first),
                 await sent_seq(alice, conversation, f"@{bob.handle} third")]
         sent.append(await sent_seq(alice, conversation, "fourth", reply_to=sent[0]))
-        async with live(server, bob_phone) as connection:
+        async with live(server.url, bob_phone) as connection:
             got = [await next_message(connection) for _ in sent]
         assert [message["seq"] for message in got] == sent
         assert got[0]["quote"]["text"] == "first"
@@ -318,7 +308,7 @@ async def test_a_quote_shows_the_latest_text_of_an_edited_message(
         edited = await alice.post(f"/messages/{conversation}/{target}/edit",
                                   {"body": "meet at 9"})
         assert edited.status_code == 200, edited.text
-        async with live(server, alice) as connection:
+        async with live(server.url, alice) as connection:
             reply = await sent_seq(bob, conversation, "ok", reply_to=target)
             frame = await next_message(connection, reply)
         assert frame["quote"]["text"] == "meet at 9"

@@ -6,39 +6,20 @@ from __future__ import annotations
 
 import base64
 import uuid
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
 import httpx
-import trio
 
-from chatd.client import ChatClient, LiveConnection
+from chatd.client import LiveConnection
 from chatd.protocol import frames
 from chatd.protocol import owner as ops
-from chatd.server import RunningServer
 from chatd.storage import records
 from tests.conftest import ServerFactory
-from tests.helpers import Account, ManualClock, assert_error, login, new_account
+from tests.helpers import Account, ManualClock, assert_error, live, login, new_account, next_of
 from tests.web.test_compact import ADMIN, compact, files_holding
 
 THUMBS, HEART = "👍", "❤️"
-
-
-@asynccontextmanager
-async def live(server: RunningServer, account: Account) -> AsyncIterator[LiveConnection]:
-    async with ChatClient(server.url, token=account.token) as client, \
-            client.connect() as connection:
-        yield connection
-
-
-async def next_of(connection: LiveConnection, kind: str) -> dict[str, Any]:
-    with trio.fail_after(5):
-        while True:
-            event = await connection.next_event()
-            if event["type"] == kind:
-                return event
 
 
 async def next_entry(connection: LiveConnection, content_type: str) -> dict[str, Any]:
@@ -152,7 +133,7 @@ async def test_the_react_frame_and_live_changes(start_server: ServerFactory) -> 
         alice, bob = await new_account(http), await new_account(http)
         direct = await alice.direct_with(bob)
         seq = (await alice.send(direct, "hello")).json()["seq"]
-        async with live(server, alice) as alices, live(server, bob) as bobs:
+        async with live(server.url, alice) as alices, live(server.url, bob) as bobs:
             await bobs.send_frame(frames.react_request(direct, seq, THUMBS, req="r1"))
             assert (await next_of(bobs, "ok"))["req"] == "r1"
             change = await next_entry(alices, "chatd/reaction")
@@ -313,7 +294,7 @@ async def test_catch_up_delivers_reactions_and_edits_in_log_order(
         alice, bob = await new_account(http), await new_account(http)
         bob_phone = await login(http, bob.handle, "phone")
         direct = await alice.direct_with(bob)
-        async with live(server, bob_phone) as socket:
+        async with live(server.url, bob_phone) as socket:
             first = (await alice.send(direct, "first")).json()["seq"]
             message = (await next_of(socket, "message"))["message"]
             await socket.ack(direct, message["seq"])
@@ -323,7 +304,7 @@ async def test_catch_up_delivers_reactions_and_edits_in_log_order(
         assert (await edit(alice, direct, first, "first, edited")).status_code == 200
         second = (await alice.send(direct, "second")).json()["seq"]
         assert (await react(alice, direct, second, HEART)).status_code == 200
-        async with live(server, bob_phone) as socket:
+        async with live(server.url, bob_phone) as socket:
             caught = [(await next_of(socket, "message"))["message"] for _ in range(4)]
         assert [(m["content_type"], m["body"]) for m in caught] == [
             ("chatd/reaction", {"target": first, "emoji": THUMBS,
@@ -452,7 +433,7 @@ async def test_reactions_edits_and_pins_take_from_the_messages_bucket(
         refused = await react(alice, direct, seq, HEART)
         assert_error(refused, 429, "rate_limited")
         assert int(refused.headers["Retry-After"]) > 0
-        async with live(server, alice) as socket:
+        async with live(server.url, alice) as socket:
             await socket.send_frame(frames.react_request(direct, seq, HEART, req="r1"))
             error = await next_of(socket, "error")
             assert (error["req"], error["code"]) == ("r1", "rate_limited")
