@@ -7,14 +7,25 @@ import uuid
 from typing import Any
 
 import httpx
+import pytest
 import trio
 
 from chatd.domain.rules import DELETED_CONTENT_TYPE
 from chatd.protocol import owner as ops
 from chatd.server import RunningServer
+from chatd.services import owner_api as owner_api_module
 from chatd.storage import records
 from tests.conftest import ServerFactory
-from tests.helpers import Account, ManualClock, assert_error, live, login, new_account, next_of
+from tests.helpers import (
+    UNLIMITED_SENDS,
+    Account,
+    ManualClock,
+    assert_error,
+    live,
+    login,
+    new_account,
+    next_of,
+)
 
 WINDOW_S = 172_800
 
@@ -120,6 +131,39 @@ async def test_who_may_delete_for_everyone(start_server: ServerFactory) -> None:
         assert (await history(carol, group))[second]["body"] == "bob's second"
         assert_error(await bob.post(f"/messages/{group}/{second}/delete", {"for": "all"}),
                      400, "bad_request")
+
+
+async def test_a_long_hidden_run_is_skipped_in_bounded_steps(
+        start_server: ServerFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A page (and a catch-up read) over entries the reader hid skips at most
+    HIDDEN_SKIP of them, then answers with a tombstone of the last one read, to page on
+    from: a hidden run of any length costs the owner's loop a bounded read."""
+    monkeypatch.setattr(owner_api_module, "HIDDEN_SKIP", 4)
+    server = await start_server(ratelimits=UNLIMITED_SENDS)
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        alice, bob = await new_account(http), await new_account(http)
+        conversation = await alice.direct_with(bob)
+        first = (await bob.send(conversation, "first")).json()["seq"]
+        run = [(await bob.send(conversation, f"hidden {n}")).json()["seq"] for n in range(9)]
+        for seq in run:
+            assert (await delete(alice, conversation, seq, "me")).status_code == 204
+        # Newest first, one at a time: tombstones every 4 hidden entries, then "first".
+        seen, before = [], None
+        while True:
+            params = {"limit": 1, **({"before": before} if before else {})}
+            page = (await alice.get(f"/messages/{conversation}", params=params)).json()
+            seen += [(m["seq"], m["content_type"]) for m in page["messages"]]
+            if not page["has_more"]:
+                break
+            before = page["messages"][0]["seq"]
+        assert seen[:3] == [(run[5], DELETED_CONTENT_TYPE), (run[1], DELETED_CONTENT_TYPE),
+                            (first, "text/plain")]
+        # Catch-up likewise: it moves on by a tombstone, never answers empty below the head.
+        read_log = server.services.owner_api.read_log
+        rows, head = read_log(ops.ReadLog(int(conversation), int(alice.user_id), first, 2,
+                                          1 << 20))
+        assert [(row.seq, row.content_type) for row in rows] == [(run[3], "chatd/deleted")]
+        assert head == run[-1]
 
 
 async def test_delete_for_me_hides_it_on_my_devices_only(start_server: ServerFactory) -> None:

@@ -159,6 +159,32 @@ async def test_group_add_counts_users_added(start_server: ServerFactory) -> None
         assert_limited(response, "group_add", about=720)
 
 
+async def test_deletes_and_timer_changes_take_the_messages_bucket(
+        start_server: ServerFactory) -> None:
+    """Each writes into the conversation as a message does (a tombstone and an entry, a
+    hidden row, a system entry): unlimited, one client could keep the owner's committer
+    busy, or hide an unbounded run."""
+    server = await limited(start_server, messages_per_account="3/1h")
+    async with client(server) as http:
+        alice, bob = await new_account(http), await new_account(http)
+        chat = await alice.direct_with(bob)
+        seq = (await send(bob, chat)).json()["seq"]
+        assert (await alice.post(f"/messages/{chat}/{seq}/delete", {"for": "me"})
+                ).status_code == 204
+        assert (await alice.patch(f"/conversations/{chat}", {"disappearing_s": 86_400})
+                ).status_code == 200
+        mine = (await send(alice, chat)).json()["seq"]
+        assert_limited(await alice.post(f"/messages/{chat}/{mine}/delete",
+                                        {"for": "everyone"}), "messages", about=1200)
+        assert_limited(await alice.patch(f"/conversations/{chat}", {"disappearing_s": 0}),
+                       "messages", about=1200)
+        # Nothing refused was done.
+        last = (await bob.get(f"/messages/{chat}")).json()["messages"][-1]
+        assert (last["seq"], last["content_type"]) == (mine, "text/plain")
+        view = (await bob.get(f"/conversations/{chat}")).json()
+        assert view["disappearing_s"] == 86_400
+
+
 async def test_handle_lookup_found_or_not(start_server: ServerFactory) -> None:
     server = await limited(start_server, handle_lookup_per_account="3/15m")
     async with client(server) as http:

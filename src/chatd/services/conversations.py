@@ -165,9 +165,12 @@ class ConversationService:
 
     async def set_disappearing(self, session: Session, conversation_id: int,
                                disappearing_s: int | None,
-                               anyone_sets_timer: bool | None) -> Conversation:
+                               anyone_sets_timer: bool | None,
+                               address: str | None = None) -> Conversation:
         """Set the disappearing-messages timer and/or (groups) who may change it; None
-        leaves either as it is."""
+        leaves either as it is. Each change is an entry in the log: the `messages`
+        bucket, as a message."""
+        self._ratelimits.take("messages", account=session.user_id, address=address)
         conv: Conversation = await self._router.ask(ops.SetDisappearing(
             conversation_id, session.user_id,
             -1 if disappearing_s is None else disappearing_s,

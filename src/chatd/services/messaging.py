@@ -173,11 +173,13 @@ class MessagingService:
         return page
 
     async def delete_message(self, session: Session, conversation_id: int, seq: int, *,
-                             for_everyone: bool) -> None:
+                             for_everyone: bool, address: str | None = None) -> None:
         """Delete an entry for everyone, or hide it from the caller (services/deletion.py,
-        on the owner)."""
+        on the owner). Each writes to the conversation as a message does (a tombstone and
+        an entry, or a hidden row): the `messages` bucket."""
         if seq < 0:
             raise BadRequest("seq: must not be negative", code="invalid_field")
+        self._ratelimits.take("messages", account=session.user_id, address=address)
         await self._router.ask(ops.DeleteMessage(conversation_id, session.user_id, seq,
                                                  for_everyone))
 

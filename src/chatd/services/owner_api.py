@@ -128,6 +128,7 @@ class OwnerApi:
         # Entries written but not yet acknowledged (on their way to the replica) are on
         # this disk already; nobody may see them before their sender is answered.
         before = conv.head_seq + 1 if before is None else min(before, conv.head_seq + 1)
+        skipped = 0
         while True:
             page = self._history_page(query, floor, before, limit, newest_first)
             if self.deletions is None:
@@ -143,11 +144,17 @@ class OwnerApi:
                     query.max_bytes, newest_first)
             # Every entry of the page was hidden by this user ("delete for me"): an
             # empty page that says there is more would leave the client nowhere to page
-            # from, so read on.
+            # from, so read on, but not without bound (a user can hide a long run, and
+            # this runs on the owner's loop): past HIDDEN_SKIP entries the last one read
+            # is given as what it is to this user, a tombstone, to page on from.
+            edge = page.messages[0] if newest_first else page.messages[-1]
+            skipped += len(page.messages)
+            if skipped >= HIDDEN_SKIP:
+                return HistoryPage([deletion.tombstone_of(edge)], has_more=True)
             if newest_first:
-                before = page.messages[0].seq
+                before = edge.seq
             else:
-                floor = page.messages[-1].seq
+                floor = edge.seq
 
     def _annotated(self, conv: Conversation, user_id: int, page: HistoryPage) -> HistoryPage:
         """The page with its messages' reactions and latest bodies: one range scan of
@@ -227,6 +234,7 @@ class OwnerApi:
         # asks from: a cursor from an earlier membership, or one a client made up, must
         # not open the history from before they joined.
         after = max(query.after, conv.members[query.user_id].joined_seq - 1)
+        skipped = 0
         while True:
             rows, head = self._read_log_page(query, conv, after)
             if self.deletions is None:
@@ -236,8 +244,12 @@ class OwnerApi:
                 # (Nothing shown of a complete read: its head tells the session to move
                 # past what this user hid.)
                 return self._quoted(conv, shown), head
-            after = rows[-1].seq  # all hidden, and more to read: the session must not
-            # take an empty answer below the head for "nothing more"
+            # All hidden, and more to read: the session must not take an empty answer
+            # below the head for "nothing more". Bounded as history's is (HIDDEN_SKIP).
+            skipped += len(rows)
+            if skipped >= HIDDEN_SKIP:
+                return [deletion.tombstone_of(rows[-1])], head
+            after = rows[-1].seq
 
     def _read_log_page(self, query: ops.ReadLog, conv: Conversation,
                        after: int) -> tuple[list[Message], int]:
@@ -695,6 +707,10 @@ class OwnerApi:
 #: Typing notices: a burst of 3, then one every 2 s per (user, conversation).
 TYPING_BURST = 3
 TYPING_PER_SECOND = 0.5
+
+#: The most entries a history page or a catch-up read skips because the reader hid them
+#: ("delete for me") before it answers with a tombstone of the last one to page on from.
+HIDDEN_SKIP = 5_000
 
 #: About the most an answer that lists conversations, or a page of history, holds: it
 #: must fit a mesh frame (cluster.max_frame_bytes, 1 MiB by default) with room to spare.

@@ -62,14 +62,15 @@ def register(api: Api, services: Services) -> None:
                    "admins change). Each change is a system entry (disappearing_set, "
                    "timer_permission_set); messages sent after it carry expires_at."),
                body=models.ConversationChange, response=models.Conversation,
-               errors=_GROUP_ERRORS)
+               errors=(*_GROUP_ERRORS, 429))
     async def change_conversation(session: Session, conversation_id: int,
                                   body: models.ConversationChange) -> Reply:
         if body.disappearing_s is None and body.anyone_sets_timer is None:
             conv = await messaging.member_view(session, conversation_id)
         else:
             conv = await conversations.set_disappearing(
-                session, conversation_id, body.disappearing_s, body.anyone_sets_timer)
+                session, conversation_id, body.disappearing_s, body.anyone_sets_timer,
+                client_address(request, services.proxies))
         return render.conversation(conv, session.user_id)
 
     @api.route("POST", "/conversations/{conversation_id}/read",

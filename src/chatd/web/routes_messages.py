@@ -75,11 +75,12 @@ def register(api: Api, services: Services) -> None:
                    "Entries the server wrote cannot be deleted (409 not_deletable); "
                    "deleting a deleted message again changes nothing. `for: me`: hidden "
                    "from your history and sync, on all your devices (`message_hidden`)."),
-               body=models.DeleteMessage, status=204, errors=(403, 404, 409))
+               body=models.DeleteMessage, status=204, errors=(403, 404, 409, 429))
     async def delete_message(session: Session, conversation_id: int, seq: int,
                              body: models.DeleteMessage) -> Reply:
         await messaging.delete_message(session, conversation_id, seq,
-                                       for_everyone=body.for_ == "everyone")
+                                       for_everyone=body.for_ == "everyone",
+                                       address=client_address(request, services.proxies))
         return NO_CONTENT
 
     @api.route("GET", "/messages/{conversation_id}",
