@@ -185,6 +185,27 @@ async def test_deletes_and_timer_changes_take_the_messages_bucket(
         assert view["disappearing_s"] == 86_400
 
 
+async def test_profile_privacy_and_block_changes_take_the_messages_bucket(
+        start_server: ServerFactory) -> None:
+    """Each is told to the user's contacts (and a block to a chat's owner): toggling one
+    without limit would keep the home and every contact's session busy."""
+    server = await limited(start_server, messages_per_account="2/1h")
+    async with client(server) as http:
+        alice, bob = await new_account(http), await new_account(http)
+        assert (await alice.patch("/me/privacy", {"last_seen": "contacts"})
+                ).status_code == 200
+        assert (await alice.post(f"/blocks/{bob.user_id}")).status_code == 204
+        assert_limited(await alice.delete(f"/blocks/{bob.user_id}"), "messages",
+                       about=1800)
+        assert_limited(await alice.patch("/me", {"status": "hi"}), "messages", about=1800)
+        assert_limited(await alice.patch("/me/privacy", {"profile": "nobody"}), "messages",
+                       about=1800)
+        # Nothing refused was done.
+        assert [block["user_id"] for block in
+                (await alice.get("/blocks")).json()["blocks"]] == [bob.user_id]
+        assert (await alice.get("/me/privacy")).json()["profile"] == "everyone"
+
+
 async def test_handle_lookup_found_or_not(start_server: ServerFactory) -> None:
     server = await limited(start_server, handle_lookup_per_account="3/15m")
     async with client(server) as http:

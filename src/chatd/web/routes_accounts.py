@@ -55,8 +55,11 @@ def register(api: Api, services: Services) -> None:
         return render.own_user(await accounts.get_user(session.user_id))
 
     @api.route("PATCH", "/me", summary="Change your profile, photo and privacy settings",
-               body=models.ProfileChange, response=models.OwnUser, errors=(404,))
+               body=models.ProfileChange, response=models.OwnUser, errors=(404, 429))
     async def update_me(session: Session, body: models.ProfileChange) -> Reply:
+        # A change is told to every contact: as a message to each, rate limited as one.
+        services.ratelimits.take("messages", account=session.user_id,
+                                 address=client_address())
         media = services.media
         photo = 0 if body.remove_photo else body.photo_media_id
         previous = (await accounts.get_user(session.user_id)).photo_media_id

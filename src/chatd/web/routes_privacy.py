@@ -18,6 +18,13 @@ from chatd.web.render import NO_CONTENT, Reply
 def register(api: Api, services: Services) -> None:
     privacy = services.privacy
 
+    def writes(session: Session) -> None:
+        """A settings change or a block is written on the home and told to the sessions
+        of the user's contacts (a block to the chat's owner too): unlimited, toggling it
+        would keep both busy. The `messages` bucket, as a message to them."""
+        services.ratelimits.take("messages", account=session.user_id,
+                                 address=client_address(request, services.proxies))
+
     def probes(session: Session) -> AbstractContextManager[None]:
         return services.ratelimits.charging_unknown_users(
             account=session.user_id, address=client_address(request, services.proxies))
@@ -30,8 +37,9 @@ def register(api: Api, services: Services) -> None:
     @api.route("PATCH", "/me/privacy",
                summary="Change who sees your last seen and profile, who may add you to "
                        "groups, and read receipts",
-               body=models.PrivacyChange, response=models.PrivacySettings)
+               body=models.PrivacyChange, response=models.PrivacySettings, errors=(429,))
     async def change_privacy(session: Session, body: models.PrivacyChange) -> Reply:
+        writes(session)
         user = await privacy.change_settings(
             session, last_seen=body.last_seen, profile=body.profile,
             groups_add=body.groups_add, read_receipts=body.read_receipts)
@@ -48,6 +56,7 @@ def register(api: Api, services: Services) -> None:
                summary="Block a user: no direct messages, group adds, presence or profile "
                        "changes from you to them", status=204, errors=(404, 429))
     async def block(session: Session, user_id: int) -> Reply:
+        writes(session)
         with probes(session):
             await privacy.block(session, user_id)
         return NO_CONTENT
@@ -55,6 +64,7 @@ def register(api: Api, services: Services) -> None:
     @api.route("DELETE", "/blocks/{user_id}", summary="Unblock a user", status=204,
                errors=(404, 429))
     async def unblock(session: Session, user_id: int) -> Reply:
+        writes(session)
         with probes(session):
             await privacy.block(session, user_id, blocked=False)
         return NO_CONTENT
