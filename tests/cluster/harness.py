@@ -516,3 +516,14 @@ async def history(client: ChatClient, conversation_id: str) -> list[dict[str, An
         if not page["has_more"]:
             return found
         after = page["messages"][-1]["seq"]
+
+
+async def group_owned_by(client: ChatClient, owner: str, members: Sequence[int | str], *,
+                         name: str = "g") -> str:
+    """A new group (made through `client`, with `members`) whose owner is `owner`:
+    groups are made until one's id lands there (ids are Snowflakes, owners their hash)."""
+    for _ in range(60):
+        group: str = (await client.create_group(name, list(members)))["conversation_id"]
+        if owner_of(group) == owner:
+            return group
+    raise AssertionError(f"no group landed on {owner}")

@@ -12,7 +12,7 @@ from chatd.config import Address, ShardSpec
 from chatd.domain.ring import HashRing
 from chatd.domain.rules import DELETED_CONTENT_TYPE
 from chatd.protocol import owner as ops
-from tests.cluster.harness import Cluster, history, owner_of
+from tests.cluster.harness import Cluster, group_owned_by, history
 from tests.conftest import ServerFactory
 from tests.helpers import free_port, new_account
 
@@ -23,11 +23,8 @@ async def test_delete_and_disappearing_through_a_shard_that_does_not_own(
     member = await cluster.person(home="c")
     via_c = {who.handle: await cluster.client("c", who) for who in (admin, member)}
     via_a = await cluster.client("a", member)
-    while True:  # a group owned by b, used through c and a
-        group = (await via_c[admin.handle].create_group("g", [member.user_id]))[
-            "conversation_id"]
-        if owner_of(group) == "b":
-            break
+    # A group owned by b, used through c and a.
+    group = await group_owned_by(via_c[admin.handle], "b", [member.user_id])
     first = (await via_c[member.handle].send(group, "first words"))["seq"]
     second = (await via_c[admin.handle].send(group, "admin's words"))["seq"]
 

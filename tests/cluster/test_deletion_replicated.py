@@ -12,7 +12,7 @@ import httpx
 import pytest
 import trio
 
-from tests.cluster.harness import ADMIN_TOKEN, Cluster, open_cluster, owner_of
+from tests.cluster.harness import ADMIN_TOKEN, Cluster, group_owned_by, open_cluster
 
 REPLICATED = {"factor": 2, "failover_after": 2.0}
 
@@ -48,12 +48,8 @@ async def test_a_deleted_message_leaves_the_owner_and_the_replica(cluster: Clust
     alice = await cluster.person(home="a")
     bob = await cluster.person(home="c")
     as_alice = await cluster.client("a", alice)
-    for _ in range(60):
-        group = (await as_alice.create_group("g", [bob.user_id]))["conversation_id"]
-        if owner_of(group) == "b":  # range b: owned by b, replicated to c
-            break
-    else:
-        raise AssertionError("no group landed on b")
+    # Range b: owned by b, replicated to c.
+    group = await group_owned_by(as_alice, "b", [bob.user_id])
     marker = f"marker-{uuid.uuid4().hex}"
     seq = (await as_alice.send(group, f"secret {marker}"))["seq"]
     await as_alice.send(group, "a neighbour that stays")

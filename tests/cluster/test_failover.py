@@ -13,8 +13,8 @@ import pytest
 import trio
 
 from chatd.client import ApiError
-from tests.cluster.harness import Cluster, eventually, history, open_cluster
-from tests.cluster.test_replication import group_owned_by, ranges, send_until_acked
+from tests.cluster.harness import Cluster, eventually, group_owned_by, history, open_cluster
+from tests.cluster.test_replication import ranges, send_until_acked
 from tests.etcd import EtcdServer
 
 FAILOVER_AFTER = 2.0
@@ -39,7 +39,7 @@ async def test_a_killed_owner_is_replaced_by_its_replica_within_the_lease(
     await eventually(lambda: all_acking(cluster), within=15, what="every range acking")
     alice, bob = await cluster.people(["b", "c"])
     alice_b = await cluster.client("b", alice)
-    group = await group_owned_by(cluster, "a", alice_b, [bob.user_id])
+    group = await group_owned_by(alice_b, "a", [bob.user_id])
     acked = {f"m{n}": (await send_until_acked(alice_b, group, f"m{n}"))["seq"]
              for n in range(20)}
 
@@ -74,7 +74,7 @@ async def test_without_etcd_owners_stop_acknowledging_until_it_is_back(
     await eventually(lambda: all_acking(cluster), within=15, what="every range acking")
     alice, bob = await cluster.people(["b", "c"])
     alice_b = await cluster.client("b", alice)
-    group = await group_owned_by(cluster, "a", alice_b, [bob.user_id])
+    group = await group_owned_by(alice_b, "a", [bob.user_id])
     await send_until_acked(alice_b, group, "before")
     etcd_server.stop()
 

@@ -19,18 +19,18 @@ import trio
 
 from chatd.client import ApiError, ChatClient
 from chatd.domain.rules import DELETED_CONTENT_TYPE
-from tests.cluster.harness import ADMIN_TOKEN, NAMES, Cluster, history, home_of_user, owner_of
+from tests.cluster.harness import (
+    ADMIN_TOKEN,
+    NAMES,
+    Cluster,
+    group_owned_by,
+    history,
+    home_of_user,
+)
 from tests.helpers import PASSWORD
 from tests.services.test_gdpr import files_holding
 
 AS_ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-async def group_owned_by(client: ChatClient, shard: str, members: list[str]) -> str:
-    while True:
-        group: str = (await client.create_group(f"on {shard}", members))["conversation_id"]
-        if owner_of(group) == shard:
-            return group
 
 
 async def test_export_and_erase_across_shards(cluster: Cluster) -> None:

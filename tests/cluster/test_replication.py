@@ -25,6 +25,7 @@ from tests.cluster.harness import (
     ADMIN_TOKEN,
     Cluster,
     eventually,
+    group_owned_by,
     history,
     open_cluster,
     owner_of,
@@ -60,15 +61,6 @@ async def ranges(cluster: Cluster, shard: str) -> dict[str, dict[str, Any]]:
     return {entry["range"]: entry for entry in response.json()["ranges"]}
 
 
-async def group_owned_by(cluster: Cluster, owner: str, client: ChatClient,
-                         members: list[int]) -> str:
-    for _ in range(60):
-        group: str = (await client.create_group("g", members))["conversation_id"]
-        if owner_of(group) == owner:
-            return group
-    raise AssertionError(f"no group landed on {owner}")
-
-
 async def send_until_acked(client: ChatClient, group: str, text: str, *,
                            within: float = 20.0) -> dict[str, Any]:
     """Send with a fixed client_msg_id, retrying 503s, until acknowledged."""
@@ -102,7 +94,7 @@ async def test_an_acknowledged_send_survives_its_owner_and_the_operator_fails_ov
     takes new sends; the restarted a learns it lost the range and routes to b."""
     alice, bob = await cluster.people(["b", "c"])
     alice_b = await cluster.client("b", alice)
-    group = await group_owned_by(cluster, "a", alice_b, [bob.user_id])
+    group = await group_owned_by(alice_b, "a", [bob.user_id])
     acked = {}
     for n in range(30):
         sent = await send_until_acked(alice_b, group, f"m{n}")
@@ -170,7 +162,7 @@ async def test_a_dead_replica_is_replaced_and_sends_resume(cluster: Cluster) -> 
     grace, c backs range a under epoch 2, with everything copied."""
     alice, bob = await cluster.people(["a", "c"])
     alice_a = await cluster.client("a", alice)
-    group = await group_owned_by(cluster, "a", alice_a, [bob.user_id])
+    group = await group_owned_by(alice_a, "a", [bob.user_id])
     first = await send_until_acked(alice_a, group, "before")
     cluster["b"].kill()
     started = trio.current_time()
@@ -208,7 +200,7 @@ async def test_a_partitioned_owner_acknowledges_nothing_after_its_replica_moved_
     epoch 2 and the log has no seq twice."""
     alice, bob = await cluster.people(["a", "b"])
     alice_a = await cluster.client("a", alice)
-    group = await group_owned_by(cluster, "c", alice_a, [bob.user_id])
+    group = await group_owned_by(alice_a, "c", [bob.user_id])
     await send_until_acked(alice_a, group, "before")
     # A client on c itself, whose home (a) is across the cut: it authenticates nothing,
     # so talk to c as a user homed on c.

@@ -17,9 +17,9 @@ import pytest
 import trio
 
 from chatd.client import ApiError
-from tests.cluster.harness import Cluster, eventually, history, open_cluster
+from tests.cluster.harness import Cluster, eventually, group_owned_by, history, open_cluster
 from tests.cluster.proxied import ProxiedCluster, open_proxied_cluster
-from tests.cluster.test_replication import admin, group_owned_by, ranges, send_until_acked
+from tests.cluster.test_replication import admin, ranges, send_until_acked
 from tests.etcd import EtcdServer
 
 FAILOVER_AFTER = 2.0
@@ -38,7 +38,7 @@ async def test_an_isolated_owner_and_a_promoted_replica_never_both_acknowledge(
     carol = await cluster.person(home="c")
     alice_a = await cluster.client("a", alice)
     carol_c = await cluster.client("c", carol)
-    group = await group_owned_by(cluster, "c", alice_a, [carol.user_id])
+    group = await group_owned_by(alice_a, "c", [carol.user_id])
     before = await send_until_acked(alice_a, group, "before")
 
     await cluster.proxy.stop()
@@ -102,7 +102,7 @@ async def test_an_owner_lost_during_a_copy_to_its_replica_loses_nothing(
     await eventually(all_acking, within=15, what="every range acking")
     alice, bob = await cluster.people(["c", "c"])
     alice_c = await cluster.client("c", alice)
-    group = await group_owned_by(cluster, "a", alice_c, [bob.user_id])
+    group = await group_owned_by(alice_c, "a", [bob.user_id])
     # A range big enough that a copy takes a moment (about 8 MB).
     big = "x" * 60_000
     acked: dict[str, int] = {}
@@ -172,7 +172,7 @@ async def test_an_owner_lost_during_a_copy_to_its_replica_loses_nothing(
 async def test_a_burst_of_big_sends_to_one_range_is_acknowledged(cluster: Cluster) -> None:
     alice, bob = await cluster.people(["a", "b"])
     alice_a = await cluster.client("a", alice)
-    group = await group_owned_by(cluster, "a", alice_a, [bob.user_id])
+    group = await group_owned_by(alice_a, "a", [bob.user_id])
     await send_until_acked(alice_a, group, "first")
     copies = (await ranges(cluster, "a"))["a"]["stream"]["copies"]
     big = "y" * 60_000
@@ -222,7 +222,7 @@ async def test_a_restarted_owner_shows_no_entry_its_replica_lacks(
     cluster = patient_cluster
     alice, bob = await cluster.people(["a", "a"])
     alice_a = await cluster.client("a", alice)
-    group = await group_owned_by(cluster, "b", alice_a, [bob.user_id])
+    group = await group_owned_by(alice_a, "b", [bob.user_id])
     await send_until_acked(alice_a, group, "before")
     # c (range b's replica) is cut off: b writes "unacked" but cannot replicate it.
     await cluster.proxy.stop()
@@ -285,7 +285,7 @@ async def test_a_pair_cut_and_a_promote_converge_on_one_owner(proxied: ProxiedCl
     alice = await cluster.person(home="c")
     bob = await cluster.person(home="c")
     alice_c = await cluster.client("c", alice)
-    group = await group_owned_by(cluster, "a", alice_c, [bob.user_id])  # type: ignore[arg-type]
+    group = await group_owned_by(alice_c, "a", [bob.user_id])  # type: ignore[arg-type]
     await send_until_acked(alice_c, group, "before")
 
     async def promote_on_b() -> bool:
@@ -323,7 +323,7 @@ async def test_an_owner_cut_off_from_its_peers_does_not_acknowledge_alone(
     carol = await cluster.person(home="c")
     alice_a = await cluster.client("a", alice)
     carol_c = await cluster.client("c", carol)
-    group = await group_owned_by(cluster, "c", alice_a, [carol.user_id])
+    group = await group_owned_by(alice_a, "c", [carol.user_id])
     await send_until_acked(alice_a, group, "before")
     await cluster.proxy.stop()  # c is cut off from a and b; all three reach etcd
     await cluster.wait_links({"a": {"c": False}, "b": {"c": False}})

@@ -12,13 +12,14 @@ from urllib.parse import quote
 import trio
 
 from chatd.client import ApiError, ChatClient
-from tests.cluster.harness import Cluster, eventually, history, open_cluster, owner_of
-from tests.cluster.test_replication import (
-    REPLICATED,
-    admin,
+from tests.cluster.harness import (
+    Cluster,
+    eventually,
     group_owned_by,
-    send_until_acked,
+    history,
+    open_cluster,
 )
+from tests.cluster.test_replication import REPLICATED, admin, send_until_acked
 
 THUMBS, HEART = "👍", "❤️"
 
@@ -29,11 +30,8 @@ async def test_reactions_edits_and_pins_through_a_shard_that_does_not_own(
     member = await cluster.person(home="c")
     via_c = {who.handle: await cluster.client("c", who) for who in (admin, member)}
     via_a = await cluster.client("a", member)
-    while True:  # a group owned by b, used through c and a
-        group = (await via_c[admin.handle].create_group("g", [member.user_id]))[
-            "conversation_id"]
-        if owner_of(group) == "b":
-            break
+    # A group owned by b, used through c and a.
+    group = await group_owned_by(via_c[admin.handle], "b", [member.user_id])
     seq = (await via_c[admin.handle].send(group, "first words"))["seq"]
     await via_c[member.handle].request("POST", f"/conversations/{group}/read", {"seq": seq})
 
@@ -95,7 +93,7 @@ async def test_reactions_edits_and_pins_survive_a_failover(
     async with open_cluster(tmp_path, nursery, replication=REPLICATED) as cluster:
         alice, bob = await cluster.people(["b", "c"])
         alice_b, bob_c = await cluster.client("b", alice), await cluster.client("c", bob)
-        group = await group_owned_by(cluster, "a", alice_b, [bob.user_id])
+        group = await group_owned_by(alice_b, "a", [bob.user_id])
         seq = (await send_until_acked(alice_b, group, "before"))["seq"]
         doomed = (await send_until_acked(alice_b, group, "doomed"))["seq"]
         await until_acked(bob_c, "POST", f"/conversations/{group}/read", {"seq": doomed})

@@ -12,20 +12,19 @@ from typing import TypeVar
 import pytest
 import trio
 
-from chatd.client import ApiError, ChatClient
+from chatd.client import ApiError
 from chatd.domain.rules import DELETED_CONTENT_TYPE
-from tests.cluster.harness import Cluster, eventually, history, messages, open_cluster, owner_of
+from tests.cluster.harness import (
+    Cluster,
+    eventually,
+    group_owned_by,
+    history,
+    messages,
+    open_cluster,
+)
 from tests.cluster.test_replication import REPLICATED, admin, send_until_acked
 
 T = TypeVar("T")
-
-
-async def group_owned_by(client: ChatClient, shard: str, name: str,
-                         members: list[str]) -> str:
-    while True:
-        conversation: str = (await client.create_group(name, members))["conversation_id"]
-        if owner_of(conversation) == shard:
-            return conversation
 
 
 async def test_replies_mentions_and_forwards_across_shards(cluster: Cluster) -> None:
@@ -38,9 +37,9 @@ async def test_replies_mentions_and_forwards_across_shards(cluster: Cluster) -> 
     carol_a = await cluster.client("a", carol)
     carol_b = await cluster.client("b", carol)
     # Owned by b, used through c and a; the forward's target is owned by c.
-    talk = await group_owned_by(alice_c, "b", "talk", [bob.user_id, carol.user_id])
-    elsewhere = await group_owned_by(alice_c, "c", "elsewhere", [carol.user_id])
-    not_hers = await group_owned_by(bob_a, "a", "bob's", [])
+    talk = await group_owned_by(alice_c, "b", name="talk", members=[bob.user_id, carol.user_id])
+    elsewhere = await group_owned_by(alice_c, "c", name="elsewhere", members=[carol.user_id])
+    not_hers = await group_owned_by(bob_a, "a", name="bob's", members=[])
 
     target = (await alice_c.send(talk, "x" * 120))["seq"]
     async with carol_a.connect() as live:
@@ -109,8 +108,8 @@ async def test_replies_mentions_and_forwards_survive_a_failover(replicated: Clus
     alice, bob = await cluster.people(["b", "c"])
     alice_b = await cluster.client("b", alice)
     bob_c = await cluster.client("c", bob)
-    group = await group_owned_by(alice_b, "a", "replicated", [bob.user_id])
-    other = await group_owned_by(alice_b, "c", "other", [bob.user_id])
+    group = await group_owned_by(alice_b, "a", name="replicated", members=[bob.user_id])
+    other = await group_owned_by(alice_b, "c", name="other", members=[bob.user_id])
     first = await send_until_acked(alice_b, group, "first_words")
     reply = await retrying(lambda: bob_c.send(group, f"@{alice.handle} indeed",
                                               reply_to=first["seq"], client_msg_id="reply"))
