@@ -114,8 +114,7 @@ class ToDeviceAckFrame:
 
 
 ClientFrame = (SendFrame | AckFrame | ReadFrame | TypingFrame | PingFrame | SyncFrame
-               | ReactFrame)
-ClientFrame = ClientFrame | ToDeviceAckFrame
+               | ReactFrame | ToDeviceAckFrame)
 
 
 def _unpack(data: str | bytes, codec: Codec) -> Any:
