@@ -237,7 +237,8 @@ TOKENS: Family[bytes, TokenRecord] = Family(
 CONVERSATIONS: Family[int, Conversation] = Family(
     "conversations", u64, read_u64, *_fields(Conversation, "kind", "name", "created_by",
                                              "created_at", "photo_media_id", "disappearing_s",
-                                             "anyone_sets_timer", key=("conversation_id",)),
+                                             "anyone_sets_timer", "encrypted",
+                                             key=("conversation_id",)),
     conversation_at=0)
 MEMBERS: Family[tuple[int, int], Member] = Family(
     "members", _pair_key, read_pair, *_fields(Member, "role", "joined_seq"), conversation_at=0)
