@@ -95,6 +95,10 @@ def test_every_family_round_trips_and_survives_reopen(tmp_path: Path) -> None:
         (records.EDITS, (5, 1, 6), None),
         (records.PINS, (5, 1), 7),
         (records.UNCOUNTED, (5, 4), 1),
+        (records.TO_DEVICE, (1, 2, 3), [7, 8, "chatd.olm", {"ciphertext": "c", "n": 1}]),
+        (records.TO_DEVICE_HEADS, (1, 2), 3),
+        (records.TO_DEVICE_TXNS, (7, 8, "txn-1"), [100, 2]),
+        (records.ACCESS_KEYS, 1, b"k" * 16),
     ]
     assert {family.name for family, _, _ in rows} == {f.name for f in records.FAMILIES}
     store = Store.open(str(tmp_path))
