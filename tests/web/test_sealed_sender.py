@@ -15,7 +15,6 @@ import nacl.signing
 import pytest
 
 from chatd.client import ACCESS_KEY_HEADER, ApiError, ChatClient
-from chatd.domain.e2e_keys import DeviceIdentity, Upload
 from chatd.server import RunningServer
 from chatd.services.sealed_sender import signing_key
 from chatd.storage import records
@@ -55,12 +54,10 @@ class DeviceKeys:
 
 
 async def with_keys(server: RunningServer, account: Account) -> DeviceKeys:
-    """Published in the key directory (its service: the route is the e2e-keys branch's)."""
+    """Published in the key directory (POST /keys/upload)."""
     keys = DeviceKeys()
-    identity = keys.identity()
-    await server.services.key_directory.upload(Upload(DeviceIdentity(
-        int(account.user_id), int(account.device_id), identity["curve25519"],
-        identity["ed25519"], identity["signature"]), (), None))
+    async with ChatClient(server.url, token=account.token) as client:
+        await client.upload_keys(keys.identity())
     return keys
 
 
