@@ -302,7 +302,11 @@ class ChatClient:
             if response.status_code >= 400:
                 await response.aread()
                 _raise_for_error(response)
-            yield response.aiter_bytes(1 << 20)
+            chunks = response.aiter_bytes(1 << 20)
+            try:
+                yield chunks
+            finally:
+                await chunks.aclose()  # type: ignore[attr-defined]  # an async generator
 
     async def history(self, conversation_id: str, **params: int) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("GET", f"/messages/{conversation_id}",

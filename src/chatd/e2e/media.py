@@ -69,7 +69,9 @@ async def upload_encrypted(client: ChatClient, source: Path | bytes, mime_type: 
     uploaded = await client.upload_stream(chunks, ciphertext_size(size, keys.chunk_size),
                                           OPAQUE)
     if encryptor.size != size:
-        raise MediaError(f"{source} changed while it was uploaded")
+        raise MediaError(f"{name or 'the file'} changed while it was uploaded")
+    if uploaded.get("sha256") != encryptor.sha256:
+        raise MediaError("the server stored other bytes than were sent")
     preview = None
     if thumbnail is not None:
         thumb_keys, sealed, sealed_sha256 = encrypt_bytes(thumbnail)
