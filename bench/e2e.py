@@ -83,6 +83,8 @@ class SocketCipher:
     encrypts: int = 0
     decrypt_ns: int = 0
     decrypts: int = 0
+    #: Base64 body characters sent (what the server stores and relays).
+    body_chars: int = 0
 
     @classmethod
     def from_spec(cls, spec: dict[str, Any], pickle_key: str) -> SocketCipher:
@@ -113,6 +115,7 @@ class SocketCipher:
         encoded = base64.b64encode(body).decode()
         self.encrypt_ns += time.thread_time_ns() - began
         self.encrypts += 1
+        self.body_chars += len(encoded)
         return content_type, encoded
 
     def decrypt(self, content_type: str, body: str) -> str:
@@ -139,3 +142,23 @@ class SocketCipher:
             self.decrypt_ns += time.thread_time_ns() - began
             self.decrypts += 1
         return plaintext.decode()
+
+
+def hot_costs(kind: str, text: str, rounds: int = 2000) -> dict[str, float]:
+    """Encryption and decryption of `text` back to back, in this process (warm caches, no
+    other load): the floor under what the workers measure in the run, where each call
+    comes cold, between the socket work of its own and of the other processes."""
+    spec_out: dict[str, Any]
+    spec_in: dict[str, Any]
+    if kind == "olm":
+        [(sender, receiver)] = olm_pairs(1, key := new_pickle_key())
+        spec_out, spec_in = {"olm": sender}, {"olm": receiver}
+    else:
+        [(outbound, session_key)] = megolm_group(1, key := new_pickle_key())
+        spec_out, spec_in = {"megolm_out": outbound}, {"megolm_in": [session_key]}
+    out, into = SocketCipher.from_spec(spec_out, key), SocketCipher.from_spec(spec_in, key)
+    bodies = [out.encrypt(text) for _ in range(rounds)]
+    for content_type, body in bodies:
+        into.decrypt(content_type, body)
+    return {f"hot_{kind}_encrypt_us": out.encrypt_ns / out.encrypts / 1000,
+            f"hot_{kind}_decrypt_us": into.decrypt_ns / into.decrypts / 1000}

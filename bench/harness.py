@@ -26,7 +26,7 @@ import trio
 from hdrh.histogram import HdrHistogram
 
 from bench.cluster import handles_homed_on, owner_of_pair
-from bench.e2e import megolm_group, new_pickle_key, olm_pairs
+from bench.e2e import hot_costs, megolm_group, new_pickle_key, olm_pairs
 from bench.serverproc import (
     SyscallCounter,
     cpu_seconds,
@@ -409,6 +409,7 @@ def _crypto_figures(results: list[dict[str, Any]]) -> dict[str, Any]:
     if encrypts:
         figures["client_encrypt_us_per_message"] = sum(
             r["encrypt_ns"] for r in results) / encrypts / 1000
+        figures["body_bytes"] = sum(r["body_chars"] for r in results) / encrypts
     if decrypts:
         figures["client_decrypt_us_per_message"] = sum(
             r["decrypt_ns"] for r in results) / decrypts / 1000
@@ -508,6 +509,9 @@ async def e2e(target: Target, *, shape: str, **run: Any) -> Result:
     for figure in ("client_encrypt_us_per_message", "client_decrypt_us_per_message",
                    "decrypt_errors"):
         figures[figure] = encrypted.figures.get(figure, 0)
+    figures["plain_body_bytes"] = len(f"T{now_us()} {PAD}")
+    figures["e2e_body_bytes"] = encrypted.figures.get("body_bytes", 0)
+    figures.update(hot_costs("olm" if shape == "direct" else "megolm", f"T{now_us()} {PAD}"))
     plain_cpu = plain.figures.get("server_cpu_us_per_message")
     e2e_cpu = encrypted.figures.get("server_cpu_us_per_message")
     if plain_cpu and e2e_cpu:

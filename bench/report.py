@@ -59,6 +59,11 @@ _LABELS = {
     "client_encrypt_us_per_message": "client CPU per encryption (µs)",
     "client_decrypt_us_per_message": "client CPU per decryption (µs)",
     "decrypt_errors": "bodies that did not decrypt",
+    "body_bytes": "body bytes (base64, as relayed)",
+    "hot_olm_encrypt_us": "Olm encryption, back to back (µs)",
+    "hot_olm_decrypt_us": "Olm decryption, back to back (µs)",
+    "hot_megolm_encrypt_us": "Megolm encryption, back to back (µs)",
+    "hot_megolm_decrypt_us": "Megolm decryption, back to back (µs)",
 }
 
 
@@ -95,7 +100,7 @@ _PHASED = [f"{phase}_{name}" for phase in ("message", "reaction") for name in (
     "sent", "deliveries", "server_cpu_us_per_message", "server_cpu_us_per_delivery")] + [
     "reaction_to_message_cpu"] + [
     f"{variant}_{name}" for variant in ("plain", "e2e") for name in (
-        "sent", "deliveries", "lost", "server_cpu_us_per_message",
+        "sent", "deliveries", "lost", "body_bytes", "server_cpu_us_per_message",
         "server_cpu_us_per_delivery", "p50_ms", "p99_ms")] + ["e2e_to_plain_server_cpu"]
 
 

@@ -280,11 +280,13 @@ async def main() -> None:
 
 
 def _crypto_costs(sockets: list[tuple[BenchSocket, dict[str, Any]]]) -> dict[str, int]:
+    """What the sockets' encryption and decryption cost, and the bodies they made."""
     ciphers: list[SocketCipher] = [spec["cipher"] for _, spec in sockets if "cipher" in spec]
     return {"encrypt_ns": sum(c.encrypt_ns for c in ciphers),
             "encrypts": sum(c.encrypts for c in ciphers),
             "decrypt_ns": sum(c.decrypt_ns for c in ciphers),
-            "decrypts": sum(c.decrypts for c in ciphers)}
+            "decrypts": sum(c.decrypts for c in ciphers),
+            "body_chars": sum(c.body_chars for c in ciphers)}
 
 
 if __name__ == "__main__":
