@@ -23,6 +23,8 @@ from chatd.e2e.media import (
     EncryptedMedia,
     MediaError,
     MediaKeys,
+    chunk_span,
+    decrypt_chunk,
     download_decrypted,
     fetch_decrypted,
     make_thumbnail,
@@ -116,6 +118,14 @@ async def test_a_file_and_its_thumbnail_round_trip_and_the_server_keeps_no_plain
             assert received.filename == filename and received.mime_type == "image/jpeg"
             assert received.thumbnail is not None
             assert await fetch_decrypted(client, received.thumbnail) == thumbnail
+        # A ranged read opens one chunk alone: a seek, without the whole blob.
+        start, end = chunk_span(received, 2)
+        ranged = await http.get(f"/media/{received.media_id}",
+                                headers={**bob.headers, "Range": f"bytes={start}-{end - 1}"})
+        assert ranged.status_code == 206
+        size = received.keys.chunk_size
+        assert decrypt_chunk(received, 2, ranged.content) == \
+            (photo + secret)[2 * size:3 * size]
 
         # The scan reads every file: it finds the plaintext message and the ciphertext.
         await compact(http)

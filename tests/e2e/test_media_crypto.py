@@ -19,8 +19,10 @@ from chatd.e2e.media_crypto import (
     MediaEncryptor,
     MediaError,
     MediaKeys,
+    chunk_span,
     ciphertext_size,
     decrypt_bytes,
+    decrypt_chunk,
     encrypt_bytes,
 )
 
@@ -187,3 +189,22 @@ def _bad_contents() -> list[Any]:
 def test_a_malformed_description_is_a_media_error(content: Any) -> None:
     with pytest.raises(MediaError):
         EncryptedMedia.from_content(content)
+
+
+def test_any_chunk_opens_alone_at_its_span_and_only_there() -> None:
+    data = os.urandom(3 * CHUNK + 500)
+    media, ciphertext = sealed(data)
+    for index in range(4):
+        start, end = chunk_span(media, index)
+        assert decrypt_chunk(media, index, ciphertext[start:end]) == \
+            data[index * CHUNK:(index + 1) * CHUNK]
+    start, end = chunk_span(media, 1)
+    with pytest.raises(MediaError):
+        decrypt_chunk(media, 2, ciphertext[start:end])  # moved
+    # The last full chunk of a file cut there is not its final chunk.
+    short = EncryptedMedia("1", media.keys, media.sha256, 2 * CHUNK)
+    with pytest.raises(MediaError):
+        decrypt_chunk(short, 1, ciphertext[SEALED:2 * SEALED])
+    for index in (-1, 4):
+        with pytest.raises(MediaError):
+            chunk_span(media, index)

@@ -35,14 +35,17 @@ from chatd.e2e.media_crypto import (
     MediaEncryptor,
     MediaError,
     MediaKeys,
+    chunk_span,
     ciphertext_size,
     decrypt_bytes,
+    decrypt_chunk,
     encrypt_bytes,
 )
 
 __all__ = ["CONTENT_TYPE", "EncryptedMedia", "MediaDecryptor", "MediaEncryptor",
-           "MediaError", "MediaKeys", "decrypt_bytes", "download_decrypted",
-           "encrypt_bytes", "fetch_decrypted", "make_thumbnail", "upload_encrypted"]
+           "MediaError", "MediaKeys", "chunk_span", "decrypt_bytes", "decrypt_chunk",
+           "download_decrypted", "encrypt_bytes", "fetch_decrypted", "make_thumbnail",
+           "upload_encrypted"]
 
 #: Plaintext read from disk per step: a multiple of the chunk size.
 READ_SIZE = 16 * DEFAULT_CHUNK_SIZE

@@ -225,6 +225,30 @@ class MediaDecryptor:
         return last
 
 
+def chunk_span(media: EncryptedMedia, index: int) -> tuple[int, int]:
+    """Where chunk `index` lies in the blob: [start, end) bytes, for a ranged download
+    (`Range: bytes=start-(end-1)`) that opens part of a file, e.g. to seek in a video."""
+    count = chunk_count(media.size, media.keys.chunk_size)
+    if not 0 <= index < count:
+        raise MediaError(f"chunk {index} of a file of {count}")
+    sealed = media.keys.chunk_size + TAG_BYTES
+    return index * sealed, min((index + 1) * sealed, media.ciphertext_size)
+
+
+def decrypt_chunk(media: EncryptedMedia, index: int, sealed: bytes) -> bytes:
+    """Open chunk `index` alone (its bytes at `chunk_span`); the last chunk is opened as
+    the final one, so a blob cut short still fails here."""
+    chunk_span(media, index)
+    final = index == chunk_count(media.size, media.keys.chunk_size) - 1
+    try:
+        chunk: bytes = crypto_aead_xchacha20poly1305_ietf_decrypt(
+            sealed, _chunk_ad(index, final), _chunk_nonce(media.keys.nonce_prefix, index),
+            media.keys.key)
+    except CryptoError:
+        raise MediaError(f"chunk {index} does not open") from None
+    return chunk
+
+
 def encrypt_bytes(data: bytes, keys: MediaKeys | None = None) -> tuple[MediaKeys, bytes, str]:
     """A small file at once (a thumbnail): (keys, ciphertext, its hex SHA-256)."""
     encryptor = MediaEncryptor(keys)
