@@ -105,8 +105,16 @@ class ReactFrame:
     req: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ToDeviceAckFrame:
+    """The device has its to-device messages up to id `up_to`: the server deletes them."""
+
+    up_to: int
+    req: str | None = None
+
+
 ClientFrame = (SendFrame | AckFrame | ReadFrame | TypingFrame | PingFrame | SyncFrame
-               | ReactFrame)
+               | ReactFrame | ToDeviceAckFrame)
 
 
 def _unpack(data: str | bytes, codec: Codec) -> Any:
@@ -250,6 +258,11 @@ def decode_client_frame(data: str | bytes, codec: Codec) -> ClientFrame:
             for key, value in cursors.items():
                 parsed[_id({"c": key}, "c", req)] = _seq({"seq": value}, req)
             return SyncFrame(parsed, req)
+        if kind == "to_device_ack":
+            up_to: int = _field(frame, "up_to", int, req)
+            if not 0 <= up_to < 1 << 63:
+                raise FrameError("invalid_field", "up_to: a to-device id (0 or more)", req)
+            return ToDeviceAckFrame(up_to, req)
     except BadRequest as exc:
         raise FrameError(exc.code, exc.message, req) from None
     raise FrameError("unknown_type", f"unknown frame type {kind!r}; see docs/api.md", req)
@@ -313,6 +326,11 @@ def sync_request(cursors: dict[int, int] | dict[str, int], req: str | None = Non
                  ) -> dict[str, Any]:
     return _with_req({"type": "sync",
                       "cursors": {str(conv): seq for conv, seq in cursors.items()}}, req)
+
+
+def to_device_ack_request(up_to: int, req: str | None = None) -> dict[str, Any]:
+    """Delete this device's to-device messages up to id `up_to` (it has them)."""
+    return _with_req({"type": "to_device_ack", "up_to": up_to}, req)
 
 
 def encode_request(frame: dict[str, Any], codec: Codec) -> str | bytes:
@@ -527,3 +545,16 @@ def error_from(exc: ChatdError, req: str | None) -> OutFrame:
         # Whole seconds, at least 1, as REST's Retry-After: retrying sooner is refused.
         frame.payload["retry_after"] = max(1, math.ceil(exc.retry_after))
     return frame
+
+
+def to_device_frame(to_device_id: int, sender_user_id: int | None,
+                    sender_device_id: int | None, kind: str, content: Any) -> OutFrame:
+    """A to-device message for one device (services/to_device.py); a sealed one
+    (`sender_user_id` None) names no sender."""
+    payload: dict[str, Any] = {"type": "to_device", "id": to_device_id}
+    if sender_user_id is not None:
+        payload["sender_user_id"] = str(sender_user_id)
+        payload["sender_device_id"] = str(sender_device_id)
+    payload["message_type"] = kind  # "type" names the frame
+    payload["content"] = content
+    return OutFrame(payload)

@@ -56,7 +56,10 @@ from chatd.services.receipts import Receipts
 from chatd.services.reports import ReportService
 from chatd.services.rich_messaging import RichMessaging
 from chatd.services.routing import Router
+from chatd.services.sealed_sender import IdentityKeyLookup, SealedSender
 from chatd.services.sweeper import Sweeper
+from chatd.services.to_device import KIND as TO_DEVICE_KIND
+from chatd.services.to_device import Entry, ToDevice, ToDeviceFeeds, ToDeviceHome
 from chatd.services.users import HomeApi, Users, token_prefix_for
 from chatd.storage import GroupCommitter, Store, claim_secret
 from chatd.storage.backup import Backups
@@ -116,6 +119,13 @@ class Services:
     rich: RichMessaging
     #: Forwarding messages between conversations (replies and mentions ride on sends).
     forwarding: Forwarding
+    #: To-device messages (issue 14): the queues of devices homed here, the client's
+    #: side, and each live session's feed (services/to_device.py).
+    to_device_home: ToDeviceHome
+    to_device: ToDevice
+    to_device_feeds: ToDeviceFeeds
+    #: Sealed sender: certificates, access keys, sealed sends (services/sealed_sender.py).
+    sealed: SealedSender
 
 
 def media_link_secret(config: Config, store: Store) -> bytes:
@@ -263,12 +273,53 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     rich = _rich_messages(config, store, router, owner, owner_api, commands, committer,
                           clock, deletions, requests, range_forgetters, ratelimits)
     rich.content_filter = messaging.content_filter
+    to_device_home, to_device, to_device_feeds, sealed = _e2e_relay(
+        config, store, router, commands, committer, accounts, delivery, hub, home_api,
+        account_admin, ratelimits, clock, identity_key_lookup(config, store, router))
     return Services(config, store, committer, router, owner, owner_api, log, accounts, users,
                     home_api, conversations, messaging, hub, delivery, presence, receipts,
                     clock, coordinator, shipper, backups, media, privacy, requests, blocks,
                     deletions, sweeper, purger, abuse_home, abuse, reports, ratelimits,
                     TrustedProxies(config.server.trusted_proxies), account_admin, gdpr,
-                    rich, forwarding)
+                    rich, forwarding, to_device_home, to_device, to_device_feeds, sealed)
+
+
+def identity_key_lookup(config: Config, store: Store, router: Router) -> IdentityKeyLookup:
+    """A device's curve25519 identity key, for sender certificates: from the key
+    directory (services/keys.py), once it is built. Until then: none, and
+    GET /certificate/sender answers 409 no_identity_key."""
+    async def no_key_directory(_user_id: int, _device_id: int) -> str | None:
+        return None
+
+    return no_key_directory
+
+
+def _e2e_relay(config: Config, store: Store, router: Router, commands: Commands,
+               committer: GroupCommitter, accounts: AccountService, delivery: Delivery,
+               hub: Hub, home_api: HomeApi, account_admin: AccountAdmin,
+               ratelimits: RateLimits, clock: Clock, identity_key: IdentityKeyLookup,
+               ) -> tuple[ToDeviceHome, ToDevice, ToDeviceFeeds, SealedSender]:
+    """To-device queues and sealed sender (issue 14)."""
+    def publish(user_id: int, device_id: int, entries: list[Entry]) -> None:
+        delivery.publish_kind(TO_DEVICE_KIND, [user_id], [device_id, entries],
+                              lambda value: [value[0], [entry.to_wire() for entry in value[1]]])
+
+    home = ToDeviceHome(store=store, commands=commands, accounts=accounts,
+                        config=config.to_device, clock=clock, publish=publish)
+    committer.on_reload_needed(home.forget_pending)
+    accounts.on_device_revoked(home.device_revoked)
+    home_api.requests.update(home.requests)
+    relay = ToDevice(router=router, home=home, ratelimits=ratelimits, config=config.to_device)
+    feeds = ToDeviceFeeds(hub=hub, relay=relay, router=router,
+                          max_queue=config.websocket.max_queue)
+    delivery.kinds[TO_DEVICE_KIND] = feeds.deliver
+    sealed = SealedSender(router=router, store=store, commands=commands, to_device=home,
+                          ratelimits=ratelimits, config=config.sealed_sender, clock=clock,
+                          identity_key=identity_key)
+    home_api.requests.update(sealed.requests)
+    account_admin.erase_hooks.append(home.erase_user)
+    account_admin.erase_hooks.append(sealed.erase_user)
+    return home, relay, feeds, sealed
 
 
 def _rich_messages(config: Config, store: Store, router: Router, owner: ConversationOwner,
