@@ -18,7 +18,7 @@ import httpx
 import pytest
 import vodozemac
 
-from chatd.client import ApiError, ChatClient
+from chatd.client import ApiError, ChatClient, attachment_list
 from chatd.e2e.media import (
     EncryptedMedia,
     MediaError,
@@ -73,7 +73,7 @@ async def send_media(alice: Account, conversation: str, olm: OlmPair,
     response = await alice.post("/messages/send", {
         "conversation_id": conversation, "client_msg_id": uuid.uuid4().hex[:20],
         "content_type": OLM, "body": olm.seal(media.to_content()),
-        "attachments": [media.attachment()]})
+        "attachments": attachment_list([media.attachment()])})
     assert response.status_code == 201, response.text
     seq: int = response.json()["seq"]
     return seq
@@ -92,13 +92,21 @@ async def test_a_file_and_its_thumbnail_round_trip_and_the_server_keeps_no_plain
     olm = OlmPair()
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
         alice, bob = await new_account(http), await new_account(http)
-        conversation = await alice.direct_with(bob)
+        opened = await alice.post("/conversations/direct",
+                                  {"user_id": bob.user_id, "encrypted": True})
+        assert opened.status_code in (200, 201) and opened.json()["encrypted"], opened.text
+        conversation = opened.json()["conversation_id"]
+        accepted = await bob.post(f"/conversations/{conversation}/accept")
+        assert accepted.status_code == 200, accepted.text
         async with await client_of(server.url, alice) as client:
             media = await upload_encrypted(client, source, "image/jpeg", filename=filename,
                                            thumbnail=thumbnail, width=640, height=480)
         seq = await send_media(alice, conversation, olm, media)
         control = f"control-{uuid.uuid4().hex}"
-        await alice.send(conversation, control)  # a plaintext the scan must find
+        plain = await alice.direct_with(await new_account(http))
+        await alice.send(plain, control)  # a plaintext the scan must find
+        refused = await alice.send(conversation, control)  # never in an encrypted chat
+        assert refused.status_code == 400, refused.text
 
         # Bob: the message, its description, the file.
         history = (await bob.get(f"/messages/{conversation}")).json()["messages"]

@@ -167,8 +167,8 @@ def test_the_content_round_trips_and_carries_every_secret() -> None:
     content = media.to_content()
     assert EncryptedMedia.from_content(content) == media
     assert content["chunk_size"] == DEFAULT_CHUNK_SIZE
-    assert media.attachment() == {"media_id": "11", "thumbnail_media_id": "22"}
-    assert thumb.attachment() == {"media_id": "22"}
+    assert media.attachment() == ("11", "22")
+    assert thumb.attachment() == "22"
     assert decrypt_bytes(EncryptedMedia.from_content(content).thumbnail  # type: ignore[arg-type]
                          , ciphertext) == b"a thumbnail"
 

@@ -3,7 +3,8 @@
     media = await upload_encrypted(client, Path("beach.jpg"), "image/jpeg",
                                    thumbnail=make_thumbnail(Path("beach.jpg")))
     # media.to_content() goes inside an end-to-end encrypted message, and
-    # media.attachment() in that message's `attachments` (so its readers may fetch it).
+    # media.attachment() in that message's `attachments` (so its readers may fetch it):
+    await e2e.send(conversation_id, media.to_content(), attachments=[media.attachment()])
     ...
     media = EncryptedMedia.from_content(decrypted_content)
     await download_decrypted(client, media, Path("beach.jpg"))

@@ -285,13 +285,13 @@ class EncryptedMedia:
     def ciphertext_size(self) -> int:
         return ciphertext_size(self.size, self.keys.chunk_size)
 
-    def attachment(self) -> dict[str, str]:
-        """The message's `attachments` entry: the server lets the conversation's members
-        download the blobs a message carries, and only those."""
-        entry = {"media_id": self.media_id}
-        if self.thumbnail is not None:
-            entry["thumbnail_media_id"] = self.thumbnail.media_id
-        return entry
+    def attachment(self) -> str | tuple[str, str]:
+        """The message's attachment as `chatd.client` sends them (`attachments=[...]`):
+        the media id, or (media id, thumbnail's media id). The server lets the
+        conversation's members download the blobs a message carries, and only those."""
+        if self.thumbnail is None:
+            return self.media_id
+        return self.media_id, self.thumbnail.media_id
 
     def to_content(self) -> dict[str, Any]:
         """A JSON-able dict, for the SDK to encrypt into a message."""
