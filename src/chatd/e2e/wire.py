@@ -39,6 +39,10 @@ ROOM_KEY = "room_key"
 MESSAGE = "message"
 
 
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
 def pack(value: Any) -> bytes:
     data: bytes = msgpack.packb(value, use_bin_type=True)
     return data
