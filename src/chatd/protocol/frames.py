@@ -27,7 +27,7 @@ from chatd.domain.ids import parse_id
 from chatd.domain.media import Attaching
 from chatd.domain.models import Message, User
 from chatd.domain.reactions import check_emoji
-from chatd.errors import BadRequest, ChatdError, RateLimited
+from chatd.errors import BadRequest, ChatdError, DeviceListStale, RateLimited
 from chatd.protocol import edge
 
 Codec = Literal["json", "msgpack"]
@@ -269,9 +269,11 @@ def _with_req(frame: dict[str, Any], req: str | None) -> dict[str, Any]:
 def send_request(req: str, conversation_id: int | str, client_msg_id: str, body: str | bytes,
                  content_type: str = "text/plain",
                  attachments: list[dict[str, str]] | None = None, reply_to: int = 0,
-                 mentions: list[int | str] | None = None) -> dict[str, Any]:
+                 mentions: list[int | str] | None = None, *,
+                 device_list_version: dict[str, int] | None = None) -> dict[str, Any]:
     """`attachments`: `[{"media_id": …, "thumbnail_media_id": …}]` (the latter optional);
-    `reply_to`: the seq replied to; `mentions`: user ids mentioned explicitly."""
+    `reply_to`: the seq replied to; `mentions`: user ids mentioned explicitly;
+    `device_list_version`: {user_id: version} the sender encrypted for."""
     frame: dict[str, Any] = {"type": "send", "req": req, "conversation_id": str(conversation_id),
              "client_msg_id": client_msg_id, "content_type": content_type, "body": body}
     if attachments:
@@ -280,6 +282,9 @@ def send_request(req: str, conversation_id: int | str, client_msg_id: str, body:
         frame["reply_to"] = reply_to
     if mentions:
         frame["mentions"] = [str(user_id) for user_id in mentions]
+    if device_list_version:
+        frame["device_list_version"] = {str(user): version
+                                        for user, version in device_list_version.items()}
     return frame
 
 
@@ -526,4 +531,20 @@ def error_from(exc: ChatdError, req: str | None) -> OutFrame:
     if isinstance(exc, RateLimited):
         # Whole seconds, at least 1, as REST's Retry-After: retrying sooner is refused.
         frame.payload["retry_after"] = max(1, math.ceil(exc.retry_after))
+    if isinstance(exc, DeviceListStale):
+        # The users whose keys to query again, as REST's error body names them.
+        frame.payload["users"] = [str(user) for user in exc.users]
     return frame
+
+
+def keys_low_frame(one_time_key_count: int, fallback_used: bool) -> OutFrame:
+    """To one device: a claim left it fewer one-time keys than the server's threshold,
+    or handed out its fallback key: upload more (and a new fallback key)."""
+    return OutFrame({"type": "keys_low", "one_time_key_count": one_time_key_count,
+                     "fallback_used": fallback_used})
+
+
+def device_list_frame(user_id: int, version: int) -> OutFrame:
+    """`user_id` added or removed a device with keys: their device-list version is now
+    `version` (query their keys again before encrypting to them)."""
+    return OutFrame({"type": "device_list", "user_id": str(user_id), "version": version})

@@ -39,6 +39,8 @@ from chatd.services.exports import ExportStore
 from chatd.services.forwarding import Forwarding
 from chatd.services.gdpr import Gdpr
 from chatd.services.invites import GroupInvites
+from chatd.services.key_directory import KeyDirectory
+from chatd.services.keys import DeviceListNotifier, Keys
 from chatd.services.live import Hub
 from chatd.services.log import ConversationLog
 from chatd.services.media import MediaService
@@ -116,6 +118,11 @@ class Services:
     rich: RichMessaging
     #: Forwarding messages between conversations (replies and mentions ride on sends).
     forwarding: Forwarding
+    #: End-to-end keys: the home's directory, the client's side (routed to homes), and
+    #: the loop that tells contacts of device-list changes (services/keys.py).
+    key_directory: KeyDirectory
+    keys: Keys
+    device_lists: DeviceListNotifier
 
 
 def media_link_secret(config: Config, store: Store) -> bytes:
@@ -263,12 +270,34 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     rich = _rich_messages(config, store, router, owner, owner_api, commands, committer,
                           clock, deletions, requests, range_forgetters, ratelimits)
     rich.content_filter = messaging.content_filter
+    key_directory, keys, device_lists = _keys(config, store, commands, committer, clock,
+                                              router, accounts, account_admin, home_api,
+                                              delivery, messaging, ratelimits)
     return Services(config, store, committer, router, owner, owner_api, log, accounts, users,
                     home_api, conversations, messaging, hub, delivery, presence, receipts,
                     clock, coordinator, shipper, backups, media, privacy, requests, blocks,
                     deletions, sweeper, purger, abuse_home, abuse, reports, ratelimits,
                     TrustedProxies(config.server.trusted_proxies), account_admin, gdpr,
-                    rich, forwarding)
+                    rich, forwarding, key_directory, keys, device_lists)
+
+
+def _keys(config: Config, store: Store, commands: Commands, committer: GroupCommitter,
+          clock: Clock, router: Router, accounts: AccountService, account_admin: AccountAdmin,
+          home_api: HomeApi, delivery: Delivery, messaging: MessagingService,
+          ratelimits: RateLimits) -> tuple[KeyDirectory, Keys, DeviceListNotifier]:
+    """The key directory on this home: its writes ride on device deletions and erasure,
+    its mesh requests join the home's, its changes reach contacts and devices."""
+    directory = KeyDirectory(store=store, commands=commands, accounts=accounts, clock=clock,
+                             low_threshold=config.keys.low_threshold)
+    committer.on_reload_needed(directory.forget_pending)
+    accounts.device_deleters.append(directory.delete_device_keys)
+    account_admin.erase_hooks.append(directory.erase)
+    home_api.requests.update(directory.requests)
+    notifier = DeviceListNotifier(delivery=delivery,
+                                  conversations_of=messaging.conversations_of)
+    directory.on_device_list_change(notifier.changed)
+    directory.on_keys_low(notifier.keys_low)
+    return directory, Keys(router=router, directory=directory, ratelimits=ratelimits), notifier
 
 
 def _rich_messages(config: Config, store: Store, router: Router, owner: ConversationOwner,
