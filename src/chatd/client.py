@@ -70,6 +70,9 @@ class ChatClient:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.credentials: Credentials | None = None
+        #: The highest to-device id this client has been given (kept across connects,
+        #: so a frame sent again after a reconnect is dropped: exactly once).
+        self.to_device_seen = ToDeviceSeen()
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
         # Downloads get connections of their own: a connection whose first request is a
         # media download is served by the server's direct path (sendfile, no framework),
@@ -109,6 +112,7 @@ class ChatClient:
             "handle": handle, "password": password, "device_name": device_name})
         self.credentials = Credentials(body["token"], body["user_id"], body["device_id"],
                                        body["expires_at"])
+        self.to_device_seen = ToDeviceSeen()  # a new device: its ids start again
         self.token = self.credentials.token
         return self.credentials
 
@@ -122,9 +126,15 @@ class ChatClient:
 
     # -- conversations and messages -------------------------------------------------------
 
-    async def open_direct(self, user_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("POST", "/conversations/direct",
-                                                    {"user_id": user_id})
+    async def open_direct(self, user_id: str, *, encrypted: bool | None = None,
+                          ) -> dict[str, Any]:
+        """The direct conversation with `user_id`. `encrypted`: create it end-to-end
+        encrypted (True) or not (False); an existing one must match (409
+        `encryption_mismatch`); None takes it as it is (new ones: not encrypted)."""
+        body: dict[str, Any] = {"user_id": user_id}
+        if encrypted is not None:
+            body["encrypted"] = encrypted
+        result: dict[str, Any] = await self.request("POST", "/conversations/direct", body)
         return result
 
     async def accept_request(self, conversation_id: str) -> dict[str, Any]:
@@ -133,9 +143,13 @@ class ChatClient:
             "POST", f"/conversations/{conversation_id}/accept")
         return result
 
-    async def create_group(self, name: str, members: list[str]) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("POST", "/groups/create",
-                                                    {"name": name, "members": members})
+    async def create_group(self, name: str, members: list[str], *,
+                           encrypted: bool = False) -> dict[str, Any]:
+        """A new group; `encrypted`: it takes only ciphertext content types, for ever."""
+        body: dict[str, Any] = {"name": name, "members": members}
+        if encrypted:
+            body["encrypted"] = True
+        result: dict[str, Any] = await self.request("POST", "/groups/create", body)
         return result
 
     async def conversations(self) -> list[dict[str, Any]]:
@@ -327,6 +341,45 @@ class ChatClient:
             "devices": [{"user_id": user, "device_id": device} for user, device in devices]})
         return result
 
+    # -- end-to-end encryption: to-device messages, sealed sender (issue 14) -------------------
+
+    async def send_to_device(self, messages: dict[str, dict[str, dict[str, Any]]], *,
+                             txn_id: str | None = None) -> dict[str, Any]:
+        """Queue to-device messages: `{user_id: {device_id or "*": {"type", "content"}}}`
+        ("*": every device of that user). A retry with the same `txn_id` queues nothing
+        again and answers as the first time."""
+        result: dict[str, Any] = await self.request("POST", "/to_device", {
+            "txn_id": txn_id or new_client_msg_id(), "messages": messages})
+        return result
+
+    async def sender_certificate(self) -> dict[str, Any]:
+        """A short-lived sender certificate for sealed sender: {certificate (base64 of
+        the signed JSON), signature (base64 Ed25519), key_id, and its fields decoded:
+        user_id, device_id, identity_key, expires}."""
+        result: dict[str, Any] = await self.request("GET", "/certificate/sender")
+        return result
+
+    async def server_keys(self) -> dict[str, str]:
+        """The server's certificate keys: key_id -> base64 Ed25519 public key."""
+        result: dict[str, str] = (await self.request("GET", "/certificate/server_keys"))[
+            "keys"]
+        return result
+
+    async def set_access_key(self, access_key: bytes) -> None:
+        """Store this account's 16-byte unidentified access key (sealed sender)."""
+        await self.request("PUT", "/me/access_key",
+                           {"access_key": base64.b64encode(access_key).decode()})
+
+    async def sealed_send(self, user_id: str, device_id: str, envelope: bytes,
+                          access_key: bytes) -> None:
+        """Deliver a sealed envelope to one device of `user_id` without saying who sends
+        it: no bearer token, only the recipient's access key."""
+        response = await self._http.post("/sealed/send", json={
+            "user_id": user_id, "device_id": device_id,
+            "envelope": base64.b64encode(envelope).decode()},
+            headers={ACCESS_KEY_HEADER: base64.b64encode(access_key).decode()})
+        _raise_for_error(response)
+
     # -- live -----------------------------------------------------------------------------
 
     @asynccontextmanager
@@ -338,7 +391,7 @@ class ChatClient:
             socket = await ClientSocket.connect(ws_url, subprotocols=[f"chatd.{codec}"])
         try:
             async with trio.open_nursery() as nursery:
-                live = LiveConnection(socket, codec)
+                live = LiveConnection(socket, codec, to_device_seen=self.to_device_seen)
                 nursery.start_soon(live.receive_forever)
                 try:
                     yield live
@@ -382,10 +435,25 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: The header `POST /sealed/send` takes the recipient's access key in (base64).
+ACCESS_KEY_HEADER = "Unidentified-Access-Key"
+
+
+class ToDeviceSeen:
+    """The highest to-device id a client was given; shared by its connections."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = 0
+
+
 class LiveConnection:
-    def __init__(self, socket: ClientSocket, codec: Codec) -> None:
+    def __init__(self, socket: ClientSocket, codec: Codec,
+                 to_device_seen: ToDeviceSeen | None = None) -> None:
         self.socket = socket
         self.codec = codec
+        self.to_device_seen = to_device_seen or ToDeviceSeen()
         self._events_in, self._events_out = trio.open_memory_channel[dict[str, Any]](10_000)
         self._waiters: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
         self.close_code: int | None = None
@@ -396,6 +464,8 @@ class LiveConnection:
         try:
             while True:
                 for item in frames.decode_server_message(await self.socket.receive()):
+                    if item.get("type") == "to_device" and not self._new_to_device(item):
+                        continue  # sent again after a reconnect: this client has it
                     waiter = self._waiters.pop(item.get("req", ""), None) if item.get(
                         "type") in ("sent", "ok", "pong", "error") else None
                     if waiter is not None:
@@ -409,6 +479,13 @@ class LiveConnection:
             self._events_in.close()
             for waiter in self._waiters.values():
                 waiter.close()
+
+    def _new_to_device(self, item: dict[str, Any]) -> bool:
+        to_device_id = item.get("id")
+        if not isinstance(to_device_id, int) or to_device_id <= self.to_device_seen.last:
+            return False
+        self.to_device_seen.last = to_device_id
+        return True
 
     async def _call(self, frame: dict[str, Any]) -> dict[str, Any]:
         req = frame.setdefault("req", f"r{next(_ids)}")
@@ -467,6 +544,18 @@ class LiveConnection:
 
     async def ping(self) -> None:
         await self._call(frames.ping_request())
+
+    async def ack_to_device(self, up_to: int) -> None:
+        """The server may delete this device's to-device messages up to id `up_to`."""
+        await self._call(frames.to_device_ack_request(up_to))
+
+    async def to_device(self) -> AsyncIterator[dict[str, Any]]:
+        """The `to_device` frames, each once, in id order: {"type": "to_device", id,
+        message_type, content, and sender_user_id, sender_device_id (not for a
+        `sealed` message_type)}. Other events are dropped: use `events()` to see both."""
+        async for event in self._events_out:
+            if event.get("type") == "to_device":
+                yield event
 
     async def next_event(self) -> dict[str, Any]:
         """The next frame that is not a reply; raises trio.EndOfChannel once closed."""

@@ -105,8 +105,17 @@ class ReactFrame:
     req: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ToDeviceAckFrame:
+    """The device has its to-device messages up to id `up_to`: the server deletes them."""
+
+    up_to: int
+    req: str | None = None
+
+
 ClientFrame = (SendFrame | AckFrame | ReadFrame | TypingFrame | PingFrame | SyncFrame
                | ReactFrame)
+ClientFrame = ClientFrame | ToDeviceAckFrame
 
 
 def _unpack(data: str | bytes, codec: Codec) -> Any:
@@ -250,6 +259,11 @@ def decode_client_frame(data: str | bytes, codec: Codec) -> ClientFrame:
             for key, value in cursors.items():
                 parsed[_id({"c": key}, "c", req)] = _seq({"seq": value}, req)
             return SyncFrame(parsed, req)
+        if kind == "to_device_ack":
+            up_to: int = _field(frame, "up_to", int, req)
+            if not 0 <= up_to < 1 << 63:
+                raise FrameError("invalid_field", "up_to: a to-device id (0 or more)", req)
+            return ToDeviceAckFrame(up_to, req)
     except BadRequest as exc:
         raise FrameError(exc.code, exc.message, req) from None
     raise FrameError("unknown_type", f"unknown frame type {kind!r}; see docs/api.md", req)
@@ -318,6 +332,11 @@ def sync_request(cursors: dict[int, int] | dict[str, int], req: str | None = Non
                  ) -> dict[str, Any]:
     return _with_req({"type": "sync",
                       "cursors": {str(conv): seq for conv, seq in cursors.items()}}, req)
+
+
+def to_device_ack_request(up_to: int, req: str | None = None) -> dict[str, Any]:
+    """Delete this device's to-device messages up to id `up_to` (it has them)."""
+    return _with_req({"type": "to_device_ack", "up_to": up_to}, req)
 
 
 def encode_request(frame: dict[str, Any], codec: Codec) -> str | bytes:
@@ -548,3 +567,16 @@ def device_list_frame(user_id: int, version: int) -> OutFrame:
     """`user_id` added or removed a device with keys: their device-list version is now
     `version` (query their keys again before encrypting to them)."""
     return OutFrame({"type": "device_list", "user_id": str(user_id), "version": version})
+
+
+def to_device_frame(to_device_id: int, sender_user_id: int | None,
+                    sender_device_id: int | None, kind: str, content: Any) -> OutFrame:
+    """A to-device message for one device (services/to_device.py); a sealed one
+    (`sender_user_id` None) names no sender."""
+    payload: dict[str, Any] = {"type": "to_device", "id": to_device_id}
+    if sender_user_id is not None:
+        payload["sender_user_id"] = str(sender_user_id)
+        payload["sender_device_id"] = str(sender_device_id)
+    payload["message_type"] = kind  # "type" names the frame
+    payload["content"] = content
+    return OutFrame(payload)
