@@ -90,12 +90,19 @@ class E2EClient:
                    now_ms: Callable[[], int] = _now_ms) -> E2EClient:
         """Open (or create) this device's state in `state_dir` and publish its keys if it
         has not yet. `WrongPassphrase` when the passphrase does not open it."""
-        credentials = client.credentials
-        if credentials is None:
-            raise E2EError("log in before opening the E2E state (it belongs to a device)")
         store = await trio.to_thread.run_sync(
             lambda: StateStore.open(state_dir, passphrase, opslimit=opslimit,
                                     memlimit=memlimit))
+        return await cls.from_store(client, store, now_ms=now_ms)
+
+    @classmethod
+    async def from_store(cls, client: ChatClient, store: StateStore, *,
+                         now_ms: Callable[[], int] = _now_ms) -> E2EClient:
+        """As `open`, with the state already open (`chatd chat` keeps its device's token
+        in it too)."""
+        credentials = client.credentials
+        if credentials is None:
+            raise E2EError("log in before opening the E2E state (it belongs to a device)")
         machine = E2EMachine.load(store, credentials.user_id, credentials.device_id)
         e2e = cls(client, machine, now_ms)
         await e2e.publish_keys()
