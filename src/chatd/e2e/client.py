@@ -187,6 +187,11 @@ class E2EClient:
         self.machine.trust.verify(user_id)
         self.machine.save()
 
+    def accept_key_change(self, user_id: str, device_id: str) -> None:
+        """The user saw a `changed` warning and accepts the device's new keys."""
+        self.machine.trust.accept(user_id, device_id)
+        self.machine.save()
+
     # -- sending --------------------------------------------------------------------------
 
     async def send(self, conversation_id: str, content: dict[str, Any], *,
