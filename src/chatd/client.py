@@ -308,39 +308,6 @@ class ChatClient:
                                                     params=params)
         return result
 
-    # -- end-to-end keys (issue 14; docs/api.md "Keys") ----------------------------------
-
-    async def upload_keys(self, identity: dict[str, str],
-                          one_time_keys: dict[str, dict[str, str]] | None = None,
-                          fallback_key: dict[str, dict[str, str]] | None = None) -> int:
-        """Publish this device's keys: `identity` {curve25519, ed25519, signature},
-        `one_time_keys` and `fallback_key` {key_id: {key, signature}} (unpadded base64
-        as vodozemac prints it; each signature over the key's base64 text). Returns how
-        many one-time keys the server holds for this device."""
-        body: dict[str, Any] = {"identity": identity}
-        if one_time_keys:
-            body["one_time_keys"] = one_time_keys
-        if fallback_key:
-            body["fallback_key"] = fallback_key
-        result = await self.request("POST", "/keys/upload", body)
-        count: int = result["one_time_key_count"]
-        return count
-
-    async def query_keys(self, user_ids: list[str]) -> list[dict[str, Any]]:
-        """Each user's device-list `version` and `devices` [{device_id, curve25519,
-        ed25519, signature}], in the order asked."""
-        result: list[dict[str, Any]] = (await self.request(
-            "POST", "/keys/query", {"user_ids": user_ids}))["users"]
-        return result
-
-    async def claim_keys(self, devices: list[tuple[str, str]]) -> dict[str, Any]:
-        """One key per (user_id, device_id): {"keys": [{user_id, device_id, key_id, key,
-        signature, fallback}], "missing": [{user_id, device_id}]} (devices with no key
-        to give, unknown, or not that user's)."""
-        result: dict[str, Any] = await self.request("POST", "/keys/claim", {
-            "devices": [{"user_id": user, "device_id": device} for user, device in devices]})
-        return result
-
     # -- end-to-end encryption: to-device messages, sealed sender (issue 14) -------------------
 
     async def send_to_device(self, messages: dict[str, dict[str, dict[str, Any]]], *,
@@ -379,6 +346,39 @@ class ChatClient:
             "envelope": base64.b64encode(envelope).decode()},
             headers={ACCESS_KEY_HEADER: base64.b64encode(access_key).decode()})
         _raise_for_error(response)
+
+    # -- end-to-end keys (issue 14; docs/api.md "Keys") ----------------------------------
+
+    async def upload_keys(self, identity: dict[str, str],
+                          one_time_keys: dict[str, dict[str, str]] | None = None,
+                          fallback_key: dict[str, dict[str, str]] | None = None) -> int:
+        """Publish this device's keys: `identity` {curve25519, ed25519, signature},
+        `one_time_keys` and `fallback_key` {key_id: {key, signature}} (unpadded base64
+        as vodozemac prints it; each signature over the key's base64 text). Returns how
+        many one-time keys the server holds for this device."""
+        body: dict[str, Any] = {"identity": identity}
+        if one_time_keys:
+            body["one_time_keys"] = one_time_keys
+        if fallback_key:
+            body["fallback_key"] = fallback_key
+        result = await self.request("POST", "/keys/upload", body)
+        count: int = result["one_time_key_count"]
+        return count
+
+    async def query_keys(self, user_ids: list[str]) -> list[dict[str, Any]]:
+        """Each user's device-list `version` and `devices` [{device_id, curve25519,
+        ed25519, signature}], in the order asked."""
+        result: list[dict[str, Any]] = (await self.request(
+            "POST", "/keys/query", {"user_ids": user_ids}))["users"]
+        return result
+
+    async def claim_keys(self, devices: list[tuple[str, str]]) -> dict[str, Any]:
+        """One key per (user_id, device_id): {"keys": [{user_id, device_id, key_id, key,
+        signature, fallback}], "missing": [{user_id, device_id}]} (devices with no key
+        to give, unknown, or not that user's)."""
+        result: dict[str, Any] = await self.request("POST", "/keys/claim", {
+            "devices": [{"user_id": user, "device_id": device} for user, device in devices]})
+        return result
 
     # -- live -----------------------------------------------------------------------------
 

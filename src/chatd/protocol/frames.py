@@ -114,8 +114,7 @@ class ToDeviceAckFrame:
 
 
 ClientFrame = (SendFrame | AckFrame | ReadFrame | TypingFrame | PingFrame | SyncFrame
-               | ReactFrame)
-ClientFrame = ClientFrame | ToDeviceAckFrame
+               | ReactFrame | ToDeviceAckFrame)
 
 
 def _unpack(data: str | bytes, codec: Codec) -> Any:
@@ -556,19 +555,6 @@ def error_from(exc: ChatdError, req: str | None) -> OutFrame:
     return frame
 
 
-def keys_low_frame(one_time_key_count: int, fallback_used: bool) -> OutFrame:
-    """To one device: a claim left it fewer one-time keys than the server's threshold,
-    or handed out its fallback key: upload more (and a new fallback key)."""
-    return OutFrame({"type": "keys_low", "one_time_key_count": one_time_key_count,
-                     "fallback_used": fallback_used})
-
-
-def device_list_frame(user_id: int, version: int) -> OutFrame:
-    """`user_id` added or removed a device with keys: their device-list version is now
-    `version` (query their keys again before encrypting to them)."""
-    return OutFrame({"type": "device_list", "user_id": str(user_id), "version": version})
-
-
 def to_device_frame(to_device_id: int, sender_user_id: int | None,
                     sender_device_id: int | None, kind: str, content: Any) -> OutFrame:
     """A to-device message for one device (services/to_device.py); a sealed one
@@ -580,3 +566,16 @@ def to_device_frame(to_device_id: int, sender_user_id: int | None,
     payload["message_type"] = kind  # "type" names the frame
     payload["content"] = content
     return OutFrame(payload)
+
+
+def keys_low_frame(one_time_key_count: int, fallback_used: bool) -> OutFrame:
+    """To one device: a claim left it fewer one-time keys than the server's threshold,
+    or handed out its fallback key: upload more (and a new fallback key)."""
+    return OutFrame({"type": "keys_low", "one_time_key_count": one_time_key_count,
+                     "fallback_used": fallback_used})
+
+
+def device_list_frame(user_id: int, version: int) -> OutFrame:
+    """`user_id` added or removed a device with keys: their device-list version is now
+    `version` (query their keys again before encrypting to them)."""
+    return OutFrame({"type": "device_list", "user_id": str(user_id), "version": version})

@@ -18,7 +18,7 @@ events take the same path and are never logged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from chatd.domain.models import Message
@@ -62,6 +62,9 @@ class Delivery:
         self._remote: dict[int, set[str]] = {}
         # Boot ids of peers as last seen (a new one clears that shard's entries).
         self._boot_ids: dict[str, str] = {}
+        #: Kinds other services deliver (kind -> handler of (data, users) on the shard
+        #: holding the sockets): "to_device" (services/to_device.py).
+        self.kinds: dict[str, Callable[[Any, list[int]], None]] = {}
 
     # -- the owner's side: publish to users, wherever they are --------------------------------
 
@@ -109,6 +112,15 @@ class Delivery:
             self._hand_over(PRIVACY, data, list(user_ids))
             return
         self._send(PRIVACY, data, _same, user_ids)
+
+    def publish_kind(self, kind: str, user_ids: Iterable[int], value: Any,
+                     to_wire: Callable[[Any], Any]) -> None:
+        """A kind of `kinds` for the users' sessions, wherever they are: `value` is
+        handed as it is to a handler on this shard, as `to_wire(value)` across the mesh."""
+        if self._router.peers is None:
+            self.kinds[kind](value, list(user_ids))
+            return
+        self._send(kind, value, to_wire, user_ids)
 
     def close_device(self, user_id: int, device_id: int) -> None:
         """A revoked device's sockets are closed (4001), wherever they are."""
@@ -201,6 +213,8 @@ class Delivery:
         elif kind == CLOSE_DEVICE:
             user_id, device_id = data
             self._hub.close_device(user_id, device_id)
+        elif kind in self.kinds:
+            self.kinds[kind](data, users)
         elif kind == DEVICE_FRAME:
             device_id, payload = data
             self._hub.deliver_to_device(users, int(device_id), OutFrame(payload))

@@ -242,7 +242,8 @@ TOKENS: Family[bytes, TokenRecord] = Family(
 CONVERSATIONS: Family[int, Conversation] = Family(
     "conversations", u64, read_u64, *_fields(Conversation, "kind", "name", "created_by",
                                              "created_at", "photo_media_id", "disappearing_s",
-                                             "anyone_sets_timer", key=("conversation_id",)),
+                                             "anyone_sets_timer", "encrypted",
+                                             key=("conversation_id",)),
     conversation_at=0)
 MEMBERS: Family[tuple[int, int], Member] = Family(
     "members", _pair_key, read_pair, *_fields(Member, "role", "joined_seq"), conversation_at=0)
@@ -516,3 +517,33 @@ FAMILIES = FAMILIES + E2E_FAMILIES
 CONVERSATION_FAMILIES.update(
     (family.name, family.conversation_at) for family in FAMILIES
     if family.conversation_at is not None)
+
+# -- end-to-end encryption relay (services/to_device.py, services/sealed_sender.py) ----------
+# On the target user's home, not replicated (like the rest of an account).
+
+#: A device's to-device queue: (user, device, id) -> [sender user (0: sealed, no sender),
+#: sender device, type, content]; deleted when the device acknowledges it.
+TO_DEVICE: Family[tuple[int, int, int], Any] = Family(
+    "to_device", _triple_key, _read_triple, pack, _read_any)
+#: The last id given in a device's queue (ids keep growing after the queue empties).
+TO_DEVICE_HEADS: Family[tuple[int, int], int] = Family(
+    "to_device_heads", _pair_key, read_pair, _u64_value, _read_u64_value)
+
+
+def _txn_key(key: tuple[int, int, str]) -> bytes:
+    sender, device, txn_id = key
+    return _U64_PAIR.pack(sender, device) + txn_id.encode()
+
+
+def _read_txn_key(data: bytes) -> tuple[int, int, str]:
+    sender, device = read_pair(data)
+    return sender, device, bytes(data[16:]).decode()
+
+
+#: (sender user, sender device, txn_id) -> [ms, messages queued here]: a retried
+#: POST /to_device queues nothing twice (the newest few hundred per sending device).
+TO_DEVICE_TXNS: Family[tuple[int, int, str], Any] = Family(
+    "to_device_txns", _txn_key, _read_txn_key, pack, _read_any)
+#: A user's 16-byte unidentified access key (sealed sender), on their home.
+ACCESS_KEYS: Family[int, bytes] = Family("access_keys", u64, read_u64, pack, _read_any)
+FAMILIES = (*FAMILIES, TO_DEVICE, TO_DEVICE_HEADS, TO_DEVICE_TXNS, ACCESS_KEYS)

@@ -34,6 +34,7 @@ from chatd.web import (
     routes_moderation,
     routes_ops,
     routes_privacy,
+    routes_relay,
     routes_replication,
     routes_reports,
     routes_rich,
@@ -221,5 +222,6 @@ def create_app(services: Services) -> QuartTrio:
     routes_moderation.register(api, services)
     routes_gdpr.register(api, services)
     routes_admin_users.register(api, services)
+    routes_relay.register(api, services)
     api.install(app)
     return app

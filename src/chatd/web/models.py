@@ -220,6 +220,9 @@ class FindUser(Model):
 @dataclass(frozen=True, slots=True)
 class OpenDirect(Model):
     user_id: Annotated[int, ID]
+    #: End-to-end encrypted: true or false when creating it (an existing one must
+    #: match: 409 encryption_mismatch); left out, it is taken as it is (new: false).
+    encrypted: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +234,8 @@ class MarkRead(Model):
 class CreateGroup(Model):
     name: Annotated[str, GROUP_NAME]
     members: Annotated[list[int], IdList(ID, min_items=0, max_items=MAX_IDS_PER_REQUEST)]
+    #: End-to-end encrypted, for ever: only ciphertext content types are accepted.
+    encrypted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -502,6 +507,9 @@ class Conversation(Model):
     pins: Annotated[list[int], Json({"type": "array", "items": {"type": "integer",
                                                                  "minimum": 0}})] = \
         field(default_factory=list)
+    #: End-to-end encrypted (chosen at creation, never changed): only
+    #: application/vnd.chatd.olm, .megolm and .encrypted-media messages.
+    encrypted: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = Model.to_json(self)
