@@ -60,6 +60,8 @@ class SendFrame:
     reply_to: int = 0
     #: Users mentioned explicitly (ids; the text's @handles are resolved as well).
     mentions: tuple[int, ...] = ()
+    #: {user_id: device-list version} the sender encrypted for (empty: no check).
+    device_list_version: dict[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +219,27 @@ def _mentions(frame: dict[str, Any], req: str) -> tuple[int, ...]:
     return tuple(_id({"m": item}, "m", req) for item in items)
 
 
+#: Users one send's `device_list_version` may name.
+MAX_DEVICE_LIST_USERS = 1024
+
+
+def _device_list_version(frame: dict[str, Any], req: str) -> dict[int, int] | None:
+    items = frame.get("device_list_version")
+    if items is None:
+        return None
+    if not isinstance(items, dict) or len(items) > MAX_DEVICE_LIST_USERS:
+        raise FrameError("invalid_field", "device_list_version: an object of user_id: "
+                         f"version, at most {MAX_DEVICE_LIST_USERS} users", req)
+    versions = {}
+    for user, version in items.items():
+        if not isinstance(version, int) or isinstance(version, bool) \
+                or not 0 <= version < 1 << 63:
+            raise FrameError("invalid_field", "device_list_version: versions are "
+                             "non-negative integers", req)
+        versions[_id({"u": user}, "u", req)] = version
+    return versions
+
+
 def decode_client_frame(data: str | bytes, codec: Codec) -> ClientFrame:
     frame = _unpack(data, codec)
     if not isinstance(frame, dict):
@@ -235,7 +258,7 @@ def decode_client_frame(data: str | bytes, codec: Codec) -> ClientFrame:
                              rules.check_client_msg_id(_field(frame, "client_msg_id", str, req)),
                              content_type, _body(frame, content_type, codec, req),
                              _attachments(frame, req), _reply_to(frame, req),
-                             _mentions(frame, req))
+                             _mentions(frame, req), _device_list_version(frame, req))
         if kind == "ack":
             return AckFrame(_id(frame, "conversation_id", req), _seq(frame, req), req)
         if kind == "read":
