@@ -42,6 +42,8 @@ from chatd.e2e.store import DEFAULT_MEMLIMIT, DEFAULT_OPSLIMIT, StateStore
 from chatd.e2e.trust import DeviceKeys, KeyChange
 
 #: System entries after which a conversation's member list is fetched again.
+#: How many sent contents are remembered for their echo.
+_SENT_KEPT = 256
 _MEMBERSHIP_EVENTS = frozenset({"group_created", "members_added", "members_removed",
                                 "member_left", "invite_accepted", "member_erased"})
 
@@ -83,6 +85,10 @@ class E2EClient:
         self._handled: dict[str, int] = {}
         #: Key changes not yet delivered through `events()`.
         self.warnings: list[KeyChange] = []
+        #: What this device sent lately, by (conversation, client_msg_id): the server
+        #: echoes a REST send to the sender's own socket, and nothing is encrypted for
+        #: the sending device itself.
+        self._sent: dict[tuple[str, str], dict[str, Any]] = {}
 
     @classmethod
     async def open(cls, client: ChatClient, state_dir: Path, passphrase: str, *,
@@ -201,6 +207,9 @@ class E2EClient:
         """Encrypt `content` for every member device and send it (over `live` when given,
         else REST). Returns the server's answer (`seq`, `message_id`, `ts`)."""
         client_msg_id = client_msg_id or new_client_msg_id()
+        self._sent[(conversation_id, client_msg_id)] = content
+        while len(self._sent) > _SENT_KEPT:
+            del self._sent[next(iter(self._sent))]
         for attempt in range(3):
             content_type, body, versions = await self._encrypt(conversation_id, content)
             try:
@@ -293,6 +302,14 @@ class E2EClient:
     async def decrypt(self, message: dict[str, Any]) -> Decrypted | Undecryptable:
         """One message (live, or from `history`): its content, or why not."""
         sender_key = self.machine.sender_key_of(message)
+        if sender_key == self.machine.identity.curve25519:
+            sent = self._sent.get((str(message.get("conversation_id")),
+                                   str(message.get("client_msg_id"))))
+            if sent is None:
+                return Undecryptable(message, "sent by this device (its text is not kept)",
+                                     False)
+            return Decrypted(str(message.get("conversation_id")), int(message["seq"]),
+                             self.machine.user_id, self.machine.device_id, sent, message)
         if sender_key is not None and self.machine.trust.device_by_key(sender_key) is None:
             await self.refresh_devices([str(message.get("sender_id"))])
         try:
