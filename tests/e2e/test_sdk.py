@@ -93,10 +93,14 @@ async def test_megolm_group_removed_member_and_late_joiner(
             response = await alice.chat.request("POST", f"/groups/{conversation}/remove",
                                                 {"user_ids": [carol.user_id]})
             assert carol.user_id not in [m["user_id"] for m in response["members"]]
+            session_before = alice.e2e.machine.megolm.outbound[conversation].session.session_id
             await drain(alice, alice_live)  # the removal entry: alice's session rotates
+            assert conversation not in alice.e2e.machine.megolm.outbound
             await alice.e2e.send(conversation, {"text": "carol is gone"}, live=alice_live)
             after = await next_decrypted(bob, bob_live)
             assert after.content == {"text": "carol is gone"}
+            assert alice.e2e.machine.megolm.outbound[conversation].session.session_id \
+                != session_before
             # Carol gets the ciphertext by other means (it is no secret): she cannot read it.
             refused = await carol.e2e.decrypt(after.message)
             assert isinstance(refused, Undecryptable), refused
@@ -263,3 +267,47 @@ async def test_no_plaintext_reaches_the_servers_disk(start_server: ServerFactory
         assert any(name.endswith(".sst") for name in files_holding(server, control))
         for needle in (secret, group_secret, "secret-", "groupsecret-"):
             assert files_holding(server, needle) == [], needle
+
+
+async def test_keys_are_refilled_and_the_fallback_key_opens_sessions(
+        start_server: ServerFactory, tmp_path: Path) -> None:
+    server = await start_server(ratelimits=UNLIMITED_SENDS)
+    async with sdk_user(server.url, tmp_path) as alice, \
+            sdk_user(server.url, tmp_path) as bob, \
+            sdk_user(server.url, tmp_path) as carol:
+        conversation = await open_direct(alice, bob)
+        bob_device = (bob.user_id, bob.e2e.machine.device_id)
+        identity = bob.e2e.machine.account.identity_payload()
+        async with bob.chat.connect() as bob_live:
+            # Carol takes every one-time key bob published; then the fallback key.
+            claimed = [await carol.chat.claim_keys([bob_device]) for _ in range(50)]
+            assert not any(c["keys"][0]["fallback"] for c in claimed)
+            assert (await carol.chat.claim_keys([bob_device]))["keys"][0]["fallback"]
+            # Alice's session is opened from the fallback key: it still works.
+            await alice.e2e.send(conversation, {"text": "on the fallback key"})
+            got = await next_decrypted(bob, bob_live)
+            assert got.content == {"text": "on the fallback key"}
+            # keys_low reached bob's SDK on the way: it uploaded a fresh batch and a new
+            # fallback key.
+            await drain(bob, bob_live)
+            assert await bob.chat.upload_keys(identity) == 50
+            fresh = await carol.chat.claim_keys([bob_device])
+            assert not fresh["keys"][0]["fallback"]
+            assert fresh["keys"][0]["key"] not in {c["keys"][0]["key"] for c in claimed}
+
+
+async def test_a_stale_device_list_is_queried_again_and_the_new_device_reads(
+        start_server: ServerFactory, tmp_path: Path) -> None:
+    server = await start_server(ratelimits=UNLIMITED_SENDS)
+    async with sdk_user(server.url, tmp_path) as alice, \
+            sdk_user(server.url, tmp_path) as bob:
+        conversation = await open_direct(alice, bob)
+        await alice.e2e.send(conversation, {"text": "one device"})
+        before = alice.e2e.versions[bob.user_id]
+        # Bob logs in on a second device; alice, not connected, hears nothing of it.
+        async with sdk_user(server.url, tmp_path, bob.handle, register=False) as bob2:
+            await alice.e2e.send(conversation, {"text": "both devices"})  # 409, then again
+            assert alice.e2e.versions[bob.user_id] > before
+            async with bob2.chat.connect() as live:
+                got = await next_decrypted(bob2, live)
+                assert got.content == {"text": "both devices"}

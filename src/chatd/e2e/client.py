@@ -42,6 +42,8 @@ from chatd.e2e.store import DEFAULT_MEMLIMIT, DEFAULT_OPSLIMIT, StateStore
 from chatd.e2e.trust import DeviceKeys, KeyChange
 
 #: System entries after which a conversation's member list is fetched again.
+#: A used fallback key is replaced at most this often (seconds).
+FALLBACK_ROTATION_S = 60
 #: How many sent contents are remembered for their echo.
 _SENT_KEPT = 256
 _MEMBERSHIP_EVENTS = frozenset({"group_created", "members_added", "members_removed",
@@ -85,6 +87,7 @@ class E2EClient:
         self._handled: dict[str, int] = {}
         #: Key changes not yet delivered through `events()`.
         self.warnings: list[KeyChange] = []
+        self._fallback_rotated_ms = 0
         #: What this device sent lately, by (conversation, client_msg_id): the server
         #: echoes a REST send to the sender's own socket, and nothing is encrypted for
         #: the sending device itself.
@@ -116,14 +119,32 @@ class E2EClient:
 
     # -- keys -----------------------------------------------------------------------------
 
-    async def publish_keys(self, one_time_key_count: int | None = None,
-                           fallback_used: bool = False) -> int:
-        """Upload what the directory lacks (all of it, the first time)."""
-        if self.machine.uploaded and one_time_key_count is None and not fallback_used:
+    async def publish_keys(self) -> int:
+        """The first upload: identity, one-time keys and a fallback key. Nothing once
+        done (returns -1)."""
+        if self.machine.uploaded:
             return -1
-        body = self.machine.account.prepare_upload(
-            server_count=one_time_key_count if self.machine.uploaded else None,
-            new_fallback=fallback_used)
+        return await self._upload(self.machine.account.prepare_upload())
+
+    async def refill_keys(self, fallback_used: bool = False) -> int:
+        """After `keys_low`: top the directory up to the target. The frame's count may
+        be stale (one comes per claim below the threshold, and an earlier one may have
+        refilled already), so the server is asked for the current count first; a used
+        fallback key is replaced once per `FALLBACK_ROTATION_S`, not once per frame (the
+        account keeps only the previous fallback key, and a pre-key message on it may be
+        on its way)."""
+        account = self.machine.account
+        count = await self.client.upload_keys(account.identity_payload())
+        now = self.now_ms()
+        rotate = fallback_used and now - self._fallback_rotated_ms > FALLBACK_ROTATION_S * 1000
+        if rotate:
+            self._fallback_rotated_ms = now
+        body = account.prepare_upload(server_count=count, new_fallback=rotate)
+        if not body["one_time_keys"] and "fallback_key" not in body:
+            return count
+        return await self._upload(body)
+
+    async def _upload(self, body: dict[str, Any]) -> int:
         self.machine.save()  # the private halves before the public ones go out
         count = await self.client.upload_keys(body["identity"], body["one_time_keys"],
                                               body.get("fallback_key"))
@@ -269,8 +290,7 @@ class E2EClient:
         elif kind == "to_device":
             out.extend(await self._on_to_device(event, live))
         elif kind == "keys_low":
-            await self.publish_keys(int(event.get("one_time_key_count", 0)),
-                                    bool(event.get("fallback_used")))
+            await self.refill_keys(bool(event.get("fallback_used")))
         elif kind == "device_list":
             self.versions.pop(str(event.get("user_id")), None)
             await self.refresh_devices([str(event.get("user_id"))])

@@ -96,15 +96,8 @@ class StateStore:
                 check = base64.b64decode(header["check"])
             except (ValueError, KeyError, TypeError) as exc:
                 raise StateCorrupt(f"{header_path} is not a chatd E2E state header") from exc
-            master = _derive(passphrase, salt, opslimit, memlimit)
-            store = cls(root, master)
-            try:
-                if store._box.decrypt(check) != _CHECK:
-                    raise WrongPassphrase("the passphrase does not open this E2E state")
-            except nacl.exceptions.CryptoError:
-                raise WrongPassphrase(
-                    f"the passphrase does not open the E2E state in {root}") from None
-            store._load()
+            store = cls(root, _derive(passphrase, salt, opslimit, memlimit))
+            store.unlock(check)
             return store
         root.mkdir(parents=True, exist_ok=True)
         (root / _RECORDS).mkdir(exist_ok=True)
@@ -113,9 +106,24 @@ class StateStore:
         store = cls(root, master)
         header = {"version": 1, "kdf": "argon2id", "opslimit": opslimit,
                   "memlimit": memlimit, "salt": base64.b64encode(salt).decode(),
-                  "check": base64.b64encode(store._box.encrypt(_CHECK)).decode()}
+                  "check": base64.b64encode(store.seal(_CHECK)).decode()}
         atomic_write(header_path, json.dumps(header).encode())
         return store
+
+    def seal(self, data: bytes) -> bytes:
+        sealed: bytes = self._box.encrypt(data)
+        return sealed
+
+    def unlock(self, check: bytes) -> None:
+        """Check the passphrase against the header's check value, then read every
+        record."""
+        try:
+            if self._box.decrypt(check) != _CHECK:
+                raise WrongPassphrase("the passphrase does not open this E2E state")
+        except nacl.exceptions.CryptoError:
+            raise WrongPassphrase(
+                f"the passphrase does not open the E2E state in {self.root}") from None
+        self._load()
 
     def _file_of(self, name: str) -> Path:
         digest = nacl.hash.blake2b(name.encode(), key=self._name_key, digest_size=16)
@@ -143,8 +151,8 @@ class StateStore:
     def put(self, name: str, value: bytes) -> None:
         if self._records.get(name) == value:
             return
-        atomic_write(self._file_of(name),
-                     self._box.encrypt(msgpack.packb([name, value], use_bin_type=True)))
+        atomic_write(self._file_of(name), self.seal(msgpack.packb([name, value],
+                                                                  use_bin_type=True)))
         self._records[name] = value
 
     def delete(self, name: str) -> None:
