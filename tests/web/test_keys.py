@@ -17,6 +17,7 @@ from chatd.storage import records
 from tests.conftest import ServerFactory
 from tests.e2e_devices import KeyDevice, signed_by
 from tests.helpers import PASSWORD, Account, assert_error, live, login, new_account, next_of
+from tests.web.test_gdpr import document, exported
 
 
 async def upload(account: Account, body: dict[str, Any]) -> httpx.Response:
@@ -474,3 +475,17 @@ async def test_erasure_deletes_every_key(start_server: ServerFactory) -> None:
         for family in (records.IDENTITY_KEYS, records.ONE_TIME_KEYS, records.FALLBACK_KEYS):
             assert store.scan(family, prefix) == [], family.name
         assert store.get(records.DEVICE_LISTS, int(alice.user_id)) is None
+
+
+async def test_the_export_lists_public_identity_keys(start_server: ServerFactory) -> None:
+    server = await start_server()
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        alice = await new_account(http)
+        phone = await login(http, alice.handle, "phone")
+        device = KeyDevice()
+        await uploaded(alice, device, one_time=3, fallback=True)
+        devices = {entry["device_id"]: entry
+                   for entry in document(await exported(alice), "devices.json")}
+        keys = devices[alice.device_id]["identity_keys"]
+        assert (keys["curve25519"], keys["ed25519"]) == (device.curve25519, device.ed25519)
+        assert "identity_keys" not in devices[phone.device_id]  # it published none

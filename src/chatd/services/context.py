@@ -306,6 +306,7 @@ def _keys(config: Config, store: Store, commands: Commands, committer: GroupComm
     committer.on_reload_needed(directory.forget_pending)
     accounts.device_deleters.append(directory.delete_device_keys)
     account_admin.erase_hooks.append(directory.erase)
+    account_admin.device_export.append(directory.export_device)
     home_api.requests.update(directory.requests)
     notifier = DeviceListNotifier(delivery=delivery,
                                   conversations_of=messaging.conversations_of)

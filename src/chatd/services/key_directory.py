@@ -235,6 +235,15 @@ class KeyDirectory:
         for listener in self._keys_low_listeners:
             listener(device[0], device[1], left, fallback_used)
 
+    def export_device(self, user_id: int, device_id: int) -> dict[str, Any]:
+        """What a data export shows of a device's keys: its public identity keys."""
+        identity = self.identity_keys(user_id, device_id)
+        if identity is None:
+            return {}
+        return {"identity_keys": {"curve25519": identity.curve25519,
+                                  "ed25519": identity.ed25519,
+                                  "published_at": identity.created_at}}
+
     # -- revocation and erasure -----------------------------------------------------------
 
     def delete_device_keys(self, batch: Batch, user_id: int, device_id: int) -> None:

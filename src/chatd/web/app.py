@@ -223,7 +223,7 @@ def create_app(services: Services) -> QuartTrio:
     routes_moderation.register(api, services)
     routes_gdpr.register(api, services)
     routes_admin_users.register(api, services)
-    routes_relay.register(api, services)
     routes_keys.register(api, services)
+    routes_relay.register(api, services)
     api.install(app)
     return app
