@@ -311,3 +311,26 @@ async def test_a_stale_device_list_is_queried_again_and_the_new_device_reads(
             async with bob2.chat.connect() as live:
                 got = await next_decrypted(bob2, live)
                 assert got.content == {"text": "both devices"}
+
+
+async def test_encrypted_media_rides_in_an_encrypted_message(
+        start_server: ServerFactory, tmp_path: Path) -> None:
+    """The seam with `chatd.e2e.media`: the file's description (key, hash) is content the
+    SDK encrypts, its blob an attachment the server lets members fetch."""
+    from chatd.e2e.media import EncryptedMedia, fetch_decrypted, upload_encrypted
+
+    server = await start_server(ratelimits=UNLIMITED_SENDS)
+    async with sdk_user(server.url, tmp_path) as alice, \
+            sdk_user(server.url, tmp_path) as bob:
+        group = (await alice.chat.create_group("g", [bob.user_id], encrypted=True))[
+            "conversation_id"]
+        photo = b"not really a png " + uuid.uuid4().bytes * 100
+        media = await upload_encrypted(alice.chat, photo, "image/png", filename="p.png")
+        async with bob.chat.connect() as bob_live:
+            await alice.e2e.send(group, {"text": "look", "media": media.to_content()},
+                                 attachments=[media.attachment()])
+            got = await next_decrypted(bob, bob_live)
+        assert got.content["text"] == "look"
+        opened = EncryptedMedia.from_content(got.content["media"])
+        assert opened.filename == "p.png"
+        assert await fetch_decrypted(bob.chat, opened) == photo
