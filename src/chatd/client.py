@@ -38,13 +38,16 @@ class ApiError(Exception):
     """An error answer from the server (REST status, or a WS `error` frame)."""
 
     def __init__(self, status: int, code: str, message: str,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None,
+                 details: dict[str, Any] | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         #: Seconds to wait before retrying, when a rate limit refused it (429).
         self.retry_after = retry_after
+        #: The error's other fields, e.g. `users` of a 409 `device_list_stale`.
+        self.details = details or {}
 
 
 @dataclass(frozen=True)
@@ -157,14 +160,21 @@ class ChatClient:
     async def send(self, conversation_id: str, text: str, *,
                    client_msg_id: str | None = None,
                    attachments: list[str | tuple[str, str]] | None = None,
-                   reply_to: int = 0, mentions: list[str] | None = None) -> dict[str, Any]:
+                   reply_to: int = 0, mentions: list[str] | None = None,
+                   content_type: str = "text/plain",
+                   device_list_version: dict[str, int] | None = None) -> dict[str, Any]:
         """Send a text message, with the media ids of `attachments` (from `upload`); an
         attachment may be (media id, id of a thumbnail you uploaded for it). `reply_to`:
         the seq it answers; `mentions`: user ids mentioned explicitly (a text's @handles
-        are resolved by the server)."""
+        are resolved by the server). `content_type` other than text/*: `text` is the
+        base64 of the bytes. `device_list_version`: {user_id: version} as `query_keys`
+        gave them; a stale one is refused with 409 `device_list_stale` (the error's
+        `details["users"]` are the users to query again)."""
         message: dict[str, Any] = {
             "conversation_id": conversation_id, "client_msg_id": client_msg_id
-            or new_client_msg_id(), "content_type": "text/plain", "body": text}
+            or new_client_msg_id(), "content_type": content_type, "body": text}
+        if device_list_version:
+            message["device_list_version"] = device_list_version
         if attachments:
             message["attachments"] = attachment_list(attachments)
         if reply_to:
@@ -366,6 +376,39 @@ class ChatClient:
             headers={ACCESS_KEY_HEADER: base64.b64encode(access_key).decode()})
         _raise_for_error(response)
 
+    # -- end-to-end keys (issue 14; docs/api.md "Keys") ----------------------------------
+
+    async def upload_keys(self, identity: dict[str, str],
+                          one_time_keys: dict[str, dict[str, str]] | None = None,
+                          fallback_key: dict[str, dict[str, str]] | None = None) -> int:
+        """Publish this device's keys: `identity` {curve25519, ed25519, signature},
+        `one_time_keys` and `fallback_key` {key_id: {key, signature}} (unpadded base64
+        as vodozemac prints it; each signature over the key's base64 text). Returns how
+        many one-time keys the server holds for this device."""
+        body: dict[str, Any] = {"identity": identity}
+        if one_time_keys:
+            body["one_time_keys"] = one_time_keys
+        if fallback_key:
+            body["fallback_key"] = fallback_key
+        result = await self.request("POST", "/keys/upload", body)
+        count: int = result["one_time_key_count"]
+        return count
+
+    async def query_keys(self, user_ids: list[str]) -> list[dict[str, Any]]:
+        """Each user's device-list `version` and `devices` [{device_id, curve25519,
+        ed25519, signature}], in the order asked."""
+        result: list[dict[str, Any]] = (await self.request(
+            "POST", "/keys/query", {"user_ids": user_ids}))["users"]
+        return result
+
+    async def claim_keys(self, devices: list[tuple[str, str]]) -> dict[str, Any]:
+        """One key per (user_id, device_id): {"keys": [{user_id, device_id, key_id, key,
+        signature, fallback}], "missing": [{user_id, device_id}]} (devices with no key
+        to give, unknown, or not that user's)."""
+        result: dict[str, Any] = await self.request("POST", "/keys/claim", {
+            "devices": [{"user_id": user, "device_id": device} for user, device in devices]})
+        return result
+
     # -- live -----------------------------------------------------------------------------
 
     @asynccontextmanager
@@ -400,7 +443,9 @@ def _raise_for_error(response: httpx.Response) -> None:
         error = response.json()["error"]
         retry_after = response.headers.get("Retry-After", "")
         raise ApiError(response.status_code, error["code"], error["message"],
-                       float(retry_after) if retry_after.isdigit() else None)
+                       float(retry_after) if retry_after.isdigit() else None,
+                       {key: value for key, value in error.items()
+                        if key not in ("code", "message")})
     except (ValueError, KeyError, TypeError):
         raise ApiError(response.status_code, "http_error", response.text) from None
 
@@ -482,8 +527,11 @@ class LiveConnection:
             raise ApiError(0, "closed", f"connection closed ({self.close_code})") from None
         if reply["type"] == "error":
             retry_after = reply.get("retry_after")
-            raise ApiError(429 if retry_after is not None else 400, reply["code"],
-                           reply["message"], retry_after)
+            status = 429 if retry_after is not None else (
+                409 if reply["code"] == "device_list_stale" else 400)
+            raise ApiError(status, reply["code"], reply["message"], retry_after,
+                           {key: value for key, value in reply.items()
+                            if key not in ("type", "code", "message", "req")})
         return reply
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
@@ -494,15 +542,17 @@ class LiveConnection:
                    content_type: str = "text/plain",
                    client_msg_id: str | None = None,
                    attachments: list[str | tuple[str, str]] | None = None,
-                   reply_to: int = 0, mentions: list[str] | None = None) -> dict[str, Any]:
-        """Send a message (with `attachments`, `reply_to` and `mentions` as
-        `ChatClient.send` takes them); returns the `sent` frame once it is durable."""
+                   reply_to: int = 0, mentions: list[str] | None = None,
+                   device_list_version: dict[str, int] | None = None) -> dict[str, Any]:
+        """Send a message (with `attachments`, `reply_to`, `mentions` and
+        `device_list_version` as `ChatClient.send` takes them); returns the `sent` frame
+        once it is durable."""
         if isinstance(body, bytes) and self.codec == "json":
             body = base64.b64encode(body).decode()
         return await self._call(frames.send_request(
             f"r{next(_ids)}", conversation_id, client_msg_id or new_client_msg_id(), body,
             content_type, attachment_list(attachments) if attachments else None,
-            reply_to, list(mentions or ())))
+            reply_to, list(mentions or ()), device_list_version=device_list_version))
 
     async def react(self, conversation_id: str, seq: int, emoji: str) -> None:
         """React to a message ("" removes your reaction); answered `ok`."""

@@ -473,6 +473,15 @@ class SealedSenderConfig:
 
 
 @dataclass(frozen=True)
+class KeysConfig:
+    """The end-to-end key directory (services/key_directory.py, docs/api.md "Keys")."""
+
+    #: A claim that leaves a device fewer one-time keys than this tells the device
+    #: (`keys_low`), as handing out its fallback key does.
+    low_threshold: int = 10
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -488,6 +497,7 @@ class Config:
     gdpr: GdprConfig = field(default_factory=GdprConfig)
     to_device: ToDeviceConfig = field(default_factory=ToDeviceConfig)
     sealed_sender: SealedSenderConfig = field(default_factory=SealedSenderConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
 
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.server.listen)
@@ -691,6 +701,9 @@ def validate(config: Config) -> Config:
     _validate_e2e_relay(config)
     _validate_abuse(config.abuse)
     _validate_gdpr(config.gdpr)
+    if not 0 <= config.keys.low_threshold <= 100:
+        raise ConfigError("keys.low_threshold: must be within 0..100 (a device holds at "
+                          f"most 100 one-time keys), got {config.keys.low_threshold}")
     if config.server.max_request_bytes < config.limits.max_message_bytes:
         raise ConfigError("server.max_request_bytes: must be at least limits.max_message_bytes")
     return config

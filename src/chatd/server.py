@@ -185,6 +185,7 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
                 web.start_soon(_run_until, shutdown, services.purger.run)
                 web.start_soon(_run_until, shutdown, services.gdpr.run)
                 web.start_soon(_run_until, shutdown, services.to_device_feeds.run)
+                web.start_soon(_run_until, shutdown, services.device_lists.run)
                 url = await web.start(front.run, shutdown)
                 log.info("serving %s (shard %s, data %s)", url, config.cluster.shard,
                          config.storage.data_dir)

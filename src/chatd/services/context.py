@@ -39,6 +39,8 @@ from chatd.services.exports import ExportStore
 from chatd.services.forwarding import Forwarding
 from chatd.services.gdpr import Gdpr
 from chatd.services.invites import GroupInvites
+from chatd.services.key_directory import KeyDirectory
+from chatd.services.keys import DeviceListNotifier, Keys
 from chatd.services.live import Hub
 from chatd.services.log import ConversationLog
 from chatd.services.media import MediaService
@@ -126,6 +128,11 @@ class Services:
     to_device_feeds: ToDeviceFeeds
     #: Sealed sender: certificates, access keys, sealed sends (services/sealed_sender.py).
     sealed: SealedSender
+    #: End-to-end keys: the home's directory, the client's side (routed to homes), and
+    #: the loop that tells contacts of device-list changes (services/keys.py).
+    key_directory: KeyDirectory
+    keys: Keys
+    device_lists: DeviceListNotifier
 
 
 def media_link_secret(config: Config, store: Store) -> bytes:
@@ -273,25 +280,51 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     rich = _rich_messages(config, store, router, owner, owner_api, commands, committer,
                           clock, deletions, requests, range_forgetters, ratelimits)
     rich.content_filter = messaging.content_filter
+    key_directory, keys, device_lists = _keys(config, store, commands, committer, clock,
+                                              router, accounts, account_admin, home_api,
+                                              delivery, messaging, ratelimits, privacy)
     to_device_home, to_device, to_device_feeds, sealed = _e2e_relay(
         config, store, router, commands, committer, accounts, delivery, hub, home_api,
-        account_admin, ratelimits, clock, identity_key_lookup(config, store, router))
+        account_admin, ratelimits, clock, identity_key_lookup(keys))
     return Services(config, store, committer, router, owner, owner_api, log, accounts, users,
                     home_api, conversations, messaging, hub, delivery, presence, receipts,
                     clock, coordinator, shipper, backups, media, privacy, requests, blocks,
                     deletions, sweeper, purger, abuse_home, abuse, reports, ratelimits,
                     TrustedProxies(config.server.trusted_proxies), account_admin, gdpr,
-                    rich, forwarding, to_device_home, to_device, to_device_feeds, sealed)
+                    rich, forwarding, to_device_home, to_device, to_device_feeds, sealed,
+                    key_directory, keys, device_lists)
 
 
-def identity_key_lookup(config: Config, store: Store, router: Router) -> IdentityKeyLookup:
+def _keys(config: Config, store: Store, commands: Commands, committer: GroupCommitter,
+          clock: Clock, router: Router, accounts: AccountService, account_admin: AccountAdmin,
+          home_api: HomeApi, delivery: Delivery, messaging: MessagingService,
+          ratelimits: RateLimits, privacy: PrivacyService,
+          ) -> tuple[KeyDirectory, Keys, DeviceListNotifier]:
+    """The key directory on this home: its writes ride on device deletions and erasure,
+    its mesh requests join the home's, its changes reach contacts and devices."""
+    directory = KeyDirectory(store=store, commands=commands, accounts=accounts, clock=clock,
+                             low_threshold=config.keys.low_threshold)
+    committer.on_reload_needed(directory.forget_pending)
+    accounts.device_deleters.append(directory.delete_device_keys)
+    account_admin.erase_hooks.append(directory.erase)
+    account_admin.device_export.append(directory.export_device)
+    home_api.requests.update(directory.requests)
+    notifier = DeviceListNotifier(delivery=delivery,
+                                  conversations_of=messaging.conversations_of,
+                                  blocked_by=privacy.blocked_list)
+    directory.on_device_list_change(notifier.changed)
+    directory.on_keys_low(notifier.keys_low)
+    return directory, Keys(router=router, directory=directory, ratelimits=ratelimits), notifier
+
+
+def identity_key_lookup(keys: Keys) -> IdentityKeyLookup:
     """A device's curve25519 identity key, for sender certificates: from the key
-    directory (services/keys.py), once it is built. Until then: none, and
-    GET /certificate/sender answers 409 no_identity_key."""
-    async def no_key_directory(_user_id: int, _device_id: int) -> str | None:
-        return None
+    directory on the user's home (services/keys.py); None if it published none."""
+    async def curve25519_of(user_id: int, device_id: int) -> str | None:
+        identity = await keys.identity_keys(user_id, device_id)
+        return None if identity is None else identity.curve25519
 
-    return no_key_directory
+    return curve25519_of
 
 
 def _e2e_relay(config: Config, store: Store, router: Router, commands: Commands,
@@ -307,7 +340,7 @@ def _e2e_relay(config: Config, store: Store, router: Router, commands: Commands,
     home = ToDeviceHome(store=store, commands=commands, accounts=accounts,
                         config=config.to_device, clock=clock, publish=publish)
     committer.on_reload_needed(home.forget_pending)
-    accounts.on_device_revoked(home.device_revoked)
+    accounts.device_deleters.append(home.delete_device)
     home_api.requests.update(home.requests)
     relay = ToDevice(router=router, home=home, ratelimits=ratelimits, config=config.to_device)
     feeds = ToDeviceFeeds(hub=hub, relay=relay, router=router,

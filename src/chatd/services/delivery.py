@@ -40,6 +40,8 @@ RECHECK = "recheck"      # data: a shard: deliveries from it may have been lost
 #: data: [user, change, peer]: "contact" (the pair accepted a request), "block" (user
 #: blocked peer): the sessions' presence audiences follow (services/live.py).
 PRIVACY = "privacy"
+#: data: [device, frame payload]: a frame for one device's sockets only (`keys_low`).
+DEVICE_FRAME = "device_frame"
 
 #: Mesh methods (posts).
 DELIVER = "deliver"           # to a home: route to wherever the users are connected
@@ -127,6 +129,14 @@ class Delivery:
             return
         self._send(CLOSE_DEVICE, [user_id, device_id], _same, [user_id])
 
+    def publish_to_device(self, user_id: int, device_id: int, frame: OutFrame) -> None:
+        """A frame for one device's sockets, wherever they are (queued like a reply)."""
+        data = [device_id, frame.payload]
+        if self._router.peers is None:
+            self._hand_over(DEVICE_FRAME, data, [user_id])
+            return
+        self._send(DEVICE_FRAME, data, _same, [user_id])
+
     def _send(self, kind: str, value: Any, to_wire: Any, user_ids: Iterable[int]) -> None:
         by_home: dict[str, list[int]] = {}
         for user_id in user_ids:
@@ -205,6 +215,9 @@ class Delivery:
             self._hub.close_device(user_id, device_id)
         elif kind in self.kinds:
             self.kinds[kind](data, users)
+        elif kind == DEVICE_FRAME:
+            device_id, payload = data
+            self._hub.deliver_to_device(users, int(device_id), OutFrame(payload))
         else:
             raise ValueError(f"unknown delivery kind {kind!r}")
 

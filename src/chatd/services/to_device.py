@@ -324,15 +324,10 @@ class ToDeviceHome:
 
         await self._commands.submit(apply)
 
-    def device_revoked(self, user_id: int, device_id: int) -> None:
-        """A revoked device's queue (and head) goes: nobody can fetch it any more."""
-        def apply(batch: Batch) -> None:
-            self._drop(batch, user_id, device_id)
-
-        try:
-            self._commands.enqueue(apply)
-        except ChatdError:  # shutting down: dropped on the next revocation or erasure
-            log.info("a revoked device's to-device queue is left for later")
+    def delete_device(self, batch: Batch, user_id: int, device_id: int) -> None:
+        """A device is deleted in `batch` (logout, revocation, expiry, erasure:
+        AccountService.device_deleters): its queue and head go in the same write."""
+        self._drop(batch, user_id, device_id)
 
     def _drop(self, batch: Batch, user_id: int, device_id: int) -> None:
         for key, _ in self._store.scan_raw_prefix(records.TO_DEVICE.name,

@@ -29,6 +29,7 @@ from chatd.web import (
     routes_compact,
     routes_conversations,
     routes_gdpr,
+    routes_keys,
     routes_media,
     routes_messages,
     routes_moderation,
@@ -222,6 +223,7 @@ def create_app(services: Services) -> QuartTrio:
     routes_moderation.register(api, services)
     routes_gdpr.register(api, services)
     routes_admin_users.register(api, services)
+    routes_keys.register(api, services)
     routes_relay.register(api, services)
     api.install(app)
     return app

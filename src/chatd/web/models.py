@@ -25,6 +25,7 @@ from chatd.domain import deletion, replies, reports, rules
 from chatd.domain.ids import MAX_ID
 from chatd.domain.reactions import MAX_EMOJI_LENGTH
 from chatd.services.exports import EXPORT_ID_PATTERN
+from chatd.web.models_keys import VersionMap
 from chatd.web.schema import (
     Boolean,
     Choice,
@@ -308,6 +309,9 @@ class SendMessage(Model):
                            ListOf(AttachmentRef, max_items=MAX_ATTACHMENTS)] = None
     reply_to: Annotated[int | None, REPLY_TO] = None
     mentions: Annotated[list[int] | None, MENTIONS] = None
+    #: The recipients' device-list versions the sender encrypted for (POST /keys/query):
+    #: a stale one is 409 device_list_stale.
+    device_list_version: Annotated[dict[int, int] | None, VersionMap()] = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -634,6 +634,8 @@ class LiveSockets:
         session = conn.session
         if isinstance(frame, frames.SendFrame):
             await self._wait_for_room(conn)
+            # Only a send that names versions pays for the check (docs/architecture.md).
+            await self._services.keys.check_device_lists(frame.device_list_version)
             # Awaited here, in the reader: this socket's next frame waits for it, so
             # pipelined sends keep their order.
             attached = await messaging.attach(session, frame.conversation_id,
