@@ -69,6 +69,20 @@ class KeyWarning:
 E2EEvent = Decrypted | Undecryptable | KeyWarning | dict[str, Any]
 
 
+def _signed_device(user_id: str, raw: object) -> DeviceKeys | None:
+    """A device of a key query's answer, if well formed and self-signed (the server is
+    not trusted to get either right)."""
+    if not isinstance(raw, dict):
+        return None
+    fields = [raw.get(name) for name in ("device_id", "curve25519", "ed25519", "signature")]
+    if not all(isinstance(value, str) and value for value in fields):
+        return None
+    device_id, curve, ed, signature = (str(value) for value in fields)
+    if not verify_signature(ed, curve, signature):
+        return None
+    return DeviceKeys(user_id, device_id, curve, ed)
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -83,8 +97,10 @@ class E2EClient:
         self.versions: dict[str, int] = {}
         #: conversation id -> (kind, member user ids), until a membership entry.
         self._conversations: dict[str, tuple[str, list[str]]] = {}
-        #: conversation id -> the highest seq handled (redeliveries are dropped).
-        self._handled: dict[str, int] = {}
+        #: One task at a time changes the crypto state: a send (sharing a session, then
+        #: encrypting) and the receive loop (a removal rotating that session) interleave
+        #: at every await otherwise.
+        self._lock = trio.Lock()
         #: Key changes not yet delivered through `events()`.
         self.warnings: list[KeyChange] = []
         self._fallback_rotated_ms = 0
@@ -160,10 +176,8 @@ class E2EClient:
         changes: list[KeyChange] = []
         for user_id, answer in zip(wanted, answers, strict=True):
             user_id = str(answer.get("user_id", user_id))
-            devices = [DeviceKeys(user_id, str(d["device_id"]), d["curve25519"],
-                                  d["ed25519"])
-                       for d in answer.get("devices", [])
-                       if verify_signature(d["ed25519"], d["curve25519"], d["signature"])]
+            devices = [device for raw in answer.get("devices", [])
+                       if (device := _signed_device(user_id, raw)) is not None]
             self.versions[user_id] = int(answer.get("version", 0))
             changes.extend(self.machine.observe_devices(user_id, devices))
         self.machine.save()
@@ -178,11 +192,12 @@ class E2EClient:
         if missing:
             claimed = await self.client.claim_keys(
                 [(d.user_id, d.device_id) for d in missing])
-            by_device = {(str(k["user_id"]), str(k["device_id"])): k
-                         for k in claimed.get("keys", [])}
+            by_device = {(str(k.get("user_id")), str(k.get("device_id"))): k
+                         for k in claimed.get("keys", []) if isinstance(k, dict)}
             for device in missing:
                 key = by_device.get((device.user_id, device.device_id))
-                if key is None:
+                if key is None or not (isinstance(key.get("key"), str)
+                                       and isinstance(key.get("signature"), str)):
                     continue
                 try:
                     self.machine.start_session(device, key["key"], key["signature"])
@@ -232,7 +247,9 @@ class E2EClient:
         while len(self._sent) > _SENT_KEPT:
             del self._sent[next(iter(self._sent))]
         for attempt in range(3):
-            content_type, body, versions = await self._encrypt(conversation_id, content)
+            async with self._lock:
+                content_type, body, versions = await self._encrypt(conversation_id,
+                                                                   content)
             try:
                 if live is not None:
                     return await live.send(conversation_id, body, content_type=content_type,
@@ -283,6 +300,12 @@ class E2EClient:
 
     async def handle(self, event: dict[str, Any], live: LiveConnection | None = None,
                      ) -> list[E2EEvent]:
+        """One frame of the live stream, as `events()` gives it."""
+        async with self._lock:
+            return await self._handle(event, live)
+
+    async def _handle(self, event: dict[str, Any], live: LiveConnection | None,
+                      ) -> list[E2EEvent]:
         kind = event.get("type")
         out: list[E2EEvent] = []
         if kind == "message":
@@ -314,13 +337,18 @@ class E2EClient:
             return [message]
         seq = message.get("seq")
         if isinstance(seq, int):
-            if seq <= self._handled.get(conversation_id, 0):
+            handled = self.machine.handled
+            if seq <= handled.get(conversation_id, 0):
                 return []  # delivered again after a reconnect: handled already
-            self._handled[conversation_id] = seq
-        return [await self.decrypt(message)]
+            handled[conversation_id] = seq
+        return [await self._decrypt(message)]
 
     async def decrypt(self, message: dict[str, Any]) -> Decrypted | Undecryptable:
         """One message (live, or from `history`): its content, or why not."""
+        async with self._lock:
+            return await self._decrypt(message)
+
+    async def _decrypt(self, message: dict[str, Any]) -> Decrypted | Undecryptable:
         sender_key = self.machine.sender_key_of(message)
         if sender_key == self.machine.identity.curve25519:
             sent = self._sent.get((str(message.get("conversation_id")),

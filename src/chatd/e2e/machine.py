@@ -79,6 +79,10 @@ class E2EMachine:
         self.trust = TrustStore()
         #: "conversation_id:seq" -> a message we could not decrypt yet, and its session.
         self.pending: dict[str, tuple[str, dict[str, Any]]] = {}
+        #: conversation id -> the highest seq handled from the live stream (a message
+        #: delivered again, unacknowledged before a crash, is not decrypted twice: an Olm
+        #: message cannot be).
+        self.handled: dict[str, int] = {}
         self.uploaded = False
 
     # -- state ---------------------------------------------------------------------------
@@ -106,6 +110,8 @@ class E2EMachine:
         for name in store.names("megolm_in/"):
             machine.megolm.inbound[name[10:]] = Inbound.from_bytes(store.get(name) or b"",
                                                                     key)
+        if handled := store.get("handled"):
+            machine.handled = msgpack.unpackb(handled, raw=False)
         if trust := store.get("trust"):
             machine.trust = TrustStore.from_bytes(trust)
         for name in store.names("pending/"):
@@ -119,7 +125,9 @@ class E2EMachine:
     def save(self) -> None:
         """Write what changed since the last save."""
         key = self.store.pickle_key
-        self.store.put("account", self.account.pickle(key).encode())
+        if self.account.dirty:
+            self.store.put("account", self.account.pickle(key).encode())
+            self.account.dirty = False
         self.store.put("uploaded", b"1" if self.uploaded else b"0")
         for peer in self.olm.dirty:
             self.store.put(f"olm/{peer}", msgpack.packb(self.olm.pickle_peer(peer, key)))
@@ -136,6 +144,7 @@ class E2EMachine:
                            self.megolm.inbound[session_id].to_bytes(key))
         self.megolm.dirty_inbound.clear()
         self.store.put("trust", self.trust.to_bytes())
+        self.store.put("handled", msgpack.packb(self.handled))
         for name in self.store.names("pending/"):
             if name[8:] not in self.pending:
                 self.store.delete(name)
