@@ -21,7 +21,7 @@ import trio
 from chatd.client import ApiError, ChatClient, Credentials, LiveConnection
 from chatd.e2e.client import E2EClient, KeyWarning, Undecryptable
 from chatd.e2e.errors import E2EError
-from chatd.e2e.machine import Decrypted
+from chatd.e2e.machine import ENCRYPTED_TYPES, Decrypted
 from chatd.e2e.store import StateStore
 from chatd.e2e.terminal import (
     LOCK,
@@ -379,6 +379,11 @@ class Terminal:
                 count = int(command.args[0]) if command.args else 20
                 page = await self.client.history(self.current, limit=min(max(count, 1), 200))
                 for message in page["messages"]:
+                    if self.e2e is not None and message["content_type"] in ENCRYPTED_TYPES:
+                        # Megolm messages read again; an Olm one only once, live.
+                        opened = await self.e2e.decrypt(message)
+                        message = as_message(opened) if isinstance(opened, Decrypted) \
+                            else describe_undecryptable(opened)
                     await self.learn_user(message["sender_id"])
                     if message.get("quote"):
                         await self.learn_user(message["quote"]["sender_id"])

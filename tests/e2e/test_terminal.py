@@ -77,14 +77,21 @@ async def test_two_terminals_talk_encrypted(server: RunningServer, tmp_path: Pat
             :-4].isdigit()
         await alice.type("/verify bob_e ok\n")
         await alice.expect(b"bob_e is verified")
+        await alice.type("/group plotters bob_e\n")
+        await alice.expect("now talking in plotters 🔒".encode())
+        await alice.type("the plan, in the group\n")
+        await bob.expect("[plotters 🔒] #2 alice_e: 🔒 the plan, in the group".encode())
+        await alice.type("/history 5\n")
+        await alice.expect("alice_e: 🔒 the plan, in the group".encode())
     # Only ciphertext on the server.
     async with ChatClient(server.url) as observer:
         await observer.login("bob_e", PASSWORD)
-        (conversation,) = await observer.conversations()
-        assert conversation["encrypted"] is True
-        history = await observer.history(conversation["conversation_id"])
-        assert {m["content_type"] for m in history["messages"]} == {
-            "application/vnd.chatd.olm"}
+        conversations = await observer.conversations()
+        assert [c["encrypted"] for c in conversations] == [True, True]
+        for conversation in conversations:
+            history = await observer.history(conversation["conversation_id"])
+            assert {m["content_type"] for m in history["messages"]} <= {
+                "application/vnd.chatd.olm", "application/vnd.chatd.megolm", "chatd/system"}
         devices = await observer.request("GET", "/devices")
     # A restarted terminal is the same device, with the same keys: no new device for bob.
     async with e2e_terminal(server, "alice_e", tmp_path) as alice, \
