@@ -17,6 +17,7 @@ import trio
 
 from chatd.e2e.client import E2EClient
 from chatd.e2e.errors import WrongPassphrase
+from chatd.e2e.media import upload_encrypted
 from chatd.e2e.store import StateStore
 from tests.conftest import ServerFactory
 from tests.e2e.crypto_helpers import CHEAP
@@ -259,12 +260,20 @@ async def test_no_plaintext_reaches_the_servers_disk(start_server: ServerFactory
             await bob.e2e.send(conversation, {"text": f"{secret} from bob"}, live=bob_live)
             texts = {(await next_decrypted(bob, bob_live)).content["text"] for _ in range(6)}
             assert f"{secret} 2" in texts and f"{group_secret} 2" in texts
+        # And an encrypted file, its description in an encrypted message.
+        media = await upload_encrypted(alice.chat, f"file {secret}".encode() * 50,
+                                       "text/plain", filename=f"{secret}.txt")
+        await alice.e2e.send(group, {"media": media.to_content()},
+                             attachments=[media.attachment()])
         await alice.chat.send(plain, f"{control} in the clear")
+        await alice.chat.upload(f"{control} a file in the clear".encode(), "text/plain")
         # The scan can fail: the plaintext control message is found, before and after a
         # flush to table files.
         assert files_holding(server, control)
         await compact(http)
-        assert any(name.endswith(".sst") for name in files_holding(server, control))
+        holding = files_holding(server, control)
+        assert any(name.endswith(".sst") for name in holding), holding
+        assert any(name.startswith("media/") for name in holding), holding
         for needle in (secret, group_secret, "secret-", "groupsecret-"):
             assert files_holding(server, needle) == [], needle
 
@@ -317,7 +326,7 @@ async def test_encrypted_media_rides_in_an_encrypted_message(
         start_server: ServerFactory, tmp_path: Path) -> None:
     """The seam with `chatd.e2e.media`: the file's description (key, hash) is content the
     SDK encrypts, its blob an attachment the server lets members fetch."""
-    from chatd.e2e.media import EncryptedMedia, fetch_decrypted, upload_encrypted
+    from chatd.e2e.media import EncryptedMedia, fetch_decrypted
 
     server = await start_server(ratelimits=UNLIMITED_SENDS)
     async with sdk_user(server.url, tmp_path) as alice, \

@@ -386,6 +386,11 @@ class E2EClient:
             else:
                 if session_id is not None:
                     out.extend(self.machine.retry(session_id))
+        else:
+            # Not the SDK's (a `sealed` envelope, an application's own type): the
+            # application gets it as it came. Acknowledged all the same, as acks are
+            # cumulative (`up_to`).
+            out.append(event)
         self.machine.save()
         if live is not None and isinstance(event.get("id"), int):
             await live.ack_to_device(event["id"])
