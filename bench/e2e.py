@@ -8,14 +8,16 @@ crypto cost it).
 
 - **Direct (Olm):** one session per pair of devices. The driver exchanges a pre-key
   message and a reply before the phase, so every measured message is a normal Olm
-  message (what a conversation past its first message sends). Body: the Olm message
-  type (one byte), then its ciphertext; content type `application/vnd.chatd.olm`.
+  message (what a conversation past its first message sends).
 - **Group (Megolm):** one outbound session per sender, its key given to every other
-  member before the phase (in a client, over Olm to-device messages). Body: the
-  session id (43 ASCII bytes), `:`, the Megolm message; `application/vnd.chatd.megolm`.
+  member before the phase (in a client, over Olm to-device messages).
 
-The plaintext is the plain variant's body (`T<µs> ` + 100 bytes of padding), so the
-latency stamp arrives through the decryption.
+Bodies have the SDK's envelope (`chatd.e2e.wire`): msgpack maps `{v, sender_key,
+sender_device_id, ciphertexts: {recipient key: [olm type, ciphertext]}}` as
+`application/vnd.chatd.olm`, `{v, sender_key, sender_device_id, session_id, ciphertext}`
+as `application/vnd.chatd.megolm`. The plaintext is the plain variant's body (`T<µs> ` +
+100 bytes of padding), so the latency stamp arrives through the decryption; the SDK's
+own plaintexts also name sender, recipient and conversation (some 100 to 150 bytes more).
 """
 
 from __future__ import annotations
@@ -26,10 +28,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import msgpack
 import vodozemac
 
 OLM = "application/vnd.chatd.olm"
 MEGOLM = "application/vnd.chatd.megolm"
+DEVICE_ID = "253168259849781248"  # a device id's size: the envelope names the sender's
 
 
 def new_pickle_key() -> str:
@@ -37,8 +41,9 @@ def new_pickle_key() -> str:
     return os.urandom(32).hex()
 
 
-def olm_pairs(count: int, pickle_key: str) -> list[tuple[str, str]]:
-    """`count` established Olm sessions: (sender's pickle, receiver's pickle) each."""
+def olm_pairs(count: int, pickle_key: str) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """`count` established Olm sessions: (sender's spec, receiver's spec) each, for
+    `SocketCipher.from_spec`."""
     key = bytes.fromhex(pickle_key)
     pairs = []
     for _ in range(count):
@@ -54,17 +59,21 @@ def olm_pairs(count: int, pickle_key: str) -> list[tuple[str, str]]:
         # Bob's reply is what turns Alice's later messages into normal (type 1) ones.
         kind, ciphertext = inbound.encrypt(b"hi").to_parts()
         outbound.decrypt(vodozemac.AnyOlmMessage.from_parts(kind, ciphertext))
-        pairs.append((outbound.pickle(key), inbound.pickle(key)))
+        alice_key, bob_key = alice.curve25519_key.to_base64(), bob.curve25519_key.to_base64()
+        pairs.append(({"olm": outbound.pickle(key), "key": alice_key, "peer_key": bob_key},
+                      {"olm": inbound.pickle(key), "key": bob_key, "peer_key": alice_key}))
     return pairs
 
 
-def megolm_group(senders: int, pickle_key: str) -> list[tuple[str, str]]:
-    """One outbound Megolm session per sender: (its pickle, its session key) each."""
+def megolm_group(senders: int, pickle_key: str) -> list[tuple[dict[str, Any], str]]:
+    """One outbound Megolm session per sender: (its spec, its session key) each."""
     key = bytes.fromhex(pickle_key)
     sessions = []
     for _ in range(senders):
         session = vodozemac.GroupSession()
-        sessions.append((session.pickle(key), session.session_key.to_base64()))
+        sender_key = vodozemac.Account().curve25519_key.to_base64()
+        sessions.append(({"megolm_out": session.pickle(key), "key": sender_key},
+                         session.session_key.to_base64()))
     return sessions
 
 
@@ -78,6 +87,9 @@ class SocketCipher:
 
     olm: Any = None
     megolm_out: Any = None
+    #: This device's curve25519 key, and (Olm) the peer's.
+    key: str = ""
+    peer_key: str = ""
     megolm_in: dict[str, Any] = field(default_factory=dict)
     encrypt_ns: int = 0
     encrypts: int = 0
@@ -89,7 +101,7 @@ class SocketCipher:
     @classmethod
     def from_spec(cls, spec: dict[str, Any], pickle_key: str) -> SocketCipher:
         key = bytes.fromhex(pickle_key)
-        cipher = cls()
+        cipher = cls(key=spec.get("key", ""), peer_key=spec.get("peer_key", ""))
         if "olm" in spec:
             cipher.olm = vodozemac.Session.from_pickle(spec["olm"], key)
         if "megolm_out" in spec:
@@ -104,11 +116,15 @@ class SocketCipher:
         began = time.thread_time_ns()
         if self.megolm_out is not None:
             message = self.megolm_out.encrypt(text.encode())
-            body = self.megolm_out.session_id.encode() + b":" + message.to_bytes()
+            body = msgpack.packb({
+                "v": 1, "sender_key": self.key, "sender_device_id": DEVICE_ID,
+                "session_id": self.megolm_out.session_id, "ciphertext": message.to_bytes()})
             content_type = MEGOLM
         elif self.olm is not None:
             kind, ciphertext = self.olm.encrypt(text.encode()).to_parts()
-            body = bytes([kind]) + ciphertext
+            body = msgpack.packb({
+                "v": 1, "sender_key": self.key, "sender_device_id": DEVICE_ID,
+                "ciphertexts": {self.peer_key: [kind, ciphertext]}})
             content_type = OLM
         else:
             raise CipherError("this socket has no outbound session")
@@ -121,17 +137,17 @@ class SocketCipher:
     def decrypt(self, content_type: str, body: str) -> str:
         began = time.thread_time_ns()
         try:
-            raw = base64.b64decode(body)
+            envelope = msgpack.unpackb(base64.b64decode(body))
             if content_type == MEGOLM:
-                session_id, _, ciphertext = raw.partition(b":")
-                inbound = self.megolm_in.get(session_id.decode())
+                inbound = self.megolm_in.get(envelope["session_id"])
                 if inbound is None:
                     raise CipherError("no inbound Megolm session for this body")
                 plaintext: bytes = inbound.decrypt(
-                    vodozemac.MegolmMessage.from_bytes(ciphertext)).plaintext
+                    vodozemac.MegolmMessage.from_bytes(envelope["ciphertext"])).plaintext
             elif content_type == OLM and self.olm is not None:
+                kind, ciphertext = envelope["ciphertexts"][self.key]
                 plaintext = self.olm.decrypt(vodozemac.AnyOlmMessage.from_parts(
-                    raw[0], raw[1:]))
+                    kind, ciphertext))
             else:
                 raise CipherError(f"no session for {content_type}")
         except CipherError:
@@ -151,11 +167,10 @@ def hot_costs(kind: str, text: str, rounds: int = 2000) -> dict[str, float]:
     spec_out: dict[str, Any]
     spec_in: dict[str, Any]
     if kind == "olm":
-        [(sender, receiver)] = olm_pairs(1, key := new_pickle_key())
-        spec_out, spec_in = {"olm": sender}, {"olm": receiver}
+        [(spec_out, spec_in)] = olm_pairs(1, key := new_pickle_key())
     else:
-        [(outbound, session_key)] = megolm_group(1, key := new_pickle_key())
-        spec_out, spec_in = {"megolm_out": outbound}, {"megolm_in": [session_key]}
+        [(spec_out, session_key)] = megolm_group(1, key := new_pickle_key())
+        spec_in = {"megolm_in": [session_key]}
     out, into = SocketCipher.from_spec(spec_out, key), SocketCipher.from_spec(spec_in, key)
     bodies = [out.encrypt(text) for _ in range(rounds)]
     for content_type, body in bodies:

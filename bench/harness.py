@@ -441,7 +441,7 @@ async def direct(target: Target, *, pairs: int, rate: float, seconds: float,
                                   "sends": per_pair, "interval": interval, "offset": offset}
         receiver: dict[str, Any] = {"token": pair.receiver.token, "expect": per_pair}
         if e2e:
-            sender["e2e"], receiver["e2e"] = {"olm": sessions[n][0]}, {"olm": sessions[n][1]}
+            sender["e2e"], receiver["e2e"] = sessions[n]
         specs.append(_at(pair.sender_port, sender))
         specs.append(_at(pair.receiver_port, receiver))
     figures = run_live_phase(target, specs, workers=workers, expected=per_pair * pairs,
@@ -477,7 +477,7 @@ async def group(target: Target, *, members: int, senders: int, rate: float, seco
             spec["e2e"] = {"megolm_in": [key for s, (_, key) in enumerate(sessions)
                                          if s != n]}
             if n < senders:
-                spec["e2e"]["megolm_out"] = sessions[n][0]
+                spec["e2e"] |= sessions[n][0]
         specs.append(spec)
     figures = run_live_phase(target, specs, workers=workers, expected=total * (members - 1),
                              offered=total, extra={"ack": ack, "pickle_key": pickle_key},
