@@ -343,3 +343,19 @@ async def test_encrypted_media_rides_in_an_encrypted_message(
         opened = EncryptedMedia.from_content(got.content["media"])
         assert opened.filename == "p.png"
         assert await fetch_decrypted(bob.chat, opened) == photo
+
+
+async def test_concurrent_sends_share_one_session_once(start_server: ServerFactory,
+                                                       tmp_path: Path) -> None:
+    server = await start_server(ratelimits=UNLIMITED_SENDS)
+    async with sdk_user(server.url, tmp_path) as alice, \
+            sdk_user(server.url, tmp_path) as bob:
+        group = (await alice.chat.create_group("g", [bob.user_id], encrypted=True))[
+            "conversation_id"]
+        async with bob.chat.connect() as bob_live:
+            async with trio.open_nursery() as nursery:
+                for n in range(8):
+                    nursery.start_soon(alice.e2e.send, group, {"text": f"m{n}"})
+            texts = {(await next_decrypted(bob, bob_live)).content["text"] for _ in range(8)}
+            assert texts == {f"m{n}" for n in range(8)}
+            assert len(bob.e2e.machine.megolm.inbound) == 1  # one room key, shared once
