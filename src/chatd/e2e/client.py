@@ -314,9 +314,9 @@ class E2EClient:
             out.extend(await self._on_to_device(event, live))
         elif kind == "keys_low":
             await self.refill_keys(bool(event.get("fallback_used")))
-        elif kind == "device_list":
-            self.versions.pop(str(event.get("user_id")), None)
-            await self.refresh_devices([str(event.get("user_id"))])
+        elif kind == "device_list" and isinstance(event.get("user_id"), str):
+            self.versions.pop(event["user_id"], None)
+            await self.refresh_devices([event["user_id"]])
             out.append(event)
         else:
             out.append(event)

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+import vodozemac
 
 from chatd.e2e import wire
 from chatd.e2e.account import DeviceAccount, IdentityKeys, verify_signature
@@ -185,7 +186,11 @@ class E2EMachine:
         if not verify_signature(device.ed25519, key, signature):
             raise UntrustedKeys(f"the one-time key claimed for {device_label(device)} "
                                 f"is not signed by its identity key")
-        self.olm.start(device.curve25519, key)
+        try:
+            self.olm.start(device.curve25519, key)
+        except (vodozemac.KeyException, ValueError) as exc:
+            raise UntrustedKeys(f"the keys of {device_label(device)} are not Curve25519 "
+                                f"keys ({exc})") from None
 
     def safety_number(self, user_id: str) -> str:
         mine = [self.identity.ed25519] + [d.ed25519 for d in self.trust.trusted(self.user_id)]
