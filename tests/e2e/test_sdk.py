@@ -375,3 +375,28 @@ async def test_concurrent_sends_share_one_session_once(start_server: ServerFacto
             assert texts == {f"m{n}" for n in range(8)}
             room_keys += sum(e["type"] == "to_device" for e in await drain_raw(bob_live))
             assert room_keys == 1  # the session was shared once, not once per send
+
+
+async def test_a_member_removed_while_the_sender_was_away_gets_no_key(
+        start_server: ServerFactory, tmp_path: Path) -> None:
+    """Alice sends right after another admin removed carol, before any log entry reached
+    her SDK: the member list is the server's, so carol's devices get no room key."""
+    server = await start_server(ratelimits=UNLIMITED_SENDS)
+    async with sdk_user(server.url, tmp_path) as alice, \
+            sdk_user(server.url, tmp_path) as bob, \
+            sdk_user(server.url, tmp_path) as carol:
+        group = (await alice.chat.create_group("g", [bob.user_id, carol.user_id],
+                                               encrypted=True))["conversation_id"]
+        await alice.chat.request("POST", f"/groups/{group}/admins",
+                                 {"user_ids": [bob.user_id]})
+        await alice.e2e.send(group, {"text": "before"})
+        await bob.chat.request("POST", f"/groups/{group}/remove",
+                               {"user_ids": [carol.user_id]})
+        await alice.e2e.send(group, {"text": "after"})
+        async with carol.chat.connect() as carol_live, bob.chat.connect() as bob_live:
+            before = await next_decrypted(bob, bob_live)
+            after = await next_decrypted(bob, bob_live)
+            assert (before.content["text"], after.content["text"]) == ("before", "after")
+            await drain(carol, carol_live, 1.0)  # her room keys, whatever came
+            assert isinstance(await carol.e2e.decrypt(before.message), Decrypted)
+            assert isinstance(await carol.e2e.decrypt(after.message), Undecryptable)

@@ -95,7 +95,10 @@ class E2EClient:
         self.now_ms = now_ms
         #: user id -> device-list version of the devices we know.
         self.versions: dict[str, int] = {}
-        #: conversation id -> (kind, member user ids), until a membership entry.
+        #: Direct conversations' member lists (they never change). A group's is read
+        #: before every send: the log entry of a removal reaches us on the live stream,
+        #: which may lag behind (a send right after connecting, before catch-up), and
+        #: encrypting with a stale list would share the session with the removed member.
         self._conversations: dict[str, tuple[str, list[str]]] = {}
         #: One task at a time changes the crypto state: a send (sharing a session, then
         #: encrypting) and the receive loop (a removal rotating that session) interleave
@@ -216,7 +219,8 @@ class E2EClient:
         if known is None:
             info = await self.client.request("GET", f"/conversations/{conversation_id}")
             known = (str(info["kind"]), [str(m["user_id"]) for m in info["members"]])
-            self._conversations[conversation_id] = known
+            if known[0] == "direct":
+                self._conversations[conversation_id] = known
         return known
 
     async def safety_number(self, user_id: str) -> str:
