@@ -15,8 +15,9 @@ import httpx
 import pytest
 import trio
 
+from chatd.client import ChatClient
 from chatd.e2e.client import E2EClient
-from chatd.e2e.errors import WrongPassphrase
+from chatd.e2e.errors import E2EError, WrongPassphrase
 from chatd.e2e.media import upload_encrypted
 from chatd.e2e.store import StateStore
 from tests.conftest import ServerFactory
@@ -400,3 +401,16 @@ async def test_a_member_removed_while_the_sender_was_away_gets_no_key(
             await drain(carol, carol_live, 1.0)  # her room keys, whatever came
             assert isinstance(await carol.e2e.decrypt(before.message), Decrypted)
             assert isinstance(await carol.e2e.decrypt(after.message), Undecryptable)
+
+
+async def test_a_peer_without_keys_is_said_so_and_nothing_is_sent(
+        start_server: ServerFactory, tmp_path: Path) -> None:
+    server = await start_server(ratelimits=UNLIMITED_SENDS)
+    async with sdk_user(server.url, tmp_path) as alice, ChatClient(server.url) as plain:
+        handle = f"plain{uuid.uuid4().hex[:8]}"
+        await plain.register(handle, PASSWORD, "Plain")
+        credentials = await plain.login(handle, PASSWORD)
+        opened = await alice.chat.open_direct(credentials.user_id, encrypted=True)
+        with pytest.raises(E2EError, match="no device with end-to-end keys"):
+            await alice.e2e.send(opened["conversation_id"], {"text": "hello?"})
+        assert (await alice.chat.history(opened["conversation_id"]))["messages"] == []

@@ -280,6 +280,10 @@ class E2EClient:
         devices = await self._ensure_sessions(self.machine.recipients(members))
         versions = {u: self.versions[u] for u in members if u in self.versions}
         if kind == "direct":
+            others = [u for u in members if u != self.machine.user_id]
+            if others and not any(d.user_id in others for d in devices):
+                raise E2EError(f"user {others[0]} has no device with end-to-end keys yet "
+                               f"(nothing sent): they need a client with encryption on")
             body = self.machine.encrypt_direct(conversation_id, content, devices)
             self.machine.save()
             return wire.OLM_CONTENT_TYPE, body, versions
