@@ -19,6 +19,7 @@ from chatd.e2e.terminal import state_dir_for
 from chatd.server import RunningServer
 from tests.helpers import PASSWORD
 from tests.test_chat import Terminal
+from tests.web.test_compact import files_holding
 
 
 def test_verify_parses() -> None:
@@ -83,7 +84,17 @@ async def test_two_terminals_talk_encrypted(server: RunningServer, tmp_path: Pat
         await bob.expect("[plotters 🔒] #2 alice_e: 🔒 the plan, in the group".encode())
         await alice.type("/history 5\n")
         await alice.expect("alice_e: 🔒 the plan, in the group".encode())
-    # Only ciphertext on the server.
+        secret_file = tmp_path / "map.txt"
+        secret_file.write_text("x marks the spot")
+        await alice.type(f"/send-file {secret_file}\n")
+        await alice.expect("sent map.txt (16 bytes, encrypted 🔒)".encode())
+        await bob.expect("alice_e: 🔒 map.txt\n    📎 map.txt (16 bytes, encrypted)".encode())
+        await alice.type("/edit 2 a new plan\n")
+        await alice.expect(b"edits are not end-to-end encrypted yet")
+    # Only ciphertext on the server: no text, no file, no file name in its files.
+    for needle in ("meet at the old mill", "the plan, in the group", "x marks the spot",
+                   "map.txt"):
+        assert files_holding(server, needle) == [], needle
     async with ChatClient(server.url) as observer:
         await observer.login("bob_e", PASSWORD)
         conversations = await observer.conversations()
