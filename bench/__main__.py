@@ -105,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     size.add_argument("--shape", choices=["direct", "group"], default="direct",
                       help="sweep: which scenario to sweep")
     size.add_argument("--rates", help="sweep: comma-separated offered rates")
+    size.add_argument("--rounds", type=int,
+                      help="e2e: plain/e2e pairs of runs, in alternating order (3)")
     size.add_argument("--megabytes", type=int, help="media: MiB transferred (1024)")
     return parser
 
@@ -141,8 +143,11 @@ def _runners(args: argparse.Namespace, own_server: BenchServer | None
     group = one(harness.group, e2e=args.e2e, **group_run)
 
     def e2e(target: Target) -> list[Result]:
-        return [trio.run(partial(harness.e2e, target, shape="direct", **direct_run)),
-                trio.run(partial(harness.e2e, target, shape="group", **group_run))]
+        rounds = _pick(args, "rounds", 3, 1)
+        return [trio.run(partial(harness.e2e, target, shape="direct", rounds=rounds,
+                                 **direct_run)),
+                trio.run(partial(harness.e2e, target, shape="group", rounds=rounds,
+                                 **group_run))]
 
     reactions = one(harness.reactions, rate=_pick(args, "rate", 1000.0, 50.0),
                     seconds=seconds, members=_pick(args, "members", 50, 10),

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -489,38 +490,55 @@ async def group(target: Target, *, members: int, senders: int, rate: float, seco
         "ack": ack}, figures)
 
 
+#: Figures of an `e2e` comparison that are counts (summed over its rounds).
+_SUMMED = ("sent", "deliveries", "lost", "duplicated", "client_cpu_s")
 #: The figures an `e2e` comparison shows of each variant.
 _COMPARED = ("sent", "deliveries", "lost", "duplicated", "server_cpu_us_per_message",
              "server_cpu_us_per_delivery", "p50_ms", "p99_ms", "client_cpu_s")
 
 
-async def e2e(target: Target, *, shape: str, **run: Any) -> Result:
-    """`direct` or `group` (`shape`), the plain variant then the end-to-end one, at the
-    same size: server CPU per message of each and their ratio (what ciphertext costs the
-    server), and the clients' CPU per encryption and decryption."""
+async def e2e(target: Target, *, shape: str, rounds: int = 1, **run: Any) -> Result:
+    """`direct` or `group` (`shape`), the plain variant and the end-to-end one at the
+    same size, `rounds` times in alternating order (plain first in odd rounds): server CPU
+    per message of each and their ratio (what ciphertext costs the server), and the
+    clients' CPU per encryption and decryption. With several rounds every figure is the
+    median of the rounds, and each round's ratio is listed: on a shared machine one
+    pair of runs can differ by the load alone."""
     scenario = direct if shape == "direct" else group
-    plain = await scenario(target, **run)
-    encrypted = await scenario(target, e2e=True, **run)
+    runs: dict[str, list[Result]] = {"plain": [], "e2e": []}
+    for round_ in range(rounds):
+        order = ("plain", "e2e") if round_ % 2 == 0 else ("e2e", "plain")
+        for variant in order:
+            runs[variant].append(await scenario(target, e2e=variant == "e2e", **run))
     figures: dict[str, Any] = {}
-    for name, result in (("plain", plain), ("e2e", encrypted)):
+    for name, results in runs.items():
         for figure in _COMPARED:
-            if figure in result.figures:
-                figures[f"{name}_{figure}"] = result.figures[figure]
+            values = [r.figures[figure] for r in results if figure in r.figures]
+            if values:
+                # Counts add up over the rounds; rates and costs are the rounds' median.
+                figures[f"{name}_{figure}"] = sum(values) if figure in _SUMMED \
+                    else statistics.median(values)
+    encrypted = runs["e2e"]
     for figure in ("client_encrypt_us_per_message", "client_decrypt_us_per_message",
-                   "decrypt_errors"):
-        figures[figure] = encrypted.figures.get(figure, 0)
+                   "body_bytes"):
+        figures[("e2e_" if figure == "body_bytes" else "") + figure] = statistics.median(
+            r.figures.get(figure, 0) for r in encrypted)
+    figures["decrypt_errors"] = sum(r.figures.get("decrypt_errors", 0) for r in encrypted)
     figures["plain_body_bytes"] = len(f"T{now_us()} {PAD}")
-    figures["e2e_body_bytes"] = encrypted.figures.get("body_bytes", 0)
     figures.update(hot_costs("olm" if shape == "direct" else "megolm", f"T{now_us()} {PAD}"))
-    plain_cpu = plain.figures.get("server_cpu_us_per_message")
-    e2e_cpu = encrypted.figures.get("server_cpu_us_per_message")
-    if plain_cpu and e2e_cpu:
-        figures["e2e_to_plain_server_cpu"] = e2e_cpu / plain_cpu
-    figures["lost"] = plain.figures.get("lost", 0) + encrypted.figures.get("lost", 0)
-    figures["duplicated"] = plain.figures.get("duplicated", 0) \
-        + encrypted.figures.get("duplicated", 0)
-    return Result(f"e2e:{shape}", {**plain.params, "shape": shape}, figures,
-                  plain.warnings + encrypted.warnings)
+    ratios = [e.figures["server_cpu_us_per_message"] / p.figures["server_cpu_us_per_message"]
+              for p, e in zip(runs["plain"], encrypted, strict=True)
+              if p.figures.get("server_cpu_us_per_message")
+              and e.figures.get("server_cpu_us_per_message")]
+    if ratios:
+        figures["e2e_to_plain_server_cpu"] = statistics.median(ratios)
+        figures["e2e_to_plain_server_cpu_rounds"] = ", ".join(f"{r:.2f}" for r in ratios)
+    every = runs["plain"] + encrypted
+    figures["lost"] = sum(r.figures.get("lost", 0) for r in every)
+    figures["duplicated"] = sum(r.figures.get("duplicated", 0) for r in every)
+    return Result(f"e2e:{shape}", {**runs["plain"][0].params, "shape": shape,
+                                   "rounds": rounds},
+                  figures, [w for r in every for w in r.warnings])
 
 
 async def reactions(target: Target, *, members: int, senders: int, rate: float,

@@ -86,6 +86,8 @@ def _label(key: str) -> str:
         return "CPU, reaction / message"
     if key == "e2e_to_plain_server_cpu":
         return "server CPU per message, e2e / plain"
+    if key == "e2e_to_plain_server_cpu_rounds":
+        return "  each round's ratio"
     for phase in ("message", "reaction"):
         if key.startswith(f"{phase}_"):
             return f"{phase}s: {_LABELS[key.removeprefix(phase + '_')]}"
@@ -101,7 +103,8 @@ _PHASED = [f"{phase}_{name}" for phase in ("message", "reaction") for name in (
     "reaction_to_message_cpu"] + [
     f"{variant}_{name}" for variant in ("plain", "e2e") for name in (
         "sent", "deliveries", "lost", "body_bytes", "server_cpu_us_per_message",
-        "server_cpu_us_per_delivery", "p50_ms", "p99_ms")] + ["e2e_to_plain_server_cpu"]
+        "server_cpu_us_per_delivery", "p50_ms", "p99_ms")] + [
+    "e2e_to_plain_server_cpu", "e2e_to_plain_server_cpu_rounds"]
 
 
 def print_result(result: Result) -> None:
