@@ -21,7 +21,8 @@ import trio
 from chatd.client import ApiError, ChatClient, Credentials, LiveConnection
 from chatd.e2e.client import E2EClient, KeyWarning, Undecryptable
 from chatd.e2e.errors import E2EError
-from chatd.e2e.machine import Decrypted
+from chatd.e2e.machine import ENCRYPTED_TYPES, Decrypted
+from chatd.e2e.media import upload_encrypted
 from chatd.e2e.store import StateStore
 from chatd.e2e.terminal import (
     LOCK,
@@ -379,6 +380,11 @@ class Terminal:
                 count = int(command.args[0]) if command.args else 20
                 page = await self.client.history(self.current, limit=min(max(count, 1), 200))
                 for message in page["messages"]:
+                    if self.e2e is not None and message["content_type"] in ENCRYPTED_TYPES:
+                        # Megolm messages read again; an Olm one only once, live.
+                        opened = await self.e2e.decrypt(message)
+                        message = as_message(opened) if isinstance(opened, Decrypted) \
+                            else describe_undecryptable(opened)
                     await self.learn_user(message["sender_id"])
                     if message.get("quote"):
                         await self.learn_user(message["quote"]["sender_id"])
@@ -412,6 +418,9 @@ class Terminal:
             await self.client.react(conversation_id, seq, args[0])
         elif name == "unreact":
             await self.client.unreact(conversation_id, seq, args[0])
+        elif name == "edit" and conversation_id in self.encrypted:
+            # An edit's text would reach the server as it is: not in an encrypted chat.
+            self.say("! edits are not end-to-end encrypted yet: nothing was sent")
         elif name == "edit":
             await self.client.edit(conversation_id, seq, args[0])
         elif name == "forward":
@@ -433,6 +442,9 @@ class Terminal:
             self.say(f"! no such file: {path}")
             return
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if self.e2e is not None and self.current in self.encrypted:
+            await self.send_encrypted_file(self.e2e, self.current, path, content_type)
+            return
         try:
             media = await self.client.upload(path, content_type, filename=path.name)
         except ApiError as exc:
@@ -440,6 +452,19 @@ class Terminal:
             return
         await self.live.send(self.current, path.name, attachments=[media["media_id"]])
         self.say(f"* sent {path.name} ({media['size']} bytes)")
+
+    async def send_encrypted_file(self, e2e: E2EClient, conversation_id: str, path: Path,
+                                  content_type: str) -> None:
+        """The file encrypted before it leaves (chatd.e2e.media), its key and name inside
+        the encrypted message."""
+        try:
+            media = await upload_encrypted(self.client, path, content_type)
+        except ApiError as exc:
+            self.say(f"! {exc.code}: {exc.message}")
+            return
+        await e2e.send(conversation_id, {"text": path.name, "media": media.to_content()},
+                       live=self.live, attachments=[media.attachment()])
+        self.say(f"* sent {path.name} ({media.size} bytes, encrypted {LOCK})")
 
     async def open(self, conv: dict[str, Any]) -> None:
         await self.learn_conversation(conv)

@@ -249,3 +249,20 @@ def test_a_state_belongs_to_one_device(tmp_path: Path) -> None:
     E2EMachine.load(store, "1", "11")
     with pytest.raises(UntrustedKeys, match="belongs to device 1/11"):
         E2EMachine.load(open_store(tmp_path / "s"), "1", "12")
+
+
+def test_olm_sessions_started_by_both_sides_at_once_converge(tmp_path: Path) -> None:
+    alice, bob = machine(tmp_path, "1", "11"), machine(tmp_path, "2", "21")
+    introduce(alice, bob)
+    connect(alice, bob)
+    connect(bob, alice)  # each claimed a key of the other before hearing from them
+    from_alice = direct(alice, [bob], "a1")
+    from_bob = direct(bob, [alice], "b1")
+    assert bob.decrypt(from_alice).content["text"] == "a1"
+    assert alice.decrypt(from_bob).content["text"] == "b1"
+    for n in range(3):
+        assert bob.decrypt(direct(alice, [bob], f"a{n + 2}")).content["text"] == f"a{n + 2}"
+        assert alice.decrypt(direct(bob, [alice], f"b{n + 2}")).content["text"] == f"b{n + 2}"
+    # A pre-key message delivered twice is refused the second time, not a new session.
+    with pytest.raises(DecryptionError):
+        bob.decrypt(from_alice)

@@ -19,6 +19,7 @@ from chatd.e2e.terminal import state_dir_for
 from chatd.server import RunningServer
 from tests.helpers import PASSWORD
 from tests.test_chat import Terminal
+from tests.web.test_compact import files_holding
 
 
 def test_verify_parses() -> None:
@@ -77,14 +78,31 @@ async def test_two_terminals_talk_encrypted(server: RunningServer, tmp_path: Pat
             :-4].isdigit()
         await alice.type("/verify bob_e ok\n")
         await alice.expect(b"bob_e is verified")
-    # Only ciphertext on the server.
+        await alice.type("/group plotters bob_e\n")
+        await alice.expect("now talking in plotters 🔒".encode())
+        await alice.type("the plan, in the group\n")
+        await bob.expect("[plotters 🔒] #2 alice_e: 🔒 the plan, in the group".encode())
+        await alice.type("/history 5\n")
+        await alice.expect("alice_e: 🔒 the plan, in the group".encode())
+        secret_file = tmp_path / "map.txt"
+        secret_file.write_text("x marks the spot")
+        await alice.type(f"/send-file {secret_file}\n")
+        await alice.expect("sent map.txt (16 bytes, encrypted 🔒)".encode())
+        await bob.expect("alice_e: 🔒 map.txt\n    📎 map.txt (16 bytes, encrypted)".encode())
+        await alice.type("/edit 2 a new plan\n")
+        await alice.expect(b"edits are not end-to-end encrypted yet")
+    # Only ciphertext on the server: no text, no file, no file name in its files.
+    for needle in ("meet at the old mill", "the plan, in the group", "x marks the spot",
+                   "map.txt"):
+        assert files_holding(server, needle) == [], needle
     async with ChatClient(server.url) as observer:
         await observer.login("bob_e", PASSWORD)
-        (conversation,) = await observer.conversations()
-        assert conversation["encrypted"] is True
-        history = await observer.history(conversation["conversation_id"])
-        assert {m["content_type"] for m in history["messages"]} == {
-            "application/vnd.chatd.olm"}
+        conversations = await observer.conversations()
+        assert [c["encrypted"] for c in conversations] == [True, True]
+        for conversation in conversations:
+            history = await observer.history(conversation["conversation_id"])
+            assert {m["content_type"] for m in history["messages"]} <= {
+                "application/vnd.chatd.olm", "application/vnd.chatd.megolm", "chatd/system"}
         devices = await observer.request("GET", "/devices")
     # A restarted terminal is the same device, with the same keys: no new device for bob.
     async with e2e_terminal(server, "alice_e", tmp_path) as alice, \

@@ -496,3 +496,16 @@ async def test_the_export_lists_public_identity_keys(start_server: ServerFactory
         keys = devices[alice.device_id]["identity_keys"]
         assert (keys["curve25519"], keys["ed25519"]) == (device.curve25519, device.ed25519)
         assert "identity_keys" not in devices[phone.device_id]  # it published none
+
+
+async def test_uploads_take_the_messages_bucket(start_server: ServerFactory) -> None:
+    server = await start_server(ratelimits={"messages_per_account": "2/1h burst 2"})
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        alice = await new_account(http)
+        device = KeyDevice()
+        await uploaded(alice, device, one_time=1)
+        await uploaded(alice, device, one_time=1)
+        response = await upload(alice, device.upload(one_time=1))
+        assert_error(response, 429, "rate_limited")
+        assert server.services.key_directory.one_time_key_count(
+            int(alice.user_id), int(alice.device_id)) == 2

@@ -45,6 +45,9 @@ def verify_signature(ed25519: str, message: str, signature: str) -> bool:
 class DeviceAccount:
     def __init__(self, account: vodozemac.Account) -> None:
         self.olm = account
+        #: Changed since last saved (a pickle differs every time, so it cannot be
+        #: compared: vodozemac encrypts it with a fresh nonce).
+        self.dirty = True
 
     @classmethod
     def new(cls) -> DeviceAccount:
@@ -52,7 +55,9 @@ class DeviceAccount:
 
     @classmethod
     def from_pickle(cls, pickle: str, key: bytes) -> DeviceAccount:
-        return cls(vodozemac.Account.from_pickle(pickle, key))
+        account = cls(vodozemac.Account.from_pickle(pickle, key))
+        account.dirty = False
+        return account
 
     def pickle(self, key: bytes) -> str:
         return self.olm.pickle(key)
@@ -76,6 +81,7 @@ class DeviceAccount:
         one-time keys for what `server_count` lacks (None: a first upload), a fallback key
         when there is none yet or `new_fallback` (the old one was used). Keys from an
         upload that failed are sent again."""
+        self.dirty = True
         have = 0 if server_count is None else max(0, server_count)
         pending = len(self.olm.one_time_keys)
         missing = TARGET_ONE_TIME_KEYS - have - pending
@@ -100,6 +106,7 @@ class DeviceAccount:
 
     def mark_published(self) -> None:
         self.olm.mark_keys_as_published()
+        self.dirty = True
 
     def _signed(self, keys: dict[str, vodozemac.Curve25519PublicKey],
                 ) -> dict[str, dict[str, str]]:

@@ -69,6 +69,20 @@ class KeyWarning:
 E2EEvent = Decrypted | Undecryptable | KeyWarning | dict[str, Any]
 
 
+def _signed_device(user_id: str, raw: object) -> DeviceKeys | None:
+    """A device of a key query's answer, if well formed and self-signed (the server is
+    not trusted to get either right)."""
+    if not isinstance(raw, dict):
+        return None
+    fields = [raw.get(name) for name in ("device_id", "curve25519", "ed25519", "signature")]
+    if not all(isinstance(value, str) and value for value in fields):
+        return None
+    device_id, curve, ed, signature = (str(value) for value in fields)
+    if not verify_signature(ed, curve, signature):
+        return None
+    return DeviceKeys(user_id, device_id, curve, ed)
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -81,10 +95,15 @@ class E2EClient:
         self.now_ms = now_ms
         #: user id -> device-list version of the devices we know.
         self.versions: dict[str, int] = {}
-        #: conversation id -> (kind, member user ids), until a membership entry.
+        #: Direct conversations' member lists (they never change). A group's is read
+        #: before every send: the log entry of a removal reaches us on the live stream,
+        #: which may lag behind (a send right after connecting, before catch-up), and
+        #: encrypting with a stale list would share the session with the removed member.
         self._conversations: dict[str, tuple[str, list[str]]] = {}
-        #: conversation id -> the highest seq handled (redeliveries are dropped).
-        self._handled: dict[str, int] = {}
+        #: One task at a time changes the crypto state: a send (sharing a session, then
+        #: encrypting) and the receive loop (a removal rotating that session) interleave
+        #: at every await otherwise.
+        self._lock = trio.Lock()
         #: Key changes not yet delivered through `events()`.
         self.warnings: list[KeyChange] = []
         self._fallback_rotated_ms = 0
@@ -160,10 +179,8 @@ class E2EClient:
         changes: list[KeyChange] = []
         for user_id, answer in zip(wanted, answers, strict=True):
             user_id = str(answer.get("user_id", user_id))
-            devices = [DeviceKeys(user_id, str(d["device_id"]), d["curve25519"],
-                                  d["ed25519"])
-                       for d in answer.get("devices", [])
-                       if verify_signature(d["ed25519"], d["curve25519"], d["signature"])]
+            devices = [device for raw in answer.get("devices", [])
+                       if (device := _signed_device(user_id, raw)) is not None]
             self.versions[user_id] = int(answer.get("version", 0))
             changes.extend(self.machine.observe_devices(user_id, devices))
         self.machine.save()
@@ -178,11 +195,12 @@ class E2EClient:
         if missing:
             claimed = await self.client.claim_keys(
                 [(d.user_id, d.device_id) for d in missing])
-            by_device = {(str(k["user_id"]), str(k["device_id"])): k
-                         for k in claimed.get("keys", [])}
+            by_device = {(str(k.get("user_id")), str(k.get("device_id"))): k
+                         for k in claimed.get("keys", []) if isinstance(k, dict)}
             for device in missing:
                 key = by_device.get((device.user_id, device.device_id))
-                if key is None:
+                if key is None or not (isinstance(key.get("key"), str)
+                                       and isinstance(key.get("signature"), str)):
                     continue
                 try:
                     self.machine.start_session(device, key["key"], key["signature"])
@@ -201,7 +219,8 @@ class E2EClient:
         if known is None:
             info = await self.client.request("GET", f"/conversations/{conversation_id}")
             known = (str(info["kind"]), [str(m["user_id"]) for m in info["members"]])
-            self._conversations[conversation_id] = known
+            if known[0] == "direct":
+                self._conversations[conversation_id] = known
         return known
 
     async def safety_number(self, user_id: str) -> str:
@@ -232,7 +251,9 @@ class E2EClient:
         while len(self._sent) > _SENT_KEPT:
             del self._sent[next(iter(self._sent))]
         for attempt in range(3):
-            content_type, body, versions = await self._encrypt(conversation_id, content)
+            async with self._lock:
+                content_type, body, versions = await self._encrypt(conversation_id,
+                                                                   content)
             try:
                 if live is not None:
                     return await live.send(conversation_id, body, content_type=content_type,
@@ -259,6 +280,10 @@ class E2EClient:
         devices = await self._ensure_sessions(self.machine.recipients(members))
         versions = {u: self.versions[u] for u in members if u in self.versions}
         if kind == "direct":
+            others = [u for u in members if u != self.machine.user_id]
+            if others and not any(d.user_id in others for d in devices):
+                raise E2EError(f"user {others[0]} has no device with end-to-end keys yet "
+                               f"(nothing sent): they need a client with encryption on")
             body = self.machine.encrypt_direct(conversation_id, content, devices)
             self.machine.save()
             return wire.OLM_CONTENT_TYPE, body, versions
@@ -283,6 +308,12 @@ class E2EClient:
 
     async def handle(self, event: dict[str, Any], live: LiveConnection | None = None,
                      ) -> list[E2EEvent]:
+        """One frame of the live stream, as `events()` gives it."""
+        async with self._lock:
+            return await self._handle(event, live)
+
+    async def _handle(self, event: dict[str, Any], live: LiveConnection | None,
+                      ) -> list[E2EEvent]:
         kind = event.get("type")
         out: list[E2EEvent] = []
         if kind == "message":
@@ -291,9 +322,9 @@ class E2EClient:
             out.extend(await self._on_to_device(event, live))
         elif kind == "keys_low":
             await self.refill_keys(bool(event.get("fallback_used")))
-        elif kind == "device_list":
-            self.versions.pop(str(event.get("user_id")), None)
-            await self.refresh_devices([str(event.get("user_id"))])
+        elif kind == "device_list" and isinstance(event.get("user_id"), str):
+            self.versions.pop(event["user_id"], None)
+            await self.refresh_devices([event["user_id"]])
             out.append(event)
         else:
             out.append(event)
@@ -314,13 +345,18 @@ class E2EClient:
             return [message]
         seq = message.get("seq")
         if isinstance(seq, int):
-            if seq <= self._handled.get(conversation_id, 0):
+            handled = self.machine.handled
+            if seq <= handled.get(conversation_id, 0):
                 return []  # delivered again after a reconnect: handled already
-            self._handled[conversation_id] = seq
-        return [await self.decrypt(message)]
+            handled[conversation_id] = seq
+        return [await self._decrypt(message)]
 
     async def decrypt(self, message: dict[str, Any]) -> Decrypted | Undecryptable:
         """One message (live, or from `history`): its content, or why not."""
+        async with self._lock:
+            return await self._decrypt(message)
+
+    async def _decrypt(self, message: dict[str, Any]) -> Decrypted | Undecryptable:
         sender_key = self.machine.sender_key_of(message)
         if sender_key == self.machine.identity.curve25519:
             sent = self._sent.get((str(message.get("conversation_id")),
@@ -358,6 +394,11 @@ class E2EClient:
             else:
                 if session_id is not None:
                     out.extend(self.machine.retry(session_id))
+        else:
+            # Not the SDK's (a `sealed` envelope, an application's own type): the
+            # application gets it as it came. Acknowledged all the same, as acks are
+            # cumulative (`up_to`).
+            out.append(event)
         self.machine.save()
         if live is not None and isinstance(event.get("id"), int):
             await live.ack_to_device(event["id"])

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+import vodozemac
 
 from chatd.e2e import wire
 from chatd.e2e.account import DeviceAccount, IdentityKeys, verify_signature
@@ -79,6 +80,10 @@ class E2EMachine:
         self.trust = TrustStore()
         #: "conversation_id:seq" -> a message we could not decrypt yet, and its session.
         self.pending: dict[str, tuple[str, dict[str, Any]]] = {}
+        #: conversation id -> the highest seq handled from the live stream (a message
+        #: delivered again, unacknowledged before a crash, is not decrypted twice: an Olm
+        #: message cannot be).
+        self.handled: dict[str, int] = {}
         self.uploaded = False
 
     # -- state ---------------------------------------------------------------------------
@@ -106,6 +111,8 @@ class E2EMachine:
         for name in store.names("megolm_in/"):
             machine.megolm.inbound[name[10:]] = Inbound.from_bytes(store.get(name) or b"",
                                                                     key)
+        if handled := store.get("handled"):
+            machine.handled = msgpack.unpackb(handled, raw=False)
         if trust := store.get("trust"):
             machine.trust = TrustStore.from_bytes(trust)
         for name in store.names("pending/"):
@@ -119,7 +126,9 @@ class E2EMachine:
     def save(self) -> None:
         """Write what changed since the last save."""
         key = self.store.pickle_key
-        self.store.put("account", self.account.pickle(key).encode())
+        if self.account.dirty:
+            self.store.put("account", self.account.pickle(key).encode())
+            self.account.dirty = False
         self.store.put("uploaded", b"1" if self.uploaded else b"0")
         for peer in self.olm.dirty:
             self.store.put(f"olm/{peer}", msgpack.packb(self.olm.pickle_peer(peer, key)))
@@ -136,6 +145,7 @@ class E2EMachine:
                            self.megolm.inbound[session_id].to_bytes(key))
         self.megolm.dirty_inbound.clear()
         self.store.put("trust", self.trust.to_bytes())
+        self.store.put("handled", msgpack.packb(self.handled))
         for name in self.store.names("pending/"):
             if name[8:] not in self.pending:
                 self.store.delete(name)
@@ -176,7 +186,11 @@ class E2EMachine:
         if not verify_signature(device.ed25519, key, signature):
             raise UntrustedKeys(f"the one-time key claimed for {device_label(device)} "
                                 f"is not signed by its identity key")
-        self.olm.start(device.curve25519, key)
+        try:
+            self.olm.start(device.curve25519, key)
+        except (vodozemac.KeyException, ValueError) as exc:
+            raise UntrustedKeys(f"the keys of {device_label(device)} are not Curve25519 "
+                                f"keys ({exc})") from None
 
     def safety_number(self, user_id: str) -> str:
         mine = [self.identity.ed25519] + [d.ed25519 for d in self.trust.trusted(self.user_id)]

@@ -80,6 +80,7 @@ class OlmSessions:
         except (vodozemac.SessionCreationException, vodozemac.KeyException) as exc:
             raise DecryptionError(f"cannot open an Olm session from this pre-key message "
                                   f"({exc})") from None
+        self.account.dirty = True  # the one-time key it used is gone
         self._add(peer_key, session)
         self._confirm(peer_key, session)
         return plaintext

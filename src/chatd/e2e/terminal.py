@@ -70,7 +70,13 @@ def as_message(decrypted: Decrypted) -> dict[str, Any]:
         f"{LOCK} <{', '.join(sorted(decrypted.content))}>"
     if isinstance(decrypted.content.get("reply_to"), int):
         shown += f"  (reply to #{decrypted.content['reply_to']})"
-    return {**decrypted.message, "content_type": "text/plain", "body": shown}
+    media = decrypted.content.get("media")
+    if isinstance(media, dict):
+        shown += f"\n    📎 {media.get('filename') or 'a file'} ({media.get('size', '?')} " \
+                 f"bytes, encrypted) media {media.get('media_id', '?')}"
+    message = {key: value for key, value in decrypted.message.items()
+               if key != "attachments"}  # the server's view of them is the ciphertext's
+    return {**message, "content_type": "text/plain", "body": shown}
 
 
 def describe_undecryptable(item: Undecryptable) -> dict[str, Any]:

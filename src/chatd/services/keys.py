@@ -183,7 +183,12 @@ class DeviceListNotifier:
             self._wake = trio.Event()
             while self._waiting:
                 user_id, version = self._waiting.popitem()
-                await self.tell(user_id, version)
+                try:
+                    await self.tell(user_id, version)
+                except Exception:
+                    # One user's audience that cannot be told must not stop the loop
+                    # (the others still are; clients also learn it from a 409).
+                    log.exception("device list of %d not told", user_id)
 
     async def tell(self, user_id: int, version: int) -> None:
         try:
