@@ -14,7 +14,12 @@ Scenarios:
   sends    acknowledged REST sends into one group
   media    upload and download MB/s of 1 GiB, server CPU per MB, RSS during the
            transfer, ranged 64 KiB reads per second
-  all      every scenario above but sends and media
+  e2e      `direct` and `group`, each plain and then end to end (encrypted conversations,
+           Olm or Megolm bodies made with vodozemac): server CPU per message of both and
+           their ratio, client CPU per encryption and decryption
+  all      every scenario above but sends, media and e2e
+
+`--e2e` runs `direct` or `group` end to end only.
 
 Without --url it starts its own server (data in a temp dir); with --cluster FILE, one
 process per shard of that config, and server CPU is the sum of all of them (`direct`
@@ -47,7 +52,7 @@ from bench.serverproc import BenchServer
 from bench.wakeup import wakeup
 
 SCENARIOS = ["direct", "group", "idle", "catchup", "burst", "sweep", "appends", "wakeup",
-             "reactions", "sends", "media", "all"]
+             "reactions", "sends", "media", "e2e", "all"]
 #: The server's settings for benchmarks: idle sockets are not reaped while held; media
 #: takes the 1 GiB transfer.
 SERVER_ENV = {"CHATD_WEBSOCKET_IDLE_TIMEOUT": "3600",
@@ -81,6 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--strace", action="store_true",
                         help="count the server's system calls per message with strace -c -f "
                              "(CPU and latency figures of such a run are strace's, not chatd's)")
+    parser.add_argument("--e2e", action="store_true",
+                        help="direct/group: the end-to-end variant (encrypted conversations, "
+                             "Olm/Megolm ciphertext bodies); `e2e` compares both")
     parser.add_argument("--no-ack", action="store_true",
                         help="direct/group/burst/sweep: receivers do not ack (by default "
                              "every delivered message is acked, as a client with delivery "
@@ -97,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     size.add_argument("--shape", choices=["direct", "group"], default="direct",
                       help="sweep: which scenario to sweep")
     size.add_argument("--rates", help="sweep: comma-separated offered rates")
+    size.add_argument("--rounds", type=int,
+                      help="e2e: plain/e2e pairs of runs, in alternating order (3)")
     size.add_argument("--megabytes", type=int, help="media: MiB transferred (1024)")
     return parser
 
@@ -126,10 +136,19 @@ def _runners(args: argparse.Namespace, own_server: BenchServer | None
     direct_shape = {"pairs": _pick(args, "pairs", 50, 5), "workers": workers, "ack": ack}
     group_shape = {"members": _pick(args, "members", 50, 10),
                    "senders": _pick(args, "senders", 5, 2), "workers": workers, "ack": ack}
-    direct = one(harness.direct, rate=_pick(args, "rate", 500.0, 100.0), seconds=seconds,
-                 placement=args.placement or "cross", **direct_shape)
-    group = one(harness.group, rate=_pick(args, "rate", 20.0, 20.0), seconds=seconds,
-                **group_shape)
+    direct_run = {"rate": _pick(args, "rate", 500.0, 100.0), "seconds": seconds,
+                  "placement": args.placement or "cross", **direct_shape}
+    group_run = {"rate": _pick(args, "rate", 20.0, 20.0), "seconds": seconds, **group_shape}
+    direct = one(harness.direct, e2e=args.e2e, **direct_run)
+    group = one(harness.group, e2e=args.e2e, **group_run)
+
+    def e2e(target: Target) -> list[Result]:
+        rounds = _pick(args, "rounds", 3, 1)
+        return [trio.run(partial(harness.e2e, target, shape="direct", rounds=rounds,
+                                 **direct_run)),
+                trio.run(partial(harness.e2e, target, shape="group", rounds=rounds,
+                                 **group_run))]
+
     reactions = one(harness.reactions, rate=_pick(args, "rate", 1000.0, 50.0),
                     seconds=seconds, members=_pick(args, "members", 50, 10),
                     senders=_pick(args, "senders", 10, 2), workers=workers, ack=ack)
@@ -174,13 +193,13 @@ def _runners(args: argparse.Namespace, own_server: BenchServer | None
                  ranged_reads=_pick(args, "messages", 5000, 200))
     return {"direct": direct, "group": group, "idle": idle, "catchup": catchup,
             "burst": burst, "sweep": sweep, "appends": appends_, "wakeup": wakeup_,
-            "sends": sends, "media": media_, "reactions": reactions}
+            "sends": sends, "media": media_, "reactions": reactions, "e2e": e2e}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     _raise_fd_limit()
-    names = [n for n in SCENARIOS if n not in ("all", "sends", "media")] \
+    names = [n for n in SCENARIOS if n not in ("all", "sends", "media", "e2e")] \
         if args.scenario == "all" else [args.scenario]
     failed = False
     out = sys.stdout if args.json == "-" else (open(args.json, "a") if args.json else None)  # noqa: SIM115

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import statistics
 import subprocess
 import sys
 import time
@@ -26,6 +27,7 @@ import trio
 from hdrh.histogram import HdrHistogram
 
 from bench.cluster import handles_homed_on, owner_of_pair
+from bench.e2e import hot_costs, megolm_group, new_pickle_key, olm_pairs
 from bench.serverproc import (
     SyscallCounter,
     cpu_seconds,
@@ -54,7 +56,8 @@ class Result:
 
     @property
     def ok(self) -> bool:
-        return bool(self.figures.get("lost", 0) == 0 and self.figures.get("duplicated", 0) == 0)
+        return bool(self.figures.get("lost", 0) == 0 and self.figures.get("duplicated", 0) == 0
+                    and self.figures.get("decrypt_errors", 0) == 0)
 
     def as_json(self) -> dict[str, Any]:
         return {"scenario": self.scenario, **self.params, **self.figures,
@@ -145,13 +148,18 @@ async def provision(target: Target, count: int, tag: str, *,
     return [a for a in accounts if a is not None]
 
 
-async def open_directs(target: Target, pairs: list[tuple[Account, Account]]) -> list[str]:
+async def open_directs(target: Target, pairs: list[tuple[Account, Account]], *,
+                       encrypted: bool = False) -> list[str]:
     conversations: list[str] = [""] * len(pairs)
     limiter = trio.CapacityLimiter(8)
 
     async def one(n: int, a: Account, b: Account) -> None:
         async with limiter, ChatClient(target.url, token=a.token) as client:
-            conversations[n] = (await client.open_direct(b.user_id))["conversation_id"]
+            body: dict[str, Any] = {"user_id": b.user_id}
+            if encrypted:
+                body["encrypted"] = True
+            conversations[n] = (await client.request("POST", "/conversations/direct",
+                                                     body))["conversation_id"]
 
     async with trio.open_nursery() as nursery:
         for n, (a, b) in enumerate(pairs):
@@ -170,7 +178,7 @@ class Pair:
 
 
 async def direct_pairs(target: Target, pairs: int, tag: str, *,
-                       placement: str = "any") -> list[Pair]:
+                       placement: str = "any", encrypted: bool = False) -> list[Pair]:
     """`pairs` fresh sender-receiver pairs and their conversations. In a cluster,
     `placement` says where they live: "cross" puts the sender (home and socket), the
     receiver and the conversation's owner on three different shards; "local" puts all
@@ -181,7 +189,7 @@ async def direct_pairs(target: Target, pairs: int, tag: str, *,
         ports: list[tuple[int | None, int | None]] = [(None, None)] * pairs
     else:
         couples, ports = await _placed_couples(target, pairs, tag, placement)
-    conversations = await open_directs(target, couples)
+    conversations = await open_directs(target, couples, encrypted=encrypted)
     return [Pair(a, b, conv, *port)
             for (a, b), conv, port in zip(couples, conversations, ports, strict=True)]
 
@@ -222,10 +230,14 @@ async def _placed_couples(target: Target, pairs: int, tag: str, placement: str
     return couples, ports
 
 
-async def create_group(target: Target, members: list[Account]) -> str:
+async def create_group(target: Target, members: list[Account], *,
+                       encrypted: bool = False) -> str:
+    body: dict[str, Any] = {"name": "bench", "members": [m.user_id for m in members[1:]]}
+    if encrypted:
+        body["encrypted"] = True
     async with ChatClient(target.url, token=members[0].token) as client:
-        conversation: str = (await client.create_group(
-            "bench", [m.user_id for m in members[1:]]))["conversation_id"]
+        conversation: str = (await client.request("POST", "/groups/create",
+                                                  body))["conversation_id"]
         return conversation
 
 
@@ -370,7 +382,38 @@ def run_live_phase(target: Target, specs: list[dict[str, Any]], *, workers: int,
             f"{name} {calls / sent:.2f}" for name, calls in sorted(
                 syscalls.items(), key=lambda item: -item[1]) if name != "total")[:160]
     figures["client_cpu_s"] = sum(r["cpu"] for r in results)
+    figures.update(_crypto_figures(results))
     figures["_warnings"] = _client_warnings(results, offered)
+    return figures
+
+
+async def _unencrypted_warning(target: Target, conversation: str, token: str) -> list[str]:
+    """A warning when the server did not make `conversation` end-to-end encrypted (one
+    from before `encrypted: true` ignores the field): the bodies are still ciphertext,
+    but the server's checks of encrypted conversations were not measured."""
+    async with ChatClient(target.url, token=token) as client:
+        view = await client.request("GET", f"/conversations/{conversation}")
+    if view.get("encrypted") is True:
+        return []
+    return ["the server ignored encrypted: true: a plain conversation carried the "
+            "ciphertext (its content-type checks are not in the figures)"]
+
+
+def _crypto_figures(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """The clients' encryption and decryption cost, when the run was end-to-end."""
+    encrypts = sum(r.get("encrypts", 0) for r in results)
+    decrypts = sum(r.get("decrypts", 0) for r in results)
+    if not encrypts and not decrypts:
+        return {}
+    figures: dict[str, Any] = {"decrypt_errors": sum(r.get("decrypt_errors", 0)
+                                                     for r in results)}
+    if encrypts:
+        figures["client_encrypt_us_per_message"] = sum(
+            r["encrypt_ns"] for r in results) / encrypts / 1000
+        figures["body_bytes"] = sum(r["body_chars"] for r in results) / encrypts
+    if decrypts:
+        figures["client_decrypt_us_per_message"] = sum(
+            r["decrypt_ns"] for r in results) / decrypts / 1000
     return figures
 
 
@@ -383,31 +426,47 @@ def _result(scenario: str, params: dict[str, Any], figures: dict[str, Any]) -> R
 
 
 async def direct(target: Target, *, pairs: int, rate: float, seconds: float,
-                 workers: int, ack: bool = True, placement: str = "any") -> Result:
-    placed = await direct_pairs(target, pairs, "d", placement=placement)
+                 workers: int, ack: bool = True, placement: str = "any",
+                 e2e: bool = False) -> Result:
+    """With `e2e`: encrypted conversations, every body an Olm message (bench/e2e.py)."""
+    placed = await direct_pairs(target, pairs, "de" if e2e else "d", placement=placement,
+                                encrypted=e2e)
     per_pair = max(1, int(rate * seconds / pairs))
     interval = pairs / rate
+    pickle_key = new_pickle_key()
+    sessions = olm_pairs(pairs, pickle_key) if e2e else []
     specs = []
     for n, pair in enumerate(placed):
         offset = interval * n / pairs  # spread the senders over the interval
-        specs.append(_at(pair.sender_port, {
-            "token": pair.sender.token, "conv": pair.conversation, "sends": per_pair,
-            "interval": interval, "offset": offset}))
-        specs.append(_at(pair.receiver_port, {"token": pair.receiver.token,
-                                              "expect": per_pair}))
+        sender: dict[str, Any] = {"token": pair.sender.token, "conv": pair.conversation,
+                                  "sends": per_pair, "interval": interval, "offset": offset}
+        receiver: dict[str, Any] = {"token": pair.receiver.token, "expect": per_pair}
+        if e2e:
+            sender["e2e"], receiver["e2e"] = sessions[n]
+        specs.append(_at(pair.sender_port, sender))
+        specs.append(_at(pair.receiver_port, receiver))
     figures = run_live_phase(target, specs, workers=workers, expected=per_pair * pairs,
-                             offered=per_pair * pairs, extra={"ack": ack})
-    return _result("direct", {"pairs": pairs, "rate": rate, "seconds": seconds, "ack": ack,
-                              **_cluster_params(target, placement)}, figures)
+                             offered=per_pair * pairs,
+                             extra={"ack": ack, "pickle_key": pickle_key})
+    if e2e:
+        figures["_warnings"] += await _unencrypted_warning(
+            target, placed[0].conversation, placed[0].sender.token)
+    return _result("direct:e2e" if e2e else "direct", {
+        "pairs": pairs, "rate": rate, "seconds": seconds, "ack": ack,
+        **_cluster_params(target, placement)}, figures)
 
 
 async def group(target: Target, *, members: int, senders: int, rate: float, seconds: float,
-                workers: int, ack: bool = True) -> Result:
-    accounts = await provision(target, members, "g")
-    conv = await create_group(target, accounts)
+                workers: int, ack: bool = True, e2e: bool = False) -> Result:
+    """With `e2e`: an encrypted group, every body a Megolm message, one outbound session
+    per sender whose key every other member holds (bench/e2e.py)."""
+    accounts = await provision(target, members, "ge" if e2e else "g")
+    conv = await create_group(target, accounts, encrypted=e2e)
     per_sender = max(1, int(rate * seconds / senders))
     interval = senders / rate
     total = per_sender * senders
+    pickle_key = new_pickle_key()
+    sessions = megolm_group(senders, pickle_key) if e2e else []
     specs = []
     for n, account in enumerate(accounts):
         spec: dict[str, Any] = {"token": account.token,
@@ -415,11 +474,71 @@ async def group(target: Target, *, members: int, senders: int, rate: float, seco
         if n < senders:
             spec |= {"conv": conv, "sends": per_sender, "interval": interval,
                      "offset": interval * n / senders}
+        if e2e:
+            spec["e2e"] = {"megolm_in": [key for s, (_, key) in enumerate(sessions)
+                                         if s != n]}
+            if n < senders:
+                spec["e2e"] |= sessions[n][0]
         specs.append(spec)
     figures = run_live_phase(target, specs, workers=workers, expected=total * (members - 1),
-                             offered=total, extra={"ack": ack}, sent_is_delivery=True)
-    return _result("group", {"members": members, "senders": senders, "rate": rate,
-                             "seconds": seconds, "ack": ack}, figures)
+                             offered=total, extra={"ack": ack, "pickle_key": pickle_key},
+                             sent_is_delivery=True)
+    if e2e:
+        figures["_warnings"] += await _unencrypted_warning(target, conv, accounts[0].token)
+    return _result("group:e2e" if e2e else "group", {
+        "members": members, "senders": senders, "rate": rate, "seconds": seconds,
+        "ack": ack}, figures)
+
+
+#: Figures of an `e2e` comparison that are counts (summed over its rounds).
+_SUMMED = ("sent", "deliveries", "lost", "duplicated", "client_cpu_s")
+#: The figures an `e2e` comparison shows of each variant.
+_COMPARED = ("sent", "deliveries", "lost", "duplicated", "server_cpu_us_per_message",
+             "server_cpu_us_per_delivery", "p50_ms", "p99_ms", "client_cpu_s")
+
+
+async def e2e(target: Target, *, shape: str, rounds: int = 1, **run: Any) -> Result:
+    """`direct` or `group` (`shape`), the plain variant and the end-to-end one at the
+    same size, `rounds` times in alternating order (plain first in odd rounds): server CPU
+    per message of each and their ratio (what ciphertext costs the server), and the
+    clients' CPU per encryption and decryption. With several rounds every figure is the
+    median of the rounds, and each round's ratio is listed: on a shared machine one
+    pair of runs can differ by the load alone."""
+    scenario = direct if shape == "direct" else group
+    runs: dict[str, list[Result]] = {"plain": [], "e2e": []}
+    for round_ in range(rounds):
+        order = ("plain", "e2e") if round_ % 2 == 0 else ("e2e", "plain")
+        for variant in order:
+            runs[variant].append(await scenario(target, e2e=variant == "e2e", **run))
+    figures: dict[str, Any] = {}
+    for name, results in runs.items():
+        for figure in _COMPARED:
+            values = [r.figures[figure] for r in results if figure in r.figures]
+            if values:
+                # Counts add up over the rounds; rates and costs are the rounds' median.
+                figures[f"{name}_{figure}"] = sum(values) if figure in _SUMMED \
+                    else statistics.median(values)
+    encrypted = runs["e2e"]
+    for figure in ("client_encrypt_us_per_message", "client_decrypt_us_per_message",
+                   "body_bytes"):
+        figures[("e2e_" if figure == "body_bytes" else "") + figure] = statistics.median(
+            r.figures.get(figure, 0) for r in encrypted)
+    figures["decrypt_errors"] = sum(r.figures.get("decrypt_errors", 0) for r in encrypted)
+    figures["plain_body_bytes"] = len(f"T{now_us()} {PAD}")
+    figures.update(hot_costs("olm" if shape == "direct" else "megolm", f"T{now_us()} {PAD}"))
+    ratios = [e.figures["server_cpu_us_per_message"] / p.figures["server_cpu_us_per_message"]
+              for p, e in zip(runs["plain"], encrypted, strict=True)
+              if p.figures.get("server_cpu_us_per_message")
+              and e.figures.get("server_cpu_us_per_message")]
+    if ratios:
+        figures["e2e_to_plain_server_cpu"] = statistics.median(ratios)
+        figures["e2e_to_plain_server_cpu_rounds"] = ", ".join(f"{r:.2f}" for r in ratios)
+    every = runs["plain"] + encrypted
+    figures["lost"] = sum(r.figures.get("lost", 0) for r in every)
+    figures["duplicated"] = sum(r.figures.get("duplicated", 0) for r in every)
+    return Result(f"e2e:{shape}", {**runs["plain"][0].params, "shape": shape,
+                                   "rounds": rounds},
+                  figures, [w for r in every for w in r.warnings])
 
 
 async def reactions(target: Target, *, members: int, senders: int, rate: float,

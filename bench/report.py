@@ -56,6 +56,14 @@ _LABELS = {
     "ranged_64k_reads_per_s": "ranged 64 KiB reads/s",
     "ranged_server_cpu_us_per_read": "server CPU per ranged read (µs)",
     "sha256_matches": "sha256 matches",
+    "client_encrypt_us_per_message": "client CPU per encryption (µs)",
+    "client_decrypt_us_per_message": "client CPU per decryption (µs)",
+    "decrypt_errors": "bodies that did not decrypt",
+    "body_bytes": "body bytes (base64, as relayed)",
+    "hot_olm_encrypt_us": "Olm encryption, back to back (µs)",
+    "hot_olm_decrypt_us": "Olm decryption, back to back (µs)",
+    "hot_megolm_encrypt_us": "Megolm encryption, back to back (µs)",
+    "hot_megolm_decrypt_us": "Megolm decryption, back to back (µs)",
 }
 
 
@@ -76,16 +84,27 @@ def _label(key: str) -> str:
         return f"{name}, {gap} idle (µs CPU)"
     if key == "reaction_to_message_cpu":
         return "CPU, reaction / message"
+    if key == "e2e_to_plain_server_cpu":
+        return "server CPU per message, e2e / plain"
+    if key == "e2e_to_plain_server_cpu_rounds":
+        return "  each round's ratio"
     for phase in ("message", "reaction"):
         if key.startswith(f"{phase}_"):
             return f"{phase}s: {_LABELS[key.removeprefix(phase + '_')]}"
+    for variant in ("plain", "e2e"):
+        if key.startswith(f"{variant}_"):
+            return f"{variant}: {_LABELS[key.removeprefix(variant + '_')]}"
     return _LABELS[key]
 
 
 #: The reactions scenario's figures (its two phases, and their ratio).
 _PHASED = [f"{phase}_{name}" for phase in ("message", "reaction") for name in (
     "sent", "deliveries", "server_cpu_us_per_message", "server_cpu_us_per_delivery")] + [
-    "reaction_to_message_cpu"]
+    "reaction_to_message_cpu"] + [
+    f"{variant}_{name}" for variant in ("plain", "e2e") for name in (
+        "sent", "deliveries", "lost", "body_bytes", "server_cpu_us_per_message",
+        "server_cpu_us_per_delivery", "p50_ms", "p99_ms")] + [
+    "e2e_to_plain_server_cpu", "e2e_to_plain_server_cpu_rounds"]
 
 
 def print_result(result: Result) -> None:

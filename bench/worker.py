@@ -15,6 +15,10 @@ Modes:
   of one arriving WebSocket message leave in one write); with `"ack": false`, none.
 - `idle`: open the sockets and hold them until `stop`.
 
+A socket spec with `e2e` (the `e2e` variants, bench/e2e.py) encrypts every body it sends
+and decrypts every body it gets with the vodozemac sessions the driver pickled for it,
+and reports the thread CPU those calls took.
+
 Bodies start with the scheduled send time in µs of CLOCK_MONOTONIC, which every process
 on the machine shares.
 """
@@ -31,6 +35,7 @@ from typing import Any
 import trio
 from hdrh.histogram import HdrHistogram
 
+from bench.e2e import CipherError, SocketCipher
 from bench.wsclient import BenchSocket
 from chatd.protocol.frames import ack_request, react_request, send_request
 
@@ -64,6 +69,7 @@ class LiveStats:
     closed: int = 0
     acks: int = 0
     receipts: int = 0
+    decrypt_errors: int = 0
 
 
 def process_cpu_seconds() -> float:
@@ -94,7 +100,19 @@ async def _open_all(plan: dict[str, Any]) -> list[tuple[BenchSocket, dict[str, A
     async with trio.open_nursery() as nursery:
         for spec in plan["connections"]:
             nursery.start_soon(open_one, spec)
+    for _, spec in opened:
+        if "e2e" in spec:  # sessions are unpickled before the measured phase
+            spec["cipher"] = SocketCipher.from_spec(spec["e2e"], plan["pickle_key"])
     return opened
+
+
+def _body_of(spec: dict[str, Any], text: str) -> tuple[str, str]:
+    """(body, content type) of a send: `text`, or its ciphertext on an e2e socket."""
+    cipher: SocketCipher | None = spec.get("cipher")
+    if cipher is None:
+        return text, "text/plain"
+    content_type, body = cipher.encrypt(text)
+    return body, content_type
 
 
 async def run_live(plan: dict[str, Any], sockets: list[tuple[BenchSocket, dict[str, Any]]],
@@ -144,6 +162,13 @@ async def run_live(plan: dict[str, Any], sockets: list[tuple[BenchSocket, dict[s
                         stats.first_rx = time.monotonic()
                     stats.last_rx = time.monotonic()
                     body = message["body"]
+                    cipher: SocketCipher | None = spec.get("cipher")
+                    if cipher is not None and isinstance(body, str) \
+                            and message["content_type"] != "text/plain":
+                        try:
+                            body = cipher.decrypt(message["content_type"], body)
+                        except CipherError:
+                            stats.decrypt_errors += 1
                     if isinstance(body, str) and body.startswith("T"):
                         stats.histogram.record_value(max(1, arrived - int(body[1:body.index(" ")])))
                     if ack_each:
@@ -182,7 +207,7 @@ async def run_live(plan: dict[str, Any], sockets: list[tuple[BenchSocket, dict[s
                                               req=f"s{n}"))
                 continue
             await sock.send(send_request(f"s{n}", conv, f"{spec['token'][-12:]}-{n}",
-                                         f"T{stamp} {PAD}"))
+                                         *_body_of(spec, f"T{stamp} {PAD}")))
 
     async def send_burst(sock: BenchSocket, spec: dict[str, Any], room: trio.Semaphore) -> None:
         await trio.sleep_until(start)
@@ -192,7 +217,7 @@ async def run_live(plan: dict[str, Any], sockets: list[tuple[BenchSocket, dict[s
         while trio.current_time() < deadline:
             await room.acquire()
             await sock.send(send_request(f"s{n}", conv, f"{spec['token'][-12:]}-b{n}",
-                                         f"T{now_us()} {PAD}"))
+                                         *_body_of(spec, f"T{now_us()} {PAD}")))
             n += 1
 
     async with trio.open_nursery() as nursery:
@@ -245,12 +270,23 @@ async def main() -> None:
                "acks": stats.acks, "receipts": stats.receipts,
                "late_sends": stats.late_sends, "closed": stats.closed,
                "first_rx": stats.first_rx, "last_rx": stats.last_rx,
+               "decrypt_errors": stats.decrypt_errors, **_crypto_costs(sockets),
                "cpu": process_cpu_seconds() - cpu_before, "wall": time.monotonic() - wall,
                "histogram": stats.histogram.encode().decode()})
     with trio.move_on_after(5):
         async with trio.open_nursery() as nursery:
             for sock, _ in sockets:
                 nursery.start_soon(sock.aclose)
+
+
+def _crypto_costs(sockets: list[tuple[BenchSocket, dict[str, Any]]]) -> dict[str, int]:
+    """What the sockets' encryption and decryption cost, and the bodies they made."""
+    ciphers: list[SocketCipher] = [spec["cipher"] for _, spec in sockets if "cipher" in spec]
+    return {"encrypt_ns": sum(c.encrypt_ns for c in ciphers),
+            "encrypts": sum(c.encrypts for c in ciphers),
+            "decrypt_ns": sum(c.decrypt_ns for c in ciphers),
+            "decrypts": sum(c.decrypts for c in ciphers),
+            "body_chars": sum(c.body_chars for c in ciphers)}
 
 
 if __name__ == "__main__":

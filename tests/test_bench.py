@@ -61,3 +61,22 @@ def test_quick_media_run_round_trips_and_reports_every_figure(tmp_path: Path) ->
                    "ranged_64k_reads_per_s", "ranged_server_cpu_us_per_read",
                    "rss_peak_upload_mb"):
         assert media[figure] > 0, (figure, media)
+
+
+def test_quick_e2e_run_decrypts_every_body_and_compares_with_plain(tmp_path: Path) -> None:
+    finished = subprocess.run(
+        [sys.executable, "-m", "chatd", "bench", "e2e", "--quick", "--json", "-"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    results = {line["scenario"]: line for line in map(json.loads, (
+        text for text in finished.stdout.splitlines() if text.startswith("{")))}
+    for shape in ("direct", "group"):
+        result = results[f"e2e:{shape}"]
+        assert result["lost"] == 0 and result["duplicated"] == 0, result
+        assert result["decrypt_errors"] == 0, result
+        # Every delivered body was decrypted: the latency stamp is inside the ciphertext.
+        assert result["e2e_deliveries"] == result["plain_deliveries"] > 0, result
+        assert result["e2e_p99_ms"] > 0, result
+        for figure in ("client_encrypt_us_per_message", "client_decrypt_us_per_message",
+                       "e2e_to_plain_server_cpu"):
+            assert result[figure] > 0, (figure, result)

@@ -211,8 +211,11 @@ def _type_on_a_terminal(url: str, handle: str, lines: list[bytes]) -> bytes:
     return everything it wrote (blocking: run it in a thread)."""
     controller, terminal_end = pty.openpty()
     process = subprocess.Popen(
+        # --no-e2e: on a terminal the client would ask for an E2E passphrase, and this
+        # test reads the plaintext body the other side gets.
         [sys.executable, "-m", "chatd", "chat", "--url", url, "--handle", handle,
-         "--register"], stdin=terminal_end, stdout=terminal_end, stderr=terminal_end,
+         "--register", "--no-e2e"], stdin=terminal_end, stdout=terminal_end,
+        stderr=terminal_end,
         env={**os.environ, "CHATD_PASSWORD": PASSWORD}, close_fds=True)
     os.close(terminal_end)
     output = b""

@@ -25,6 +25,9 @@ FORBIDDEN = {
     "coordination": ("chatd.web", "chatd.services", "chatd.storage", "chatd.protocol",
                      "chatd.replication", "chatd.transport", "chatd.domain"),
     "replication": ("chatd.web",),
+    # The client SDK's end-to-end encryption: a client, it knows the server only by wire.
+    "e2e": ("chatd.web", "chatd.services", "chatd.storage", "chatd.replication",
+            "chatd.transport"),
 }
 
 

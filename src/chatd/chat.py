@@ -18,7 +18,23 @@ from typing import Any
 
 import trio
 
-from chatd.client import ApiError, ChatClient, LiveConnection
+from chatd.client import ApiError, ChatClient, Credentials, LiveConnection
+from chatd.e2e.client import E2EClient, KeyWarning, Undecryptable
+from chatd.e2e.errors import E2EError
+from chatd.e2e.machine import ENCRYPTED_TYPES, Decrypted
+from chatd.e2e.media import upload_encrypted
+from chatd.e2e.store import StateStore
+from chatd.e2e.terminal import (
+    LOCK,
+    PASSPHRASE_ENV,
+    as_message,
+    describe_undecryptable,
+    describe_warning,
+    passphrase_from_environment_or_prompt,
+    save_credentials,
+    saved_credentials,
+    state_dir_for,
+)
 
 HELP = """commands:
   /to HANDLE             open the 1:1 conversation with HANDLE and make it current
@@ -32,6 +48,8 @@ HELP = """commands:
   /edit N TEXT           replace the text of your message #N
   /forward N ID...       copy message #N into conversations ID... (up to 5)
   /pin N, /unpin N       pin or unpin message #N
+  /verify HANDLE         the safety number to compare with HANDLE in person
+                         (/verify HANDLE ok once it matched); 🔒 marks encrypted chats
   /help                  this text
   /quit                  leave
 anything else is sent to the current conversation; @handle mentions a member (Tab
@@ -68,7 +86,9 @@ def parse_line(line: str) -> Command:
         return Command("error", ("usage: /group NAME HANDLE...",))
     if name == "history" and args and not args[0].isdigit():
         return Command("error", ("usage: /history [N]",))
-    if name not in ("to", "open", "group", "list", "history", "help", "quit"):
+    if name == "verify" and (len(args) not in (1, 2) or args[1:] not in ([], ["ok"])):
+        return Command("error", ("usage: /verify HANDLE [ok]",))
+    if name not in ("to", "open", "group", "list", "history", "help", "quit", "verify"):
         return Command("error", (f"unknown command /{name}; try /help",))
     return Command(name, tuple(args))
 
@@ -217,6 +237,9 @@ class Terminal:
         self.current: str | None = None
         #: The handles of the current conversation's members (for @ completion).
         self.member_handles: list[str] = []
+        #: End-to-end encryption (None: off); the conversations known to be encrypted.
+        self.e2e: E2EClient | None = None
+        self.encrypted: set[str] = set()
 
     @property
     def me(self) -> str:
@@ -240,9 +263,15 @@ class Terminal:
             others = [m["user_id"] for m in conv["members"] if m["user_id"] != me] or [me]
             await self.learn_user(others[0])
             name = "@" + self.names.user(others[0])
+        if conv.get("encrypted"):
+            self.encrypted.add(conv["conversation_id"])
+            name += f" {LOCK}"
         self.names.conversations[conv["conversation_id"]] = name
 
     async def receive(self) -> None:
+        if self.e2e is not None:
+            await self.receive_encrypted(self.e2e)
+            return
         async for event in self.live.events():
             if event.get("type") == "message":
                 message = event["message"]
@@ -259,6 +288,60 @@ class Terminal:
                 self.say(line)
         self.say(f"* disconnected ({self.live.close_code}: {self.live.close_reason})")
 
+    async def receive_encrypted(self, e2e: E2EClient) -> None:
+        """`receive`, through the SDK: encrypted messages decrypted, key warnings shown."""
+        async for item in e2e.events(self.live):
+            if isinstance(item, KeyWarning):
+                await self.learn_user(item.change.user_id)
+                self.say(describe_warning(item, self.names.user(item.change.user_id)))
+                continue
+            if isinstance(item, Decrypted):
+                event: dict[str, Any] = {"type": "message", "message": as_message(item)}
+            elif isinstance(item, Undecryptable):
+                if item.message.get("type") == "to_device":
+                    continue
+                event = {"type": "message", "message": describe_undecryptable(item)}
+            else:
+                event = item
+            if event.get("type") == "message":
+                message = event["message"]
+                await self.learn_user(message["sender_id"])
+                if message["conversation_id"] not in self.names.conversations:
+                    conv = await self.client.request(
+                        "GET", f"/conversations/{message['conversation_id']}")
+                    await self.learn_conversation(conv)
+                await self.live.ack(message["conversation_id"], message["seq"])
+            line = format_event(event, self.names, self.me)
+            if line:
+                self.say(line)
+        self.say(f"* disconnected ({self.live.close_code}: {self.live.close_reason})")
+
+    async def verify(self, handle: str, confirmed: bool) -> None:
+        if self.e2e is None:
+            self.say("end-to-end encryption is off in this session")
+            return
+        peer = await self.client.find_user(handle)
+        number = await self.e2e.safety_number(peer["user_id"])
+        if confirmed:
+            self.e2e.verify(peer["user_id"])
+            self.say(f"* {handle} is verified {LOCK}")
+            return
+        state = "verified" if self.e2e.machine.trust.is_verified(peer["user_id"]) \
+            else "not verified"
+        self.say(f"* safety number with {handle} ({state}):\n    {number[:35]}\n"
+                 f"    {number[36:]}\ncompare it with theirs in person; "
+                 f"if it matches: /verify {handle} ok")
+
+    async def send_text(self, conversation_id: str, text: str, reply_to: int = 0) -> None:
+        """Send `text`, encrypted when the conversation is."""
+        if self.e2e is not None and conversation_id in self.encrypted:
+            content: dict[str, Any] = {"text": text}
+            if reply_to:
+                content["reply_to"] = reply_to
+            await self.e2e.send(conversation_id, content, live=self.live)
+        else:
+            await self.live.send(conversation_id, text, reply_to=reply_to)
+
     async def run_command(self, command: Command) -> bool:
         """Run one command; False to quit."""
         if command.name == "quit":
@@ -270,11 +353,18 @@ class Terminal:
         elif command.name == "to":
             peer = await self.client.find_user(command.args[0])
             self.names.users[peer["user_id"]] = peer["handle"]
-            conv = await self.client.open_direct(peer["user_id"])
+            try:
+                conv = await self.client.open_direct(
+                    peer["user_id"], encrypted=True if self.e2e is not None else None)
+            except ApiError as exc:
+                if exc.code != "encryption_mismatch":
+                    raise
+                conv = await self.client.open_direct(peer["user_id"])  # as it was made
             await self.open(conv)
         elif command.name == "group":
             members = [(await self.client.find_user(h))["user_id"] for h in command.args[1:]]
-            await self.open(await self.client.create_group(command.args[0], members))
+            await self.open(await self.client.create_group(
+                command.args[0], members, encrypted=self.e2e is not None))
         elif command.name == "open":
             await self.open(await self.client.request("GET", f"/conversations/{command.args[0]}"))
         elif command.name == "list":
@@ -290,6 +380,11 @@ class Terminal:
                 count = int(command.args[0]) if command.args else 20
                 page = await self.client.history(self.current, limit=min(max(count, 1), 200))
                 for message in page["messages"]:
+                    if self.e2e is not None and message["content_type"] in ENCRYPTED_TYPES:
+                        # Megolm messages read again; an Olm one only once, live.
+                        opened = await self.e2e.decrypt(message)
+                        message = as_message(opened) if isinstance(opened, Decrypted) \
+                            else describe_undecryptable(opened)
                     await self.learn_user(message["sender_id"])
                     if message.get("quote"):
                         await self.learn_user(message["quote"]["sender_id"])
@@ -303,7 +398,9 @@ class Terminal:
             if self.current is None:
                 self.say("no current conversation: /to HANDLE or /open ID first")
             else:
-                await self.live.send(self.current, command.args[0])
+                await self.send_text(self.current, command.args[0])
+        elif command.name == "verify":
+            await self.verify(command.args[0], command.args[1:] == ("ok",))
         elif command.name in _ON_MESSAGE:
             if self.current is None:
                 self.say("no current conversation: /to HANDLE or /open ID first")
@@ -316,11 +413,14 @@ class Terminal:
                          args: tuple[str, ...]) -> None:
         """The commands about message #seq of the current conversation."""
         if name == "reply":
-            await self.live.send(conversation_id, args[0], reply_to=seq)
+            await self.send_text(conversation_id, args[0], reply_to=seq)
         elif name == "react":
             await self.client.react(conversation_id, seq, args[0])
         elif name == "unreact":
             await self.client.unreact(conversation_id, seq, args[0])
+        elif name == "edit" and conversation_id in self.encrypted:
+            # An edit's text would reach the server as it is: not in an encrypted chat.
+            self.say("! edits are not end-to-end encrypted yet: nothing was sent")
         elif name == "edit":
             await self.client.edit(conversation_id, seq, args[0])
         elif name == "forward":
@@ -342,6 +442,9 @@ class Terminal:
             self.say(f"! no such file: {path}")
             return
         content_type = mimetypes.guess_type(path.name)[0] or "application/octet-stream"
+        if self.e2e is not None and self.current in self.encrypted:
+            await self.send_encrypted_file(self.e2e, self.current, path, content_type)
+            return
         try:
             media = await self.client.upload(path, content_type, filename=path.name)
         except ApiError as exc:
@@ -349,6 +452,19 @@ class Terminal:
             return
         await self.live.send(self.current, path.name, attachments=[media["media_id"]])
         self.say(f"* sent {path.name} ({media['size']} bytes)")
+
+    async def send_encrypted_file(self, e2e: E2EClient, conversation_id: str, path: Path,
+                                  content_type: str) -> None:
+        """The file encrypted before it leaves (chatd.e2e.media), its key and name inside
+        the encrypted message."""
+        try:
+            media = await upload_encrypted(self.client, path, content_type)
+        except ApiError as exc:
+            self.say(f"! {exc.code}: {exc.message}")
+            return
+        await e2e.send(conversation_id, {"text": path.name, "media": media.to_content()},
+                       live=self.live, attachments=[media.attachment()])
+        self.say(f"* sent {path.name} ({media.size} bytes, encrypted {LOCK})")
 
     async def open(self, conv: dict[str, Any]) -> None:
         await self.learn_conversation(conv)
@@ -396,22 +512,48 @@ def line_reader(terminal: Terminal) -> Any:
     return read
 
 
-async def run_chat(url: str, handle: str, password: str, register: bool) -> int:
+async def run_chat(url: str, handle: str, password: str, register: bool,
+                   e2e: bool = True) -> int:
+    """`e2e`: encrypt (new conversations are end-to-end encrypted) when a passphrase for
+    the keys is at hand ($CHATD_E2E_PASSPHRASE, or a prompt on a terminal)."""
+    passphrase = passphrase_from_environment_or_prompt() if e2e else None
     async with ChatClient(url) as client:
         try:
-            if register:
+            store = await open_state(url, handle, passphrase) if passphrase else None
+            saved = saved_credentials(store) if store is not None else None
+            if register and saved is None:
                 try:
                     await client.register(handle, password, handle)
                 except ApiError as exc:
                     if exc.code != "handle_taken":
                         raise
-            await client.login(handle, password, device_name="chatd chat")
+            if saved is not None and await _still_valid(client, saved):
+                client.token, client.credentials = saved.token, saved
+            else:
+                credentials = await client.login(handle, password, device_name="chatd chat")
+                if store is not None:
+                    save_credentials(store, credentials)
+            encryption = None
+            if store is not None and passphrase and client.credentials is not None:
+                encryption = await E2EClient.open(
+                    client, store.root / f"device-{client.credentials.device_id}",
+                    passphrase)
         except ApiError as exc:
             print(f"chatd chat: {exc.message}", file=sys.stderr)
             return 1
+        except E2EError as exc:
+            print(f"chatd chat: {exc}", file=sys.stderr)
+            return 1
         async with client.connect() as live, trio.open_nursery() as nursery:
             terminal = Terminal(client, live, sys.stdout)
+            terminal.e2e = encryption
             terminal.say(f"* logged in as {handle}; /help lists the commands")
+            if encryption is not None:
+                terminal.say(f"* end-to-end encryption on {LOCK}: new conversations are "
+                             f"encrypted")
+            elif e2e:
+                terminal.say(f"* end-to-end encryption off: set ${PASSPHRASE_ENV} (or run "
+                             f"on a terminal) for a passphrase")
             nursery.start_soon(terminal.receive)
             read_line = line_reader(terminal)
             while True:
@@ -423,8 +565,30 @@ async def run_chat(url: str, handle: str, password: str, register: bool) -> int:
                         break
                 except ApiError as exc:
                     terminal.say(f"! {exc.code}: {exc.message}")
+                except E2EError as exc:
+                    terminal.say(f"! encryption: {exc}")
             nursery.cancel_scope.cancel()
     return 0
+
+
+async def open_state(url: str, handle: str, passphrase: str) -> StateStore:
+    """The user's encrypted state for this server (its device token lives there; each
+    device's keys in a directory of their own under it)."""
+    root = state_dir_for(url, handle)
+    return await trio.to_thread.run_sync(lambda: StateStore.open(root, passphrase))
+
+
+async def _still_valid(client: ChatClient, credentials: Credentials) -> bool:
+    """Whether a saved device token still works (not revoked, not expired)."""
+    client.token = credentials.token
+    try:
+        await client.request("GET", "/me")
+    except ApiError as exc:
+        if exc.status != 401:
+            raise
+        client.token = None
+        return False
+    return True
 
 
 def password_from_environment_or_prompt() -> str:

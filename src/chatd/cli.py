@@ -53,6 +53,9 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("--handle", required=True, help="your handle")
     chat.add_argument("--register", action="store_true",
                       help="create the account first if it does not exist")
+    chat.add_argument("--no-e2e", action="store_true",
+                      help="no end-to-end encryption (by default it is on when a passphrase "
+                           "for the keys is given: $CHATD_E2E_PASSPHRASE or a prompt)")
     admin_cli.add_parser(commands)
     backup_commands.add_parsers(commands.add_parser)
     commands.add_parser(
@@ -139,7 +142,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from chatd.chat import password_from_environment_or_prompt, run_chat
 
         password = password_from_environment_or_prompt()
-        return trio.run(partial(run_chat, args.url, args.handle, password, args.register))
+        return trio.run(partial(run_chat, args.url, args.handle, password, args.register,
+                                not args.no_e2e))
     if args.command == "backup":
         return backup_commands.run_backup(args)
     if args.command == "restore":

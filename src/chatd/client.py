@@ -303,6 +303,35 @@ class ChatClient:
     async def delete_media(self, media_id: str) -> None:
         await self.request("DELETE", f"/media/{media_id}")
 
+    async def upload_stream(self, chunks: AsyncIterator[bytes], size: int,
+                            content_type: str = "application/octet-stream", *,
+                            filename: str | None = None) -> dict[str, Any]:
+        """Upload exactly `size` bytes produced by `chunks` as they come (encrypted media:
+        `chatd.e2e.media`), never held whole in memory."""
+        headers = {**self._auth(), "Content-Type": content_type,
+                   "Content-Length": str(size)}
+        if filename:
+            headers["X-Filename"] = quote(filename, safe="")
+        response = await self._http.post("/media/upload", content=chunks, headers=headers)
+        _raise_for_error(response)
+        result: dict[str, Any] = response.json()
+        return result
+
+    @asynccontextmanager
+    async def media_stream(self, media_id: str) -> AsyncIterator[AsyncIterator[bytes]]:
+        """A media's bytes as they arrive: `async with client.media_stream(id) as chunks:
+        async for chunk in chunks: ...` (on a download connection, as `download`)."""
+        async with self._media_http.stream("GET", f"/media/{media_id}",
+                                           headers=self._auth()) as response:
+            if response.status_code >= 400:
+                await response.aread()
+                _raise_for_error(response)
+            chunks = response.aiter_bytes(1 << 20)
+            try:
+                yield chunks
+            finally:
+                await chunks.aclose()  # type: ignore[attr-defined]  # an async generator
+
     async def history(self, conversation_id: str, **params: int) -> dict[str, Any]:
         result: dict[str, Any] = await self.request("GET", f"/messages/{conversation_id}",
                                                     params=params)

@@ -1,0 +1,1 @@
+"""`chatd.e2e`: the client side of end-to-end encryption (docs/e2e.md)."""
