@@ -44,6 +44,7 @@ from chatd.services.log import ConversationLog
 from chatd.services.media import MediaService
 from chatd.services.mentions import MentionResolver
 from chatd.services.messaging import MessagingService
+from chatd.services.notify_prefs import NotifyPrefs, NotifySettings
 from chatd.services.owner import ConversationOwner
 from chatd.services.owner_api import OwnerApi
 from chatd.services.passwords import PasswordHasher
@@ -116,6 +117,9 @@ class Services:
     rich: RichMessaging
     #: Forwarding messages between conversations (replies and mentions ride on sends).
     forwarding: Forwarding
+    #: Notification preferences (mute, previews): the home's side, and everyone's.
+    notify_prefs: NotifyPrefs
+    notify_settings: NotifySettings
 
 
 def media_link_secret(config: Config, store: Store) -> bytes:
@@ -263,12 +267,17 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     rich = _rich_messages(config, store, router, owner, owner_api, commands, committer,
                           clock, deletions, requests, range_forgetters, ratelimits)
     rich.content_filter = messaging.content_filter
+    notify_prefs = NotifyPrefs(store=store, commands=commands, clock=clock)
+    committer.on_reload_needed(notify_prefs.forget_pending)
+    home_api.requests.update(notify_prefs.requests)
+    account_admin.erase_hooks.append(notify_prefs.erase)
+    notify_settings = NotifySettings(users=users, prefs=notify_prefs)
     return Services(config, store, committer, router, owner, owner_api, log, accounts, users,
                     home_api, conversations, messaging, hub, delivery, presence, receipts,
                     clock, coordinator, shipper, backups, media, privacy, requests, blocks,
                     deletions, sweeper, purger, abuse_home, abuse, reports, ratelimits,
                     TrustedProxies(config.server.trusted_proxies), account_admin, gdpr,
-                    rich, forwarding)
+                    rich, forwarding, notify_prefs, notify_settings)
 
 
 def _rich_messages(config: Config, store: Store, router: Router, owner: ConversationOwner,

@@ -32,6 +32,7 @@ from chatd.web import (
     routes_media,
     routes_messages,
     routes_moderation,
+    routes_notify,
     routes_ops,
     routes_privacy,
     routes_replication,
@@ -221,5 +222,6 @@ def create_app(services: Services) -> QuartTrio:
     routes_moderation.register(api, services)
     routes_gdpr.register(api, services)
     routes_admin_users.register(api, services)
+    routes_notify.register(api, services)
     api.install(app)
     return app
