@@ -11,6 +11,7 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from chatd import __version__
 from chatd.config import Config
@@ -51,6 +52,7 @@ from chatd.services.passwords import PasswordHasher
 from chatd.services.pins import Pins
 from chatd.services.presence import Presence
 from chatd.services.privacy import PrivacyService
+from chatd.services.push import Push
 from chatd.services.ratelimits import RateLimits
 from chatd.services.reactions import Reactions
 from chatd.services.receipts import Receipts
@@ -120,6 +122,8 @@ class Services:
     #: Notification preferences (mute, previews): the home's side, and everyone's.
     notify_prefs: NotifyPrefs
     notify_settings: NotifySettings
+    #: Push notifications: subscriptions, the notifier (home), the sender (services/push/).
+    push: Push
 
 
 def media_link_secret(config: Config, store: Store) -> bytes:
@@ -272,12 +276,29 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     home_api.requests.update(notify_prefs.requests)
     account_admin.erase_hooks.append(notify_prefs.erase)
     notify_settings = NotifySettings(users=users, prefs=notify_prefs)
+    push = Push(config=config.push, data_dir=data_dir, store=store, commands=commands,
+                clock=clock, ids=ids, router=router, users=users, hub=hub, delivery=delivery,
+                prefs=notify_prefs)
+    committer.on_reload_needed(push.subscriptions.forget_pending)
+    home_api.requests.update(push.subscriptions.requests)
+    account_admin.erase_hooks.append(push.subscriptions.erase)
+    accounts.on_device_revoked(push.subscriptions.device_revoked)
+    accounts.on_device_revoked(push.notifier.forget_device)
+    delivery.home_message_listeners.append(push.notifier.message_landed)
+    messaging.ack_listeners.append(push.notifier.acked)
+
+    def notifications_export(user_id: int) -> tuple[str, Any]:
+        return "notifications.json", {
+            **notify_prefs.export(user_id, clock.now_ms()),
+            "push_subscriptions": push.subscriptions.export(user_id)}
+
+    account_admin.export_parts.append(notifications_export)
     return Services(config, store, committer, router, owner, owner_api, log, accounts, users,
                     home_api, conversations, messaging, hub, delivery, presence, receipts,
                     clock, coordinator, shipper, backups, media, privacy, requests, blocks,
                     deletions, sweeper, purger, abuse_home, abuse, reports, ratelimits,
                     TrustedProxies(config.server.trusted_proxies), account_admin, gdpr,
-                    rich, forwarding, notify_prefs, notify_settings)
+                    rich, forwarding, notify_prefs, notify_settings, push)
 
 
 def _rich_messages(config: Config, store: Store, router: Router, owner: ConversationOwner,

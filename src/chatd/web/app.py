@@ -35,6 +35,7 @@ from chatd.web import (
     routes_notify,
     routes_ops,
     routes_privacy,
+    routes_push,
     routes_replication,
     routes_reports,
     routes_rich,
@@ -223,5 +224,6 @@ def create_app(services: Services) -> QuartTrio:
     routes_gdpr.register(api, services)
     routes_admin_users.register(api, services)
     routes_notify.register(api, services)
+    routes_push.register(api, services)
     api.install(app)
     return app
