@@ -105,6 +105,8 @@ def _mesh(config: Config, services: Services) -> Mesh | None:
                 server_ssl=server_ssl, client_ssl=client_ssl)
     mesh.on_peer_up(handler.peer_up)
     mesh.on_peer_down(handler.peer_down)
+    mesh.on_peer_up(services.push.devices.peer_up)
+    mesh.on_peer_down(services.push.devices.peer_down)
     services.router.attach(services.owner_api.run, mesh)
     services.shipper.peers = mesh
     services.coordinator.peers = mesh

@@ -78,7 +78,9 @@ async def _quiet(fake: FakePushServer, path: str, seconds: float) -> None:
 async def test_vapid_key_is_made_once_and_kept(start_server: ServerFactory) -> None:
     server, http = await _start(start_server)
     async with http:
-        key = (await http.get("/push/vapid")).json()["public_key"]
+        assert_error(await http.get("/push/vapid"), 401)
+        account = await new_account(http)
+        key = (await account.get("/push/vapid")).json()["public_key"]
     assert len(key) == 87 and key.startswith("B")  # an uncompressed P-256 point
     directory = Path(server.services.config.storage.data_dir) / "push"
     path = directory / "vapid_private.pem"

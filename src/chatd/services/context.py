@@ -277,10 +277,11 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     account_admin.erase_hooks.append(notify_prefs.erase)
     notify_settings = NotifySettings(users=users, prefs=notify_prefs)
     push = Push(config=config.push, data_dir=data_dir, store=store, commands=commands,
-                clock=clock, ids=ids, router=router, users=users, hub=hub, delivery=delivery,
-                prefs=notify_prefs)
+                clock=clock, ids=ids, router=router, users=users, hub=hub, prefs=notify_prefs)
     committer.on_reload_needed(push.subscriptions.forget_pending)
     home_api.requests.update(push.subscriptions.requests)
+    home_api.posts.update(push.devices.posts)
+    hub.session_listeners.append(push.devices.session_changed)
     account_admin.erase_hooks.append(push.subscriptions.erase)
     accounts.on_device_revoked(push.subscriptions.device_revoked)
     accounts.on_device_revoked(push.notifier.forget_device)

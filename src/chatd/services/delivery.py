@@ -210,10 +210,6 @@ class Delivery:
             except Exception:  # a notifier's bug must not stop the delivery
                 log.exception("a home message listener failed")
 
-    def connected_elsewhere(self, user_id: int) -> bool:
-        """Whether the directory knows a socket of the user (homed here) on another shard."""
-        return user_id in self._remote
-
     # -- the mesh's side ------------------------------------------------------------------------
 
     def deliver_from_peer(self, body: Any) -> None:
