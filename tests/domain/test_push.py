@@ -52,9 +52,11 @@ def test_target_form() -> None:
 
 
 def test_topic_urgency_and_payload() -> None:
-    topic = push.topic(2**63 - 1)
-    assert len(topic) <= 32 and base64.urlsafe_b64decode(topic[1:] + "=")
-    assert push.topic(1) != push.topic(2)
+    key = b"k" * 16
+    topic = push.topic(2**63 - 1, key)
+    assert len(topic) <= 32 and len(base64.urlsafe_b64decode(topic[1:] + "==")) == 16
+    assert push.topic(1, key) != push.topic(2, key)
+    assert push.topic(1, key) == push.topic(1, key) != push.topic(1, b"other key")
     assert push.urgency("direct") == "high" and push.urgency("group") == "normal"
     assert push.payload(conversation_id=5, seq=2, unread=1, sender_name=None,
                         preview=None) == {"conversation_id": "5", "seq": 2, "unread": 1}

@@ -148,7 +148,8 @@ async def test_pushes_are_coalesced_per_conversation(nursery: trio.Nursery,
         assert len(direct) == 2, [push.payload for push in pushes]
         assert direct[0].payload is not None and direct[1].payload is not None
         assert direct[1].payload["unread"] == 5
-        assert direct[1].at - direct[0].at >= PUSH["coalesce_s"] - 0.05
+        # (Measured on arrival: the first push also waited for its conversation lookup.)
+        assert direct[1].at - direct[0].at >= PUSH["coalesce_s"] - 0.4
         # One Topic per conversation: the push service may replace an undelivered one.
         assert direct[0].headers["topic"] == direct[1].headers["topic"]
         in_group = [push for push in fake.accepted("/push/bob")

@@ -240,8 +240,7 @@ class Notifier:
                              unread=unread, sender_name=sender_name, preview=preview)
         for sub_id, record in subs:
             self._sender.submit(PushJob(pending.user_id, sub_id, record, data,
-                                        rules.urgency(kind),
-                                        rules.topic(pending.conversation_id)))
+                                        rules.urgency(kind), pending.conversation_id))
 
     async def _conversation(self, conversation_id: int, user_id: int) -> tuple[str, bool]:
         cached = self._facts_cache.get(conversation_id)

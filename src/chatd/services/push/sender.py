@@ -32,7 +32,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from chatd.config import PushConfig
-from chatd.domain.push import Target
+from chatd.domain.push import Target, topic
 from chatd.services.push.addresses import AddressRefused, ResolveFailed, Resolver
 from chatd.services.push.vapid import VapidKey
 
@@ -56,7 +56,7 @@ class PushJob:
     record: dict[str, Any]
     data: dict[str, Any]
     urgency: str
-    topic: str
+    conversation_id: int
     attempt: int = 0
 
 
@@ -227,7 +227,8 @@ class PushSender:
                                     if key not in ("preview", "sender_name")}).encode()
         body = encrypt(plaintext, record["p256dh"], record["auth"])
         headers = {"TTL": str(self._config.ttl_s), "Urgency": job.urgency,
-                   "Topic": job.topic, "Content-Encoding": "aes128gcm",
+                   "Topic": topic(job.conversation_id, _b64(record["auth"])),
+                   "Content-Encoding": "aes128gcm",
                    "Content-Type": "application/octet-stream",
                    "Authorization": self._vapid.authorization(target.origin)}
         response = await self._post(target, headers, body)
