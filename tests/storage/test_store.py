@@ -95,6 +95,11 @@ def test_every_family_round_trips_and_survives_reopen(tmp_path: Path) -> None:
         (records.EDITS, (5, 1, 6), None),
         (records.PINS, (5, 1), 7),
         (records.UNCOUNTED, (5, 4), 1),
+        (records.NOTIFY_MUTES, (1, 5), 10**15),
+        (records.NOTIFY_PREFS, 1, {"previews": True}),
+        (records.PUSH_SUBSCRIPTIONS, (1, 9), {"kind": "http", "device_id": 2,
+                                              "url": "https://gw.example/notify",
+                                              "pushkey": "k", "app_id": "a"}),
     ]
     assert {family.name for family, _, _ in rows} == {f.name for f in records.FAMILIES}
     store = Store.open(str(tmp_path))
