@@ -97,7 +97,10 @@ STATE_DEPENDENT = frozenset({"not_a_group", "seq_out_of_range", "not_a_member", 
                              "cannot_block_self", "forward_limited",
                              # Push subscriptions: where a URL's host resolves, and
                              # whether 65 bytes are a point on P-256, are past a schema.
-                             "endpoint_refused", "invalid_push_key"})
+                             "endpoint_refused", "invalid_push_key",
+                             # Keys: a signature checks against the device's ed25519 key,
+                             # the one-time key cap against what the device holds.
+                             "bad_signature", "too_many_keys"})
 
 NASTY_STRINGS = ("\ud800", "\udfff", "a\ud800b", "\udc00\ud800", "\x00", "\u202e\ufeff",
                  "x" * 70_000, "")

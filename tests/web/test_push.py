@@ -5,6 +5,7 @@ the server push to loopback over http."""
 
 from __future__ import annotations
 
+import base64
 import io
 import itertools
 import json
@@ -200,6 +201,34 @@ async def test_previews_only_when_allowed(nursery: trio.Nursery,
         assert payload is not None
         assert payload["sender_name"] == alice.handle.title()
         assert payload["preview"].startswith("shared plans xx") and len(payload["preview"]) == 100
+
+
+async def test_no_preview_for_encrypted_conversations(nursery: trio.Nursery,
+                                                      start_server: ServerFactory) -> None:
+    _server, http = await _start(start_server, coalesce_s=0.0)
+    async with http, fake_push_server(nursery) as fake:
+        alice, bob = await new_account(http), await new_account(http)
+        await _subscribe(bob, fake, "bob")
+        await bob.patch("/me/notifications/previews", {"previews": True})
+        opened = await alice.post("/conversations/direct",
+                                  {"user_id": bob.user_id, "encrypted": True})
+        assert opened.status_code == 201, opened.text
+        secret = opened.json()["conversation_id"]
+        sent = await alice.post("/messages/send", {
+            "conversation_id": secret, "client_msg_id": "e1",
+            "content_type": "application/vnd.chatd.megolm",
+            "body": base64.b64encode(b"ciphertext bytes").decode()})
+        assert sent.status_code == 201, sent.text
+        [push] = await fake.wait_for(1, "/push/bob")
+        # "New message": neither the sender's name nor any text, previews on or not.
+        assert push.payload == {"conversation_id": secret, "seq": sent.json()["seq"],
+                                "unread": 1}
+        # The same user's plaintext chat, for contrast, does carry both.
+        group = await alice.group("plain", bob)
+        await _send(alice, group, "visible")
+        pushes = await fake.wait_for(2, "/push/bob")
+        assert pushes[1].payload is not None and pushes[1].payload["preview"] == "visible"
+        assert pushes[1].payload["sender_name"] == alice.handle.title()
 
 
 async def test_reaction_notifies_only_the_author(nursery: trio.Nursery,

@@ -387,6 +387,14 @@ class Hub:
             for session in self._sessions.get(user_id, ()):
                 session.push(frame)
 
+    def deliver_to_device(self, user_ids: Iterable[int], device_id: int,
+                          frame: OutFrame) -> None:
+        """To the sessions of one device (of `user_ids`, where it belongs) only."""
+        for user_id in user_ids:
+            for session in self._sessions.get(user_id, ()):
+                if session.device_id == device_id:
+                    session.push(frame)
+
     def deliver_ephemeral(self, user_ids: Iterable[int], frame: OutFrame) -> None:
         """Typing and presence: worth nothing late, so a session with a backlog drops
         them instead of counting them towards its limit (another user's burst of typing

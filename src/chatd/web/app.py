@@ -29,6 +29,7 @@ from chatd.web import (
     routes_compact,
     routes_conversations,
     routes_gdpr,
+    routes_keys,
     routes_media,
     routes_messages,
     routes_moderation,
@@ -36,6 +37,7 @@ from chatd.web import (
     routes_ops,
     routes_privacy,
     routes_push,
+    routes_relay,
     routes_replication,
     routes_reports,
     routes_rich,
@@ -225,5 +227,7 @@ def create_app(services: Services) -> QuartTrio:
     routes_admin_users.register(api, services)
     routes_notify.register(api, services)
     routes_push.register(api, services)
+    routes_keys.register(api, services)
+    routes_relay.register(api, services)
     api.install(app)
     return app

@@ -59,9 +59,7 @@ class Push:
 
         async def facts(conversation_id: int, user_id: int) -> tuple[str, bool]:
             conv = await router.ask(ops.View(conversation_id, user_id))
-            # `encrypted` arrives with end-to-end encrypted conversations (branch
-            # e2e-relay); until then no conversation is.
-            return str(conv.kind), bool(getattr(conv, "encrypted", False))
+            return str(conv.kind), bool(conv.encrypted)
 
         async def display_name(user_id: int) -> str:
             return (await users.get_user(user_id)).display_name
