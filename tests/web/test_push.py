@@ -402,6 +402,9 @@ async def test_subscribe_refuses_bad_input(nursery: trio.Nursery,
             {**good, "endpoint": "ftp://127.0.0.1/x"},
             {**good, "endpoint": 12},
             {**good, "endpoint": "https://" + "x" * 3000},
+            {**good, "endpoint": "https://bücher.example/x"},
+            {**good, "endpoint": "https://d\x91n/x"},
+            {**good, "endpoint": "https://push.example/a b"},
             [good], "webpush", None,
         ]
         for body in bad_bodies:
@@ -431,7 +434,8 @@ async def test_private_endpoints_are_refused(http: httpx.AsyncClient) -> None:
                      "https://0.0.0.0/push", "https://224.0.0.1/push",
                      "https://[64:ff9b::a00:1]/push", "https://100.64.0.1/push",
                      "http://93.184.216.34/push", "https://user:pw@93.184.216.34/push",
-                     "https://name.invalid/push"):
+                     "https://name.invalid/push", "https://a..b/push",
+                     "https://xn--a.example/push"):
         response = await bob.post("/push/subscriptions",
                                   {"kind": "webpush", "endpoint": endpoint, "keys": keys})
         assert_error(response, 400, "endpoint_refused")

@@ -75,6 +75,8 @@ def parse_target(url: str, *, allow_private: bool, field: str = "endpoint") -> T
         raise _refused(field, "must be an https URL")
     if not parts.hostname or parts.username is not None or parts.password is not None:
         raise _refused(field, "must name a host (and no user or password)")
+    if not url.isascii() or not url.isprintable() or any(c.isspace() for c in url):
+        raise _refused(field, "must be printable ASCII (a host in punycode)")
     if parts.fragment:
         raise _refused(field, "must not have a fragment")
     host = parts.hostname
