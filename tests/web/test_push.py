@@ -523,3 +523,22 @@ async def test_metrics_count_pushes(nursery: trio.Nursery,
                     "authorization": f"Bearer {'t' * 32}"})).text
         assert "chatd_push_dropped_total 0" in text
         assert 'chatd_push_failed_total{kind="webpush"} 0' in text
+
+
+async def test_the_queue_is_bounded(nursery: trio.Nursery,
+                                    start_server: ServerFactory) -> None:
+    """Past push.queue_size pushes waiting, in flight or retrying, new ones are dropped
+    and counted, not queued without end."""
+    server, http = await _start(start_server, timeout_s=30.0, per_origin_concurrency=1,
+                                queue_size=2)
+    async with http, fake_push_server(nursery) as stuck:
+        alice = await new_account(http)
+        users = [await new_account(http) for _ in range(4)]
+        for index, user in enumerate(users):
+            stuck.scripts[f"/push/u{index}"] = Script(hang=True)
+            await _subscribe(user, stuck, f"u{index}")
+        for user in users:
+            await _send(alice, await alice.direct_with(user), "into the void")
+        sender = server.services.push.sender
+        await _until(_async(lambda: sender.stats.dropped == 2))
+        assert sender.queued == 2 and len(stuck.received) == 1
