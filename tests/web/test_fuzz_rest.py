@@ -369,7 +369,13 @@ async def test_no_request_gets_a_server_error(server: RunningServer) -> None:
         uploaded = await http.post("/media/upload", content=png(), headers={
             **user.headers, "Content-Type": "image/png"})
         assert uploaded.status_code == 201
-        real = {"conversation_id": group, "direct": direct, "user_id": peer.user_id,
+        # A public address as a literal: nothing is resolved, and nothing is pushed to it
+        # (the user is the only one whose token the fuzzer holds, and writes to others).
+        subscribed = await user.post("/push/subscriptions", {
+            "kind": "http", "url": "https://93.184.216.34/notify", "pushkey": "fuzz",
+            "app_id": "fuzz"})
+        assert subscribed.status_code == 201, subscribed.text
+        real = {"subscription_id": subscribed.json()["subscription_id"],"conversation_id": group, "direct": direct, "user_id": peer.user_id,
                 "seq": "2", "device_id": "own", "media_id": uploaded.json()["media_id"],
                 "emoji": "👍", "export_id": "000" + "0" * 32,
                 "/messages/{conversation_id}/{seq}/status:conversation_id": direct,
