@@ -375,7 +375,8 @@ async def test_no_request_gets_a_server_error(server: RunningServer) -> None:
             "kind": "http", "url": "https://93.184.216.34/notify", "pushkey": "fuzz",
             "app_id": "fuzz"})
         assert subscribed.status_code == 201, subscribed.text
-        real = {"subscription_id": subscribed.json()["subscription_id"],"conversation_id": group, "direct": direct, "user_id": peer.user_id,
+        real = {"subscription_id": subscribed.json()["subscription_id"],
+                "conversation_id": group, "direct": direct, "user_id": peer.user_id,
                 "seq": "2", "device_id": "own", "media_id": uploaded.json()["media_id"],
                 "emoji": "👍", "export_id": "000" + "0" * 32,
                 "/messages/{conversation_id}/{seq}/status:conversation_id": direct,
