@@ -487,6 +487,9 @@ class PushConfig:
     max_subscriptions_per_user: int = 20
     #: Characters of message text a preview carries at most.
     preview_chars: int = 100
+
+
+@dataclass(frozen=True)
 class ToDeviceConfig:
     """Per-device queues of to-device messages on each user's home (services/to_device.py)."""
 
