@@ -106,9 +106,9 @@ def test_every_family_round_trips_and_survives_reopen(tmp_path: Path) -> None:
         (records.TO_DEVICE_TXNS, (7, 8, "txn-1"), [100, 2]),
         (records.ACCESS_KEYS, 1, b"k" * 16),
         (records.IDENTITY_KEYS, (1, 2), DeviceIdentity(1, 2, "c" * 43, "e" * 43, "s" * 86, 5)),
-        (records.ONE_TIME_KEYS, (1, 2, "AAAAAAAAAAA"), SignedKey("AAAAAAAAAAA", "k" * 43,
-                                                               "s" * 86)),
-        (records.FALLBACK_KEYS, (1, 2), FallbackKey("AAAAAAAAAAE", "f" * 43, "s" * 86, True)),
+        (records.ONE_TIME_KEYS, (1, 2, "AAAAAAAAAAE"), SignedKey("AAAAAAAAAAE", "k" * 43,
+                                                                 "s" * 86)),
+        (records.FALLBACK_KEYS, (1, 2), FallbackKey("AAAAAAAAAAA", "f" * 43, "s" * 86, True)),
         (records.DEVICE_LISTS, 1, 3),
     ]
     assert {family.name for family, _, _ in rows} == {f.name for f in records.FAMILIES}

@@ -355,8 +355,13 @@ async def test_device_list_events_and_revocation(start_server: ServerFactory) ->
         alice, bob, stranger = (await new_account(http), await new_account(http),
                                 await new_account(http))
         await alice.direct_with(bob)
+        # Someone in a chat with Alice whom she blocks hears nothing, as of her presence.
+        blocked = await new_account(http)
+        await blocked.direct_with(alice)
+        assert (await alice.post(f"/blocks/{blocked.user_id}")).status_code == 204
         async with live(server.url, bob) as bob_socket, \
                 live(server.url, stranger) as stranger_socket, \
+                live(server.url, blocked) as blocked_socket, \
                 live(server.url, alice) as alice_socket:
             await uploaded(alice, KeyDevice(), one_time=2)
             expected = {"type": "device_list", "user_id": alice.user_id, "version": 1}
@@ -386,10 +391,12 @@ async def test_device_list_events_and_revocation(start_server: ServerFactory) ->
             assert (await next_of(bob_socket, "device_list"))["version"] == 4
             assert (await tablet.post("/logout")).status_code == 204
             assert (await next_of(bob_socket, "device_list"))["version"] == 5
-            # Someone who shares no conversation with Alice heard none of it.
-            await settle(stranger_socket)
-            assert [event for event in pending_events(stranger_socket)
-                    if event["type"] == "device_list"] == []
+            # Someone who shares no conversation with Alice heard none of it, nor did
+            # the user she blocks.
+            for socket in (stranger_socket, blocked_socket):
+                await settle(socket)
+                assert [event for event in pending_events(socket)
+                        if event["type"] == "device_list"] == []
 
 
 async def test_stale_device_list_refuses_the_send(start_server: ServerFactory) -> None:
@@ -489,3 +496,16 @@ async def test_the_export_lists_public_identity_keys(start_server: ServerFactory
         keys = devices[alice.device_id]["identity_keys"]
         assert (keys["curve25519"], keys["ed25519"]) == (device.curve25519, device.ed25519)
         assert "identity_keys" not in devices[phone.device_id]  # it published none
+
+
+async def test_uploads_take_the_messages_bucket(start_server: ServerFactory) -> None:
+    server = await start_server(ratelimits={"messages_per_account": "2/1h burst 2"})
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        alice = await new_account(http)
+        device = KeyDevice()
+        await uploaded(alice, device, one_time=1)
+        await uploaded(alice, device, one_time=1)
+        response = await upload(alice, device.upload(one_time=1))
+        assert_error(response, 429, "rate_limited")
+        assert server.services.key_directory.one_time_key_count(
+            int(alice.user_id), int(alice.device_id)) == 2

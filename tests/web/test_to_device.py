@@ -233,6 +233,11 @@ async def test_bad_input_is_refused(start_server: ServerFactory) -> None:
             ({"txn_id": "t", "messages": {bob.user_id: {bob.device_id: {
                 "type": "", "content": {}}}}}, 400, "invalid_field"),
             ({"txn_id": "no spaces", "messages": device}, 400, "bad_request"),
+            # Numbers no stored value holds, and nesting past CONTENT_DEPTH.
+            ({"txn_id": "t", "messages": {bob.user_id: {bob.device_id: {
+                "type": "x", "content": {"n": 1 << 64}}}}}, 400, "invalid_field"),
+            ({"txn_id": "t", "messages": {bob.user_id: {bob.device_id: {
+                "type": "x", "content": {"a": [[[[[1]]]]]}}}}}, 400, "invalid_field"),
         ]
         for body, status, code in cases:
             assert_error(await alice.post("/to_device", body), status, code)

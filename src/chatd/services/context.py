@@ -313,7 +313,7 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     account_admin.export_parts.append(notifications_export)
     key_directory, keys, device_lists = _keys(config, store, commands, committer, clock,
                                               router, accounts, account_admin, home_api,
-                                              delivery, messaging, ratelimits)
+                                              delivery, messaging, ratelimits, privacy)
     to_device_home, to_device, to_device_feeds, sealed = _e2e_relay(
         config, store, router, commands, committer, accounts, delivery, hub, home_api,
         account_admin, ratelimits, clock, identity_key_lookup(keys))
@@ -330,7 +330,8 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
 def _keys(config: Config, store: Store, commands: Commands, committer: GroupCommitter,
           clock: Clock, router: Router, accounts: AccountService, account_admin: AccountAdmin,
           home_api: HomeApi, delivery: Delivery, messaging: MessagingService,
-          ratelimits: RateLimits) -> tuple[KeyDirectory, Keys, DeviceListNotifier]:
+          ratelimits: RateLimits, privacy: PrivacyService,
+          ) -> tuple[KeyDirectory, Keys, DeviceListNotifier]:
     """The key directory on this home: its writes ride on device deletions and erasure,
     its mesh requests join the home's, its changes reach contacts and devices."""
     directory = KeyDirectory(store=store, commands=commands, accounts=accounts, clock=clock,
@@ -341,7 +342,8 @@ def _keys(config: Config, store: Store, commands: Commands, committer: GroupComm
     account_admin.device_export.append(directory.export_device)
     home_api.requests.update(directory.requests)
     notifier = DeviceListNotifier(delivery=delivery,
-                                  conversations_of=messaging.conversations_of)
+                                  conversations_of=messaging.conversations_of,
+                                  blocked_by=privacy.blocked_list)
     directory.on_device_list_change(notifier.changed)
     directory.on_keys_low(notifier.keys_low)
     return directory, Keys(router=router, directory=directory, ratelimits=ratelimits), notifier

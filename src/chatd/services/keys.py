@@ -19,14 +19,14 @@ that carry them (docs/architecture.md, "E2E").
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import trio
 
 from chatd.domain import e2e_keys
 from chatd.domain.e2e_keys import ClaimedKey, DeviceIdentity, Upload
-from chatd.domain.models import Session
+from chatd.domain.models import Conversation, Session
 from chatd.errors import ChatdError, DeviceListStale
 from chatd.protocol import frames
 from chatd.services.delivery import Delivery
@@ -156,12 +156,16 @@ class Keys:
 class DeviceListNotifier:
     """On the home: tells `device_list {user_id, version}` to whoever shares a
     conversation with a user whose device list changed, and to the user's own devices.
-    Changes are coalesced per user (only the newest version is told)."""
+    Changes are coalesced per user (only the newest version is told); users they block
+    are not told, as they see no presence of theirs either."""
 
     def __init__(self, *, delivery: Delivery,
-                 conversations_of: Callable[[Session], Any]) -> None:
+                 conversations_of: Callable[[Session], Awaitable[list[Conversation]]],
+                 blocked_by: Callable[[int], Awaitable[set[int]]] | None = None) -> None:
         self._delivery = delivery
         self._conversations_of = conversations_of
+        #: Whom a user blocks: they are not told (as with presence).
+        self._blocked_by = blocked_by
         self._waiting: dict[int, int] = {}
         self._wake = trio.Event()
 
@@ -179,7 +183,12 @@ class DeviceListNotifier:
             self._wake = trio.Event()
             while self._waiting:
                 user_id, version = self._waiting.popitem()
-                await self.tell(user_id, version)
+                try:
+                    await self.tell(user_id, version)
+                except Exception:
+                    # One user's audience that cannot be told must not stop the loop
+                    # (the others still are; clients also learn it from a 409).
+                    log.exception("device list of %d not told", user_id)
 
     async def tell(self, user_id: int, version: int) -> None:
         try:
@@ -190,7 +199,10 @@ class DeviceListNotifier:
             log.warning("device list of %d: conversations not read (%s)", user_id,
                         exc.message)
             conversations = []
-        audience = {user_id}
+        audience: set[int] = set()
         for conversation in conversations:
             audience.update(conversation.members)
+        if self._blocked_by is not None:
+            audience -= await self._blocked_by(user_id)
+        audience.add(user_id)
         self._delivery.publish(audience, frames.device_list_frame(user_id, version))

@@ -53,6 +53,7 @@ from chatd.services.peer_bodies import int_field as _int
 from chatd.services.ratelimits import RateLimits
 from chatd.services.routing import Router
 from chatd.storage import Batch, Store, records
+from chatd.storage.errors import UnstorableValue
 
 log = logging.getLogger(__name__)
 
@@ -392,7 +393,11 @@ def check_message(kind: str, content: Any, config: ToDeviceConfig) -> None:
         raise BadRequest(f"type: 1 to {MAX_TYPE_LENGTH} characters", code="invalid_field")
     if not isinstance(content, dict):
         raise BadRequest("content: expected an object", code="invalid_field")
-    if len(records.pack(content)) > config.max_message_bytes:
+    try:
+        size = len(records.pack(content))
+    except UnstorableValue as exc:  # a number beyond 64 bits: the models refuse it first
+        raise BadRequest(f"content: {exc}", code="unstorable_value") from None
+    if size > config.max_message_bytes:
         raise BadRequest(f"content: at most {config.max_message_bytes} bytes per message "
                          "(to_device.max_message_bytes)", code="message_too_large")
 

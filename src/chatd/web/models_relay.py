@@ -14,11 +14,49 @@ from chatd.services.to_device import MAX_TARGETS, MAX_TYPE_LENGTH
 from chatd.web.models import BASE64, CLIENT_MSG_ID, ID, MS
 from chatd.web.schema import Integer, Json, Kind, Limits, Model, Schema, String
 
+#: Lists and objects inside a to-device `content` nest at most this deep (Olm's
+#: {ciphertexts: {key: {type, body}}} needs 2). The schema spells each level out: a
+#: recursive one is more than the fuzzers' schema readers take.
+CONTENT_DEPTH = 4
+#: Numbers a stored value can hold (msgpack: int64 up to uint64; floats in that range).
+MIN_NUMBER = -(1 << 63)
+MAX_NUMBER = (1 << 64) - 1
+
+
+def _value_schema(depth: int) -> dict[str, Any]:
+    scalars: list[dict[str, Any]] = [
+        {"type": "string"}, {"type": "number", "minimum": MIN_NUMBER, "maximum": MAX_NUMBER},
+        {"type": "boolean"}, {"type": "null"}]
+    if depth == 0:
+        return {"anyOf": scalars}
+    inner = _value_schema(depth - 1)
+    return {"anyOf": [*scalars, {"type": "array", "items": inner},
+                      {"type": "object", "additionalProperties": inner}]}
+
+
+def check_content(value: object, where: str, depth: int = CONTENT_DEPTH) -> None:
+    """Exactly what `_value_schema(depth)` admits (`content` itself is an object of them)."""
+    if value is None or isinstance(value, str | bool):
+        return
+    if isinstance(value, int | float):
+        if not MIN_NUMBER <= value <= MAX_NUMBER:
+            raise BadRequest(f"{where}: numbers must lie in {MIN_NUMBER}..{MAX_NUMBER}",
+                             code="invalid_field")
+        return
+    if depth == 0 or not isinstance(value, list | dict):
+        raise BadRequest(f"{where}: lists and objects nest at most {CONTENT_DEPTH} deep "
+                         "inside content", code="invalid_field")
+    items = value.values() if isinstance(value, dict) else value
+    for item in items:
+        check_content(item, where, depth - 1)
+
+
 #: A to-device message: {type, content}.
 _MESSAGE_SCHEMA: dict[str, Any] = {
     "type": "object", "required": ["type", "content"],
     "properties": {"type": {"type": "string", "minLength": 1, "maxLength": MAX_TYPE_LENGTH},
-                   "content": {"type": "object"}}}
+                   "content": {"type": "object",
+                               "additionalProperties": _value_schema(CONTENT_DEPTH)}}}
 #: A device id, or "*" (every device of the user).
 _DEVICE_KEY: dict[str, Any] = {"anyOf": [{"$ref": "#/components/schemas/Id"},
                                          {"type": "string", "enum": ["*"]}]}
@@ -57,6 +95,8 @@ class ToDeviceMessages(Kind):
                 if not isinstance(content, dict):
                     raise BadRequest(f"{where}.content: expected an object",
                                      code="invalid_field")
+                for item in content.values():
+                    check_content(item, f"{where}.content")
                 devices[device_id] = (kind, content)
                 count += 1
             parsed[user_id] = devices

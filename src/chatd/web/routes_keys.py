@@ -30,9 +30,14 @@ def register(api: Api, services: Services) -> None:
                    "of the key's base64 text (400 bad_signature). A device holds at most "
                    "100 one-time keys (400 too_many_keys); a key id it holds with another "
                    "key is 409 key_id_reused. The first upload of an identity moves the "
-                   "user's device-list version (a `device_list` event to their contacts)."),
-               body=models.KeysUpload, response=models.KeyCount, errors=(404, 409))
+                   "user's device-list version (a `device_list` event to their contacts). Takes a "
+                   "token of the `messages` rate limit."),
+               body=models.KeysUpload, response=models.KeyCount, errors=(404, 409, 429))
     async def upload_keys(session: Session, body: models.KeysUpload) -> Reply:
+        # Up to 101 signature checks on the home, and a first identity is told to every
+        # contact: unlimited, a client could keep both busy. The `messages` bucket, as a
+        # profile change takes it.
+        services.ratelimits.take("messages", account=session.user_id, address=address())
         identity = body.identity
         count = await keys.upload(Upload(
             DeviceIdentity(session.user_id, session.device_id, identity.curve25519,
