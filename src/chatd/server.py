@@ -105,6 +105,8 @@ def _mesh(config: Config, services: Services) -> Mesh | None:
                 server_ssl=server_ssl, client_ssl=client_ssl)
     mesh.on_peer_up(handler.peer_up)
     mesh.on_peer_down(handler.peer_down)
+    mesh.on_peer_up(services.push.devices.peer_up)
+    mesh.on_peer_down(services.push.devices.peer_down)
     mesh.on_peer_up(services.to_device_feeds.peer_up)
     services.router.attach(services.owner_api.run, mesh)
     services.shipper.peers = mesh
@@ -184,6 +186,7 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
                 web.start_soon(_run_until, shutdown, services.sweeper.run)
                 web.start_soon(_run_until, shutdown, services.purger.run)
                 web.start_soon(_run_until, shutdown, services.gdpr.run)
+                web.start_soon(_run_until, shutdown, services.push.run)
                 web.start_soon(_run_until, shutdown, services.to_device_feeds.run)
                 web.start_soon(_run_until, shutdown, services.device_lists.run)
                 url = await web.start(front.run, shutdown)

@@ -95,6 +95,9 @@ CONTRACT_TIMEOUT = 240.0
 STATE_DEPENDENT = frozenset({"not_a_group", "seq_out_of_range", "not_a_member", "use_leave",
                              "not_an_image", "cannot_report_yourself", "not_the_sender",
                              "cannot_block_self", "forward_limited",
+                             # Push subscriptions: where a URL's host resolves, and
+                             # whether 65 bytes are a point on P-256, are past a schema.
+                             "endpoint_refused", "invalid_push_key",
                              # Keys: a signature checks against the device's ed25519 key,
                              # the one-time key cap against what the device holds.
                              "bad_signature", "too_many_keys"})
@@ -366,7 +369,14 @@ async def test_no_request_gets_a_server_error(server: RunningServer) -> None:
         uploaded = await http.post("/media/upload", content=png(), headers={
             **user.headers, "Content-Type": "image/png"})
         assert uploaded.status_code == 201
-        real = {"conversation_id": group, "direct": direct, "user_id": peer.user_id,
+        # A public address as a literal: nothing is resolved, and nothing is pushed to it
+        # (the user is the only one whose token the fuzzer holds, and writes to others).
+        subscribed = await user.post("/push/subscriptions", {
+            "kind": "http", "url": "https://93.184.216.34/notify", "pushkey": "fuzz",
+            "app_id": "fuzz"})
+        assert subscribed.status_code == 201, subscribed.text
+        real = {"subscription_id": subscribed.json()["subscription_id"],
+                "conversation_id": group, "direct": direct, "user_id": peer.user_id,
                 "seq": "2", "device_id": "own", "media_id": uploaded.json()["media_id"],
                 "emoji": "👍", "export_id": "000" + "0" * 32,
                 "/messages/{conversation_id}/{seq}/status:conversation_id": direct,

@@ -11,6 +11,7 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from chatd import __version__
 from chatd.config import Config
@@ -46,12 +47,14 @@ from chatd.services.log import ConversationLog
 from chatd.services.media import MediaService
 from chatd.services.mentions import MentionResolver
 from chatd.services.messaging import MessagingService
+from chatd.services.notify_prefs import NotifyPrefs, NotifySettings
 from chatd.services.owner import ConversationOwner
 from chatd.services.owner_api import OwnerApi
 from chatd.services.passwords import PasswordHasher
 from chatd.services.pins import Pins
 from chatd.services.presence import Presence
 from chatd.services.privacy import PrivacyService
+from chatd.services.push import Push
 from chatd.services.ratelimits import RateLimits
 from chatd.services.reactions import Reactions
 from chatd.services.receipts import Receipts
@@ -121,6 +124,11 @@ class Services:
     rich: RichMessaging
     #: Forwarding messages between conversations (replies and mentions ride on sends).
     forwarding: Forwarding
+    #: Notification preferences (mute, previews): the home's side, and everyone's.
+    notify_prefs: NotifyPrefs
+    notify_settings: NotifySettings
+    #: Push notifications: subscriptions, the notifier (home), the sender (services/push/).
+    push: Push
     #: To-device messages (issue 14): the queues of devices homed here, the client's
     #: side, and each live session's feed (services/to_device.py).
     to_device_home: ToDeviceHome
@@ -280,6 +288,29 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     rich = _rich_messages(config, store, router, owner, owner_api, commands, committer,
                           clock, deletions, requests, range_forgetters, ratelimits)
     rich.content_filter = messaging.content_filter
+    notify_prefs = NotifyPrefs(store=store, commands=commands, clock=clock)
+    committer.on_reload_needed(notify_prefs.forget_pending)
+    home_api.requests.update(notify_prefs.requests)
+    account_admin.erase_hooks.append(notify_prefs.erase)
+    notify_settings = NotifySettings(users=users, prefs=notify_prefs)
+    push = Push(config=config.push, data_dir=data_dir, store=store, commands=commands,
+                clock=clock, ids=ids, router=router, users=users, hub=hub, prefs=notify_prefs)
+    committer.on_reload_needed(push.subscriptions.forget_pending)
+    home_api.requests.update(push.subscriptions.requests)
+    home_api.posts.update(push.devices.posts)
+    hub.session_listeners.append(push.devices.session_changed)
+    account_admin.erase_hooks.append(push.subscriptions.erase)
+    accounts.on_device_revoked(push.subscriptions.device_revoked)
+    accounts.on_device_revoked(push.notifier.forget_device)
+    delivery.home_message_listeners.append(push.notifier.message_landed)
+    messaging.ack_listeners.append(push.notifier.acked)
+
+    def notifications_export(user_id: int) -> tuple[str, Any]:
+        return "notifications.json", {
+            **notify_prefs.export(user_id, clock.now_ms()),
+            "push_subscriptions": push.subscriptions.export(user_id)}
+
+    account_admin.export_parts.append(notifications_export)
     key_directory, keys, device_lists = _keys(config, store, commands, committer, clock,
                                               router, accounts, account_admin, home_api,
                                               delivery, messaging, ratelimits, privacy)
@@ -291,7 +322,8 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
                     clock, coordinator, shipper, backups, media, privacy, requests, blocks,
                     deletions, sweeper, purger, abuse_home, abuse, reports, ratelimits,
                     TrustedProxies(config.server.trusted_proxies), account_admin, gdpr,
-                    rich, forwarding, to_device_home, to_device, to_device_feeds, sealed,
+                    rich, forwarding, notify_prefs, notify_settings, push,
+                    to_device_home, to_device, to_device_feeds, sealed,
                     key_directory, keys, device_lists)
 
 

@@ -62,6 +62,10 @@ class Delivery:
         self._remote: dict[int, set[str]] = {}
         # Boot ids of peers as last seen (a new one clears that shard's entries).
         self._boot_ids: dict[str, str] = {}
+        #: Called with (users homed here, a getter of the message) for every durable
+        #: message that reaches this home, whether or not they are online: the push
+        #: notifier's seam (services/push/notifier.py).
+        self.home_message_listeners: list[Callable[[list[int], Callable[[], Message]], None]] = []
         #: Kinds other services deliver (kind -> handler of (data, users) on the shard
         #: holding the sockets): "to_device" (services/to_device.py).
         self.kinds: dict[str, Callable[[Any, list[int]], None]] = {}
@@ -70,6 +74,9 @@ class Delivery:
 
     def publish_message(self, message: Message, recipients: Iterable[int]) -> None:
         if self._router.peers is None:
+            if self.home_message_listeners:
+                recipients = list(recipients)
+                self._tell_home_listeners(recipients, lambda: message)
             self._hub.deliver_message(message, recipients)
             return
         self._send(MESSAGE, message, ops.message_to_wire, recipients)
@@ -155,6 +162,8 @@ class Delivery:
                           users: list[int], *, is_wire: bool = False) -> None:
         """Users homed here: to this shard's sessions, and to the shards the directory
         names for them. `value` is the object itself, or (`is_wire`) its wire form."""
+        if kind == MESSAGE and self.home_message_listeners:
+            self._tell_home_listeners(users, _message_getter(value, is_wire))
         by_shard: dict[str, list[int]] = {}
         for user_id in users:
             for shard in self._remote.get(user_id, ()):
@@ -220,6 +229,13 @@ class Delivery:
             self._hub.deliver_to_device(users, int(device_id), OutFrame(payload))
         else:
             raise ValueError(f"unknown delivery kind {kind!r}")
+
+    def _tell_home_listeners(self, users: list[int], message: Callable[[], Message]) -> None:
+        for listener in self.home_message_listeners:
+            try:
+                listener(users, message)
+            except Exception:  # a notifier's bug must not stop the delivery
+                log.exception("a home message listener failed")
 
     # -- the mesh's side ------------------------------------------------------------------------
 
@@ -351,6 +367,20 @@ class Delivery:
             shards.discard(peer)
             if not shards:
                 del self._remote[user_id]
+
+
+def _message_getter(value: Any, is_wire: bool) -> Callable[[], Message]:
+    """The message, decoded from its wire form at most once, and only if asked."""
+    if not is_wire:
+        return lambda: value
+    decoded: list[Message] = []
+
+    def get() -> Message:
+        if not decoded:
+            decoded.append(ops.message_from_wire(value))
+        return decoded[0]
+
+    return get
 
 
 def _payload(frame: OutFrame) -> Any:

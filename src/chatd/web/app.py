@@ -33,8 +33,10 @@ from chatd.web import (
     routes_media,
     routes_messages,
     routes_moderation,
+    routes_notify,
     routes_ops,
     routes_privacy,
+    routes_push,
     routes_relay,
     routes_replication,
     routes_reports,
@@ -223,6 +225,8 @@ def create_app(services: Services) -> QuartTrio:
     routes_moderation.register(api, services)
     routes_gdpr.register(api, services)
     routes_admin_users.register(api, services)
+    routes_notify.register(api, services)
+    routes_push.register(api, services)
     routes_keys.register(api, services)
     routes_relay.register(api, services)
     api.install(app)

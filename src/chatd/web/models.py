@@ -146,6 +146,7 @@ PATH_PARAMETERS = {
     "export_id": String(pattern=EXPORT_ID_PATTERN, rule="an export id (35 hex digits)",
                         description="an export id, as POST /me/export answered it"),
     "emoji": EMOJI,
+    "subscription_id": ID,  # push subscriptions (web/routes_push.py)
 }
 
 # -- request bodies and queries ------------------------------------------------------------
