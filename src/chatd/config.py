@@ -320,6 +320,12 @@ class RateLimitsConfig:
     login_per_address: str = "60/1m burst 200"
     #: Registrations, per address (there is no account yet).
     register_per_address: str = "100/1h burst 200"
+    #: Verification mails asked for (PATCH /me/notifications with an address): each is a
+    #: mail to an address nobody has confirmed yet, so a low budget.
+    email_verify_per_account: str = "10/1d burst 5"
+    #: The signed email links (/email/verify, /email/unsubscribe), per address: no login,
+    #: each costs an HMAC and maybe a mesh request.
+    email_links_per_address: str = "60/1m burst 120"
 
     @classmethod
     def unlimited(cls) -> RateLimitsConfig:
@@ -449,6 +455,39 @@ class GdprConfig:
 
 
 @dataclass(frozen=True)
+class EmailConfig:
+    """Email notifications over SMTP (services/email_notify.py, docs/notifications.md).
+    Off while `host` is empty."""
+
+    #: The SMTP server (a relay or the provider's submission host); empty: no email.
+    host: str = ""
+    port: int = 587
+    #: "starttls" (upgrade on the submission port), "tls" (implicit TLS, port 465) or
+    #: "none" (plain: only for a relay on loopback or a trusted LAN).
+    security: str = "starttls"
+    #: SMTP AUTH, when both are set. The password may come from CHATD_EMAIL_PASSWORD;
+    #: it is never logged.
+    user: str = ""
+    password: str = field(default="", repr=False)
+    #: The From of every mail, e.g. "chatd <notify@chat.example.org>" (`from` is a Python
+    #: keyword, hence the name).
+    from_address: str = ""
+    #: The server's public base URL, e.g. "https://chat.example.org": the verification
+    #: and unsubscribe links start with it.
+    base_url: str = ""
+    #: Seconds one SMTP conversation may take (connect, TLS, send) before it fails.
+    timeout: float = 20.0
+    #: Seconds between looks at which digests are due.
+    check_interval: float = 5.0
+    #: SMTP conversations at once (each is a worker thread).
+    max_connections: int = 2
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.host)
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -462,6 +501,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     abuse: AbuseConfig = field(default_factory=AbuseConfig)
     gdpr: GdprConfig = field(default_factory=GdprConfig)
+    email: EmailConfig = field(default_factory=EmailConfig)
 
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.server.listen)
@@ -664,6 +704,7 @@ def validate(config: Config) -> Config:
     _validate_deletion(config)
     _validate_abuse(config.abuse)
     _validate_gdpr(config.gdpr)
+    _validate_email(config.email)
     if config.server.max_request_bytes < config.limits.max_message_bytes:
         raise ConfigError("server.max_request_bytes: must be at least limits.max_message_bytes")
     return config
@@ -705,6 +746,30 @@ def _validate_gdpr(gdpr: GdprConfig) -> None:
                         ("gdpr.sweep_interval", gdpr.sweep_interval)):
         if number <= 0:
             raise ConfigError(f"{key}: must be greater than 0, got {number}")
+
+
+def _validate_email(email: EmailConfig) -> None:
+    if email.security not in ("starttls", "tls", "none"):
+        raise ConfigError(f"email.security: expected starttls, tls or none, got "
+                          f"{email.security!r}")
+    if not 1 <= email.port <= 65535:
+        raise ConfigError(f"email.port: expected 1..65535, got {email.port}")
+    for key, number in (("email.timeout", email.timeout),
+                        ("email.check_interval", email.check_interval),
+                        ("email.max_connections", email.max_connections)):
+        if number <= 0:
+            raise ConfigError(f"{key}: must be greater than 0, got {number}")
+    if bool(email.user) != bool(email.password):
+        raise ConfigError("email.user: set user and password together (or neither)")
+    if not email.host:
+        return
+    if "@" not in email.from_address or any(c in email.from_address for c in "\r\n"):
+        raise ConfigError("email.from_address: expected an address such as "
+                          "\"chatd <notify@chat.example.org>\" when email.host is set")
+    if not email.base_url.startswith(("https://", "http://")) \
+            or any(c in email.base_url for c in " \r\n<>\"'"):
+        raise ConfigError("email.base_url: expected the server's public URL, such as "
+                          "\"https://chat.example.org\", when email.host is set")
 
 
 def _validate_media(media: MediaConfig) -> None:

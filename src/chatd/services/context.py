@@ -35,6 +35,7 @@ from chatd.services.deletion import Deletions
 from chatd.services.delivery import Delivery
 from chatd.services.direct_requests import DirectRequests
 from chatd.services.edits import Edits
+from chatd.services.email_notify import EmailNotifier
 from chatd.services.exports import ExportStore
 from chatd.services.forwarding import Forwarding
 from chatd.services.gdpr import Gdpr
@@ -56,6 +57,7 @@ from chatd.services.receipts import Receipts
 from chatd.services.reports import ReportService
 from chatd.services.rich_messaging import RichMessaging
 from chatd.services.routing import Router
+from chatd.services.smtp import SmtpSender
 from chatd.services.sweeper import Sweeper
 from chatd.services.users import HomeApi, Users, token_prefix_for
 from chatd.storage import GroupCommitter, Store, claim_secret
@@ -116,6 +118,9 @@ class Services:
     rich: RichMessaging
     #: Forwarding messages between conversations (replies and mentions ride on sends).
     forwarding: Forwarding
+    #: Email notifications of users homed here: settings, links, digests
+    #: (services/email_notify.py); sends nothing while `email.host` is empty.
+    email: EmailNotifier
 
 
 def media_link_secret(config: Config, store: Store) -> bytes:
@@ -268,7 +273,28 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
                     clock, coordinator, shipper, backups, media, privacy, requests, blocks,
                     deletions, sweeper, purger, abuse_home, abuse, reports, ratelimits,
                     TrustedProxies(config.server.trusted_proxies), account_admin, gdpr,
-                    rich, forwarding)
+                    rich, forwarding,
+                    _email(config, store, commands, clock, router, users, accounts,
+                           messaging, delivery, home_api, committer))
+
+
+def _email(config: Config, store: Store, commands: Commands, clock: Clock, router: Router,
+           users: Users, accounts: AccountService, messaging: MessagingService,
+           delivery: Delivery, home_api: HomeApi, committer: GroupCommitter) -> EmailNotifier:
+    """Email notifications on the home: its `home.email_*` requests, and (when an SMTP
+    server is configured) the listener that schedules digests as messages arrive."""
+    email = config.email
+    notifier = EmailNotifier(
+        config=email, store=store, commands=commands, clock=clock, router=router,
+        users=users, local_user=accounts.get_user,
+        secret=claim_secret(store, "email_link_secret"),
+        conversations_of=messaging.conversations_of,
+        sender=SmtpSender(email) if email.enabled else None)
+    home_api.requests.update(notifier.requests)
+    committer.on_reload_needed(notifier.forget_pending)
+    if notifier.enabled:
+        delivery.homed_message_listeners.append(notifier.message_arrived)
+    return notifier
 
 
 def _rich_messages(config: Config, store: Store, router: Router, owner: ConversationOwner,

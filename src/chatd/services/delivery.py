@@ -18,7 +18,7 @@ events take the same path and are never logged.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from chatd.domain.models import Message
@@ -60,11 +60,18 @@ class Delivery:
         self._remote: dict[int, set[str]] = {}
         # Boot ids of peers as last seen (a new one clears that shard's entries).
         self._boot_ids: dict[str, str] = {}
+        #: Called on the home with each durable message for users homed here (online or
+        #: not), once per home: the notifiers' seam (services/email_notify.py). Must not
+        #: block or raise.
+        self.homed_message_listeners: list[Callable[[Message, list[int]], None]] = []
 
     # -- the owner's side: publish to users, wherever they are --------------------------------
 
     def publish_message(self, message: Message, recipients: Iterable[int]) -> None:
         if self._router.peers is None:
+            if self.homed_message_listeners:
+                recipients = list(recipients)
+                self._tell_listeners(message, recipients)
             self._hub.deliver_message(message, recipients)
             return
         self._send(MESSAGE, message, ops.message_to_wire, recipients)
@@ -133,6 +140,8 @@ class Delivery:
                           users: list[int], *, is_wire: bool = False) -> None:
         """Users homed here: to this shard's sessions, and to the shards the directory
         names for them. `value` is the object itself, or (`is_wire`) its wire form."""
+        if kind == MESSAGE and self.homed_message_listeners:
+            self._tell_listeners(ops.message_from_wire(value) if is_wire else value, users)
         by_shard: dict[str, list[int]] = {}
         for user_id in users:
             for shard in self._remote.get(user_id, ()):
@@ -149,6 +158,13 @@ class Delivery:
             for shard, shard_users in by_shard.items():
                 self._router.peers.post(shard, DELIVER_HERE,
                                         {"kind": kind, "data": wire, "users": shard_users})
+
+    def _tell_listeners(self, message: Message, users: list[int]) -> None:
+        for listener in self.homed_message_listeners:
+            try:
+                listener(message, users)
+            except Exception:  # a notifier's bug must not stop a delivery
+                log.exception("a message listener failed")
 
     def _hand_over_value(self, kind: str, value: Any, users: list[int]) -> None:
         if kind == MESSAGE:
