@@ -28,6 +28,7 @@ from chatd.web import (
     routes_backup,
     routes_compact,
     routes_conversations,
+    routes_email,
     routes_gdpr,
     routes_media,
     routes_messages,
@@ -221,5 +222,6 @@ def create_app(services: Services) -> QuartTrio:
     routes_moderation.register(api, services)
     routes_gdpr.register(api, services)
     routes_admin_users.register(api, services)
+    routes_email.register(api, services)
     api.install(app)
     return app
