@@ -323,6 +323,7 @@ class RateLimitsConfig:
     #: Verification mails asked for (PATCH /me/notifications with an address): each is a
     #: mail to an address nobody has confirmed yet, so a low budget.
     email_verify_per_account: str = "10/1d burst 5"
+    email_verify_per_address: str = "100/1d burst 50"
     #: The signed email links (/email/verify, /email/unsubscribe), per address: no login,
     #: each costs an HMAC and maybe a mesh request.
     email_links_per_address: str = "60/1m burst 120"

@@ -95,6 +95,8 @@ def test_every_family_round_trips_and_survives_reopen(tmp_path: Path) -> None:
         (records.EDITS, (5, 1, 6), None),
         (records.PINS, (5, 1), 7),
         (records.UNCOUNTED, (5, 4), 1),
+        (records.EMAIL_SETTINGS, 1, {"address": "a@example.com", "enabled": True}),
+        (records.EMAIL_DIGESTS, 1, {"due": 5, "mailed": [[5, 4]]}),
     ]
     assert {family.name for family, _, _ in rows} == {f.name for f in records.FAMILIES}
     store = Store.open(str(tmp_path))
