@@ -17,6 +17,7 @@ import pytest
 import trio
 
 from chatd.server import RunningServer, serve
+from chatd.storage import records
 from tests.conftest import ServerFactory
 from tests.helpers import PASSWORD, Account, ManualClock, login, make_config, new_account
 from tests.smtp_sink import Received, SmtpSink, smtp_sink
@@ -367,3 +368,24 @@ async def test_no_smtp_server_configured(start_server: ServerFactory) -> None:
         answer = await alice.patch("/me/notifications", {"email": "a@example.com"})
         assert answer.status_code == 409
         assert answer.json()["error"]["code"] == "email_unavailable"
+
+
+async def test_erasing_the_account_forgets_the_address(
+        start_server: ServerFactory, sink: SmtpSink) -> None:
+    clock = ManualClock()
+    server = await start_server(clock=clock, email=email_section(sink))
+    async with client(server) as http:
+        alice, bob = await new_account(http, "alice_e10"), await new_account(http, "bob_e10")
+        await subscribe(alice, sink, "alice10@example.com")
+        direct = await bob.direct_with(alice)
+        assert (await bob.send(direct, "one")).status_code == 201
+        user_id = int(alice.user_id)
+        assert server.services.email.state_of(user_id).due_ms
+        erased = await alice.http.request("DELETE", "/me", headers=alice.headers,
+                                          json={"password": PASSWORD, "erase": True})
+        assert erased.status_code == 200, erased.text
+        store = server.services.store
+        assert store.get(records.EMAIL_SETTINGS, user_id) is None
+        assert store.get(records.EMAIL_DIGESTS, user_id) is None
+        clock.now += (DELAY_S + 1) * 1000
+        await no_mail_beyond(sink, 1)

@@ -275,12 +275,13 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
                     TrustedProxies(config.server.trusted_proxies), account_admin, gdpr,
                     rich, forwarding,
                     _email(config, store, commands, clock, router, users, accounts,
-                           messaging, delivery, home_api, committer))
+                           messaging, delivery, home_api, committer, account_admin))
 
 
 def _email(config: Config, store: Store, commands: Commands, clock: Clock, router: Router,
            users: Users, accounts: AccountService, messaging: MessagingService,
-           delivery: Delivery, home_api: HomeApi, committer: GroupCommitter) -> EmailNotifier:
+           delivery: Delivery, home_api: HomeApi, committer: GroupCommitter,
+           account_admin: AccountAdmin) -> EmailNotifier:
     """Email notifications on the home: its `home.email_*` requests, and (when an SMTP
     server is configured) the listener that schedules digests as messages arrive."""
     email = config.email
@@ -292,6 +293,7 @@ def _email(config: Config, store: Store, commands: Commands, clock: Clock, route
         sender=SmtpSender(email) if email.enabled else None)
     home_api.requests.update(notifier.requests)
     committer.on_reload_needed(notifier.forget_pending)
+    account_admin.erase_hooks.append(notifier.erase)
     if notifier.enabled:
         delivery.homed_message_listeners.append(notifier.message_arrived)
     return notifier

@@ -153,6 +153,16 @@ class EmailNotifier:
         batch.put(records.EMAIL_DIGESTS, user_id, _state_to(state))
         self._states[user_id] = state
 
+    async def erase(self, user_id: int) -> None:
+        """An erase hook (services/account_admin.py): the address and the schedule go."""
+        def apply(batch: Batch) -> None:
+            batch.delete(records.EMAIL_SETTINGS, user_id)
+            batch.delete(records.EMAIL_DIGESTS, user_id)
+            self._settings.pop(user_id, None)
+            self._states.pop(user_id, None)
+
+        await self._commands.submit(apply)
+
     # -- the client's side (any shard): routed to the user's home ----------------------------------
 
     async def get(self, user_id: int) -> dict[str, Any]:
