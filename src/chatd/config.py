@@ -486,6 +486,41 @@ class EmailConfig:
     @property
     def enabled(self) -> bool:
         return bool(self.host)
+class PushConfig:
+    """Push notifications (services/push/, docs/notifications.md)."""
+
+    #: Off: no pushes are sent (subscriptions are still kept).
+    enabled: bool = True
+    #: Lifts the server-side request forgery guard: endpoints and gateway URLs may be
+    #: http and resolve to loopback, private or link-local addresses (a LAN, a test).
+    allow_private_endpoints: bool = False
+    #: Seconds a device with a live socket has to acknowledge a message before it is
+    #: pushed anyway (a device with no socket is pushed at once).
+    grace_s: float = 5.0
+    #: At most one push per conversation per device in this many seconds (the later
+    #: messages are folded into the next push).
+    coalesce_s: float = 3.0
+    #: Seconds a push service keeps an undelivered push (Web Push TTL).
+    ttl_s: int = 86_400
+    #: Pushes waiting, in flight or retrying, at most; past it they are dropped (counted).
+    queue_size: int = 10_000
+    #: Requests in flight to one push service (origin) at most.
+    per_origin_concurrency: int = 4
+    #: Seconds one push request may take (connect, send, answer).
+    timeout_s: float = 10.0
+    #: Tries of one push (429, 5xx and network errors are retried).
+    max_attempts: int = 5
+    #: First retry after about this many seconds, doubling up to max_backoff_s.
+    backoff_s: float = 1.0
+    max_backoff_s: float = 300.0
+    #: VAPID `sub` claim: a mailto: address or an https URL push services may contact.
+    vapid_subject: str = "mailto:postmaster@chatd.invalid"
+    #: Where the VAPID key is kept ("": <data dir>/push).
+    vapid_dir: str = ""
+    #: Push subscriptions one account may hold.
+    max_subscriptions_per_user: int = 20
+    #: Characters of message text a preview carries at most.
+    preview_chars: int = 100
 
 
 @dataclass(frozen=True)
@@ -503,6 +538,7 @@ class Config:
     abuse: AbuseConfig = field(default_factory=AbuseConfig)
     gdpr: GdprConfig = field(default_factory=GdprConfig)
     email: EmailConfig = field(default_factory=EmailConfig)
+    push: PushConfig = field(default_factory=PushConfig)
 
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.server.listen)
@@ -706,9 +742,33 @@ def validate(config: Config) -> Config:
     _validate_abuse(config.abuse)
     _validate_gdpr(config.gdpr)
     _validate_email(config.email)
+    _validate_push(config.push)
     if config.server.max_request_bytes < config.limits.max_message_bytes:
         raise ConfigError("server.max_request_bytes: must be at least limits.max_message_bytes")
     return config
+
+
+def _validate_push(push: PushConfig) -> None:
+    for key, value in (("queue_size", push.queue_size),
+                       ("per_origin_concurrency", push.per_origin_concurrency),
+                       ("max_attempts", push.max_attempts), ("ttl_s", push.ttl_s),
+                       ("max_subscriptions_per_user", push.max_subscriptions_per_user),
+                       ("preview_chars", push.preview_chars)):
+        if value < 1:
+            raise ConfigError(f"push.{key}: must be at least 1, got {value}")
+    for key, number in (("timeout_s", push.timeout_s), ("backoff_s", push.backoff_s),
+                        ("max_backoff_s", push.max_backoff_s)):
+        if number <= 0:
+            raise ConfigError(f"push.{key}: must be greater than 0, got {number}")
+    for key, number in (("grace_s", push.grace_s), ("coalesce_s", push.coalesce_s)):
+        if number < 0:
+            raise ConfigError(f"push.{key}: must not be negative, got {number}")
+    subject = push.vapid_subject
+    if not (subject.startswith("https://") or (
+            subject.startswith("mailto:") and "@" in subject
+            and "." in subject.rpartition("@")[2])):
+        raise ConfigError("push.vapid_subject: expected mailto:someone@a.domain or an "
+                          f"https:// URL, got {subject!r}")
 
 
 def _validate_ratelimits(ratelimits: RateLimitsConfig) -> None:

@@ -186,6 +186,7 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
                 web.start_soon(_run_until, shutdown, services.gdpr.run)
                 if services.email.enabled:
                     web.start_soon(_run_until, shutdown, services.email.run)
+                web.start_soon(_run_until, shutdown, services.push.run)
                 url = await web.start(front.run, shutdown)
                 log.info("serving %s (shard %s, data %s)", url, config.cluster.shard,
                          config.storage.data_dir)

@@ -137,7 +137,9 @@ async def test_previews_when_allowed(start_server: ServerFactory, sink: SmtpSink
     server = await start_server(clock=clock, email=email_section(sink))
     async with client(server) as http:
         alice, bob = await new_account(http, "alice_e2"), await new_account(http, "bob_e2")
-        await subscribe(alice, sink, "alice2@example.com", previews=True)
+        await subscribe(alice, sink, "alice2@example.com")
+        allowed = await alice.patch("/me/notifications/previews", {"previews": True})
+        assert allowed.status_code == 200, allowed.text
         group = await bob.group("Team", alice)
         mails = len(sink.mails)
         assert (await bob.send(group, "first")).status_code == 201
@@ -244,7 +246,9 @@ async def test_user_strings_cannot_inject_headers_or_html(
             "handle": "mallory_e5", "password": PASSWORD, "display_name": hostile})
         assert registered.status_code == 201, registered.text
         mallory = await login(http, "mallory_e5")
-        await subscribe(alice, sink, "alice5@example.com", previews=True)
+        await subscribe(alice, sink, "alice5@example.com")
+        assert (await alice.patch("/me/notifications/previews", {"previews": True})
+                ).status_code == 200
         group = await mallory.group("Subject: won</strong><script>x()</script>", alice)
         direct = await mallory.direct_with(alice)
         body = "hi\r\nBcc: victim@evil.example\r\nSubject: pwned\r\n\r\n<b>bold</b>"
@@ -347,7 +351,7 @@ async def test_settings_routes_refuse_what_they_should(
         alice = await new_account(http, "alice_e8")
         defaults = (await alice.get("/me/notifications")).json()
         assert defaults == {"email": None, "pending_email": None, "email_enabled": False,
-                            "email_delay_s": 600, "previews": False, "email_available": True}
+                            "email_delay_s": 600, "email_available": True}
         assert (await http.get("/me/notifications")).status_code == 401
         for bad in ({"email": "no-at-sign"}, {"email": "a@b"}, {"email": "a\r\nBcc: x@y.z"},
                     {"email": "ü@example.com"}, {"email": 5}, {"email_delay_s": 5},
@@ -389,3 +393,28 @@ async def test_erasing_the_account_forgets_the_address(
         assert store.get(records.EMAIL_DIGESTS, user_id) is None
         clock.now += (DELAY_S + 1) * 1000
         await no_mail_beyond(sink, 1)
+
+
+async def test_muted_conversations_are_skipped_but_mentions_are_mailed(
+        start_server: ServerFactory, sink: SmtpSink) -> None:
+    clock = ManualClock()
+    server = await start_server(clock=clock, email=email_section(sink))
+    async with client(server) as http:
+        alice, bob = await new_account(http, "alice_e11"), await new_account(http, "bob_e11")
+        await subscribe(alice, sink, "alice11@example.com")
+        noisy = await bob.group("Noisy", alice)
+        quiet = await bob.direct_with(alice)
+        until = clock.now + 24 * 3600 * 1000
+        for conversation in (noisy, quiet):
+            muted = await alice.patch(f"/conversations/{conversation}/notifications",
+                                      {"muted_until": until})
+            assert muted.status_code == 200, muted.text
+        assert (await bob.send(noisy, "chatter")).status_code == 201
+        assert (await bob.send(quiet, "more chatter")).status_code == 201
+        clock.now += (DELAY_S + 1) * 1000
+        await no_mail_beyond(sink, 1)  # both muted: nothing
+        assert (await bob.send(noisy, "@alice_e11 look")).status_code == 201
+        clock.now += (DELAY_S + 1) * 1000
+        [digest] = (await sink.wait_for(2))[1:]
+        text = digest.part("plain")
+        assert "Noisy (group)" in text and "Bob_E11" not in text

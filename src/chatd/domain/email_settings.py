@@ -1,4 +1,6 @@
-"""A user's email-notification settings and the digest schedule, pure.
+"""A user's email-notification settings and the digest schedule, pure. (Mute and
+previews are the user's notification preferences, shared with push:
+services/notify_prefs.py.)
 
 The settings live on the user's home (`email_settings`); the schedule of the next digest
 (`email_digests`) too, so a due digest survives a restart (services/email_notify.py).
@@ -39,8 +41,6 @@ class EmailSettings:
     pending: str = ""
     enabled: bool = False
     delay_s: int = DEFAULT_DELAY_S
-    #: Show message text in digests (unencrypted conversations only).
-    previews: bool = False
 
     @property
     def active(self) -> bool:

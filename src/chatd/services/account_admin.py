@@ -82,6 +82,9 @@ class AccountAdmin:
         #: Services added later that keep data about a user on their home register here
         #: (see EraseHook). None exist yet: end-to-end keys and push are later issues.
         self.erase_hooks: list[EraseHook] = []
+        #: Services that keep data about a user on their home add a document to their
+        #: data export here: `part(user_id) -> (file name, JSON value)`.
+        self.export_parts: list[Callable[[int], tuple[str, Any]]] = []
         self.requests: dict[str, Callable[[dict[str, Any]], Any]] = {
             "home.admin_show": self._show_request,
             "home.admin_deactivate": self._deactivate_request,
@@ -258,6 +261,7 @@ class AccountAdmin:
             "last_seen": self._store.get(records.LAST_SEEN, user_id),
             "blocks": [{"user_id": str(blocked), "blocked_at": at} for (_, blocked), at
                        in self._store.scan(records.BLOCKS, records.u64(user_id))],
+            "parts": dict(part(user_id) for part in self.export_parts),
         }
 
 

@@ -11,6 +11,7 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from chatd import __version__
 from chatd.config import Config
@@ -45,12 +46,14 @@ from chatd.services.log import ConversationLog
 from chatd.services.media import MediaService
 from chatd.services.mentions import MentionResolver
 from chatd.services.messaging import MessagingService
+from chatd.services.notify_prefs import NotifyPrefs, NotifySettings
 from chatd.services.owner import ConversationOwner
 from chatd.services.owner_api import OwnerApi
 from chatd.services.passwords import PasswordHasher
 from chatd.services.pins import Pins
 from chatd.services.presence import Presence
 from chatd.services.privacy import PrivacyService
+from chatd.services.push import Push
 from chatd.services.ratelimits import RateLimits
 from chatd.services.reactions import Reactions
 from chatd.services.receipts import Receipts
@@ -118,6 +121,11 @@ class Services:
     rich: RichMessaging
     #: Forwarding messages between conversations (replies and mentions ride on sends).
     forwarding: Forwarding
+    #: Notification preferences (mute, previews): the home's side, and everyone's.
+    notify_prefs: NotifyPrefs
+    notify_settings: NotifySettings
+    #: Push notifications: subscriptions, the notifier (home), the sender (services/push/).
+    push: Push
     #: Email notifications of users homed here: settings, links, digests
     #: (services/email_notify.py); sends nothing while `email.host` is empty.
     email: EmailNotifier
@@ -268,20 +276,43 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     rich = _rich_messages(config, store, router, owner, owner_api, commands, committer,
                           clock, deletions, requests, range_forgetters, ratelimits)
     rich.content_filter = messaging.content_filter
+    notify_prefs = NotifyPrefs(store=store, commands=commands, clock=clock)
+    committer.on_reload_needed(notify_prefs.forget_pending)
+    home_api.requests.update(notify_prefs.requests)
+    account_admin.erase_hooks.append(notify_prefs.erase)
+    notify_settings = NotifySettings(users=users, prefs=notify_prefs)
+    push = Push(config=config.push, data_dir=data_dir, store=store, commands=commands,
+                clock=clock, ids=ids, router=router, users=users, hub=hub, delivery=delivery,
+                prefs=notify_prefs)
+    committer.on_reload_needed(push.subscriptions.forget_pending)
+    home_api.requests.update(push.subscriptions.requests)
+    account_admin.erase_hooks.append(push.subscriptions.erase)
+    accounts.on_device_revoked(push.subscriptions.device_revoked)
+    accounts.on_device_revoked(push.notifier.forget_device)
+    delivery.home_message_listeners.append(push.notifier.message_landed)
+    messaging.ack_listeners.append(push.notifier.acked)
+
+    def notifications_export(user_id: int) -> tuple[str, Any]:
+        return "notifications.json", {
+            **notify_prefs.export(user_id, clock.now_ms()),
+            "push_subscriptions": push.subscriptions.export(user_id)}
+
+    account_admin.export_parts.append(notifications_export)
     return Services(config, store, committer, router, owner, owner_api, log, accounts, users,
                     home_api, conversations, messaging, hub, delivery, presence, receipts,
                     clock, coordinator, shipper, backups, media, privacy, requests, blocks,
                     deletions, sweeper, purger, abuse_home, abuse, reports, ratelimits,
                     TrustedProxies(config.server.trusted_proxies), account_admin, gdpr,
-                    rich, forwarding,
+                    rich, forwarding, notify_prefs, notify_settings, push,
                     _email(config, store, commands, clock, router, users, accounts,
-                           messaging, delivery, home_api, committer, account_admin))
+                           messaging, delivery, home_api, committer, account_admin,
+                           notify_prefs))
 
 
 def _email(config: Config, store: Store, commands: Commands, clock: Clock, router: Router,
            users: Users, accounts: AccountService, messaging: MessagingService,
            delivery: Delivery, home_api: HomeApi, committer: GroupCommitter,
-           account_admin: AccountAdmin) -> EmailNotifier:
+           account_admin: AccountAdmin, prefs: NotifyPrefs) -> EmailNotifier:
     """Email notifications on the home: its `home.email_*` requests, and (when an SMTP
     server is configured) the listener that schedules digests as messages arrive."""
     email = config.email
@@ -294,8 +325,12 @@ def _email(config: Config, store: Store, commands: Commands, clock: Clock, route
     home_api.requests.update(notifier.requests)
     committer.on_reload_needed(notifier.forget_pending)
     account_admin.erase_hooks.append(notifier.erase)
+    # Mute and previews are the user's notification preferences, shared with push.
+    notifier.muted = lambda user_id, conversation_id: prefs.is_muted(
+        user_id, conversation_id, clock.now_ms())
+    notifier.previews = prefs.previews
     if notifier.enabled:
-        delivery.homed_message_listeners.append(notifier.message_arrived)
+        delivery.home_message_listeners.append(notifier.message_arrived)
     return notifier
 
 

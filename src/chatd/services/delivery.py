@@ -60,18 +60,18 @@ class Delivery:
         self._remote: dict[int, set[str]] = {}
         # Boot ids of peers as last seen (a new one clears that shard's entries).
         self._boot_ids: dict[str, str] = {}
-        #: Called on the home with each durable message for users homed here (online or
-        #: not), once per home: the notifiers' seam (services/email_notify.py). Must not
-        #: block or raise.
-        self.homed_message_listeners: list[Callable[[Message, list[int]], None]] = []
+        #: Called with (users homed here, a getter of the message) for every durable
+        #: message that reaches this home, whether or not they are online: the push
+        #: notifier's seam (services/push/notifier.py).
+        self.home_message_listeners: list[Callable[[list[int], Callable[[], Message]], None]] = []
 
     # -- the owner's side: publish to users, wherever they are --------------------------------
 
     def publish_message(self, message: Message, recipients: Iterable[int]) -> None:
         if self._router.peers is None:
-            if self.homed_message_listeners:
+            if self.home_message_listeners:
                 recipients = list(recipients)
-                self._tell_listeners(message, recipients)
+                self._tell_home_listeners(recipients, lambda: message)
             self._hub.deliver_message(message, recipients)
             return
         self._send(MESSAGE, message, ops.message_to_wire, recipients)
@@ -140,8 +140,8 @@ class Delivery:
                           users: list[int], *, is_wire: bool = False) -> None:
         """Users homed here: to this shard's sessions, and to the shards the directory
         names for them. `value` is the object itself, or (`is_wire`) its wire form."""
-        if kind == MESSAGE and self.homed_message_listeners:
-            self._tell_listeners(ops.message_from_wire(value) if is_wire else value, users)
+        if kind == MESSAGE and self.home_message_listeners:
+            self._tell_home_listeners(users, _message_getter(value, is_wire))
         by_shard: dict[str, list[int]] = {}
         for user_id in users:
             for shard in self._remote.get(user_id, ()):
@@ -158,13 +158,6 @@ class Delivery:
             for shard, shard_users in by_shard.items():
                 self._router.peers.post(shard, DELIVER_HERE,
                                         {"kind": kind, "data": wire, "users": shard_users})
-
-    def _tell_listeners(self, message: Message, users: list[int]) -> None:
-        for listener in self.homed_message_listeners:
-            try:
-                listener(message, users)
-            except Exception:  # a notifier's bug must not stop a delivery
-                log.exception("a message listener failed")
 
     def _hand_over_value(self, kind: str, value: Any, users: list[int]) -> None:
         if kind == MESSAGE:
@@ -209,6 +202,17 @@ class Delivery:
             self._hub.close_device(user_id, device_id)
         else:
             raise ValueError(f"unknown delivery kind {kind!r}")
+
+    def _tell_home_listeners(self, users: list[int], message: Callable[[], Message]) -> None:
+        for listener in self.home_message_listeners:
+            try:
+                listener(users, message)
+            except Exception:  # a notifier's bug must not stop the delivery
+                log.exception("a home message listener failed")
+
+    def connected_elsewhere(self, user_id: int) -> bool:
+        """Whether the directory knows a socket of the user (homed here) on another shard."""
+        return user_id in self._remote
 
     # -- the mesh's side ------------------------------------------------------------------------
 
@@ -340,6 +344,20 @@ class Delivery:
             shards.discard(peer)
             if not shards:
                 del self._remote[user_id]
+
+
+def _message_getter(value: Any, is_wire: bool) -> Callable[[], Message]:
+    """The message, decoded from its wire form at most once, and only if asked."""
+    if not is_wire:
+        return lambda: value
+    decoded: list[Message] = []
+
+    def get() -> Message:
+        if not decoded:
+            decoded.append(ops.message_from_wire(value))
+        return decoded[0]
+
+    return get
 
 
 def _payload(frame: OutFrame) -> Any:

@@ -94,11 +94,17 @@ class EmailNotifier:
         #: Verification mails waiting for the loop to send them.
         self._outbox: list[EmailMessage] = []
         self._wake = trio.Event()
-        #: Seams for the muting and the encryption of conversations, built beside this
-        #: (branches `push` and `e2e-relay`): whether `user` muted a conversation now, and
-        #: whether a conversation is end-to-end encrypted. Until set, nothing is muted and
-        #: a conversation is encrypted when its `encrypted` flag says so.
-        self.muted: Callable[[int, Conversation], bool] = lambda _user, _conv: False
+        #: The user's notification preferences (services/notify_prefs.py, set by
+        #: services/context.py): whether they muted a conversation now, whether they allow
+        #: message text in notifications. Until set, nothing is muted, no previews.
+        self.muted: Callable[[int, int], bool] = lambda _user, _conversation: False
+        self.previews: Callable[[int], bool] = lambda _user: False
+        #: Conversations whose messages mentioned the user since their last digest: a
+        #: mention is mailed even from a muted conversation (kept in memory only: after a
+        #: restart a muted conversation's mention waits for an unmuted message).
+        self._mentioned: dict[int, set[int]] = {}
+        #: Seam for end-to-end encrypted conversations (branch `e2e-relay` adds the
+        #: flag): no preview from one, whatever the user allows.
         self.encrypted: Callable[[Conversation], bool] = \
             lambda conv: bool(getattr(conv, "encrypted", False))
         #: Digests sent, skipped (nothing unread any more) and failed, for /metrics.
@@ -170,10 +176,10 @@ class EmailNotifier:
                                           {"user_id": user_id}, self._settings_request)
 
     async def update(self, user_id: int, *, email: str | None, enabled: bool | None,
-                     delay_s: int | None, previews: bool | None) -> dict[str, Any]:
+                     delay_s: int | None) -> dict[str, Any]:
         return await self._users.ask_home(user_id, "home.email_update", {  # type: ignore[no-any-return]
-            "user_id": user_id, "email": email, "enabled": enabled, "delay_s": delay_s,
-            "previews": previews}, self._update_request)
+            "user_id": user_id, "email": email, "enabled": enabled, "delay_s": delay_s},
+            self._update_request)
 
     async def verify(self, token: str) -> None:
         parsed = _parse(token)
@@ -193,14 +199,13 @@ class EmailNotifier:
     def _view(self, settings: EmailSettings) -> dict[str, Any]:
         return {"email": settings.address or None, "pending_email": settings.pending or None,
                 "email_enabled": settings.enabled, "email_delay_s": settings.delay_s,
-                "previews": settings.previews, "available": self.enabled}
+                "available": self.enabled}
 
     async def _update_request(self, body: dict[str, Any]) -> dict[str, Any]:
         user_id = _id(body, "user_id")
         email = _optional(body, "email", str)
         enabled = _optional(body, "enabled", bool)
         delay_s = _optional(body, "delay_s", int)
-        previews = _optional(body, "previews", bool)
         if email is not None and email and not valid_address(email):
             raise BadRequest("email: not an address this server sends to (ASCII, "
                              "name@host.domain)", code="invalid_field")
@@ -230,8 +235,6 @@ class EmailNotifier:
                 changed = replace(changed, enabled=enabled)
             if delay_s is not None:
                 changed = replace(changed, delay_s=delay_s)
-            if previews is not None:
-                changed = replace(changed, previews=previews)
             if changed != current:
                 self._put_settings(batch, user_id, changed)
             if not changed.active and user_id in self._states:
@@ -303,16 +306,26 @@ class EmailNotifier:
 
     # -- messages for users homed here -------------------------------------------------------------
 
-    def message_arrived(self, message: Message, users: list[int]) -> None:
+    def message_arrived(self, users: list[int], get_message: Callable[[], Message]) -> None:
         """A durable message reached this home for `users` (a `Delivery` listener): the
-        first one of a period makes the user's digest due."""
+        first one of a period makes the user's digest due. The message is decoded only
+        when one of them gets digests."""
+        settings = self._settings
+        if not any(user_id in settings and settings[user_id].active for user_id in users):
+            return
+        message = get_message()
         if message.content_type.startswith("chatd/"):
             return  # system entries, reactions, edits, pins, tombstones: never mailed
+        conversation_id = message.conversation_id
         for user_id in users:
             if user_id == message.sender_id:
                 continue
-            settings = self._settings.get(user_id)
-            if settings is None or not settings.active:
+            user_settings = settings.get(user_id)
+            if user_settings is None or not user_settings.active:
+                continue
+            if user_id in message.mentions:
+                self._mentioned.setdefault(user_id, set()).add(conversation_id)
+            elif self.muted(user_id, conversation_id):
                 continue
             if user_id in self._running:
                 self._again.add(user_id)
@@ -320,7 +333,7 @@ class EmailNotifier:
             state = self._states.get(user_id)
             if state is not None and state.due_ms:
                 continue
-            self._schedule(user_id, settings)
+            self._schedule(user_id, user_settings)
 
     def _schedule(self, user_id: int, settings: EmailSettings) -> None:
         state = replace(self.state_of(user_id))
@@ -412,8 +425,10 @@ class EmailNotifier:
             return
         conversations = await self._conversations_of(Session(user_id, 0, b"", 0))
         unread = [(conv, conv.unread(user_id)) for conv in conversations]
+        mentioned = self._mentioned.get(user_id, set())
         unread = [(conv, count) for conv, count in unread
-                  if count > 0 and not self.muted(user_id, conv)]
+                  if count > 0 and (conv.conversation_id in mentioned
+                                    or not self.muted(user_id, conv.conversation_id))]
         fresh = [(conv, count) for conv, count in unread
                  if conv.head_seq > state.mailed.get(conv.conversation_id, 0)]
         # What is still unread keeps its mark; what was read since is forgotten.
@@ -439,6 +454,7 @@ class EmailNotifier:
             self._retry_later(user_id)
             return
         self.counts["sent"] += 1
+        self._mentioned.pop(user_id, None)
         mailed.update((conv.conversation_id, conv.head_seq) for conv, _ in fresh)
         sent = DigestState(0, now, mailed, 0)
         await self._commands.submit(lambda batch: self._put_state(batch, user_id, sent))
@@ -451,7 +467,7 @@ class EmailNotifier:
             others = [member for member in conv.members if member != user_id]
             title = await self._display_name(others[0]) if others else "yourself"
         preview = sender_name = None
-        if settings.previews and not self.encrypted(conv):
+        if self.previews(user_id) and not self.encrypted(conv):
             found = await self._newest_unread_text(user_id, conv)
             if found is not None:
                 preview = found.body if isinstance(found.body, str) else None
@@ -515,8 +531,7 @@ def _optional(body: dict[str, Any], name: str, kind: type) -> Any:
 
 def _settings_to(settings: EmailSettings) -> dict[str, Any]:
     return {"address": settings.address, "pending": settings.pending,
-            "enabled": settings.enabled, "delay_s": settings.delay_s,
-            "previews": settings.previews}
+            "enabled": settings.enabled, "delay_s": settings.delay_s}
 
 
 def _settings_from(value: Any) -> EmailSettings:
@@ -524,8 +539,7 @@ def _settings_from(value: Any) -> EmailSettings:
     default = EmailSettings()
     return EmailSettings(str(value.get("address", "")), str(value.get("pending", "")),
                          bool(value.get("enabled", False)),
-                         int(value.get("delay_s", default.delay_s)),
-                         bool(value.get("previews", False)))
+                         int(value.get("delay_s", default.delay_s)))
 
 
 def _state_to(state: DigestState) -> dict[str, Any]:

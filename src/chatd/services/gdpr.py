@@ -442,6 +442,12 @@ class Gdpr:
             "messages.json": messages,
             "media.json": uploads,
         }
+        # Documents of the home's other services (account_admin.export_parts), e.g.
+        # notifications.json; a home from before them sends none.
+        for name, document in (home.get("parts") or {}).items():
+            if str(name) not in contents.documents:
+                contents.documents[str(name)] = document
+                contents.documents["export.json"]["files"].append(str(name))
         return contents
 
     async def _messages(self, user_id: int, conversations: list[Conversation]

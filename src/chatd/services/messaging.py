@@ -66,6 +66,9 @@ class MessagingService:
         self._cursor_hints: dict[tuple[int, int], int] = {}
         # Set when an ack leaves a hint, for the hint writer.
         self._hints_waiting = trio.Event()
+        #: Told of every ack recorded here, the device's home: (device, conversation,
+        #: seq). The push notifier's seam (services/push/notifier.py).
+        self.ack_listeners: list[Callable[[int, int, int], None]] = []
         # Typing notices from this shard's clients, as the owner limits them.
         self._typing_limit = KeyedRateLimiter(per_second=TYPING_PER_SECOND,
                                               burst=TYPING_BURST)
@@ -282,6 +285,8 @@ class MessagingService:
         if self._cursor_hints.get(key, -1) < seq:
             self._cursor_hints[key] = seq
             self._hints_waiting.set()
+        for listener in self.ack_listeners:
+            listener(device_id, conversation_id, seq)
 
     def drain_hints_into(self, batch: Batch) -> None:
         """Put the acks' cursor rows (and the owner's hinted watermarks) in `batch`."""

@@ -488,3 +488,18 @@ FAMILIES: tuple[Family[Any, Any], ...] = (
 CONVERSATION_FAMILIES.update(
     (family.name, family.conversation_at) for family in FAMILIES
     if family.conversation_at is not None)
+
+# -- notifications (services/notify_prefs.py, services/push/), on the user's home -------------
+# Not a conversation's records: they live with the rest of the account and are not
+# replicated with any log.
+
+#: (user, conversation) -> muted until (ms since the epoch); no row: not muted.
+NOTIFY_MUTES: Family[tuple[int, int], int] = Family(
+    "notify_mutes", _pair_key, read_pair, _u64_value, _read_u64_value)
+#: user -> {"previews": bool}: a msgpack map, so a setting added later needs no migration.
+NOTIFY_PREFS: Family[int, Any] = Family("notify_prefs", u64, read_u64, pack, _read_any)
+#: (user, subscription id) -> {kind, device_id, created_at, endpoint, p256dh, auth} for
+#: Web Push or {kind, device_id, created_at, url, pushkey, app_id} for a gateway.
+PUSH_SUBSCRIPTIONS: Family[tuple[int, int], Any] = Family(
+    "push_subscriptions", _pair_key, read_pair, pack, _read_any)
+FAMILIES += (NOTIFY_MUTES, NOTIFY_PREFS, PUSH_SUBSCRIPTIONS)

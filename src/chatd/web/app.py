@@ -33,8 +33,10 @@ from chatd.web import (
     routes_media,
     routes_messages,
     routes_moderation,
+    routes_notify,
     routes_ops,
     routes_privacy,
+    routes_push,
     routes_replication,
     routes_reports,
     routes_rich,
@@ -223,5 +225,7 @@ def create_app(services: Services) -> QuartTrio:
     routes_gdpr.register(api, services)
     routes_admin_users.register(api, services)
     routes_email.register(api, services)
+    routes_notify.register(api, services)
+    routes_push.register(api, services)
     api.install(app)
     return app

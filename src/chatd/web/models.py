@@ -145,6 +145,7 @@ PATH_PARAMETERS = {
     "export_id": String(pattern=EXPORT_ID_PATTERN, rule="an export id (35 hex digits)",
                         description="an export id, as POST /me/export answered it"),
     "emoji": EMOJI,
+    "subscription_id": ID,  # push subscriptions (web/routes_push.py)
 }
 
 # -- request bodies and queries ------------------------------------------------------------
@@ -995,7 +996,6 @@ class NotificationSettings(Model):
     email_delay_s: Annotated[int, Integer(minimum=email_settings.MIN_DELAY_S,
                                           maximum=email_settings.MAX_DELAY_S)] = \
         email_settings.DEFAULT_DELAY_S
-    previews: bool = False
     #: Whether this server sends email at all (its operator configured SMTP).
     email_available: bool = False
 
@@ -1017,9 +1017,6 @@ class NotificationChange(Model):
         minimum=email_settings.MIN_DELAY_S, maximum=email_settings.MAX_DELAY_S,
         code="invalid_field",
         description="seconds a message stays unread before it is mailed")] = None
-    previews: Annotated[bool | None, Boolean(
-        description="show message text in digests (never for encrypted conversations)"
-    )] = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -38,7 +38,7 @@ def _settings(view: dict[str, Any]) -> models.NotificationSettings:
     return models.NotificationSettings(
         email=view["email"], pending_email=view["pending_email"],
         email_enabled=bool(view["email_enabled"]), email_delay_s=int(view["email_delay_s"]),
-        previews=bool(view["previews"]), email_available=bool(view["available"]))
+        email_available=bool(view["available"]))
 
 
 def register(api: Api, services: Services) -> None:
@@ -54,9 +54,10 @@ def register(api: Api, services: Services) -> None:
 
     @api.route("PATCH", "/me/notifications",
                summary="Change your email address, whether unread messages are mailed, "
-                       "after how long, and whether mails show message text",
+                       "and after how long",
                description="A new address gets a verification link; digests go to it only "
-                           "once the link is followed (until then, to the verified one).",
+                           "once the link is followed (until then, to the verified one). "
+                           "Message text in digests: /me/notifications/previews.",
                body=models.NotificationChange, response=models.NotificationSettings,
                errors=(409, 429))
     async def change_notifications(session: Session,
@@ -68,12 +69,12 @@ def register(api: Api, services: Services) -> None:
                                      address=address())
         return _settings(await email.update(
             session.user_id, email=body.email, enabled=body.email_enabled,
-            delay_s=body.email_delay_s, previews=body.previews))
+            delay_s=body.email_delay_s))
 
     @api.route("GET", "/email/verify", access=Access.PUBLIC,
                summary="Follow a verification link: the address receives digests from now on",
                query=models.EmailLinkQuery, response=HTML, errors=(404, 429, 503))
-    async def verify_email(query: models.EmailLinkQuery) -> Reply:
+    async def email_verify(query: models.EmailLinkQuery) -> Reply:
         services.ratelimits.take("email_links", address=address())
         await email.verify(query.token)
         return _page("Address confirmed",
@@ -84,7 +85,7 @@ def register(api: Api, services: Services) -> None:
                summary="The page of an unsubscribe link: asks to confirm (a GET changes "
                        "nothing, so link scanners unsubscribe nobody)",
                query=models.EmailLinkQuery, response=HTML, errors=(429,))
-    async def unsubscribe_page(query: models.EmailLinkQuery) -> Reply:
+    async def email_unsubscribe_page(query: models.EmailLinkQuery) -> Reply:
         services.ratelimits.take("email_links", address=address())
         return _page("Stop email notifications?",
                      "<form method=\"post\"><input type=\"hidden\" "
@@ -96,7 +97,7 @@ def register(api: Api, services: Services) -> None:
                description="The mail's List-Unsubscribe URL; the body "
                            "(List-Unsubscribe=One-Click) is not needed.",
                query=models.EmailLinkQuery, response=HTML, errors=(404, 429, 503))
-    async def unsubscribe(query: models.EmailLinkQuery) -> Reply:
+    async def email_unsubscribe(query: models.EmailLinkQuery) -> Reply:
         services.ratelimits.take("email_links", address=address())
         await email.unsubscribe(query.token)
         return _page("Unsubscribed",

@@ -59,4 +59,5 @@ def register(api: Api, services: Services) -> None:
             lines += services.router.peers.prometheus()
             lines += services.coordinator.prometheus()
         lines += services.ratelimits.prometheus()
+        lines += services.push.prometheus()
         return Response("\n".join(lines) + "\n", content_type=_PROMETHEUS)
