@@ -476,7 +476,8 @@ class EmailConfig:
     #: The server's public base URL, e.g. "https://chat.example.org": the verification
     #: and unsubscribe links start with it.
     base_url: str = ""
-    #: Seconds one SMTP conversation may take (connect, TLS, send) before it fails.
+    #: Seconds each SMTP read or write may take (connect, TLS, each command); a whole
+    #: conversation is cut off at three times that.
     timeout: float = 20.0
     #: Seconds between looks at which digests are due.
     check_interval: float = 5.0
