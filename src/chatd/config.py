@@ -487,6 +487,9 @@ class EmailConfig:
     @property
     def enabled(self) -> bool:
         return bool(self.host)
+
+
+@dataclass(frozen=True)
 class PushConfig:
     """Push notifications (services/push/, docs/notifications.md)."""
 
