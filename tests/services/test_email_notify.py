@@ -281,7 +281,8 @@ async def test_smtp_down_is_retried_later_without_blocking_anything(
         start_server: ServerFactory) -> None:
     clock = ManualClock()
     with smtp_sink(started=False) as sink:
-        server = await start_server(clock=clock, email=email_section(sink))
+        server = await start_server(clock=clock, email=email_section(sink),
+                                    server={"admin_token": "adm1n"})
         notifier = server.services.email
         async with client(server) as http:
             alice, bob = await new_account(http, "alice_e6"), await new_account(http, "bob_e6")
@@ -317,6 +318,9 @@ async def test_smtp_down_is_retried_later_without_blocking_anything(
             assert digest.recipients == ["alice6@example.com"]
             assert "2 unread messages" in digest.part("plain")
             assert notifier.state_of(int(alice.user_id)).failures == 0
+            metrics = await http.get("/metrics", headers={"Authorization": "Bearer adm1n"})
+            assert 'chatd_email_total{outcome="failed"} 1' in metrics.text
+            assert 'chatd_email_total{outcome="sent"} 1' in metrics.text
 
 
 async def test_a_due_digest_survives_a_restart(tmp_path: Path, sink: SmtpSink) -> None:

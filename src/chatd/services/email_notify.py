@@ -121,6 +121,17 @@ class EmailNotifier:
     def enabled(self) -> bool:
         return self.sender is not None
 
+    def prometheus(self) -> list[str]:
+        """/metrics: digests sent, skipped (read meanwhile), failed sends, verification
+        mails sent; digests due now."""
+        lines = ["# TYPE chatd_email_total counter"]
+        lines += [f'chatd_email_total{{outcome="{outcome}"}} {count}'
+                  for outcome, count in self.counts.items()]
+        lines += ["# TYPE chatd_email_digests_pending gauge",
+                  f"chatd_email_digests_pending "
+                  f"{sum(1 for state in self._states.values() if state.due_ms)}"]
+        return lines
+
     # -- state ------------------------------------------------------------------------------------
 
     def _load(self) -> None:
