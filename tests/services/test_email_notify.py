@@ -422,3 +422,26 @@ async def test_muted_conversations_are_skipped_but_mentions_are_mailed(
         [digest] = (await sink.wait_for(2))[1:]
         text = digest.part("plain")
         assert "Noisy (group)" in text and "Bob_E11" not in text
+
+
+async def test_verification_mails_are_resent_at_most_once_a_minute_per_address(
+        start_server: ServerFactory, sink: SmtpSink) -> None:
+    clock = ManualClock()
+    server = await start_server(clock=clock, email=email_section(sink))
+    async with client(server) as http:
+        alice = await new_account(http, "alice_e12")
+        await alice.patch("/me/notifications", {"email": "typo@exmaple.com"})
+        await sink.wait_for(1)
+        await alice.patch("/me/notifications", {"email": "typo@exmaple.com"})
+        await no_mail_beyond(sink, 1)  # the same address within a minute: not again
+        await alice.patch("/me/notifications", {"email": "fixed@example.com"})
+        [_, fixed] = await sink.wait_for(2)  # another address: at once
+        assert fixed.recipients == ["fixed@example.com"]
+        clock.now += 61_000
+        await alice.patch("/me/notifications", {"email": "fixed@example.com"})
+        [*_, again] = await sink.wait_for(3)
+        assert again.recipients == ["fixed@example.com"]
+        # The typo's link no longer does anything: it is not the pending address.
+        typo = sink.mails[0]
+        refused = await http.get("/email/verify", params={"token": link_token(typo, "verify")})
+        assert refused.status_code == 404

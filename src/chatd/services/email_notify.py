@@ -90,7 +90,8 @@ class EmailNotifier:
         self._running: set[int] = set()
         #: Users a message reached while their digest was being made: due again after.
         self._again: set[int] = set()
-        self._verify_sent: dict[int, int] = {}
+        #: user -> (the address last sent a verification mail, when): resends throttled.
+        self._verify_sent: dict[int, tuple[str, int]] = {}
         #: Verification mails waiting for the loop to send them.
         self._outbox: list[EmailMessage] = []
         self._wake = trio.Event()
@@ -263,11 +264,13 @@ class EmailNotifier:
 
     def _send_verification(self, user_id: int, display_name: str, address: str) -> None:
         """Send the verification mail in the background (the PATCH does not wait for
-        SMTP); one per user per `RESEND_AFTER_MS`."""
+        SMTP); the same address at most once per `RESEND_AFTER_MS` (another address at
+        once: a typo fixed; the `email_verify` bucket bounds how many)."""
         now = self._clock.now_ms()
-        if now - self._verify_sent.get(user_id, -RESEND_AFTER_MS) < RESEND_AFTER_MS:
+        last_address, last_at = self._verify_sent.get(user_id, ("", 0))
+        if last_address == address.lower() and now - last_at < RESEND_AFTER_MS:
             return
-        self._verify_sent[user_id] = now
+        self._verify_sent[user_id] = (address.lower(), now)
         token = email_links.make(self._secret, "verify", user_id, address, now)
         message = email_messages.verification(
             self._envelope(address), verify_url=self._link("verify", token),
