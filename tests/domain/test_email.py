@@ -65,6 +65,10 @@ def test_the_digest_escapes_user_strings_and_keeps_them_out_of_headers() -> None
     assert "- <b>Team</b> Bcc: e@evil.example (group): 3 unread" in text
     assert "    Eve & \"co\": line1 line2 <script>" in text
     assert parsed["List-Unsubscribe"] == "<https://x.example/u?t=1>"
+    # A real link (longer than a folded line) stays a bare <URL>: not RFC 2047-encoded.
+    url = "https://chat.example.org/email/unsubscribe?token=" + "1" * 18 + ".1830630617." + "A" * 24
+    long = email_messages.digest(envelope, items, unsubscribe_url=url, now_ms=NOW).as_bytes()
+    assert f"\nList-Unsubscribe: <{url}>\n".encode() in long.replace(b"\r\n", b"\n")
 
 
 def test_long_previews_are_cut() -> None:

@@ -265,6 +265,8 @@ async def test_user_strings_cannot_inject_headers_or_html(
             "subject", "from", "to", "date", "message-id", "auto-submitted",
             "list-unsubscribe", "list-unsubscribe-post", "mime-version", "content-type"})
         head = digest.raw.split(b"\r\n\r\n", 1)[0].decode()
+        assert "\nList-Unsubscribe: <https://chat.example.org/email/unsubscribe?token=" \
+            in head.replace("\r\n", "\n")
         assert "evil.example" not in head and "pwned" not in head
         html = digest.part("html")
         assert "<script>" not in html and "<img" not in html and "<b>bold" not in html

@@ -15,6 +15,7 @@ import html
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
@@ -24,6 +25,12 @@ VERIFY_SUBJECT = "Confirm your email address"
 PREVIEW_CHARS = 140
 #: Conversations a digest lists at most (the most recently active first).
 MAX_ITEMS = 20
+
+#: The default policy (headers encoded and checked: a CR or LF in one is refused), with
+#: RFC 5322's own line limit: a `List-Unsubscribe` URL longer than 78 characters has no
+#: place to fold, and the default would RFC 2047-encode it, which mail clients do not
+#: decode in that header (RFC 2369 wants a bare <URL>).
+POLICY = policy.default.clone(max_line_length=998)
 
 _FLATTEN = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
@@ -102,12 +109,12 @@ def digest(envelope: Envelope, items: list[DigestItem], *, unsubscribe_url: str,
         f"<p><a href=\"{html.escape(open_url)}\">Open chatd</a></p>"
         f"<p><small><a href=\"{html.escape(unsubscribe_url)}\">Stop these emails</a>"
         "</small></p></body></html>")
-    message = EmailMessage()
+    message = EmailMessage(policy=POLICY)
     _headers(message, envelope, DIGEST_SUBJECT, now_ms)
     message["List-Unsubscribe"] = f"<{unsubscribe_url}>"
     message["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
-    message.set_content(text)
-    message.add_alternative(page, subtype="html")
+    message.set_content(text, cte="quoted-printable")
+    message.add_alternative(page, subtype="html", cte="quoted-printable")
     return message
 
 
@@ -127,8 +134,8 @@ def verification(envelope: Envelope, *, verify_url: str, display_name: str,
             f"<p><a href=\"{html.escape(verify_url)}\">Confirm this address</a></p>"
             "<p>If you did not ask for this, ignore this email: nothing will be sent to "
             "this address.</p></body></html>")
-    message = EmailMessage()
+    message = EmailMessage(policy=POLICY)
     _headers(message, envelope, VERIFY_SUBJECT, now_ms)
-    message.set_content(text)
-    message.add_alternative(page, subtype="html")
+    message.set_content(text, cte="quoted-printable")
+    message.add_alternative(page, subtype="html", cte="quoted-printable")
     return message
