@@ -38,13 +38,16 @@ class ApiError(Exception):
     """An error answer from the server (REST status, or a WS `error` frame)."""
 
     def __init__(self, status: int, code: str, message: str,
-                 retry_after: float | None = None) -> None:
+                 retry_after: float | None = None,
+                 details: dict[str, Any] | None = None) -> None:
         super().__init__(f"{status} {code}: {message}")
         self.status = status
         self.code = code
         self.message = message
         #: Seconds to wait before retrying, when a rate limit refused it (429).
         self.retry_after = retry_after
+        #: The error's other fields, e.g. `users` of a 409 `device_list_stale`.
+        self.details = details or {}
 
 
 @dataclass(frozen=True)
@@ -67,6 +70,9 @@ class ChatClient:
         self.base_url = base_url.rstrip("/")
         self.token = token
         self.credentials: Credentials | None = None
+        #: The highest to-device id this client has been given (kept across connects,
+        #: so a frame sent again after a reconnect is dropped: exactly once).
+        self.to_device_seen = ToDeviceSeen()
         self._http = httpx.AsyncClient(base_url=self.base_url, timeout=timeout)
         # Downloads get connections of their own: a connection whose first request is a
         # media download is served by the server's direct path (sendfile, no framework),
@@ -106,6 +112,7 @@ class ChatClient:
             "handle": handle, "password": password, "device_name": device_name})
         self.credentials = Credentials(body["token"], body["user_id"], body["device_id"],
                                        body["expires_at"])
+        self.to_device_seen = ToDeviceSeen()  # a new device: its ids start again
         self.token = self.credentials.token
         return self.credentials
 
@@ -119,9 +126,15 @@ class ChatClient:
 
     # -- conversations and messages -------------------------------------------------------
 
-    async def open_direct(self, user_id: str) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("POST", "/conversations/direct",
-                                                    {"user_id": user_id})
+    async def open_direct(self, user_id: str, *, encrypted: bool | None = None,
+                          ) -> dict[str, Any]:
+        """The direct conversation with `user_id`. `encrypted`: create it end-to-end
+        encrypted (True) or not (False); an existing one must match (409
+        `encryption_mismatch`); None takes it as it is (new ones: not encrypted)."""
+        body: dict[str, Any] = {"user_id": user_id}
+        if encrypted is not None:
+            body["encrypted"] = encrypted
+        result: dict[str, Any] = await self.request("POST", "/conversations/direct", body)
         return result
 
     async def accept_request(self, conversation_id: str) -> dict[str, Any]:
@@ -130,9 +143,13 @@ class ChatClient:
             "POST", f"/conversations/{conversation_id}/accept")
         return result
 
-    async def create_group(self, name: str, members: list[str]) -> dict[str, Any]:
-        result: dict[str, Any] = await self.request("POST", "/groups/create",
-                                                    {"name": name, "members": members})
+    async def create_group(self, name: str, members: list[str], *,
+                           encrypted: bool = False) -> dict[str, Any]:
+        """A new group; `encrypted`: it takes only ciphertext content types, for ever."""
+        body: dict[str, Any] = {"name": name, "members": members}
+        if encrypted:
+            body["encrypted"] = True
+        result: dict[str, Any] = await self.request("POST", "/groups/create", body)
         return result
 
     async def conversations(self) -> list[dict[str, Any]]:
@@ -143,14 +160,21 @@ class ChatClient:
     async def send(self, conversation_id: str, text: str, *,
                    client_msg_id: str | None = None,
                    attachments: list[str | tuple[str, str]] | None = None,
-                   reply_to: int = 0, mentions: list[str] | None = None) -> dict[str, Any]:
+                   reply_to: int = 0, mentions: list[str] | None = None,
+                   content_type: str = "text/plain",
+                   device_list_version: dict[str, int] | None = None) -> dict[str, Any]:
         """Send a text message, with the media ids of `attachments` (from `upload`); an
         attachment may be (media id, id of a thumbnail you uploaded for it). `reply_to`:
         the seq it answers; `mentions`: user ids mentioned explicitly (a text's @handles
-        are resolved by the server)."""
+        are resolved by the server). `content_type` other than text/*: `text` is the
+        base64 of the bytes. `device_list_version`: {user_id: version} as `query_keys`
+        gave them; a stale one is refused with 409 `device_list_stale` (the error's
+        `details["users"]` are the users to query again)."""
         message: dict[str, Any] = {
             "conversation_id": conversation_id, "client_msg_id": client_msg_id
-            or new_client_msg_id(), "content_type": "text/plain", "body": text}
+            or new_client_msg_id(), "content_type": content_type, "body": text}
+        if device_list_version:
+            message["device_list_version"] = device_list_version
         if attachments:
             message["attachments"] = attachment_list(attachments)
         if reply_to:
@@ -284,6 +308,78 @@ class ChatClient:
                                                     params=params)
         return result
 
+    # -- end-to-end encryption: to-device messages, sealed sender (issue 14) -------------------
+
+    async def send_to_device(self, messages: dict[str, dict[str, dict[str, Any]]], *,
+                             txn_id: str | None = None) -> dict[str, Any]:
+        """Queue to-device messages: `{user_id: {device_id or "*": {"type", "content"}}}`
+        ("*": every device of that user). A retry with the same `txn_id` queues nothing
+        again and answers as the first time."""
+        result: dict[str, Any] = await self.request("POST", "/to_device", {
+            "txn_id": txn_id or new_client_msg_id(), "messages": messages})
+        return result
+
+    async def sender_certificate(self) -> dict[str, Any]:
+        """A short-lived sender certificate for sealed sender: {certificate (base64 of
+        the signed JSON), signature (base64 Ed25519), key_id, and its fields decoded:
+        user_id, device_id, identity_key, expires}."""
+        result: dict[str, Any] = await self.request("GET", "/certificate/sender")
+        return result
+
+    async def server_keys(self) -> dict[str, str]:
+        """The server's certificate keys: key_id -> base64 Ed25519 public key."""
+        result: dict[str, str] = (await self.request("GET", "/certificate/server_keys"))[
+            "keys"]
+        return result
+
+    async def set_access_key(self, access_key: bytes) -> None:
+        """Store this account's 16-byte unidentified access key (sealed sender)."""
+        await self.request("PUT", "/me/access_key",
+                           {"access_key": base64.b64encode(access_key).decode()})
+
+    async def sealed_send(self, user_id: str, device_id: str, envelope: bytes,
+                          access_key: bytes) -> None:
+        """Deliver a sealed envelope to one device of `user_id` without saying who sends
+        it: no bearer token, only the recipient's access key."""
+        response = await self._http.post("/sealed/send", json={
+            "user_id": user_id, "device_id": device_id,
+            "envelope": base64.b64encode(envelope).decode()},
+            headers={ACCESS_KEY_HEADER: base64.b64encode(access_key).decode()})
+        _raise_for_error(response)
+
+    # -- end-to-end keys (issue 14; docs/api.md "Keys") ----------------------------------
+
+    async def upload_keys(self, identity: dict[str, str],
+                          one_time_keys: dict[str, dict[str, str]] | None = None,
+                          fallback_key: dict[str, dict[str, str]] | None = None) -> int:
+        """Publish this device's keys: `identity` {curve25519, ed25519, signature},
+        `one_time_keys` and `fallback_key` {key_id: {key, signature}} (unpadded base64
+        as vodozemac prints it; each signature over the key's base64 text). Returns how
+        many one-time keys the server holds for this device."""
+        body: dict[str, Any] = {"identity": identity}
+        if one_time_keys:
+            body["one_time_keys"] = one_time_keys
+        if fallback_key:
+            body["fallback_key"] = fallback_key
+        result = await self.request("POST", "/keys/upload", body)
+        count: int = result["one_time_key_count"]
+        return count
+
+    async def query_keys(self, user_ids: list[str]) -> list[dict[str, Any]]:
+        """Each user's device-list `version` and `devices` [{device_id, curve25519,
+        ed25519, signature}], in the order asked."""
+        result: list[dict[str, Any]] = (await self.request(
+            "POST", "/keys/query", {"user_ids": user_ids}))["users"]
+        return result
+
+    async def claim_keys(self, devices: list[tuple[str, str]]) -> dict[str, Any]:
+        """One key per (user_id, device_id): {"keys": [{user_id, device_id, key_id, key,
+        signature, fallback}], "missing": [{user_id, device_id}]} (devices with no key
+        to give, unknown, or not that user's)."""
+        result: dict[str, Any] = await self.request("POST", "/keys/claim", {
+            "devices": [{"user_id": user, "device_id": device} for user, device in devices]})
+        return result
+
     # -- live -----------------------------------------------------------------------------
 
     @asynccontextmanager
@@ -295,7 +391,7 @@ class ChatClient:
             socket = await ClientSocket.connect(ws_url, subprotocols=[f"chatd.{codec}"])
         try:
             async with trio.open_nursery() as nursery:
-                live = LiveConnection(socket, codec)
+                live = LiveConnection(socket, codec, to_device_seen=self.to_device_seen)
                 nursery.start_soon(live.receive_forever)
                 try:
                     yield live
@@ -318,7 +414,9 @@ def _raise_for_error(response: httpx.Response) -> None:
         error = response.json()["error"]
         retry_after = response.headers.get("Retry-After", "")
         raise ApiError(response.status_code, error["code"], error["message"],
-                       float(retry_after) if retry_after.isdigit() else None)
+                       float(retry_after) if retry_after.isdigit() else None,
+                       {key: value for key, value in error.items()
+                        if key not in ("code", "message")})
     except (ValueError, KeyError, TypeError):
         raise ApiError(response.status_code, "http_error", response.text) from None
 
@@ -337,10 +435,25 @@ def _sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: The header `POST /sealed/send` takes the recipient's access key in (base64).
+ACCESS_KEY_HEADER = "Unidentified-Access-Key"
+
+
+class ToDeviceSeen:
+    """The highest to-device id a client was given; shared by its connections."""
+
+    __slots__ = ("last",)
+
+    def __init__(self) -> None:
+        self.last = 0
+
+
 class LiveConnection:
-    def __init__(self, socket: ClientSocket, codec: Codec) -> None:
+    def __init__(self, socket: ClientSocket, codec: Codec,
+                 to_device_seen: ToDeviceSeen | None = None) -> None:
         self.socket = socket
         self.codec = codec
+        self.to_device_seen = to_device_seen or ToDeviceSeen()
         self._events_in, self._events_out = trio.open_memory_channel[dict[str, Any]](10_000)
         self._waiters: dict[str, trio.MemorySendChannel[dict[str, Any]]] = {}
         self.close_code: int | None = None
@@ -351,6 +464,8 @@ class LiveConnection:
         try:
             while True:
                 for item in frames.decode_server_message(await self.socket.receive()):
+                    if item.get("type") == "to_device" and not self._new_to_device(item):
+                        continue  # sent again after a reconnect: this client has it
                     waiter = self._waiters.pop(item.get("req", ""), None) if item.get(
                         "type") in ("sent", "ok", "pong", "error") else None
                     if waiter is not None:
@@ -365,6 +480,13 @@ class LiveConnection:
             for waiter in self._waiters.values():
                 waiter.close()
 
+    def _new_to_device(self, item: dict[str, Any]) -> bool:
+        to_device_id = item.get("id")
+        if not isinstance(to_device_id, int) or to_device_id <= self.to_device_seen.last:
+            return False
+        self.to_device_seen.last = to_device_id
+        return True
+
     async def _call(self, frame: dict[str, Any]) -> dict[str, Any]:
         req = frame.setdefault("req", f"r{next(_ids)}")
         send_channel, receive_channel = trio.open_memory_channel[dict[str, Any]](1)
@@ -376,8 +498,11 @@ class LiveConnection:
             raise ApiError(0, "closed", f"connection closed ({self.close_code})") from None
         if reply["type"] == "error":
             retry_after = reply.get("retry_after")
-            raise ApiError(429 if retry_after is not None else 400, reply["code"],
-                           reply["message"], retry_after)
+            status = 429 if retry_after is not None else (
+                409 if reply["code"] == "device_list_stale" else 400)
+            raise ApiError(status, reply["code"], reply["message"], retry_after,
+                           {key: value for key, value in reply.items()
+                            if key not in ("type", "code", "message", "req")})
         return reply
 
     async def send_frame(self, frame: dict[str, Any]) -> None:
@@ -388,15 +513,17 @@ class LiveConnection:
                    content_type: str = "text/plain",
                    client_msg_id: str | None = None,
                    attachments: list[str | tuple[str, str]] | None = None,
-                   reply_to: int = 0, mentions: list[str] | None = None) -> dict[str, Any]:
-        """Send a message (with `attachments`, `reply_to` and `mentions` as
-        `ChatClient.send` takes them); returns the `sent` frame once it is durable."""
+                   reply_to: int = 0, mentions: list[str] | None = None,
+                   device_list_version: dict[str, int] | None = None) -> dict[str, Any]:
+        """Send a message (with `attachments`, `reply_to`, `mentions` and
+        `device_list_version` as `ChatClient.send` takes them); returns the `sent` frame
+        once it is durable."""
         if isinstance(body, bytes) and self.codec == "json":
             body = base64.b64encode(body).decode()
         return await self._call(frames.send_request(
             f"r{next(_ids)}", conversation_id, client_msg_id or new_client_msg_id(), body,
             content_type, attachment_list(attachments) if attachments else None,
-            reply_to, list(mentions or ())))
+            reply_to, list(mentions or ()), device_list_version=device_list_version))
 
     async def react(self, conversation_id: str, seq: int, emoji: str) -> None:
         """React to a message ("" removes your reaction); answered `ok`."""
@@ -417,6 +544,18 @@ class LiveConnection:
 
     async def ping(self) -> None:
         await self._call(frames.ping_request())
+
+    async def ack_to_device(self, up_to: int) -> None:
+        """The server may delete this device's to-device messages up to id `up_to`."""
+        await self._call(frames.to_device_ack_request(up_to))
+
+    async def to_device(self) -> AsyncIterator[dict[str, Any]]:
+        """The `to_device` frames, each once, in id order: {"type": "to_device", id,
+        message_type, content, and sender_user_id, sender_device_id (not for a
+        `sealed` message_type)}. Other events are dropped: use `events()` to see both."""
+        async for event in self._events_out:
+            if event.get("type") == "to_device":
+                yield event
 
     async def next_event(self) -> dict[str, Any]:
         """The next frame that is not a reply; raises trio.EndOfChannel once closed."""

@@ -327,6 +327,9 @@ class RateLimitsConfig:
     #: The signed email links (/email/verify, /email/unsubscribe), per address: no login,
     #: each costs an HMAC and maybe a mesh request.
     email_links_per_address: str = "60/1m burst 120"
+    #: Sealed-sender deliveries (POST /sealed/send), per address: the sender is not
+    #: known, so the address is all there is to limit.
+    sealed_send_per_address: str = "600/1m burst 1200"
 
     @classmethod
     def unlimited(cls) -> RateLimitsConfig:
@@ -528,6 +531,36 @@ class PushConfig:
 
 
 @dataclass(frozen=True)
+class ToDeviceConfig:
+    """Per-device queues of to-device messages on each user's home (services/to_device.py)."""
+
+    #: Messages one device's queue holds at most; past it a send answers 409
+    #: `to_device_queue_full` until the device acknowledges some.
+    max_messages: int = 1000
+    #: Bytes (of stored messages) one device's queue holds at most.
+    max_bytes: int = 4 * 1024 * 1024
+    #: Largest single to-device message (its `content`, stored), in bytes.
+    max_message_bytes: int = 65_536
+
+
+@dataclass(frozen=True)
+class SealedSenderConfig:
+    """Sealed sender (services/sealed_sender.py)."""
+
+    #: Seconds a sender certificate is valid for (`expires` = issue time + this).
+    certificate_ttl: float = 86_400.0
+
+
+@dataclass(frozen=True)
+class KeysConfig:
+    """The end-to-end key directory (services/key_directory.py, docs/api.md "Keys")."""
+
+    #: A claim that leaves a device fewer one-time keys than this tells the device
+    #: (`keys_low`), as handing out its fallback key does.
+    low_threshold: int = 10
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -543,6 +576,9 @@ class Config:
     gdpr: GdprConfig = field(default_factory=GdprConfig)
     email: EmailConfig = field(default_factory=EmailConfig)
     push: PushConfig = field(default_factory=PushConfig)
+    to_device: ToDeviceConfig = field(default_factory=ToDeviceConfig)
+    sealed_sender: SealedSenderConfig = field(default_factory=SealedSenderConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
 
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.server.listen)
@@ -743,10 +779,14 @@ def validate(config: Config) -> Config:
     _validate_ratelimits(config.ratelimits)
     _validate_trusted_proxies(config.server.trusted_proxies)
     _validate_deletion(config)
+    _validate_e2e_relay(config)
     _validate_abuse(config.abuse)
     _validate_gdpr(config.gdpr)
     _validate_email(config.email)
     _validate_push(config.push)
+    if not 0 <= config.keys.low_threshold <= 100:
+        raise ConfigError("keys.low_threshold: must be within 0..100 (a device holds at "
+                          f"most 100 one-time keys), got {config.keys.low_threshold}")
     if config.server.max_request_bytes < config.limits.max_message_bytes:
         raise ConfigError("server.max_request_bytes: must be at least limits.max_message_bytes")
     return config
@@ -773,6 +813,17 @@ def _validate_push(push: PushConfig) -> None:
             and "." in subject.rpartition("@")[2])):
         raise ConfigError("push.vapid_subject: expected mailto:someone@a.domain or an "
                           f"https:// URL, got {subject!r}")
+def _validate_e2e_relay(config: Config) -> None:
+    for key, value in (("to_device.max_messages", config.to_device.max_messages),
+                       ("to_device.max_bytes", config.to_device.max_bytes),
+                       ("to_device.max_message_bytes", config.to_device.max_message_bytes)):
+        if value < 1:
+            raise ConfigError(f"{key}: must be at least 1, got {value}")
+    if config.to_device.max_message_bytes > config.to_device.max_bytes:
+        raise ConfigError("to_device.max_message_bytes: must not exceed to_device.max_bytes")
+    if config.sealed_sender.certificate_ttl <= 0:
+        raise ConfigError("sealed_sender.certificate_ttl: must be greater than 0, got "
+                          f"{config.sealed_sender.certificate_ttl}")
 
 
 def _validate_ratelimits(ratelimits: RateLimitsConfig) -> None:

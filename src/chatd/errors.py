@@ -135,3 +135,21 @@ class InsufficientStorage(ChatdError):
 
     status = 507
     code = "quota_exceeded"
+
+
+class DeviceListStale(Conflict):
+    """409: a send named device-list versions that are no longer current; the client
+    queries the keys of `users` again (POST /keys/query) before it sends."""
+
+    code = "device_list_stale"
+
+    def __init__(self, users: list[int]) -> None:
+        super().__init__(
+            f"the device lists of {len(users)} user(s) changed since you read them: "
+            "query their keys again (POST /keys/query), then resend")
+        self.users = users
+
+    def to_json(self) -> dict[str, Any]:
+        body = super().to_json()
+        body["error"]["users"] = [str(user) for user in self.users]
+        return body

@@ -106,6 +106,9 @@ def _mesh(config: Config, services: Services) -> Mesh | None:
                 server_ssl=server_ssl, client_ssl=client_ssl)
     mesh.on_peer_up(handler.peer_up)
     mesh.on_peer_down(handler.peer_down)
+    mesh.on_peer_up(services.push.devices.peer_up)
+    mesh.on_peer_down(services.push.devices.peer_down)
+    mesh.on_peer_up(services.to_device_feeds.peer_up)
     services.router.attach(services.owner_api.run, mesh)
     services.shipper.peers = mesh
     services.coordinator.peers = mesh
@@ -187,6 +190,8 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
                 if services.email.enabled:
                     web.start_soon(_run_until, shutdown, services.email.run)
                 web.start_soon(_run_until, shutdown, services.push.run)
+                web.start_soon(_run_until, shutdown, services.to_device_feeds.run)
+                web.start_soon(_run_until, shutdown, services.device_lists.run)
                 url = await web.start(front.run, shutdown)
                 log.info("serving %s (shard %s, data %s)", url, config.cluster.shard,
                          config.storage.data_dir)

@@ -52,6 +52,8 @@ CLUSTER_RATELIMITS_ENV = {**UNLIMITED_SENDS_ENV,
                           "CHATD_RATELIMITS_GROUP_CREATE_PER_ACCOUNT": "off",
                           "CHATD_RATELIMITS_GROUP_CREATE_PER_ADDRESS": "off"}
 HOST = "127.0.0.1"
+#: Push notifications go to fakes on loopback (tests/cluster/test_push.py).
+CLUSTER_PUSH_ENV = {"CHATD_PUSH_ALLOW_PRIVATE_ENDPOINTS": "true"}
 #: Heartbeats every 0.1 s; a peer silent for 30 of them (3 s) is down. Links cut by a
 #: kill or the proxy close at once; the silence rule is only for a stalled peer, and on
 #: a loaded 2-core box a busy shard (or the proxy, in the test's own process) can be
@@ -184,6 +186,7 @@ class Shard:
                if not key.startswith("CHATD_")}  # nothing from the outside changes settings
         env.update(FAST_AUTH_ENV)
         env.update(CLUSTER_RATELIMITS_ENV)
+        env.update(CLUSTER_PUSH_ENV)
         self.log_path.touch()
         self._log_start = self.log_path.stat().st_size
         with open(self.log_path, "ab") as log:

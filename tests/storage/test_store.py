@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from chatd.domain.abuse import AbuseRecord
+from chatd.domain.e2e_keys import DeviceIdentity, FallbackKey, SignedKey
 from chatd.domain.media import BlobRecord, MediaRecord, MediaRef, Thumbnail
 from chatd.domain.models import (
     Conversation,
@@ -97,6 +98,20 @@ def test_every_family_round_trips_and_survives_reopen(tmp_path: Path) -> None:
         (records.UNCOUNTED, (5, 4), 1),
         (records.EMAIL_SETTINGS, 1, {"address": "a@example.com", "enabled": True}),
         (records.EMAIL_DIGESTS, 1, {"due": 5, "mailed": [[5, 4]]}),
+        (records.NOTIFY_MUTES, (1, 5), 10**15),
+        (records.NOTIFY_PREFS, 1, {"previews": True}),
+        (records.PUSH_SUBSCRIPTIONS, (1, 9), {"kind": "http", "device_id": 2,
+                                              "url": "https://gw.example/notify",
+                                              "pushkey": "k", "app_id": "a"}),
+        (records.TO_DEVICE, (1, 2, 3), [7, 8, "chatd.olm", {"ciphertext": "c", "n": 1}]),
+        (records.TO_DEVICE_HEADS, (1, 2), 3),
+        (records.TO_DEVICE_TXNS, (7, 8, "txn-1"), [100, 2]),
+        (records.ACCESS_KEYS, 1, b"k" * 16),
+        (records.IDENTITY_KEYS, (1, 2), DeviceIdentity(1, 2, "c" * 43, "e" * 43, "s" * 86, 5)),
+        (records.ONE_TIME_KEYS, (1, 2, "AAAAAAAAAAA"), SignedKey("AAAAAAAAAAA", "k" * 43,
+                                                               "s" * 86)),
+        (records.FALLBACK_KEYS, (1, 2), FallbackKey("AAAAAAAAAAE", "f" * 43, "s" * 86, True)),
+        (records.DEVICE_LISTS, 1, 3),
     ]
     assert {family.name for family, _, _ in rows} == {f.name for f in records.FAMILIES}
     store = Store.open(str(tmp_path))

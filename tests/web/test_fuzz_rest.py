@@ -94,7 +94,13 @@ CONTRACT_TIMEOUT = 240.0
 #: it is 401/403/404/409/429; these 400s, and only these, are accepted as well.
 STATE_DEPENDENT = frozenset({"not_a_group", "seq_out_of_range", "not_a_member", "use_leave",
                              "not_an_image", "cannot_report_yourself", "not_the_sender",
-                             "cannot_block_self", "forward_limited"})
+                             "cannot_block_self", "forward_limited",
+                             # Push subscriptions: where a URL's host resolves, and
+                             # whether 65 bytes are a point on P-256, are past a schema.
+                             "endpoint_refused", "invalid_push_key",
+                             # Keys: a signature checks against the device's ed25519 key,
+                             # the one-time key cap against what the device holds.
+                             "bad_signature", "too_many_keys"})
 
 NASTY_STRINGS = ("\ud800", "\udfff", "a\ud800b", "\udc00\ud800", "\x00", "\u202e\ufeff",
                  "x" * 70_000, "")

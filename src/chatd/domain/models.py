@@ -201,6 +201,9 @@ class Conversation:
     #: The log entries unread counts skip (reactions, edits, pins; domain/unread.py): the
     #: owner's index, or what a snapshot from the owner says. None: none known.
     uncounted: UncountedSeqs | SnapshotSkips | None = None
+    #: End-to-end encrypted (issue 14): set at creation, never changed; only the
+    #: ciphertext content types are accepted (domain/rules.py).
+    encrypted: bool = False
 
     def is_member(self, user_id: int) -> bool:
         return user_id in self.members

@@ -7,6 +7,8 @@ No I/O here: resolving a host and sending are in services/push/.
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import ipaddress
 from dataclasses import dataclass
 from typing import Any
@@ -73,6 +75,8 @@ def parse_target(url: str, *, allow_private: bool, field: str = "endpoint") -> T
         raise _refused(field, "must be an https URL")
     if not parts.hostname or parts.username is not None or parts.password is not None:
         raise _refused(field, "must name a host (and no user or password)")
+    if not url.isascii() or not url.isprintable() or any(c.isspace() for c in url):
+        raise _refused(field, "must be printable ASCII (a host in punycode)")
     if parts.fragment:
         raise _refused(field, "must not have a fragment")
     host = parts.hostname
@@ -97,10 +101,13 @@ def _refused(field: str, why: str) -> BadRequest:
 # -- what a push says ---------------------------------------------------------------------
 
 
-def topic(conversation_id: int) -> str:
+def topic(conversation_id: int, key: bytes) -> str:
     """The Web Push `Topic` (RFC 8030 §5.4: at most 32 base64url characters): one per
-    conversation, so a push service replaces an undelivered push of it with the newer."""
-    return "c" + base64.urlsafe_b64encode(conversation_id.to_bytes(8, "big")).decode().rstrip("=")
+    conversation, so a push service replaces an undelivered push of it with the newer.
+    Keyed (with the subscription's auth secret), so the push service sees an opaque
+    value that differs per device, not the conversation's id."""
+    digest = hmac.new(key, conversation_id.to_bytes(8, "big"), hashlib.sha256).digest()
+    return "t" + base64.urlsafe_b64encode(digest[:16]).decode().rstrip("=")
 
 
 def urgency(kind: str) -> str:

@@ -120,6 +120,21 @@ def is_text_content(content_type: str) -> bool:
     return content_type.startswith("text/")
 
 
+#: What an end-to-end encrypted conversation accepts (issue 14): Olm and Megolm
+#: ciphertexts and encrypted media descriptors. All are opaque bytes to the server.
+ENCRYPTED_CONTENT_TYPES = ("application/vnd.chatd.olm", "application/vnd.chatd.megolm",
+                           "application/vnd.chatd.encrypted-media")
+
+
+def check_encrypted_content(content_type: str) -> None:
+    """An encrypted conversation takes ciphertext only: plaintext would be stored, indexed
+    and shown in previews, which is what the conversation's members chose against."""
+    if content_type not in ENCRYPTED_CONTENT_TYPES:
+        raise BadRequest(f"content_type: this conversation is end-to-end encrypted; it "
+                         f"takes only {', '.join(ENCRYPTED_CONTENT_TYPES)}, not "
+                         f"{content_type}", code="plaintext_refused")
+
+
 def check_client_msg_id(raw: str) -> str:
     if not _CLIENT_MSG_ID.fullmatch(raw):
         raise BadRequest("client_msg_id: 1 to 64 characters of A-Z, a-z, 0-9, '.', '_', ':', '-'")

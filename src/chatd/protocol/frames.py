@@ -27,7 +27,7 @@ from chatd.domain.ids import parse_id
 from chatd.domain.media import Attaching
 from chatd.domain.models import Message, User
 from chatd.domain.reactions import check_emoji
-from chatd.errors import BadRequest, ChatdError, RateLimited
+from chatd.errors import BadRequest, ChatdError, DeviceListStale, RateLimited
 from chatd.protocol import edge
 
 Codec = Literal["json", "msgpack"]
@@ -60,6 +60,8 @@ class SendFrame:
     reply_to: int = 0
     #: Users mentioned explicitly (ids; the text's @handles are resolved as well).
     mentions: tuple[int, ...] = ()
+    #: {user_id: device-list version} the sender encrypted for (empty: no check).
+    device_list_version: dict[int, int] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +107,16 @@ class ReactFrame:
     req: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ToDeviceAckFrame:
+    """The device has its to-device messages up to id `up_to`: the server deletes them."""
+
+    up_to: int
+    req: str | None = None
+
+
 ClientFrame = (SendFrame | AckFrame | ReadFrame | TypingFrame | PingFrame | SyncFrame
-               | ReactFrame)
+               | ReactFrame | ToDeviceAckFrame)
 
 
 def _unpack(data: str | bytes, codec: Codec) -> Any:
@@ -209,6 +219,27 @@ def _mentions(frame: dict[str, Any], req: str) -> tuple[int, ...]:
     return tuple(_id({"m": item}, "m", req) for item in items)
 
 
+#: Users one send's `device_list_version` may name.
+MAX_DEVICE_LIST_USERS = 1024
+
+
+def _device_list_version(frame: dict[str, Any], req: str) -> dict[int, int] | None:
+    items = frame.get("device_list_version")
+    if items is None:
+        return None
+    if not isinstance(items, dict) or len(items) > MAX_DEVICE_LIST_USERS:
+        raise FrameError("invalid_field", "device_list_version: an object of user_id: "
+                         f"version, at most {MAX_DEVICE_LIST_USERS} users", req)
+    versions = {}
+    for user, version in items.items():
+        if not isinstance(version, int) or isinstance(version, bool) \
+                or not 0 <= version < 1 << 63:
+            raise FrameError("invalid_field", "device_list_version: versions are "
+                             "non-negative integers", req)
+        versions[_id({"u": user}, "u", req)] = version
+    return versions
+
+
 def decode_client_frame(data: str | bytes, codec: Codec) -> ClientFrame:
     frame = _unpack(data, codec)
     if not isinstance(frame, dict):
@@ -227,7 +258,7 @@ def decode_client_frame(data: str | bytes, codec: Codec) -> ClientFrame:
                              rules.check_client_msg_id(_field(frame, "client_msg_id", str, req)),
                              content_type, _body(frame, content_type, codec, req),
                              _attachments(frame, req), _reply_to(frame, req),
-                             _mentions(frame, req))
+                             _mentions(frame, req), _device_list_version(frame, req))
         if kind == "ack":
             return AckFrame(_id(frame, "conversation_id", req), _seq(frame, req), req)
         if kind == "read":
@@ -250,6 +281,11 @@ def decode_client_frame(data: str | bytes, codec: Codec) -> ClientFrame:
             for key, value in cursors.items():
                 parsed[_id({"c": key}, "c", req)] = _seq({"seq": value}, req)
             return SyncFrame(parsed, req)
+        if kind == "to_device_ack":
+            up_to: int = _field(frame, "up_to", int, req)
+            if not 0 <= up_to < 1 << 63:
+                raise FrameError("invalid_field", "up_to: a to-device id (0 or more)", req)
+            return ToDeviceAckFrame(up_to, req)
     except BadRequest as exc:
         raise FrameError(exc.code, exc.message, req) from None
     raise FrameError("unknown_type", f"unknown frame type {kind!r}; see docs/api.md", req)
@@ -269,9 +305,11 @@ def _with_req(frame: dict[str, Any], req: str | None) -> dict[str, Any]:
 def send_request(req: str, conversation_id: int | str, client_msg_id: str, body: str | bytes,
                  content_type: str = "text/plain",
                  attachments: list[dict[str, str]] | None = None, reply_to: int = 0,
-                 mentions: list[int | str] | None = None) -> dict[str, Any]:
+                 mentions: list[int | str] | None = None, *,
+                 device_list_version: dict[str, int] | None = None) -> dict[str, Any]:
     """`attachments`: `[{"media_id": …, "thumbnail_media_id": …}]` (the latter optional);
-    `reply_to`: the seq replied to; `mentions`: user ids mentioned explicitly."""
+    `reply_to`: the seq replied to; `mentions`: user ids mentioned explicitly;
+    `device_list_version`: {user_id: version} the sender encrypted for."""
     frame: dict[str, Any] = {"type": "send", "req": req, "conversation_id": str(conversation_id),
              "client_msg_id": client_msg_id, "content_type": content_type, "body": body}
     if attachments:
@@ -280,6 +318,9 @@ def send_request(req: str, conversation_id: int | str, client_msg_id: str, body:
         frame["reply_to"] = reply_to
     if mentions:
         frame["mentions"] = [str(user_id) for user_id in mentions]
+    if device_list_version:
+        frame["device_list_version"] = {str(user): version
+                                        for user, version in device_list_version.items()}
     return frame
 
 
@@ -313,6 +354,11 @@ def sync_request(cursors: dict[int, int] | dict[str, int], req: str | None = Non
                  ) -> dict[str, Any]:
     return _with_req({"type": "sync",
                       "cursors": {str(conv): seq for conv, seq in cursors.items()}}, req)
+
+
+def to_device_ack_request(up_to: int, req: str | None = None) -> dict[str, Any]:
+    """Delete this device's to-device messages up to id `up_to` (it has them)."""
+    return _with_req({"type": "to_device_ack", "up_to": up_to}, req)
 
 
 def encode_request(frame: dict[str, Any], codec: Codec) -> str | bytes:
@@ -526,4 +572,33 @@ def error_from(exc: ChatdError, req: str | None) -> OutFrame:
     if isinstance(exc, RateLimited):
         # Whole seconds, at least 1, as REST's Retry-After: retrying sooner is refused.
         frame.payload["retry_after"] = max(1, math.ceil(exc.retry_after))
+    if isinstance(exc, DeviceListStale):
+        # The users whose keys to query again, as REST's error body names them.
+        frame.payload["users"] = [str(user) for user in exc.users]
     return frame
+
+
+def to_device_frame(to_device_id: int, sender_user_id: int | None,
+                    sender_device_id: int | None, kind: str, content: Any) -> OutFrame:
+    """A to-device message for one device (services/to_device.py); a sealed one
+    (`sender_user_id` None) names no sender."""
+    payload: dict[str, Any] = {"type": "to_device", "id": to_device_id}
+    if sender_user_id is not None:
+        payload["sender_user_id"] = str(sender_user_id)
+        payload["sender_device_id"] = str(sender_device_id)
+    payload["message_type"] = kind  # "type" names the frame
+    payload["content"] = content
+    return OutFrame(payload)
+
+
+def keys_low_frame(one_time_key_count: int, fallback_used: bool) -> OutFrame:
+    """To one device: a claim left it fewer one-time keys than the server's threshold,
+    or handed out its fallback key: upload more (and a new fallback key)."""
+    return OutFrame({"type": "keys_low", "one_time_key_count": one_time_key_count,
+                     "fallback_used": fallback_used})
+
+
+def device_list_frame(user_id: int, version: int) -> OutFrame:
+    """`user_id` added or removed a device with keys: their device-list version is now
+    `version` (query their keys again before encrypting to them)."""
+    return OutFrame({"type": "device_list", "user_id": str(user_id), "version": version})

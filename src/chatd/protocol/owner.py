@@ -160,6 +160,21 @@ class OpenDirect(OwnerCommand):
     METHOD: ClassVar[str] = "owner.open_direct"
     user_id: int
     peer_id: int
+    #: End-to-end encrypted: 1 yes, 0 no, -1 either (an existing one as it is; a new one
+    #: not). A peer from before it leaves it out (-1).
+    encrypted: int = -1
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = OwnerCommand.to_wire(self)
+        if wire["encrypted"] == -1:
+            del wire["encrypted"]  # an owner from before it still takes it
+        return wire
+
+    @classmethod
+    def from_wire(cls, body: Any) -> OpenDirect:
+        if isinstance(body, dict):
+            body = {"encrypted": -1, **body}
+        return cls(**cls.checked_fields(body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +185,20 @@ class CreateGroup(OwnerCommand):
     creator_id: int
     name: str
     member_ids: list[int]
+    #: End-to-end encrypted, for ever (issue 14). Left off the wire when false.
+    encrypted: bool = False
+
+    def to_wire(self) -> dict[str, Any]:
+        wire = OwnerCommand.to_wire(self)
+        if not wire["encrypted"]:
+            del wire["encrypted"]
+        return wire
+
+    @classmethod
+    def from_wire(cls, body: Any) -> CreateGroup:
+        if isinstance(body, dict):
+            body = {"encrypted": False, **body}
+        return cls(**cls.checked_fields(body))
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +532,8 @@ def conversation_to_wire(conv: Conversation) -> dict[str, Any]:
         wire["direct"] = [state.requested_by, state.status, list(state.blocked_by)]
     if conv.pins:
         wire["pins"] = list(conv.pins)
+    if conv.encrypted:
+        wire["encrypted"] = True
     if conv.uncounted is not None:
         # Unread counts skip reactions, edits and pins: how many lie above each member's
         # read mark, as of this snapshot's head (domain/unread.py).
@@ -522,7 +553,8 @@ def conversation_from_wire(data: Any) -> Conversation:
                         data["created_at"], data["head_seq"], data["last_ts"],
                         photo_media_id=int(data.get("photo") or 0),
                         disappearing_s=int(data.get("disappearing_s") or 0),
-                        anyone_sets_timer=bool(data.get("anyone_sets_timer")))
+                        anyone_sets_timer=bool(data.get("anyone_sets_timer")),
+                        encrypted=bool(data.get("encrypted")))
     conv.members = {user_id: Member(role, joined) for user_id, role, joined in data["members"]}
     conv.watermarks = {user_id: Watermark(delivered, read)
                        for user_id, delivered, read in data["watermarks"]}

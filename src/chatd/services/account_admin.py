@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from chatd.domain.models import User
+from chatd.domain.models import Device, User
 from chatd.errors import Forbidden, NotFound, Unauthorized
 from chatd.services.accounts import AccountService
 from chatd.services.clock import Clock
@@ -85,6 +85,9 @@ class AccountAdmin:
         #: Services that keep data about a user on their home add a document to their
         #: data export here: `part(user_id) -> (file name, JSON value)`.
         self.export_parts: list[Callable[[int], tuple[str, Any]]] = []
+        #: What later services add to a device's entry in an export (devices.json), by
+        #: (user_id, device_id): services/key_directory.py adds its public identity keys.
+        self.device_export: list[Callable[[int, int], dict[str, Any]]] = []
         self.requests: dict[str, Callable[[dict[str, Any]], Any]] = {
             "home.admin_show": self._show_request,
             "home.admin_deactivate": self._deactivate_request,
@@ -256,13 +259,19 @@ class AccountAdmin:
                                      "profile": user.profile_visibility,
                                      "groups_add": user.groups_add,
                                      "read_receipts": user.read_receipts}},
-            "devices": [{"device_id": str(device.device_id), "name": device.name,
-                         "created_at": device.created_at} for device in devices],
+            "devices": [self._device_entry(device) for device in devices],
             "last_seen": self._store.get(records.LAST_SEEN, user_id),
             "blocks": [{"user_id": str(blocked), "blocked_at": at} for (_, blocked), at
                        in self._store.scan(records.BLOCKS, records.u64(user_id))],
             "parts": dict(part(user_id) for part in self.export_parts),
         }
+
+    def _device_entry(self, device: Device) -> dict[str, Any]:
+        entry: dict[str, Any] = {"device_id": str(device.device_id), "name": device.name,
+                                 "created_at": device.created_at}
+        for extra in self.device_export:
+            entry.update(extra(device.user_id, device.device_id))
+        return entry
 
 
 def tombstone(user: User) -> User:

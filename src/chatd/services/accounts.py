@@ -83,6 +83,10 @@ class AccountService:
         #: Called with the user id of each login whose password matched, before a device
         #: is made: raising refuses the login (services/account_admin.py: deactivated).
         self.login_checks: list[Callable[[int], None]] = []
+        #: Called with (batch, user_id, device_id) for each device deleted in `batch`
+        #: (logout, revocation, expiry, erasure): what else a device holds on its home
+        #: goes in the same write (services/key_directory.py: its end-to-end keys).
+        self.device_deleters: list[Callable[[Batch, int, int], None]] = []
 
     def forget_pending(self) -> None:
         """After a failed batch write: pending changes never reached the disk."""
@@ -167,6 +171,8 @@ class AccountService:
         """The device, its token and its delivery cursors."""
         batch.delete(records.DEVICES, (device.user_id, device.device_id))
         batch.delete(records.TOKENS, device.token_hash)
+        for deleter in self.device_deleters:
+            deleter(batch, device.user_id, device.device_id)
         for (_, conversation_id), _seq in self._store.scan(records.CURSORS,
                                                            records.u64(device.device_id)):
             batch.delete(records.CURSORS, (device.device_id, conversation_id))

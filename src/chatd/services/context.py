@@ -41,6 +41,8 @@ from chatd.services.exports import ExportStore
 from chatd.services.forwarding import Forwarding
 from chatd.services.gdpr import Gdpr
 from chatd.services.invites import GroupInvites
+from chatd.services.key_directory import KeyDirectory
+from chatd.services.keys import DeviceListNotifier, Keys
 from chatd.services.live import Hub
 from chatd.services.log import ConversationLog
 from chatd.services.media import MediaService
@@ -60,8 +62,11 @@ from chatd.services.receipts import Receipts
 from chatd.services.reports import ReportService
 from chatd.services.rich_messaging import RichMessaging
 from chatd.services.routing import Router
+from chatd.services.sealed_sender import IdentityKeyLookup, SealedSender
 from chatd.services.smtp import SmtpSender
 from chatd.services.sweeper import Sweeper
+from chatd.services.to_device import KIND as TO_DEVICE_KIND
+from chatd.services.to_device import Entry, ToDevice, ToDeviceFeeds, ToDeviceHome
 from chatd.services.users import HomeApi, Users, token_prefix_for
 from chatd.storage import GroupCommitter, Store, claim_secret
 from chatd.storage.backup import Backups
@@ -126,6 +131,18 @@ class Services:
     notify_settings: NotifySettings
     #: Push notifications: subscriptions, the notifier (home), the sender (services/push/).
     push: Push
+    #: To-device messages (issue 14): the queues of devices homed here, the client's
+    #: side, and each live session's feed (services/to_device.py).
+    to_device_home: ToDeviceHome
+    to_device: ToDevice
+    to_device_feeds: ToDeviceFeeds
+    #: Sealed sender: certificates, access keys, sealed sends (services/sealed_sender.py).
+    sealed: SealedSender
+    #: End-to-end keys: the home's directory, the client's side (routed to homes), and
+    #: the loop that tells contacts of device-list changes (services/keys.py).
+    key_directory: KeyDirectory
+    keys: Keys
+    device_lists: DeviceListNotifier
     #: Email notifications of users homed here: settings, links, digests
     #: (services/email_notify.py); sends nothing while `email.host` is empty.
     email: EmailNotifier
@@ -282,10 +299,11 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
     account_admin.erase_hooks.append(notify_prefs.erase)
     notify_settings = NotifySettings(users=users, prefs=notify_prefs)
     push = Push(config=config.push, data_dir=data_dir, store=store, commands=commands,
-                clock=clock, ids=ids, router=router, users=users, hub=hub, delivery=delivery,
-                prefs=notify_prefs)
+                clock=clock, ids=ids, router=router, users=users, hub=hub, prefs=notify_prefs)
     committer.on_reload_needed(push.subscriptions.forget_pending)
     home_api.requests.update(push.subscriptions.requests)
+    home_api.posts.update(push.devices.posts)
+    hub.session_listeners.append(push.devices.session_changed)
     account_admin.erase_hooks.append(push.subscriptions.erase)
     accounts.on_device_revoked(push.subscriptions.device_revoked)
     accounts.on_device_revoked(push.notifier.forget_device)
@@ -298,15 +316,82 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
             "push_subscriptions": push.subscriptions.export(user_id)}
 
     account_admin.export_parts.append(notifications_export)
+    key_directory, keys, device_lists = _keys(config, store, commands, committer, clock,
+                                              router, accounts, account_admin, home_api,
+                                              delivery, messaging, ratelimits)
+    to_device_home, to_device, to_device_feeds, sealed = _e2e_relay(
+        config, store, router, commands, committer, accounts, delivery, hub, home_api,
+        account_admin, ratelimits, clock, identity_key_lookup(keys))
     return Services(config, store, committer, router, owner, owner_api, log, accounts, users,
                     home_api, conversations, messaging, hub, delivery, presence, receipts,
                     clock, coordinator, shipper, backups, media, privacy, requests, blocks,
                     deletions, sweeper, purger, abuse_home, abuse, reports, ratelimits,
                     TrustedProxies(config.server.trusted_proxies), account_admin, gdpr,
                     rich, forwarding, notify_prefs, notify_settings, push,
+                    to_device_home, to_device, to_device_feeds, sealed,
+                    key_directory, keys, device_lists,
                     _email(config, store, commands, clock, router, users, accounts,
                            messaging, delivery, home_api, committer, account_admin,
                            notify_prefs))
+
+
+def _keys(config: Config, store: Store, commands: Commands, committer: GroupCommitter,
+          clock: Clock, router: Router, accounts: AccountService, account_admin: AccountAdmin,
+          home_api: HomeApi, delivery: Delivery, messaging: MessagingService,
+          ratelimits: RateLimits) -> tuple[KeyDirectory, Keys, DeviceListNotifier]:
+    """The key directory on this home: its writes ride on device deletions and erasure,
+    its mesh requests join the home's, its changes reach contacts and devices."""
+    directory = KeyDirectory(store=store, commands=commands, accounts=accounts, clock=clock,
+                             low_threshold=config.keys.low_threshold)
+    committer.on_reload_needed(directory.forget_pending)
+    accounts.device_deleters.append(directory.delete_device_keys)
+    account_admin.erase_hooks.append(directory.erase)
+    account_admin.device_export.append(directory.export_device)
+    home_api.requests.update(directory.requests)
+    notifier = DeviceListNotifier(delivery=delivery,
+                                  conversations_of=messaging.conversations_of)
+    directory.on_device_list_change(notifier.changed)
+    directory.on_keys_low(notifier.keys_low)
+    return directory, Keys(router=router, directory=directory, ratelimits=ratelimits), notifier
+
+
+def identity_key_lookup(keys: Keys) -> IdentityKeyLookup:
+    """A device's curve25519 identity key, for sender certificates: from the key
+    directory on the user's home (services/keys.py); None if it published none."""
+    async def curve25519_of(user_id: int, device_id: int) -> str | None:
+        identity = await keys.identity_keys(user_id, device_id)
+        return None if identity is None else identity.curve25519
+
+    return curve25519_of
+
+
+def _e2e_relay(config: Config, store: Store, router: Router, commands: Commands,
+               committer: GroupCommitter, accounts: AccountService, delivery: Delivery,
+               hub: Hub, home_api: HomeApi, account_admin: AccountAdmin,
+               ratelimits: RateLimits, clock: Clock, identity_key: IdentityKeyLookup,
+               ) -> tuple[ToDeviceHome, ToDevice, ToDeviceFeeds, SealedSender]:
+    """To-device queues and sealed sender (issue 14)."""
+    def publish(user_id: int, device_id: int, entries: list[Entry]) -> None:
+        delivery.publish_kind(TO_DEVICE_KIND, [user_id], [device_id, entries],
+                              lambda value: [value[0], [entry.to_wire() for entry in value[1]]])
+
+    home = ToDeviceHome(store=store, commands=commands, accounts=accounts,
+                        config=config.to_device, clock=clock, publish=publish)
+    committer.on_reload_needed(home.forget_pending)
+    accounts.device_deleters.append(home.delete_device)
+    home_api.requests.update(home.requests)
+    relay = ToDevice(router=router, home=home, ratelimits=ratelimits, config=config.to_device)
+    feeds = ToDeviceFeeds(hub=hub, relay=relay, router=router,
+                          max_queue=config.websocket.max_queue)
+    delivery.kinds[TO_DEVICE_KIND] = feeds.deliver
+    sealed = SealedSender(router=router, store=store, commands=commands, to_device=home,
+                          ratelimits=ratelimits, config=config.sealed_sender, clock=clock,
+                          identity_key=identity_key)
+    home_api.requests.update(sealed.requests)
+    account_admin.erase_hooks.append(home.erase_user)
+    account_admin.erase_hooks.append(sealed.erase_user)
+    return home, relay, feeds, sealed
+
 
 
 def _email(config: Config, store: Store, commands: Commands, clock: Clock, router: Router,

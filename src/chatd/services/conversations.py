@@ -44,7 +44,8 @@ class ConversationService:
         self._abuse = abuse
 
     async def open_direct(self, session: Session, peer_id: int,
-                          address: str | None = None) -> Created:
+                          address: str | None = None, encrypted: bool | None = None,
+                          ) -> Created:
         """The one conversation between the caller and `peer_id` (the caller alone, for a
         note to self), created on first use. Only a creation counts against
         `new_conversations`; an existing one is handed out even past the limit."""
@@ -71,8 +72,9 @@ class ConversationService:
                 raise refusal from None  # it would be a new one: the limit is the answer
             return Created(conv, created=False)
         try:
-            created: Created = await self._router.ask(
-                ops.OpenDirect(conversation_id, user_id, peer_id))
+            created: Created = await self._router.ask(ops.OpenDirect(
+                conversation_id, user_id, peer_id,
+                -1 if encrypted is None else int(encrypted)))
         except BaseException:
             self._ratelimits.refund("new_conversations", account=user_id, address=address)
             raise
@@ -81,7 +83,8 @@ class ConversationService:
         return created
 
     async def create_group(self, session: Session, name: str,
-                           member_ids: list[int], address: str | None = None) -> Conversation:
+                           member_ids: list[int], address: str | None = None,
+                           encrypted: bool = False) -> Conversation:
         name = rules.clean_text(name, "name", max_length=rules.MAX_GROUP_NAME)
         others = [uid for uid in dict.fromkeys(member_ids) if uid != session.user_id]
         if len(others) + 1 > self._limits.max_group_members:
@@ -96,7 +99,8 @@ class ConversationService:
         others, invited = await self._split(session, others)
         with self._charged(session.user_id, address, charges):
             conv: Conversation = await self._router.ask(
-                ops.CreateGroup(self._ids.next_id(), session.user_id, name, others))
+                ops.CreateGroup(self._ids.next_id(), session.user_id, name, others,
+                                encrypted))
         if invited:
             await self._router.ask(ops.Invite(conv.conversation_id, session.user_id, invited))
         return conv

@@ -40,6 +40,8 @@ RECHECK = "recheck"      # data: a shard: deliveries from it may have been lost
 #: data: [user, change, peer]: "contact" (the pair accepted a request), "block" (user
 #: blocked peer): the sessions' presence audiences follow (services/live.py).
 PRIVACY = "privacy"
+#: data: [device, frame payload]: a frame for one device's sockets only (`keys_low`).
+DEVICE_FRAME = "device_frame"
 
 #: Mesh methods (posts).
 DELIVER = "deliver"           # to a home: route to wherever the users are connected
@@ -64,6 +66,9 @@ class Delivery:
         #: message that reaches this home, whether or not they are online: the push
         #: notifier's seam (services/push/notifier.py).
         self.home_message_listeners: list[Callable[[list[int], Callable[[], Message]], None]] = []
+        #: Kinds other services deliver (kind -> handler of (data, users) on the shard
+        #: holding the sockets): "to_device" (services/to_device.py).
+        self.kinds: dict[str, Callable[[Any, list[int]], None]] = {}
 
     # -- the owner's side: publish to users, wherever they are --------------------------------
 
@@ -115,12 +120,29 @@ class Delivery:
             return
         self._send(PRIVACY, data, _same, user_ids)
 
+    def publish_kind(self, kind: str, user_ids: Iterable[int], value: Any,
+                     to_wire: Callable[[Any], Any]) -> None:
+        """A kind of `kinds` for the users' sessions, wherever they are: `value` is
+        handed as it is to a handler on this shard, as `to_wire(value)` across the mesh."""
+        if self._router.peers is None:
+            self.kinds[kind](value, list(user_ids))
+            return
+        self._send(kind, value, to_wire, user_ids)
+
     def close_device(self, user_id: int, device_id: int) -> None:
         """A revoked device's sockets are closed (4001), wherever they are."""
         if self._router.peers is None:
             self._hub.close_device(user_id, device_id)
             return
         self._send(CLOSE_DEVICE, [user_id, device_id], _same, [user_id])
+
+    def publish_to_device(self, user_id: int, device_id: int, frame: OutFrame) -> None:
+        """A frame for one device's sockets, wherever they are (queued like a reply)."""
+        data = [device_id, frame.payload]
+        if self._router.peers is None:
+            self._hand_over(DEVICE_FRAME, data, [user_id])
+            return
+        self._send(DEVICE_FRAME, data, _same, [user_id])
 
     def _send(self, kind: str, value: Any, to_wire: Any, user_ids: Iterable[int]) -> None:
         by_home: dict[str, list[int]] = {}
@@ -200,6 +222,11 @@ class Delivery:
         elif kind == CLOSE_DEVICE:
             user_id, device_id = data
             self._hub.close_device(user_id, device_id)
+        elif kind in self.kinds:
+            self.kinds[kind](data, users)
+        elif kind == DEVICE_FRAME:
+            device_id, payload = data
+            self._hub.deliver_to_device(users, int(device_id), OutFrame(payload))
         else:
             raise ValueError(f"unknown delivery kind {kind!r}")
 
@@ -209,10 +236,6 @@ class Delivery:
                 listener(users, message)
             except Exception:  # a notifier's bug must not stop the delivery
                 log.exception("a home message listener failed")
-
-    def connected_elsewhere(self, user_id: int) -> bool:
-        """Whether the directory knows a socket of the user (homed here) on another shard."""
-        return user_id in self._remote
 
     # -- the mesh's side ------------------------------------------------------------------------
 

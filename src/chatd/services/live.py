@@ -321,6 +321,9 @@ class Hub:
 
     def __init__(self) -> None:
         self._sessions: dict[int, set[LiveSession]] = {}
+        #: Told of each session attached (True) or detached (False): the push
+        #: notifier's device directory (services/push/devices.py).
+        self.session_listeners: list[Callable[[LiveSession, bool], None]] = []
 
     def sessions_of(self, user_id: int) -> set[LiveSession]:
         return self._sessions.get(user_id, set())
@@ -337,6 +340,9 @@ class Hub:
     def attach(self, session: LiveSession) -> bool:
         """Register a session; True if it is the user's first (they came online)."""
         sessions = self._sessions.setdefault(session.user_id, set())
+        if session not in sessions:
+            for listener in self.session_listeners:
+                listener(session, True)
         sessions.add(session)
         return len(sessions) == 1
 
@@ -345,6 +351,9 @@ class Hub:
         sessions = self._sessions.get(session.user_id)
         if sessions is None:
             return False
+        if session in sessions:
+            for listener in self.session_listeners:
+                listener(session, False)
         sessions.discard(session)
         if sessions:
             return False
@@ -377,6 +386,14 @@ class Hub:
         for user_id in user_ids:
             for session in self._sessions.get(user_id, ()):
                 session.push(frame)
+
+    def deliver_to_device(self, user_ids: Iterable[int], device_id: int,
+                          frame: OutFrame) -> None:
+        """To the sessions of one device (of `user_ids`, where it belongs) only."""
+        for user_id in user_ids:
+            for session in self._sessions.get(user_id, ()):
+                if session.device_id == device_id:
+                    session.push(frame)
 
     def deliver_ephemeral(self, user_ids: Iterable[int], frame: OutFrame) -> None:
         """Typing and presence: worth nothing late, so a session with a backlog drops

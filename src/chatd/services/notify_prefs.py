@@ -173,20 +173,21 @@ class NotifySettings:
         self._prefs = prefs
 
     async def set_mute(self, user_id: int, conversation_id: int, muted_until: int) -> int:
-        until: int = await self._users.ask_home(
-            user_id, "home.mute_set", {"user_id": user_id, "conversation_id": conversation_id,
-                                       "muted_until": muted_until}, self._prefs._mute_set)
+        body = {"user_id": user_id, "conversation_id": conversation_id,
+                "muted_until": muted_until}
+        until: int = await self._users.ask_home(user_id, "home.mute_set", body,
+                                                self._prefs.requests["home.mute_set"])
         return until
 
     async def muted_until(self, user_id: int, conversation_id: int) -> int:
         until: int = await self._users.ask_home(
             user_id, "home.mute_get", {"user_id": user_id, "conversation_id": conversation_id},
-            self._prefs._mute_get)
+            self._prefs.requests["home.mute_get"])
         return until
 
     async def previews(self, user_id: int, previews: bool | None = None) -> bool:
         """The user's preview setting, changed first when `previews` is given."""
         answer = await self._users.ask_home(
             user_id, "home.notify_prefs_set", {"user_id": user_id, "previews": previews},
-            self._prefs._prefs_set)
+            self._prefs.requests["home.notify_prefs_set"])
         return bool(answer["previews"])

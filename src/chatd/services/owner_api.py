@@ -321,6 +321,9 @@ class OwnerApi:
         sender_id = command.sender_id
         requests = self.requests
         conv = self.member_view(conversation_id, sender_id)
+        if conv.encrypted:
+            # (Fixed at creation: no later command can change it, so once is enough.)
+            rules.check_encrypted_content(command.content_type)
         if requests is not None:
             requests.check_send(conv, sender_id)
         if command.reply_to:
@@ -463,6 +466,7 @@ class OwnerApi:
         conversation_id = command.conversation_id
         existing = self._owner.find(conversation_id)
         if existing is not None:
+            _check_encryption(existing, command.encrypted)
             return Pending.done(Created(self._check_direct(existing, command.user_id),
                                         created=False))
         requests = self.requests
@@ -472,12 +476,13 @@ class OwnerApi:
         def apply(batch: Batch) -> Created:
             conv = self._owner.find(conversation_id)
             if conv is not None:  # created by a command queued before this one
+                _check_encryption(conv, command.encrypted)
                 return Created(self._check_direct(conv, command.user_id), created=False)
             if requests is not None:  # a block may have been queued since
                 requests.check_open(conversation_id, command.user_id)
             now = self._now_ms()
             conv = Conversation(conversation_id, "direct", "", command.user_id, now,
-                                last_ts=now)
+                                last_ts=now, encrypted=command.encrypted == 1)
             batch.put(records.CONVERSATIONS, conv.conversation_id, conv)
             for user_id in dict.fromkeys((command.user_id, command.peer_id)):
                 self._add_member(batch, conv, user_id, Member("member", joined_seq=0))
@@ -528,7 +533,7 @@ class OwnerApi:
             self._check_groups_cap(creator, [creator, *others])
             now = self._now_ms()
             conv = Conversation(command.conversation_id, "group", name, creator, now,
-                                last_ts=now)
+                                last_ts=now, encrypted=command.encrypted)
             batch.put(records.CONVERSATIONS, conv.conversation_id, conv)
             self._owner.remember(conv)
             self._owner.changing(batch, conv)
@@ -779,3 +784,12 @@ _HANDLERS: dict[type[ops.OwnerCommand], str] = {
     ops.EraseMember: "erase_member", ops.React: "react", ops.Edit: "edit", ops.Pin: "pin",
     ops.EditHistory: "edit_history",
 }
+
+
+def _check_encryption(conv: Conversation, wanted: int) -> None:
+    """An existing direct chat is handed out only as it is: encryption is chosen once."""
+    if wanted != -1 and bool(wanted) != conv.encrypted:
+        state = "is" if conv.encrypted else "is not"
+        raise Conflict(f"this direct conversation exists and {state} end-to-end encrypted; "
+                       "a conversation cannot be switched (open it without `encrypted`)",
+                       code="encryption_mismatch")

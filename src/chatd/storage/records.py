@@ -61,6 +61,10 @@ added unpacks with that field's default, so adding a field at the end needs no m
 | exports | export_id (ASCII) | {user_id, created_at, ready, size}: a data export's file |
 | email_settings | user_id | {address, pending, enabled, delay_s, previews}: on the home |
 | email_digests | user_id | {due, last_sent, mailed, failures}: the next digest, on the home |
+| identity_keys | user_id, device_id | curve25519, ed25519, signature, created_at (home) |
+| one_time_keys | user_id, device_id, key_id (UTF-8) | key, signature (home) |
+| fallback_keys | user_id, device_id | key_id, key, signature, used (home) |
+| device_lists | user_id | the user's device-list version (8 bytes; home) |
 
 Ids and seqs in keys are fixed-width big-endian, so byte order is numeric order and a scan
 of `conversation_id | seq` yields a log in seq order.
@@ -77,6 +81,7 @@ from typing import Any, Generic, TypeVar
 import msgpack
 
 from chatd.domain.abuse import AbuseRecord
+from chatd.domain.e2e_keys import DeviceIdentity, FallbackKey, SignedKey
 from chatd.domain.media import BlobRecord, MediaRecord, MediaRef
 from chatd.domain.models import (
     Conversation,
@@ -239,7 +244,8 @@ TOKENS: Family[bytes, TokenRecord] = Family(
 CONVERSATIONS: Family[int, Conversation] = Family(
     "conversations", u64, read_u64, *_fields(Conversation, "kind", "name", "created_by",
                                              "created_at", "photo_media_id", "disappearing_s",
-                                             "anyone_sets_timer", key=("conversation_id",)),
+                                             "anyone_sets_timer", "encrypted",
+                                             key=("conversation_id",)),
     conversation_at=0)
 MEMBERS: Family[tuple[int, int], Member] = Family(
     "members", _pair_key, read_pair, *_fields(Member, "role", "joined_seq"), conversation_at=0)
@@ -476,6 +482,39 @@ EMAIL_SETTINGS: Family[int, Any] = Family("email_settings", u64, read_u64, pack,
 #: survives a restart), when the last went out, what it covered.
 EMAIL_DIGESTS: Family[int, Any] = Family("email_digests", u64, read_u64, pack, _read_any)
 
+# -- end-to-end keys (services/key_directory.py), on the user's home ------------------------
+
+
+def _device_key_id_key(key: tuple[int, int, str]) -> bytes:
+    user_id, device_id, key_id = key
+    return _U64_PAIR.pack(user_id, device_id) + key_id.encode()
+
+
+def _read_device_key_id_key(data: bytes) -> tuple[int, int, str]:
+    user_id, device_id = read_pair(data)
+    return user_id, device_id, bytes(data[16:]).decode()
+
+
+#: A device's identity keys, fixed for its life (an upload of others is refused).
+IDENTITY_KEYS: Family[tuple[int, int], DeviceIdentity] = Family(
+    "identity_keys", _pair_key, read_pair,
+    *_fields(DeviceIdentity, "curve25519", "ed25519", "signature", "created_at",
+             key=("user_id", "device_id")))
+#: (user, device, key id) -> a one-time key: a claim deletes the first of the device's.
+ONE_TIME_KEYS: Family[tuple[int, int, str], SignedKey] = Family(
+    "one_time_keys", _device_key_id_key, _read_device_key_id_key,
+    *_fields(SignedKey, "key", "signature", key=(None, None, "key_id")))
+#: A device's fallback key and whether a claim has handed it out since it was uploaded.
+FALLBACK_KEYS: Family[tuple[int, int], FallbackKey] = Family(
+    "fallback_keys", _pair_key, read_pair,
+    *_fields(FallbackKey, "key_id", "key", "signature", "used"))
+#: A user's device-list version: bumped by a device's first identity upload and by a
+#: device with keys revoked (8 bytes; no row: 0).
+DEVICE_LISTS: Family[int, int] = Family(
+    "device_lists", u64, read_u64, _u64_value, _read_u64_value)
+E2E_FAMILIES: tuple[Family[Any, Any], ...] = (
+    IDENTITY_KEYS, ONE_TIME_KEYS, FALLBACK_KEYS, DEVICE_LISTS)
+
 #: Every family, in the order the database creates them.
 FAMILIES: tuple[Family[Any, Any], ...] = (
     USERS, HANDLES, DEVICES, TOKENS, CONVERSATIONS, MEMBERS, USER_CONVERSATIONS, MESSAGES,
@@ -485,6 +524,7 @@ FAMILIES: tuple[Family[Any, Any], ...] = (
     MEDIA_RELEASES, ABUSE, ABUSE_QUEUE, REPORTS, REPORT_DEDUP, REACTIONS, REACTION_ENTRIES,
     EDITS, PINS, UNCOUNTED, ACCOUNT_STATE, EXPORTS,
     EMAIL_SETTINGS, EMAIL_DIGESTS)
+FAMILIES = FAMILIES + E2E_FAMILIES
 CONVERSATION_FAMILIES.update(
     (family.name, family.conversation_at) for family in FAMILIES
     if family.conversation_at is not None)
@@ -503,3 +543,33 @@ NOTIFY_PREFS: Family[int, Any] = Family("notify_prefs", u64, read_u64, pack, _re
 PUSH_SUBSCRIPTIONS: Family[tuple[int, int], Any] = Family(
     "push_subscriptions", _pair_key, read_pair, pack, _read_any)
 FAMILIES += (NOTIFY_MUTES, NOTIFY_PREFS, PUSH_SUBSCRIPTIONS)
+
+# -- end-to-end encryption relay (services/to_device.py, services/sealed_sender.py) ----------
+# On the target user's home, not replicated (like the rest of an account).
+
+#: A device's to-device queue: (user, device, id) -> [sender user (0: sealed, no sender),
+#: sender device, type, content]; deleted when the device acknowledges it.
+TO_DEVICE: Family[tuple[int, int, int], Any] = Family(
+    "to_device", _triple_key, _read_triple, pack, _read_any)
+#: The last id given in a device's queue (ids keep growing after the queue empties).
+TO_DEVICE_HEADS: Family[tuple[int, int], int] = Family(
+    "to_device_heads", _pair_key, read_pair, _u64_value, _read_u64_value)
+
+
+def _txn_key(key: tuple[int, int, str]) -> bytes:
+    sender, device, txn_id = key
+    return _U64_PAIR.pack(sender, device) + txn_id.encode()
+
+
+def _read_txn_key(data: bytes) -> tuple[int, int, str]:
+    sender, device = read_pair(data)
+    return sender, device, bytes(data[16:]).decode()
+
+
+#: (sender user, sender device, txn_id) -> [ms, messages queued here]: a retried
+#: POST /to_device queues nothing twice (the newest few hundred per sending device).
+TO_DEVICE_TXNS: Family[tuple[int, int, str], Any] = Family(
+    "to_device_txns", _txn_key, _read_txn_key, pack, _read_any)
+#: A user's 16-byte unidentified access key (sealed sender), on their home.
+ACCESS_KEYS: Family[int, bytes] = Family("access_keys", u64, read_u64, pack, _read_any)
+FAMILIES = (*FAMILIES, TO_DEVICE, TO_DEVICE_HEADS, TO_DEVICE_TXNS, ACCESS_KEYS)

@@ -30,6 +30,7 @@ from chatd.web import (
     routes_conversations,
     routes_email,
     routes_gdpr,
+    routes_keys,
     routes_media,
     routes_messages,
     routes_moderation,
@@ -37,6 +38,7 @@ from chatd.web import (
     routes_ops,
     routes_privacy,
     routes_push,
+    routes_relay,
     routes_replication,
     routes_reports,
     routes_rich,
@@ -227,5 +229,7 @@ def create_app(services: Services) -> QuartTrio:
     routes_email.register(api, services)
     routes_notify.register(api, services)
     routes_push.register(api, services)
+    routes_keys.register(api, services)
+    routes_relay.register(api, services)
     api.install(app)
     return app

@@ -25,6 +25,7 @@ from chatd.domain import deletion, email_links, email_settings, replies, reports
 from chatd.domain.ids import MAX_ID
 from chatd.domain.reactions import MAX_EMOJI_LENGTH
 from chatd.services.exports import EXPORT_ID_PATTERN
+from chatd.web.models_keys import VersionMap
 from chatd.web.schema import (
     Boolean,
     Choice,
@@ -221,6 +222,9 @@ class FindUser(Model):
 @dataclass(frozen=True, slots=True)
 class OpenDirect(Model):
     user_id: Annotated[int, ID]
+    #: End-to-end encrypted: true or false when creating it (an existing one must
+    #: match: 409 encryption_mismatch); left out, it is taken as it is (new: false).
+    encrypted: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,6 +236,8 @@ class MarkRead(Model):
 class CreateGroup(Model):
     name: Annotated[str, GROUP_NAME]
     members: Annotated[list[int], IdList(ID, min_items=0, max_items=MAX_IDS_PER_REQUEST)]
+    #: End-to-end encrypted, for ever: only ciphertext content types are accepted.
+    encrypted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,6 +310,9 @@ class SendMessage(Model):
                            ListOf(AttachmentRef, max_items=MAX_ATTACHMENTS)] = None
     reply_to: Annotated[int | None, REPLY_TO] = None
     mentions: Annotated[list[int] | None, MENTIONS] = None
+    #: The recipients' device-list versions the sender encrypted for (POST /keys/query):
+    #: a stale one is 409 device_list_stale.
+    device_list_version: Annotated[dict[int, int] | None, VersionMap()] = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -503,6 +512,9 @@ class Conversation(Model):
     pins: Annotated[list[int], Json({"type": "array", "items": {"type": "integer",
                                                                  "minimum": 0}})] = \
         field(default_factory=list)
+    #: End-to-end encrypted (chosen at creation, never changed): only
+    #: application/vnd.chatd.olm, .megolm and .encrypted-media messages.
+    encrypted: bool = False
 
     def to_json(self) -> dict[str, Any]:
         data = Model.to_json(self)

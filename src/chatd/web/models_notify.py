@@ -47,8 +47,10 @@ class PreviewsState(Model):
 
 #: base64url (padding allowed), as a browser's PushSubscription.toJSON() gives the keys.
 _B64URL = r"^[A-Za-z0-9_-]+={0,2}$"
-_URL = String(max_length=2048, pattern=r"^https?://[^\s]+$",
-              rule="an https URL (http only where push.allow_private_endpoints is on)")
+#: Printable ASCII: push services give their endpoints with hosts in punycode.
+_URL = String(max_length=2048, pattern=r"^https?://[\x21-\x7e]+$",
+              rule="an https URL, printable ASCII (http only where "
+                   "push.allow_private_endpoints is on)")
 _KIND = String(pattern=r"^(?:webpush|http)$", rule="webpush or http")
 _HTTP = String(pattern=r"^http$", rule="http")
 _WEBPUSH = String(pattern=r"^webpush$", rule="webpush")

@@ -162,7 +162,8 @@ def conversation(conv: Conversation, viewer_id: int) -> models.Conversation:
         receipts(conv.watermark(viewer_id)),
         [models.Member(user_id, member.role) for user_id, member in conv.members.items()],
         conv.photo_media_id or None, *_request(conv, viewer_id), conv.disappearing_s,
-        conv.kind == "direct" or conv.anyone_sets_timer, _pins(conv, viewer_id))
+        conv.kind == "direct" or conv.anyone_sets_timer, _pins(conv, viewer_id),
+        conv.encrypted)
 
 
 def _pins(conv: Conversation, viewer_id: int) -> list[int]:

@@ -28,7 +28,8 @@ def register(api: Api, services: Services) -> None:
         address = client_address(request, services.proxies)
         with services.ratelimits.charging_unknown_users(account=session.user_id,
                                                         address=address):
-            opened = await conversations.open_direct(session, body.user_id, address)
+            opened = await conversations.open_direct(session, body.user_id, address,
+                                                     body.encrypted)
         return render.conversation(opened.conversation, session.user_id), (
             201 if opened.created else 200)
 
@@ -87,7 +88,7 @@ def register(api: Api, services: Services) -> None:
         with services.ratelimits.charging_unknown_users(account=session.user_id,
                                                         address=address):
             conv = await conversations.create_group(session, body.name, body.members,
-                                                    address)
+                                                    address, body.encrypted)
         return render.conversation(conv, session.user_id), 201
 
     @api.route("POST", "/groups/{conversation_id}/add", summary="Add members (admins)",

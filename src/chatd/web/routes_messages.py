@@ -22,8 +22,10 @@ def register(api: Api, services: Services) -> None:
     @api.route("POST", "/messages/send",
                summary="Append a message; answered once durable. Idempotent per client_msg_id.",
                body=models.SendMessage, status=201, response=models.SendResult,
-               errors=(403, 404, 429))
+               errors=(403, 404, 409, 429))
     async def send(session: Session, body: models.SendMessage) -> Reply:
+        # Only a send that names versions pays for the check (docs/architecture.md, E2E).
+        await services.keys.check_device_lists(body.device_list_version)
         text = rules.is_text_content(body.content_type)
         # The model checked the base64 (with its padding) already.
         payload = body.body if text else base64.b64decode(body.body)

@@ -10,7 +10,7 @@ from chatd.errors import NotFound
 from chatd.services.context import Services
 from chatd.services.push.subscriptions import public_record
 from chatd.web import models_notify as notify
-from chatd.web.api import Access, Api
+from chatd.web.api import Api
 from chatd.web.client_address import client_address
 from chatd.web.render import NO_CONTENT, Reply
 
@@ -18,11 +18,15 @@ from chatd.web.render import NO_CONTENT, Reply
 def register(api: Api, services: Services) -> None:
     push = services.push
 
-    @api.route("GET", "/push/vapid", access=Access.PUBLIC,
-               summary="The server's VAPID public key (a browser's applicationServerKey)",
+    @api.route("GET", "/push/vapid",
+               summary="The VAPID public key to subscribe with (a browser's "
+                       "applicationServerKey)",
+               description="Your home shard's key: it signs every push to you. Each shard "
+                           "makes its own on first start and keeps it in its data "
+                           "directory.",
                response=notify.VapidKey)
-    async def vapid() -> Reply:
-        return notify.VapidKey(push.vapid.public_key)
+    async def vapid(session: Session) -> Reply:
+        return notify.VapidKey(await push.vapid_key_for(session.user_id))
 
     @api.route("POST", "/push/subscriptions",
                summary="Subscribe this device to push notifications",

@@ -493,8 +493,16 @@ class LiveSockets:
             live.start(starts, cursors)
             await services.presence.settle(live, [conv for conv, _ in starts], user)
             await services.presence.came_online(live, first=first)
+            try:
+                # What waits on the device's to-device queue, then live (issue 14).
+                await services.to_device_feeds.start(live)
+            except Unavailable as exc:
+                conn.begin_close(CLOSE_TRY_AGAIN_LATER, f"{exc.code}: {exc.message}"[:120])
+                await self._read_loop(conn, b"")
+                return
             await self._read_loop(conn, rest)
         finally:
+            services.to_device_feeds.stop(live)
             # Nothing more is queued for a connection that has ended.
             live.close(SessionEnd.CONNECTION_CLOSED, "connection closed")
             if hub.detach(live):
@@ -626,6 +634,8 @@ class LiveSockets:
         session = conn.session
         if isinstance(frame, frames.SendFrame):
             await self._wait_for_room(conn)
+            # Only a send that names versions pays for the check (docs/architecture.md).
+            await self._services.keys.check_device_lists(frame.device_list_version)
             # Awaited here, in the reader: this socket's next frame waits for it, so
             # pipelined sends keep their order.
             attached = await messaging.attach(session, frame.conversation_id,
@@ -667,6 +677,11 @@ class LiveSockets:
             live.push(frames.pong_frame(frame.req))
         elif isinstance(frame, frames.SyncFrame):
             live.sync(await self._sync_positions(session, frame.cursors))
+            if frame.req is not None:
+                live.push(frames.ok_frame(frame.req))
+        elif isinstance(frame, frames.ToDeviceAckFrame):
+            # Awaited: the device's next frames wait for its home to delete them.
+            await self._services.to_device.ack(session, frame.up_to)
             if frame.req is not None:
                 live.push(frames.ok_frame(frame.req))
 

@@ -58,6 +58,8 @@ class Resolver:
                                                           type=socket.SOCK_STREAM)
                 except OSError as exc:
                     raise ResolveFailed(f"{target.host} does not resolve ({exc})") from None
+                except UnicodeError:  # the name's labels are not valid IDNA
+                    raise AddressRefused(f"{target.host} is not a valid host name") from None
             if scope.cancelled_caught:
                 raise ResolveFailed(f"{target.host} did not resolve in time")
             addresses = []

@@ -9,8 +9,8 @@ recipient but the sender, for each of their devices with a subscription:
   them (services/notify_prefs.py), or the entry is not one a person is told of (system
   entries, edits, pins, deletions; a reaction only tells the author of the message
   reacted to: its `notify` list);
-- at once, when the device has no live socket: none on this shard, and the directory
-  knows none of the user's elsewhere;
+- at once, when the device has no live socket: none on this shard, and none on
+  another that told this home (services/push/devices.py);
 - after `push.grace_s`, unless the device acknowledges the message first (its cursor
   hint, `acked`), when it has, or may have, a live socket.
 
@@ -75,16 +75,14 @@ class _Pending:
 class Notifier:
     def __init__(self, *, config: PushConfig, subscriptions: PushSubscriptions,
                  prefs: NotifyPrefs, sender: PushSender, now_ms: Callable[[], int],
-                 devices_online_here: Callable[[int], set[int]],
-                 online_elsewhere: Callable[[int], bool],
+                 devices_online: Callable[[int], set[int]],
                  facts: ConversationFacts, display_name: DisplayName) -> None:
         self._config = config
         self._subscriptions = subscriptions
         self._prefs = prefs
         self._sender = sender
         self._now_ms = now_ms
-        self._devices_online_here = devices_online_here
-        self._online_elsewhere = online_elsewhere
+        self._devices_online = devices_online
         self._facts = facts
         self._display_name = display_name
         self._facts_cache: dict[int, tuple[str, bool]] = {}
@@ -135,8 +133,7 @@ class Notifier:
                                     mentioned=user_id in message.mentions):
             return
         now = trio.current_time()
-        here = self._devices_online_here(user_id)
-        elsewhere = self._online_elsewhere(user_id)
+        online = self._devices_online(user_id)
         for device_id in {record.get("device_id") for record in subs.values()}:
             if not isinstance(device_id, int):
                 continue
@@ -145,7 +142,7 @@ class Notifier:
             if len(self._unread) >= _UNREAD_CAP and key not in self._unread:
                 self._unread.clear()
             self._unread[key] = unread
-            due = now + self._config.grace_s if device_id in here or elsewhere else now
+            due = now + self._config.grace_s if device_id in online else now
             pending = self._pending.get(key)
             if pending is None:
                 if len(self._pending) >= self._config.queue_size:
@@ -243,8 +240,7 @@ class Notifier:
                              unread=unread, sender_name=sender_name, preview=preview)
         for sub_id, record in subs:
             self._sender.submit(PushJob(pending.user_id, sub_id, record, data,
-                                        rules.urgency(kind),
-                                        rules.topic(pending.conversation_id)))
+                                        rules.urgency(kind), pending.conversation_id))
 
     async def _conversation(self, conversation_id: int, user_id: int) -> tuple[str, bool]:
         cached = self._facts_cache.get(conversation_id)

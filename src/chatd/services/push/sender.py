@@ -18,6 +18,7 @@ import base64
 import json
 import logging
 import random
+import ssl
 import time
 from collections import deque
 from collections.abc import Callable
@@ -31,7 +32,7 @@ import trio
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from chatd.config import PushConfig
-from chatd.domain.push import Target
+from chatd.domain.push import Target, topic
 from chatd.services.push.addresses import AddressRefused, ResolveFailed, Resolver
 from chatd.services.push.vapid import VapidKey
 
@@ -42,6 +43,8 @@ MAX_RETRY_AFTER = 600.0
 #: Web Push's limit on an encrypted payload is 4096 bytes; the JSON must fit with
 #: aes128gcm's header (86 bytes), a padding byte and the 16-byte tag.
 MAX_PAYLOAD = 3_900
+#: Destination hosts whose connection pools are kept at most (idle ones are closed past it).
+_MAX_CLIENTS = 512
 
 
 @dataclass
@@ -53,7 +56,7 @@ class PushJob:
     record: dict[str, Any]
     data: dict[str, Any]
     urgency: str
-    topic: str
+    conversation_id: int
     attempt: int = 0
 
 
@@ -81,12 +84,14 @@ class _Retry(Exception):
 class PushSender:
     def __init__(self, *, config: PushConfig, resolver: Resolver, vapid: VapidKey,
                  drop_subscription: Callable[[int, int], None],
-                 client: httpx.AsyncClient | None = None) -> None:
+                 verify: ssl.SSLContext | bool = True) -> None:
         self._config = config
         self._resolver = resolver
         self._vapid = vapid
         self._drop = drop_subscription
-        self._client = client
+        #: TLS verification of push services (True: the system's CAs, through certifi).
+        self._verify = verify
+        self._clients: dict[str, httpx.AsyncClient] = {}
         self._origins: dict[str, _Origin] = {}
         self._nursery: trio.Nursery | None = None
         #: Jobs queued, in flight or waiting to retry.
@@ -95,12 +100,6 @@ class PushSender:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED,
                   ) -> None:
-        limits = httpx.Limits(max_connections=None, max_keepalive_connections=256)
-        own = self._client is None
-        client = self._client or httpx.AsyncClient(
-            timeout=httpx.Timeout(self._config.timeout_s), limits=limits,
-            follow_redirects=False, trust_env=False)
-        self._client = client
         try:
             async with trio.open_nursery() as nursery:
                 self._nursery = nursery
@@ -108,9 +107,34 @@ class PushSender:
                 await trio.sleep_forever()
         finally:
             self._nursery = None
-            if own:
-                with trio.CancelScope(shield=True):
+            with trio.CancelScope(shield=True):
+                for client in self._clients.values():
                     await client.aclose()
+                self._clients.clear()
+
+    def _client_for(self, target: Target) -> httpx.AsyncClient:
+        """One HTTP client (connection pool) per destination host. Requests go to the
+        checked IP address, so a shared pool would key connections by address and could
+        send one host's request down a connection made (and verified) for another."""
+        client = self._clients.get(target.origin)
+        if client is None:
+            if len(self._clients) >= _MAX_CLIENTS:
+                self._retire_idle_clients()
+            client = httpx.AsyncClient(
+                timeout=httpx.Timeout(self._config.timeout_s),
+                limits=httpx.Limits(max_connections=self._config.per_origin_concurrency,
+                                    max_keepalive_connections=self._config.per_origin_concurrency),
+                follow_redirects=False, trust_env=False, verify=self._verify)
+            self._clients[target.origin] = client
+        return client
+
+    def _retire_idle_clients(self) -> None:
+        busy = {_origin_key(_target_of(job.record)) for origin in self._origins.values()
+                for job in origin.jobs}
+        assert self._nursery is not None
+        for origin in list(self._clients)[:_MAX_CLIENTS // 2]:
+            if _origin_key(origin) not in busy and _origin_key(origin) not in self._origins:
+                self._nursery.start_soon(self._clients.pop(origin).aclose)
 
     def submit(self, job: PushJob) -> bool:
         """Queue a push (never blocks): False when it was dropped (the queue is full, or
@@ -197,10 +221,14 @@ class PushSender:
     async def _web_push(self, job: PushJob) -> None:
         record = job.record
         target = self._resolver.parse(record["endpoint"])
-        body = encrypt(json.dumps(job.data, separators=(",", ":")).encode(),
-                       record["p256dh"], record["auth"])
+        plaintext = json.dumps(job.data, separators=(",", ":")).encode()
+        if len(plaintext) > MAX_PAYLOAD:  # not with today's limits: a guard for later ones
+            plaintext = json.dumps({key: value for key, value in job.data.items()
+                                    if key not in ("preview", "sender_name")}).encode()
+        body = encrypt(plaintext, record["p256dh"], record["auth"])
         headers = {"TTL": str(self._config.ttl_s), "Urgency": job.urgency,
-                   "Topic": job.topic, "Content-Encoding": "aes128gcm",
+                   "Topic": topic(job.conversation_id, _b64(record["auth"])),
+                   "Content-Encoding": "aes128gcm",
                    "Content-Type": "application/octet-stream",
                    "Authorization": self._vapid.authorization(target.origin)}
         response = await self._post(target, headers, body)
@@ -237,8 +265,7 @@ class PushSender:
         host = f"[{target.host}]" if ":" in target.host else target.host
         headers = {**headers, "Host": host if target.port == default
                    else f"{host}:{target.port}"}
-        assert self._client is not None
-        return await self._client.post(url, content=body, headers=headers,
+        return await self._client_for(target).post(url, content=body, headers=headers,
                                        extensions={"sni_hostname": target.host})
 
     def prometheus(self) -> list[str]:

@@ -226,15 +226,15 @@ class PushClient:
         sub_id: int = await self._users.ask_home(
             user_id, "home.push_subscribe",
             {"user_id": user_id, "device_id": device_id, "record": record},
-            self._home._subscribe)
+            self._home.requests["home.push_subscribe"])
         return sub_id
 
     async def listing(self, user_id: int) -> list[tuple[int, dict[str, Any]]]:
         rows = await self._users.ask_home(user_id, "home.push_list", {"user_id": user_id},
-                                          self._home._list)
+                                          self._home.requests["home.push_list"])
         return [(int(sub_id), dict(record)) for sub_id, record in rows]
 
     async def unsubscribe(self, user_id: int, sub_id: int) -> bool:
         return bool(await self._users.ask_home(
             user_id, "home.push_unsubscribe", {"user_id": user_id, "subscription_id": sub_id},
-            self._home._unsubscribe))
+            self._home.requests["home.push_unsubscribe"]))
