@@ -359,7 +359,10 @@ def test_every_bucket_has_rules_per_account_and_address_that_parse() -> None:
     assert set(rules) == set(BUCKETS)
     for bucket, (per_account, per_address) in rules.items():
         assert per_address is not None, bucket
-        assert (per_account is None) == (bucket in ("register", "sealed_send")), bucket
+        # (No account yet, or none at all: registration, the signed email links, sealed
+        # sends.)
+        assert (per_account is None) == (bucket in ("register", "email_links",
+                                                    "sealed_send")), bucket
 
 
 def test_rate_rules_come_from_the_file_and_the_environment(tmp_path: Path) -> None:

@@ -320,6 +320,13 @@ class RateLimitsConfig:
     login_per_address: str = "60/1m burst 200"
     #: Registrations, per address (there is no account yet).
     register_per_address: str = "100/1h burst 200"
+    #: Verification mails asked for (PATCH /me/notifications with an address): each is a
+    #: mail to an address nobody has confirmed yet, so a low budget.
+    email_verify_per_account: str = "10/1d burst 5"
+    email_verify_per_address: str = "100/1d burst 50"
+    #: The signed email links (/email/verify, /email/unsubscribe), per address: no login,
+    #: each costs an HMAC and maybe a mesh request.
+    email_links_per_address: str = "60/1m burst 120"
     #: Sealed-sender deliveries (POST /sealed/send), per address: the sender is not
     #: known, so the address is all there is to limit.
     sealed_send_per_address: str = "600/1m burst 1200"
@@ -452,6 +459,40 @@ class GdprConfig:
 
 
 @dataclass(frozen=True)
+class EmailConfig:
+    """Email notifications over SMTP (services/email_notify.py, docs/notifications.md).
+    Off while `host` is empty."""
+
+    #: The SMTP server (a relay or the provider's submission host); empty: no email.
+    host: str = ""
+    port: int = 587
+    #: "starttls" (upgrade on the submission port), "tls" (implicit TLS, port 465) or
+    #: "none" (plain: only for a relay on loopback or a trusted LAN).
+    security: str = "starttls"
+    #: SMTP AUTH, when both are set. The password may come from CHATD_EMAIL_PASSWORD;
+    #: it is never logged.
+    user: str = ""
+    password: str = field(default="", repr=False)
+    #: The From of every mail, e.g. "chatd <notify@chat.example.org>" (`from` is a Python
+    #: keyword, hence the name).
+    from_address: str = ""
+    #: The server's public base URL, e.g. "https://chat.example.org": the verification
+    #: and unsubscribe links start with it.
+    base_url: str = ""
+    #: Seconds each SMTP read or write may take (connect, TLS, each command); a whole
+    #: conversation is cut off at three times that.
+    timeout: float = 20.0
+    #: Seconds between looks at which digests are due.
+    check_interval: float = 5.0
+    #: SMTP conversations at once (each is a worker thread).
+    max_connections: int = 2
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.host)
+
+
+@dataclass(frozen=True)
 class PushConfig:
     """Push notifications (services/push/, docs/notifications.md)."""
 
@@ -533,6 +574,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     abuse: AbuseConfig = field(default_factory=AbuseConfig)
     gdpr: GdprConfig = field(default_factory=GdprConfig)
+    email: EmailConfig = field(default_factory=EmailConfig)
     push: PushConfig = field(default_factory=PushConfig)
     to_device: ToDeviceConfig = field(default_factory=ToDeviceConfig)
     sealed_sender: SealedSenderConfig = field(default_factory=SealedSenderConfig)
@@ -740,6 +782,7 @@ def validate(config: Config) -> Config:
     _validate_e2e_relay(config)
     _validate_abuse(config.abuse)
     _validate_gdpr(config.gdpr)
+    _validate_email(config.email)
     _validate_push(config.push)
     if not 0 <= config.keys.low_threshold <= 100:
         raise ConfigError("keys.low_threshold: must be within 0..100 (a device holds at "
@@ -819,6 +862,30 @@ def _validate_gdpr(gdpr: GdprConfig) -> None:
                         ("gdpr.sweep_interval", gdpr.sweep_interval)):
         if number <= 0:
             raise ConfigError(f"{key}: must be greater than 0, got {number}")
+
+
+def _validate_email(email: EmailConfig) -> None:
+    if email.security not in ("starttls", "tls", "none"):
+        raise ConfigError(f"email.security: expected starttls, tls or none, got "
+                          f"{email.security!r}")
+    if not 1 <= email.port <= 65535:
+        raise ConfigError(f"email.port: expected 1..65535, got {email.port}")
+    for key, number in (("email.timeout", email.timeout),
+                        ("email.check_interval", email.check_interval),
+                        ("email.max_connections", email.max_connections)):
+        if number <= 0:
+            raise ConfigError(f"{key}: must be greater than 0, got {number}")
+    if bool(email.user) != bool(email.password):
+        raise ConfigError("email.user: set user and password together (or neither)")
+    if not email.host:
+        return
+    if "@" not in email.from_address or any(c in email.from_address for c in "\r\n"):
+        raise ConfigError("email.from_address: expected an address such as "
+                          "\"chatd <notify@chat.example.org>\" when email.host is set")
+    if not email.base_url.startswith(("https://", "http://")) \
+            or any(c in email.base_url for c in " \r\n<>\"'"):
+        raise ConfigError("email.base_url: expected the server's public URL, such as "
+                          "\"https://chat.example.org\", when email.host is set")
 
 
 def _validate_media(media: MediaConfig) -> None:

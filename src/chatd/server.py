@@ -4,6 +4,7 @@
     ├── committer.run       the only writer of RocksDB
     ├── accounts.run_pruner deletes expired devices and tokens, hourly
     ├── gdpr.run            makes exports, deletes expired ones, finishes erasures
+    ├── email.run           email digests and verification mails (when email.host is set)
     └── FrontServer.run     one port: REST through hypercorn + quart-trio, /ws served
                             directly (web/front.py, web/sockets.py); TLS when
                             server.certfile is set (web/tls.py)
@@ -186,6 +187,8 @@ async def serve(config: Config, *, shutdown: trio.Event, clock: Clock | None = N
                 web.start_soon(_run_until, shutdown, services.sweeper.run)
                 web.start_soon(_run_until, shutdown, services.purger.run)
                 web.start_soon(_run_until, shutdown, services.gdpr.run)
+                if services.email.enabled:
+                    web.start_soon(_run_until, shutdown, services.email.run)
                 web.start_soon(_run_until, shutdown, services.push.run)
                 web.start_soon(_run_until, shutdown, services.to_device_feeds.run)
                 web.start_soon(_run_until, shutdown, services.device_lists.run)

@@ -96,6 +96,8 @@ def test_every_family_round_trips_and_survives_reopen(tmp_path: Path) -> None:
         (records.EDITS, (5, 1, 6), None),
         (records.PINS, (5, 1), 7),
         (records.UNCOUNTED, (5, 4), 1),
+        (records.EMAIL_SETTINGS, 1, {"address": "a@example.com", "enabled": True}),
+        (records.EMAIL_DIGESTS, 1, {"due": 5, "mailed": [[5, 4]]}),
         (records.NOTIFY_MUTES, (1, 5), 10**15),
         (records.NOTIFY_PREFS, 1, {"previews": True}),
         (records.PUSH_SUBSCRIPTIONS, (1, 9), {"kind": "http", "device_id": 2,

@@ -10,6 +10,9 @@ from tests.helpers import assert_error, new_account
 
 PUBLIC_ROUTES = {("GET", "/healthz"), ("GET", "/openapi.json"), ("POST", "/register"),
                  ("POST", "/login")}
+#: The links of notification mails: the signed token is the credential (no login).
+PUBLIC_ROUTES |= {("GET", "/email/verify"), ("GET", "/email/unsubscribe"),
+                  ("POST", "/email/unsubscribe")}
 
 
 def app_routes(server: RunningServer) -> set[tuple[str, str]]:

@@ -36,6 +36,7 @@ from chatd.services.deletion import Deletions
 from chatd.services.delivery import Delivery
 from chatd.services.direct_requests import DirectRequests
 from chatd.services.edits import Edits
+from chatd.services.email_notify import EmailNotifier
 from chatd.services.exports import ExportStore
 from chatd.services.forwarding import Forwarding
 from chatd.services.gdpr import Gdpr
@@ -62,6 +63,7 @@ from chatd.services.reports import ReportService
 from chatd.services.rich_messaging import RichMessaging
 from chatd.services.routing import Router
 from chatd.services.sealed_sender import IdentityKeyLookup, SealedSender
+from chatd.services.smtp import SmtpSender
 from chatd.services.sweeper import Sweeper
 from chatd.services.to_device import KIND as TO_DEVICE_KIND
 from chatd.services.to_device import Entry, ToDevice, ToDeviceFeeds, ToDeviceHome
@@ -141,6 +143,9 @@ class Services:
     key_directory: KeyDirectory
     keys: Keys
     device_lists: DeviceListNotifier
+    #: Email notifications of users homed here: settings, links, digests
+    #: (services/email_notify.py); sends nothing while `email.host` is empty.
+    email: EmailNotifier
 
 
 def media_link_secret(config: Config, store: Store) -> bytes:
@@ -324,7 +329,10 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
                     TrustedProxies(config.server.trusted_proxies), account_admin, gdpr,
                     rich, forwarding, notify_prefs, notify_settings, push,
                     to_device_home, to_device, to_device_feeds, sealed,
-                    key_directory, keys, device_lists)
+                    key_directory, keys, device_lists,
+                    _email(config, store, commands, clock, router, users, accounts,
+                           messaging, delivery, home_api, committer, account_admin,
+                           notify_prefs))
 
 
 def _keys(config: Config, store: Store, commands: Commands, committer: GroupCommitter,
@@ -385,6 +393,32 @@ def _e2e_relay(config: Config, store: Store, router: Router, commands: Commands,
     account_admin.erase_hooks.append(home.erase_user)
     account_admin.erase_hooks.append(sealed.erase_user)
     return home, relay, feeds, sealed
+
+
+
+def _email(config: Config, store: Store, commands: Commands, clock: Clock, router: Router,
+           users: Users, accounts: AccountService, messaging: MessagingService,
+           delivery: Delivery, home_api: HomeApi, committer: GroupCommitter,
+           account_admin: AccountAdmin, prefs: NotifyPrefs) -> EmailNotifier:
+    """Email notifications on the home: its `home.email_*` requests, and (when an SMTP
+    server is configured) the listener that schedules digests as messages arrive."""
+    email = config.email
+    notifier = EmailNotifier(
+        config=email, store=store, commands=commands, clock=clock, router=router,
+        users=users, local_user=accounts.get_user,
+        secret=claim_secret(store, "email_link_secret"),
+        conversations_of=messaging.conversations_of,
+        sender=SmtpSender(email) if email.enabled else None)
+    home_api.requests.update(notifier.requests)
+    committer.on_reload_needed(notifier.forget_pending)
+    account_admin.erase_hooks.append(notifier.erase)
+    # Mute and previews are the user's notification preferences, shared with push.
+    notifier.muted = lambda user_id, conversation_id: prefs.is_muted(
+        user_id, conversation_id, clock.now_ms())
+    notifier.previews = prefs.previews
+    if notifier.enabled:
+        delivery.home_message_listeners.append(notifier.message_arrived)
+    return notifier
 
 
 def _rich_messages(config: Config, store: Store, router: Router, owner: ConversationOwner,

@@ -23,7 +23,7 @@ from chatd.errors import NotFound, RateLimited
 #: The buckets' names, as routes use them (every one is configured in RateLimitsConfig).
 BUCKETS = ("messages", "message_bytes", "new_conversations", "group_create", "group_add",
            "handle_lookup", "media_bytes", "keys_claim", "to_device", "reports", "login",
-           "register", "sealed_send")
+           "register", "email_verify", "email_links", "sealed_send")
 
 
 class RateLimits:

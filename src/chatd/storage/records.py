@@ -59,6 +59,8 @@ added unpacks with that field's default, so adding a field at the end needs no m
 | report_dedup | reported_id, reporter_id, conversation_id, seq | report_id (8 bytes) |
 | account_state | user_id | {deactivated_at, erasing_since, erased_at, photo}: on the home |
 | exports | export_id (ASCII) | {user_id, created_at, ready, size}: a data export's file |
+| email_settings | user_id | {address, pending, enabled, delay_s, previews}: on the home |
+| email_digests | user_id | {due, last_sent, mailed, failures}: the next digest, on the home |
 | identity_keys | user_id, device_id | curve25519, ed25519, signature, created_at (home) |
 | one_time_keys | user_id, device_id, key_id (UTF-8) | key, signature (home) |
 | fallback_keys | user_id, device_id | key_id, key, signature, used (home) |
@@ -472,6 +474,14 @@ ACCOUNT_STATE: Family[int, Any] = Family("account_state", u64, read_u64, pack, _
 #: zip itself is a file under <data>/exports.
 EXPORTS: Family[str, Any] = Family("exports", _ascii, _read_ascii, pack, _read_any)
 
+# -- email notifications (services/email_notify.py) ---------------------------------------------
+
+#: A user's email-notification settings, on their home: a msgpack map.
+EMAIL_SETTINGS: Family[int, Any] = Family("email_settings", u64, read_u64, pack, _read_any)
+#: A user's digest schedule, on their home: when the next digest is due (kept so that it
+#: survives a restart), when the last went out, what it covered.
+EMAIL_DIGESTS: Family[int, Any] = Family("email_digests", u64, read_u64, pack, _read_any)
+
 # -- end-to-end keys (services/key_directory.py), on the user's home ------------------------
 
 
@@ -512,7 +522,8 @@ FAMILIES: tuple[Family[Any, Any], ...] = (
     DEAD_BLOBS, QUARANTINE, MEDIA_USAGE, MEDIA_REFS, MEDIA_CONVERSATIONS,
     DIRECT_STATES, BLOCKS, INVITES, USER_INVITES, HIDDEN, EXPIRIES,
     MEDIA_RELEASES, ABUSE, ABUSE_QUEUE, REPORTS, REPORT_DEDUP, REACTIONS, REACTION_ENTRIES,
-    EDITS, PINS, UNCOUNTED, ACCOUNT_STATE, EXPORTS)
+    EDITS, PINS, UNCOUNTED, ACCOUNT_STATE, EXPORTS,
+    EMAIL_SETTINGS, EMAIL_DIGESTS)
 FAMILIES = FAMILIES + E2E_FAMILIES
 CONVERSATION_FAMILIES.update(
     (family.name, family.conversation_at) for family in FAMILIES

@@ -28,6 +28,7 @@ from chatd.web import (
     routes_backup,
     routes_compact,
     routes_conversations,
+    routes_email,
     routes_gdpr,
     routes_keys,
     routes_media,
@@ -225,6 +226,7 @@ def create_app(services: Services) -> QuartTrio:
     routes_moderation.register(api, services)
     routes_gdpr.register(api, services)
     routes_admin_users.register(api, services)
+    routes_email.register(api, services)
     routes_notify.register(api, services)
     routes_push.register(api, services)
     routes_keys.register(api, services)

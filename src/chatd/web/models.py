@@ -21,7 +21,7 @@ import unicodedata
 from dataclasses import dataclass, field
 from typing import Annotated, Any
 
-from chatd.domain import deletion, replies, reports, rules
+from chatd.domain import deletion, email_links, email_settings, replies, reports, rules
 from chatd.domain.ids import MAX_ID
 from chatd.domain.reactions import MAX_EMOJI_LENGTH
 from chatd.services.exports import EXPORT_ID_PATTERN
@@ -991,3 +991,49 @@ class AdminUserDetail(Model):
     upload_bytes: Annotated[int, Integer(minimum=0)]
     #: Shards that could not be asked: the counts leave out what they hold.
     unreachable: Annotated[list[str], Json({"type": "array", "items": {"type": "string"}})]
+
+
+# -- email notifications (web/routes_email.py) -------------------------------------------------
+
+_ADDRESS_INNER = email_settings.ADDRESS_PATTERN[1:-1]
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationSettings(Model):
+    #: The verified address digests go to (null: none yet).
+    email: Annotated[str | None, String(max_length=email_settings.ADDRESS_MAX)] = None
+    #: An address waiting for its verification link to be followed.
+    pending_email: Annotated[str | None, String(max_length=email_settings.ADDRESS_MAX)] = None
+    email_enabled: bool = False
+    email_delay_s: Annotated[int, Integer(minimum=email_settings.MIN_DELAY_S,
+                                          maximum=email_settings.MAX_DELAY_S)] = \
+        email_settings.DEFAULT_DELAY_S
+    #: Whether this server sends email at all (its operator configured SMTP).
+    email_available: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class NotificationChange(Model):
+    description = "fields left out (or null) stay as they are"
+    closed = True
+
+    email: Annotated[str | None, String(
+        pattern=f"^(?:{_ADDRESS_INNER})?$", max_length=email_settings.ADDRESS_MAX,
+        code="invalid_field",
+        rule="is not an address this server sends to (ASCII, name@host.domain)",
+        description="a new address (a verification link is mailed to it; digests go to "
+                    "it once followed); \"\" removes the address")] = None
+    email_enabled: Annotated[bool | None, Boolean(
+        description="digests of unread messages, once the address is verified")] = None
+    email_delay_s: Annotated[int | None, Integer(
+        minimum=email_settings.MIN_DELAY_S, maximum=email_settings.MAX_DELAY_S,
+        code="invalid_field",
+        description="seconds a message stays unread before it is mailed")] = None
+
+
+@dataclass(frozen=True, slots=True)
+class EmailLinkQuery(Model):
+    """A signed link from a notification mail."""
+
+    token: Annotated[str, String(pattern=email_links.TOKEN_PATTERN, max_length=60,
+                                 code="invalid_link")]

@@ -60,4 +60,5 @@ def register(api: Api, services: Services) -> None:
             lines += services.coordinator.prometheus()
         lines += services.ratelimits.prometheus()
         lines += services.push.prometheus()
+        lines += services.email.prometheus()
         return Response("\n".join(lines) + "\n", content_type=_PROMETHEUS)
