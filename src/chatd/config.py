@@ -449,6 +449,14 @@ class GdprConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The browser client served at `/` (web/webapp.py, docs/web.md)."""
+
+    #: Serve the app's page and assets on the listener's port; false leaves only the API.
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -462,6 +470,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     abuse: AbuseConfig = field(default_factory=AbuseConfig)
     gdpr: GdprConfig = field(default_factory=GdprConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.server.listen)

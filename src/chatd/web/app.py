@@ -37,6 +37,7 @@ from chatd.web import (
     routes_replication,
     routes_reports,
     routes_rich,
+    webapp,
 )
 from chatd.web.api import Api, configured_limits
 from chatd.web.streamed_body import ClientGone, StreamedBodies
@@ -222,4 +223,6 @@ def create_app(services: Services) -> QuartTrio:
     routes_gdpr.register(api, services)
     routes_admin_users.register(api, services)
     api.install(app)
+    if config.web.enabled:
+        webapp.register(app, webapp.StaticBundle.from_package())
     return app
