@@ -46,6 +46,8 @@ export class Conversation {
   }
 
   update(data) {
+    // Optional fields are left out when not set: an old value must not outlive them.
+    for (const key of ["request", "blocked", "encrypted", "photo_media_id"]) delete this[key];
     Object.assign(this, data);
     this.id = data.conversation_id;
   }
@@ -476,6 +478,7 @@ export class ChatClient extends EventTarget {
     } else if (conv.request === "sent" && !mine) {
       // An answer accepts our request: receipts and presence may be shown from now on.
       this.#refreshConversation(conv.id).then(() => {
+        if (conv.request !== "sent" && this.live) this.live.restart();
         this.#loadMarks(conv);
         const peer = this.peerOf(conv);
         if (peer) this.#refreshPeer(peer);
@@ -490,8 +493,9 @@ export class ChatClient extends EventTarget {
   async #refreshConversation(id) {
     try {
       const data = await this.api.get(`/conversations/${id}`);
-      const map = this.requests.has(id) ? this.requests : this.convs;
+      const map = data.request === "received" ? this.requests : this.convs;
       this.#upsert(map, data);
+      (map === this.convs ? this.requests : this.convs).delete(id);
       for (const member of data.members) this.user(member.user_id);
       this.emit("list");
       this.emit("conv");
@@ -628,7 +632,11 @@ export class ChatClient extends EventTarget {
       }, false);
       this.#queueAck(conv.id, answer.seq);
       this.#advanceNewest(conv);
-      if (conv.request === "received") this.#refreshConversation(conv.id);
+      if (conv.request === "received") {
+        this.#refreshConversation(conv.id).then(() => {
+          if (conv.request !== "received" && this.live) this.live.restart();
+        });
+      }
     } else if (answer.code === "disconnected") {
       return; // stays pending; sent again (same client_msg_id) once reconnected
     } else if (answer.code === "rate_limited") {
@@ -700,8 +708,11 @@ export class ChatClient extends EventTarget {
 
   async answerRequest(conv, accept) {
     const data = await this.api.post(`/conversations/${conv.id}/${accept ? "accept" : "decline"}`);
-    this.requests.delete(conv.id);
     if (accept) this.#upsert(this.convs, data);
+    this.requests.delete(conv.id);
+    // The server settles whose presence a connection sees when it opens: a new contact's
+    // shows after a reconnect (catch-up makes it lossless).
+    if (accept && this.live) this.live.restart();
     else if (this.currentId === conv.id) this.currentId = null;
     this.emit("open");
     this.emit("list");

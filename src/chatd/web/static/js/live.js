@@ -22,7 +22,13 @@ export class Live {
     this.counter = 0;
     this.stopped = false;
     this.onOnline = () => this.reconnectNow();
+    // The browser knows the network is gone before TCP does: close now, show it, and
+    // reconnect (and catch up) as soon as it is back, instead of waiting on a dead socket.
+    this.onOffline = () => {
+      if (this.socket) this.socket.close(1000, "offline");
+    };
     window.addEventListener("online", this.onOnline);
+    window.addEventListener("offline", this.onOffline);
   }
 
   get open() {
@@ -70,6 +76,11 @@ export class Live {
         this.onunauthorized(event.reason);
         return;
       }
+      if (event.reason === "restart") {
+        this.attempts = 0;
+        this.connect();
+        return;
+      }
       this.#scheduleRetry();
     };
   }
@@ -97,6 +108,13 @@ export class Live {
     this.retryAt = Date.now() + delay;
     this.#setState(navigator.onLine === false ? "offline" : "waiting", { retryAt: this.retryAt });
     this.timer = setTimeout(() => this.connect(), delay);
+  }
+
+  /** Close and connect again at once (the server settles some state per connection). */
+  restart() {
+    if (this.stopped) return;
+    if (this.socket) this.socket.close(1000, "restart");
+    else this.reconnectNow();
   }
 
   reconnectNow() {
@@ -131,6 +149,7 @@ export class Live {
     clearTimeout(this.timer);
     clearInterval(this.pinger);
     window.removeEventListener("online", this.onOnline);
+    window.removeEventListener("offline", this.onOffline);
     if (this.socket) this.socket.close(1000);
     this.socket = null;
   }
