@@ -34,9 +34,11 @@ export function authView(api, onSignedIn, notice = "") {
     submit.textContent = registering ? "Create account" : "Log in";
     switchText.textContent = registering ? "Have an account? " : "New here? ";
     switcher.textContent = registering ? "Log in" : "Create an account";
-    error.hidden = true;
   }
-  switcher.addEventListener("click", () => setMode(mode === "login" ? "register" : "login"));
+  switcher.addEventListener("click", () => {
+    error.hidden = true;
+    setMode(mode === "login" ? "register" : "login");
+  });
 
   const form = h("form", { class: "auth-card", aria: { labelledby: "auth-title" }, novalidate: true },
     h("div", { class: "brand" }, h("span", { class: "brand-mark", aria: { hidden: "true" } }), "chatd"),

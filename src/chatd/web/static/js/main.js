@@ -10,7 +10,7 @@ const root = document.getElementById("root");
 let session = loadSession();
 let client = null;
 
-const api = new Api(() => (session ? session.token : null), () => signOut("Your session ended. Please log in again."));
+const api = new Api(() => (session ? session.token : null), () => signOut("This device was logged out. Please log in again."));
 
 function signOut(notice = "") {
   if (client) client.stop();
@@ -36,7 +36,7 @@ async function showChat() {
     },
   });
   client.addEventListener("change", (event) => {
-    if (event.detail.what === "unauthorized") signOut("This device was logged out.");
+    if (event.detail.what === "unauthorized") signOut("This device was logged out. Please log in again.");
   });
   try {
     await client.start();

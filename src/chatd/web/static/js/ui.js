@@ -261,7 +261,11 @@ export class MainView {
       case "group_created": return `${actor} created the group “${b.name || ""}”`;
       case "members_added": return `${actor} added ${names}`;
       case "members_removed": return `${actor} removed ${names}`;
-      case "admins_added": return `${names} ${b.user_ids && b.user_ids.length > 1 ? "are" : "is"} now admin`;
+      case "admins_added": {
+        const ids = b.user_ids || [];
+        const plural = ids.length > 1 || (ids.length === 1 && ids[0] === c.me.user_id);
+        return `${names} ${plural ? "are" : "is"} now admin`;
+      }
       case "member_left": return `${actor} left`;
       case "renamed": return `${actor} renamed the group to “${b.name || ""}”`;
       case "photo_changed": return b.media_id ? `${actor} changed the group photo` : `${actor} removed the group photo`;
