@@ -114,7 +114,8 @@ def test_bundle_release_follows_content() -> None:
     one = StaticBundle(files)
     two = StaticBundle({**files, "js/main.js": b"2"})
     assert one.release != two.release
-    assert one.index.content == f'<script type="module" src="/assets/{one.release}/js/main.js"></script>'.encode()
+    expected = f'<script type="module" src="/assets/{one.release}/js/main.js"></script>'
+    assert one.index.content == expected.encode()
     assert gzip.decompress(StaticBundle.from_package().index.gzipped or b"") == (
         StaticBundle.from_package().index.content)
     with pytest.raises(ValueError, match="missing"):

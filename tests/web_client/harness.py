@@ -49,7 +49,10 @@ class ChatdProcess:
 
     def __init__(self, data_dir: Path, log_path: Path,
                  extra_env: Mapping[str, str] | None = None) -> None:
-        env = {**os.environ, **FAST_AUTH_ENV, **UNLIMITED_SENDS_ENV,
+        # CHATD_SCREENSHOTS is the tests' switch, not a server setting (chatd refuses
+        # CHATD_* variables it does not know).
+        inherited = {k: v for k, v in os.environ.items() if k != "CHATD_SCREENSHOTS"}
+        env = {**inherited, **FAST_AUTH_ENV, **UNLIMITED_SENDS_ENV,
                "CHATD_RATELIMITS_HANDLE_LOOKUP_PER_ACCOUNT": "off",
                "CHATD_RATELIMITS_HANDLE_LOOKUP_PER_ADDRESS": "off",
                "CHATD_RATELIMITS_NEW_CONVERSATIONS_PER_ACCOUNT": "off",
@@ -68,6 +71,7 @@ class ChatdProcess:
                 if "chatd.server: serving " in line:
                     return line.split("serving ", 1)[1].split()[0]
             if self.process.poll() is not None:
+                self._log.close()
                 raise RuntimeError(f"chatd exited early:\n{self.log_path.read_text()}")
             time.sleep(0.05)
         self.stop()

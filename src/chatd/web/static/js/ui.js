@@ -156,6 +156,7 @@ export class MainView {
     if (what === "open") { this.schedule("pane"); this.schedule("list"); }
     if (what === "conv" || what === "users" || what === "typing") this.schedule("head");
     if (what === "users" || what === "conv") this.schedule("messages");
+    if (what === "messages") this.schedule("list");
     if (what === "messages" && detail.id === this.client.currentId) {
       if (detail.own) this.stickToBottom = true;
       this.schedule("messages");
