@@ -13,6 +13,7 @@ the tests error loudly (SystemPackageError); they are never skipped.
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import subprocess
 import sys
@@ -48,7 +49,8 @@ class ChatdProcess:
     """`chatd serve` on 127.0.0.1 with a port of its own choosing."""
 
     def __init__(self, data_dir: Path, log_path: Path,
-                 extra_env: Mapping[str, str] | None = None) -> None:
+                 extra_env: Mapping[str, str] | None = None, listen: str = "127.0.0.1:0",
+                 ) -> None:
         # CHATD_SCREENSHOTS is the tests' switch, not a server setting (chatd refuses
         # CHATD_* variables it does not know).
         inherited = {k: v for k, v in os.environ.items() if k != "CHATD_SCREENSHOTS"}
@@ -60,7 +62,7 @@ class ChatdProcess:
         self.log_path = log_path
         self._log = open(log_path, "ab")  # noqa: SIM115  # closed in stop()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "chatd", "serve", "--listen", "127.0.0.1:0",
+            [sys.executable, "-m", "chatd", "serve", "--listen", listen,
              "--data", str(data_dir)], stdout=self._log, stderr=self._log, env=env)
         self.url = self._wait_ready()
 
@@ -123,6 +125,12 @@ class User:
     def title(self) -> Locator:
         """The open chat's name, in its header."""
         return self.page.get_by_role("button", name="Chat info").get_by_role("heading")
+
+    def token(self) -> str:
+        """This browser's bearer token (for seeding through the REST API)."""
+        raw = self.page.evaluate("sessionStorage.getItem('chatd.session') || "
+                                 "localStorage.getItem('chatd.session')")
+        return str(json.loads(raw)["token"])
 
     def log(self) -> Locator:
         return self.page.get_by_role("log", name="Messages")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import httpx
 from playwright.sync_api import expect
 
 from tests.web_client.harness import Browsers, befriend
@@ -172,3 +173,28 @@ def test_encrypted_conversation_is_unreadable_and_never_sent_to(people: Browsers
     expect(alice.log().get_by_text("plain before")).to_have_count(0)
     alice.page.keyboard.press("Enter")
     assert not [frame for frame in sent if '"send"' in frame]
+
+
+def test_history_pages_back_on_scroll_up(people: Browsers) -> None:
+    alice = people.register("Alice")
+    bob = people.register("Bob")
+    befriend(alice, bob)
+    conversation = alice.page.evaluate("location.hash").rsplit("/", 1)[1]
+    with httpx.Client(base_url=people.url, timeout=30,
+                      headers={"authorization": f"Bearer {bob.token()}"}) as http:
+        for n in range(130):
+            response = http.post("/messages/send", json={
+                "conversation_id": conversation, "client_msg_id": f"h{n}",
+                "content_type": "text/plain", "body": f"history {n:03d}"})
+            assert response.status_code == 201, response.text
+    alice.page.reload()
+    expect(alice.log().get_by_text("history 129")).to_be_visible()
+    expect(alice.log().get_by_text("history 000")).to_have_count(0)
+    for _ in range(10):
+        if alice.log().get_by_text("history 000").count():
+            break
+        alice.log().evaluate("log => { log.scrollTop = 0; }")
+        alice.page.wait_for_timeout(250)
+    expect(alice.log().get_by_text("hi Bob")).to_be_visible()
+    texts = [t for t in alice.log().get_by_role("listitem").all_inner_texts() if "history" in t]
+    assert [t.split("\n")[0] for t in texts] == [f"history {n:03d}" for n in range(130)]
