@@ -173,6 +173,7 @@ def test_encrypted_conversation_is_unreadable_and_never_sent_to(people: Browsers
     expect(alice.log().get_by_text("plain before")).to_have_count(0)
     alice.page.keyboard.press("Enter")
     assert not [frame for frame in sent if '"send"' in frame]
+    alice.page.unroute_all(behavior="ignoreErrors")
 
 
 def test_history_pages_back_on_scroll_up(people: Browsers) -> None:

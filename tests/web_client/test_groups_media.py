@@ -279,3 +279,17 @@ def test_screenshots(people: Browsers) -> None:
             context.close()
             people.contexts.remove(context)
             assert len(shots) == 2
+
+
+def test_notifications_can_be_enabled(people: Browsers) -> None:
+    """Permission granted, in-tab notifications are on; Web Push is set up when the server
+    offers it (GET /push/vapid), and its absence (or a browser without a push service, as
+    headless chromium here) is said, not an error."""
+    alice = people.register("Alice")
+    alice.context.grant_permissions(["notifications"])
+    alice.page.get_by_role("button", name="Settings").click()
+    settings = alice.page.get_by_role("dialog", name="Settings")
+    settings.get_by_role("button", name="Enable notifications").click()
+    status = settings.get_by_role("region", name="Notifications").get_by_role("status")
+    expect(status).to_contain_text("Notifications are on while this tab is in the background.")
+    expect(status).to_contain_text("push", ignore_case=True)

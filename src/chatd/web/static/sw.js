@@ -1,14 +1,18 @@
 // chatd's service worker: shows Web Push notifications and focuses the app when one is
-// clicked. It caches nothing (the app needs the server anyway). A push's data is JSON,
-// {"title", "body", "conversation_id"} (docs/web.md); anything else shows a generic line.
+// clicked. It caches nothing (the app needs the server anyway). A push's data is the
+// notifier's JSON (push branch, domain/push.py `payload`): {conversation_id, seq, unread,
+// sender_name?, preview?}; the name and preview are there only when the user allows
+// previews, so without them a generic line is shown.
 self.addEventListener("install", () => self.skipWaiting());
 self.addEventListener("activate", (event) => event.waitUntil(self.clients.claim()));
 
 self.addEventListener("push", (event) => {
   let data = {};
   try { data = event.data ? event.data.json() : {}; } catch { data = {}; }
-  const title = typeof data.title === "string" && data.title ? data.title : "chatd";
-  const body = typeof data.body === "string" ? data.body : "New message";
+  const name = typeof data.sender_name === "string" && data.sender_name ? data.sender_name : "";
+  const title = name || "chatd";
+  const unread = Number.isInteger(data.unread) && data.unread > 1 ? `${data.unread} new messages` : "New message";
+  const body = typeof data.preview === "string" && data.preview ? data.preview : unread;
   const tag = typeof data.conversation_id === "string" ? data.conversation_id : "chatd";
   event.waitUntil(self.registration.showNotification(title, {
     body, tag, data: { conversation_id: data.conversation_id || "" },

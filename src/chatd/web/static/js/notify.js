@@ -25,7 +25,13 @@ export async function enableNotifications(api) {
   if (!("Notification" in window)) return notificationState();
   const permission = await Notification.requestPermission();
   if (permission !== "granted") return notificationState();
-  const pushNote = await subscribePush(api);
+  let pushNote;
+  try {
+    pushNote = await subscribePush(api);
+  } catch (failure) {
+    // In-tab notifications work without push: say why push did not, and carry on.
+    pushNote = `Push notifications could not be set up: ${failure && failure.message ? failure.message : failure}.`;
+  }
   return `${notificationState()} ${pushNote}`;
 }
 
