@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
@@ -434,7 +434,7 @@ class MediaService:
         """Whether the bytes are a file here (the direct path sends it with sendfile)."""
         return self._router.is_local(blob.shard) and isinstance(self.blobs, LocalBlobStore)
 
-    async def read(self, blob: Blob, start: int, length: int) -> AsyncIterator[bytes]:
+    async def read(self, blob: Blob, start: int, length: int) -> AsyncGenerator[bytes, None]:
         """The bytes of a range of `blob`, wherever they are: this shard's store, the
         shared bucket under the other shard's prefix, or the other shard over the mesh
         (`MESH_READ` bytes a request, one request in flight)."""

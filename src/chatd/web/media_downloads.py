@@ -22,6 +22,7 @@ import logging
 import os
 import re
 import socket
+from contextlib import aclosing
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
@@ -203,8 +204,11 @@ class MediaDownloads:
                 await self._send_file(sock, blobs.path_of(blob.sha256), planned.start,
                                       planned.length)
             else:
-                async for chunk in media.read(blob, planned.start, planned.length):
-                    await self._send_all(sock, chunk)
+                # Closed here, not by the garbage collector outside any task, when the
+                # client goes away mid-body (the send raises with the reader suspended).
+                async with aclosing(media.read(blob, planned.start, planned.length)) as chunks:
+                    async for chunk in chunks:
+                        await self._send_all(sock, chunk)
         return request.keep_alive
 
     async def _plan(self, request: MediaRequest) -> tuple[media_response.Planned, Blob]:
