@@ -85,5 +85,6 @@ export function authView(api, onSignedIn, notice = "") {
       submit.disabled = false;
     }
   });
+  requestAnimationFrame(() => handle.focus());
   return h("main", { class: "auth" }, form);
 }

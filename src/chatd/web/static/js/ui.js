@@ -289,7 +289,9 @@ export class MainView {
     const unread = conv.unread || 0;
     const preview = h("span", { class: "conv-preview" },
       conv.encrypted ? icon("lock", "inline") : null,
-      last && last.sender_id === c.me.user_id && last.content_type !== "chatd/system" ? this.tick(conv, last) : null,
+      // Ticks in the list once the watermarks are known (on opening the chat, or live).
+      last && last.sender_id === c.me.user_id && last.content_type !== "chatd/system"
+        && (conv.marks.size || !last.seq) ? this.tick(conv, last) : null,
       this.previewOf(conv, last));
     const button = h("button", { type: "button", class: "conv", aria: { current: conv.id === c.currentId ? "true" : null },
                                  onclick: () => this.go(conv.id) },
