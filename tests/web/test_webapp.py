@@ -147,3 +147,17 @@ def test_wheel_ships_the_static_files(tmp_path: Path) -> None:
     expected = {f"chatd/web/static/{p.relative_to(static).as_posix()}"
                 for p in static.rglob("*") if p.is_file()}
     assert expected and expected <= names, sorted(expected - names)
+
+
+def test_no_script_parses_html_or_evals() -> None:
+    """The app puts user text into the page as text only (docs/web.md): none of its
+    scripts uses an HTML-parsing sink or eval (the CSP would refuse eval anyway)."""
+    bundle = StaticBundle.from_package()
+    scripts = {name: item.content.decode() for name, item in bundle.assets.items()
+               if name.endswith(".js")}
+    scripts["sw.js"] = bundle.service_worker.content.decode()
+    assert len(scripts) >= 10
+    for name, text in scripts.items():
+        for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write",
+                     "eval(", "new Function", "setAttribute(\"style\""):
+            assert sink not in text, (name, sink)

@@ -468,6 +468,11 @@ export class MainView {
     replace(this.timeline, items);
     if (stick) this.scroller.scrollTop = this.scroller.scrollHeight;
     else this.scroller.scrollTop = this.scroller.scrollHeight - fromBottom;
+    // A page that does not fill the pane (reactions and edits are not shown) cannot be
+    // scrolled up: fetch the one before it now.
+    if (conv.hasMore && !conv.loading && this.scroller.scrollHeight <= this.scroller.clientHeight) {
+      this.client.loadOlder(conv).catch((f) => this.toast(describe(f)));
+    }
   }
 
   bubble(conv, message, first) {
