@@ -60,6 +60,9 @@ NO_CACHE = "no-cache"
 ASSETS_MARK = "__ASSETS__"
 #: Files served outside the release directory, at fixed URLs.
 ROOT_FILES = ("index.html", "sw.js")
+#: The app's endpoints on the quart app: not API routes (tests/web/test_ops.py leaves them
+#: out of its comparison with /openapi.json).
+ENDPOINTS = frozenset({"web_index", "web_service_worker", "web_asset"})
 _COMPRESSIBLE = (".html", ".js", ".css", ".svg", ".json", ".webmanifest", ".txt")
 _TYPES = {".js": "text/javascript; charset=utf-8", ".css": "text/css; charset=utf-8",
           ".html": "text/html; charset=utf-8", ".svg": "image/svg+xml",
