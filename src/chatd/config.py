@@ -561,6 +561,14 @@ class KeysConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    """The browser client served at `/` (web/webapp.py, docs/web.md)."""
+
+    #: Serve the app's page and assets on the listener's port; false leaves only the API.
+    enabled: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     server: ServerConfig = field(default_factory=ServerConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
@@ -579,6 +587,7 @@ class Config:
     to_device: ToDeviceConfig = field(default_factory=ToDeviceConfig)
     sealed_sender: SealedSenderConfig = field(default_factory=SealedSenderConfig)
     keys: KeysConfig = field(default_factory=KeysConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
     def listen_address(self) -> tuple[str, int]:
         return parse_listen(self.server.listen)

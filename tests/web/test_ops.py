@@ -5,6 +5,7 @@ import time
 import httpx
 
 from chatd.server import RunningServer
+from chatd.web.webapp import ENDPOINTS as WEB_CLIENT
 from tests.conftest import ServerFactory
 from tests.helpers import assert_error, new_account
 
@@ -22,8 +23,8 @@ def app_routes(server: RunningServer) -> set[tuple[str, str]]:
     app = create_app(server.services)
     routes = set()
     for rule in app.url_map.iter_rules():
-        if rule.endpoint == "static" or rule.websocket:
-            continue
+        if rule.endpoint == "static" or rule.websocket or rule.endpoint in WEB_CLIENT:
+            continue  # the web client's files are no API route (tests/web/test_webapp.py)
         path = rule.rule.replace("<", "{").replace(">", "}")
         for method in rule.methods or ():
             if method not in ("HEAD", "OPTIONS"):

@@ -42,6 +42,7 @@ from chatd.web import (
     routes_replication,
     routes_reports,
     routes_rich,
+    webapp,
 )
 from chatd.web.api import Api, configured_limits
 from chatd.web.streamed_body import ClientGone, StreamedBodies
@@ -232,4 +233,6 @@ def create_app(services: Services) -> QuartTrio:
     routes_keys.register(api, services)
     routes_relay.register(api, services)
     api.install(app)
+    if config.web.enabled:
+        webapp.register(app, webapp.StaticBundle.from_package())
     return app
