@@ -14,6 +14,9 @@ PUBLIC_ROUTES = {("GET", "/healthz"), ("GET", "/openapi.json"), ("POST", "/regis
 #: The links of notification mails: the signed token is the credential (no login).
 PUBLIC_ROUTES |= {("GET", "/email/verify"), ("GET", "/email/unsubscribe"),
                   ("POST", "/email/unsubscribe")}
+#: Sealed sender: the server's signing keys are what clients check certificates with, and
+#: a sealed send carries the recipient's access key instead of a login.
+PUBLIC_ROUTES |= {("GET", "/certificate/server_keys"), ("POST", "/sealed/send")}
 
 
 def app_routes(server: RunningServer) -> set[tuple[str, str]]:
