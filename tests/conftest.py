@@ -57,3 +57,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                      help="seed of the fault-injection checker run "
                           "(tests/cluster/test_checker.py; default: CHATD_CHECKER_SEED, "
                           "else a random one, printed)")
+
+
+#: Files that take a minute or more, scheduled first: `--dist loadfile` hands files out in
+#: collection order, and one of these collected last ran alone for minutes at the end.
+SLOW_FILES = ("web/test_fuzz_rest.py", "web/test_fuzz_rest_random.py",
+              "cluster/test_checker.py", "test_bench.py", "cluster/test_found_by_checker.py",
+              "web/test_fuzz_ws.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def slow_first(item: pytest.Item) -> int:
+        path = item.path.as_posix()
+        for rank, name in enumerate(SLOW_FILES):
+            if path.endswith("/tests/" + name):
+                return rank
+        return len(SLOW_FILES)
+
+    items.sort(key=slow_first)  # stable: every other file keeps its order

@@ -4,7 +4,6 @@ of the three after delete-for-everyone and `POST /admin/compact` on each shard."
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -13,6 +12,7 @@ import pytest
 import trio
 
 from tests.cluster.harness import ADMIN_TOKEN, Cluster, group_owned_by, open_cluster
+from tests.helpers import disk_marker
 
 REPLICATED = {"factor": 2, "failover_after": 2.0}
 
@@ -50,7 +50,7 @@ async def test_a_deleted_message_leaves_the_owner_and_the_replica(cluster: Clust
     as_alice = await cluster.client("a", alice)
     # Range b: owned by b, replicated to c.
     group = await group_owned_by(as_alice, "b", [bob.user_id])
-    marker = f"marker-{uuid.uuid4().hex}"
+    marker = disk_marker()
     seq = (await as_alice.send(group, f"secret {marker}"))["seq"]
     await as_alice.send(group, "a neighbour that stays")
     # The scan can fail: acknowledged means durable on the owner and on its replica.

@@ -5,14 +5,13 @@ write-ahead log, manifest and logs, and the media files."""
 
 from __future__ import annotations
 
-import uuid
 from pathlib import Path
 
 import httpx
 
 from chatd.server import RunningServer
 from tests.conftest import ServerFactory
-from tests.helpers import ManualClock, assert_error, new_account
+from tests.helpers import ManualClock, assert_error, disk_marker, new_account
 
 ADMIN = "compact-admin-token-0123456789"
 AS_ADMIN = {"Authorization": f"Bearer {ADMIN}"}
@@ -36,7 +35,7 @@ async def test_delete_for_everyone_leaves_no_byte_behind(start_server: ServerFac
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
         alice, bob = await new_account(http), await new_account(http)
         conversation = await alice.direct_with(bob)
-        marker = f"marker-{uuid.uuid4().hex}"
+        marker = disk_marker()
         uploaded = await http.post("/media/upload", content=f"file {marker}".encode(),
                                    headers={**alice.headers, "Content-Type": "text/plain"})
         assert uploaded.status_code == 201
@@ -71,7 +70,7 @@ async def test_expired_messages_leave_no_byte_behind(start_server: ServerFactory
         response = await alice.patch(f"/conversations/{conversation}",
                                      {"disappearing_s": 86_400})
         assert response.status_code == 200
-        marker = f"marker-{uuid.uuid4().hex}"
+        marker = disk_marker()
         await bob.send(conversation, f"gone tomorrow {marker}")
         await compact(http)
         assert any(name.endswith(".sst") for name in files_holding(server, marker))

@@ -16,7 +16,7 @@ from chatd.client import ChatClient, LiveConnection
 from chatd.domain.rules import DELETED_CONTENT_TYPE
 from chatd.protocol import frames
 from tests.conftest import ServerFactory
-from tests.helpers import Account, assert_error, live, login, new_account
+from tests.helpers import Account, assert_error, disk_marker, live, login, new_account
 from tests.web.test_compact import ADMIN, compact, files_holding
 from tests.web.test_gdpr import document, exported
 
@@ -142,7 +142,7 @@ async def test_a_reply_to_a_deleted_message_shows_it_deleted_and_keeps_none_of_i
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
         alice, bob = await new_account(http), await new_account(http)
         conversation = await alice.direct_with(bob)
-        marker = f"marker-{uuid.uuid4().hex}"
+        marker = disk_marker()
         target = await sent_seq(alice, conversation, f"regrettable {marker}")
         reply = await sent_seq(bob, conversation, "you said what?", reply_to=target)
         assert marker in (await history(bob, conversation))[reply]["quote"]["text"]

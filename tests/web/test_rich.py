@@ -5,7 +5,6 @@ catch-up in log order."""
 from __future__ import annotations
 
 import base64
-import uuid
 from typing import Any
 from urllib.parse import quote
 
@@ -16,7 +15,16 @@ from chatd.protocol import frames
 from chatd.protocol import owner as ops
 from chatd.storage import records
 from tests.conftest import ServerFactory
-from tests.helpers import Account, ManualClock, assert_error, live, login, new_account, next_of
+from tests.helpers import (
+    Account,
+    ManualClock,
+    assert_error,
+    disk_marker,
+    live,
+    login,
+    new_account,
+    next_of,
+)
 from tests.web.test_compact import ADMIN, compact, files_holding
 
 THUMBS, HEART = "👍", "❤️"
@@ -322,7 +330,7 @@ async def test_delete_for_everyone_takes_reactions_and_edits_off_the_disk(
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
         alice, bob = await new_account(http), await new_account(http)
         direct = await alice.direct_with(bob)
-        marker = f"marker-{uuid.uuid4().hex}"
+        marker = disk_marker()
         seq = (await alice.send(direct, f"original {marker}")).json()["seq"]
         assert (await edit(alice, direct, seq, f"edited {marker}")).status_code == 200
         assert (await edit(alice, direct, seq, f"again {marker}")).status_code == 200
@@ -366,7 +374,7 @@ async def test_disappearing_reactions_and_edits_expire(start_server: ServerFacto
         seq = (await alice.send(direct, "stays")).json()["seq"]
         response = await alice.patch(f"/conversations/{direct}", {"disappearing_s": 86_400})
         assert response.status_code == 200
-        marker = f"marker-{uuid.uuid4().hex}"
+        marker = disk_marker()
         assert (await edit(alice, direct, seq, f"edited {marker}")).status_code == 200
         assert (await react(bob, direct, seq, THUMBS)).status_code == 200
         shown = await history(bob, direct)
