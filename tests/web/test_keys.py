@@ -76,7 +76,8 @@ async def test_upload_query_claim_round_trip(start_server: ServerFactory) -> Non
 
         found = (await query(bob, alice))[alice.user_id]
         assert found["version"] == 1
-        assert found["devices"] == [{"device_id": alice.device_id, **device.identity()}]
+        assert found["devices"] == [{"device_id": alice.device_id, **device.identity(),
+                                     "sealed_key": None}]
 
         claimed = await claim(bob, (alice.user_id, alice.device_id))
         assert claimed["missing"] == []
