@@ -25,7 +25,7 @@ import nacl.exceptions
 import nacl.public
 import nacl.signing
 
-from chatd.e2e.errors import DecryptionError, ForgedMessage
+from chatd.e2e.errors import DecryptionError, ForgedMessage, MissingKeys
 
 #: The state record holding the private half (32 bytes).
 RECORD = "sealed_key"
@@ -33,6 +33,21 @@ RECORD = "sealed_key"
 
 class CertificateRejected(ForgedMessage):
     """The envelope's sender certificate is forged, expired or names another key."""
+
+
+class UnknownServerKey(CertificateRejected):
+    """The certificate names a server key not in our list (fetch the list again)."""
+
+
+class UnknownSender(MissingKeys):
+    """The certificate's device is not among the devices we know (query its user)."""
+
+    retryable = False
+
+    def __init__(self, user_id: str) -> None:
+        super().__init__(f"the sealed message's sender {user_id} has a device we do not "
+                         "know yet")
+        self.user_id = user_id
 
 
 @dataclass(frozen=True)
@@ -89,7 +104,7 @@ def open_envelope(key: nacl.public.PrivateKey, envelope: bytes,
         raise CertificateRejected("the sender certificate is malformed") from None
     server_key = server_keys.get(key_id)
     if server_key is None:
-        raise CertificateRejected(f"the sender certificate names unknown key {key_id}")
+        raise UnknownServerKey(f"the sender certificate names unknown key {key_id}")
     try:
         nacl.signing.VerifyKey(base64.b64decode(server_key)).verify(signed, signature)
     except (nacl.exceptions.BadSignatureError, ValueError, binascii.Error):
