@@ -319,14 +319,17 @@ class KeyDirectory:
 # -- wire forms -----------------------------------------------------------------------------
 # home.keys_upload   {user_id, device_id, identity: [curve25519, ed25519, signature],
 #                     one_time_keys: [[key_id, key, signature], ...],
-#                     fallback_key: [key_id, key, signature] | nil} -> one-time key count
+#                     fallback_key: [key_id, key, signature] | nil,
+#                     sealed_key: [key, signature] | absent} -> one-time key count
 # home.keys_query    {user_ids} -> [[user_id, version, [identity, ...]], ...]
 # home.keys_claim    {devices: [[user_id, device_id], ...]}
 #                    -> {claimed: [[user, device, key_id, key, signature, fallback]],
 #                        missing: [[user, device], ...]}
 # home.keys_identity {user_id, device_id} -> identity | nil
 # home.keys_versions {user_ids} -> [[user_id, version], ...]
-# identity: [user_id, device_id, curve25519, ed25519, signature, created_at]
+# identity: [user_id, device_id, curve25519, ed25519, signature, created_at,
+#            sealed_key, sealed_signature] (the last two "" for none; 6 fields from a
+#            shard that predates them)
 
 
 def _malformed(message: str) -> BadRequest:
