@@ -17,11 +17,12 @@ import trio
 
 from chatd.client import ApiError, ChatClient
 from chatd.e2e import wire
-from chatd.e2e.client import Undecryptable
+from chatd.e2e.client import E2EClient, Undecryptable
 from chatd.e2e.sealed import public_key_text
 from chatd.server import RunningServer
 from chatd.storage import records
 from tests.conftest import ServerFactory
+from tests.e2e.crypto_helpers import CHEAP
 from tests.e2e.sdk_helpers import Decrypted, SdkUser, next_item, sdk_user
 from tests.helpers import UNLIMITED_SENDS, assert_error, new_account
 from tests.web.test_sealed_sender import DeviceKeys, unpadded
@@ -39,7 +40,8 @@ async def next_sealed_frame(live: Any) -> dict[str, Any]:
     with trio.fail_after(10):
         while True:
             event: dict[str, Any] = await live.next_event()
-            if event.get("type") == "to_device" and event.get("message_type") == "sealed":
+            if event.get("type") == "to_device" and \
+                    event.get("message_type") == wire.TO_DEVICE_SEALED:
                 return event
 
 
@@ -205,4 +207,23 @@ async def test_a_device_without_a_sealed_key_adds_it_once(
             assert second["version"] == first["version"] + 1
 
 
-assert wire.TO_DEVICE_SEALED == "sealed"
+
+async def test_the_sealed_key_survives_a_restart(start_server: ServerFactory,
+                                                 tmp_path: Path) -> None:
+    """The private half lives in the encrypted state: reopened, the device has the same
+    key (no 409 on its next upload), and still opens envelopes sealed to the published
+    one."""
+    server = await start_server(ratelimits=UNLIMITED_SENDS)
+    async with sdk_user(server.url, tmp_path) as alice, \
+            sdk_user(server.url, tmp_path) as bob:
+        await bob.chat.set_access_key(ACCESS_KEY)
+        before = public_key_text(bob.e2e.machine.sealed_key)
+        bob.e2e = await E2EClient.open(bob.chat, bob.state_dir, "a long pass phrase",
+                                       **CHEAP)
+        assert public_key_text(bob.e2e.machine.sealed_key) == before
+        assert await bob.e2e.refill_keys() >= 0  # uploads the same sealed key: accepted
+        async with bob.chat.connect() as bob_live:
+            await alice.e2e.sealed_send(bob.user_id, device_of(bob), {"text": "later"},
+                                        ACCESS_KEY)
+            got = await next_item(bob, bob_live, Decrypted)
+        assert (got.content, got.sender_id) == ({"text": "later"}, alice.user_id)
