@@ -333,3 +333,14 @@ def test_a_purge_owed_before_a_crash_is_owed_after_it(tmp_path: Path) -> None:
         assert not store.purge_wanted  # done: not owed again at every start
     finally:
         store.close()
+
+
+def test_identity_records_from_before_the_sealed_key_read_back_without_one() -> None:
+    """An `identity_keys` value written before the sealed-sender key (four fields) reads
+    as an identity with no sealed key; a new one keeps both fields."""
+    old = records.pack(["c" * 43, "e" * 43, "s" * 86, 5])
+    assert records.IDENTITY_KEYS.unpack((1, 2), old) == DeviceIdentity(
+        1, 2, "c" * 43, "e" * 43, "s" * 86, 5)
+    new = DeviceIdentity(1, 2, "c" * 43, "e" * 43, "s" * 86, 5, "k" * 43, "t" * 86)
+    assert records.IDENTITY_KEYS.unpack(
+        (1, 2), records.IDENTITY_KEYS.pack(new)) == new

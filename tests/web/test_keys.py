@@ -76,7 +76,8 @@ async def test_upload_query_claim_round_trip(start_server: ServerFactory) -> Non
 
         found = (await query(bob, alice))[alice.user_id]
         assert found["version"] == 1
-        assert found["devices"] == [{"device_id": alice.device_id, **device.identity()}]
+        assert found["devices"] == [{"device_id": alice.device_id, **device.identity(),
+                                     "sealed_key": None}]
 
         claimed = await claim(bob, (alice.user_id, alice.device_id))
         assert claimed["missing"] == []
@@ -159,7 +160,8 @@ async def test_identity_is_fixed_per_device(start_server: ServerFactory) -> None
         assert_error(await upload(alice, {"identity": changed}), 409, "identity_changed")
         found = (await query(alice, alice))[alice.user_id]
         assert found["version"] == 1
-        assert found["devices"] == [{"device_id": alice.device_id, **first.identity()}]
+        assert found["devices"] == [{"device_id": alice.device_id, **first.identity(),
+                                     "sealed_key": None}]
         # A second device of the same user has its own identity: the version moves.
         second_login = await login(http, alice.handle, "phone")
         await uploaded(second_login, KeyDevice())

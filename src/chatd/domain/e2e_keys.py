@@ -45,6 +45,12 @@ class DeviceIdentity:
     #: The Ed25519 signature of the curve25519 key's base64 text.
     signature: str
     created_at: int = 0
+    #: The device's sealed-sender key (X25519, unpadded base64; "" when it published
+    #: none) and its ed25519 signature of that base64 text. Sealed envelopes are boxed
+    #: to it, not to `curve25519`: vodozemac never lets the identity's private half out,
+    #: so a sealed box to it could never be opened (docs/e2e.md, "Sealed sender").
+    sealed_key: str = ""
+    sealed_signature: str = ""
 
     def same_keys(self, other: DeviceIdentity) -> bool:
         return self.curve25519 == other.curve25519 and self.ed25519 == other.ed25519
@@ -135,6 +141,12 @@ def check_upload(upload: Upload) -> None:
     if not verify(identity.ed25519, identity.curve25519, identity.signature):
         raise BadRequest("identity.signature: not the ed25519 key's signature of the "
                          "curve25519 key's base64 text", code="bad_signature")
+    if identity.sealed_key or identity.sealed_signature:
+        check_key(identity.sealed_key, "identity.sealed_key.key")
+        check_signature_text(identity.sealed_signature, "identity.sealed_key.signature")
+        if not verify(identity.ed25519, identity.sealed_key, identity.sealed_signature):
+            raise BadRequest("identity.sealed_key.signature: not the device's ed25519 "
+                             "signature of the key's base64 text", code="bad_signature")
     if len(upload.one_time_keys) > MAX_ONE_TIME_KEYS:
         raise BadRequest(f"one_time_keys: at most {MAX_ONE_TIME_KEYS} per device",
                          code="too_many_keys")

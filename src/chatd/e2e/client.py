@@ -34,7 +34,7 @@ from typing import Any
 import trio
 
 from chatd.client import ApiError, ChatClient, LiveConnection, new_client_msg_id
-from chatd.e2e import wire
+from chatd.e2e import sealed, wire
 from chatd.e2e.account import verify_signature
 from chatd.e2e.errors import DecryptionError, E2EError, MissingKeys, UntrustedKeys
 from chatd.e2e.machine import ENCRYPTED_TYPES, Decrypted, E2EMachine
@@ -111,6 +111,13 @@ class E2EClient:
         #: echoes a REST send to the sender's own socket, and nothing is encrypted for
         #: the sending device itself.
         self._sent: dict[tuple[str, str], dict[str, Any]] = {}
+        #: (user, device) -> its published sealed-sender key, signature checked.
+        self.sealed_keys: dict[tuple[str, str], str] = {}
+        #: The sender certificate in use (`GET /certificate/sender`), until it expires.
+        self._certificate: dict[str, Any] | None = None
+        #: The server's certificate keys (key_id -> base64), fetched on first need and
+        #: again for a key_id not in it.
+        self._server_keys: dict[str, str] = {}
 
     @classmethod
     async def open(cls, client: ChatClient, state_dir: Path, passphrase: str, *,
@@ -142,8 +149,16 @@ class E2EClient:
         """The first upload: identity, one-time keys and a fallback key. Nothing once
         done (returns -1)."""
         if self.machine.uploaded:
+            if not self.machine.sealed_published:
+                # A device from before sealed sender: its sealed-sender key, once.
+                await self._upload({"identity": self._identity(), "one_time_keys": {}})
             return -1
         return await self._upload(self.machine.account.prepare_upload())
+
+    def _identity(self) -> dict[str, Any]:
+        """The identity of `/keys/upload`, with the sealed-sender key."""
+        return {**self.machine.account.identity_payload(),
+                "sealed_key": self.machine.sealed_key_payload()}
 
     async def refill_keys(self, fallback_used: bool = False) -> int:
         """After `keys_low`: top the directory up to the target. The frame's count may
@@ -153,7 +168,7 @@ class E2EClient:
         account keeps only the previous fallback key, and a pre-key message on it may be
         on its way)."""
         account = self.machine.account
-        count = await self.client.upload_keys(account.identity_payload())
+        count = await self.client.upload_keys(self._identity())
         now = self.now_ms()
         rotate = fallback_used and now - self._fallback_rotated_ms > FALLBACK_ROTATION_S * 1000
         if rotate:
@@ -165,10 +180,12 @@ class E2EClient:
 
     async def _upload(self, body: dict[str, Any]) -> int:
         self.machine.save()  # the private halves before the public ones go out
-        count = await self.client.upload_keys(body["identity"], body["one_time_keys"],
+        identity = {**body["identity"], "sealed_key": self.machine.sealed_key_payload()}
+        count = await self.client.upload_keys(identity, body["one_time_keys"],
                                               body.get("fallback_key"))
         self.machine.account.mark_published()
         self.machine.uploaded = True
+        self.machine.sealed_published = True
         self.machine.save()
         return count
 
@@ -181,11 +198,28 @@ class E2EClient:
             user_id = str(answer.get("user_id", user_id))
             devices = [device for raw in answer.get("devices", [])
                        if (device := _signed_device(user_id, raw)) is not None]
+            for raw in answer.get("devices", []):
+                self._note_sealed_key(user_id, raw, devices)
             self.versions[user_id] = int(answer.get("version", 0))
             changes.extend(self.machine.observe_devices(user_id, devices))
         self.machine.save()
         self.warnings.extend(changes)
         return changes
+
+    def _note_sealed_key(self, user_id: str, raw: object, devices: list[DeviceKeys],
+                         ) -> None:
+        """A device's sealed-sender key, kept if its own ed25519 key signed it."""
+        if not isinstance(raw, dict):
+            return
+        sealed_key = raw.get("sealed_key")
+        device = next((d for d in devices if d.device_id == str(raw.get("device_id"))),
+                      None)
+        if device is None or not isinstance(sealed_key, dict):
+            return
+        key, signature = sealed_key.get("key"), sealed_key.get("signature")
+        if isinstance(key, str) and isinstance(signature, str) and verify_signature(
+                device.ed25519, key, signature):
+            self.sealed_keys[(user_id, device.device_id)] = key
 
     async def _ensure_sessions(self, devices: list[DeviceKeys]) -> list[DeviceKeys]:
         """Open Olm sessions to the devices that have none; returns the devices we can
@@ -297,6 +331,53 @@ class E2EClient:
         self.machine.save()
         return wire.MEGOLM_CONTENT_TYPE, body, versions
 
+    # -- sealed sender ----------------------------------------------------------------------
+
+    async def sealed_send(self, user_id: str, device_id: str, content: dict[str, Any],
+                          access_key: bytes) -> None:
+        """Send `content` to one device of `user_id` without the server learning who sent
+        it: Olm-encrypted to the device, then sealed (with our sender certificate) to the
+        device's sealed-sender key, and posted without our token. `access_key` is the
+        recipient's unidentified access key, which the application got from them (they
+        chose it with `ChatClient.set_access_key` and shared it, in an encrypted message
+        for instance): the SDK does not distribute it."""
+        async with self._lock:
+            certificate = await self._sender_certificate()
+            if (user_id, device_id) not in self.sealed_keys or \
+                    self._trusted(user_id, device_id) is None:
+                await self.refresh_devices([user_id])
+            device = self._trusted(user_id, device_id)
+            recipient_key = self.sealed_keys.get((user_id, device_id))
+            if device is None or recipient_key is None:
+                raise E2EError(f"device {user_id}/{device_id} has no sealed-sender key "
+                               "(or no keys at all) in the directory")
+            if not await self._ensure_sessions([device]):
+                raise E2EError(f"no Olm session to {user_id}/{device_id} (no key to claim)")
+            message = self.machine.encrypt_sealed(device, content)
+            self.machine.save()  # the ratchet step before the message goes out
+        envelope = sealed.seal(recipient_key, certificate, message)
+        await self.client.sealed_send(user_id, device_id, envelope, access_key)
+
+    def _trusted(self, user_id: str, device_id: str) -> DeviceKeys | None:
+        return next((d for d in self.machine.trust.trusted(user_id)
+                     if d.device_id == device_id), None)
+
+    async def _sender_certificate(self) -> dict[str, Any]:
+        """Ours, fetched again a minute before it expires."""
+        cert = self._certificate
+        if cert is None or int(cert.get("expires", 0)) - 60_000 <= self.now_ms():
+            cert = self._certificate = await self.client.sender_certificate()
+        return cert
+
+    async def _open_sealed(self, event: dict[str, Any]) -> Decrypted:
+        if not self._server_keys:
+            self._server_keys = await self.client.server_keys()
+        try:
+            return self.machine.open_sealed(event, self._server_keys, self.now_ms())
+        except sealed.UnknownServerKey:
+            self._server_keys = await self.client.server_keys()
+            return self.machine.open_sealed(event, self._server_keys, self.now_ms())
+
     # -- receiving ------------------------------------------------------------------------
 
     async def events(self, live: LiveConnection) -> AsyncIterator[E2EEvent]:
@@ -394,8 +475,19 @@ class E2EClient:
             else:
                 if session_id is not None:
                     out.extend(self.machine.retry(session_id))
+        elif event.get("message_type") == wire.TO_DEVICE_SEALED:
+            try:
+                try:
+                    out.append(await self._open_sealed(event))
+                except sealed.UnknownSender as missing:
+                    # The certificate's device is not known yet: its user's devices,
+                    # then once more (the certificate names the user).
+                    await self.refresh_devices([missing.user_id])
+                    out.append(await self._open_sealed(event))
+            except DecryptionError as exc:
+                out.append(Undecryptable(event, str(exc), False))
         else:
-            # Not the SDK's (a `sealed` envelope, an application's own type): the
+            # Not the SDK's (an application's own type): the
             # application gets it as it came. Acknowledged all the same, as acks are
             # cumulative (`up_to`).
             out.append(event)

@@ -20,9 +20,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import msgpack
+import nacl.public
 import vodozemac
 
-from chatd.e2e import wire
+from chatd.e2e import sealed, wire
 from chatd.e2e.account import DeviceAccount, IdentityKeys, verify_signature
 from chatd.e2e.errors import (
     DecryptionError,
@@ -85,6 +86,10 @@ class E2EMachine:
         #: message cannot be).
         self.handled: dict[str, int] = {}
         self.uploaded = False
+        #: This device's sealed-sender key (chatd.e2e.sealed: why not the identity key).
+        self.sealed_key = nacl.public.PrivateKey.generate()
+        #: Whether the directory has it (a device made before it existed uploads it once).
+        self.sealed_published = False
 
     # -- state ---------------------------------------------------------------------------
 
@@ -102,6 +107,13 @@ class E2EMachine:
             else DeviceAccount.new()
         machine = cls(store, user_id, device_id, account)
         machine.uploaded = store.get("uploaded") == b"1"
+        if (sealed_seed := store.get(sealed.RECORD)) is not None:
+            machine.sealed_key = nacl.public.PrivateKey(sealed_seed)
+        else:
+            # Saved before its public half can be uploaded (by `save()` below or the
+            # caller's first one): written now, once.
+            store.put(sealed.RECORD, bytes(machine.sealed_key))
+        machine.sealed_published = store.get("sealed_published") == b"1"
         for name in store.names("olm/"):
             pickles = msgpack.unpackb(store.get(name) or b"", raw=False)
             machine.olm.load_peer(name[4:], [(p, c) for p, c in pickles], key)
@@ -130,6 +142,7 @@ class E2EMachine:
             self.store.put("account", self.account.pickle(key).encode())
             self.account.dirty = False
         self.store.put("uploaded", b"1" if self.uploaded else b"0")
+        self.store.put("sealed_published", b"1" if self.sealed_published else b"0")
         for peer in self.olm.dirty:
             self.store.put(f"olm/{peer}", msgpack.packb(self.olm.pickle_peer(peer, key)))
         self.olm.dirty.clear()
@@ -331,6 +344,52 @@ class E2EMachine:
         if payload.get("conversation_id") != conversation_id or not isinstance(content, dict):
             raise ForgedMessage("the plaintext belongs to another conversation")
         return Decrypted(conversation_id, seq, sender_id, device_id, content, message)
+
+    # -- sealed sender --------------------------------------------------------------------
+
+    def sealed_key_payload(self) -> dict[str, str]:
+        """`identity.sealed_key` of `/keys/upload`: the public half, signed like a
+        one-time key (the ed25519 signature of its base64 text)."""
+        key = sealed.public_key_text(self.sealed_key)
+        return {"key": key, "signature": self.account.sign(key)}
+
+    def encrypt_sealed(self, device: DeviceKeys, content: dict[str, Any]) -> bytes:
+        """The Olm body of a sealed message to `device` (it needs a session)."""
+        ciphertext = self.olm.encrypt(device.curve25519, self._olm_payload(
+            device, wire.SEALED_MESSAGE, {"content": content}))
+        return wire.OlmBody(self.identity.curve25519, self.device_id,
+                            {device.curve25519: ciphertext}).to_bytes()
+
+    def open_sealed(self, event: dict[str, Any], server_keys: dict[str, str],
+                    now_ms: int) -> Decrypted:
+        """A `sealed` to-device frame: the envelope opened with the sealed-sender key,
+        its certificate checked (the server's signature, expiry), the Olm message's
+        sender key matched against the certificate's identity key, then decrypted.
+        `MissingKeys` when the certificate's device is not known yet (query, retry);
+        `CertificateRejected` or another `DecryptionError` otherwise."""
+        content = event.get("content")
+        envelope_text = content.get("envelope") if isinstance(content, dict) else None
+        if not isinstance(envelope_text, str):
+            raise DecryptionError("a sealed frame carries an envelope")
+        try:
+            envelope = base64.b64decode(envelope_text, validate=True)
+        except (binascii.Error, ValueError):
+            raise DecryptionError("the envelope is not base64") from None
+        opened = sealed.open_envelope(self.sealed_key, envelope, server_keys, now_ms)
+        body = wire.OlmBody.from_bytes(opened.message)
+        if (body.sender_key, body.sender_device_id) != (opened.identity_key,
+                                                        opened.device_id):
+            raise sealed.CertificateRejected(
+                "the certificate is not for the identity key the Olm message is from")
+        if self.trust.device_by_key(body.sender_key) is None:
+            raise sealed.UnknownSender(opened.user_id)
+        payload = self._open_olm(body, opened.user_id, wire.SEALED_MESSAGE)
+        message_content = payload.get("content")
+        if not isinstance(message_content, dict):
+            raise ForgedMessage("a sealed message carries a content")
+        seq = event.get("id")
+        return Decrypted("", seq if isinstance(seq, int) else 0, opened.user_id,
+                         opened.device_id, message_content, event)
 
     def keep(self, message: dict[str, Any]) -> None:
         """Keep a message that failed with a retryable error, to decrypt once its Megolm

@@ -37,6 +37,10 @@ TO_DEVICE_OLM = "chatd.olm"
 #: Kinds of Olm plaintexts.
 ROOM_KEY = "room_key"
 MESSAGE = "message"
+#: A sealed-sender message (its Olm body travels in a sealed envelope, chatd.e2e.sealed).
+SEALED_MESSAGE = "sealed_message"
+#: The to-device type the server queues sealed envelopes under.
+TO_DEVICE_SEALED = "sealed"
 
 
 def b64(data: bytes) -> str:

@@ -135,6 +135,17 @@ class KeyDirectory:
         if stored is not None and not stored.same_keys(identity):
             raise Conflict("this device published other identity keys; they are fixed for "
                            "its life (log in again for a new device)", code="identity_changed")
+        sealed_changed = (stored is not None and bool(identity.sealed_key)
+                          and bool(stored.sealed_key)
+                          and stored.sealed_key != identity.sealed_key)
+        if sealed_changed:
+            raise Conflict("this device published another sealed-sender key; it is fixed "
+                           "for the device's life, as its identity is",
+                           code="sealed_key_changed")
+        # A device that published none yet may add its sealed-sender key later (one made
+        # before the key existed); an upload without one keeps the stored one.
+        add_sealed = (stored is not None and bool(identity.sealed_key)
+                      and not stored.sealed_key)
         skip = self._claimed.get(device, set())
         held = {key_id: key for (_, _, key_id), key in self._store.scan(
             records.ONE_TIME_KEYS, records.pair(*device)) if key_id not in skip}
@@ -155,6 +166,11 @@ class KeyDirectory:
         # Checked: now write.
         if stored is None:
             batch.put(records.IDENTITY_KEYS, device, identity)
+            self._bump(batch, device[0])
+        elif add_sealed:
+            batch.put(records.IDENTITY_KEYS, device, dataclasses.replace(
+                stored, sealed_key=identity.sealed_key,
+                sealed_signature=identity.sealed_signature))
             self._bump(batch, device[0])
         for key in new.values():
             batch.put(records.ONE_TIME_KEYS, (*device, key.key_id), key)
@@ -303,14 +319,17 @@ class KeyDirectory:
 # -- wire forms -----------------------------------------------------------------------------
 # home.keys_upload   {user_id, device_id, identity: [curve25519, ed25519, signature],
 #                     one_time_keys: [[key_id, key, signature], ...],
-#                     fallback_key: [key_id, key, signature] | nil} -> one-time key count
+#                     fallback_key: [key_id, key, signature] | nil,
+#                     sealed_key: [key, signature] | absent} -> one-time key count
 # home.keys_query    {user_ids} -> [[user_id, version, [identity, ...]], ...]
 # home.keys_claim    {devices: [[user_id, device_id], ...]}
 #                    -> {claimed: [[user, device, key_id, key, signature, fallback]],
 #                        missing: [[user, device], ...]}
 # home.keys_identity {user_id, device_id} -> identity | nil
 # home.keys_versions {user_ids} -> [[user_id, version], ...]
-# identity: [user_id, device_id, curve25519, ed25519, signature, created_at]
+# identity: [user_id, device_id, curve25519, ed25519, signature, created_at,
+#            sealed_key, sealed_signature] (the last two "" for none; 6 fields from a
+#            shard that predates them)
 
 
 def _malformed(message: str) -> BadRequest:
@@ -339,15 +358,19 @@ def _devices_field(body: dict[str, Any]) -> list[Device]:
 
 def identity_to_wire(identity: DeviceIdentity) -> list[Any]:
     return [identity.user_id, identity.device_id, identity.curve25519, identity.ed25519,
-            identity.signature, identity.created_at]
+            identity.signature, identity.created_at, identity.sealed_key,
+            identity.sealed_signature]
 
 
 def identity_from_wire(data: Any) -> DeviceIdentity:
-    if not isinstance(data, list) or len(data) != 6:
-        raise _malformed("identity: expected 6 fields")
-    user_id, device_id, curve, ed, signature, created_at = data
+    # 6 fields from a shard that predates the sealed-sender key, 8 since.
+    if not isinstance(data, list) or len(data) not in (6, 8):
+        raise _malformed("identity: expected 6 or 8 fields")
+    user_id, device_id, curve, ed, signature, created_at = data[:6]
+    sealed_key, sealed_signature = (str(data[6]), str(data[7])) if len(data) == 8 \
+        else ("", "")
     return DeviceIdentity(int(user_id), int(device_id), str(curve), str(ed), str(signature),
-                          int(created_at))
+                          int(created_at), sealed_key, sealed_signature)
 
 
 def claimed_to_wire(key: ClaimedKey) -> list[Any]:
@@ -365,6 +388,7 @@ def upload_to_wire(upload: Upload) -> dict[str, Any]:
     fallback = upload.fallback_key
     return {"user_id": identity.user_id, "device_id": identity.device_id,
             "identity": [identity.curve25519, identity.ed25519, identity.signature],
+            "sealed_key": [identity.sealed_key, identity.sealed_signature],
             "one_time_keys": [[key.key_id, key.key, key.signature]
                               for key in upload.one_time_keys],
             "fallback_key": None if fallback is None
@@ -373,8 +397,11 @@ def upload_to_wire(upload: Upload) -> dict[str, Any]:
 
 def upload_from_wire(body: dict[str, Any]) -> Upload:
     curve, ed, signature = _strings(body.get("identity"), 3, "identity")
+    sealed = body.get("sealed_key")
+    sealed_key, sealed_signature = ("", "") if sealed is None else _strings(
+        sealed, 2, "sealed_key")
     identity = DeviceIdentity(int_field(body, "user_id"), int_field(body, "device_id"),
-                              curve, ed, signature)
+                              curve, ed, signature, 0, sealed_key, sealed_signature)
     keys = body.get("one_time_keys")
     if not isinstance(keys, list):
         raise _malformed("one_time_keys: expected a list")

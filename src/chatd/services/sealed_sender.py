@@ -12,7 +12,7 @@ Three parts (docs/e2e.md, "Sealed sender"):
   sealed send proves it may reach the user with the key instead of a login, so the
   server can refuse strangers without knowing who the sender is.
 - **Sealed send.** `POST /sealed/send` carries no token, only the recipient's access key
-  in a header and an envelope (a sealed box to the recipient device's identity key).
+  in a header and an envelope (a sealed box to the recipient device's sealed-sender key).
   The recipient's home checks the key in constant time and queues the envelope on the
   device's to-device queue as type `sealed`, with no sender fields. Nothing records who
   sent it: no sender id exists at any point of the path.

@@ -498,8 +498,9 @@ def _read_device_key_id_key(data: bytes) -> tuple[int, int, str]:
 #: A device's identity keys, fixed for its life (an upload of others is refused).
 IDENTITY_KEYS: Family[tuple[int, int], DeviceIdentity] = Family(
     "identity_keys", _pair_key, read_pair,
+    # The sealed-sender key's two fields came later: older records end before them.
     *_fields(DeviceIdentity, "curve25519", "ed25519", "signature", "created_at",
-             key=("user_id", "device_id")))
+             "sealed_key", "sealed_signature", key=("user_id", "device_id")))
 #: (user, device, key id) -> a one-time key: a claim deletes the first of the device's.
 ONE_TIME_KEYS: Family[tuple[int, int, str], SignedKey] = Family(
     "one_time_keys", _device_key_id_key, _read_device_key_id_key,

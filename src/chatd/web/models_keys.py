@@ -115,12 +115,23 @@ _VERSION = Integer(minimum=0, maximum=2**63 - 1)
 
 
 @dataclass(frozen=True, slots=True)
+class SealedKey(Model):
+    """The device's sealed-sender key (X25519): sealed envelopes to the device are boxed
+    to it. `signature` is the device's ed25519 signature of the key's base64 text."""
+
+    key: Annotated[str, KEY]
+    signature: Annotated[str, SIGNATURE]
+
+
+@dataclass(frozen=True, slots=True)
 class IdentityKeys(Model):
-    """A device's identity keys; `signature` is over the curve25519 key's base64 text."""
+    """A device's identity keys; `signature` is over the curve25519 key's base64 text.
+    `sealed_key` is optional and, once published, fixed like the rest."""
 
     curve25519: Annotated[str, KEY]
     ed25519: Annotated[str, KEY]
     signature: Annotated[str, SIGNATURE]
+    sealed_key: SealedKey | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,6 +178,8 @@ class DeviceKeys(Model):
     curve25519: Annotated[str, KEY]
     ed25519: Annotated[str, KEY]
     signature: Annotated[str, SIGNATURE]
+    #: null when the device published none.
+    sealed_key: SealedKey | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,7 +215,9 @@ class KeysClaimed(Model):
 
 def user_keys(rows: list[tuple[int, int, list[e2e_keys.DeviceIdentity]]]) -> KeysQueryResult:
     return KeysQueryResult([UserKeys(user_id, version, [
-        DeviceKeys(item.device_id, item.curve25519, item.ed25519, item.signature)
+        DeviceKeys(item.device_id, item.curve25519, item.ed25519, item.signature,
+                   SealedKey(item.sealed_key, item.sealed_signature)
+                   if item.sealed_key else None)
         for item in devices]) for user_id, version, devices in rows])
 
 

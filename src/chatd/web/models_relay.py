@@ -177,5 +177,5 @@ class SealedSend(Model):
 
     user_id: Annotated[int, ID]
     device_id: Annotated[int, ID]
-    #: A sealed box to the device's curve25519 identity key, base64.
+    #: A sealed box to the device's sealed-sender key (`sealed_key` in /keys/query), base64.
     envelope: Annotated[str, BASE64]

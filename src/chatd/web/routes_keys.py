@@ -29,7 +29,10 @@ def register(api: Api, services: Services) -> None:
                    "identity_changed. Every signature is the device's ed25519 signature "
                    "of the key's base64 text (400 bad_signature). A device holds at most "
                    "100 one-time keys (400 too_many_keys); a key id it holds with another "
-                   "key is 409 key_id_reused. The first upload of an identity moves the "
+                   "key is 409 key_id_reused. An optional `identity.sealed_key` {key, "
+                   "signature} is the device's sealed-sender key, signed as a one-time "
+                   "key; once published it is fixed (another: 409 sealed_key_changed). "
+                   "The first upload of an identity moves the "
                    "user's device-list version (a `device_list` event to their contacts). Takes a "
                    "token of the `messages` rate limit."),
                body=models.KeysUpload, response=models.KeyCount, errors=(404, 409, 429))
@@ -39,9 +42,11 @@ def register(api: Api, services: Services) -> None:
         # profile change takes it.
         services.ratelimits.take("messages", account=session.user_id, address=address())
         identity = body.identity
+        sealed = identity.sealed_key
         count = await keys.upload(Upload(
             DeviceIdentity(session.user_id, session.device_id, identity.curve25519,
-                           identity.ed25519, identity.signature),
+                           identity.ed25519, identity.signature, 0,
+                           sealed.key if sealed else "", sealed.signature if sealed else ""),
             tuple(body.one_time_keys or ()),
             body.fallback_key[0] if body.fallback_key else None))
         return models.KeyCount(count)
