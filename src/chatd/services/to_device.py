@@ -546,6 +546,12 @@ class ToDeviceFeeds:
         feed.fetching = True
         try:
             await self._catch_up(feed, after=0)
+        except ChatdError:
+            # The home stopped answering (a partition): the socket stays, as it does for
+            # messages; everything stays held until `run` fetches it, which the home's
+            # link coming back up asks for (`peer_up`).
+            feed.wanted = True
+            return
         finally:
             feed.fetching = False
         self._release(feed)

@@ -493,13 +493,9 @@ class LiveSockets:
             live.start(starts, cursors)
             await services.presence.settle(live, [conv for conv, _ in starts], user)
             await services.presence.came_online(live, first=first)
-            try:
-                # What waits on the device's to-device queue, then live (issue 14).
-                await services.to_device_feeds.start(live)
-            except Unavailable as exc:
-                conn.begin_close(CLOSE_TRY_AGAIN_LATER, f"{exc.code}: {exc.message}"[:120])
-                await self._read_loop(conn, b"")
-                return
+            # What waits on the device's to-device queue, then live (issue 14); a home
+            # out of reach leaves it to be fetched when its link comes back.
+            await services.to_device_feeds.start(live)
             await self._read_loop(conn, rest)
         finally:
             services.to_device_feeds.stop(live)
