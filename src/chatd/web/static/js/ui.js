@@ -13,6 +13,8 @@ import { icon } from "./icons.js";
 import { attachmentView } from "./media.js";
 import { notifyMessage } from "./notify.js";
 
+/** How near the top of the log (px) scrolling fetches the page before. */
+const NEAR_TOP = 120;
 const HIDDEN_SYSTEM = new Set(["message_deleted"]);
 const TICKS = {
   pending: ["🕓", "Pending"], failed: ["!", "Not sent"], sent: ["✓", "Sent"],
@@ -469,8 +471,11 @@ export class MainView {
     if (stick) this.scroller.scrollTop = this.scroller.scrollHeight;
     else this.scroller.scrollTop = this.scroller.scrollHeight - fromBottom;
     // A page that does not fill the pane (reactions and edits are not shown) cannot be
-    // scrolled up: fetch the one before it now.
-    if (conv.hasMore && !conv.loading && this.scroller.scrollHeight <= this.scroller.clientHeight) {
+    // scrolled up, and one that added nothing visible (only hidden entries, or messages the
+    // live catch-up had already brought) leaves the pane at the top, where scrolling to the
+    // top again fires no scroll event: in both cases fetch the one before it now.
+    if (conv.hasMore && !conv.loading && (this.scroller.scrollHeight <= this.scroller.clientHeight
+                                          || this.scroller.scrollTop <= NEAR_TOP)) {
       this.client.loadOlder(conv).catch((f) => this.toast(describe(f)));
     }
   }
@@ -543,7 +548,7 @@ export class MainView {
 
   onScroll() {
     const conv = this.client.current;
-    if (!conv || this.scroller.scrollTop > 120 || !conv.hasMore || conv.loading) return;
+    if (!conv || this.scroller.scrollTop > NEAR_TOP || !conv.hasMore || conv.loading) return;
     this.client.loadOlder(conv).catch((f) => this.toast(describe(f)));
   }
 
