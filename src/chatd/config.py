@@ -541,6 +541,14 @@ class ToDeviceConfig:
     max_bytes: int = 4 * 1024 * 1024
     #: Largest single to-device message (its `content`, stored), in bytes.
     max_message_bytes: int = 65_536
+    #: One sender user's share of each target device's queue (sealed sends, sender
+    #: unknown, share one): past it that sender gets 409 `to_device_sender_share_full`
+    #: while others still get in, so a stranger cannot fill anyone's queue.
+    max_messages_per_sender: int = 100
+    max_bytes_per_sender: int = 256 * 1024
+    #: Seconds a queued message waits at most; older ones are never delivered and are
+    #: deleted by the next send to (or ack of) that queue.
+    ttl: float = 7 * 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -833,6 +841,13 @@ def _validate_e2e_relay(config: Config) -> None:
     if config.sealed_sender.certificate_ttl <= 0:
         raise ConfigError("sealed_sender.certificate_ttl: must be greater than 0, got "
                           f"{config.sealed_sender.certificate_ttl}")
+    for key, value in (("to_device.max_messages_per_sender",
+                        config.to_device.max_messages_per_sender),
+                       ("to_device.max_bytes_per_sender", config.to_device.max_bytes_per_sender)):
+        if value < 1:
+            raise ConfigError(f"{key}: must be at least 1, got {value}")
+    if config.to_device.ttl <= 0:
+        raise ConfigError(f"to_device.ttl: must be greater than 0, got {config.to_device.ttl}")
 
 
 def _validate_ratelimits(ratelimits: RateLimitsConfig) -> None:

@@ -142,8 +142,10 @@ async def test_sealed_send_delivers_without_recording_the_sender(
                 # The stored record: no sender, no txn, nothing but the envelope.
                 rows = server.services.store.scan(
                     records.TO_DEVICE, records.pair(int(bob.user_id), int(bob.device_id)))
-                assert [value for _, value in rows] == [
-                    [0, 0, "sealed", {"envelope": b64(envelope)}]]
+                # (The fifth field is when it was queued, for the queue's TTL.)
+                [[*fields, queued_ms]] = [value for _, value in rows]
+                assert fields == [0, 0, "sealed", {"envelope": b64(envelope)}]
+                assert isinstance(queued_ms, int)
                 assert server.services.store.scan(records.TO_DEVICE_TXNS, b"") == []
                 packed = b"".join(records.pack(value) for _, value in rows)
                 assert int(alice.user_id).to_bytes(8, "big") not in packed
@@ -209,3 +211,28 @@ async def test_rate_limited_per_address(start_server: ServerFactory) -> None:
             ACCESS_KEY_HEADER: b64(b"w" * 16)})).status_code for _ in range(4)]
         # Wrong keys are charged too: guessing costs the same as sending.
         assert statuses == [401, 401, 401, 429]
+
+
+async def test_sealed_type_and_every_device_are_refused(start_server: ServerFactory) -> None:
+    """`sealed` is reserved for POST /sealed/send (no signed-in sender may pass as one),
+    and a sealed send names one device: 0 ("every device") is refused."""
+    server = await start_server()
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        alice = await new_account(http)
+        bob = await new_account(http)
+        access_key = b"k" * 16
+        async with ChatClient(server.url, token=bob.token) as receiver:
+            await receiver.set_access_key(access_key)
+        forged = await http.post("/to_device", headers=alice.headers, json={
+            "txn_id": "t1", "messages": {bob.user_id: {bob.device_id: {
+                "type": "sealed", "content": {"envelope": b64(b"x")}}}}})
+        assert_error(forged, 400, "reserved_type")
+        body = {"user_id": bob.user_id, "device_id": "0", "envelope": b64(b"x")}
+        every = await http.post("/sealed/send", json=body,
+                                headers={ACCESS_KEY_HEADER: b64(access_key)})
+        assert every.status_code == 400, every.text
+        assert rows_of(server, bob) == []
+        good = await http.post("/sealed/send", json={**body, "device_id": bob.device_id},
+                               headers={ACCESS_KEY_HEADER: b64(access_key)})
+        assert good.status_code == 204, good.text
+        assert rows_of(server, bob) == [1]

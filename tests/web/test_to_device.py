@@ -16,7 +16,7 @@ from chatd.client import ApiError, ChatClient, LiveConnection
 from chatd.server import RunningServer
 from chatd.storage import records
 from tests.conftest import ServerFactory
-from tests.helpers import Account, assert_error, login, new_account
+from tests.helpers import Account, ManualClock, assert_error, login, new_account
 
 
 def olm(n: int) -> dict[str, Any]:
@@ -265,3 +265,64 @@ async def test_bad_input_is_refused(start_server: ServerFactory) -> None:
                 raise AssertionError("a negative up_to was taken")
             except ApiError as refused:
                 assert refused.code == "invalid_field"
+
+
+async def test_one_sender_cannot_fill_a_queue_for_everyone(
+        start_server: ServerFactory) -> None:
+    """A stranger sends to bob until its share is used up: it is refused, naming it,
+    while another sender (here carol, and a sealed sender) still gets in."""
+    server = await start_server(to_device={"max_messages": 10, "max_messages_per_sender": 3})
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        stranger = await new_account(http)
+        carol = await new_account(http)
+        bob = await new_account(http)
+        async with ChatClient(server.url, token=stranger.token) as flooder, \
+                ChatClient(server.url, token=carol.token) as friend:
+            for n in range(3):
+                await flooder.send_to_device({bob.user_id: {"*": olm(n)}})
+            try:
+                await flooder.send_to_device({bob.user_id: {bob.device_id: olm(3)}})
+                raise AssertionError("a sender past its share got in")
+            except ApiError as refused:
+                assert (refused.status, refused.code) == (409, "to_device_sender_share_full")
+                assert stranger.user_id in refused.message
+                assert bob.device_id in refused.message
+            assert await friend.send_to_device(
+                {bob.user_id: {bob.device_id: olm(4)}}) == {"queued": 1}
+            assert rows_of(server, bob) == [1, 2, 3, 4]
+            async with ChatClient(server.url, token=bob.token) as receiver, \
+                    receiver.connect() as live:
+                frames = await frames_until(live, 4)
+                assert [frame["sender_user_id"] for frame in frames] == \
+                    [stranger.user_id] * 3 + [carol.user_id]
+                await live.ack_to_device(2)
+            # Acknowledged entries free the sender's share again.
+            await trio.sleep(0.2)
+            assert rows_of(server, bob) == [3, 4]
+            await flooder.send_to_device({bob.user_id: {bob.device_id: olm(5)}})
+
+
+async def test_queued_messages_expire(start_server: ServerFactory) -> None:
+    """Past `to_device.ttl` a queued message is never delivered, and the next send to
+    that queue deletes it (and it no longer counts against the caps)."""
+    clock = ManualClock()
+    server = await start_server(clock=clock, to_device={"ttl": 60.0,
+                                                        "max_messages_per_sender": 2})
+    async with httpx.AsyncClient(base_url=server.url) as http:
+        alice = await new_account(http)
+        bob = await new_account(http)
+        async with ChatClient(server.url, token=alice.token) as sender:
+            await sender.send_to_device({bob.user_id: {bob.device_id: olm(1)}})
+            await sender.send_to_device({bob.user_id: {bob.device_id: olm(2)}})
+            clock.now += 61_000
+            # Expired entries hold no share: this one gets in, and they are swept.
+            await sender.send_to_device({bob.user_id: {bob.device_id: olm(3)}})
+            assert rows_of(server, bob) == [3]
+            clock.now += 30_000
+            await sender.send_to_device({bob.user_id: {bob.device_id: olm(4)}})
+            clock.now += 31_000  # olm(3) is past the TTL, olm(4) is not
+            async with ChatClient(server.url, token=bob.token) as receiver, \
+                    receiver.connect() as live:
+                [frame] = await frames_until(live, 1)
+                assert (frame["id"], frame["content"]) == (4, olm(4)["content"])
+                await no_to_device(live)

@@ -187,6 +187,7 @@ class SealedSender:
         """Queue `envelope` for the device, checked only by the recipient's access key.
         Rate limited per client address (`sealed_send`): there is no account."""
         self._ratelimits.take("sealed_send", address=address)
+        _check_device(device_id)
         if len(access_key) != ACCESS_KEY_BYTES:
             raise Unauthorized(_REFUSED, code="unauthorized")
         await shard_calls.call(self._router, self.requests, self._router.home_of_user(user_id),
@@ -199,6 +200,7 @@ class SealedSender:
         device_id = _int(body, "device_id")
         access_key = _bytes(body, "access_key")
         envelope = _bytes(body, "envelope")
+        _check_device(device_id)
         # Unknown user, no key, wrong key: one answer, so it tells nothing.
         if len(access_key) != ACCESS_KEY_BYTES or not self._opens(user_id, access_key):
             raise Unauthorized(_REFUSED, code="unauthorized")
@@ -209,6 +211,14 @@ class SealedSender:
         if not queued:
             # Only someone holding the key learns this: the key's owner gave it to them.
             raise NotFound("the recipient has no such device", code="unknown_device")
+
+
+def _check_device(device_id: int) -> None:
+    """A sealed envelope is sealed to one device's key: device 0 (to-device's "every
+    device") would queue it on all of them and fan one access-keyed send out."""
+    if device_id <= 0:
+        raise BadRequest("device_id: one device (a sealed envelope opens for one device "
+                         "only)", code="invalid_field")
 
 
 def _bytes(body: dict[str, Any], key: str) -> bytes:

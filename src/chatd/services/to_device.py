@@ -107,14 +107,52 @@ class Entry:
 
 class _Queue:
     """One device's queue as the home holds it in memory: the last id given (written or
-    landed), and (id, bytes) of each entry still queued, in id order."""
+    landed), (id, bytes, sender user, queued at ms) of each entry still queued, in id
+    order, and per sender user (0: sealed, one anonymous sender) its [messages, bytes]
+    queued, so no one sender can fill the queue for everyone else."""
 
-    __slots__ = ("bytes", "entries", "head")
+    __slots__ = ("by_sender", "bytes", "entries", "head")
 
-    def __init__(self, head: int, entries: Iterable[tuple[int, int]]) -> None:
+    def __init__(self, head: int, entries: Iterable[tuple[int, int, int, int]]) -> None:
         self.head = head
-        self.entries: deque[tuple[int, int]] = deque(entries)
-        self.bytes = sum(size for _, size in self.entries)
+        self.entries: deque[tuple[int, int, int, int]] = deque()
+        self.bytes = 0
+        self.by_sender: dict[int, list[int]] = {}
+        for entry in entries:
+            self.append(*entry)
+
+    def append(self, to_device_id: int, size: int, sender: int, queued_ms: int) -> None:
+        self.entries.append((to_device_id, size, sender, queued_ms))
+        self.bytes += size
+        share = self.by_sender.setdefault(sender, [0, 0])
+        share[0] += 1
+        share[1] += size
+
+    def popleft(self) -> int:
+        """The oldest entry leaves; its id."""
+        to_device_id, size, sender, _ = self.entries.popleft()
+        self.bytes -= size
+        share = self.by_sender.get(sender)
+        if share is not None:
+            share[0] -= 1
+            share[1] -= size
+            if share[0] <= 0:
+                del self.by_sender[sender]
+        return to_device_id
+
+
+def _loaded(key: bytes, value: bytes) -> tuple[int, int, int, int]:
+    """A stored row as a `_Queue` entry."""
+    fields = _row_fields(records.unpack(value))
+    return records.read_u64(key, 16), len(value), fields[0], fields[4]
+
+
+def _row_fields(value: Any) -> tuple[int, int, str, Any, int]:
+    """A stored entry: [sender user, sender device, type, content, queued at ms]. Rows
+    written before entries expired have no time (0: never expires)."""
+    sender_user, sender_device, kind, content = value[:4]
+    queued_ms = value[4] if len(value) > 4 and isinstance(value[4], int) else 0
+    return sender_user, sender_device, kind, content, queued_ms
 
 
 # -- the home's side ----------------------------------------------------------------------------
@@ -156,8 +194,7 @@ class ToDeviceHome:
             head = self._store.get(records.TO_DEVICE_HEADS, (user_id, device_id)) or 0
             rows = self._store.scan_raw_prefix(records.TO_DEVICE.name,
                                                records.pair(user_id, device_id))
-            queue = _Queue(head, ((records.read_u64(key, 16), len(value))
-                                  for key, value in rows))
+            queue = _Queue(head, (_loaded(key, value) for key, value in rows))
             if len(self._queues) >= _CACHE:
                 self._queues.clear()
             self._queues[(user_id, device_id)] = queue
@@ -173,7 +210,7 @@ class ToDeviceHome:
         Unknown users and devices are skipped (as Matrix does); a full queue refuses the
         whole request with 409 `to_device_queue_full`."""
         for _, _, kind, content in messages:
-            check_message(kind, content, self._config)
+            check_message(kind, content, self._config, sealed=sender_user == 0)
         published: list[tuple[int, int, list[Entry]]] = []
 
         def apply(batch: Batch) -> int:
@@ -184,8 +221,8 @@ class ToDeviceHome:
                 if seen is not None:
                     return seen
             targets = self._expand(messages)
-            planned = self._plan(targets)
             now = self._clock.now_ms()
+            planned = self._plan(batch, targets, sender_user, now)
             queued = 0
             for (user_id, device_id), items in planned.items():
                 queue = self._queue(user_id, device_id)
@@ -194,9 +231,8 @@ class ToDeviceHome:
                     queue.head += 1
                     entry = Entry(queue.head, sender_user, sender_device, kind, content)
                     batch.put(records.TO_DEVICE, (user_id, device_id, entry.id),
-                              [sender_user, sender_device, kind, content])
-                    queue.entries.append((entry.id, len(packed)))
-                    queue.bytes += len(packed)
+                              [sender_user, sender_device, kind, content, now])
+                    queue.append(entry.id, len(packed), sender_user, now)
                     entries.append(entry)
                     queued += 1
                 batch.put(records.TO_DEVICE_HEADS, (user_id, device_id), queue.head)
@@ -270,23 +306,61 @@ class ToDeviceHome:
         except ChatdError:
             return set()
 
-    def _plan(self, targets: list[tuple[int, int, str, Any]],
+    def _expired(self, queue: _Queue, now: int) -> list[tuple[int, int, int, int]]:
+        """The queue's entries older than `to_device.ttl`. Entries are in id order, so
+        the expired ones lead."""
+        cutoff = now - int(self._config.ttl * 1000)
+        expired = []
+        for entry in queue.entries:
+            if not 0 < entry[3] <= cutoff:
+                break
+            expired.append(entry)
+        return expired
+
+    def _plan(self, batch: Batch, targets: list[tuple[int, int, str, Any]],
+              sender_user: int, now: int,
               ) -> dict[tuple[int, int], list[tuple[str, Any, bytes]]]:
-        """The entries per queue, checked against the caps before anything changes."""
+        """The entries per queue, checked against the caps before anything changes:
+        the sender's share of each queue first, then the queue's own caps."""
         planned: dict[tuple[int, int], list[tuple[str, Any, bytes]]] = {}
         for user_id, device_id, kind, content in targets:
-            packed = records.pack([0, 0, kind, content])
+            packed = records.pack([0, 0, kind, content, now])
             planned.setdefault((user_id, device_id), []).append((kind, content, packed))
+        sweeps: list[tuple[int, int, int]] = []
         for (user_id, device_id), items in planned.items():
             queue = self._queue(user_id, device_id)
-            count = len(queue.entries) + len(items)
-            size = queue.bytes + sum(len(packed) for _, _, packed in items)
+            # Expired entries hold no cap; they are dropped below, once the request is
+            # known to pass (a refusal rolls the batch back, and must leave the queue be).
+            expired = self._expired(queue, now)
+            sweeps.append((user_id, device_id, len(expired)))
+            added = sum(len(packed) for _, _, packed in items)
+            mine = [entry for entry in expired if entry[2] == sender_user]
+            share = queue.by_sender.get(sender_user, [0, 0])
+            share_count = share[0] - len(mine)
+            share_bytes = share[1] - sum(entry[1] for entry in mine)
+            if (share_count + len(items) > self._config.max_messages_per_sender
+                    or share_bytes + added > self._config.max_bytes_per_sender):
+                who = "sealed senders" if sender_user == 0 else f"user {sender_user}"
+                raise Conflict(
+                    f"{who} already queued their share for device {device_id} of user "
+                    f"{user_id} (at most {self._config.max_messages_per_sender} messages "
+                    f"and {self._config.max_bytes_per_sender} bytes from one sender wait "
+                    "until that device acknowledges them); try again later",
+                    code="to_device_sender_share_full")
+            count = len(queue.entries) - len(expired) + len(items)
+            size = queue.bytes - sum(entry[1] for entry in expired) + added
             if count > self._config.max_messages or size > self._config.max_bytes:
                 raise Conflict(
                     f"the to-device queue of device {device_id} of user {user_id} is full "
                     f"(at most {self._config.max_messages} messages and "
                     f"{self._config.max_bytes} bytes wait until that device acknowledges "
                     "them); try again later", code="to_device_queue_full")
+        # The sweep: each queue a send adds to loses its expired entries in the same
+        # write (`fetch` skips them meanwhile, an ack deletes them too).
+        for user_id, device_id, count in sweeps:
+            queue = self._queue(user_id, device_id)
+            for _ in range(count):
+                batch.delete(records.TO_DEVICE, (user_id, device_id, queue.popleft()))
         return planned
 
     # -- reading and acknowledging ------------------------------------------------------------
@@ -299,19 +373,30 @@ class ToDeviceHome:
         # Both read from the store with no await between: one consistent view of what
         # landed (a batch writes its entries and the head together).
         head = self._store.get(records.TO_DEVICE_HEADS, (user_id, device_id)) or 0
-        rows = self._store.range(records.TO_DEVICE,
-                                 records.triple(user_id, device_id, after + 1),
-                                 records.triple(user_id, device_id, records.MAX_U64),
-                                 limit=limit + 1)
+        cutoff = self._clock.now_ms() - int(self._config.ttl * 1000)
         entries: list[Entry] = []
         size = 0
-        for (_, _, to_device_id), value in rows[:limit]:
-            sender_user, sender_device, kind, content = value
-            entries.append(Entry(to_device_id, sender_user, sender_device, kind, content))
-            size += len(records.pack(content))
-            if size >= FETCH_BYTES:
-                break
-        return entries, head, len(rows) > len(entries)
+        while True:
+            rows = self._store.range(records.TO_DEVICE,
+                                     records.triple(user_id, device_id, after + 1),
+                                     records.triple(user_id, device_id, records.MAX_U64),
+                                     limit=limit + 1)
+            taken = 0
+            for (_, _, to_device_id), value in rows[:limit]:
+                taken += 1
+                after = to_device_id
+                sender_user, sender_device, kind, content, queued_ms = _row_fields(value)
+                if 0 < queued_ms <= cutoff:
+                    continue  # expired: never delivered; the next send or ack deletes it
+                entries.append(Entry(to_device_id, sender_user, sender_device, kind, content))
+                size += len(records.pack(content))
+                if size >= FETCH_BYTES:
+                    break
+            more = len(rows) > taken
+            # A page of nothing but expired entries says nothing yet: read on past it
+            # (the reader takes an empty answer as "up to head").
+            if entries or not more:
+                return entries, head, more
 
     async def ack(self, user_id: int, device_id: int, up_to: int) -> None:
         """Delete the device's entries up to id `up_to`. A lost ack (a crash before it
@@ -319,8 +404,7 @@ class ToDeviceHome:
         def apply(batch: Batch) -> None:
             queue = self._queue(user_id, device_id)
             while queue.entries and queue.entries[0][0] <= up_to:
-                to_device_id, size = queue.entries.popleft()
-                queue.bytes -= size
+                to_device_id = queue.popleft()
                 batch.delete(records.TO_DEVICE, (user_id, device_id, to_device_id))
 
         await self._commands.submit(apply)
@@ -388,7 +472,14 @@ class ToDeviceHome:
         await self.ack(_int(body, "user_id"), _int(body, "device_id"), _int(body, "up_to"))
 
 
-def check_message(kind: str, content: Any, config: ToDeviceConfig) -> None:
+def check_message(kind: str, content: Any, config: ToDeviceConfig, *,
+                  sealed: bool = False) -> None:
+    """A message a signed-in sender may queue. `sealed` is reserved for sealed sends
+    (POST /sealed/send, checked by the recipient's access key): taking it here would let
+    anyone signed in skip that check and pass as a sealed sender."""
+    if kind == SEALED_TYPE and not sealed:
+        raise BadRequest(f"type: {SEALED_TYPE!r} is reserved for sealed sends "
+                         "(POST /sealed/send)", code="reserved_type")
     if not kind or len(kind) > MAX_TYPE_LENGTH:
         raise BadRequest(f"type: 1 to {MAX_TYPE_LENGTH} characters", code="invalid_field")
     if not isinstance(content, dict):
