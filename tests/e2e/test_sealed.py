@@ -227,3 +227,25 @@ async def test_the_sealed_key_survives_a_restart(start_server: ServerFactory,
                                         ACCESS_KEY)
             got = await next_item(bob, bob_live, Decrypted)
         assert (got.content, got.sender_id) == ({"text": "later"}, alice.user_id)
+
+
+async def test_a_sealed_frame_naming_a_sender_is_dropped(
+        start_server: ServerFactory, tmp_path: Path) -> None:
+    """The server queues `sealed` with no sender only (POST /to_device refuses the type):
+    a `sealed` frame naming a sender is not the server's relay of a sealed send, and the
+    SDK drops it rather than open it as one."""
+    server = await start_server(ratelimits=UNLIMITED_SENDS)
+    async with sdk_user(server.url, tmp_path) as alice, \
+            sdk_user(server.url, tmp_path) as bob:
+        await bob.chat.set_access_key(ACCESS_KEY)
+        async with bob.chat.connect() as bob_live:
+            await alice.e2e.sealed_send(bob.user_id, device_of(bob), {"text": "psst"},
+                                        ACCESS_KEY)
+            frame = await next_sealed_frame(bob_live)
+            forged = {**frame, "sender_user_id": alice.user_id,
+                      "sender_device_id": device_of(alice)}
+            assert await bob.e2e.handle(forged) == []
+            # The same frame without the sender fields opens (the drop is theirs alone).
+            [got] = await bob.e2e.handle(frame, bob_live)
+            assert isinstance(got, Decrypted), got
+            assert got.content == {"text": "psst"}
