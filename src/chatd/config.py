@@ -566,6 +566,10 @@ class KeysConfig:
     #: A claim that leaves a device fewer one-time keys than this tells the device
     #: (`keys_low`), as handing out its fallback key does.
     low_threshold: int = 10
+    #: One-time keys of one device one claimer is handed per `claim_window` seconds;
+    #: past it that claimer gets the fallback key (services/claim_shares.py).
+    claims_per_claimer: int = 5
+    claim_window: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -804,6 +808,12 @@ def validate(config: Config) -> Config:
     if not 0 <= config.keys.low_threshold <= 100:
         raise ConfigError("keys.low_threshold: must be within 0..100 (a device holds at "
                           f"most 100 one-time keys), got {config.keys.low_threshold}")
+    if config.keys.claims_per_claimer < 1:
+        raise ConfigError("keys.claims_per_claimer: must be at least 1, got "
+                          f"{config.keys.claims_per_claimer}")
+    if config.keys.claim_window <= 0:
+        raise ConfigError("keys.claim_window: must be greater than 0, got "
+                          f"{config.keys.claim_window}")
     if config.server.max_request_bytes < config.limits.max_message_bytes:
         raise ConfigError("server.max_request_bytes: must be at least limits.max_message_bytes")
     return config

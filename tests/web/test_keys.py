@@ -16,7 +16,16 @@ from chatd.protocol import frames
 from chatd.storage import records
 from tests.conftest import ServerFactory
 from tests.e2e_devices import KeyDevice, signed_by
-from tests.helpers import PASSWORD, Account, assert_error, live, login, new_account, next_of
+from tests.helpers import (
+    PASSWORD,
+    Account,
+    ManualClock,
+    assert_error,
+    live,
+    login,
+    new_account,
+    next_of,
+)
 from tests.web.test_gdpr import document, exported
 
 
@@ -322,7 +331,8 @@ async def test_claims_are_rate_limited(start_server: ServerFactory) -> None:
 
 
 async def test_keys_low_reaches_only_the_device(start_server: ServerFactory) -> None:
-    server = await start_server(keys={"low_threshold": 3})
+    # One claimer (bob) drains the device here: its share covers every key.
+    server = await start_server(keys={"low_threshold": 3, "claims_per_claimer": 10})
     async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
         alice, bob = await new_account(http), await new_account(http)
         phone = await login(http, alice.handle, "phone")
@@ -511,3 +521,33 @@ async def test_uploads_take_the_messages_bucket(start_server: ServerFactory) -> 
         assert_error(response, 429, "rate_limited")
         assert server.services.key_directory.one_time_key_count(
             int(alice.user_id), int(alice.device_id)) == 2
+
+
+async def test_one_claimer_cannot_drain_a_device(start_server: ServerFactory) -> None:
+    """A stranger claiming again and again gets `keys.claims_per_claimer` one-time keys,
+    then the fallback key; another claimer still gets one-time keys; the share comes
+    back after `keys.claim_window`."""
+    clock = ManualClock()
+    server = await start_server(clock=clock, keys={"claims_per_claimer": 3,
+                                                   "claim_window": 60.0})
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        alice = await new_account(http)
+        device = KeyDevice()
+        body = device.upload(one_time=10, fallback=True)
+        assert (await upload(alice, body)).json() == {"one_time_key_count": 10}
+        stranger = await new_account(http)
+        friend = await new_account(http)
+        target = (alice.user_id, alice.device_id)
+        got = [(await claim(stranger, target))["keys"][0] for _ in range(6)]
+        assert [key["fallback"] for key in got] == [False] * 3 + [True] * 3
+        assert {key["key_id"] for key in got[3:]} == set(body["fallback_key"])
+        assert len({key["key_id"] for key in got[:3]}) == 3
+        count = server.services.key_directory.one_time_key_count
+        assert count(int(alice.user_id), int(alice.device_id)) == 7
+        [key] = (await claim(friend, target))["keys"]
+        assert not key["fallback"] and key["key_id"] in body["one_time_keys"]
+        assert count(int(alice.user_id), int(alice.device_id)) == 6
+        clock.now += 61_000
+        [key] = (await claim(stranger, target))["keys"]
+        assert not key["fallback"]
+        assert count(int(alice.user_id), int(alice.device_id)) == 5

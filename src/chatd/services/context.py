@@ -28,6 +28,7 @@ from chatd.services.abuse_signals import AbuseSignals
 from chatd.services.account_admin import AccountAdmin
 from chatd.services.accounts import AccountService
 from chatd.services.blocks import BlockList
+from chatd.services.claim_shares import ClaimShares
 from chatd.services.clock import Clock, SystemClock
 from chatd.services.commands import Commands
 from chatd.services.content_filters import load_content_filter
@@ -354,7 +355,10 @@ def _keys(config: Config, store: Store, commands: Commands, committer: GroupComm
                                   blocked_by=privacy.blocked_list)
     directory.on_device_list_change(notifier.changed)
     directory.on_keys_low(notifier.keys_low)
-    return directory, Keys(router=router, directory=directory, ratelimits=ratelimits), notifier
+    shares = ClaimShares(directory=directory, store=store, clock=clock, config=config.keys)
+    home_api.requests.update(shares.requests)
+    return directory, Keys(router=router, directory=directory, ratelimits=ratelimits,
+                           shares=shares), notifier
 
 
 def identity_key_lookup(keys: Keys) -> IdentityKeyLookup:

@@ -29,6 +29,7 @@ from chatd.domain.e2e_keys import ClaimedKey, DeviceIdentity, Upload
 from chatd.domain.models import Conversation, Session
 from chatd.errors import ChatdError, DeviceListStale
 from chatd.protocol import frames
+from chatd.services.claim_shares import ClaimShares
 from chatd.services.delivery import Delivery
 from chatd.services.key_directory import (
     KeyDirectory,
@@ -46,10 +47,13 @@ Device = tuple[int, int]
 
 class Keys:
     def __init__(self, *, router: Router, directory: KeyDirectory,
-                 ratelimits: RateLimits) -> None:
+                 ratelimits: RateLimits, shares: ClaimShares | None = None) -> None:
         self._router = router
         self._directory = directory
         self._ratelimits = ratelimits
+        #: Each claimer's share of a device's one-time keys, on the device's home
+        #: (services/claim_shares.py); None: no share (the directory alone).
+        self._shares = shares
 
     def _by_home(self, user_ids: list[int]) -> dict[str, list[int]]:
         by_home: dict[str, list[int]] = {}
@@ -97,7 +101,9 @@ class Keys:
         for home, home_users in self._by_home(users).items():
             here = set(home_users)
             mine = [device for device in wanted if device[0] in here]
-            if self._router.is_local(home):
+            if self._shares is not None:
+                got, lacking = await self._claim_shared(home, session.user_id, mine)
+            elif self._router.is_local(home):
                 got, lacking = await self._directory.claim(mine)
             else:
                 answer = await self._ask(home, "home.keys_claim",
@@ -110,6 +116,18 @@ class Keys:
         claimed.sort(key=lambda key: order.get((key.user_id, key.device_id), 0))
         missing.sort(key=lambda device: order.get(device, 0))
         return claimed, missing
+
+    async def _claim_shared(self, home: str, claimer: int, devices: list[Device],
+                            ) -> tuple[list[ClaimedKey], list[Device]]:
+        """A claim counted against `claimer`'s share of each device, on their home."""
+        assert self._shares is not None
+        if self._router.is_local(home):
+            return await self._shares.claim(claimer, devices)
+        answer = await self._ask(home, "home.keys_claim_as",
+                                 {"claimer": claimer,
+                                  "devices": [list(device) for device in devices]})
+        return ([claimed_from_wire(item) for item in answer["claimed"]],
+                [(int(user), int(device)) for user, device in answer["missing"]])
 
     async def identity_keys(self, user_id: int, device_id: int) -> DeviceIdentity | None:
         """The identity keys of one device of any user, from their home; None if the
