@@ -296,7 +296,8 @@ async def test_no_plaintext_reaches_the_servers_disk(start_server: ServerFactory
 
 async def test_keys_are_refilled_and_the_fallback_key_opens_sessions(
         start_server: ServerFactory, tmp_path: Path) -> None:
-    server = await start_server(ratelimits=UNLIMITED_SENDS)
+    # One claimer (carol) drains bob's keys here: its share covers all of them.
+    server = await start_server(ratelimits=UNLIMITED_SENDS, keys={"claims_per_claimer": 100})
     async with sdk_user(server.url, tmp_path) as alice, \
             sdk_user(server.url, tmp_path) as bob, \
             sdk_user(server.url, tmp_path) as carol:
