@@ -127,6 +127,8 @@ class KeyDirectory:
         identity = dataclasses.replace(upload.identity, created_at=self._clock.now_ms())
         device = (identity.user_id, identity.device_id)
         async with self._upload_lock:
+            if not self._index_built:
+                await self._commands.submit(self._index_identities)
             return await self._commands.submit(partial(self._apply_upload, device, identity,
                                                        upload))
 
@@ -197,10 +199,8 @@ class KeyDirectory:
         14), so anyone can republish a device's public identity as their own; this stops
         it within a home (its /keys/query and sender certificates). Across homes only the
         SDK can tell (e2e/trust.py: a duplicated key is trusted by nobody)."""
-        rebuilt = self._index_identities(batch)
         for name in _owner_keys(identity):
-            owner = rebuilt.get(name) if rebuilt is not None \
-                else self._store.get(records.IDENTITY_OWNERS, name)
+            owner = self._store.get(records.IDENTITY_OWNERS, name)
             if owner is None or owner == device:
                 continue
             # An index row outlives its device only if that device's deletion raced the
@@ -210,21 +210,18 @@ class KeyDirectory:
                 raise Conflict("these identity keys are published by another device; a "
                                "device makes its own", code="identity_in_use")
 
-    def _index_identities(self, batch: Batch) -> dict[str, Device] | None:
-        """Once, on a home whose identity rows predate IDENTITY_OWNERS: index them all
-        (uploads hold the lock, so two never rebuild at once). Returns the rows written
-        (not readable from the store before the batch lands), None when built already."""
-        if self._index_built or self._store.get(records.META, _OWNERS_BUILT) is not None:
-            self._index_built = True
-            return None
-        rows: dict[str, Device] = {}
+    def _index_identities(self, batch: Batch) -> None:
+        """Once, on a home whose identity rows predate IDENTITY_OWNERS: index them all,
+        in a batch of its own ahead of the upload that needs it (so a refused upload
+        does not throw the rebuild away; uploads hold the lock, so one rebuilds)."""
+        if self._store.get(records.META, _OWNERS_BUILT) is not None:
+            batch.after_commit.append(self._owners_built)
+            return
         for device, held in self._store.scan(records.IDENTITY_KEYS, b""):
             for name in _owner_keys(held):
-                rows[name] = device
                 batch.put(records.IDENTITY_OWNERS, name, device)
         batch.put(records.META, _OWNERS_BUILT, True)
         batch.after_commit.append(self._owners_built)
-        return rows
 
     def _owners_built(self) -> None:
         self._index_built = True
