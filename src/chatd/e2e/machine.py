@@ -309,7 +309,11 @@ class E2EMachine:
         # have republished this key (a copy; trust.py), and must not shadow the genuine.
         device = self.trust.device(user_id, device_id)
         if device is None:
-            raise MissingKeys(f"device {user_id}/{device_id} is not a known device")
+            # The caller queried the named user first (`sender_known`): a key we know only
+            # as another device's is not theirs.
+            if self.trust.knows_key(sender_key):
+                raise ForgedMessage(f"device key {sender_key} is not {user_id}/{device_id}'s")
+            raise MissingKeys(f"device key {sender_key} is not a known device of {user_id}")
         if device.curve25519 != sender_key or (user_id, device_id) in self.trust.pending:
             raise ForgedMessage(f"device key {sender_key} is not {user_id}/{device_id}'s")
         return device

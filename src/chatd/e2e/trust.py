@@ -152,6 +152,10 @@ class TrustStore:
                 if (user_id, device_id) not in self.pending
                 and (user_id, device_id) not in duplicated]
 
+    def knows_key(self, key: str) -> bool:
+        """Some device we know (trusted or pending) published this key."""
+        return key in self._key_holders()
+
     def device(self, user_id: str, device_id: str) -> DeviceKeys | None:
         """The keys we hold for the device a message names (its (user, device), as the
         Olm payload binds them): a key alone may be published by an impostor too."""
