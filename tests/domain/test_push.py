@@ -21,6 +21,7 @@ from chatd.services.push.sender import retry_after
     ("ff02::1", "multicast"), ("240.0.0.1", "private"), ("100.64.0.1", "not a public"),
     ("::ffff:127.0.0.1", "loopback"), ("::ffff:10.0.0.1", "private"),
     ("64:ff9b::a9fe:a9fe", "link-local"), ("2002:7f00:1::", "loopback"),
+    ("fec0::1", "site-local"),  # deprecated (RFC 3879), outside is_private
 ])
 def test_refused_addresses(address: str, reason: str) -> None:
     refused = push.refused_address(ipaddress.ip_address(address))

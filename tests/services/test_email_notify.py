@@ -164,6 +164,9 @@ async def test_an_unverified_address_gets_only_its_verification_mail(
     server = await start_server(clock=clock, email=email_section(sink))
     async with client(server) as http:
         alice, bob = await new_account(http, "alice_e3"), await new_account(http, "bob_e3")
+        # Anyone can have this mail sent to any address: it carries none of their words.
+        lure = "Claim your refund at evil.example"
+        assert (await alice.patch("/me", {"display_name": lure})).status_code == 200
         answer = await alice.patch("/me/notifications",
                                    {"email": "new@example.com", "email_enabled": True})
         assert answer.status_code == 200, answer.text
@@ -173,6 +176,8 @@ async def test_an_unverified_address_gets_only_its_verification_mail(
         [verification] = await sink.wait_for(1)
         assert verification.message["Subject"] == "Confirm your email address"
         assert verification.recipients == ["new@example.com"]
+        assert "evil.example" not in verification.part("plain")
+        assert "evil.example" not in verification.part("html")
         token = link_token(verification, "verify")
         direct = await bob.direct_with(alice)
         assert (await bob.send(direct, "are you there")).status_code == 201

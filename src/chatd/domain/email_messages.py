@@ -118,17 +118,16 @@ def digest(envelope: Envelope, items: list[DigestItem], *, unsubscribe_url: str,
     return message
 
 
-def verification(envelope: Envelope, *, verify_url: str, display_name: str,
-                 now_ms: int) -> EmailMessage:
+def verification(envelope: Envelope, *, verify_url: str, now_ms: int) -> EmailMessage:
     """The mail that proves the address is the user's: the only mail an unverified
-    address ever gets."""
-    name = flatten(display_name, 80)
-    text = (f"Hello {name},\n\nconfirm that this address may receive notifications of "
+    address ever gets. It carries no text of the user's (not even their display name):
+    anyone can have it sent to any address, so it must not carry a stranger's words."""
+    text = ("Hello,\n\nconfirm that this address may receive notifications of "
             f"unread messages by opening this link (it works for 24 hours):\n\n"
             f"{verify_url}\n\nIf you did not ask for this, ignore this email: nothing will "
             "be sent to this address.\n")
     page = ("<!DOCTYPE html><html><body>"
-            f"<p>Hello {html.escape(name)},</p>"
+            "<p>Hello,</p>"
             "<p>confirm that this address may receive notifications of unread messages "
             "(the link works for 24 hours):</p>"
             f"<p><a href=\"{html.escape(verify_url)}\">Confirm this address</a></p>"

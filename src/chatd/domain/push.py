@@ -42,6 +42,7 @@ def refused_address(address: IPAddress) -> str | None:
                          ("link-local", address.is_link_local),
                          ("multicast", address.is_multicast),
                          ("private", address.is_private),
+                         ("site-local", getattr(address, "is_site_local", False)),
                          ("reserved", address.is_reserved)):
         if test:
             return reason

@@ -330,9 +330,8 @@ def build_services(config: Config, store: Store, *, clock: Clock | None = None,
                     rich, forwarding, notify_prefs, notify_settings, push,
                     to_device_home, to_device, to_device_feeds, sealed,
                     key_directory, keys, device_lists,
-                    _email(config, store, commands, clock, router, users, accounts,
-                           messaging, delivery, home_api, committer, account_admin,
-                           notify_prefs))
+                    _email(config, store, commands, clock, router, users, messaging,
+                           delivery, home_api, committer, account_admin, notify_prefs))
 
 
 def _keys(config: Config, store: Store, commands: Commands, committer: GroupCommitter,
@@ -397,15 +396,15 @@ def _e2e_relay(config: Config, store: Store, router: Router, commands: Commands,
 
 
 def _email(config: Config, store: Store, commands: Commands, clock: Clock, router: Router,
-           users: Users, accounts: AccountService, messaging: MessagingService,
-           delivery: Delivery, home_api: HomeApi, committer: GroupCommitter,
-           account_admin: AccountAdmin, prefs: NotifyPrefs) -> EmailNotifier:
+           users: Users, messaging: MessagingService, delivery: Delivery,
+           home_api: HomeApi, committer: GroupCommitter, account_admin: AccountAdmin,
+           prefs: NotifyPrefs) -> EmailNotifier:
     """Email notifications on the home: its `home.email_*` requests, and (when an SMTP
     server is configured) the listener that schedules digests as messages arrive."""
     email = config.email
     notifier = EmailNotifier(
         config=email, store=store, commands=commands, clock=clock, router=router,
-        users=users, local_user=accounts.get_user,
+        users=users,
         secret=claim_secret(store, "email_link_secret"),
         conversations_of=messaging.conversations_of,
         sender=SmtpSender(email) if email.enabled else None)

@@ -45,7 +45,7 @@ from chatd.domain.email_settings import (
     retry_after_ms,
     valid_address,
 )
-from chatd.domain.models import Conversation, HistoryPage, Message, Session, User
+from chatd.domain.models import Conversation, HistoryPage, Message, Session
 from chatd.errors import BadRequest, ChatdError, Conflict, NotFound
 from chatd.protocol import owner as ops
 from chatd.services.clock import Clock
@@ -71,7 +71,7 @@ ConversationsOf = Callable[[Session], Awaitable[list[Conversation]]]
 class EmailNotifier:
     def __init__(self, *, config: EmailConfig, store: Store, commands: Commands,
                  clock: Clock, router: Router, users: Users,
-                 local_user: Callable[[int], User], secret: bytes,
+                 secret: bytes,
                  conversations_of: ConversationsOf, sender: MailSender | None) -> None:
         self._config = config
         self._store = store
@@ -79,7 +79,6 @@ class EmailNotifier:
         self._clock = clock
         self._router = router
         self._users = users
-        self._local_user = local_user
         self._secret = secret
         self._conversations_of = conversations_of
         #: None when email is off (no `email.host`).
@@ -227,7 +226,6 @@ class EmailNotifier:
         if email and not self.enabled:
             raise Conflict("this server sends no email (its operator set no SMTP server)",
                            code="email_unavailable")
-        user = self._users_here(user_id)
         verify_to: str | None = None
 
         def apply(batch: Batch) -> EmailSettings:
@@ -255,14 +253,10 @@ class EmailNotifier:
 
         settings = await self._commands.submit(apply)
         if verify_to is not None:
-            self._send_verification(user_id, user, verify_to)
+            self._send_verification(user_id, verify_to)
         return self._view(settings)
 
-    def _users_here(self, user_id: int) -> str:
-        """The user's display name (they are homed here, so it is a local read)."""
-        return self._local_user(user_id).display_name
-
-    def _send_verification(self, user_id: int, display_name: str, address: str) -> None:
+    def _send_verification(self, user_id: int, address: str) -> None:
         """Send the verification mail in the background (the PATCH does not wait for
         SMTP); the same address at most once per `RESEND_AFTER_MS` (another address at
         once: a typo fixed; the `email_verify` bucket bounds how many)."""
@@ -273,8 +267,7 @@ class EmailNotifier:
         self._verify_sent[user_id] = (address.lower(), now)
         token = email_links.make(self._secret, "verify", user_id, address, now)
         message = email_messages.verification(
-            self._envelope(address), verify_url=self._link("verify", token),
-            display_name=display_name, now_ms=now)
+            self._envelope(address), verify_url=self._link("verify", token), now_ms=now)
         self._outbox.append(message)
         self._wake.set()
 
