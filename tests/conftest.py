@@ -59,8 +59,10 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                           "else a random one, printed)")
 
 
-#: Files that take a minute or more, scheduled first: `--dist loadfile` hands files out in
-#: collection order, and one of these collected last ran alone for minutes at the end.
+#: Files that take a minute or more, scheduled first: with `--no-loadscope-reorder`
+#: (addopts) `--dist loadfile` hands files out in collection order (by default it puts
+#: the files with the most tests first), and the REST fuzzer, handed out last, ran alone
+#: for minutes at the end.
 SLOW_FILES = ("web/test_fuzz_rest.py", "web/test_fuzz_rest_random.py",
               "cluster/test_checker.py", "test_bench.py", "cluster/test_found_by_checker.py",
               "web/test_fuzz_ws.py")

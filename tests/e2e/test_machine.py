@@ -19,6 +19,7 @@ from chatd.e2e.errors import (
 )
 from chatd.e2e.machine import E2EMachine
 from chatd.e2e.megolm import ROTATE_AFTER_MESSAGES, ROTATE_AFTER_MS
+from chatd.e2e.trust import DeviceKeys
 from tests.e2e.crypto_helpers import connect, introduce, machine, open_store
 
 CONV = "1001"
@@ -266,3 +267,31 @@ def test_olm_sessions_started_by_both_sides_at_once_converge(tmp_path: Path) -> 
     # A pre-key message delivered twice is refused the second time, not a new session.
     with pytest.raises(DecryptionError):
         bob.decrypt(from_alice)
+
+
+def test_a_copy_of_a_devices_keys_neither_shadows_it_nor_is_encrypted_to(
+        tmp_path: Path) -> None:
+    """The review's key substitution: Bob learns of Mallory's device, published with
+    Alice's identity keys, before Alice's. Alice's genuine message still decrypts and is
+    attributed to her; her message relayed as Mallory's is refused; neither device is
+    encrypted to, and both are reported."""
+    alice, bob = machine(tmp_path, "1", "11"), machine(tmp_path, "2", "21")
+    copy = DeviceKeys("3", "31", alice.identity.curve25519, alice.identity.ed25519)
+    assert bob.observe_devices("3", [copy]) == []
+    changes = bob.observe_devices("1", [alice.me()])
+    assert sorted((c.kind, c.user_id) for c in changes) == [("duplicate", "1"),
+                                                            ("duplicate", "3")]
+    alice.observe_devices("2", [bob.me()])
+    connect(alice, bob)
+    message = direct(alice, [bob], "hello bob, from alice")
+    got = bob.decrypt(message)
+    assert (got.content, got.sender_id, got.sender_device_id) == (
+        {"text": "hello bob, from alice"}, "1", "11")
+    # The server says Mallory's device sent Alice's next message: the payload names Alice.
+    second = direct(alice, [bob], "second")
+    body = wire.OlmBody.from_bytes(base64.b64decode(second["body"]))
+    relayed = wire.OlmBody(body.sender_key, "31", body.ciphertexts).to_bytes()
+    with pytest.raises(ForgedMessage):
+        bob.decrypt(as_message(alice, relayed, wire.OLM_CONTENT_TYPE, sender_id="3"))
+    assert bob.decrypt(direct(alice, [bob], "third")).content == {"text": "third"}
+    assert bob.recipients(["1", "3"]) == []

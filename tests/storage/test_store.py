@@ -112,6 +112,7 @@ def test_every_family_round_trips_and_survives_reopen(tmp_path: Path) -> None:
                                                                  "s" * 86)),
         (records.FALLBACK_KEYS, (1, 2), FallbackKey("AAAAAAAAAAA", "f" * 43, "s" * 86, True)),
         (records.DEVICE_LISTS, 1, 3),
+        (records.IDENTITY_OWNERS, "c:" + "c" * 43, (1, 2)),
     ]
     assert {family.name for family, _, _ in rows} == {f.name for f in records.FAMILIES}
     store = Store.open(str(tmp_path))

@@ -13,7 +13,7 @@ import vodozemac
 
 from chatd.client import ApiError, ChatClient, LiveConnection
 from chatd.protocol import frames
-from chatd.storage import records
+from chatd.storage import Batch, records
 from tests.conftest import ServerFactory
 from tests.e2e_devices import KeyDevice, signed_by
 from tests.helpers import (
@@ -551,3 +551,82 @@ async def test_one_claimer_cannot_drain_a_device(start_server: ServerFactory) ->
         [key] = (await claim(stranger, target))["keys"]
         assert not key["fallback"]
         assert count(int(alice.user_id), int(alice.device_id)) == 5
+
+
+async def test_another_devices_identity_is_refused(start_server: ServerFactory) -> None:
+    """The review's key substitution: Mallory republishes Alice's public identity (from
+    /keys/query) as her own device's. The signature cannot tell (it covers only the
+    curve25519 key's text), so the home refuses a key another device published."""
+    server = await start_server()
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        alice, mallory = await new_account(http), await new_account(http)
+        genuine = KeyDevice()
+        await uploaded(alice, genuine, one_time=2, fallback=True)
+        published = (await query(mallory, alice))[alice.user_id]["devices"][0]
+        stolen = {k: published[k] for k in ("curve25519", "ed25519", "signature")}
+        assert_error(await upload(mallory, {"identity": stolen}), 409, "identity_in_use")
+        # The curve25519 key alone, signed by Mallory's own ed25519 key: refused too.
+        own = KeyDevice()
+        half = {"curve25519": genuine.curve25519, "ed25519": own.ed25519,
+                "signature": own.sign(genuine.curve25519)}
+        assert_error(await upload(mallory, {"identity": half}), 409, "identity_in_use")
+        # Another device of Alice's own may not reuse it either.
+        phone = await login(http, alice.handle, "phone")
+        assert_error(await upload(phone, {"identity": stolen}), 409, "identity_in_use")
+        # Nothing was stored: the keys are listed under Alice's device only, Mallory
+        # has none (and so no sender certificate naming them).
+        found = await query(mallory, alice, mallory)
+        assert [d["device_id"] for d in found[alice.user_id]["devices"]] == [alice.device_id]
+        assert found[mallory.user_id]["devices"] == []
+        certificate = await mallory.get("/certificate/sender")
+        assert certificate.status_code != 200 or certificate.json().get(
+            "identity_key") != genuine.curve25519
+        # The genuine device uploading again (more one-time keys) is not "another".
+        await uploaded(alice, genuine, one_time=2)
+        # Mallory's own keys are fine.
+        await uploaded(mallory, own, one_time=1)
+
+
+async def test_identity_keys_free_again_once_their_device_is_gone(
+        start_server: ServerFactory) -> None:
+    """The index of published keys follows revocation and erasure (a key of a device
+    that is gone blocks nobody), and a home whose identity rows predate the index
+    rebuilds it on the next upload."""
+    server = await start_server()
+    store = server.services.store
+    async with httpx.AsyncClient(base_url=server.url, timeout=30) as http:
+        alice, other = await new_account(http), await new_account(http)
+        phone = await login(http, alice.handle, "phone")
+        phone_keys = KeyDevice()
+        await uploaded(phone, phone_keys)
+        owner_key = "c:" + phone_keys.curve25519
+        assert store.get(records.IDENTITY_OWNERS, owner_key) == (
+            int(alice.user_id), int(phone.device_id))
+        response = await alice.delete(f"/devices/{phone.device_id}")
+        assert response.status_code == 204, response.text
+        assert store.get(records.IDENTITY_OWNERS, owner_key) is None
+        assert store.get(records.IDENTITY_OWNERS, "e:" + phone_keys.ed25519) is None
+        await uploaded(other, phone_keys)  # the revoked device's keys are nobody's now
+
+        # Erasure drops the rows too.
+        alice_keys = KeyDevice()
+        await uploaded(alice, alice_keys)
+        response = await alice.http.request("DELETE", "/me", headers=alice.headers,
+                                            json={"password": PASSWORD, "erase": True})
+        assert response.status_code == 200, response.text
+        assert store.get(records.IDENTITY_OWNERS, "c:" + alice_keys.curve25519) is None
+
+        # A home from before the index: rows and flag gone, the identity rows kept.
+        batch = Batch()
+        for name, _owner in store.scan(records.IDENTITY_OWNERS, b""):
+            batch.delete(records.IDENTITY_OWNERS, name)
+        batch.delete(records.META, "identity_owners_built")
+        store.write(batch)
+        server.services.key_directory._index_built = False
+        mallory = await new_account(http)
+        stolen = (await query(mallory, other))[other.user_id]["devices"][0]
+        assert_error(await upload(mallory, {"identity": {
+            k: stolen[k] for k in ("curve25519", "ed25519", "signature")}}), 409,
+            "identity_in_use")
+        assert store.get(records.IDENTITY_OWNERS, owner_key) == (
+            int(other.user_id), int(other.device_id))

@@ -447,7 +447,7 @@ class E2EClient:
                                      False)
             return Decrypted(str(message.get("conversation_id")), int(message["seq"]),
                              self.machine.user_id, self.machine.device_id, sent, message)
-        if sender_key is not None and self.machine.trust.device_by_key(sender_key) is None:
+        if sender_key is not None and not self.machine.sender_known(message):
             await self.refresh_devices([str(message.get("sender_id"))])
         try:
             decrypted = self.machine.decrypt(message)

@@ -289,12 +289,32 @@ class E2EMachine:
             return None
         return None
 
+    def sender_known(self, message: dict[str, Any]) -> bool:
+        """Whether we hold keys for the device an encrypted message names (else the
+        caller queries its sender's devices first)."""
+        try:
+            body = message_body(message)
+            if message.get("content_type") == wire.OLM_CONTENT_TYPE:
+                device_id = wire.OlmBody.from_bytes(body).sender_device_id
+            elif message.get("content_type") == wire.MEGOLM_CONTENT_TYPE:
+                device_id = wire.MegolmBody.from_bytes(body).sender_device_id
+            else:
+                return True
+        except DecryptionError:
+            return True
+        return self.trust.device(str(message.get("sender_id")), device_id) is not None
+
     def _sender_device(self, sender_key: str, user_id: str, device_id: str) -> DeviceKeys:
-        device = self.trust.device_by_key(sender_key)
+        # By the (user, device) the message names, not by its key: another device may
+        # have republished this key (a copy; trust.py), and must not shadow the genuine.
+        device = self.trust.device(user_id, device_id)
         if device is None:
+            # The caller queried the named user first (`sender_known`): a key we know only
+            # as another device's is not theirs.
+            if self.trust.knows_key(sender_key):
+                raise ForgedMessage(f"device key {sender_key} is not {user_id}/{device_id}'s")
             raise MissingKeys(f"device key {sender_key} is not a known device of {user_id}")
-        if (device.user_id, device.device_id) != (user_id, device_id) \
-                or (user_id, device_id) in self.trust.pending:
+        if device.curve25519 != sender_key or (user_id, device_id) in self.trust.pending:
             raise ForgedMessage(f"device key {sender_key} is not {user_id}/{device_id}'s")
         return device
 
@@ -381,7 +401,7 @@ class E2EMachine:
                                                         opened.device_id):
             raise sealed.CertificateRejected(
                 "the certificate is not for the identity key the Olm message is from")
-        if self.trust.device_by_key(body.sender_key) is None:
+        if self.trust.device(opened.user_id, opened.device_id) is None:
             raise sealed.UnknownSender(opened.user_id)
         payload = self._open_olm(body, opened.user_id, wire.SEALED_MESSAGE)
         message_content = payload.get("content")

@@ -14,6 +14,14 @@ and safety numbers to compare in person.
   so both people see the same 60 digits. Equal digits on both phones mean that nobody in
   between swapped keys. `verify()` records the keys the digits were compared for; a later
   change to a verified user's keys is flagged `was_verified`.
+- A curve25519 or ed25519 key that appears under two different devices (of one user or
+  of two) is **duplicated**: someone republished another device's public keys as their
+  own (a home refuses that within itself, 409 `identity_in_use`, but a home cannot see
+  the others). We cannot tell which device is genuine, so neither is encrypted to
+  (`trusted()` leaves both out) and each is reported once (`duplicate`). Messages are
+  still matched to their sender by the (user, device) the message names, never by key
+  alone (`device()`), so the genuine device's messages keep decrypting: the copy's owner
+  holds no private key and cannot write a message that decrypts under it.
 """
 
 from __future__ import annotations
@@ -38,7 +46,8 @@ class DeviceKeys:
 class KeyChange:
     user_id: str
     device_id: str
-    #: "changed" (same device id, other keys), "added" or "removed".
+    #: "changed" (same device id, other keys), "added", "removed", or "duplicate" (its
+    #: keys are also another device's, `old`: not encrypted to).
     kind: str
     old: DeviceKeys | None
     new: DeviceKeys | None
@@ -47,7 +56,9 @@ class KeyChange:
 
     def describe(self) -> str:
         what = {"changed": "changed its security keys", "added": "was added",
-                "removed": "was removed"}[self.kind]
+                "removed": "was removed",
+                "duplicate": "shares its security keys with another device (one of them "
+                             "copied the other's): neither is trusted"}[self.kind]
         tail = " — you had verified them: compare safety numbers again" \
             if self.was_verified else ""
         return f"user {self.user_id}: device {self.device_id} {what}{tail}"
@@ -61,6 +72,8 @@ class TrustStore:
         self.verified: dict[str, list[str]] = {}
         #: Key changes seen and not yet accepted: (user, device) -> the new keys.
         self.pending: dict[tuple[str, str], DeviceKeys] = {}
+        #: Devices already reported `duplicate` (each is reported once).
+        self.flagged: set[tuple[str, str]] = set()
 
     def observe(self, user_id: str, devices: list[DeviceKeys]) -> list[KeyChange]:
         """Compare a fresh key query with what we trust. New devices of a user already
@@ -71,7 +84,7 @@ class TrustStore:
         known = self.known.get(user_id)
         if known is None:
             self.known[user_id] = current
-            return []
+            return self._report_duplicates(False)
         was_verified = user_id in self.verified
         changes: list[KeyChange] = []
         for device_id, device in sorted(current.items()):
@@ -92,20 +105,61 @@ class TrustStore:
         if changes and was_verified and self.verified[user_id] != _ed_keys(
                 list(known.values())):
             del self.verified[user_id]
+        return changes + self._report_duplicates(was_verified)
+
+    def _key_holders(self) -> dict[str, set[tuple[str, str]]]:
+        """Every key we know (curve25519 and ed25519, trusted or pending) -> the devices
+        that published it."""
+        holders: dict[str, set[tuple[str, str]]] = {}
+        devices = [d for by_id in self.known.values() for d in by_id.values()]
+        for device in [*devices, *self.pending.values()]:
+            for key in (device.curve25519, device.ed25519):
+                holders.setdefault(key, set()).add((device.user_id, device.device_id))
+        return holders
+
+    def _duplicated(self, holders: dict[str, set[tuple[str, str]]]) -> set[tuple[str, str]]:
+        return {holder for owners in holders.values() if len(owners) > 1
+                for holder in owners}
+
+    def _report_duplicates(self, was_verified: bool) -> list[KeyChange]:
+        holders = self._key_holders()
+        changes: list[KeyChange] = []
+        for user_id, device_id in sorted(self._duplicated(holders) - self.flagged):
+            device = self.known.get(user_id, {}).get(device_id) \
+                or self.pending.get((user_id, device_id))
+            if device is None:
+                continue
+            others = sorted((holders[device.curve25519] | holders[device.ed25519])
+                            - {(user_id, device_id)})
+            other = self.device(*others[0]) if others else None
+            self.flagged.add((user_id, device_id))
+            changes.append(KeyChange(user_id, device_id, "duplicate", other, device,
+                                     was_verified and user_id in self.verified))
         return changes
+
+    def is_duplicated(self, device: DeviceKeys) -> bool:
+        """Its curve25519 or ed25519 key is also another device's."""
+        holders = self._key_holders()
+        me = (device.user_id, device.device_id)
+        return bool((holders.get(device.curve25519, set())
+                     | holders.get(device.ed25519, set())) - {me})
 
     def trusted(self, user_id: str) -> list[DeviceKeys]:
         """The devices we encrypt to: known ones, without those whose keys changed and
-        were not accepted."""
+        were not accepted, and without those whose keys are also another device's."""
+        duplicated = self._duplicated(self._key_holders())
         return [device for device_id, device in sorted(self.known.get(user_id, {}).items())
-                if (user_id, device_id) not in self.pending]
+                if (user_id, device_id) not in self.pending
+                and (user_id, device_id) not in duplicated]
 
-    def device_by_key(self, curve25519: str) -> DeviceKeys | None:
-        for devices in self.known.values():
-            for device in devices.values():
-                if device.curve25519 == curve25519:
-                    return device
-        return None
+    def knows_key(self, key: str) -> bool:
+        """Some device we know (trusted or pending) published this key."""
+        return key in self._key_holders()
+
+    def device(self, user_id: str, device_id: str) -> DeviceKeys | None:
+        """The keys we hold for the device a message names (its (user, device), as the
+        Olm payload binds them): a key alone may be published by an impostor too."""
+        return self.known.get(user_id, {}).get(device_id)
 
     def accept(self, user_id: str, device_id: str) -> None:
         """The user acknowledged a key change: trust the new keys."""
@@ -129,6 +183,7 @@ class TrustStore:
                       for user, devices in self.known.items()},
             "verified": self.verified,
             "pending": [asdict(d) for d in self.pending.values()],
+            "flagged": sorted(self.flagged),
         }, sort_keys=True).encode()
 
     @classmethod
@@ -140,6 +195,8 @@ class TrustStore:
         store.verified = raw["verified"]
         store.pending = {(d["user_id"], d["device_id"]): DeviceKeys(**d)
                          for d in raw["pending"]}
+        # States saved before duplicates were flagged have none.
+        store.flagged = {(user, device) for user, device in raw.get("flagged", [])}
         return store
 
 

@@ -55,6 +55,8 @@ class KeyDirectory:
         #: upload more (`keys_low`).
         self.low_threshold = low_threshold
         self._upload_lock = trio.Lock()
+        # IDENTITY_OWNERS holds every identity row (rebuilt once on an older home).
+        self._index_built = False
         # One-time keys handed out by claims whose batch has not landed: skipped.
         self._claimed: dict[Device, set[str]] = {}
         # Device-list versions written by batches not landed yet.
@@ -117,13 +119,16 @@ class KeyDirectory:
 
     async def upload(self, upload: Upload) -> int:
         """Store a device's keys; returns how many one-time keys it holds now. 409
-        `identity_changed` for identity keys other than the device's; 400
+        `identity_changed` for identity keys other than the device's, `identity_in_use`
+        for keys another device on this home published; 400
         `bad_signature`, `too_many_keys`; 409 `key_id_reused` for a key id the device
         holds with another key."""
         e2e_keys.check_upload(upload)
         identity = dataclasses.replace(upload.identity, created_at=self._clock.now_ms())
         device = (identity.user_id, identity.device_id)
         async with self._upload_lock:
+            if not self._index_built:
+                await self._commands.submit(self._index_identities)
             return await self._commands.submit(partial(self._apply_upload, device, identity,
                                                        upload))
 
@@ -132,6 +137,8 @@ class KeyDirectory:
         if self._store.get(records.DEVICES, device) is None:
             raise NotFound("no such device (it was logged out)", code="unknown_device")
         stored = self.identity_keys(*device)
+        if stored is None:
+            self._require_unclaimed(batch, device, identity)
         if stored is not None and not stored.same_keys(identity):
             raise Conflict("this device published other identity keys; they are fixed for "
                            "its life (log in again for a new device)", code="identity_changed")
@@ -166,6 +173,8 @@ class KeyDirectory:
         # Checked: now write.
         if stored is None:
             batch.put(records.IDENTITY_KEYS, device, identity)
+            for name in _owner_keys(identity):
+                batch.put(records.IDENTITY_OWNERS, name, device)
             self._bump(batch, device[0])
         elif add_sealed:
             batch.put(records.IDENTITY_KEYS, device, dataclasses.replace(
@@ -182,6 +191,40 @@ class KeyDirectory:
                 batch.put(records.FALLBACK_KEYS, device,
                           FallbackKey(fallback.key_id, fallback.key, fallback.signature))
         return count
+
+    def _require_unclaimed(self, batch: Batch, device: Device,
+                           identity: DeviceIdentity) -> None:
+        """409 `identity_in_use` when another device on this home published either of
+        these identity keys. The signature covers only the curve25519 key's text (issue
+        14), so anyone can republish a device's public identity as their own; this stops
+        it within a home (its /keys/query and sender certificates). Across homes only the
+        SDK can tell (e2e/trust.py: a duplicated key is trusted by nobody)."""
+        for name in _owner_keys(identity):
+            owner = self._store.get(records.IDENTITY_OWNERS, name)
+            if owner is None or owner == device:
+                continue
+            # An index row outlives its device only if that device's deletion raced the
+            # rebuild; the identity row is the truth.
+            held = self.identity_keys(*owner)
+            if held is not None and name in _owner_keys(held):
+                raise Conflict("these identity keys are published by another device; a "
+                               "device makes its own", code="identity_in_use")
+
+    def _index_identities(self, batch: Batch) -> None:
+        """Once, on a home whose identity rows predate IDENTITY_OWNERS: index them all,
+        in a batch of its own ahead of the upload that needs it (so a refused upload
+        does not throw the rebuild away; uploads hold the lock, so one rebuilds)."""
+        if self._store.get(records.META, _OWNERS_BUILT) is not None:
+            batch.after_commit.append(self._owners_built)
+            return
+        for device, held in self._store.scan(records.IDENTITY_KEYS, b""):
+            for name in _owner_keys(held):
+                batch.put(records.IDENTITY_OWNERS, name, device)
+        batch.put(records.META, _OWNERS_BUILT, True)
+        batch.after_commit.append(self._owners_built)
+
+    def _owners_built(self) -> None:
+        self._index_built = True
 
     def _bump(self, batch: Batch, user_id: int) -> None:
         version = self.version(user_id) + 1
@@ -267,7 +310,10 @@ class KeyDirectory:
         its keys go with it, and if it had published an identity the user's device-list
         version moves on."""
         device = (user_id, device_id)
-        had_identity = self.identity_keys(*device) is not None
+        identity = self.identity_keys(*device)
+        had_identity = identity is not None
+        if identity is not None:
+            self._drop_owner_rows(batch, device, identity)
         for (_, _, key_id), _key in self._store.scan(records.ONE_TIME_KEYS,
                                                      records.pair(*device)):
             batch.delete(records.ONE_TIME_KEYS, (*device, key_id))
@@ -276,14 +322,21 @@ class KeyDirectory:
             batch.delete(records.IDENTITY_KEYS, device)
             self._bump(batch, user_id)
 
+    def _drop_owner_rows(self, batch: Batch, device: Device,
+                         identity: DeviceIdentity) -> None:
+        for name in _owner_keys(identity):
+            if self._store.get(records.IDENTITY_OWNERS, name) == device:
+                batch.delete(records.IDENTITY_OWNERS, name)
+
     async def erase(self, user_id: int) -> None:
         """The GDPR erase hook: every key of the user and their version row (idempotent;
         their devices are revoked by the erasure's first step already)."""
 
         def apply(batch: Batch) -> None:
             prefix = records.u64(user_id)
-            for (_, device_id), _identity in self._store.scan(records.IDENTITY_KEYS, prefix):
+            for (_, device_id), identity in self._store.scan(records.IDENTITY_KEYS, prefix):
                 batch.delete(records.IDENTITY_KEYS, (user_id, device_id))
+                self._drop_owner_rows(batch, (user_id, device_id), identity)
             for key, _key in self._store.scan(records.ONE_TIME_KEYS, prefix):
                 batch.delete(records.ONE_TIME_KEYS, key)
             for (_, device_id), _fallback in self._store.scan(records.FALLBACK_KEYS, prefix):
@@ -330,6 +383,15 @@ class KeyDirectory:
 # identity: [user_id, device_id, curve25519, ed25519, signature, created_at,
 #            sealed_key, sealed_signature] (the last two "" for none; 6 fields from a
 #            shard that predates them)
+
+
+#: META: IDENTITY_OWNERS indexes every identity row.
+_OWNERS_BUILT = "identity_owners_built"
+
+
+def _owner_keys(identity: DeviceIdentity) -> tuple[str, str]:
+    """The IDENTITY_OWNERS rows of a device's identity keys."""
+    return f"c:{identity.curve25519}", f"e:{identity.ed25519}"
 
 
 def _malformed(message: str) -> BadRequest:

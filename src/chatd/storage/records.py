@@ -513,8 +513,23 @@ FALLBACK_KEYS: Family[tuple[int, int], FallbackKey] = Family(
 #: device with keys revoked (8 bytes; no row: 0).
 DEVICE_LISTS: Family[int, int] = Family(
     "device_lists", u64, read_u64, _u64_value, _read_u64_value)
+
+
+def _pair_value(value: tuple[int, int]) -> bytes:
+    return _U64_PAIR.pack(*value)
+
+
+def _read_pair_value(_key: Any, data: bytes) -> tuple[int, int]:
+    return read_pair(data)
+
+
+#: "c:" + a curve25519 key or "e:" + an ed25519 key (base64 text) -> the (user, device)
+#: that published it: a home refuses the same identity key for a second device
+#: (services/key_directory.py; rebuilt from IDENTITY_KEYS once on a home that predates it).
+IDENTITY_OWNERS: Family[str, tuple[int, int]] = Family(
+    "identity_owners", str.encode, bytes.decode, _pair_value, _read_pair_value)
 E2E_FAMILIES: tuple[Family[Any, Any], ...] = (
-    IDENTITY_KEYS, ONE_TIME_KEYS, FALLBACK_KEYS, DEVICE_LISTS)
+    IDENTITY_KEYS, ONE_TIME_KEYS, FALLBACK_KEYS, DEVICE_LISTS, IDENTITY_OWNERS)
 
 #: Every family, in the order the database creates them.
 FAMILIES: tuple[Family[Any, Any], ...] = (

@@ -26,7 +26,8 @@ def register(api: Api, services: Services) -> None:
     @api.route("POST", "/keys/upload", summary="Publish this device's end-to-end keys",
                description=(
                    "Identity keys are fixed for the device's life: others get 409 "
-                   "identity_changed. Every signature is the device's ed25519 signature "
+                   "identity_changed; keys another device on this home published get "
+                   "409 identity_in_use. Every signature is the device's ed25519 signature "
                    "of the key's base64 text (400 bad_signature). A device holds at most "
                    "100 one-time keys (400 too_many_keys); a key id it holds with another "
                    "key is 409 key_id_reused. An optional `identity.sealed_key` {key, "
