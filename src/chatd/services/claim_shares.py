@@ -29,7 +29,8 @@ from chatd.services.peer_bodies import int_field
 from chatd.storage import Store, records
 
 Device = tuple[int, int]
-#: (claimer, user, device) rows kept; past it the stale ones go, then all if need be.
+#: (claimer, user, device) rows kept; past it the stale ones go, then the least recently
+#: used, down to half.
 _CACHE = 100_000
 
 
@@ -63,7 +64,11 @@ class ClaimShares:
                     if not times or times[-1] <= cutoff]:
             del self._given[key]
         if len(self._given) >= _CACHE:
-            self._given.clear()
+            # Not a clear(): that reset every claimer's share, so one claimer spreading
+            # claims over enough devices could wipe its own limits on the rest.
+            by_last_use = sorted(self._given, key=lambda key: self._given[key][-1])
+            for key in by_last_use[:len(self._given) - _CACHE // 2]:
+                del self._given[key]
 
     def _release(self, key: tuple[int, int, int], at: int) -> None:
         times = self._given.get(key)
