@@ -80,16 +80,18 @@ class Terminal:
 
 
 @asynccontextmanager
-async def terminal(server: RunningServer, handle: str) -> AsyncIterator[Terminal]:
-    """A logged-in `chatd chat --register` as `handle`; it must exit 0 on /quit."""
+async def terminal(server: RunningServer, handle: str, *, env: dict[str, str] | None = None,
+                   ready: bytes | None = None) -> AsyncIterator[Terminal]:
+    """A logged-in `chatd chat --register` as `handle` (with `env` added to its
+    environment), once it printed `ready`; it must exit 0 on /quit."""
     process = await trio.lowlevel.open_process(
         [sys.executable, "-m", "chatd", "chat", "--url", server.url, "--handle", handle,
          "--register"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env={**os.environ, "CHATD_PASSWORD": PASSWORD})
+        env={**os.environ, "CHATD_PASSWORD": PASSWORD, **(env or {})})
     chat = Terminal(process)
     try:
-        await chat.expect(f"logged in as {handle}".encode())
+        await chat.expect(ready or f"logged in as {handle}".encode())
         yield chat
         await chat.type("/quit\n")
         with trio.fail_after(10):

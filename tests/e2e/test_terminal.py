@@ -4,21 +4,15 @@ restarted terminal comes back as the same device. And the pure pieces alone."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from pathlib import Path
-
-import trio
 
 from chatd.chat import Command, parse_line
 from chatd.client import ChatClient
 from chatd.e2e.terminal import state_dir_for
 from chatd.server import RunningServer
 from tests.helpers import PASSWORD
-from tests.test_chat import Terminal
+from tests.test_chat import Terminal, terminal
 from tests.web.test_compact import files_holding
 
 
@@ -36,28 +30,11 @@ def test_state_lives_under_the_config_dir() -> None:
         "/x/chatd/e2e/chat.example_80/bob")
 
 
-@asynccontextmanager
-async def e2e_terminal(server: RunningServer, handle: str, config: Path,
-                       passphrase: str = "terminal pass phrase") -> AsyncIterator[Terminal]:
-    process = await trio.lowlevel.open_process(
-        [sys.executable, "-m", "chatd", "chat", "--url", server.url, "--handle", handle,
-         "--register"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env={**os.environ, "CHATD_PASSWORD": PASSWORD, "CHATD_E2E_PASSPHRASE": passphrase,
-             "XDG_CONFIG_HOME": str(config)})
-    chat = Terminal(process)
-    try:
-        await chat.expect(b"end-to-end encryption on")
-        yield chat
-        await chat.type("/quit\n")
-        with trio.fail_after(10):
-            assert await process.wait() == 0
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-        await chat.stdin.aclose()
-        await chat.stdout.aclose()
+def e2e_terminal(server: RunningServer, handle: str, config: Path,
+                 passphrase: str = "terminal pass phrase") -> AbstractAsyncContextManager[Terminal]:
+    """`chatd chat` with end-to-end encryption on, its state under `config`."""
+    return terminal(server, handle, ready=b"end-to-end encryption on", env={
+        "CHATD_E2E_PASSPHRASE": passphrase, "XDG_CONFIG_HOME": str(config)})
 
 
 async def test_two_terminals_talk_encrypted(server: RunningServer, tmp_path: Path) -> None:
